@@ -1,1 +1,381 @@
-fn main(){}
+//! `cargo xtask`: the project's automation, in Rust so that it runs wherever cargo does.
+//!
+//! `cargo xtask ci` is the whole check suite, the same command `.ci/run` runs. If it
+//! passes locally, CI passes. See `cargo xtask help`.
+
+mod deps;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+const HELP: &str = "\
+cargo xtask <command>
+
+Commands:
+  ci [--keep-going]          every check CI runs, in order (fmt, clippy, test, doc,
+                             deps, deny, fuzz build and smoke run)
+  deps                       check the crate stack: no crate depends on one above it
+  test                       cargo test --workspace --locked
+  bench [CRATE..] [-- ARGS]  criterion benches (CRATE: crypto, crdt, ...; default all),
+                             ARGS passed to criterion (e.g. --measurement-time 5)
+  fuzz [--seconds N] [T..]   build the fuzz targets and run each (or the named ones)
+                             for N seconds (default 60); needs cargo-fuzz
+  help                       this text
+
+Environment:
+  CI=true                    missing tools (cargo-deny, cargo-fuzz) fail instead of skip
+  FED_PROPTEST_CASES=N       proptest cases per property (default: each suite's CI size)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => ("help", &[][..]),
+    };
+    let result = match cmd {
+        "ci" => ci(rest.iter().any(|a| a == "--keep-going")),
+        "deps" => deps::check_workspace(&root()).map_err(|e| vec![e]),
+        "test" => run_step(&Step::cargo("test", &["test", "--workspace", "--locked"]))
+            .map_err(|e| vec![e]),
+        "bench" => bench(rest).map_err(|e| vec![e]),
+        "fuzz" => fuzz(rest).map_err(|e| vec![e]),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => Err(vec![format!("unknown command `{other}`\n\n{HELP}")]),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(errors) => {
+            eprintln!();
+            for e in &errors {
+                eprintln!("xtask: FAILED: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn in_ci() -> bool {
+    env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// One external command of a check, with the message shown when it fails.
+struct Step {
+    name: &'static str,
+    program: String,
+    args: Vec<String>,
+    envs: Vec<(&'static str, String)>,
+    dir: Option<PathBuf>,
+}
+
+impl Step {
+    fn cargo(name: &'static str, args: &[&str]) -> Self {
+        Self {
+            name,
+            program: env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: Vec::new(),
+            dir: None,
+        }
+    }
+
+    fn env(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.envs.push((key, value.into()));
+        self
+    }
+
+    fn dir(mut self, dir: PathBuf) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+}
+
+fn run_step(step: &Step) -> Result<(), String> {
+    eprintln!(
+        "\n==> [{}] {} {}",
+        step.name,
+        step.program,
+        step.args.join(" ")
+    );
+    let start = Instant::now();
+    let mut cmd = Command::new(&step.program);
+    cmd.args(&step.args)
+        .current_dir(step.dir.clone().unwrap_or_else(root));
+    for (k, v) in &step.envs {
+        cmd.env(k, v);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("[{}] could not start `{}`: {e}", step.name, step.program))?;
+    eprintln!(
+        "<== [{}] {} in {:.0?}",
+        step.name,
+        if status.success() { "ok" } else { "FAILED" },
+        start.elapsed()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "[{}] `{} {}` exited with {status}",
+            step.name,
+            step.program,
+            step.args.join(" ")
+        ))
+    }
+}
+
+fn has_cargo_subcommand(name: &str) -> bool {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([name, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// One step of `ci`.
+type CheckFn = Box<dyn Fn() -> Result<(), String>>;
+
+/// Seconds each fuzz target runs during `ci`.
+const CI_FUZZ_SECONDS: u32 = 10;
+
+fn ci(keep_going: bool) -> Result<(), Vec<String>> {
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut check = |name: &str, result: Result<(), String>| -> bool {
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("xtask: step {name} failed: {e}");
+                failures.push(e);
+                keep_going
+            }
+        }
+    };
+
+    let steps: Vec<(&str, CheckFn)> = vec![
+        (
+            "fmt",
+            Box::new(|| run_step(&Step::cargo("fmt", &["fmt", "--all", "--", "--check"]))),
+        ),
+        (
+            "clippy",
+            Box::new(|| {
+                run_step(&Step::cargo(
+                    "clippy",
+                    &[
+                        "clippy",
+                        "--workspace",
+                        "--all-targets",
+                        "--locked",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ],
+                ))
+            }),
+        ),
+        (
+            "test",
+            Box::new(|| run_step(&Step::cargo("test", &["test", "--workspace", "--locked"]))),
+        ),
+        (
+            "bench-build",
+            Box::new(|| {
+                run_step(&Step::cargo(
+                    "bench-build",
+                    &["test", "--workspace", "--benches", "--locked", "--no-run"],
+                ))
+            }),
+        ),
+        (
+            "doc",
+            Box::new(|| {
+                run_step(
+                    &Step::cargo("doc", &["doc", "--workspace", "--no-deps", "--locked"])
+                        .env("RUSTDOCFLAGS", "-D warnings"),
+                )
+            }),
+        ),
+        ("deps", Box::new(|| deps::check_workspace(&root()))),
+        ("deny", Box::new(deny)),
+        ("fuzz", Box::new(|| fuzz_run(&[], CI_FUZZ_SECONDS))),
+    ];
+    for (name, step) in steps {
+        if !check(name, step()) {
+            break;
+        }
+    }
+    eprintln!("\nxtask ci: finished in {:.0?}", started.elapsed());
+    if failures.is_empty() {
+        eprintln!("xtask ci: all steps passed");
+        Ok(())
+    } else {
+        Err(failures)
+    }
+}
+
+fn deny() -> Result<(), String> {
+    if !has_cargo_subcommand("deny") {
+        return missing_tool("cargo-deny", "cargo install --locked cargo-deny");
+    }
+    // `advisories` is left out: the advisory database cannot be fetched on these
+    // machines (see deny.toml).
+    run_step(&Step::cargo(
+        "deny",
+        &[
+            "deny",
+            "--all-features",
+            "check",
+            "licenses",
+            "bans",
+            "sources",
+        ],
+    ))
+}
+
+fn missing_tool(tool: &str, install: &str) -> Result<(), String> {
+    if in_ci() {
+        Err(format!(
+            "{tool} is not installed (CI=true requires it): {install}"
+        ))
+    } else {
+        eprintln!(
+            "\nxtask: warning: {tool} is not installed; skipping its step ({install}). CI runs it."
+        );
+        Ok(())
+    }
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let (crates, criterion_args) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let mut cargo_args = vec!["bench".to_string()];
+    if crates.is_empty() {
+        cargo_args.push("--workspace".into());
+    }
+    for c in crates {
+        cargo_args.push("-p".into());
+        cargo_args.push(if c.starts_with("fed-") {
+            c.clone()
+        } else {
+            format!("fed-{c}")
+        });
+    }
+    if !criterion_args.is_empty() {
+        cargo_args.push("--".into());
+        cargo_args.extend(criterion_args.iter().cloned());
+    }
+    let cargo_args: Vec<&str> = cargo_args.iter().map(String::as_str).collect();
+    run_step(&Step::cargo("bench", &cargo_args))
+}
+
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let mut seconds = 60;
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--seconds takes a whole number")?;
+            }
+            "--smoke" => seconds = CI_FUZZ_SECONDS,
+            t => targets.push(t.to_string()),
+        }
+    }
+    fuzz_run(&targets, seconds)
+}
+
+/// Builds every fuzz target with cargo-fuzz and runs the chosen ones (all by default)
+/// for `seconds` each. Crashes fail the step and leave their input in
+/// `fuzz/artifacts/<target>/`.
+fn fuzz_run(targets: &[String], seconds: u32) -> Result<(), String> {
+    if !has_cargo_subcommand("fuzz") {
+        return missing_tool("cargo-fuzz", "cargo install --locked cargo-fuzz");
+    }
+    let fuzz_dir = root().join("fuzz");
+    // The toolchain here is stable; cargo-fuzz passes nightly-only flags, which
+    // RUSTC_BOOTSTRAP=1 unlocks for this build only. `-s none`: every fuzzed crate
+    // forbids unsafe code, so AddressSanitizer would find nothing the Rust checks miss.
+    let fuzz_cmd = |name: &'static str, args: Vec<String>| {
+        let mut s = Step::cargo(name, &[])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .dir(root());
+        s.args = args;
+        s
+    };
+    let base = [
+        "fuzz".to_string(),
+        "build".into(),
+        "-s".into(),
+        "none".into(),
+        "--fuzz-dir".into(),
+        fuzz_dir.display().to_string(),
+    ];
+    run_step(&fuzz_cmd("fuzz-build", base.to_vec()))?;
+    let all = fuzz_targets(&fuzz_dir)?;
+    let chosen: Vec<String> = if targets.is_empty() {
+        all
+    } else {
+        targets.to_vec()
+    };
+    for t in chosen {
+        let corpus = fuzz_dir.join("corpus").join(&t);
+        std::fs::create_dir_all(&corpus)
+            .map_err(|e| format!("creating {}: {e}", corpus.display()))?;
+        let seeds = fuzz_dir.join("seeds").join(&t);
+        let mut args = vec![
+            "fuzz".to_string(),
+            "run".into(),
+            "-s".into(),
+            "none".into(),
+            "--fuzz-dir".into(),
+            fuzz_dir.display().to_string(),
+            t.clone(),
+            corpus.display().to_string(),
+        ];
+        if seeds.is_dir() {
+            args.push(seeds.display().to_string());
+        }
+        args.extend([
+            "--".into(),
+            format!("-max_total_time={seconds}"),
+            "-max_len=65536".into(),
+        ]);
+        run_step(&fuzz_cmd("fuzz-run", args))?;
+    }
+    Ok(())
+}
+
+fn fuzz_targets(fuzz_dir: &Path) -> Result<Vec<String>, String> {
+    let dir = fuzz_dir.join("fuzz_targets");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".rs").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}

@@ -1,0 +1,119 @@
+//! fed-crypto benchmarks, each beside a peer measured in the same run:
+//! X-Wing against the `x-wing` crate, the channel against raw `aes-gcm` on the
+//! same buffers, and hybrid against Ed25519-only signatures.
+//!
+//! Run with `cargo xtask bench crypto`; figures go to docs/BENCHMARKS.md.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use aes_gcm::{Aes256Gcm, KeyInit, aead::AeadInOut};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fed_crypto::{ChannelConfig, Identity, Role, SecureChannel, XWingSecretKey};
+use x_wing::{Decapsulate, Decapsulator};
+
+const SEED: [u8; 32] = [0x42; 32];
+const ESEED: [u8; 64] = [0x24; 64];
+
+fn xwing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("xwing");
+    g.bench_function("keygen/fed-crypto", |b| {
+        b.iter(|| XWingSecretKey::from_seed(black_box(&SEED)))
+    });
+    g.bench_function("keygen/x-wing", |b| {
+        b.iter(|| x_wing::DecapsulationKey::from(black_box(SEED)))
+    });
+
+    let ours = XWingSecretKey::from_seed(&SEED);
+    let theirs = x_wing::DecapsulationKey::from(SEED);
+    let their_ek = theirs.encapsulation_key().clone();
+    let eseed = ESEED.into();
+    g.bench_function("encaps/fed-crypto", |b| {
+        b.iter(|| ours.public_key().encapsulate_derand(black_box(&ESEED)))
+    });
+    g.bench_function("encaps/x-wing", |b| {
+        b.iter(|| their_ek.encapsulate_deterministic(black_box(&eseed)))
+    });
+
+    let (ct, _) = ours.public_key().encapsulate_derand(&ESEED);
+    let their_ct = x_wing::Ciphertext::try_from(ct.as_bytes().as_slice()).unwrap();
+    g.bench_function("decaps/fed-crypto", |b| {
+        b.iter(|| ours.decapsulate(black_box(&ct)))
+    });
+    g.bench_function("decaps/x-wing", |b| {
+        b.iter(|| theirs.decapsulate(black_box(&their_ct)))
+    });
+    g.finish();
+}
+
+fn signatures(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sign");
+    let msg = [7u8; 256];
+    const LABEL: &str = "exo-federation v1 bench";
+    for (name, pq) in [("ed25519", false), ("hybrid-ed25519-ml-dsa-65", true)] {
+        let id = Identity::from_seeds(&[1; 32], pq.then_some(&[2; 32]));
+        let sig = id.sign(LABEL, &msg).unwrap();
+        g.bench_function(format!("sign/{name}"), |b| {
+            b.iter(|| id.sign(LABEL, black_box(&msg)).unwrap())
+        });
+        g.bench_function(format!("verify/{name}"), |b| {
+            b.iter(|| id.public().verify(LABEL, black_box(&msg), &sig).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn channel(c: &mut Criterion) {
+    const LEN: usize = 16 * 1024;
+    let mut g = c.benchmark_group("channel-16KiB-seal+open");
+    g.throughput(Throughput::Bytes(LEN as u64));
+    let payload = vec![0x5au8; LEN];
+
+    let mut tx = SecureChannel::new(
+        &[1; 32],
+        &[2; 32],
+        Role::Initiator,
+        ChannelConfig::default(),
+    )
+    .unwrap();
+    let mut rx = SecureChannel::new(
+        &[1; 32],
+        &[2; 32],
+        Role::Responder,
+        ChannelConfig::default(),
+    )
+    .unwrap();
+    let mut frame = Vec::with_capacity(LEN + fed_crypto::FRAME_OVERHEAD);
+    g.bench_function("fed-crypto", |b| {
+        b.iter(|| {
+            frame.clear();
+            tx.seal_into(black_box(&payload), &mut frame).unwrap();
+            black_box(rx.open_in_place(&mut frame).unwrap());
+        })
+    });
+
+    let cipher = Aes256Gcm::new(&[3u8; 32].into());
+    let mut buf = payload.clone();
+    let mut counter = 0u64;
+    g.bench_function("raw-aes-gcm", |b| {
+        b.iter(|| {
+            counter += 1;
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&counter.to_be_bytes());
+            let nonce = nonce.into();
+            buf.copy_from_slice(black_box(&payload));
+            let tag = cipher
+                .encrypt_inout_detached(&nonce, &[0u8; 18], buf.as_mut_slice().into())
+                .unwrap();
+            cipher
+                .decrypt_inout_detached(&nonce, &[0u8; 18], buf.as_mut_slice().into(), &tag)
+                .unwrap();
+            black_box(&buf);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, xwing, signatures, channel);
+criterion_main!(benches);
