@@ -686,3 +686,69 @@ impl ReplayWindow {
         self.bits[word] |= mask;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A channel whose send and receive keys both sit at `epoch`.
+    fn at_epoch(epoch: u32, config: ChannelConfig) -> (SecureChannel, SecureChannel) {
+        let mut a =
+            SecureChannel::new(&[1; 32], &[2; 32], Role::Initiator, config.clone()).unwrap();
+        let mut b = SecureChannel::new(&[1; 32], &[2; 32], Role::Responder, config).unwrap();
+        let secret = derive_key(labels::CHANNEL_I2R, &[b"epoch test"]);
+        a.sender.state.keys = Some(EpochKeys::new(epoch, secret.clone()));
+        match &mut b.receiver.inner {
+            Receiver::Stream { state, .. } => state.keys = Some(EpochKeys::new(epoch, secret)),
+            Receiver::Datagram { current, .. } => current.keys = EpochKeys::new(epoch, secret),
+        }
+        (a, b)
+    }
+
+    #[test]
+    fn the_last_epoch_is_used_then_sealing_stops() {
+        let config = ChannelConfig::default().with_rekey_after_frames(2);
+        let (mut a, mut b) = at_epoch(u32::MAX, config);
+        for i in 0..2u8 {
+            let f = a.seal(&[i]).unwrap();
+            assert_eq!(b.open(&f).unwrap(), [i]);
+        }
+        assert!(matches!(a.seal(b"x"), Err(Error::Exhausted)));
+        assert!(
+            matches!(a.seal(b"x"), Err(Error::Exhausted)),
+            "stays exhausted, never wraps to epoch 0"
+        );
+    }
+
+    #[test]
+    fn a_datagram_receiver_never_wraps_its_epoch() {
+        let config = ChannelConfig::default()
+            .with_mode(Mode::Datagram)
+            .with_rekey_after_frames(1);
+        let (mut a, mut b) = at_epoch(u32::MAX, config.clone());
+        let f = a.seal(b"last").unwrap();
+        assert_eq!(b.open(&f).unwrap(), b"last");
+        // A frame claiming epoch 0 (what a wrap would produce) is not accepted.
+        let (mut fresh, _) = at_epoch(0, config);
+        let wrapped = fresh.seal(b"wrapped").unwrap();
+        assert!(b.open(&wrapped).is_err());
+    }
+
+    #[test]
+    fn replay_window_slides() {
+        let mut w = ReplayWindow::new(64);
+        w.mark(10);
+        assert!(matches!(w.check(0, 10), Err(Error::Replay { .. })));
+        assert!(w.check(0, 9).is_ok());
+        w.mark(73);
+        assert!(matches!(w.check(0, 9), Err(Error::OutsideWindow { .. })));
+        assert!(
+            matches!(w.check(0, 10), Err(Error::Replay { .. })),
+            "seq 10 is still inside the window"
+        );
+        assert!(w.check(0, 11).is_ok());
+        w.mark(1000);
+        assert!(matches!(w.check(0, 73), Err(Error::OutsideWindow { .. })));
+        assert!(w.check(0, 999).is_ok());
+    }
+}
