@@ -1,17 +1,19 @@
 //! BLAKE3 key derivation, hashing and MACs, and the one list of context labels.
 //!
-//! Every derivation, MAC, hash and signature in exo-federation starts from a label
-//! in [`labels`]. Labels are globally unique, hard-coded ASCII strings of the form
-//! `"exo-federation v1 <purpose>"`; no two purposes share one, which
-//! `tests::labels_are_distinct` checks.
+//! Every derivation, MAC, hash and signature in exo-federation starts from a context
+//! label: a hard-coded ASCII string `"exo-federation v1 <purpose>"`. This crate's are
+//! in [`labels`]; higher crates prefix theirs with their crate's name. No two purposes
+//! share one, which `tests::labels_are_distinct` checks for this crate.
 
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// Context labels for every KDF, MAC, hash and signature in the project.
+/// Context labels of `fed-crypto`'s own derivations.
 ///
-/// Higher crates add their labels here rather than inventing them locally, so that
-/// the whole set stays in one place and provably distinct.
+/// Higher crates keep their labels in a `labels` module of their own, every one
+/// starting with `"exo-federation v1 <crate> "` (for example
+/// `"exo-federation v1 handshake transcript"`), so labels of different crates cannot
+/// collide, and each crate tests its own for distinctness.
 pub mod labels {
     /// Hash of a canonical [`PublicIdentity`](crate::PublicIdentity) encoding to a [`NodeId`](crate::NodeId).
     pub const NODE_ID: &str = "exo-federation v1 node id";

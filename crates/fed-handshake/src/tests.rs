@@ -1,0 +1,215 @@
+//! Active attacks that need the message structures: a man in the middle with its own
+//! KEM key, downgrade by editing message 1, and responder impersonation.
+
+use std::sync::Arc;
+
+use fed_crypto::{Identity, XWingCiphertext, XWingPublicKey, XWingSecretKey};
+use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+
+use super::{
+    caps::{Capability, Suite},
+    error::Error,
+    handshake::{HandshakeKeys, Transcript, open, seal},
+    labels,
+    wire::{self, Accept, AcceptInner, Hello, Kind},
+    *,
+};
+
+const NOW: u64 = 1_700_000_000_000;
+const BINDING: &[u8] = b"peer ids";
+
+fn rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+fn pair(suites: &[Suite], pq: bool) -> (Initiator, Responder, Arc<Identity>) {
+    let mut g = rng(1);
+    let a = Arc::new(Identity::generate(&mut g, pq));
+    let b = Arc::new(Identity::generate(&mut g, pq));
+    let fed = FederationId([3; 32]);
+    let mut ic = InitiatorConfig::new(a, fed);
+    ic.suites = suites.to_vec();
+    ic.capabilities.set = CapabilitySet::all();
+    let mut rc = ResponderConfig::new(b.clone(), fed);
+    rc.suites = suites.to_vec();
+    rc.capabilities.set = CapabilitySet::all();
+    let i = Initiator::new(Arc::new(ic), BINDING, NOW, &mut g).unwrap();
+    let r = Responder::new(Arc::new(rc), BINDING, NOW, &mut g).unwrap();
+    (i, r, b)
+}
+
+fn decode_hello(m1: &[u8]) -> Hello {
+    let (kind, _, body) = wire::open_envelope(m1).unwrap();
+    assert_eq!(kind, Kind::Hello);
+    wire::decode(body, "hello").unwrap()
+}
+
+fn encode_hello(h: &Hello) -> Vec<u8> {
+    wire::seal_envelope(Kind::Hello, &wire::encode(h).unwrap()).unwrap()
+}
+
+/// The attacker's view of the responder's message 2, opened with the KEM key the
+/// attacker substituted into message 1.
+fn mallory_opens(m1_sent: &[u8], m2: &[u8], mallory: &XWingSecretKey) -> (AcceptInner, Vec<u8>) {
+    let (_, _, body) = wire::open_envelope(m2).unwrap();
+    let accept: Accept = wire::decode(body, "accept").unwrap();
+    let ct = XWingCiphertext::from_bytes(&accept.ciphertext).unwrap();
+    let ss = mallory.decapsulate(&ct);
+    let mut t = Transcript::new(BINDING);
+    t.absorb(m1_sent);
+    t.absorb(ct.as_bytes());
+    let th = t.hash();
+    let keys = HandshakeKeys::new(ss.as_bytes(), &th);
+    let inner = open(&keys.aead(labels::HANDSHAKE_KEY_R2I), &th, &accept.sealed).unwrap();
+    (wire::decode(&inner, "inner").unwrap(), accept.ciphertext)
+}
+
+/// Builds a message 2 for the initiator's real ephemeral key carrying `inner`,
+/// with a Finished MAC recomputed under the attacker's keys (the attacker knows them).
+fn mallory_forges_m2(m1_original: &[u8], mut inner: AcceptInner, g: &mut ChaCha20Rng) -> Vec<u8> {
+    let epk = XWingPublicKey::from_bytes(&decode_hello(m1_original).ephemeral_key).unwrap();
+    let (ct, ss) = epk.encapsulate(g);
+    let mut t = Transcript::new(BINDING);
+    t.absorb(m1_original);
+    t.absorb(ct.as_bytes());
+    let th_kem = t.hash();
+    let keys = HandshakeKeys::new(ss.as_bytes(), &th_kem);
+    t.absorb(&wire::encode(&inner.params).unwrap());
+    t.absorb(&inner.identity);
+    t.absorb(&inner.signature);
+    inner.finished = keys.finished(labels::FINISHED_R, &t.hash());
+    let sealed = seal(
+        &keys.aead(labels::HANDSHAKE_KEY_R2I),
+        &th_kem,
+        &wire::encode(&inner).unwrap(),
+    )
+    .unwrap();
+    let accept = Accept {
+        ciphertext: ct.as_bytes().to_vec(),
+        sealed,
+    };
+    wire::seal_envelope(Kind::Accept, &wire::encode(&accept).unwrap()).unwrap()
+}
+
+#[test]
+fn man_in_the_middle_swapping_the_ephemeral_key_is_caught_by_the_signature() {
+    let (mut i, mut r, _) = pair(&[Suite::Default], false);
+    let mut g = rng(99);
+    let m1 = i.poll_transmit().unwrap();
+    let mallory = XWingSecretKey::generate(&mut g);
+    let mut hello = decode_hello(&m1);
+    hello.ephemeral_key = mallory.public_key().as_bytes().to_vec();
+    let m1_swapped = encode_hello(&hello);
+    r.handle_input(&m1_swapped, NOW).unwrap();
+    let m2 = r.poll_transmit().unwrap();
+
+    // Forwarded unchanged, message 2 does not even decrypt for the initiator.
+    {
+        let (mut i2, _, _) = pair(&[Suite::Default], false);
+        let _ = i2.poll_transmit();
+        assert!(i2.handle_input(&m2, NOW).is_err());
+    }
+    // Re-encrypted for the initiator's real key, the responder's signature covers
+    // the swapped message 1, which the initiator never sent.
+    let (inner, _) = mallory_opens(&m1_swapped, &m2, &mallory);
+    let forged = mallory_forges_m2(&m1, inner, &mut g);
+    assert!(matches!(
+        i.handle_input(&forged, NOW),
+        Err(Error::BadSignature)
+    ));
+}
+
+#[test]
+fn a_relay_presenting_its_own_identity_is_refused_when_the_peer_is_pinned() {
+    // Mallory runs the protocol honestly as itself: without pinning, the initiator
+    // would talk to Mallory (knowingly: the session names Mallory as the peer).
+    let (_, _, bob) = pair(&[Suite::Default], false);
+    let mut g = rng(5);
+    let alice = Arc::new(Identity::generate(&mut g, false));
+    let mallory = Arc::new(Identity::generate(&mut g, false));
+    let fed = FederationId([3; 32]);
+    let mut ic = InitiatorConfig::new(alice, fed);
+    ic.expected_responder = Some(bob.node_id());
+    let mut i = Initiator::new(Arc::new(ic), BINDING, NOW, &mut g).unwrap();
+    let mut m = Responder::new(
+        Arc::new(ResponderConfig::new(mallory, fed)),
+        BINDING,
+        NOW,
+        &mut g,
+    )
+    .unwrap();
+    m.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
+    assert!(matches!(
+        i.handle_input(&m.poll_transmit().unwrap(), NOW),
+        Err(Error::UnexpectedPeer)
+    ));
+}
+
+/// Edits message 1 in flight and returns what reaches the initiator: the responder's
+/// message 2 as is (`active = false`), or re-encrypted by an attacker who also swapped
+/// in its own KEM key so that it can (`active = true`).
+fn edit_m1(
+    i: &mut Initiator,
+    r: &mut Responder,
+    active: bool,
+    edit: impl FnOnce(&mut Hello),
+) -> Vec<u8> {
+    let mut g = rng(77);
+    let m1 = i.poll_transmit().unwrap();
+    let mallory = XWingSecretKey::generate(&mut g);
+    let mut hello = decode_hello(&m1);
+    edit(&mut hello);
+    if active {
+        hello.ephemeral_key = mallory.public_key().as_bytes().to_vec();
+    }
+    let m1_edited = encode_hello(&hello);
+    r.handle_input(&m1_edited, NOW).unwrap();
+    let m2 = r.poll_transmit().unwrap();
+    if !active {
+        return m2;
+    }
+    let (inner, _) = mallory_opens(&m1_edited, &m2, &mallory);
+    mallory_forges_m2(&m1, inner, &mut g)
+}
+
+#[test]
+fn stripping_a_suite_from_message_1_is_detected() {
+    let strip = |h: &mut Hello| {
+        assert_eq!(h.suites, [2, 1]);
+        h.suites = vec![1];
+    };
+    // A passive edit: the transcript (the AEAD's associated data) no longer matches.
+    let (mut i, mut r, _) = pair(&[Suite::PqAuth, Suite::Default], true);
+    let m2 = edit_m1(&mut i, &mut r, false, strip);
+    assert!(matches!(i.handle_input(&m2, NOW), Err(Error::Decrypt)));
+    // An attacker who re-encrypts: the responder signed the edited offer.
+    let (mut i, mut r, _) = pair(&[Suite::PqAuth, Suite::Default], true);
+    let m2 = edit_m1(&mut i, &mut r, true, strip);
+    assert!(matches!(i.handle_input(&m2, NOW), Err(Error::BadSignature)));
+}
+
+#[test]
+fn stripping_a_capability_from_message_1_is_detected() {
+    let strip = |h: &mut Hello| {
+        assert!(h.capabilities.allows(Capability::Admin));
+        h.capabilities.set = CapabilitySet::EMPTY.with(Capability::Query);
+    };
+    let (mut i, mut r, _) = pair(&[Suite::Default], false);
+    let m2 = edit_m1(&mut i, &mut r, false, strip);
+    assert!(matches!(i.handle_input(&m2, NOW), Err(Error::Decrypt)));
+    let (mut i, mut r, _) = pair(&[Suite::Default], false);
+    let m2 = edit_m1(&mut i, &mut r, true, strip);
+    assert!(matches!(i.handle_input(&m2, NOW), Err(Error::BadSignature)));
+}
+
+#[test]
+fn a_responder_choosing_what_was_not_offered_is_refused() {
+    // The initiator offers only `default`; an attacker rewrites the offer to
+    // `pq-auth` and re-encrypts the answer: the choice itself is refused.
+    let (mut i, r, _) = pair(&[Suite::Default], true);
+    let mut r_cfg = (*r.config).clone();
+    r_cfg.suites = vec![Suite::PqAuth];
+    let mut r = Responder::new(Arc::new(r_cfg), BINDING, NOW, &mut rng(8)).unwrap();
+    let m2 = edit_m1(&mut i, &mut r, true, |h| h.suites = vec![2]);
+    assert!(matches!(i.handle_input(&m2, NOW), Err(Error::NotOffered)));
+}
