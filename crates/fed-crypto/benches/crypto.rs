@@ -10,6 +10,7 @@ use std::hint::black_box;
 
 use aes_gcm::{Aes256Gcm, KeyInit, aead::AeadInOut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ml_kem::array::typenum::Unsigned;
 use fed_crypto::{ChannelConfig, Identity, Role, SecureChannel, XWingSecretKey};
 use x_wing::{Decapsulate, Decapsulator};
 
@@ -44,6 +45,32 @@ fn xwing(c: &mut Criterion) {
     g.bench_function("decaps/x-wing", |b| {
         b.iter(|| theirs.decapsulate(black_box(&their_ct)))
     });
+    g.finish();
+}
+
+/// The parts X-Wing is made of, to show where its time goes.
+fn components(c: &mut Criterion) {
+    use ml_kem::{Decapsulate, KeyExport, MlKem768, kem::Kem};
+    let mut g = c.benchmark_group("xwing-components");
+    let secret = x25519_dalek::StaticSecret::from([7u8; 32]);
+    let public = x25519_dalek::PublicKey::from([9u8; 32]);
+    g.bench_function("x25519/base-mul", |b| b.iter(|| x25519_dalek::PublicKey::from(black_box(&secret))));
+    g.bench_function("x25519/dh", |b| b.iter(|| secret.diffie_hellman(black_box(&public))));
+    let seed = ml_kem::Seed::from([3u8; 64]);
+    g.bench_function("ml-kem-768/keygen", |b| {
+        b.iter(|| ml_kem::DecapsulationKey::<MlKem768>::from_seed(black_box(seed)))
+    });
+    let dk = ml_kem::DecapsulationKey::<MlKem768>::from_seed(seed);
+    let ek = dk.encapsulation_key().clone();
+    let m = ml_kem::B32::from([5u8; 32]);
+    g.bench_function("ml-kem-768/encaps", |b| b.iter(|| ek.encapsulate_deterministic(black_box(&m))));
+    let (ct, _) = ek.encapsulate_deterministic(&m);
+    g.bench_function("ml-kem-768/decaps", |b| b.iter(|| dk.decapsulate(black_box(&ct))));
+    let ek_bytes = ek.to_bytes();
+    g.bench_function("ml-kem-768/ek-decode", |b| {
+        b.iter(|| ml_kem::EncapsulationKey::<MlKem768>::new(black_box(&ek_bytes)).unwrap())
+    });
+    let _ = <MlKem768 as Kem>::SharedKeySize::USIZE;
     g.finish();
 }
 
@@ -115,5 +142,5 @@ fn channel(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, xwing, signatures, channel);
+criterion_group!(benches, xwing, components, signatures, channel);
 criterion_main!(benches);
