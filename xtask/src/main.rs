@@ -24,6 +24,9 @@ Commands:
                              ARGS passed to criterion (e.g. --measurement-time 5)
   fuzz [--seconds N] [T..]   build the fuzz targets and run each (or the named ones)
                              for N seconds (default 60); needs cargo-fuzz
+  sim [--seeds N] [--scenario NAME] [--seed S]
+                             the PBFT Byzantine simulator: N seeds per scenario
+                             (default 100), or replay one scenario and seed
   help                       this text
 
 Environment:
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
             .map_err(|e| vec![e]),
         "bench" => bench(rest).map_err(|e| vec![e]),
         "fuzz" => fuzz(rest).map_err(|e| vec![e]),
+        "sim" => sim(rest).map_err(|e| vec![e]),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
@@ -284,6 +288,53 @@ fn bench(args: &[String]) -> Result<(), String> {
     }
     let cargo_args: Vec<&str> = cargo_args.iter().map(String::as_str).collect();
     run_step(&Step::cargo("bench", &cargo_args))
+}
+
+fn sim(args: &[String]) -> Result<(), String> {
+    let mut seeds = 100;
+    let mut scenario = None;
+    let mut seed = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{a} takes a value"));
+        match a.as_str() {
+            "--seeds" => {
+                seeds = value()?
+                    .parse()
+                    .map_err(|_| "--seeds takes a whole number")?
+            }
+            "--scenario" => scenario = Some(value()?),
+            "--seed" => seed = Some(value()?),
+            other => return Err(format!("unknown sim option `{other}`")),
+        }
+    }
+    sim_run(seeds, scenario, seed)
+}
+
+/// Runs the simulator test binary in release mode (signatures are slow in debug).
+fn sim_run(seeds: u32, scenario: Option<String>, seed: Option<String>) -> Result<(), String> {
+    let mut step = Step::cargo(
+        "sim",
+        &[
+            "test",
+            "--release",
+            "--locked",
+            "-p",
+            "fed-pbft",
+            "--test",
+            "sim",
+            "--",
+            "--nocapture",
+        ],
+    )
+    .env("FED_SIM_SEEDS", seeds.to_string());
+    if let Some(s) = scenario {
+        step = step.env("FED_SIM_SCENARIO", s);
+    }
+    if let Some(s) = seed {
+        step = step.env("FED_SIM_SEED", s);
+    }
+    run_step(&step)
 }
 
 fn fuzz(args: &[String]) -> Result<(), String> {
