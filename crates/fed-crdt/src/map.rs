@@ -1,0 +1,844 @@
+//! Last-writer-wins map with tombstones, a garbage-collection horizon and
+//! bounded delta-state sync.
+
+use core::{borrow::Borrow, cmp::Ordering, ops::Bound};
+use std::collections::{BTreeMap, btree_map};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{
+    error::{Error, Result},
+    frontier::Frontier,
+    hlc::{Hlc, HlcClock},
+    register::{Conflict, MergeOutcome, TieBreak, canonical_bytes},
+    sync::{Applied, MapDelta, SyncRequest},
+    wire::{Codec, Limits, MessageKind, Reader, Writer, encoded_len},
+};
+
+/// Upper bound on the size of a postcard varint (a `u64`).
+const MAX_VARINT_LEN: usize = 10;
+
+/// One key's state in an [`LwwMap`]: the winning write's stamp and its value,
+/// or no value for a removal (a tombstone).
+///
+/// Wire form: the stamp, then the value as a postcard `Option` (`0x00` for a
+/// tombstone, `0x01` followed by the value).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entry<V> {
+    stamp: Hlc,
+    value: Option<V>,
+}
+
+impl<V> Entry<V> {
+    /// An entry written at `stamp`; `None` is a tombstone.
+    pub const fn new(stamp: Hlc, value: Option<V>) -> Self {
+        Self { stamp, value }
+    }
+
+    /// Stamp of the write that produced this entry.
+    pub fn stamp(&self) -> Hlc {
+        self.stamp
+    }
+
+    /// The value, or `None` for a tombstone.
+    pub fn value(&self) -> Option<&V> {
+        self.value.as_ref()
+    }
+
+    /// Whether this entry records a removal.
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+/// A map whose keys are independent last-writer-wins registers, with
+/// tombstones for removals.
+///
+/// * **Merge** is per key, with the same order as [`LwwRegister`](crate::LwwRegister):
+///   greater stamp, then greater canonical bytes of the postcard-encoded
+///   `Option<V>` (so at equal stamps a value beats a tombstone). It is
+///   commutative, associative and idempotent; equal stamps with different
+///   values are reported in [`MergeOutcome::conflicts`].
+/// * **Tombstones** stay until [`collect_garbage`](Self::collect_garbage) is
+///   called with a horizon: a stamp below which the caller guarantees this
+///   replica has received every write (in a federation, the stable
+///   checkpoint). Tombstones below the horizon are dropped; afterwards an
+///   incoming write below the horizon for a key this replica does not hold is
+///   ignored as stale (it can only be a value that a collected tombstone
+///   removed). The horizon is local and never taken from a peer's full
+///   state; a snapshot chunk carries the sender's horizon only so that
+///   [`apply_trusted_delta`](Self::apply_trusted_delta) can remove stale keys
+///   (see [`MapDelta`]); the untrusted [`apply_delta`](Self::apply_delta)
+///   never removes anything.
+/// * **Delta sync**: a replica asks with a [`SyncRequest`] carrying its
+///   [`Frontier`]; [`delta_for`](Self::delta_for) answers with a
+///   [`MapDelta`] chunk holding only the entries the frontier does not
+///   cover, bounded by [`Limits::max_entries`] and
+///   [`Limits::max_message_bytes`]; [`apply_delta`](Self::apply_delta)
+///   merges it and returns the request for the next chunk, if any. A peer
+///   whose frontier does not cover the tombstones this replica collected is
+///   sent a snapshot instead (full state, chunked the same way). Applying all
+///   chunks gives exactly the state that merging the sender's full state
+///   gives.
+///
+/// Bounds: the map itself is local state and is not bounded; every message
+/// that carries it is (see [`Limits`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LwwMap<K, V> {
+    entries: BTreeMap<K, Entry<V>>,
+    /// Number of entries that are not tombstones.
+    live: usize,
+    frontier: Frontier,
+    collected: Frontier,
+    horizon: Option<Hlc>,
+}
+
+impl<K, V> Default for LwwMap<K, V> {
+    fn default() -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            live: 0,
+            frontier: Frontier::new(),
+            collected: Frontier::new(),
+            horizon: None,
+        }
+    }
+}
+
+impl<K: Ord, V> LwwMap<K, V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value stored under `key`, if it is present and not removed.
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.entries.get(key).and_then(|e| e.value.as_ref())
+    }
+
+    /// The entry (value or tombstone, with its stamp) under `key`.
+    pub fn entry<Q>(&self, key: &Q) -> Option<&Entry<V>>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.entries.get(key)
+    }
+
+    /// Whether `key` holds a value (not a tombstone).
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
+    /// Number of keys holding a value.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether no key holds a value.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Number of entries including tombstones.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Number of tombstones held.
+    pub fn tombstone_count(&self) -> usize {
+        self.entries.len() - self.live
+    }
+
+    /// Keys and values, tombstones skipped, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.entries
+            .iter()
+            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k, v)))
+    }
+
+    /// Every entry including tombstones, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&K, &Entry<V>)> + '_ {
+        self.entries.iter()
+    }
+
+    /// What this replica has absorbed, per origin.
+    pub fn frontier(&self) -> &Frontier {
+        &self.frontier
+    }
+
+    /// Per origin, the greatest stamp of a tombstone this replica (or a
+    /// replica whose state it absorbed) garbage-collected. A peer whose
+    /// frontier does not cover it is sent a snapshot rather than a delta.
+    pub fn collected(&self) -> &Frontier {
+        &self.collected
+    }
+
+    /// The local garbage-collection horizon, if [`collect_garbage`](Self::collect_garbage) ran.
+    pub fn horizon(&self) -> Option<Hlc> {
+        self.horizon
+    }
+
+    /// The request to send a peer to get what this replica is missing.
+    pub fn sync_request(&self) -> SyncRequest<K> {
+        SyncRequest::new(self.frontier.clone())
+    }
+
+    /// A request for the peer's full state (a snapshot), for first contact or
+    /// periodic repair.
+    pub fn full_sync_request(&self) -> SyncRequest<K> {
+        SyncRequest::full(self.frontier.clone())
+    }
+
+    /// Drops tombstones stamped below `horizon` and remembers the horizon
+    /// (the greatest one given so far). Returns how many were dropped.
+    ///
+    /// The caller guarantees that this replica has received every write
+    /// stamped below `horizon` (for example because the horizon is a stable
+    /// checkpoint). With that guarantee, collection never resurrects a
+    /// removed key and never loses a value.
+    pub fn collect_garbage(&mut self, horizon: Hlc) -> usize {
+        let h = match self.horizon {
+            Some(old) if old >= horizon => old,
+            _ => horizon,
+        };
+        self.horizon = Some(h);
+        let collected = &mut self.collected;
+        let before = self.entries.len();
+        self.entries.retain(|_, e| {
+            if e.value.is_none() && e.stamp < h {
+                collected.observe(e.stamp);
+                false
+            } else {
+                true
+            }
+        });
+        before - self.entries.len()
+    }
+}
+
+impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
+    /// Writes `value` under `key` with a stamp from `clock` greater than the
+    /// key's current stamp, and returns that stamp.
+    pub fn insert(&mut self, key: K, value: V, clock: &mut HlcClock, now_ms: u64) -> Hlc {
+        self.write(key, Some(value), clock, now_ms)
+    }
+
+    /// Removes `key` by writing a tombstone stamped by `clock`, and returns
+    /// the stamp. A tombstone is written even if the key is absent, so that
+    /// it also overrides older concurrent writes not yet received.
+    pub fn remove(&mut self, key: K, clock: &mut HlcClock, now_ms: u64) -> Hlc {
+        self.write(key, None, clock, now_ms)
+    }
+
+    fn write(&mut self, key: K, value: Option<V>, clock: &mut HlcClock, now_ms: u64) -> Hlc {
+        let own = self.frontier.get(&clock.node());
+        let current = self.entries.get(&key).map(|e| e.stamp);
+        let stamp = match own.max(current) {
+            Some(floor) => clock.observe_unchecked(&floor, now_ms),
+            None => clock.tick(now_ms),
+        };
+        let mut out = MergeOutcome::new();
+        let mut tie = TieBreak::default();
+        self.merge_entry(key, Entry::new(stamp, value), &mut tie, &mut out);
+        self.frontier.observe(stamp);
+        stamp
+    }
+
+    /// Applies one write with a given stamp exactly as a merge would (for
+    /// replaying a log or building test states). The frontier is not
+    /// raised: only complete states do that.
+    pub fn write_at(&mut self, key: K, value: Option<V>, stamp: Hlc) -> MergeOutcome<K> {
+        let mut out = MergeOutcome::new();
+        let mut tie = TieBreak::default();
+        self.merge_entry(key, Entry::new(stamp, value), &mut tie, &mut out);
+        out
+    }
+
+    /// Merges one incoming entry under the LWW order and the horizon rule.
+    fn merge_entry(
+        &mut self,
+        key: K,
+        incoming: Entry<V>,
+        tie: &mut TieBreak,
+        out: &mut MergeOutcome<K>,
+    ) {
+        let horizon = self.horizon;
+        let below_horizon = |s: &Hlc| horizon.is_some_and(|h| *s < h);
+        match self.entries.entry(key) {
+            btree_map::Entry::Vacant(slot) => {
+                if below_horizon(&incoming.stamp) {
+                    out.discarded += 1;
+                    return;
+                }
+                if incoming.value.is_some() {
+                    self.live += 1;
+                }
+                slot.insert(incoming);
+                out.changed += 1;
+            }
+            btree_map::Entry::Occupied(mut slot) => {
+                let current = slot.get();
+                let (ord, conflict) = tie.cmp(
+                    &incoming.stamp,
+                    &incoming.value,
+                    &current.stamp,
+                    &current.value,
+                );
+                if conflict {
+                    out.conflicts.push(Conflict {
+                        key: slot.key().clone(),
+                        stamp: current.stamp,
+                    });
+                }
+                if ord != Ordering::Greater {
+                    return;
+                }
+                out.changed += 1;
+                let was_live = current.value.is_some();
+                if was_live {
+                    self.live -= 1;
+                }
+                if incoming.value.is_none() && below_horizon(&incoming.stamp) {
+                    self.collected.observe(incoming.stamp);
+                    slot.remove();
+                } else {
+                    if incoming.value.is_some() {
+                        self.live += 1;
+                    }
+                    *slot.get_mut() = incoming;
+                }
+            }
+        }
+    }
+
+    /// Merges another replica's full state into this one (no skew check:
+    /// use [`ingest_state`](Self::ingest_state) for input from the network).
+    ///
+    /// Entries merge per key; frontiers and collected floors join. The other
+    /// replica's horizon is not adopted.
+    pub fn merge(&mut self, other: Self) -> MergeOutcome<K> {
+        let mut out = MergeOutcome::new();
+        let mut tie = TieBreak::default();
+        for (k, e) in other.entries {
+            self.merge_entry(k, e, &mut tie, &mut out);
+        }
+        self.frontier.join(&other.frontier);
+        self.collected.join(&other.collected);
+        out
+    }
+
+    /// Merges a full state received from a peer at wall-clock time
+    /// `now_ms`: every stamp is checked against `clock`'s forward-skew
+    /// bound first, then the clock is advanced past the greatest one and the
+    /// states merge.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockSkew`] if any stamp is too far ahead; `self` and `clock`
+    /// are then unchanged.
+    pub fn ingest_state(
+        &mut self,
+        other: Self,
+        clock: &mut HlcClock,
+        now_ms: u64,
+    ) -> Result<MergeOutcome<K>> {
+        let stamps = other
+            .entries
+            .values()
+            .map(|e| e.stamp)
+            .chain(other.frontier.iter())
+            .chain(other.collected.iter());
+        check_and_observe(stamps, clock, now_ms)?;
+        Ok(self.merge(other))
+    }
+
+    /// Produces the next chunk answering `request`.
+    ///
+    /// Delta mode (the default): the chunk holds, in key order after
+    /// `request.after()`, the entries whose stamps the requester's frontier
+    /// does not cover. Snapshot mode (when the request asks for full state,
+    /// or when the requester's frontier does not cover this replica's
+    /// [`collected`](Self::collected) floors, meaning it may have missed
+    /// tombstones that no longer exist here): every entry, plus this
+    /// replica's horizon.
+    ///
+    /// The chunk stops before [`Limits::max_entries`] entries or
+    /// [`Limits::max_message_bytes`] encoded bytes would be exceeded; it then
+    /// names the last key it covers and the requester asks again from there.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`] if a single entry (or the frontiers alone)
+    /// cannot fit in a message; [`Error::TooManyOrigins`] if a frontier has
+    /// more origins than allowed; [`Error::Encode`] if a key or value fails to
+    /// serialize.
+    pub fn delta_for(&self, request: &SyncRequest<K>, limits: &Limits) -> Result<MapDelta<K, V>>
+    where
+        K: Serialize,
+        V: Clone,
+    {
+        let snapshot = request.is_full() || !request.frontier().dominates(&self.collected);
+        let horizon = if snapshot { self.horizon } else { None };
+        let frontier = request
+            .echo()
+            .cloned()
+            .unwrap_or_else(|| self.frontier.clone());
+        let after = request.after().cloned();
+
+        // Size of everything but the entries and `until`, as `encode` writes it.
+        let mut fixed = Writer::new(MessageKind::MapDelta);
+        fixed.value(&snapshot)?;
+        fixed.value(&horizon)?;
+        fixed.value(&after)?;
+        fixed.frontier(&frontier, limits)?;
+        fixed.frontier(&self.collected, limits)?;
+        // `until` tag byte and the worst-case entry-count varint.
+        let mut used = fixed.written() + 1 + MAX_VARINT_LEN;
+        let max_bytes = limits.max_message_bytes;
+        if used > max_bytes {
+            return Err(Error::MessageTooLarge {
+                size: used,
+                max: max_bytes,
+            });
+        }
+
+        let lower = match &after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let mut scratch = Vec::new();
+        let mut entries: Vec<(K, Entry<V>)> = Vec::new();
+        let mut truncated = false;
+        for (k, e) in self.entries.range((lower, Bound::Unbounded)) {
+            if !snapshot && request.frontier().covers(&e.stamp) {
+                continue;
+            }
+            let key_len = encoded_len(k, &mut scratch)?;
+            let entry_len = encoded_len(e, &mut scratch)?;
+            // Room for the entry and for naming its key as `until`.
+            let need = key_len + entry_len + key_len;
+            if entries.len() >= limits.max_entries || used + need > max_bytes {
+                if entries.is_empty() {
+                    return Err(if limits.max_entries == 0 {
+                        Error::TooManyEntries { count: 1, max: 0 }
+                    } else {
+                        Error::MessageTooLarge {
+                            size: used + need,
+                            max: max_bytes,
+                        }
+                    });
+                }
+                truncated = true;
+                break;
+            }
+            used += key_len + entry_len;
+            entries.push((k.clone(), e.clone()));
+        }
+        let until = if truncated {
+            entries.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        Ok(MapDelta::from_parts(
+            snapshot,
+            horizon,
+            after,
+            until,
+            frontier,
+            self.collected.clone(),
+            entries,
+        ))
+    }
+
+    /// Applies a chunk from [`delta_for`](Self::delta_for) (no skew check:
+    /// use [`ingest_delta`](Self::ingest_delta) for input from the network).
+    ///
+    /// Entries merge as in [`merge`](Self::merge); nothing this replica holds
+    /// is ever removed, whatever the sender claims, so a Byzantine peer can
+    /// at worst withhold updates. A snapshot's removals (keys the sender no
+    /// longer holds below its horizon) are applied only by
+    /// [`apply_trusted_delta`](Self::apply_trusted_delta). The last chunk
+    /// raises the frontier to the sender's; otherwise the returned
+    /// [`Applied::next`] is the request for the next chunk.
+    pub fn apply_delta(&mut self, delta: MapDelta<K, V>) -> Applied<K> {
+        self.apply_chunk(delta, false)
+    }
+
+    /// [`apply_delta`](Self::apply_delta), and for a snapshot chunk also
+    /// removes this replica's entries in the chunk's key range that the
+    /// sender does not hold and that are stamped below the sender's horizon
+    /// (the sender has seen them and collected the tombstone that removed
+    /// them).
+    ///
+    /// Only for a sender the caller trusts not to lie by omission, or a
+    /// snapshot whose content is certified (for example by a stable
+    /// checkpoint's digest): a dishonest sender could otherwise make this
+    /// replica drop live entries. This is how a replica that missed
+    /// tombstones which were then collected everywhere gets rid of the values
+    /// they removed.
+    pub fn apply_trusted_delta(&mut self, delta: MapDelta<K, V>) -> Applied<K> {
+        self.apply_chunk(delta, true)
+    }
+
+    fn apply_chunk(&mut self, delta: MapDelta<K, V>, remove_stale: bool) -> Applied<K> {
+        let (snapshot, horizon, after, until, frontier, collected, entries) = delta.into_parts();
+        let mut out = MergeOutcome::new();
+        if remove_stale
+            && snapshot
+            && let Some(h) = horizon
+        {
+            self.drop_stale(after.as_ref(), until.as_ref(), h, &entries, &mut out);
+        }
+        let mut tie = TieBreak::default();
+        for (k, e) in entries {
+            self.merge_entry(k, e, &mut tie, &mut out);
+        }
+        self.collected.join(&collected);
+        let next = match until {
+            None => {
+                self.frontier.join(&frontier);
+                None
+            }
+            Some(last) => Some(SyncRequest::resume(
+                self.frontier.clone(),
+                snapshot,
+                last,
+                frontier,
+            )),
+        };
+        Applied { outcome: out, next }
+    }
+
+    /// Checks every stamp of a chunk received from a peer at wall-clock
+    /// time `now_ms` against `clock`'s forward-skew bound, advances the
+    /// clock past the greatest, then applies it with
+    /// [`apply_delta`](Self::apply_delta) (merge only).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockSkew`] if any stamp is too far ahead; `self` and `clock`
+    /// are then unchanged.
+    pub fn ingest_delta(
+        &mut self,
+        delta: MapDelta<K, V>,
+        clock: &mut HlcClock,
+        now_ms: u64,
+    ) -> Result<Applied<K>> {
+        check_and_observe(delta.stamps(), clock, now_ms)?;
+        Ok(self.apply_delta(delta))
+    }
+
+    /// [`ingest_delta`](Self::ingest_delta) with
+    /// [`apply_trusted_delta`](Self::apply_trusted_delta)'s removals.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockSkew`] as for [`ingest_delta`](Self::ingest_delta).
+    pub fn ingest_trusted_delta(
+        &mut self,
+        delta: MapDelta<K, V>,
+        clock: &mut HlcClock,
+        now_ms: u64,
+    ) -> Result<Applied<K>> {
+        check_and_observe(delta.stamps(), clock, now_ms)?;
+        Ok(self.apply_trusted_delta(delta))
+    }
+
+    /// Removes own entries in `(after, until]` stamped below `horizon` whose
+    /// keys the snapshot chunk `entries` (sorted) does not contain.
+    fn drop_stale(
+        &mut self,
+        after: Option<&K>,
+        until: Option<&K>,
+        horizon: Hlc,
+        entries: &[(K, Entry<V>)],
+        out: &mut MergeOutcome<K>,
+    ) {
+        if let (Some(a), Some(u)) = (after, until)
+            && a >= u
+        {
+            return;
+        }
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let upper = until.map_or(Bound::Unbounded, Bound::Included);
+        let stale: Vec<K> = self
+            .entries
+            .range((lower, upper))
+            .filter(|(k, e)| {
+                e.stamp < horizon && entries.binary_search_by(|(ek, _)| ek.cmp(k)).is_err()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(e) = self.entries.remove(&k) {
+                if e.value.is_some() {
+                    self.live -= 1;
+                }
+                out.discarded += 1;
+            }
+        }
+    }
+}
+
+/// Checks each stamp against the clock's skew bound, then observes the
+/// greatest. Nothing changes unless all pass.
+fn check_and_observe(
+    stamps: impl Iterator<Item = Hlc>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+) -> Result<()> {
+    let mut max: Option<Hlc> = None;
+    for s in stamps {
+        clock.check(&s, now_ms)?;
+        max = max.max(Some(s));
+    }
+    if let Some(m) = max {
+        clock.observe_unchecked(&m, now_ms);
+    }
+    Ok(())
+}
+
+impl<K: Ord + Clone, V: Serialize> crdts::CvRDT for LwwMap<K, V> {
+    type Validation = Error;
+
+    /// Fails with [`Error::Conflict`] at the first key where both maps hold
+    /// equal stamps with different values.
+    fn validate_merge(&self, other: &Self) -> Result<()> {
+        for (k, theirs) in &other.entries {
+            if let Some(ours) = self.entries.get(k)
+                && ours.stamp == theirs.stamp
+                && canonical_bytes(&ours.value) != canonical_bytes(&theirs.value)
+            {
+                return Err(Error::Conflict { stamp: ours.stamp });
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Self) {
+        LwwMap::merge(self, other);
+    }
+}
+
+/// Writes a sorted entry list: count, then key and entry for each.
+pub(crate) fn write_entries<'a, K, V>(
+    w: &mut Writer,
+    entries: impl ExactSizeIterator<Item = (&'a K, &'a Entry<V>)>,
+    limits: &Limits,
+) -> Result<()>
+where
+    K: Serialize + 'a,
+    V: Serialize + 'a,
+{
+    let n = entries.len();
+    if n > limits.max_entries {
+        return Err(Error::TooManyEntries {
+            count: n as u64,
+            max: limits.max_entries,
+        });
+    }
+    w.len(n)?;
+    for (k, e) in entries {
+        w.value(k)?;
+        w.value(e)?;
+    }
+    Ok(())
+}
+
+/// Reads an entry list, enforcing the count limit and strictly ascending keys.
+pub(crate) fn read_entries<K, V>(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<(K, Entry<V>)>>
+where
+    K: Ord + DeserializeOwned,
+    V: DeserializeOwned,
+{
+    let n = r.len(limits.max_entries, |count, max| Error::TooManyEntries {
+        count,
+        max,
+    })?;
+    let mut entries: Vec<(K, Entry<V>)> = Vec::with_capacity(n.min(1_024));
+    for _ in 0..n {
+        let k: K = r.value()?;
+        let e: Entry<V> = r.value()?;
+        if let Some((prev, _)) = entries.last()
+            && *prev >= k
+        {
+            return Err(Error::Invalid {
+                reason: "entries not in strictly ascending key order",
+            });
+        }
+        entries.push((k, e));
+    }
+    Ok(entries)
+}
+
+impl<K, V> Codec for LwwMap<K, V>
+where
+    K: Ord + Clone + Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+{
+    const KIND: MessageKind = MessageKind::MapState;
+
+    /// Body: horizon (`Option<Hlc>`), frontier, collected floors, entries.
+    fn encode(&self, limits: &Limits) -> Result<Vec<u8>> {
+        let mut w = Writer::new(Self::KIND);
+        w.value(&self.horizon)?;
+        w.frontier(&self.frontier, limits)?;
+        w.frontier(&self.collected, limits)?;
+        write_entries(&mut w, self.entries.iter(), limits)?;
+        w.finish(limits)
+    }
+
+    fn decode(bytes: &[u8], limits: &Limits) -> Result<Self> {
+        let mut r = Reader::open(bytes, Self::KIND, limits)?;
+        let horizon: Option<Hlc> = r.value()?;
+        let frontier = r.frontier(limits)?;
+        let collected = r.frontier(limits)?;
+        let entries: Vec<(K, Entry<V>)> = read_entries(&mut r, limits)?;
+        r.finish()?;
+        if let Some(h) = horizon
+            && entries
+                .iter()
+                .any(|(_, e)| e.value.is_none() && e.stamp < h)
+        {
+            return Err(Error::Invalid {
+                reason: "tombstone below the horizon",
+            });
+        }
+        let live = entries.iter().filter(|(_, e)| e.value.is_some()).count();
+        Ok(Self {
+            entries: entries.into_iter().collect(),
+            live,
+            frontier,
+            collected,
+            horizon,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ReplicaId;
+
+    fn clock(n: u64) -> HlcClock {
+        HlcClock::new(ReplicaId::from_u64(n), 1_000)
+    }
+
+    #[test]
+    fn insert_get_remove_and_counts() {
+        let mut c = clock(1);
+        let mut m: LwwMap<&str, u32> = LwwMap::new();
+        m.insert("a", 1, &mut c, 10);
+        m.insert("b", 2, &mut c, 10);
+        m.remove("a", &mut c, 11);
+        m.remove("zzz", &mut c, 11);
+        assert_eq!(m.get(&"a"), None);
+        assert_eq!(m.get(&"b"), Some(&2));
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.entry_count(), 3);
+        assert_eq!(m.tombstone_count(), 2);
+        assert_eq!(m.iter().collect::<Vec<_>>(), vec![(&"b", &2)]);
+        assert_eq!(m.frontier().get(&ReplicaId::from_u64(1)), Some(c.last()));
+    }
+
+    #[test]
+    fn local_write_supersedes_a_newer_remote_value_even_with_a_slow_clock() {
+        let mut slow = clock(1);
+        let mut m: LwwMap<u8, u8> = LwwMap::new();
+        m.write_at(7, Some(1), Hlc::new(5_000, 3, ReplicaId::from_u64(9)));
+        let s = m.insert(7, 2, &mut slow, 10);
+        assert!(s > Hlc::new(5_000, 3, ReplicaId::from_u64(9)));
+        assert_eq!(m.get(&7), Some(&2));
+    }
+
+    #[test]
+    fn value_beats_tombstone_at_equal_stamp_in_both_orders() {
+        let s = Hlc::new(1, 0, ReplicaId::from_u64(1));
+        let mut a: LwwMap<u8, u8> = LwwMap::new();
+        a.write_at(1, None, s);
+        let mut b: LwwMap<u8, u8> = LwwMap::new();
+        b.write_at(1, Some(0), s);
+        let mut ab = a.clone();
+        let out = ab.merge(b.clone());
+        assert_eq!(out.conflicts, vec![Conflict { key: 1, stamp: s }]);
+        let mut ba = b.clone();
+        ba.merge(a);
+        assert_eq!(ab, ba);
+        assert_eq!(ab.get(&1), Some(&0));
+    }
+
+    #[test]
+    fn gc_drops_old_tombstones_and_ignores_stale_writes_below_the_horizon() {
+        let mut c = clock(1);
+        let mut m: LwwMap<u8, u8> = LwwMap::new();
+        m.insert(1, 1, &mut c, 10);
+        m.remove(1, &mut c, 20);
+        m.remove(2, &mut c, 30);
+        assert_eq!(m.collect_garbage(Hlc::floor(25)), 1);
+        assert_eq!(m.entry_count(), 1);
+        assert_eq!(
+            m.collected()
+                .get(&ReplicaId::from_u64(1))
+                .map(|s| s.physical_ms()),
+            Some(20)
+        );
+        // A stale copy of the removed value arrives late: ignored.
+        let out = m.write_at(1, Some(1), Hlc::new(10, 0, ReplicaId::from_u64(1)));
+        assert_eq!(out.discarded, 1);
+        assert_eq!(m.get(&1), None);
+        // A new write above the horizon is accepted.
+        m.insert(1, 5, &mut c, 40);
+        assert_eq!(m.get(&1), Some(&5));
+        // A lower horizon does not move it back.
+        m.collect_garbage(Hlc::floor(1));
+        assert_eq!(m.horizon(), Some(Hlc::floor(25)));
+    }
+
+    #[test]
+    fn chunked_delta_equals_full_merge() {
+        let (mut ca, mut cb) = (clock(1), clock(2));
+        let mut a: LwwMap<u32, u32> = LwwMap::new();
+        let mut b: LwwMap<u32, u32> = LwwMap::new();
+        for i in 0..50 {
+            a.insert(i, i, &mut ca, 100 + u64::from(i));
+        }
+        let mut merged = b.clone();
+        merged.merge(a.clone());
+        let limits = Limits {
+            max_entries: 7,
+            ..Limits::default()
+        };
+        let mut req = b.sync_request();
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let d = a.delta_for(&req, &limits).unwrap();
+            assert!(d.len() <= 7);
+            match b.apply_delta(d).next {
+                Some(next) => req = next,
+                None => break,
+            }
+        }
+        assert_eq!(rounds, 8);
+        assert_eq!(b, merged);
+        // In sync: the next delta is empty and final.
+        let d = a.delta_for(&b.sync_request(), &limits).unwrap();
+        assert!(d.is_empty() && d.is_last());
+        // A local change travels alone.
+        a.insert(3, 33, &mut ca, 500);
+        b.insert(1_000, 1, &mut cb, 500);
+        let d = a.delta_for(&b.sync_request(), &limits).unwrap();
+        assert_eq!(d.len(), 1);
+        b.apply_delta(d);
+        assert_eq!(b.get(&3), Some(&33));
+    }
+}

@@ -1,0 +1,307 @@
+//! Replicas converge under random delivery order, duplicated and dropped
+//! messages, chunked deltas, snapshots and garbage collection, once a final
+//! resync runs; and applying deltas equals merging full states.
+
+use std::collections::BTreeMap;
+
+use fed_crdt::{Codec, Hlc, HlcClock, Limits, MapDelta, SyncRequest};
+use proptest::{collection::vec, prelude::*};
+
+use crate::support::{Map, config, node, pull};
+
+const N: usize = 3;
+
+#[derive(Debug, Clone)]
+enum SimOp {
+    /// Replica `r` writes (or removes, for `None`) `key`, `dt` ms later.
+    Write {
+        r: usize,
+        key: u8,
+        value: Option<u16>,
+        dt: u64,
+    },
+    /// `requester` sends `responder` a sync request (a snapshot one if `full`).
+    Request {
+        requester: usize,
+        responder: usize,
+        full: bool,
+    },
+    /// Delivers one in-flight message; keeps a copy in flight if `duplicate`.
+    Deliver { pick: usize, duplicate: bool },
+    /// Loses one in-flight message.
+    Drop { pick: usize },
+    /// Reliable all-pairs sync; afterwards every write so far is stable.
+    Barrier,
+    /// Replica `r` collects garbage below the last stable horizon.
+    Gc { r: usize },
+}
+
+fn sim_op(with_gc: bool) -> impl Strategy<Value = SimOp> {
+    let gc_weight = if with_gc { 1 } else { 0 };
+    prop_oneof![
+        6 => (0..N, 0u8..8, proptest::option::of(any::<u16>()), 0u64..5)
+            .prop_map(|(r, key, value, dt)| SimOp::Write { r, key, value, dt }),
+        3 => (0..N, 0..N, proptest::bool::weighted(0.15)).prop_map(|(requester, responder, full)| {
+            SimOp::Request { requester, responder, full }
+        }),
+        6 => (any::<usize>(), proptest::bool::weighted(0.2))
+            .prop_map(|(pick, duplicate)| SimOp::Deliver { pick, duplicate }),
+        1 => any::<usize>().prop_map(|pick| SimOp::Drop { pick }),
+        gc_weight => Just(SimOp::Barrier),
+        gc_weight * 2 => (0..N).prop_map(|r| SimOp::Gc { r }),
+    ]
+}
+
+enum Msg {
+    Request {
+        from: usize,
+        to: usize,
+        bytes: Vec<u8>,
+    },
+    Delta {
+        from: usize,
+        to: usize,
+        bytes: Vec<u8>,
+    },
+}
+
+struct Sim {
+    now: u64,
+    /// Per-replica wall-clock offsets: the replicas' clocks disagree.
+    offsets: [u64; N],
+    clocks: Vec<HlcClock>,
+    maps: Vec<Map>,
+    net: Vec<Msg>,
+    /// Every write ever made: key, value, stamp.
+    log: Vec<(u8, Option<u16>, Hlc)>,
+    stable: Option<Hlc>,
+    limits: Limits,
+    collected_any: bool,
+}
+
+impl Sim {
+    fn new(offsets: [u64; N], max_entries: usize) -> Self {
+        Self {
+            now: 1_000,
+            offsets,
+            clocks: (0..N as u64)
+                .map(|n| HlcClock::new(node(n), 10_000))
+                .collect(),
+            maps: (0..N).map(|_| Map::new()).collect(),
+            net: Vec::new(),
+            log: Vec::new(),
+            stable: None,
+            limits: Limits {
+                max_entries,
+                ..Limits::default()
+            },
+            collected_any: false,
+        }
+    }
+
+    fn local_now(&self, r: usize) -> u64 {
+        self.now + self.offsets[r]
+    }
+
+    fn send_request(&mut self, from: usize, to: usize, request: &SyncRequest<u8>) {
+        let bytes = request.encode(&self.limits).unwrap();
+        self.net.push(Msg::Request { from, to, bytes });
+    }
+
+    fn step(&mut self, op: &SimOp) {
+        match *op {
+            SimOp::Write { r, key, value, dt } => {
+                self.now += dt;
+                let now = self.local_now(r);
+                let stamp = match value {
+                    Some(v) => self.maps[r].insert(key, v, &mut self.clocks[r], now),
+                    None => self.maps[r].remove(key, &mut self.clocks[r], now),
+                };
+                self.log.push((key, value, stamp));
+            }
+            SimOp::Request {
+                requester,
+                responder,
+                full,
+            } => {
+                if requester != responder {
+                    let m = &self.maps[requester];
+                    let req = if full {
+                        m.full_sync_request()
+                    } else {
+                        m.sync_request()
+                    };
+                    self.send_request(requester, responder, &req);
+                }
+            }
+            SimOp::Deliver { pick, duplicate } => {
+                if self.net.is_empty() {
+                    return;
+                }
+                let i = pick % self.net.len();
+                let msg = if duplicate {
+                    match &self.net[i] {
+                        Msg::Request { from, to, bytes } => Msg::Request {
+                            from: *from,
+                            to: *to,
+                            bytes: bytes.clone(),
+                        },
+                        Msg::Delta { from, to, bytes } => Msg::Delta {
+                            from: *from,
+                            to: *to,
+                            bytes: bytes.clone(),
+                        },
+                    }
+                } else {
+                    self.net.swap_remove(i)
+                };
+                self.deliver(msg);
+            }
+            SimOp::Drop { pick } => {
+                if !self.net.is_empty() {
+                    let i = pick % self.net.len();
+                    self.net.swap_remove(i);
+                }
+            }
+            SimOp::Barrier => {
+                self.resync();
+                self.stable = self.log.iter().map(|(_, _, s)| *s).max();
+            }
+            SimOp::Gc { r } => {
+                if let Some(h) = self.stable
+                    && self.maps[r].collect_garbage(h) > 0
+                {
+                    self.collected_any = true;
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, msg: Msg) {
+        match msg {
+            Msg::Request { from, to, bytes } => {
+                let req = SyncRequest::<u8>::decode(&bytes, &self.limits).unwrap();
+                let delta = self.maps[to].delta_for(&req, &self.limits).unwrap();
+                let bytes = delta.encode(&self.limits).unwrap();
+                self.net.push(Msg::Delta {
+                    from: to,
+                    to: from,
+                    bytes,
+                });
+            }
+            Msg::Delta { from, to, bytes } => {
+                let delta = MapDelta::<u8, u16>::decode(&bytes, &self.limits).unwrap();
+                let now = self.local_now(to);
+                let applied = self.maps[to]
+                    .ingest_delta(delta, &mut self.clocks[to], now)
+                    .unwrap();
+                if let Some(next) = applied.next {
+                    self.send_request(to, from, &next);
+                }
+            }
+        }
+    }
+
+    /// Reliable, in-order sync of every pair, through the same messages.
+    fn resync(&mut self) {
+        for _ in 0..2 {
+            for to in 0..N {
+                for from in 0..N {
+                    if from == to {
+                        continue;
+                    }
+                    let mut request = self.maps[to].sync_request();
+                    loop {
+                        let bytes = request.encode(&self.limits).unwrap();
+                        let req = SyncRequest::<u8>::decode(&bytes, &self.limits).unwrap();
+                        let delta = self.maps[from].delta_for(&req, &self.limits).unwrap();
+                        let bytes = delta.encode(&self.limits).unwrap();
+                        let delta = MapDelta::<u8, u16>::decode(&bytes, &self.limits).unwrap();
+                        let now = self.local_now(to);
+                        match self.maps[to]
+                            .ingest_delta(delta, &mut self.clocks[to], now)
+                            .unwrap()
+                            .next
+                        {
+                            Some(next) => request = next,
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The live view every replica must end with: for each key, the value
+    /// of the greatest-stamped write ever made.
+    fn expected(&self) -> BTreeMap<u8, u16> {
+        let mut last: BTreeMap<u8, (Hlc, Option<u16>)> = BTreeMap::new();
+        for (k, v, s) in &self.log {
+            let e = last.entry(*k).or_insert((*s, *v));
+            if *s > e.0 {
+                *e = (*s, *v);
+            }
+        }
+        last.into_iter()
+            .filter_map(|(k, (_, v))| v.map(|v| (k, v)))
+            .collect()
+    }
+}
+
+fn live(m: &Map) -> BTreeMap<u8, u16> {
+    m.iter().map(|(k, v)| (*k, *v)).collect()
+}
+
+fn run(ops: &[SimOp], offsets: [u64; N], max_entries: usize) -> Sim {
+    let mut sim = Sim::new(offsets, max_entries);
+    for op in ops {
+        sim.step(op);
+    }
+    sim
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn replicas_converge_despite_reordering_duplicates_drops_and_gc(
+        ops in vec(sim_op(true), 0..120),
+        offsets in proptest::array::uniform3(0u64..50),
+        max_entries in 1usize..5,
+    ) {
+        let mut sim = run(&ops, offsets, max_entries);
+        // Whatever is still in flight is lost; a final resync repairs it.
+        sim.net.clear();
+        sim.resync();
+        let expected = sim.expected();
+        for m in &sim.maps {
+            prop_assert_eq!(&live(m), &expected);
+        }
+        if !sim.collected_any {
+            // Without garbage collection the whole states, tombstones and
+            // frontiers included, are identical.
+            for m in &sim.maps[1..] {
+                prop_assert!(m.entries().eq(sim.maps[0].entries()));
+                prop_assert_eq!(m.frontier(), sim.maps[0].frontier());
+            }
+        }
+    }
+
+    #[test]
+    fn applying_deltas_equals_merging_full_state(
+        ops in vec(sim_op(false), 0..80),
+        offsets in proptest::array::uniform3(0u64..50),
+        max_entries in 1usize..5,
+    ) {
+        let sim = run(&ops, offsets, 16);
+        for from in 0..N {
+            for to in 0..N {
+                let mut by_delta = sim.maps[to].clone();
+                pull(&sim.maps[from], &mut by_delta, max_entries);
+                let mut by_merge = sim.maps[to].clone();
+                by_merge.merge(sim.maps[from].clone());
+                prop_assert_eq!(by_delta, by_merge);
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `reconcile` does not depend on arrival order or duplicates, and respects
+//! its bounds.
+
+use std::cmp::Ordering;
+
+use fed_crdt::{Hit, Hlc, PatternId, QueryResponse, ReconcileConfig, Reconciler, reconcile};
+use proptest::{collection::vec, prelude::*};
+
+use crate::support::{config, node};
+
+fn hit() -> impl Strategy<Value = Hit<u8>> {
+    (
+        0u64..6,
+        prop::sample::select(vec![0.1f32, 0.5, 0.9, -0.0, 0.0]),
+        (0u64..3, 0u32..2, 0u64..2),
+        0u8..3,
+    )
+        .prop_map(|(p, score, (ms, l, n), payload)| Hit {
+            pattern: PatternId::from_u64(p),
+            score,
+            version: Hlc::new(ms, l, node(n)),
+            payload,
+        })
+}
+
+fn response() -> impl Strategy<Value = QueryResponse<u8>> {
+    (0u64..4, vec(hit(), 0..6)).prop_map(|(s, hits)| QueryResponse {
+        source: node(s),
+        hits,
+    })
+}
+
+fn cfg(top_k: usize) -> ReconcileConfig {
+    ReconcileConfig {
+        top_k,
+        max_hits_per_response: 4,
+        max_forward_skew_ms: 10,
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn result_is_independent_of_order_and_duplicates(
+        (responses, shuffled, dups) in vec(response(), 0..6).prop_flat_map(|rs| {
+            let n = rs.len().max(1);
+            (Just(rs.clone()), Just(rs).prop_shuffle(), vec(0..n, 0..4))
+        }),
+        top_k in 0usize..8,
+    ) {
+        let expected = reconcile(responses.clone(), &cfg(top_k), 0);
+        let mut again = shuffled;
+        for i in dups {
+            if let Some(r) = responses.get(i) {
+                again.push(r.clone());
+            }
+        }
+        prop_assert_eq!(&reconcile(again.clone(), &cfg(top_k), 0), &expected);
+        again.reverse();
+        let mut incremental = Reconciler::new(cfg(top_k), 0);
+        for r in again {
+            let _ = incremental.add(r);
+        }
+        prop_assert_eq!(incremental.finish(), expected);
+    }
+
+    #[test]
+    fn output_is_deduplicated_ranked_bounded_and_newest(responses in vec(response(), 0..6), top_k in 0usize..8) {
+        let out = reconcile(responses.clone(), &cfg(top_k), 0);
+        prop_assert!(out.hits.len() <= top_k);
+        prop_assert_eq!(out.hits.len(), top_k.min(out.candidates));
+        for w in out.hits.windows(2) {
+            // Score descending, then pattern ascending (so no duplicates).
+            let ord = w[1].score.total_cmp(&w[0].score).then(w[0].pattern.cmp(&w[1].pattern));
+            prop_assert_eq!(ord, Ordering::Less);
+        }
+        let accepted: Vec<_> = responses.iter().filter(|r| r.hits.len() <= 4).collect();
+        for h in &out.hits {
+            let newest = accepted
+                .iter()
+                .flat_map(|r| r.hits.iter())
+                .filter(|x| x.pattern == h.pattern)
+                .map(|x| x.version)
+                .max();
+            prop_assert_eq!(Some(h.version), newest);
+            let mut sources: Vec<_> = accepted
+                .iter()
+                .filter(|r| r.hits.iter().any(|x| x.pattern == h.pattern))
+                .map(|r| r.source)
+                .collect();
+            sources.sort();
+            sources.dedup();
+            let got: Vec<_> = h.provenance.iter().map(|p| p.source).collect();
+            prop_assert_eq!(got, sources);
+        }
+        let rejected = responses.iter().filter(|r| r.hits.len() > 4).count();
+        prop_assert_eq!(rejected > 0, !out.rejected.is_empty());
+    }
+}

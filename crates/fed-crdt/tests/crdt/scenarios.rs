@@ -1,0 +1,152 @@
+//! Deterministic scenarios: garbage collection with a lagging replica,
+//! delta size at 1 % change of a 10k map, cloned nodes.
+
+use fed_crdt::{Codec, Hlc, HlcClock, Limits, LwwMap};
+
+use crate::support::{node, pull, pull_trusted};
+
+type Map = LwwMap<u64, u64>;
+
+#[test]
+fn a_lagging_replica_is_repaired_by_snapshot_after_tombstones_were_collected() {
+    let (mut ca, mut cc) = (HlcClock::new(node(1), 1_000), HlcClock::new(node(3), 1_000));
+    let (mut a, mut b, mut c) = (Map::new(), Map::new(), Map::new());
+    c.insert(7, 70, &mut cc, 10);
+    c.insert(8, 80, &mut cc, 11);
+    a.insert(1, 10, &mut ca, 12);
+    for (from, to) in [(&c, &mut a), (&c, &mut b)] {
+        pull(from, to, 2);
+    }
+    pull(&a, &mut b, 2);
+    pull(&a, &mut c, 2);
+    // Everyone holds everything. Now A removes 7; only B hears of it.
+    a.remove(7, &mut ca, 100);
+    pull(&a, &mut b, 2);
+    // A and B hold a stable checkpoint at 200 and collect the tombstone.
+    assert_eq!(a.collect_garbage(Hlc::floor(200)), 1);
+    assert_eq!(b.collect_garbage(Hlc::floor(200)), 1);
+    // C lagged: its frontier does not cover A's collected tombstone, so A
+    // answers with a snapshot. Through the untrusted path C keeps the value
+    // (a peer's omission never deletes anything)...
+    assert!(!c.frontier().dominates(a.collected()));
+    let delta = a.delta_for(&c.sync_request(), &Limits::default()).unwrap();
+    assert!(delta.is_snapshot());
+    let mut c_untrusted = c.clone();
+    pull(&a, &mut c_untrusted, 2);
+    assert_eq!(c_untrusted.get(&7), Some(&70));
+    // ...and through the trusted path it drops the stale value.
+    pull_trusted(&a, &mut c, 2);
+    assert_eq!(c.get(&7), None);
+    assert_eq!(c.get(&8), Some(&80));
+    // A late copy of the removed value is ignored by the collected replicas.
+    let mut stale = Map::new();
+    stale.write_at(7, Some(70), c.entry(&8).unwrap().stamp());
+    assert_eq!(a.merge(stale).discarded, 1);
+    assert_eq!(a.get(&7), None);
+    // And afterwards plain deltas resume.
+    assert!(c.frontier().dominates(a.collected()));
+    a.insert(9, 90, &mut ca, 300);
+    let delta = a.delta_for(&c.sync_request(), &Limits::default()).unwrap();
+    assert!(!delta.is_snapshot());
+    assert_eq!(delta.len(), 1);
+    let lives = |m: &Map| m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>();
+    pull(&a, &mut c, 2);
+    pull(&c, &mut b, 2);
+    assert_eq!(lives(&a), lives(&b));
+    assert_eq!(lives(&a), lives(&c));
+}
+
+#[test]
+fn a_lying_peer_cannot_erase_entries_through_the_untrusted_path() {
+    let mut cv = HlcClock::new(node(1), 1_000);
+    let mut victim = Map::new();
+    for k in 0..20 {
+        victim.insert(k, k * 10, &mut cv, 10 + k);
+    }
+    // The liar holds nothing, claims a high horizon and collected tombstones
+    // from every origin, so it answers with an (empty) snapshot.
+    let mut cl = HlcClock::new(node(9), 1_000);
+    let mut liar = Map::new();
+    liar.insert(100, 1, &mut cl, 50);
+    liar.remove(100, &mut cl, 60);
+    liar.collect_garbage(Hlc::floor(1_000));
+    let delta = liar
+        .delta_for(&victim.sync_request(), &Limits::default())
+        .unwrap();
+    assert!(delta.is_snapshot());
+    let before: Vec<_> = victim.iter().map(|(k, v)| (*k, *v)).collect();
+    victim.apply_delta(delta);
+    let after: Vec<_> = victim.iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(before, after, "nothing was removed");
+    // The same chunk through the trusted path would have erased them: the
+    // distinction is what protects the untrusted path.
+    let mut trusting = Map::new();
+    for k in 0..20 {
+        trusting.insert(k, k * 10, &mut cv, 10 + k);
+    }
+    let delta = liar
+        .delta_for(&trusting.sync_request(), &Limits::default())
+        .unwrap();
+    trusting.apply_trusted_delta(delta);
+    assert_eq!(trusting.len(), 0);
+}
+
+#[test]
+fn delta_at_one_percent_change_of_a_10k_map_is_about_one_percent_of_full_state() {
+    const N: u64 = 10_000;
+    let limits = Limits::default();
+    // Eight writers filled the map; replica B is in sync with A.
+    let mut clocks: Vec<HlcClock> = (0..8).map(|n| HlcClock::new(node(n), 1_000)).collect();
+    let mut a = Map::new();
+    for i in 0..N {
+        let w = (i % 8) as usize;
+        a.insert(i, i * 31, &mut clocks[w], 1_700_000_000_000 + i);
+    }
+    let mut b = Map::new();
+    pull(&a, &mut b, limits.max_entries);
+    assert_eq!(a, b);
+    // 1 % of the keys change on A.
+    for i in (0..N).step_by(100) {
+        let w = (i % 8) as usize;
+        a.insert(i, i + 1, &mut clocks[w], 1_700_000_100_000 + i);
+    }
+    let full = a.encode(&limits).unwrap().len();
+    let delta = a.delta_for(&b.sync_request(), &limits).unwrap();
+    assert_eq!(delta.len(), 100);
+    assert!(delta.is_last());
+    let delta_bytes = delta.encode(&limits).unwrap().len();
+    let ratio = delta_bytes as f64 / full as f64;
+    println!(
+        "delta at 1% change of a 10k map: {delta_bytes} bytes; full state: {full} bytes; ratio {:.2}%",
+        ratio * 100.0
+    );
+    assert!(
+        ratio <= 0.03,
+        "delta is {:.2}% of full state",
+        ratio * 100.0
+    );
+    b.apply_delta(delta);
+    assert!(a.entries().eq(b.entries()));
+}
+
+#[test]
+fn a_cloned_node_is_reported_and_resolved_identically_on_full_merge() {
+    // Two processes run with the same node id and the same clock state.
+    let mut original = HlcClock::new(node(5), 1_000);
+    let mut clone = original.clone();
+    let mut a: LwwMap<&str, &str> = LwwMap::new();
+    let mut b: LwwMap<&str, &str> = LwwMap::new();
+    let sa = a.insert("k", "from-original", &mut original, 50);
+    let sb = b.insert("k", "from-clone", &mut clone, 50);
+    assert_eq!(sa, sb);
+    let mut ab = a.clone();
+    let mut ba = b.clone();
+    let out_ab = ab.merge(b);
+    let out_ba = ba.merge(a);
+    assert_eq!(ab, ba);
+    assert_eq!(out_ab.conflicts.len(), 1);
+    assert_eq!(out_ba.conflicts.len(), 1);
+    assert_eq!(out_ab.conflicts[0].key, "k");
+    // "from-original" > "from-clone" bytewise.
+    assert_eq!(ab.get("k"), Some(&"from-original"));
+}
