@@ -1,0 +1,182 @@
+//! Committed operations per second of four replicas in one process, with no
+//! network delay: every transmit is delivered in FIFO order at once, every write
+//! goes to a `MemoryStorage`, and a batch counts when all four replicas executed
+//! it. Requests (100-byte operations with their MAC authenticators) are built
+//! outside the measurement. Also prints messages and bytes per committed batch.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::{collections::VecDeque, hint::black_box, sync::Arc, time::Duration};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use fed_crypto::Identity;
+use fed_pbft::{
+    Application, ClientId, ClientKey, Config, Event, Membership, MemoryStorage, Message, Replica,
+    Request, Storage,
+};
+
+const N: usize = 4;
+const BATCHES: u64 = 10;
+const OP_LEN: usize = 100;
+
+/// A small deterministic state machine: a running hash of the operations.
+#[derive(Default)]
+struct Chain([u8; 32]);
+
+impl Application for Chain {
+    fn execute(&mut self, _: &ClientId, op: &[u8]) -> Vec<u8> {
+        self.0 = *blake3::keyed_hash(&self.0, op).as_bytes();
+        self.0[..8].to_vec()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_vec()
+    }
+    fn restore(&mut self, s: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.0 = s.try_into()?;
+        Ok(())
+    }
+}
+
+struct Cluster {
+    replicas: Vec<Replica<Chain>>,
+    storages: Vec<MemoryStorage>,
+    requests: Vec<Vec<u8>>,
+    messages: u64,
+    bytes: u64,
+}
+
+fn cluster(batch: usize) -> Cluster {
+    let ids: Vec<Arc<Identity>> = (0..N)
+        .map(|i| Arc::new(Identity::from_seeds(&[i as u8 + 1; 32], None)))
+        .collect();
+    let m = Arc::new(Membership::new(ids.iter().map(|i| i.public().clone()).collect()).unwrap());
+    let mut config = Config::default();
+    config.max_batch_requests = batch;
+    config.max_batch_bytes = 1024 * 1024;
+    let clients: Vec<(ClientId, Vec<ClientKey>)> = (0..batch as u64)
+        .map(|c| {
+            let id = ClientId(fed_crypto::hash(
+                "exo-federation v1 pbft bench client",
+                &[&c.to_be_bytes()],
+            ));
+            let keys = (0..N as u64)
+                .map(|i| {
+                    ClientKey::new(&fed_crypto::hash(
+                        "exo-federation v1 pbft bench key",
+                        &[&id.0, &i.to_be_bytes()],
+                    ))
+                })
+                .collect();
+            (id, keys)
+        })
+        .collect();
+    let mut replicas: Vec<Replica<Chain>> = ids
+        .iter()
+        .map(|id| Replica::new(id.clone(), m.clone(), config.clone(), Chain::default(), 0).unwrap())
+        .collect();
+    for (i, r) in replicas.iter_mut().enumerate() {
+        for (id, keys) in &clients {
+            r.add_client(*id, keys[i].clone()).unwrap();
+        }
+    }
+    let mut requests = Vec::new();
+    for ts in 1..=BATCHES {
+        for (c, (id, keys)) in clients.iter().enumerate() {
+            let mut op = vec![0u8; OP_LEN];
+            op[..8].copy_from_slice(&(c as u64).to_be_bytes());
+            op[8..16].copy_from_slice(&ts.to_be_bytes());
+            let r = Request::new(&m, keys, *id, ts, op).unwrap();
+            requests.push(Message::Request(r).encode().unwrap());
+        }
+    }
+    Cluster {
+        replicas,
+        storages: (0..N).map(|_| MemoryStorage::new()).collect(),
+        requests,
+        messages: 0,
+        bytes: 0,
+    }
+}
+
+/// Feeds every request to the primary and delivers messages until every replica
+/// executed every batch. Returns the number of operations executed per replica.
+fn run(c: &mut Cluster) -> u64 {
+    let now = 0;
+    let mut wire: VecDeque<(u16, u16, Arc<[u8]>)> = VecDeque::new();
+    let mut executed = [0u64; N];
+    let mut ops = 0u64;
+    let requests = std::mem::take(&mut c.requests);
+    for req in &requests {
+        c.replicas[0].handle_request(req, now).unwrap();
+        drain(c, 0, &mut wire, &mut executed, &mut ops);
+    }
+    while let Some((from, to, bytes)) = wire.pop_front() {
+        c.messages += 1;
+        c.bytes += bytes.len() as u64;
+        let _ = c.replicas[usize::from(to)].handle_message(from, &bytes, now);
+        drain(c, usize::from(to), &mut wire, &mut executed, &mut ops);
+    }
+    assert!(
+        executed.iter().all(|&e| e == BATCHES),
+        "executed {executed:?}"
+    );
+    ops / N as u64
+}
+
+fn drain(
+    c: &mut Cluster,
+    i: usize,
+    wire: &mut VecDeque<(u16, u16, Arc<[u8]>)>,
+    executed: &mut [u64; N],
+    ops: &mut u64,
+) {
+    let r = &mut c.replicas[i];
+    while let Some(p) = r.poll_persist() {
+        c.storages[i].persist(&p).unwrap();
+    }
+    while let Some(t) = r.poll_transmit() {
+        wire.push_back((i as u16, t.to, t.payload));
+    }
+    while let Some(e) = r.poll_event() {
+        match e {
+            Event::Executed(x) => {
+                executed[i] += 1;
+                *ops += x.requests.len() as u64;
+            }
+            Event::Reply(reply) => {
+                black_box(reply);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    for batch in [100usize, 1000] {
+        let mut probe = cluster(batch);
+        let ops = run(&mut probe);
+        println!(
+            "batch {batch}: {} ops per replica; {:.1} messages and {:.0} bytes between replicas per committed batch",
+            ops,
+            probe.messages as f64 / BATCHES as f64,
+            probe.bytes as f64 / BATCHES as f64
+        );
+        let mut g = c.benchmark_group("pbft-4-replicas");
+        g.throughput(Throughput::Elements(batch as u64 * BATCHES));
+        g.sample_size(10);
+        g.bench_function(format!("commit-batch-{batch}-op-{OP_LEN}B"), |b| {
+            b.iter_batched(
+                || cluster(batch),
+                |mut c| run(&mut c),
+                BatchSize::LargeInput,
+            )
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5));
+    targets = bench
+}
+criterion_main!(benches);

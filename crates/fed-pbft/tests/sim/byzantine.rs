@@ -1,0 +1,218 @@
+//! Byzantine behaviours: rewrites of a real replica's outgoing messages.
+
+use std::sync::Arc;
+
+use fed_crypto::Identity;
+use fed_pbft::{
+    ClientId, Commit, CommitProof, Committed, Membership, Message, NULL_BATCH, NewView,
+    NewViewEntry, PrePrepare, Prepare, Request, Signature, Transmit, batch_digest,
+};
+use rand_chacha::{ChaCha8Rng, rand_core::Rng};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Behaviour {
+    Honest,
+    /// Drops everything sent to these replicas.
+    Silent(Vec<u16>),
+    /// Prepares and commits a random digest towards odd-numbered replicas.
+    DoubleVote,
+    /// Sends forged signatures, spoofed signers and fake commit proofs beside its
+    /// honest traffic.
+    Forger,
+    /// As primary, sends pre-prepares whose batch does not match the digest to
+    /// odd-numbered replicas.
+    BadBatch,
+    /// As primary, also sends signed pre-prepares outside the watermarks.
+    Watermarks,
+    /// Replays messages it saw earlier (its own and others').
+    Replayer,
+    /// As a new primary, sends a NEW-VIEW whose pre-prepares differ from the
+    /// recomputation (properly signed).
+    BadNewView,
+    /// Answers state requests with a corrupted snapshot and fetches with
+    /// mismatching batches.
+    BadStateSource,
+}
+
+pub(crate) struct Ctx<'a> {
+    pub(crate) me: u16,
+    pub(crate) identity: &'a Identity,
+    pub(crate) m: &'a Membership,
+    pub(crate) window: u64,
+    pub(crate) recorded: &'a mut Vec<Arc<[u8]>>,
+}
+
+fn rand_digest(rng: &mut ChaCha8Rng) -> [u8; 32] {
+    let mut d = [0u8; 32];
+    rng.fill_bytes(&mut d);
+    d
+}
+
+fn enc(m: &Message) -> Arc<[u8]> {
+    m.encode().unwrap().into()
+}
+
+/// What a replica with `behaviour` actually sends instead of `t`.
+pub(crate) fn transform(
+    behaviour: &Behaviour,
+    ctx: &mut Ctx<'_>,
+    t: Transmit,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(u16, Arc<[u8]>)> {
+    let to = t.to;
+    let honest = vec![(to, t.payload.clone())];
+    let Ok(msg) = Message::decode(&t.payload) else {
+        return honest;
+    };
+    match behaviour {
+        Behaviour::Honest => honest,
+        Behaviour::Silent(peers) => {
+            if peers.contains(&to) {
+                vec![]
+            } else {
+                honest
+            }
+        }
+        Behaviour::DoubleVote => {
+            if to.is_multiple_of(2) {
+                return honest;
+            }
+            let d = rand_digest(rng);
+            match msg {
+                Message::Prepare(p) => {
+                    let p2 =
+                        Prepare::new(ctx.identity, ctx.m, p.view, p.seq, d, p.replica).unwrap();
+                    vec![(to, enc(&Message::Prepare(p2)))]
+                }
+                Message::Commit(c) => {
+                    let c2 = Commit::new(ctx.identity, ctx.m, c.view, c.seq, d, c.replica).unwrap();
+                    vec![(to, enc(&Message::Commit(c2)))]
+                }
+                _ => honest,
+            }
+        }
+        Behaviour::Forger => {
+            let mut out = honest;
+            let n = ctx.m.len() as u16;
+            match msg {
+                Message::Prepare(mut p) => {
+                    // Claim to be another replica (a spoofed sender).
+                    let mut spoofed = p.clone();
+                    spoofed.replica = (p.replica + 1) % n;
+                    out.push((to, enc(&Message::Prepare(spoofed))));
+                    // A corrupted signature over another digest.
+                    p.digest = rand_digest(rng);
+                    p.signature.0[5] ^= 0x40;
+                    out.push((to, enc(&Message::Prepare(p))));
+                }
+                Message::Commit(c) => {
+                    let mut forged = c.clone();
+                    forged.digest = rand_digest(rng);
+                    out.push((to, enc(&Message::Commit(forged))));
+                    // A fake commit proof for the next sequence number: the forger's
+                    // own signature repeated, and signatures of others it invents.
+                    let batch = NULL_BATCH.to_vec();
+                    let digest = batch_digest(&batch);
+                    let own = Commit::new(ctx.identity, ctx.m, c.view, c.seq + 1, digest, ctx.me)
+                        .unwrap();
+                    let mut signatures: Vec<(u16, Signature)> = (0..ctx.m.quorum() as u16)
+                        .map(|i| (i, Signature([i as u8; 64])))
+                        .collect();
+                    if let Some(s) = signatures.iter_mut().find(|(i, _)| *i == ctx.me) {
+                        s.1 = own.signature;
+                    }
+                    let proof = CommitProof {
+                        membership: *ctx.m.id(),
+                        view: c.view,
+                        seq: c.seq + 1,
+                        digest,
+                        signatures,
+                    };
+                    out.push((to, enc(&Message::Committed(Committed { proof, batch }))));
+                }
+                Message::Checkpoint(mut k) => {
+                    k.state = rand_digest(rng);
+                    out.push((to, enc(&Message::Checkpoint(k))));
+                }
+                _ => {}
+            }
+            out
+        }
+        Behaviour::BadBatch => match msg {
+            Message::PrePrepare(mut pp) if to % 2 == 1 => {
+                // Same digest and signature, another batch: a fake request.
+                let fake = Request {
+                    client: ClientId([0xee; 32]),
+                    timestamp: 1,
+                    operation: b"forged".to_vec(),
+                    authenticator: vec![[0; 16]; ctx.m.len()],
+                };
+                let forged: Vec<u8> = {
+                    let mut v = vec![1u8];
+                    let body = Message::Request(fake).encode().unwrap();
+                    v.extend_from_slice(&body[10..]);
+                    v
+                };
+                pp.batch = forged;
+                vec![(to, enc(&Message::PrePrepare(pp)))]
+            }
+            _ => honest,
+        },
+        Behaviour::Watermarks => {
+            let mut out = honest;
+            if let Message::PrePrepare(pp) = msg {
+                for seq in [0, pp.seq + 3 * ctx.window, u64::MAX] {
+                    let bad = PrePrepare::new(ctx.identity, ctx.m, pp.view, seq, pp.batch.clone())
+                        .unwrap();
+                    out.push((to, enc(&Message::PrePrepare(bad))));
+                }
+            }
+            out
+        }
+        Behaviour::Replayer => {
+            let mut out = honest;
+            if ctx.recorded.len() < 400 {
+                ctx.recorded.push(t.payload.clone());
+            }
+            if !ctx.recorded.is_empty() && rng.next_u32().is_multiple_of(3) {
+                let i = (rng.next_u32() as usize) % ctx.recorded.len();
+                out.push((to, ctx.recorded[i].clone()));
+            }
+            out
+        }
+        Behaviour::BadNewView => match msg {
+            Message::NewView(nv) => {
+                let mut entries = nv.pre_prepares.clone();
+                let d = rand_digest(rng);
+                let seq = entries
+                    .last()
+                    .map_or(nv.view_changes[0].checkpoint.seq + 1, |e| e.seq);
+                let bogus = NewViewEntry::new(ctx.identity, ctx.m, nv.view, seq, d).unwrap();
+                match entries.last_mut() {
+                    Some(last) => *last = bogus,
+                    None => entries.push(bogus),
+                }
+                let bad =
+                    NewView::new(ctx.identity, ctx.m, nv.view, nv.view_changes, entries).unwrap();
+                vec![(to, enc(&Message::NewView(bad)))]
+            }
+            _ => honest,
+        },
+        Behaviour::BadStateSource => match msg {
+            Message::StateResponse(mut r) => {
+                if let Some(b) = r.snapshot.last_mut() {
+                    *b ^= 1;
+                } else {
+                    r.snapshot.push(1);
+                }
+                vec![(to, enc(&Message::StateResponse(r)))]
+            }
+            Message::Committed(mut c) => {
+                c.batch = NULL_BATCH.to_vec();
+                c.batch.push(0);
+                vec![(to, enc(&Message::Committed(c)))]
+            }
+            _ => honest,
+        },
+    }
+}
