@@ -10,8 +10,8 @@ use std::hint::black_box;
 
 use aes_gcm::{Aes256Gcm, KeyInit, aead::AeadInOut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ml_kem::array::typenum::Unsigned;
 use fed_crypto::{ChannelConfig, Identity, Role, SecureChannel, XWingSecretKey};
+use ml_kem::array::typenum::Unsigned;
 use x_wing::{Decapsulate, Decapsulator};
 
 const SEED: [u8; 32] = [0x42; 32];
@@ -54,8 +54,12 @@ fn components(c: &mut Criterion) {
     let mut g = c.benchmark_group("xwing-components");
     let secret = x25519_dalek::StaticSecret::from([7u8; 32]);
     let public = x25519_dalek::PublicKey::from([9u8; 32]);
-    g.bench_function("x25519/base-mul", |b| b.iter(|| x25519_dalek::PublicKey::from(black_box(&secret))));
-    g.bench_function("x25519/dh", |b| b.iter(|| secret.diffie_hellman(black_box(&public))));
+    g.bench_function("x25519/base-mul", |b| {
+        b.iter(|| x25519_dalek::PublicKey::from(black_box(&secret)))
+    });
+    g.bench_function("x25519/dh", |b| {
+        b.iter(|| secret.diffie_hellman(black_box(&public)))
+    });
     let seed = ml_kem::Seed::from([3u8; 64]);
     g.bench_function("ml-kem-768/keygen", |b| {
         b.iter(|| ml_kem::DecapsulationKey::<MlKem768>::from_seed(black_box(seed)))
@@ -63,9 +67,13 @@ fn components(c: &mut Criterion) {
     let dk = ml_kem::DecapsulationKey::<MlKem768>::from_seed(seed);
     let ek = dk.encapsulation_key().clone();
     let m = ml_kem::B32::from([5u8; 32]);
-    g.bench_function("ml-kem-768/encaps", |b| b.iter(|| ek.encapsulate_deterministic(black_box(&m))));
+    g.bench_function("ml-kem-768/encaps", |b| {
+        b.iter(|| ek.encapsulate_deterministic(black_box(&m)))
+    });
     let (ct, _) = ek.encapsulate_deterministic(&m);
-    g.bench_function("ml-kem-768/decaps", |b| b.iter(|| dk.decapsulate(black_box(&ct))));
+    g.bench_function("ml-kem-768/decaps", |b| {
+        b.iter(|| dk.decapsulate(black_box(&ct)))
+    });
     let ek_bytes = ek.to_bytes();
     g.bench_function("ml-kem-768/ek-decode", |b| {
         b.iter(|| ml_kem::EncapsulationKey::<MlKem768>::new(black_box(&ek_bytes)).unwrap())

@@ -117,7 +117,9 @@ mod tls {
             .unwrap()
             .with_root_certificates(server_roots);
         let mut client = if mutual {
-            builder.with_client_auth_cert(vec![client_cert], client_key).unwrap()
+            builder
+                .with_client_auth_cert(vec![client_cert], client_key)
+                .unwrap()
         } else {
             builder.with_no_client_auth()
         };
@@ -127,14 +129,17 @@ mod tls {
             .with_protocol_versions(&[&TLS13])
             .unwrap();
         let builder = if mutual {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider)
-                .build()
-                .unwrap();
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider)
+                    .build()
+                    .unwrap();
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
         };
-        let mut server = builder.with_single_cert(vec![server_cert], server_key).unwrap();
+        let mut server = builder
+            .with_single_cert(vec![server_cert], server_key)
+            .unwrap();
         server.send_tls13_tickets = 0;
         Tls {
             client: Arc::new(client),
@@ -178,7 +183,10 @@ fn rustls_handshake(c: &mut Criterion) {
     for (name, mutual) in [("server-auth", false), ("mutual-auth", true)] {
         let tls = tls::configs(mutual);
         let group = tls::handshake(&tls);
-        assert_eq!(group, "X25519MLKEM768", "the comparison must use the hybrid group");
+        assert_eq!(
+            group, "X25519MLKEM768",
+            "the comparison must use the hybrid group"
+        );
         g.bench_function(format!("rustls-tls13-x25519mlkem768/{name}"), |b| {
             b.iter(|| black_box(tls::handshake(&tls)))
         });
