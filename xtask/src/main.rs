@@ -16,8 +16,8 @@ const HELP: &str = "\
 cargo xtask <command>
 
 Commands:
-  ci [--keep-going]          every check CI runs, in order (fmt, clippy, test, doc,
-                             deps, deny, fuzz build and smoke run)
+  ci [--keep-going]          every check CI runs, in order (fmt, clippy, test, bench
+                             build, doc, deps, sim, deny, fuzz build and smoke run)
   deps                       check the crate stack: no crate depends on one above it
   test                       cargo test --workspace --locked
   bench [CRATE..] [-- ARGS]  criterion benches (CRATE: crypto, crdt, ...; default all),
@@ -216,6 +216,7 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
             }),
         ),
         ("deps", Box::new(|| deps::check_workspace(&root()))),
+        ("sim", Box::new(|| sim_run(CI_SIM_SEEDS, None, None))),
         ("deny", Box::new(deny)),
         ("fuzz", Box::new(|| fuzz_run(&[], CI_FUZZ_SECONDS))),
     ];
@@ -289,6 +290,10 @@ fn bench(args: &[String]) -> Result<(), String> {
     let cargo_args: Vec<&str> = cargo_args.iter().map(String::as_str).collect();
     run_step(&Step::cargo("bench", &cargo_args))
 }
+
+/// Seeds per scenario that `ci` runs in release (the debug `test` step runs the
+/// simulator's own default of 8 as well).
+const CI_SIM_SEEDS: u32 = 32;
 
 fn sim(args: &[String]) -> Result<(), String> {
     let mut seeds = 100;
