@@ -2,10 +2,18 @@
 //! network delay: every transmit is delivered in FIFO order at once, every write
 //! goes to a `MemoryStorage`, and a batch counts when all four replicas executed
 //! it. Requests (100-byte operations with their MAC authenticators) are built
-//! outside the measurement. Also prints messages and bytes per committed batch.
+//! outside the measurement. Also prints messages and bytes per committed batch,
+//! and each replica's own CPU time per operation: all four replicas share one
+//! thread here, while a deployment runs each on its own machine, where the
+//! busiest replica bounds throughput.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::{collections::VecDeque, hint::black_box, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    hint::black_box,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use fed_crypto::Identity;
@@ -100,20 +108,40 @@ fn cluster(batch: usize) -> Cluster {
 /// Feeds every request to the primary and delivers messages until every replica
 /// executed every batch. Returns the number of operations executed per replica.
 fn run(c: &mut Cluster) -> u64 {
+    run_timed(c, None)
+}
+
+/// [`run`], adding to `busy[i]` the time replica `i` spends handling its inputs
+/// and draining its outputs.
+// Wall-clock time is what this bench measures; the sans-IO ban is for the crate.
+#[allow(clippy::disallowed_methods)]
+fn run_timed(c: &mut Cluster, mut busy: Option<&mut [Duration; N]>) -> u64 {
+    let mut timed = |i: usize, c: &mut Cluster, f: &mut dyn FnMut(&mut Cluster)| {
+        let start = busy.is_some().then(Instant::now);
+        f(c);
+        if let (Some(b), Some(t)) = (busy.as_deref_mut(), start) {
+            b[i] += t.elapsed();
+        }
+    };
     let now = 0;
     let mut wire: VecDeque<(u16, u16, Arc<[u8]>)> = VecDeque::new();
     let mut executed = [0u64; N];
     let mut ops = 0u64;
     let requests = std::mem::take(&mut c.requests);
     for req in &requests {
-        c.replicas[0].handle_request(req, now).unwrap();
-        drain(c, 0, &mut wire, &mut executed, &mut ops);
+        timed(0, c, &mut |c| {
+            c.replicas[0].handle_request(req, now).unwrap();
+            drain(c, 0, &mut wire, &mut executed, &mut ops);
+        });
     }
     while let Some((from, to, bytes)) = wire.pop_front() {
         c.messages += 1;
         c.bytes += bytes.len() as u64;
-        let _ = c.replicas[usize::from(to)].handle_message(from, &bytes, now);
-        drain(c, usize::from(to), &mut wire, &mut executed, &mut ops);
+        let to = usize::from(to);
+        timed(to, c, &mut |c| {
+            let _ = c.replicas[to].handle_message(from, &bytes, now);
+            drain(c, to, &mut wire, &mut executed, &mut ops);
+        });
     }
     assert!(
         executed.iter().all(|&e| e == BATCHES),
@@ -159,6 +187,18 @@ fn bench(c: &mut Criterion) {
             ops,
             probe.messages as f64 / BATCHES as f64,
             probe.bytes as f64 / BATCHES as f64
+        );
+        // Each replica's own time per operation, over a few runs.
+        let mut busy = [Duration::ZERO; N];
+        let runs = 5;
+        for _ in 0..runs {
+            run_timed(&mut cluster(batch), Some(&mut busy));
+        }
+        let per_op = busy.map(|d| d.as_secs_f64() * 1e6 / (ops * runs) as f64);
+        let busiest = per_op.iter().copied().fold(0.0, f64::max);
+        println!(
+            "batch {batch}: CPU time per operation by replica (us): {per_op:.2?}; the busiest alone bounds a deployment with one replica per machine at {:.0} ops/s",
+            1e6 / busiest
         );
         let mut g = c.benchmark_group("pbft-4-replicas");
         g.throughput(Throughput::Elements(batch as u64 * BATCHES));
