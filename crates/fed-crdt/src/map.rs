@@ -533,8 +533,7 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         clock: &mut HlcClock,
         now_ms: u64,
     ) -> Result<Applied<K>> {
-        check_and_observe(delta.stamps(), clock, now_ms)?;
-        Ok(self.apply_delta(delta))
+        self.ingest_chunk(delta, clock, now_ms, false)
     }
 
     /// [`ingest_delta`](Self::ingest_delta) with
@@ -549,8 +548,18 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         clock: &mut HlcClock,
         now_ms: u64,
     ) -> Result<Applied<K>> {
+        self.ingest_chunk(delta, clock, now_ms, true)
+    }
+
+    fn ingest_chunk(
+        &mut self,
+        delta: MapDelta<K, V>,
+        clock: &mut HlcClock,
+        now_ms: u64,
+        remove_stale: bool,
+    ) -> Result<Applied<K>> {
         check_and_observe(delta.stamps(), clock, now_ms)?;
-        Ok(self.apply_trusted_delta(delta))
+        Ok(self.apply_chunk(delta, remove_stale))
     }
 
     /// Removes own entries in `(after, until]` stamped below `horizon` whose

@@ -32,6 +32,34 @@ pub mod labels {
     /// Per-purpose MAC key derivation inside [`mac`](super::mac).
     pub const MAC_KEY: &str = "exo-federation v1 mac key";
 
+    /// Checks a crate's label registry: every label is ASCII, starts with `prefix`
+    /// (`"exo-federation v1 <crate> "`) and has more after it, is at most 255 bytes
+    /// (labels double as ML-DSA context strings), appears once, and is not one of
+    /// this crate's labels. Each crate calls it from a test on its `labels::ALL`.
+    ///
+    /// # Errors
+    ///
+    /// The first rule broken, naming the label.
+    pub fn check(all: &[&str], prefix: &str) -> Result<(), String> {
+        for (i, label) in all.iter().enumerate() {
+            if !label.is_ascii() || !label.starts_with(prefix) || label.len() <= prefix.len() {
+                return Err(format!(
+                    "label {label:?} must be ASCII and start with {prefix:?}"
+                ));
+            }
+            if label.len() > 255 {
+                return Err(format!("label {label:?} is longer than 255 bytes"));
+            }
+            if all[..i].contains(label) {
+                return Err(format!("label {label:?} is used twice"));
+            }
+            if prefix != "exo-federation v1 " && ALL.contains(label) {
+                return Err(format!("label {label:?} collides with fed-crypto's"));
+            }
+        }
+        Ok(())
+    }
+
     /// Every label above, for the distinctness test and for documentation tools.
     pub const ALL: &[&str] = &[
         NODE_ID,
@@ -166,11 +194,21 @@ mod tests {
 
     #[test]
     fn labels_are_distinct() {
-        let mut all = labels::ALL.to_vec();
-        all.sort_unstable();
-        all.dedup();
-        assert_eq!(all.len(), labels::ALL.len());
-        assert!(all.iter().all(|l| l.starts_with("exo-federation v1 ")));
+        labels::check(labels::ALL, "exo-federation v1 ").unwrap();
+    }
+
+    #[test]
+    fn the_label_check_catches_each_mistake() {
+        let p = "exo-federation v1 test ";
+        labels::check(&["exo-federation v1 test a", "exo-federation v1 test b"], p).unwrap();
+        assert!(
+            labels::check(&["exo-federation v1 test a", "exo-federation v1 test a"], p).is_err()
+        );
+        assert!(labels::check(&["exo-federation v1 other a"], p).is_err());
+        assert!(labels::check(&["exo-federation v1 test "], p).is_err());
+        assert!(labels::check(&[labels::NODE_ID], "exo-federation v1 node").is_err());
+        let long = format!("{p}{}", "x".repeat(300));
+        assert!(labels::check(&[long.as_str()], p).is_err());
     }
 
     #[test]

@@ -49,14 +49,6 @@ pub const ALL: &[&str] = &[
 mod tests {
     #[test]
     fn labels_are_distinct_and_prefixed() {
-        let mut all = super::ALL.to_vec();
-        all.sort_unstable();
-        all.dedup();
-        assert_eq!(all.len(), super::ALL.len());
-        assert!(
-            all.iter()
-                .all(|l| l.starts_with("exo-federation v1 handshake "))
-        );
-        assert!(all.iter().all(|l| !fed_crypto::labels::ALL.contains(l)));
+        fed_crypto::labels::check(super::ALL, "exo-federation v1 handshake ").unwrap();
     }
 }

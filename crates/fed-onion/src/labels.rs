@@ -46,22 +46,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_are_distinct_and_prefixed() {
-        let mut all = ALL.to_vec();
-        all.sort_unstable();
-        all.dedup();
-        assert_eq!(all.len(), ALL.len(), "two purposes share a label");
-        for label in ALL {
-            assert!(label.starts_with(PREFIX), "{label} lacks the crate prefix");
-            assert!(label.len() > PREFIX.len());
-            assert!(label.is_ascii());
-        }
-    }
-
-    #[test]
-    fn labels_do_not_collide_with_fed_crypto() {
-        for ours in ALL {
-            assert!(!fed_crypto::labels::ALL.contains(ours));
-        }
+    fn labels_are_distinct_prefixed_and_apart_from_fed_crypto() {
+        fed_crypto::labels::check(ALL, PREFIX).unwrap();
     }
 }

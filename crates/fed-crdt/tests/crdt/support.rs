@@ -81,22 +81,7 @@ where
     K: Ord + Clone + serde::Serialize,
     V: Clone + serde::Serialize,
 {
-    let limits = Limits {
-        max_entries,
-        ..Limits::default()
-    };
-    let mut request = to.sync_request();
-    let mut chunks = 0;
-    loop {
-        chunks += 1;
-        assert!(chunks < 10_000, "delta sync does not terminate");
-        let delta = from.delta_for(&request, &limits).unwrap();
-        assert!(delta.len() <= max_entries);
-        match to.apply_delta(delta).next {
-            Some(next) => request = next,
-            None => return chunks,
-        }
-    }
+    pull_with(from, to, max_entries, false)
 }
 
 /// [`pull`] through [`LwwMap::apply_trusted_delta`], which applies a snapshot's removals.
@@ -104,6 +89,19 @@ pub(crate) fn pull_trusted<K, V>(
     from: &LwwMap<K, V>,
     to: &mut LwwMap<K, V>,
     max_entries: usize,
+) -> usize
+where
+    K: Ord + Clone + serde::Serialize,
+    V: Clone + serde::Serialize,
+{
+    pull_with(from, to, max_entries, true)
+}
+
+fn pull_with<K, V>(
+    from: &LwwMap<K, V>,
+    to: &mut LwwMap<K, V>,
+    max_entries: usize,
+    trusted: bool,
 ) -> usize
 where
     K: Ord + Clone + serde::Serialize,
@@ -120,7 +118,12 @@ where
         assert!(chunks < 10_000, "delta sync does not terminate");
         let delta = from.delta_for(&request, &limits).unwrap();
         assert!(delta.len() <= max_entries);
-        match to.apply_trusted_delta(delta).next {
+        let applied = if trusted {
+            to.apply_trusted_delta(delta)
+        } else {
+            to.apply_delta(delta)
+        };
+        match applied.next {
             Some(next) => request = next,
             None => return chunks,
         }
