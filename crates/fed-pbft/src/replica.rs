@@ -101,6 +101,21 @@ pub(crate) fn state_digest(seq: u64, snapshot: &[u8]) -> Digest {
     fed_crypto::hash(labels::STATE, &[&seq.to_be_bytes(), snapshot])
 }
 
+/// Which vote table of a [`Slot`] a PREPARE or COMMIT goes to.
+#[derive(Clone, Copy)]
+enum Phase {
+    Prepare,
+    Commit,
+}
+
+/// The signed fields of a PREPARE or COMMIT.
+struct Vote {
+    replica: ReplicaIndex,
+    view: u64,
+    seq: u64,
+    digest: Digest,
+}
+
 /// One sequence number's protocol state.
 #[derive(Debug, Default)]
 struct Slot {
@@ -123,6 +138,20 @@ struct Slot {
 }
 
 impl Slot {
+    fn votes(&self, phase: Phase) -> &BTreeMap<ReplicaIndex, (Digest, Signature)> {
+        match phase {
+            Phase::Prepare => &self.prepares,
+            Phase::Commit => &self.commits,
+        }
+    }
+
+    fn votes_mut(&mut self, phase: Phase) -> &mut BTreeMap<ReplicaIndex, (Digest, Signature)> {
+        match phase {
+            Phase::Prepare => &mut self.prepares,
+            Phase::Commit => &mut self.commits,
+        }
+    }
+
     /// Forgets the votes of older views (keeps the batch, certificates and proof).
     fn enter_view(&mut self, view: u64) {
         if self.view != view {
@@ -970,25 +999,15 @@ impl<A: Application> Replica<A> {
         if p.replica == self.m.primary(p.view) {
             return Err(Error::Unexpected("the primary does not prepare"));
         }
-        if let Some(slot) = self.log.get(&p.seq)
-            && slot.view == p.view
-            && let Some((d, _)) = slot.prepares.get(&p.replica)
-        {
-            return if *d == p.digest {
-                Ok(())
-            } else {
-                Err(Error::Equivocation {
-                    view: p.view,
-                    seq: p.seq,
-                })
-            };
-        }
-        p.verify_signature(&self.m, &mut Some(&mut self.cache))?;
-        let slot = self.log.entry(p.seq).or_default();
-        slot.enter_view(p.view);
-        slot.prepares.insert(p.replica, (p.digest, p.signature));
-        self.highest_seen = self.highest_seen.max(p.seq);
-        self.step(p.seq, now)
+        let vote = Vote {
+            replica: p.replica,
+            view: p.view,
+            seq: p.seq,
+            digest: p.digest,
+        };
+        self.record_vote(Phase::Prepare, vote, p.signature, now, |m, cache| {
+            p.verify_signature(m, &mut Some(cache))
+        })
     }
 
     fn on_commit(&mut self, from: ReplicaIndex, c: Commit, now: u64) -> Result<()> {
@@ -999,25 +1018,48 @@ impl<A: Application> Replica<A> {
             });
         }
         self.check_normal(c.view, c.seq)?;
-        if let Some(slot) = self.log.get(&c.seq)
-            && slot.view == c.view
-            && let Some((d, _)) = slot.commits.get(&c.replica)
+        let vote = Vote {
+            replica: c.replica,
+            view: c.view,
+            seq: c.seq,
+            digest: c.digest,
+        };
+        self.record_vote(Phase::Commit, vote, c.signature, now, |m, cache| {
+            c.verify_signature(m, &mut Some(cache))
+        })
+    }
+
+    /// Counts a PREPARE or COMMIT. A repeat of a vote already held is ignored; a
+    /// different digest from the same replica for the same view and sequence is
+    /// equivocation; a new vote counts only once `verify` accepted its signature.
+    fn record_vote(
+        &mut self,
+        phase: Phase,
+        vote: Vote,
+        signature: Signature,
+        now: u64,
+        verify: impl FnOnce(&Membership, &mut SigCache) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(slot) = self.log.get(&vote.seq)
+            && slot.view == vote.view
+            && let Some((d, _)) = slot.votes(phase).get(&vote.replica)
         {
-            return if *d == c.digest {
+            return if *d == vote.digest {
                 Ok(())
             } else {
                 Err(Error::Equivocation {
-                    view: c.view,
-                    seq: c.seq,
+                    view: vote.view,
+                    seq: vote.seq,
                 })
             };
         }
-        c.verify_signature(&self.m, &mut Some(&mut self.cache))?;
-        let slot = self.log.entry(c.seq).or_default();
-        slot.enter_view(c.view);
-        slot.commits.insert(c.replica, (c.digest, c.signature));
-        self.highest_seen = self.highest_seen.max(c.seq);
-        self.step(c.seq, now)
+        verify(&self.m, &mut self.cache)?;
+        let slot = self.log.entry(vote.seq).or_default();
+        slot.enter_view(vote.view);
+        slot.votes_mut(phase)
+            .insert(vote.replica, (vote.digest, signature));
+        self.highest_seen = self.highest_seen.max(vote.seq);
+        self.step(vote.seq, now)
     }
 
     /// Advances one slot of the current view as far as its votes allow.

@@ -14,7 +14,8 @@ pub(crate) enum Behaviour {
     Honest,
     /// Drops everything sent to these replicas.
     Silent(Vec<u16>),
-    /// Prepares and commits a random digest towards odd-numbered replicas.
+    /// Towards odd-numbered replicas, votes twice: its honest prepare or commit,
+    /// and one for a random digest in the same view and sequence.
     DoubleVote,
     /// Sends forged signatures, spoofed signers and fake commit proofs beside its
     /// honest traffic.
@@ -78,18 +79,20 @@ pub(crate) fn transform(
                 return honest;
             }
             let d = rand_digest(rng);
+            let mut out = honest;
             match msg {
                 Message::Prepare(p) => {
                     let p2 =
                         Prepare::new(ctx.identity, ctx.m, p.view, p.seq, d, p.replica).unwrap();
-                    vec![(to, enc(&Message::Prepare(p2)))]
+                    out.push((to, enc(&Message::Prepare(p2))));
                 }
                 Message::Commit(c) => {
                     let c2 = Commit::new(ctx.identity, ctx.m, c.view, c.seq, d, c.replica).unwrap();
-                    vec![(to, enc(&Message::Commit(c2)))]
+                    out.push((to, enc(&Message::Commit(c2))));
                 }
-                _ => honest,
+                _ => {}
             }
+            out
         }
         Behaviour::Forger => {
             let mut out = honest;

@@ -831,6 +831,7 @@ fn equivocating_primary() {
 fn double_voting_backup() {
     let mut sc = Scenario::new("double_voting_backup", 4);
     sc.behaviours = vec![(3, Behaviour::DoubleVote)];
+    sc.must_see = vec!["Equivocation"];
     run_scenario(sc);
 }
 
