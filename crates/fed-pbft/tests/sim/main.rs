@@ -908,6 +908,8 @@ fn lagging_replica_byzantine_source() {
     sc.heal_at = 4_000;
     sc.must_transfer = vec![3];
     sc.converge = true;
+    // The lie is met and refused: the corrupted snapshot fails its certified digest.
+    sc.must_see = vec!["BadSnapshot"];
     run_scenario(sc);
 }
 
