@@ -5,6 +5,11 @@
 //! between the two). A request carries one 16-byte MAC per replica, as in Castro
 //! and Liskov's authenticators: each replica checks only its own entry, so a
 //! request costs every replica one keyed BLAKE3 instead of a signature check.
+//!
+//! The membership, the replica and the client are bound into the MAC keys, derived
+//! once per client and replica ([`BoundKey`]); a tag then covers only what changes
+//! per message, so a 100-byte operation costs two BLAKE3 compressions and a short
+//! reply one (docs/protocol/pbft.md §3).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -22,23 +27,35 @@ use crate::{
 };
 
 /// The secret a client shares with one replica. Zeroized on drop; `Debug` redacts it.
-///
-/// Holds the two per-purpose MAC keys derived from it (crypto.md's
-/// `mac(K, L, parts) = keyed_BLAKE3(derive_key(MAC_KEY, [K, L]), frame(parts))`,
-/// with the inner key computed once).
 #[derive(Clone)]
 pub struct ClientKey {
-    request: DerivedKey,
-    reply: DerivedKey,
+    secret: DerivedKey,
 }
 
 impl ClientKey {
     /// Wraps the 32-byte shared secret.
     pub fn new(secret: &[u8; 32]) -> Self {
-        let k = fed_crypto::labels::MAC_KEY;
         Self {
-            request: derive_key(k, &[secret, labels::REQUEST_MAC.as_bytes()]),
-            reply: derive_key(k, &[secret, labels::REPLY_MAC.as_bytes()]),
+            secret: DerivedKey::from_bytes(*secret),
+        }
+    }
+
+    /// The MAC keys of this secret for `client` talking to `replica` of `m`.
+    pub(crate) fn bind(
+        &self,
+        m: &Membership,
+        replica: ReplicaIndex,
+        client: &ClientId,
+    ) -> BoundKey {
+        let parts: [&[u8]; 4] = [
+            self.secret.as_bytes(),
+            m.id(),
+            &replica.to_be_bytes(),
+            &client.0,
+        ];
+        BoundKey {
+            request: derive_key(labels::REQUEST_MAC, &parts),
+            reply: derive_key(labels::REPLY_MAC, &parts),
         }
     }
 }
@@ -49,70 +66,93 @@ impl std::fmt::Debug for ClientKey {
     }
 }
 
-fn keyed(key: &DerivedKey, parts: &[&[u8]]) -> Tag {
-    let mut h = blake3::Hasher::new_keyed(key.as_bytes());
-    for p in parts {
-        h.update(&(p.len() as u64).to_le_bytes());
-        h.update(p);
+/// The request and reply MAC keys of one (membership, replica, client) triple:
+/// `derive_key(label, [K_ci, membership id, be16(replica), client])`. Zeroized on drop.
+#[derive(Clone)]
+pub(crate) struct BoundKey {
+    request: DerivedKey,
+    reply: DerivedKey,
+}
+
+impl std::fmt::Debug for BoundKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoundKey(<redacted>)")
     }
+}
+
+/// Inputs up to this size are assembled on the stack and hashed in one call.
+const STACK_INPUT: usize = 256;
+
+/// `keyed_BLAKE3(key, head ‖ tail)[0..16]`.
+fn tag(key: &DerivedKey, head: &[u8], tail: &[u8]) -> Tag {
+    let len = head.len() + tail.len();
+    let hash = if len <= STACK_INPUT {
+        let mut buf = [0u8; STACK_INPUT];
+        buf[..head.len()].copy_from_slice(head);
+        buf[head.len()..len].copy_from_slice(tail);
+        blake3::keyed_hash(key.as_bytes(), &buf[..len])
+    } else {
+        let mut h = blake3::Hasher::new_keyed(key.as_bytes());
+        h.update(head);
+        h.update(tail);
+        h.finalize()
+    };
     let mut out = [0u8; 16];
-    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out.copy_from_slice(&hash.as_bytes()[..16]);
     out
 }
 
-/// The MAC of `request` for replica `replica` under `key`.
-pub(crate) fn request_tag(
-    key: &ClientKey,
-    m: &Membership,
-    replica: ReplicaIndex,
-    client: &ClientId,
-    timestamp: u64,
-    operation: &[u8],
-) -> Tag {
-    keyed(
-        &key.request,
-        &[
-            m.id(),
-            &replica.to_be_bytes(),
-            &client.0,
-            &timestamp.to_be_bytes(),
-            operation,
-        ],
-    )
+/// The MAC of a request (`be64(timestamp) ‖ operation`) under a bound request key.
+fn request_tag(key: &BoundKey, timestamp: u64, operation: &[u8]) -> Tag {
+    tag(&key.request, &timestamp.to_be_bytes(), operation)
 }
 
-/// Whether entry `replica` of the request's authenticator verifies under `key`.
-pub(crate) fn check_request(
-    key: &ClientKey,
-    m: &Membership,
-    replica: ReplicaIndex,
-    r: &Request,
-) -> bool {
+/// Whether entry `replica` of the request's authenticator verifies under `key`
+/// (bound to `replica` and the request's client).
+pub(crate) fn check_request(key: &BoundKey, replica: ReplicaIndex, r: &Request) -> bool {
     match r.authenticator.get(usize::from(replica)) {
-        Some(tag) => ct_eq(
-            tag,
-            &request_tag(key, m, replica, &r.client, r.timestamp, &r.operation),
-        ),
+        Some(t) => ct_eq(t, &request_tag(key, r.timestamp, &r.operation)),
         None => false,
     }
 }
 
-fn reply_tag(key: &ClientKey, m: &Membership, r: &Reply) -> Tag {
-    keyed(
-        &key.reply,
-        &[
-            m.id(),
-            &r.replica.to_be_bytes(),
-            &r.view.to_be_bytes(),
-            &r.client.0,
-            &r.timestamp.to_be_bytes(),
-            &wire::encode(&r.outcome),
-        ],
-    )
+/// The MAC of a reply: `be64(view) ‖ be64(timestamp) ‖ postcard(outcome)` under a
+/// bound reply key. The outcome's encoding is written here without allocating.
+fn reply_tag(key: &BoundKey, view: u64, timestamp: u64, outcome: &Outcome) -> Tag {
+    // 16 bytes of view and timestamp, the variant index, a length varint.
+    let mut head = [0u8; 16 + 1 + 10];
+    head[..8].copy_from_slice(&view.to_be_bytes());
+    head[8..16].copy_from_slice(&timestamp.to_be_bytes());
+    let (len, tail): (usize, &[u8]) = match outcome {
+        Outcome::Executed(result) => {
+            head[16] = 0;
+            (17 + varint(result.len() as u64, &mut head[17..]), result)
+        }
+        Outcome::Refused => {
+            head[16] = 1;
+            (17, &[])
+        }
+    };
+    tag(&key.reply, &head[..len], tail)
+}
+
+/// Writes `v` as an unsigned LEB128 varint (postcard's integer and length
+/// encoding) into `out`, which has room for 10 bytes; returns the bytes written.
+fn varint(mut v: u64, out: &mut [u8]) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
 }
 
 impl Request {
     /// Builds an authenticated request: `keys[i]` is the key shared with replica `i`.
+    ///
+    /// This derives the bound keys on every call; [`ClientKeys`] derives them once.
     pub fn new(
         m: &Membership,
         keys: &[ClientKey],
@@ -120,49 +160,95 @@ impl Request {
         timestamp: u64,
         operation: Vec<u8>,
     ) -> Result<Self> {
+        Ok(ClientKeys::new(m, client, keys)?.request(timestamp, operation))
+    }
+}
+
+/// A client's MAC keys for every replica of one membership, derived once: what
+/// builds authenticated requests and checks replies on the client's side.
+#[derive(Clone, Debug)]
+pub struct ClientKeys {
+    client: ClientId,
+    keys: Vec<BoundKey>,
+}
+
+impl ClientKeys {
+    /// Binds `keys[i]`, the secret `client` shares with replica `i` of `m`.
+    pub fn new(m: &Membership, client: ClientId, keys: &[ClientKey]) -> Result<Self> {
         if keys.len() != m.len() {
             return Err(Error::InvalidConfig("one client key per replica is needed"));
         }
-        let authenticator = keys
+        let keys = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| request_tag(k, m, i as ReplicaIndex, &client, timestamp, &operation))
+            .map(|(i, k)| k.bind(m, i as ReplicaIndex, &client))
             .collect();
-        Ok(Self {
-            client,
+        Ok(Self { client, keys })
+    }
+
+    /// The client these keys belong to.
+    pub fn client(&self) -> ClientId {
+        self.client
+    }
+
+    /// An authenticated request of this client.
+    pub fn request(&self, timestamp: u64, operation: Vec<u8>) -> Request {
+        let authenticator = self
+            .keys
+            .iter()
+            .map(|k| request_tag(k, timestamp, &operation))
+            .collect();
+        Request {
+            client: self.client,
             timestamp,
             operation,
             authenticator,
-        })
+        }
+    }
+
+    /// Whether `reply` is addressed to this client and its tag verifies under the
+    /// key shared with the replica it names.
+    pub fn verify_reply(&self, reply: &Reply) -> bool {
+        reply.client == self.client
+            && self
+                .keys
+                .get(usize::from(reply.replica))
+                .is_some_and(|k| reply.verify_bound(k))
     }
 }
 
 impl Reply {
-    /// Builds a reply authenticated under the key shared with the client.
+    /// Builds a reply authenticated under `key`, bound to this replica and the client.
     pub(crate) fn new(
-        key: &ClientKey,
-        m: &Membership,
+        key: &BoundKey,
         view: u64,
         client: ClientId,
         timestamp: u64,
         replica: ReplicaIndex,
         outcome: Outcome,
     ) -> Self {
-        let mut r = Self {
+        let tag = reply_tag(key, view, timestamp, &outcome);
+        Self {
             view,
             client,
             timestamp,
             replica,
             outcome,
-            tag: [0; 16],
-        };
-        r.tag = reply_tag(key, m, &r);
-        r
+            tag,
+        }
     }
 
-    /// Whether the tag verifies under `key` (the key shared with `self.replica`).
+    /// Whether the tag verifies under `key`, the key the client shares with
+    /// `self.replica` of `m`.
     pub fn verify(&self, key: &ClientKey, m: &Membership) -> bool {
-        ct_eq(&self.tag, &reply_tag(key, m, self))
+        self.verify_bound(&key.bind(m, self.replica, &self.client))
+    }
+
+    fn verify_bound(&self, key: &BoundKey) -> bool {
+        ct_eq(
+            &self.tag,
+            &reply_tag(key, self.view, self.timestamp, &self.outcome),
+        )
     }
 
     /// Encodes the reply in its envelope, for sending to the client.
@@ -203,7 +289,7 @@ struct Outstanding {
 #[derive(Debug)]
 pub struct Client {
     id: ClientId,
-    keys: Vec<ClientKey>,
+    keys: ClientKeys,
     membership: Arc<Membership>,
     view: u64,
     next_timestamp: u64,
@@ -224,9 +310,7 @@ impl Client {
         first_timestamp: u64,
         retransmit_ms: u64,
     ) -> Result<Self> {
-        if keys.len() != membership.len() {
-            return Err(Error::InvalidConfig("one client key per replica is needed"));
-        }
+        let keys = ClientKeys::new(&membership, id, &keys)?;
         if retransmit_ms == 0 {
             return Err(Error::InvalidConfig("retransmit_ms must be positive"));
         }
@@ -265,7 +349,7 @@ impl Client {
             return Err(Error::Full("client's outstanding request slot"));
         }
         let timestamp = self.next_timestamp;
-        let request = Request::new(&self.membership, &self.keys, self.id, timestamp, operation)?;
+        let request = self.keys.request(timestamp, operation);
         let bytes: Arc<[u8]> = Message::Request(request).encode()?.into();
         self.next_timestamp += 1;
         self.transmits
@@ -284,11 +368,10 @@ impl Client {
         let Message::Reply(reply) = Message::decode(bytes)? else {
             return Err(Error::Unexpected("a client accepts only replies"));
         };
-        let key = self
-            .keys
-            .get(usize::from(reply.replica))
-            .ok_or(Error::NotMember(reply.replica))?;
-        if reply.client != self.id || !reply.verify(key, &self.membership) {
+        if usize::from(reply.replica) >= self.membership.len() {
+            return Err(Error::NotMember(reply.replica));
+        }
+        if !self.keys.verify_reply(&reply) {
             return Err(Error::BadRequestAuth);
         }
         let Some(out) = self.outstanding.as_mut() else {
@@ -358,13 +441,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cached_mac_equals_the_crypto_spec() {
+    fn tags_follow_the_spec() {
+        let ids: Vec<Identity> = (1..=4u8)
+            .map(|i| Identity::from_seeds(&[i; 32], None))
+            .collect();
+        let m = Membership::new(ids.iter().map(|i| i.public().clone()).collect()).unwrap();
         let secret = [7u8; 32];
         let key = ClientKey::new(&secret);
-        let parts: [&[u8]; 2] = [b"ab", b"c"];
-        let spec = fed_crypto::mac(&secret, labels::REQUEST_MAC, &parts);
-        assert_eq!(keyed(&key.request, &parts)[..], spec.0[..16]);
+        let client = ClientId([9; 32]);
+        let parts: [&[u8]; 4] = [&secret, m.id(), &2u16.to_be_bytes(), &client.0];
+        let k_req = derive_key(labels::REQUEST_MAC, &parts);
+        let k_rep = derive_key(labels::REPLY_MAC, &parts);
+        let bound = key.bind(&m, 2, &client);
+        // Short inputs are hashed from the stack, long ones incrementally: both
+        // are keyed BLAKE3 of be64(timestamp) ‖ operation.
+        for len in [0usize, 100, STACK_INPUT - 8, STACK_INPUT - 7, 5000] {
+            let op = vec![0xa5; len];
+            let mut msg = 11u64.to_be_bytes().to_vec();
+            msg.extend_from_slice(&op);
+            let want = blake3::keyed_hash(k_req.as_bytes(), &msg);
+            assert_eq!(
+                request_tag(&bound, 11, &op)[..],
+                want.as_bytes()[..16],
+                "{len}"
+            );
+        }
+        // The reply tag covers postcard(outcome), written here without postcard.
+        for outcome in [
+            Outcome::Refused,
+            Outcome::Executed(Vec::new()),
+            Outcome::Executed(vec![1; 127]),
+            Outcome::Executed(vec![2; 128]),
+            Outcome::Executed(vec![3; 20_000]),
+        ] {
+            let mut msg = 5u64.to_be_bytes().to_vec();
+            msg.extend_from_slice(&11u64.to_be_bytes());
+            msg.extend_from_slice(&wire::encode(&outcome));
+            let want = blake3::keyed_hash(k_rep.as_bytes(), &msg);
+            assert_eq!(
+                reply_tag(&bound, 5, 11, &outcome)[..],
+                want.as_bytes()[..16]
+            );
+        }
+        let mut buf = [0u8; 10];
+        for v in [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let n = varint(v, &mut buf);
+            assert_eq!(buf[..n], wire::encode(&v)[..], "{v}");
+        }
         assert_eq!(format!("{key:?}"), "ClientKey(<redacted>)");
+        assert_eq!(format!("{bound:?}"), "BoundKey(<redacted>)");
     }
 
     #[test]
@@ -373,31 +498,52 @@ mod tests {
             .map(|i| Identity::from_seeds(&[i; 32], None))
             .collect();
         let m = Membership::new(ids.iter().map(|i| i.public().clone()).collect()).unwrap();
+        let other = Membership::new(ids[..3].iter().map(|i| i.public().clone()).collect()).unwrap();
         let keys: Vec<ClientKey> = (0..4u8).map(|i| ClientKey::new(&[i; 32])).collect();
-        let r = Request::new(&m, &keys, ClientId([9; 32]), 3, b"op".to_vec()).unwrap();
+        let client = ClientId([9; 32]);
+        let r = Request::new(&m, &keys, client, 3, b"op".to_vec()).unwrap();
         for i in 0..4u16 {
-            assert!(check_request(&keys[usize::from(i)], &m, i, &r));
-            assert!(!check_request(&keys[(usize::from(i) + 1) % 4], &m, i, &r));
+            let k = &keys[usize::from(i)];
+            assert!(check_request(&k.bind(&m, i, &client), i, &r));
+            // Another replica's key, another replica index, another client, another
+            // membership: each changes the key, so the entry does not verify.
+            let next = &keys[(usize::from(i) + 1) % 4];
+            assert!(!check_request(&next.bind(&m, i, &client), i, &r));
+            assert!(!check_request(&k.bind(&m, (i + 1) % 4, &client), i, &r));
+            assert!(!check_request(&k.bind(&m, i, &ClientId([8; 32])), i, &r));
+            if i < 3 {
+                assert!(!check_request(&k.bind(&other, i, &client), i, &r));
+            }
         }
+        let k0 = keys[0].bind(&m, 0, &client);
         let mut changed = r.clone();
         changed.timestamp = 4;
-        assert!(!check_request(&keys[0], &m, 0, &changed));
+        assert!(!check_request(&k0, 0, &changed));
+        let mut changed = r.clone();
+        changed.operation.push(0);
+        assert!(!check_request(&k0, 0, &changed));
         let mut short = r.clone();
         short.authenticator.truncate(2);
-        assert!(!check_request(&keys[3], &m, 3, &short));
+        assert!(!check_request(&keys[3].bind(&m, 3, &client), 3, &short));
         let reply = Reply::new(
-            &keys[2],
-            &m,
+            &keys[2].bind(&m, 2, &client),
             1,
-            r.client,
+            client,
             3,
             2,
             Outcome::Executed(b"ok".to_vec()),
         );
         assert!(reply.verify(&keys[2], &m));
         assert!(!reply.verify(&keys[1], &m));
+        assert!(!reply.verify(&keys[2], &other));
         let mut forged = reply.clone();
         forged.outcome = Outcome::Executed(b"no".to_vec());
         assert!(!forged.verify(&keys[2], &m));
+        let mut moved = reply.clone();
+        moved.replica = 1;
+        assert!(!moved.verify(&keys[2], &m));
+        let mut relabelled = reply.clone();
+        relabelled.view = 2;
+        assert!(!relabelled.verify(&keys[2], &m));
     }
 }

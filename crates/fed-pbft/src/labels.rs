@@ -21,9 +21,9 @@ pub const NEW_VIEW: &str = "exo-federation v1 pbft new-view";
 pub const BATCH: &str = "exo-federation v1 pbft batch";
 /// Digest of a checkpointed state (sequence number and snapshot).
 pub const STATE: &str = "exo-federation v1 pbft state";
-/// MAC of a client request, one per replica.
+/// Derivation of a client's request MAC key for one replica.
 pub const REQUEST_MAC: &str = "exo-federation v1 pbft request mac";
-/// MAC of a reply from a replica to a client.
+/// Derivation of a client's reply MAC key for one replica.
 pub const REPLY_MAC: &str = "exo-federation v1 pbft reply mac";
 /// Keys of the signature-verification cache (local, never on the wire).
 pub const VERIFIED: &str = "exo-federation v1 pbft verified";

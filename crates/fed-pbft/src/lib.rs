@@ -102,7 +102,7 @@ mod storage;
 mod wire;
 
 pub use app::Application;
-pub use client::{Client, ClientEvent, ClientKey};
+pub use client::{Client, ClientEvent, ClientKey, ClientKeys};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use membership::{MAX_REPLICAS, Membership, ReplicaIndex};

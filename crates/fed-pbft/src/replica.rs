@@ -1,7 +1,7 @@
 //! The sans-IO PBFT replica.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque, btree_map::Entry},
     sync::Arc,
 };
 
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     app::Application,
-    client::{ClientKey, check_request},
+    client::{BoundKey, ClientKey, check_request},
     config::Config,
     error::{Error, Result},
     labels,
@@ -180,6 +180,8 @@ struct Pending {
     request: Request,
     order: u64,
     arrived: u64,
+    /// Put in a batch by this replica as primary of the current view.
+    proposed: bool,
 }
 
 #[derive(Debug)]
@@ -251,13 +253,12 @@ pub struct Replica<A: Application> {
     far_checkpoints: Vec<Option<(u64, Digest, Signature)>>,
     own_checkpoint_msg: Option<Arc<[u8]>>,
 
-    keys: HashMap<ClientId, ClientKey>,
+    keys: HashMap<ClientId, BoundKey>,
     clients: BTreeMap<ClientId, ClientRecord>,
     pending: HashMap<RequestId, Pending>,
     pending_order: BTreeMap<u64, RequestId>,
     arrivals: u64,
     queue: VecDeque<RequestId>,
-    proposed: HashSet<RequestId>,
     batch_deadline: Option<u64>,
 
     last_progress: u64,
@@ -339,7 +340,6 @@ impl<A: Application> Replica<A> {
             pending_order: BTreeMap::new(),
             arrivals: 0,
             queue: VecDeque::new(),
-            proposed: HashSet::new(),
             batch_deadline: None,
             last_progress: now,
             request_timer: None,
@@ -546,7 +546,8 @@ impl<A: Application> Replica<A> {
         if !self.keys.contains_key(&client) && self.keys.len() >= self.config.max_clients {
             return Err(Error::Full("client key table"));
         }
-        self.keys.insert(client, key);
+        let bound = key.bind(&self.m, self.me, &client);
+        self.keys.insert(client, bound);
         Ok(())
     }
 
@@ -698,7 +699,7 @@ impl<A: Application> Replica<A> {
             });
         }
         let key = self.keys.get(&r.client).ok_or(Error::BadRequestAuth)?;
-        if r.authenticator.len() != self.m.len() || !check_request(key, &self.m, self.me, &r) {
+        if r.authenticator.len() != self.m.len() || !check_request(key, self.me, &r) {
             return Err(Error::BadRequestAuth);
         }
         if let Some(rec) = self.clients.get(&r.client) {
@@ -706,7 +707,6 @@ impl<A: Application> Replica<A> {
                 // A retransmission of the latest executed request: the cached reply.
                 let reply = Reply::new(
                     key,
-                    &self.m,
                     self.view,
                     r.client,
                     r.timestamp,
@@ -742,6 +742,7 @@ impl<A: Application> Replica<A> {
                 request: r,
                 order: self.arrivals,
                 arrived: now,
+                proposed: false,
             },
         );
         if primary == self.me && self.active {
@@ -754,10 +755,12 @@ impl<A: Application> Replica<A> {
     }
 
     fn forget_pending(&mut self, id: &RequestId) {
+        if self.pending.is_empty() {
+            return;
+        }
         if let Some(p) = self.pending.remove(id) {
             self.pending_order.remove(&p.order);
         }
-        self.proposed.remove(id);
     }
 
     /// Cuts and sends batches while the primary has room in the window: full
@@ -773,7 +776,7 @@ impl<A: Application> Replica<A> {
             // from the front here, and while cutting below, so that queueing a
             // request stays O(1).
             while let Some(id) = self.queue.front() {
-                if self.pending.contains_key(id) && !self.proposed.contains(id) {
+                if self.pending.get(id).is_some_and(|p| !p.proposed) {
                     break;
                 }
                 self.queue.pop_front();
@@ -797,11 +800,7 @@ impl<A: Application> Replica<A> {
             let mut size = 1usize;
             let per_request = 32 + 10 + 10 + 5 + 16 * self.m.len();
             while let Some(id) = self.queue.front().copied() {
-                let Some(p) = self
-                    .pending
-                    .get(&id)
-                    .filter(|_| !self.proposed.contains(&id))
-                else {
+                let Some(p) = self.pending.get_mut(&id).filter(|p| !p.proposed) else {
                     self.queue.pop_front();
                     continue;
                 };
@@ -812,8 +811,8 @@ impl<A: Application> Replica<A> {
                     break;
                 }
                 size += len;
+                p.proposed = true;
                 requests.push(p.request.clone());
-                self.proposed.insert(id);
                 self.queue.pop_front();
             }
             if requests.is_empty() {
@@ -884,7 +883,7 @@ impl<A: Application> Replica<A> {
                 authenticated = self
                     .keys
                     .get(&r.client)
-                    .is_some_and(|k| check_request(k, &self.m, self.me, r));
+                    .is_some_and(|k| check_request(k, self.me, r));
             }
         }
         Ok((requests, authenticated))
@@ -1198,27 +1197,36 @@ impl<A: Application> Replica<A> {
         for r in requests {
             let id = r.id();
             self.forget_pending(&id);
-            let outcome = match self.clients.get(&r.client) {
-                Some(rec) if r.timestamp < rec.timestamp => continue,
-                Some(rec) if r.timestamp == rec.timestamp => {
+            let full = self.clients.len() >= self.config.max_clients;
+            let outcome = match self.clients.entry(r.client) {
+                Entry::Occupied(rec) if r.timestamp < rec.get().timestamp => continue,
+                Entry::Occupied(rec) if r.timestamp == rec.get().timestamp => {
                     // Ordered twice: answer again, do not execute again.
-                    let outcome = rec.outcome.clone();
+                    let outcome = rec.get().outcome.clone();
                     self.reply(r, outcome);
                     continue;
                 }
-                None if self.clients.len() >= self.config.max_clients => {
+                Entry::Vacant(_) if full => {
                     self.reply(r, Outcome::Refused);
                     continue;
                 }
-                _ => Outcome::Executed(self.app.execute(&r.client, &r.operation)),
+                Entry::Occupied(mut rec) => {
+                    let outcome = Outcome::Executed(self.app.execute(&r.client, &r.operation));
+                    *rec.get_mut() = ClientRecord {
+                        timestamp: r.timestamp,
+                        outcome: outcome.clone(),
+                    };
+                    outcome
+                }
+                Entry::Vacant(slot) => {
+                    let outcome = Outcome::Executed(self.app.execute(&r.client, &r.operation));
+                    slot.insert(ClientRecord {
+                        timestamp: r.timestamp,
+                        outcome: outcome.clone(),
+                    });
+                    outcome
+                }
             };
-            self.clients.insert(
-                r.client,
-                ClientRecord {
-                    timestamp: r.timestamp,
-                    outcome: outcome.clone(),
-                },
-            );
             executed.push(id);
             self.reply(r, outcome);
         }
@@ -1234,15 +1242,7 @@ impl<A: Application> Replica<A> {
 
     fn reply(&mut self, r: &Request, outcome: Outcome) {
         if let Some(key) = self.keys.get(&r.client) {
-            let reply = Reply::new(
-                key,
-                &self.m,
-                self.view,
-                r.client,
-                r.timestamp,
-                self.me,
-                outcome,
-            );
+            let reply = Reply::new(key, self.view, r.client, r.timestamp, self.me, outcome);
             self.events.push_back(Event::Reply(reply));
         }
     }
@@ -1757,7 +1757,9 @@ impl<A: Application> Replica<A> {
         }
         let primary = self.m.primary(view);
         self.next_seq = max_s + 1;
-        self.proposed.clear();
+        for p in self.pending.values_mut() {
+            p.proposed = false;
+        }
         self.queue.clear();
         self.events.push_back(Event::ViewChanged { view, primary });
         let seqs: Vec<u64> = nv
