@@ -18,7 +18,8 @@ use crate::{
     message::{
         ClientId, Commit, Committed, Digest, Fetch, Message, NULL_BATCH, NewView, NewViewEntry,
         Outcome, PrePrepare, Prepare, Reply, Request, RequestId, SigCache, StateRequest,
-        StateResponse, ViewChange, batch_digest, pre_prepare_statement, verify_signature,
+        StateResponse, ViewChange, batch_digest, decode_batch, pre_prepare_statement,
+        verify_signature,
     },
     proof::{CheckpointCert, CommitProof, PreparedCert},
     storage::{DurableState, Persist},
@@ -835,7 +836,7 @@ impl<A: Application> Replica<A> {
         let batch = wire::encode(&requests);
         let pp = PrePrepare::new(&self.identity, &self.m, view, seq, batch)?;
         let digest = pp.digest;
-        let payload = encode_arc(&Message::PrePrepare(pp.clone()))?;
+        let payload: Arc<[u8]> = wire::seal(wire::Kind::PrePrepare, &pp)?.into();
         let batch: Arc<[u8]> = Arc::from(pp.batch);
         self.persists.push_back(Persist::PrePrepare {
             view,
@@ -867,7 +868,7 @@ impl<A: Application> Replica<A> {
                 max: self.config.max_batch_bytes,
             });
         }
-        let requests: Vec<Request> = wire::decode(batch, "batch")?;
+        let requests = decode_batch(batch)?;
         if requests.len() > self.config.max_batch_requests {
             return Err(Error::InvalidBatch("too many requests"));
         }
@@ -1178,7 +1179,7 @@ impl<A: Application> Replica<A> {
                 // A committed batch that does not decode cannot exist while at most f
                 // replicas are faulty (correct ones decoded it to prepare it); execute
                 // it as empty, identically on every replica, rather than stall.
-                _ => Arc::new(wire::decode::<Vec<Request>>(&batch, "batch").unwrap_or_default()),
+                _ => Arc::new(decode_batch(&batch).unwrap_or_default()),
             };
             self.execute_batch(seq, &proof, &requests)?;
             self.last_executed = seq;
@@ -1909,7 +1910,7 @@ impl<A: Application> Replica<A> {
             return Err(Error::DigestMismatch);
         }
         c.proof.verify_with(&self.m, &mut Some(&mut self.cache))?;
-        let requests = wire::decode::<Vec<Request>>(&c.batch, "batch").unwrap_or_default();
+        let requests = decode_batch(&c.batch).unwrap_or_default();
         let slot = self.log.entry(seq).or_default();
         slot.batch = Some((c.proof.digest, Arc::from(c.batch)));
         slot.requests = Some(Arc::new(requests));
