@@ -117,6 +117,28 @@ struct Vote {
     digest: Digest,
 }
 
+/// A PREPARE or COMMIT held in a slot.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    digest: Digest,
+    signature: Signature,
+    /// Whether the signature was checked. Only checked votes count towards a
+    /// quorum or enter a certificate; a vote that arrives once its phase is
+    /// complete in its view is kept unchecked, for the repeat and equivocation
+    /// rules only.
+    verified: bool,
+}
+
+impl Held {
+    fn own(digest: Digest, signature: Signature) -> Self {
+        Self {
+            digest,
+            signature,
+            verified: true,
+        }
+    }
+}
+
 /// One sequence number's protocol state.
 #[derive(Debug, Default)]
 struct Slot {
@@ -126,8 +148,8 @@ struct Slot {
     batch: Option<(Digest, Arc<[u8]>)>,
     requests: Option<Arc<Vec<Request>>>,
     authenticated: bool,
-    prepares: BTreeMap<ReplicaIndex, (Digest, Signature)>,
-    commits: BTreeMap<ReplicaIndex, (Digest, Signature)>,
+    prepares: BTreeMap<ReplicaIndex, Held>,
+    commits: BTreeMap<ReplicaIndex, Held>,
     sent_prepare: bool,
     sent_commit: bool,
     /// Highest-view prepared certificate (may be of an older view).
@@ -139,14 +161,14 @@ struct Slot {
 }
 
 impl Slot {
-    fn votes(&self, phase: Phase) -> &BTreeMap<ReplicaIndex, (Digest, Signature)> {
+    fn votes(&self, phase: Phase) -> &BTreeMap<ReplicaIndex, Held> {
         match phase {
             Phase::Prepare => &self.prepares,
             Phase::Commit => &self.commits,
         }
     }
 
-    fn votes_mut(&mut self, phase: Phase) -> &mut BTreeMap<ReplicaIndex, (Digest, Signature)> {
+    fn votes_mut(&mut self, phase: Phase) -> &mut BTreeMap<ReplicaIndex, Held> {
         match phase {
             Phase::Prepare => &mut self.prepares,
             Phase::Commit => &mut self.commits,
@@ -469,7 +491,7 @@ impl<A: Application> Replica<A> {
             let p = Prepare::new(&self.identity, &self.m, view, seq, digest, me)?;
             let bytes = encode_arc(&Message::Prepare(p.clone()))?;
             if let Some(slot) = self.log.get_mut(&seq) {
-                slot.prepares.insert(me, (digest, p.signature));
+                slot.prepares.insert(me, Held::own(digest, p.signature));
                 slot.sent_prepare = true;
                 slot.own.push(bytes);
             }
@@ -478,7 +500,7 @@ impl<A: Application> Replica<A> {
             let c = Commit::new(&self.identity, &self.m, view, seq, digest, me)?;
             let bytes = encode_arc(&Message::Commit(c.clone()))?;
             if let Some(slot) = self.log.get_mut(&seq) {
-                slot.commits.insert(me, (digest, c.signature));
+                slot.commits.insert(me, Held::own(digest, c.signature));
                 slot.sent_commit = true;
                 slot.own.push(bytes);
             }
@@ -1032,6 +1054,9 @@ impl<A: Application> Replica<A> {
     /// Counts a PREPARE or COMMIT. A repeat of a vote already held is ignored; a
     /// different digest from the same replica for the same view and sequence is
     /// equivocation; a new vote counts only once `verify` accepted its signature.
+    /// A vote that can no longer matter (its slot is already prepared in this
+    /// view, for a PREPARE, or committed, for a COMMIT) is held without the
+    /// signature check, which is most of a replica's Ed25519 work.
     fn record_vote(
         &mut self,
         phase: Phase,
@@ -1042,9 +1067,9 @@ impl<A: Application> Replica<A> {
     ) -> Result<()> {
         if let Some(slot) = self.log.get(&vote.seq)
             && slot.view == vote.view
-            && let Some((d, _)) = slot.votes(phase).get(&vote.replica)
+            && let Some(held) = slot.votes(phase).get(&vote.replica)
         {
-            return if *d == vote.digest {
+            return if held.digest == vote.digest {
                 Ok(())
             } else {
                 Err(Error::Equivocation {
@@ -1053,12 +1078,30 @@ impl<A: Application> Replica<A> {
                 })
             };
         }
-        verify(&self.m, &mut self.cache)?;
+        let surplus = self.log.get(&vote.seq).is_some_and(|slot| {
+            slot.view == vote.view
+                && match phase {
+                    Phase::Prepare => slot.prepared.as_ref().is_some_and(|c| c.view == vote.view),
+                    Phase::Commit => slot.committed.is_some(),
+                }
+        });
+        if !surplus {
+            verify(&self.m, &mut self.cache)?;
+        }
         let slot = self.log.entry(vote.seq).or_default();
         slot.enter_view(vote.view);
-        slot.votes_mut(phase)
-            .insert(vote.replica, (vote.digest, signature));
+        slot.votes_mut(phase).insert(
+            vote.replica,
+            Held {
+                digest: vote.digest,
+                signature,
+                verified: !surplus,
+            },
+        );
         self.highest_seen = self.highest_seen.max(vote.seq);
+        if surplus {
+            return Ok(());
+        }
         self.step(vote.seq, now)
     }
 
@@ -1080,7 +1123,7 @@ impl<A: Application> Replica<A> {
         let matching_prepares = slot
             .prepares
             .iter()
-            .filter(|(r, (d, _))| *d == digest && **r != primary)
+            .filter(|(r, h)| h.verified && h.digest == digest && **r != primary)
             .count();
 
         // 1. Prepare, once the requests are known to be authentic: checked here, or
@@ -1093,7 +1136,7 @@ impl<A: Application> Replica<A> {
             let p = Prepare::new(&self.identity, &self.m, view, seq, digest, me)?;
             let payload = encode_arc(&Message::Prepare(p.clone()))?;
             if let Some(slot) = self.log.get_mut(&seq) {
-                slot.prepares.insert(me, (digest, p.signature));
+                slot.prepares.insert(me, Held::own(digest, p.signature));
                 slot.sent_prepare = true;
                 slot.own.push(payload.clone());
             }
@@ -1107,8 +1150,8 @@ impl<A: Application> Replica<A> {
             let prepares: Vec<(ReplicaIndex, Signature)> = slot
                 .prepares
                 .iter()
-                .filter(|(r, (d, _))| *d == digest && **r != primary)
-                .map(|(r, (_, s))| (*r, *s))
+                .filter(|(r, h)| h.verified && h.digest == digest && **r != primary)
+                .map(|(r, h)| (*r, h.signature))
                 .collect();
             let cert = PreparedCert {
                 view,
@@ -1122,7 +1165,7 @@ impl<A: Application> Replica<A> {
             let payload = encode_arc(&Message::Commit(c.clone()))?;
             if let Some(slot) = self.log.get_mut(&seq) {
                 slot.prepared = Some(cert);
-                slot.commits.insert(me, (digest, c.signature));
+                slot.commits.insert(me, Held::own(digest, c.signature));
                 slot.sent_commit = true;
                 slot.own.push(payload.clone());
             }
@@ -1135,8 +1178,8 @@ impl<A: Application> Replica<A> {
             let commits: Vec<(ReplicaIndex, Signature)> = slot
                 .commits
                 .iter()
-                .filter(|(_, (d, _))| *d == digest)
-                .map(|(r, (_, s))| (*r, *s))
+                .filter(|(_, h)| h.verified && h.digest == digest)
+                .map(|(r, h)| (*r, h.signature))
                 .collect();
             if commits.len() >= q {
                 let proof = CommitProof {
@@ -2239,6 +2282,69 @@ mod tests {
                 .any(|t| t.payload == sent[0].payload),
             "the recovered replica re-sends its prepare"
         );
+    }
+
+    #[test]
+    fn votes_are_checked_until_their_phase_completes() {
+        let (ids, m) = setup();
+        let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+        let enc = |msg: Message| msg.encode().unwrap();
+        let pp = PrePrepare::new(&ids[0], &m, 0, 1, NULL_BATCH.to_vec()).unwrap();
+        let d = pp.digest;
+        b.handle_message(0, &enc(Message::PrePrepare(pp)), 0)
+            .unwrap();
+        let prepare = |i: usize| Prepare::new(&ids[i], &m, 0, 1, d, i as ReplicaIndex).unwrap();
+        let commit = |i: usize| Commit::new(&ids[i], &m, 0, 1, d, i as ReplicaIndex).unwrap();
+        let forge = |mut sig: Signature| {
+            sig.0[0] ^= 1;
+            sig
+        };
+        // Before the slot is prepared, every prepare is checked.
+        let mut p2 = prepare(2);
+        p2.signature = forge(p2.signature);
+        assert!(matches!(
+            b.handle_message(2, &enc(Message::Prepare(p2)), 0),
+            Err(Error::BadSignature(2))
+        ));
+        b.handle_message(2, &enc(Message::Prepare(prepare(2))), 0)
+            .unwrap();
+        // Prepared (own prepare and replica 2's): replica 3's forged prepare can no
+        // longer matter and is held unchecked.
+        let mut p3 = prepare(3);
+        p3.signature = forge(p3.signature);
+        b.handle_message(3, &enc(Message::Prepare(p3)), 0).unwrap();
+        // Commits are checked until the slot commits.
+        let mut c2 = commit(2);
+        c2.signature = forge(c2.signature);
+        assert!(matches!(
+            b.handle_message(2, &enc(Message::Commit(c2)), 0),
+            Err(Error::BadSignature(2))
+        ));
+        b.handle_message(0, &enc(Message::Commit(commit(0))), 0)
+            .unwrap();
+        assert_eq!(b.last_executed(), 0);
+        b.handle_message(2, &enc(Message::Commit(commit(2))), 0)
+            .unwrap();
+        assert_eq!(b.last_executed(), 1);
+        let proof = std::iter::from_fn(|| b.poll_event())
+            .find_map(|e| match e {
+                Event::Executed(x) => Some(x.proof),
+                _ => None,
+            })
+            .unwrap();
+        proof.verify(&m).unwrap();
+        let signers: Vec<ReplicaIndex> = proof.signatures.iter().map(|(r, _)| *r).collect();
+        assert_eq!(signers, vec![0, 1, 2]);
+        // After it committed, a forged commit is held unchecked; the equivocation
+        // rule still holds for what is held.
+        let mut c3 = commit(3);
+        c3.signature = forge(c3.signature);
+        b.handle_message(3, &enc(Message::Commit(c3)), 0).unwrap();
+        let other = Commit::new(&ids[3], &m, 0, 1, [9; 32], 3).unwrap();
+        assert!(matches!(
+            b.handle_message(3, &enc(Message::Commit(other)), 0),
+            Err(Error::Equivocation { view: 0, seq: 1 })
+        ));
     }
 
     #[test]
