@@ -202,7 +202,6 @@ impl Slot {
 struct Pending {
     request: Request,
     order: u64,
-    arrived: u64,
     /// Put in a batch by this replica as primary of the current view.
     proposed: bool,
 }
@@ -279,7 +278,8 @@ pub struct Replica<A: Application> {
     keys: HashMap<ClientId, BoundKey>,
     clients: BTreeMap<ClientId, ClientRecord>,
     pending: HashMap<RequestId, Pending>,
-    pending_order: BTreeMap<u64, RequestId>,
+    /// Pending requests by arrival order: the request and when it arrived.
+    pending_order: BTreeMap<u64, (RequestId, u64)>,
     arrivals: u64,
     queue: VecDeque<RequestId>,
     batch_deadline: Option<u64>,
@@ -758,13 +758,12 @@ impl<A: Application> Replica<A> {
             return Err(Error::Full("pending request queue"));
         }
         self.arrivals += 1;
-        self.pending_order.insert(self.arrivals, id);
+        self.pending_order.insert(self.arrivals, (id, now));
         self.pending.insert(
             id,
             Pending {
                 request: r,
                 order: self.arrivals,
-                arrived: now,
                 proposed: false,
             },
         );
@@ -792,6 +791,14 @@ impl<A: Application> Replica<A> {
         if !self.active || self.m.primary(self.view) != self.me {
             self.queue.clear();
             self.batch_deadline = None;
+            return Ok(());
+        }
+        if !deadline_hit
+            && self.batch_deadline.is_some()
+            && self.queue.len() < self.config.max_batch_requests
+        {
+            // Not full even counting stale entries, and the batching delay is
+            // running: nothing to cut yet.
             return Ok(());
         }
         loop {
@@ -1816,13 +1823,13 @@ impl<A: Application> Replica<A> {
             self.step(seq, now)?;
         }
         if primary == self.me {
-            self.queue = self.pending_order.values().copied().collect();
+            self.queue = self.pending_order.values().map(|(id, _)| *id).collect();
             self.propose(now, false)?;
         } else {
             let requests: Vec<Request> = self
                 .pending_order
                 .values()
-                .filter_map(|id| self.pending.get(id).map(|p| p.request.clone()))
+                .filter_map(|(id, _)| self.pending.get(id).map(|p| p.request.clone()))
                 .collect();
             for r in requests {
                 let payload = encode_arc(&Message::Request(r))?;
@@ -2165,10 +2172,8 @@ impl<A: Application> Replica<A> {
         if self.active {
             let timeout = self.config.timeout(self.attempts);
             let mut deadline: Option<u64> = None;
-            if let Some(id) = self.pending_order.values().next()
-                && let Some(p) = self.pending.get(id)
-            {
-                deadline = Some(p.arrived.max(self.view_entered).saturating_add(timeout));
+            if let Some((_, arrived)) = self.pending_order.values().next() {
+                deadline = Some((*arrived).max(self.view_entered).saturating_add(timeout));
             }
             let waiting = self
                 .log
