@@ -24,7 +24,10 @@ use fed_pbft::{
 };
 
 const N: usize = 4;
-const BATCHES: u64 = 10;
+/// Batches per run: one checkpoint interval of the default configuration, so every
+/// run includes a checkpoint (snapshot, digest, CHECKPOINT votes, log collection)
+/// and the tables reach their steady size.
+const BATCHES: u64 = 64;
 const OP_LEN: usize = 100;
 
 /// The null service of Castro and Liskov's micro-benchmarks, nearly: it counts
@@ -70,6 +73,7 @@ struct Cluster<A: Application> {
     replicas: Vec<Replica<A>>,
     storages: Vec<MemoryStorage>,
     requests: Vec<Vec<u8>>,
+    batch: usize,
     messages: u64,
     bytes: u64,
 }
@@ -126,6 +130,7 @@ fn cluster<A: Application + Default>(batch: usize) -> Cluster<A> {
         replicas,
         storages: (0..N).map(|_| MemoryStorage::new()).collect(),
         requests,
+        batch,
         messages: 0,
         bytes: 0,
     }
@@ -152,26 +157,35 @@ fn run_timed<A: Application>(c: &mut Cluster<A>, mut busy: Option<&mut [Duration
     let now = 0;
     let mut wire: VecDeque<(u16, u16, Arc<[u8]>)> = VecDeque::new();
     let mut executed = [0u64; N];
+    let mut stable = [0u64; N];
     let mut ops = 0u64;
     let requests = std::mem::take(&mut c.requests);
-    for req in &requests {
-        timed(0, c, &mut |c| {
-            c.replicas[0].handle_request(req, now).unwrap();
-            drain(c, 0, &mut wire, &mut executed, &mut ops);
-        });
-    }
-    while let Some((from, to, bytes)) = wire.pop_front() {
-        c.messages += 1;
-        c.bytes += bytes.len() as u64;
-        let to = usize::from(to);
-        timed(to, c, &mut |c| {
-            let _ = c.replicas[to].handle_message(from, &bytes, now);
-            drain(c, to, &mut wire, &mut executed, &mut ops);
-        });
+    // One batch's worth of requests to the primary, then every message until the
+    // cluster is quiet.
+    for chunk in requests.chunks(c.batch) {
+        for req in chunk {
+            timed(0, c, &mut |c| {
+                c.replicas[0].handle_request(req, now).unwrap();
+                drain(c, 0, &mut wire, &mut executed, &mut stable, &mut ops);
+            });
+        }
+        while let Some((from, to, bytes)) = wire.pop_front() {
+            c.messages += 1;
+            c.bytes += bytes.len() as u64;
+            let to = usize::from(to);
+            timed(to, c, &mut |c| {
+                let _ = c.replicas[to].handle_message(from, &bytes, now);
+                drain(c, to, &mut wire, &mut executed, &mut stable, &mut ops);
+            });
+        }
     }
     assert!(
         executed.iter().all(|&e| e == BATCHES),
         "executed {executed:?}"
+    );
+    assert!(
+        stable.iter().all(|&s| s == 1),
+        "stable checkpoints {stable:?}"
     );
     ops / N as u64
 }
@@ -181,6 +195,7 @@ fn drain<A: Application>(
     i: usize,
     wire: &mut VecDeque<(u16, u16, Arc<[u8]>)>,
     executed: &mut [u64; N],
+    stable: &mut [u64; N],
     ops: &mut u64,
 ) {
     let r = &mut c.replicas[i];
@@ -196,6 +211,7 @@ fn drain<A: Application>(
                 executed[i] += 1;
                 *ops += x.requests.len() as u64;
             }
+            Event::StableCheckpoint { .. } => stable[i] += 1,
             Event::Reply(reply) => {
                 black_box(reply);
             }

@@ -1,7 +1,7 @@
 //! The sans-IO PBFT replica.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque, btree_map::Entry},
+    collections::{BTreeMap, HashMap, VecDeque, hash_map::Entry as HashEntry},
     sync::Arc,
 };
 
@@ -87,6 +87,15 @@ pub enum Event {
 struct ClientRecord {
     timestamp: u64,
     outcome: Outcome,
+}
+
+/// What a replica knows of one client: the key they share (local configuration,
+/// from [`Replica::add_client`]) and the client's replicated record. One table for
+/// both, so that executing a request and answering it takes one lookup.
+#[derive(Debug, Default)]
+struct ClientEntry {
+    key: Option<BoundKey>,
+    record: Option<ClientRecord>,
 }
 
 /// The state a checkpoint certifies and a state transfer moves.
@@ -275,8 +284,12 @@ pub struct Replica<A: Application> {
     far_checkpoints: Vec<Option<(u64, Digest, Signature)>>,
     own_checkpoint_msg: Option<Arc<[u8]>>,
 
-    keys: HashMap<ClientId, BoundKey>,
-    clients: BTreeMap<ClientId, ClientRecord>,
+    /// Keys and records; an entry has at least one of them.
+    clients: HashMap<ClientId, ClientEntry>,
+    /// Entries with a key, at most `max_clients`.
+    keyed: usize,
+    /// Entries with a record, at most `max_clients`.
+    recorded: usize,
     pending: HashMap<RequestId, Pending>,
     /// Pending requests by arrival order: the request and when it arrived.
     pending_order: BTreeMap<u64, (RequestId, u64)>,
@@ -357,8 +370,9 @@ impl<A: Application> Replica<A> {
             checkpoint_votes: BTreeMap::new(),
             far_checkpoints: vec![None; n],
             own_checkpoint_msg: None,
-            keys: HashMap::new(),
-            clients: BTreeMap::new(),
+            keyed: 0,
+            recorded: 0,
+            clients: HashMap::new(),
             pending: HashMap::new(),
             pending_order: BTreeMap::new(),
             arrivals: 0,
@@ -566,17 +580,34 @@ impl<A: Application> Replica<A> {
     /// Registers the key this replica shares with `client`. Fails with
     /// [`Error::Full`] beyond `max_clients` keys.
     pub fn add_client(&mut self, client: ClientId, key: ClientKey) -> Result<()> {
-        if !self.keys.contains_key(&client) && self.keys.len() >= self.config.max_clients {
+        let known = self.clients.get(&client).is_some_and(|e| e.key.is_some());
+        if !known && self.keyed >= self.config.max_clients {
             return Err(Error::Full("client key table"));
         }
         let bound = key.bind(&self.m, self.me, &client);
-        self.keys.insert(client, bound);
+        if self
+            .clients
+            .entry(client)
+            .or_default()
+            .key
+            .replace(bound)
+            .is_none()
+        {
+            self.keyed += 1;
+        }
         Ok(())
     }
 
     /// Forgets the key of `client` (its replicated record stays).
     pub fn remove_client(&mut self, client: &ClientId) {
-        self.keys.remove(client);
+        if let Some(e) = self.clients.get_mut(client) {
+            if e.key.take().is_some() {
+                self.keyed -= 1;
+            }
+            if e.record.is_none() {
+                self.clients.remove(client);
+            }
+        }
     }
 }
 
@@ -721,11 +752,14 @@ impl<A: Application> Replica<A> {
                 max: self.config.max_operation_len,
             });
         }
-        let key = self.keys.get(&r.client).ok_or(Error::BadRequestAuth)?;
+        let entry = self.clients.get(&r.client);
+        let key = entry
+            .and_then(|e| e.key.as_ref())
+            .ok_or(Error::BadRequestAuth)?;
         if r.authenticator.len() != self.m.len() || !check_request(key, self.me, &r) {
             return Err(Error::BadRequestAuth);
         }
-        if let Some(rec) = self.clients.get(&r.client) {
+        if let Some(rec) = entry.and_then(|e| e.record.as_ref()) {
             if r.timestamp == rec.timestamp {
                 // A retransmission of the latest executed request: the cached reply.
                 let reply = Reply::new(
@@ -911,8 +945,9 @@ impl<A: Application> Replica<A> {
             }
             if authenticated {
                 authenticated = self
-                    .keys
+                    .clients
                     .get(&r.client)
+                    .and_then(|e| e.key.as_ref())
                     .is_some_and(|k| check_request(k, self.me, r));
             }
         }
@@ -1248,38 +1283,35 @@ impl<A: Application> Replica<A> {
         for r in requests {
             let id = r.id();
             self.forget_pending(&id);
-            let full = self.clients.len() >= self.config.max_clients;
-            let outcome = match self.clients.entry(r.client) {
-                Entry::Occupied(rec) if r.timestamp < rec.get().timestamp => continue,
-                Entry::Occupied(rec) if r.timestamp == rec.get().timestamp => {
-                    // Ordered twice: answer again, do not execute again.
-                    let outcome = rec.get().outcome.clone();
-                    self.reply(r, outcome);
-                    continue;
-                }
-                Entry::Vacant(_) if full => {
-                    self.reply(r, Outcome::Refused);
-                    continue;
-                }
-                Entry::Occupied(mut rec) => {
+            let full = self.recorded >= self.config.max_clients;
+            let entry = match self.clients.entry(r.client) {
+                HashEntry::Occupied(e) => e.into_mut(),
+                // No key here, so no reply either way.
+                HashEntry::Vacant(_) if full => continue,
+                HashEntry::Vacant(e) => e.insert(ClientEntry::default()),
+            };
+            let outcome = match &entry.record {
+                Some(rec) if r.timestamp < rec.timestamp => continue,
+                // Ordered twice: answer again, do not execute again.
+                Some(rec) if r.timestamp == rec.timestamp => rec.outcome.clone(),
+                None if full => Outcome::Refused,
+                record => {
+                    if record.is_none() {
+                        self.recorded += 1;
+                    }
                     let outcome = Outcome::Executed(self.app.execute(&r.client, &r.operation));
-                    *rec.get_mut() = ClientRecord {
-                        timestamp: r.timestamp,
-                        outcome: outcome.clone(),
-                    };
-                    outcome
-                }
-                Entry::Vacant(slot) => {
-                    let outcome = Outcome::Executed(self.app.execute(&r.client, &r.operation));
-                    slot.insert(ClientRecord {
+                    entry.record = Some(ClientRecord {
                         timestamp: r.timestamp,
                         outcome: outcome.clone(),
                     });
+                    executed.push(id);
                     outcome
                 }
             };
-            executed.push(id);
-            self.reply(r, outcome);
+            if let Some(key) = &entry.key {
+                let reply = Reply::new(key, self.view, r.client, r.timestamp, self.me, outcome);
+                self.events.push_back(Event::Reply(reply));
+            }
         }
         self.events.push_back(Event::Executed(Executed {
             seq,
@@ -1290,13 +1322,6 @@ impl<A: Application> Replica<A> {
         }));
         Ok(())
     }
-
-    fn reply(&mut self, r: &Request, outcome: Outcome) {
-        if let Some(key) = self.keys.get(&r.client) {
-            let reply = Reply::new(key, self.view, r.client, r.timestamp, self.me, outcome);
-            self.events.push_back(Event::Reply(reply));
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1304,10 +1329,21 @@ impl<A: Application> Replica<A> {
 // ---------------------------------------------------------------------------
 
 impl<A: Application> Replica<A> {
+    /// The replicated client records, in client order (the snapshot's order).
+    fn records(&self) -> Vec<(ClientId, ClientRecord)> {
+        let mut records: Vec<(ClientId, ClientRecord)> = self
+            .clients
+            .iter()
+            .filter_map(|(c, e)| e.record.clone().map(|r| (*c, r)))
+            .collect();
+        records.sort_unstable_by_key(|(c, _)| *c);
+        records
+    }
+
     fn snapshot(&self) -> Result<Arc<[u8]>> {
         let snap = ReplicaSnapshot {
             app: self.app.snapshot(),
-            clients: self.clients.iter().map(|(c, r)| (*c, r.clone())).collect(),
+            clients: self.records(),
         };
         let bytes = wire::encode(&snap);
         if bytes.len() > self.config.max_snapshot_len {
@@ -1328,12 +1364,24 @@ impl<A: Application> Replica<A> {
         self.app
             .restore(&snap.app)
             .map_err(|e| Error::Application(e.to_string()))?;
-        self.clients = snap.clients.into_iter().collect();
+        self.clients.retain(|_, e| {
+            e.record = None;
+            e.key.is_some()
+        });
+        for (c, record) in snap.clients {
+            self.clients.entry(c).or_default().record = Some(record);
+        }
+        self.recorded = self.clients.values().filter(|e| e.record.is_some()).count();
         self.last_executed = seq;
         let done: Vec<RequestId> = self
             .pending
             .keys()
-            .filter(|(c, t)| self.clients.get(c).is_some_and(|r| r.timestamp >= *t))
+            .filter(|(c, t)| {
+                self.clients
+                    .get(c)
+                    .and_then(|e| e.record.as_ref())
+                    .is_some_and(|r| r.timestamp >= *t)
+            })
             .copied()
             .collect();
         for id in done {
@@ -2286,6 +2334,89 @@ mod tests {
                 .chain(&resent)
                 .any(|t| t.payload == sent[0].payload),
             "the recovered replica re-sends its prepare"
+        );
+    }
+
+    #[test]
+    fn client_table_limits_records_and_snapshot_order() {
+        let (ids, m) = setup();
+        let config = Config {
+            max_clients: 2,
+            ..Config::default()
+        };
+        let client = |i: u8| ClientId([i; 32]);
+        let key = |i: u8| ClientKey::new(&[i; 32]);
+        let request = |i: u8, ts: u64| Request {
+            client: client(i),
+            timestamp: ts,
+            operation: vec![i],
+            authenticator: vec![[0; 16]; 4],
+        };
+        let proof = CommitProof {
+            membership: *m.id(),
+            view: 0,
+            seq: 1,
+            digest: [0; 32],
+            signatures: Vec::new(),
+        };
+        let replies = |r: &mut Replica<Nop>| -> Vec<(ClientId, Outcome)> {
+            std::iter::from_fn(|| r.poll_event())
+                .filter_map(|e| match e {
+                    Event::Reply(x) => Some((x.client, x.outcome)),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Keys: at most max_clients; a removed key frees its place.
+        let mut a = Replica::new(ids[1].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
+        a.add_client(client(1), key(1)).unwrap();
+        a.add_client(client(2), key(2)).unwrap();
+        a.add_client(client(2), key(2)).unwrap();
+        assert!(matches!(
+            a.add_client(client(3), key(3)),
+            Err(Error::Full(_))
+        ));
+        a.remove_client(&client(2));
+        a.add_client(client(3), key(3)).unwrap();
+        // Records: clients 1 and 2 execute (2 without a key here: no reply), and
+        // then the table is full, so client 3 is refused.
+        let batch = [request(2, 1), request(1, 1), request(3, 1), request(1, 1)];
+        a.execute_batch(1, &proof, &batch).unwrap();
+        let got = replies(&mut a);
+        assert_eq!(
+            got,
+            vec![
+                (client(1), Outcome::Executed(Vec::new())),
+                (client(3), Outcome::Refused),
+                (client(1), Outcome::Executed(Vec::new())),
+            ]
+        );
+        // A record outlives its key.
+        a.remove_client(&client(1));
+        a.execute_batch(2, &proof, &[request(1, 2)]).unwrap();
+        assert!(replies(&mut a).is_empty());
+        // Another replica that learnt its keys in another order ends in the same
+        // state, byte for byte (the snapshot is in client order).
+        let mut b = Replica::new(ids[1].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
+        b.add_client(client(3), key(3)).unwrap();
+        b.add_client(client(1), key(1)).unwrap();
+        b.execute_batch(1, &proof, &batch).unwrap();
+        b.execute_batch(2, &proof, &[request(1, 2)]).unwrap();
+        assert_eq!(a.snapshot().unwrap(), b.snapshot().unwrap());
+        let records: Vec<(ClientId, u64)> =
+            a.records().iter().map(|(c, r)| (*c, r.timestamp)).collect();
+        assert_eq!(records, vec![(client(1), 2), (client(2), 1)]);
+        // Installing a snapshot replaces the records and keeps the keys.
+        let mut c = Replica::new(ids[1].clone(), m.clone(), config, Nop, 0).unwrap();
+        c.add_client(client(1), key(1)).unwrap();
+        c.execute_batch(1, &proof, &[request(1, 5)]).unwrap();
+        c.install_snapshot(2, &a.snapshot().unwrap()).unwrap();
+        assert_eq!(c.snapshot().unwrap(), a.snapshot().unwrap());
+        let _ = replies(&mut c);
+        c.execute_batch(3, &proof, &[request(1, 3)]).unwrap();
+        assert_eq!(
+            replies(&mut c),
+            vec![(client(1), Outcome::Executed(Vec::new()))]
         );
     }
 
