@@ -267,11 +267,20 @@ fn missing_tool(tool: &str, install: &str) -> Result<(), String> {
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
+    let cargo_args = bench_args(args);
+    let cargo_args: Vec<&str> = cargo_args.iter().map(String::as_str).collect();
+    run_step(&Step::cargo("bench", &cargo_args))
+}
+
+/// `cargo bench` arguments for `xtask bench [CRATE..] [-- CRITERION ARGS]`: only the
+/// bench targets (criterion's harness), since the libtest harness of unit tests
+/// refuses criterion's options.
+fn bench_args(args: &[String]) -> Vec<String> {
     let (crates, criterion_args) = match args.iter().position(|a| a == "--") {
         Some(i) => (&args[..i], &args[i + 1..]),
         None => (args, &[][..]),
     };
-    let mut cargo_args = vec!["bench".to_string()];
+    let mut cargo_args = vec!["bench".to_string(), "--benches".to_string()];
     if crates.is_empty() {
         cargo_args.push("--workspace".into());
     }
@@ -287,8 +296,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         cargo_args.push("--".into());
         cargo_args.extend(criterion_args.iter().cloned());
     }
-    let cargo_args: Vec<&str> = cargo_args.iter().map(String::as_str).collect();
-    run_step(&Step::cargo("bench", &cargo_args))
+    cargo_args
 }
 
 /// Seeds per scenario that `ci` runs in release (the debug `test` step runs the
@@ -434,4 +442,33 @@ fn fuzz_targets(fuzz_dir: &Path) -> Result<Vec<String>, String> {
         .collect();
     names.sort();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench_args;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn bench_runs_only_bench_targets_and_passes_criterion_options() {
+        assert_eq!(
+            bench_args(&strings(&["pbft", "--", "--warm-up-time", "2"])),
+            strings(&[
+                "bench",
+                "--benches",
+                "-p",
+                "fed-pbft",
+                "--",
+                "--warm-up-time",
+                "2"
+            ])
+        );
+        assert_eq!(
+            bench_args(&[]),
+            strings(&["bench", "--benches", "--workspace"])
+        );
+    }
 }
