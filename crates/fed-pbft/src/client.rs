@@ -17,6 +17,7 @@ use std::{
 };
 
 use fed_crypto::{DerivedKey, ct_eq, derive_key};
+use zeroize::Zeroize;
 
 use crate::{
     error::{Error, Result},
@@ -95,7 +96,10 @@ fn tag(key: &DerivedKey, head: &[u8], tail: &[u8]) -> Tag {
         let mut h = blake3::Hasher::new_keyed(key.as_bytes());
         h.update(head);
         h.update(tail);
-        h.finalize()
+        let hash = h.finalize();
+        // The hasher's state starts from the key.
+        h.zeroize();
+        hash
     };
     let mut out = [0u8; 16];
     out.copy_from_slice(&hash.as_bytes()[..16]);

@@ -233,8 +233,9 @@ pub enum Outcome {
 
 /// A replica's reply to a client, authenticated with the key they share.
 ///
-/// `tag = MAC(key, REPLY_MAC, [membership id, be16(replica), be64(view), client,
-/// be64(timestamp), postcard(outcome)])`, truncated to 16 bytes.
+/// `tag = BLAKE3-keyed_hash(Krep, be64(view) ‖ be64(timestamp) ‖ postcard(outcome))[0..16]`,
+/// where `Krep` is the reply key bound to the membership, `replica` and `client`
+/// (docs/protocol/pbft.md §3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     /// The view in which the request executed (tells the client the primary).
@@ -347,9 +348,13 @@ impl Message {
 }
 
 /// A hand-written decoder of requests and batches, the hot path of every replica:
-/// byte for byte what postcard decodes into `Request` and `Vec<Request>` (the same
-/// values accepted, the same inputs refused; a test and the fuzz target compare
-/// the two), without serde's per-byte calls for fixed-size arrays.
+/// byte for byte what postcard decodes into `Request` and `Vec<Request>` on a
+/// 64-bit target (the same values accepted, the same inputs refused; property tests
+/// compare the two), without serde's per-byte calls for fixed-size arrays.
+///
+/// Lengths are read as 64-bit varints on every target, as postcard reads them on
+/// 64-bit ones (postcard on a 32-bit target reads `usize` as a 32-bit varint), so
+/// replicas built for different targets accept the same batches.
 mod fast {
     use super::{ClientId, Request, Tag};
     use crate::error::{Error, Result};

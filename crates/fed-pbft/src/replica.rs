@@ -817,6 +817,12 @@ impl<A: Application> Replica<A> {
         if let Some(p) = self.pending.remove(id) {
             self.pending_order.remove(&p.order);
         }
+        if self.pending.is_empty() {
+            // Whatever is still queued is stale; so is a batching deadline armed
+            // for it (`propose` trusts an armed deadline).
+            self.queue.clear();
+            self.batch_deadline = None;
+        }
     }
 
     /// Cuts and sends batches while the primary has room in the window: full
@@ -832,7 +838,9 @@ impl<A: Application> Replica<A> {
             && self.queue.len() < self.config.max_batch_requests
         {
             // Not full even counting stale entries, and the batching delay is
-            // running: nothing to cut yet.
+            // running: nothing to cut yet. (The deadline may have been armed for a
+            // request that has since gone stale; the batch is then cut early,
+            // which the delay, an upper bound on waiting, allows.)
             return Ok(());
         }
         loop {
