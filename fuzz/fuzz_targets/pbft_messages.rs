@@ -1,14 +1,16 @@
 //! The PBFT decoders and a replica fed arbitrary bytes: `Message::decode`,
-//! `message_len`, `CommitProof::from_bytes`, then a backup and a primary of a
-//! four-replica membership handed the input as a message from every other member
-//! and as a client request. Nothing may panic; nothing arbitrary may execute.
+//! `message_len`, `CommitProof::from_bytes`, `decode_batch`, then a backup and a
+//! primary of a four-replica membership handed the input as a message from every
+//! other member and as a client request. Nothing may panic; nothing arbitrary may
+//! execute. The hand-written request and batch decoders must agree with postcard.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
 
 use fed_crypto::Identity;
 use fed_pbft::{
-    Application, ClientId, CommitProof, Config, Event, Membership, Message, Replica, message_len,
+    Application, ClientId, CommitProof, Config, ENVELOPE_HEADER_LEN, Event, Membership, Message,
+    Replica, Request, decode_batch, message_len,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -48,6 +50,26 @@ fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let _ = message_len(data);
     let _ = CommitProof::from_bytes(data);
+    // The hand-written decoders against postcard: a batch, and a request body.
+    let postcard_batch = match postcard::take_from_bytes::<Vec<Request>>(data) {
+        Ok((v, [])) => Some(v),
+        _ => None,
+    };
+    assert_eq!(decode_batch(data).ok(), postcard_batch, "batch decoders disagree");
+    // A request envelope whose header is valid and whose length matches: what is
+    // left to accept or refuse is the body alone.
+    if data.get(5) == Some(&1) && message_len(data).ok() == Some(data.len()) {
+        let body = &data[ENVELOPE_HEADER_LEN..];
+        let postcard_request = match postcard::take_from_bytes::<Request>(body) {
+            Ok((r, [])) => Some(r),
+            _ => None,
+        };
+        let fast = match Message::decode(data) {
+            Ok(Message::Request(r)) => Some(r),
+            _ => None,
+        };
+        assert_eq!(fast, postcard_request, "request decoders disagree");
+    }
     if let Ok(msg) = Message::decode(data) {
         // Whatever decodes re-encodes to something that decodes to the same message.
         let again = msg.encode().expect("re-encode");

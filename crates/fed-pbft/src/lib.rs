@@ -110,7 +110,7 @@ pub use message::Checkpoint;
 pub use message::{
     ClientId, Commit, Committed, Digest, Fetch, Message, NULL_BATCH, NewView, NewViewEntry,
     Outcome, PrePrepare, Prepare, Reply, Request, RequestId, StateRequest, StateResponse, Tag,
-    ViewChange, batch_digest,
+    ViewChange, batch_digest, decode_batch,
 };
 pub use proof::{CheckpointCert, CommitProof, MAX_COMMIT_PROOF_LEN, PreparedCert};
 pub use replica::{Event, Executed, Replica, Transmit};

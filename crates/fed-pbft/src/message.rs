@@ -467,7 +467,19 @@ mod fast {
     }
 }
 
-pub(crate) use fast::batch as decode_batch;
+/// Decodes a batch: the postcard encoding of `Vec<Request>` that PRE-PREPARE and
+/// COMMITTED messages carry (docs/protocol/pbft.md §2). At most
+/// [`MAX_BATCH_LEN`](crate::MAX_BATCH_LEN) bytes; trailing bytes are refused.
+pub fn decode_batch(batch: &[u8]) -> Result<Vec<Request>> {
+    if batch.len() > wire::MAX_BATCH_LEN {
+        return Err(Error::TooLarge {
+            what: "batch",
+            len: batch.len(),
+            max: wire::MAX_BATCH_LEN,
+        });
+    }
+    fast::batch(batch)
+}
 
 /// `hash(BATCH, [batch])`: the digest of an encoded batch.
 pub fn batch_digest(batch: &[u8]) -> Digest {
