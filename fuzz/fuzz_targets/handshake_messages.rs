@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 
 use fed_crypto::Identity;
 use fed_handshake::{
-    Event, FederationId, FederationToken, Initiator, InitiatorConfig, Responder, ResponderConfig, message_len,
+    Event, FederationId, FederationToken, Initiator, InitiatorConfig, Responder, ResponderConfig,
+    ResponderTrust, message_len,
 };
 use libfuzzer_sys::fuzz_target;
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
@@ -26,7 +27,7 @@ fn fixture() -> &'static Fixture {
         let a = Arc::new(Identity::from_seeds(&[1; 32], None));
         let b = Arc::new(Identity::from_seeds(&[2; 32], None));
         Fixture {
-            ic: Arc::new(InitiatorConfig::new(a, fed)),
+            ic: Arc::new(InitiatorConfig::new(a, fed, ResponderTrust::Any)),
             rc: Arc::new(ResponderConfig::new(b, fed)),
         }
     })

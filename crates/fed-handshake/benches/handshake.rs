@@ -9,7 +9,8 @@ use std::{hint::black_box, sync::Arc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use fed_crypto::Identity;
 use fed_handshake::{
-    Event, FederationId, Initiator, InitiatorConfig, Responder, ResponderConfig, Suite,
+    Event, FederationId, Initiator, InitiatorConfig, Responder, ResponderConfig, ResponderTrust,
+    Suite,
 };
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 
@@ -50,7 +51,7 @@ fn configs(suite: Suite) -> (Arc<InitiatorConfig>, Arc<ResponderConfig>) {
     let a = Arc::new(Identity::from_seeds(&[1; 32], pq.then_some(&[2; 32])));
     let b = Arc::new(Identity::from_seeds(&[3; 32], pq.then_some(&[4; 32])));
     let fed = FederationId([9; 32]);
-    let mut ic = InitiatorConfig::new(a, fed);
+    let mut ic = InitiatorConfig::new(a, fed, ResponderTrust::Any);
     ic.suites = vec![suite];
     let mut rc = ResponderConfig::new(b, fed);
     rc.suites = vec![suite];

@@ -137,8 +137,9 @@ impl FromIterator<Capability> for CapabilitySet {
 /// each pair, so neither side is held to more than it offered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Limits {
-    /// Largest application message, in bytes (also the channel's frame payload limit;
-    /// clamped to 1 ..= 16 MiB).
+    /// Largest application message, in bytes. The session's channel takes it as its
+    /// frame payload limit, raised to at least [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN)
+    /// (the token travels in the channel) and lowered to at most 16 MiB.
     pub max_message_bytes: u32,
     /// Requests per second a peer may send.
     pub requests_per_second: u32,

@@ -98,6 +98,16 @@ pub enum Error {
     /// A token is bound to another session than the one presenting it.
     #[error("token bound to another session")]
     TokenSession,
+    /// A token is for another federation than the one it is checked for.
+    #[error("token is for another federation")]
+    TokenFederation,
+    /// A token is presented by another node than its subject.
+    #[error("token presented by a node other than its subject")]
+    TokenSubject,
+    /// A token has an Ed25519-only signature where a hybrid (post-quantum) one is
+    /// required.
+    #[error("token is not signed post-quantum")]
+    TokenNotPostQuantum,
     /// A request needs a capability the token does not grant.
     #[error("capability {0:?} not granted")]
     CapabilityDenied(crate::caps::Capability),

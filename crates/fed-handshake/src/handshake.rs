@@ -18,7 +18,7 @@ use crate::{
     caps::{Capabilities, ProtocolVersion, Suite, choose_suite},
     error::{Error, Result},
     labels,
-    token::{FederationId, FederationToken, NoRevocation, TOKEN_VERSION, TokenBody, token_id},
+    token::{FederationId, FederationToken, TOKEN_VERSION, TokenBody, TokenCheck, token_id},
     wire::{
         self, Accept, AcceptInner, AcceptParams, AdmissionProof, Finish, FinishInner, Hello, Kind,
         MAX_OFFERED_SUITES, Reject, RejectReason,
@@ -31,6 +31,35 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_TOKEN_LIFETIME_MS: u64 = 24 * 60 * 60 * 1000;
 /// Most bytes of channel binding accepted.
 pub const MAX_CHANNEL_BINDING_LEN: usize = 1024;
+
+/// Default allowance for clock differences between nodes: tokens are valid from
+/// this long before they are issued (5 minutes).
+pub const DEFAULT_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// Which responders an initiator accepts. It is checked as soon as the responder
+/// has proved its identity, before the initiator reveals its own identity and
+/// admission proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResponderTrust {
+    /// Only these node ids: a pinned bootstrap node, or the federation's known
+    /// members. Anyone else fails with [`Error::UnexpectedPeer`].
+    Only(Vec<NodeId>),
+    /// Whoever answers and proves an identity. The initiator then reveals its own
+    /// identity and admission proof to that node, and the session proves who the
+    /// responder is, not that it is a member of the federation: the caller must
+    /// check [`Session::peer`] before trusting the session or its token.
+    Any,
+}
+
+impl ResponderTrust {
+    fn accepts(&self, id: NodeId) -> bool {
+        match self {
+            ResponderTrust::Only(ids) => ids.contains(&id),
+            ResponderTrust::Any => true,
+        }
+    }
+}
 
 /// The initiator's configuration.
 #[derive(Clone, Debug)]
@@ -46,22 +75,27 @@ pub struct InitiatorConfig {
     pub capabilities: Capabilities,
     /// Proof of admission sent in message 3 (default: none).
     pub admission: AdmissionProof,
-    /// If set, the responder must have this node id.
-    pub expected_responder: Option<NodeId>,
+    /// Which responders to accept.
+    pub responders: ResponderTrust,
     /// Time the whole handshake may take, in milliseconds.
     pub timeout_ms: u64,
 }
 
 impl InitiatorConfig {
-    /// Defaults for joining `federation` as `identity`.
-    pub fn new(identity: Arc<Identity>, federation: FederationId) -> Self {
+    /// Defaults for joining `federation` as `identity` through a responder that
+    /// `responders` accepts.
+    pub fn new(
+        identity: Arc<Identity>,
+        federation: FederationId,
+        responders: ResponderTrust,
+    ) -> Self {
         Self {
             identity,
             federation,
             suites: vec![Suite::Default],
             capabilities: Capabilities::default(),
             admission: AdmissionProof::None,
-            expected_responder: None,
+            responders,
             timeout_ms: DEFAULT_TIMEOUT_MS,
         }
     }
@@ -83,6 +117,9 @@ pub struct ResponderConfig {
     pub admission: Arc<dyn AdmissionPolicy>,
     /// Lifetime of issued tokens, in milliseconds.
     pub token_lifetime_ms: u64,
+    /// Clock difference to allow for: issued tokens are valid from this long before
+    /// the time of issue, so that a holder whose clock is behind can use them.
+    pub clock_skew_ms: u64,
     /// Time the whole handshake may take, in milliseconds.
     pub timeout_ms: u64,
 }
@@ -97,6 +134,7 @@ impl ResponderConfig {
             capabilities: Capabilities::default(),
             admission: Arc::new(Open),
             token_lifetime_ms: DEFAULT_TOKEN_LIFETIME_MS,
+            clock_skew_ms: DEFAULT_CLOCK_SKEW_MS,
             timeout_ms: DEFAULT_TIMEOUT_MS,
         }
     }
@@ -110,6 +148,7 @@ impl std::fmt::Debug for ResponderConfig {
             .field("suites", &self.suites)
             .field("capabilities", &self.capabilities)
             .field("token_lifetime_ms", &self.token_lifetime_ms)
+            .field("clock_skew_ms", &self.clock_skew_ms)
             .field("timeout_ms", &self.timeout_ms)
             .finish_non_exhaustive()
     }
@@ -403,11 +442,13 @@ impl Initiator {
     }
 
     /// Handles one whole message from the responder. After an error the handshake is
-    /// closed and further input gives [`Error::Closed`].
+    /// closed and further input gives [`Error::Closed`]; input at or after the
+    /// deadline fails with [`Error::Timeout`].
     pub fn handle_input(&mut self, msg: &[u8], now: u64) -> Result<()> {
         let state = std::mem::replace(&mut self.state, InitiatorState::Done);
         let result = match state {
             InitiatorState::Done => return Err(Error::Closed),
+            _ if now >= self.deadline => Err(Error::Timeout),
             InitiatorState::AwaitAccept {
                 transcript,
                 ephemeral,
@@ -487,11 +528,7 @@ impl Initiator {
         transcript.absorb(&wire::encode(&inner.params)?);
 
         let peer = PublicIdentity::from_bytes(&inner.identity).map_err(Error::Identity)?;
-        if self
-            .config
-            .expected_responder
-            .is_some_and(|id| id != peer.node_id())
-        {
+        if !self.config.responders.accepts(peer.node_id()) {
             return Err(Error::UnexpectedPeer);
         }
         transcript.absorb(&inner.identity);
@@ -561,15 +598,22 @@ impl Initiator {
         }
         let payload = pending.channel.open(msg)?;
         let token = FederationToken::from_bytes(&payload)?;
-        token.verify_for_session(&pending.peer, &pending.binding, now, &NoRevocation)?;
-        if token.subject() != self.config.identity.node_id()
-            || token.body().federation != self.config.federation
-        {
-            return Err(Error::TokenIssuer);
+        let mut check = TokenCheck::new(
+            &pending.peer,
+            self.config.federation,
+            self.config.identity.node_id(),
+            now,
+        );
+        if pending.suite == Suite::PqAuth {
+            check = check.requiring_post_quantum();
         }
+        token.verify_for_session(&check, &pending.binding)?;
         // The token may narrow capabilities (admission ceiling), never widen them.
         let granted = token.body().capabilities;
-        if granted.set.intersection(pending.capabilities.set) != granted.set {
+        let negotiated = pending.capabilities;
+        if granted.set.intersection(negotiated.set) != granted.set
+            || granted.limits.min(negotiated.limits) != granted.limits
+        {
             return Err(Error::NotOffered);
         }
         self.state = InitiatorState::Done;
@@ -662,11 +706,13 @@ impl Responder {
     }
 
     /// Handles one whole message from the initiator. After an error the handshake is
-    /// closed (a reject message is queued) and further input gives [`Error::Closed`].
+    /// closed (a reject message is queued) and further input gives [`Error::Closed`];
+    /// input at or after the deadline fails with [`Error::Timeout`].
     pub fn handle_input(&mut self, msg: &[u8], now: u64) -> Result<()> {
         let state = std::mem::replace(&mut self.state, ResponderState::Done);
         let result = match state {
             ResponderState::Done => return Err(Error::Closed),
+            _ if now >= self.deadline => Err(Error::Timeout),
             ResponderState::AwaitHello {
                 transcript,
                 eseed,
@@ -862,7 +908,7 @@ impl Responder {
                 subject: peer.node_id().0,
                 federation: self.config.federation,
                 capabilities: granted,
-                not_before: now,
+                not_before: now.saturating_sub(self.config.clock_skew_ms),
                 expires_at: now.saturating_add(self.config.token_lifetime_ms),
                 session: binding,
                 post_quantum: suite == Suite::PqAuth,

@@ -24,7 +24,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use fed_crypto::Identity;
-//! use fed_handshake::{Event, FederationId, Initiator, InitiatorConfig, Responder, ResponderConfig};
+//! use fed_handshake::{Event, FederationId, Initiator, InitiatorConfig, Responder, ResponderConfig, ResponderTrust};
 //! # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 //! # let mut rng = ChaCha20Rng::seed_from_u64(7);
 //!
@@ -34,7 +34,9 @@
 //! let binding = b"both libp2p peer ids";
 //! let now = 1_700_000_000_000;
 //!
-//! let mut i = Initiator::new(Arc::new(InitiatorConfig::new(alice, federation)), binding, now, &mut rng)?;
+//! // Alice knows Bob's node id (a pinned bootstrap node).
+//! let trust = ResponderTrust::Only(vec![bob.node_id()]);
+//! let mut i = Initiator::new(Arc::new(InitiatorConfig::new(alice, federation, trust)), binding, now, &mut rng)?;
 //! let mut r = Responder::new(Arc::new(ResponderConfig::new(bob, federation)), binding, now, &mut rng)?;
 //!
 //! // Carry messages until both sides are quiet.
@@ -73,10 +75,12 @@ pub use admission::{
 pub use caps::{Capabilities, Capability, CapabilitySet, Limits, ProtocolVersion, Suite};
 pub use error::{Error, Result};
 pub use handshake::{
-    DEFAULT_TIMEOUT_MS, DEFAULT_TOKEN_LIFETIME_MS, Event, Initiator, InitiatorConfig,
-    MAX_CHANNEL_BINDING_LEN, Responder, ResponderConfig, Session,
+    DEFAULT_CLOCK_SKEW_MS, DEFAULT_TIMEOUT_MS, DEFAULT_TOKEN_LIFETIME_MS, Event, Initiator,
+    InitiatorConfig, MAX_CHANNEL_BINDING_LEN, Responder, ResponderConfig, ResponderTrust, Session,
 };
-pub use token::{FederationId, FederationToken, NoRevocation, RevocationCheck, TokenBody};
+pub use token::{
+    FederationId, FederationToken, NoRevocation, RevocationCheck, TokenBody, TokenCheck,
+};
 pub use wire::{
     AdmissionProof, ENVELOPE_HEADER_LEN, MAGIC, MAX_MESSAGE_LEN, RejectReason, message_len,
 };

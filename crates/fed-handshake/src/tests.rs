@@ -27,7 +27,7 @@ fn pair(suites: &[Suite], pq: bool) -> (Initiator, Responder, Arc<Identity>) {
     let a = Arc::new(Identity::generate(&mut g, pq));
     let b = Arc::new(Identity::generate(&mut g, pq));
     let fed = FederationId([3; 32]);
-    let mut ic = InitiatorConfig::new(a, fed);
+    let mut ic = InitiatorConfig::new(a, fed, ResponderTrust::Only(vec![b.node_id()]));
     ic.suites = suites.to_vec();
     ic.capabilities.set = CapabilitySet::all();
     let mut rc = ResponderConfig::new(b.clone(), fed);
@@ -128,21 +128,46 @@ fn a_relay_presenting_its_own_identity_is_refused_when_the_peer_is_pinned() {
     let alice = Arc::new(Identity::generate(&mut g, false));
     let mallory = Arc::new(Identity::generate(&mut g, false));
     let fed = FederationId([3; 32]);
-    let mut ic = InitiatorConfig::new(alice, fed);
-    ic.expected_responder = Some(bob.node_id());
+    let ic = InitiatorConfig::new(
+        alice.clone(),
+        fed,
+        ResponderTrust::Only(vec![bob.node_id()]),
+    );
     let mut i = Initiator::new(Arc::new(ic), BINDING, NOW, &mut g).unwrap();
     let mut m = Responder::new(
-        Arc::new(ResponderConfig::new(mallory, fed)),
+        Arc::new(ResponderConfig::new(mallory.clone(), fed)),
         BINDING,
         NOW,
         &mut g,
     )
     .unwrap();
     m.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
+    let m2 = m.poll_transmit().unwrap();
     assert!(matches!(
-        i.handle_input(&m.poll_transmit().unwrap(), NOW),
+        i.handle_input(&m2, NOW),
         Err(Error::UnexpectedPeer)
     ));
+    // Refused before message 3: Alice's identity never left.
+    assert!(i.poll_transmit().is_none());
+    // Trusting any responder, Alice completes a handshake with Mallory, and the
+    // session says so: the caller has to look at the peer.
+    let ic = InitiatorConfig::new(alice, fed, ResponderTrust::Any);
+    let mut i = Initiator::new(Arc::new(ic), BINDING, NOW, &mut g).unwrap();
+    let mut m = Responder::new(
+        Arc::new(ResponderConfig::new(mallory.clone(), fed)),
+        BINDING,
+        NOW,
+        &mut g,
+    )
+    .unwrap();
+    m.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
+    i.handle_input(&m.poll_transmit().unwrap(), NOW).unwrap();
+    m.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
+    i.handle_input(&m.poll_transmit().unwrap(), NOW).unwrap();
+    let Some(Event::Established(s)) = i.poll_event() else {
+        panic!("no session")
+    };
+    assert_eq!(s.peer.node_id(), mallory.node_id());
 }
 
 /// Edits message 1 in flight and returns what reaches the initiator: the responder's

@@ -48,6 +48,74 @@ pub struct FederationToken {
     signature: HybridSignature,
 }
 
+/// What a token is checked against: who issued it, for which federation, who
+/// presents it, when, under which policy.
+///
+/// `presenter` is the node the token arrived from, as authenticated by the session
+/// it arrived on: a token is not a secret, so without this check anyone who saw a
+/// member's token could claim its capabilities.
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct TokenCheck<'a> {
+    /// The issuer's public identity.
+    pub issuer: &'a PublicIdentity,
+    /// The federation the token must be for.
+    pub federation: FederationId,
+    /// The authenticated node presenting the token; it must be the token's subject.
+    pub presenter: NodeId,
+    /// The time of the check, Unix milliseconds.
+    pub now: u64,
+    /// Refuse tokens signed with Ed25519 alone (for federations that require the
+    /// `pq-auth` suite; default false).
+    pub require_post_quantum: bool,
+    /// Revoked token ids.
+    pub revocation: &'a dyn RevocationCheck,
+}
+
+impl<'a> TokenCheck<'a> {
+    /// A check of tokens from `issuer` for `federation`, presented by `presenter` at
+    /// `now`, with no revocations and Ed25519-only tokens accepted.
+    pub fn new(
+        issuer: &'a PublicIdentity,
+        federation: FederationId,
+        presenter: NodeId,
+        now: u64,
+    ) -> Self {
+        Self {
+            issuer,
+            federation,
+            presenter,
+            now,
+            require_post_quantum: false,
+            revocation: &NoRevocation,
+        }
+    }
+
+    /// Consults `revocation` for revoked token ids.
+    pub fn with_revocation(mut self, revocation: &'a dyn RevocationCheck) -> Self {
+        self.revocation = revocation;
+        self
+    }
+
+    /// Requires a hybrid (Ed25519 and ML-DSA-65) signature.
+    pub fn requiring_post_quantum(mut self) -> Self {
+        self.require_post_quantum = true;
+        self
+    }
+}
+
+impl std::fmt::Debug for TokenCheck<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCheck")
+            .field("issuer", &self.issuer.node_id())
+            .field("federation", &self.federation)
+            .field("presenter", &self.presenter)
+            .field("now", &self.now)
+            .field("require_post_quantum", &self.require_post_quantum)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Decides whether a token has been revoked (the mesh answers from committed
 /// revocations).
 pub trait RevocationCheck {
@@ -99,38 +167,45 @@ impl FederationToken {
         NodeId(self.body.subject)
     }
 
-    /// Checks the token against its issuer's identity at time `now` (Unix ms):
-    /// issuer, signature (both parts if the token is hybrid), validity window and
-    /// revocation, in that order.
-    pub fn verify(
-        &self,
-        issuer: &PublicIdentity,
-        now: u64,
-        revocation: &dyn RevocationCheck,
-    ) -> Result<()> {
-        if issuer.node_id().0 != self.body.issuer {
+    /// Checks the token: issuer, federation, subject, signature, validity window and
+    /// revocation, in that order (docs/protocol/handshake.md §5).
+    pub fn verify(&self, check: &TokenCheck<'_>) -> Result<()> {
+        if check.issuer.node_id().0 != self.body.issuer {
             return Err(Error::TokenIssuer);
+        }
+        if self.body.federation != check.federation {
+            return Err(Error::TokenFederation);
+        }
+        if check.presenter.0 != self.body.subject {
+            return Err(Error::TokenSubject);
+        }
+        if check.require_post_quantum && !self.body.post_quantum {
+            return Err(Error::TokenNotPostQuantum);
         }
         let msg = wire::encode(&self.body)?;
         let checked = if self.body.post_quantum {
-            issuer.verify(labels::TOKEN_SIGNATURE, &msg, &self.signature)
+            check
+                .issuer
+                .verify(labels::TOKEN_SIGNATURE, &msg, &self.signature)
         } else {
-            issuer.verify_ed25519(labels::TOKEN_SIGNATURE, &msg, &self.signature)
+            check
+                .issuer
+                .verify_ed25519(labels::TOKEN_SIGNATURE, &msg, &self.signature)
         };
         checked.map_err(|_| Error::TokenSignature)?;
-        if now < self.body.not_before {
+        if check.now < self.body.not_before {
             return Err(Error::TokenNotYetValid {
                 not_before: self.body.not_before,
-                now,
+                now: check.now,
             });
         }
-        if now >= self.body.expires_at {
+        if check.now >= self.body.expires_at {
             return Err(Error::TokenExpired {
                 expires_at: self.body.expires_at,
-                now,
+                now: check.now,
             });
         }
-        if revocation.is_revoked(&self.body.id) {
+        if check.revocation.is_revoked(&self.body.id) {
             return Err(Error::TokenRevoked);
         }
         Ok(())
@@ -138,29 +213,17 @@ impl FederationToken {
 
     /// [`verify`](Self::verify), and also that the token was issued in the session
     /// whose binding is `session`.
-    pub fn verify_for_session(
-        &self,
-        issuer: &PublicIdentity,
-        session: &[u8; 32],
-        now: u64,
-        revocation: &dyn RevocationCheck,
-    ) -> Result<()> {
-        self.verify(issuer, now, revocation)?;
+    pub fn verify_for_session(&self, check: &TokenCheck<'_>, session: &[u8; 32]) -> Result<()> {
+        self.verify(check)?;
         if !fed_crypto::ct_eq(&self.body.session, session) {
             return Err(Error::TokenSession);
         }
         Ok(())
     }
 
-    /// The check for each request: the token verifies now and grants `cap`.
-    pub fn authorize(
-        &self,
-        cap: Capability,
-        issuer: &PublicIdentity,
-        now: u64,
-        revocation: &dyn RevocationCheck,
-    ) -> Result<()> {
-        self.verify(issuer, now, revocation)?;
+    /// The check for each request: the token verifies and grants `cap`.
+    pub fn authorize(&self, cap: Capability, check: &TokenCheck<'_>) -> Result<()> {
+        self.verify(check)?;
         if self.body.capabilities.allows(cap) {
             Ok(())
         } else {

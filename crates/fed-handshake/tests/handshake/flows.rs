@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use fed_handshake::{Capability, Error, Initiator, NoRevocation, RejectReason, Responder, Suite};
+use fed_handshake::{Capability, Error, Initiator, RejectReason, Responder, Suite};
 
 use crate::*;
 
@@ -21,7 +21,7 @@ fn both_suites_complete_and_agree() {
         assert_eq!(ci.capabilities, cr.capabilities);
         assert_eq!(ci.token, cr.token);
         ci.token
-            .verify_for_session(s.bob.public(), &ci.binding, NOW, &NoRevocation)
+            .verify_for_session(&s.check(NOW), &ci.binding)
             .unwrap();
         assert_eq!(ci.token.body().post_quantum, suite == Suite::PqAuth);
         // The keys agree in both directions, over many frames.
@@ -206,6 +206,27 @@ fn a_stalled_handshake_times_out() {
         i2.handle_input(&reject, NOW),
         Err(Error::Rejected(RejectReason::Timeout))
     ));
+}
+
+#[test]
+fn input_after_the_deadline_is_refused_even_before_the_timer_fires() {
+    let s = setup(Suite::Default, 1);
+    let (mut i, mut r) = s.start(2);
+    let deadline = NOW + fed_handshake::DEFAULT_TIMEOUT_MS;
+    // A hello that arrives late at the responder.
+    let m1 = i.poll_transmit().unwrap();
+    assert!(matches!(r.handle_input(&m1, deadline), Err(Error::Timeout)));
+    assert!(!r.is_handshaking());
+    // An accept that arrives late at the initiator.
+    let (mut i, mut r) = s.start(3);
+    r.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
+    let m2 = r.poll_transmit().unwrap();
+    assert!(matches!(
+        i.handle_input(&m2, deadline + 1),
+        Err(Error::Timeout)
+    ));
+    assert!(!i.is_handshaking());
+    assert!(i.poll_transmit().is_none());
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use fed_crypto::Identity;
 use fed_handshake::{
     CapabilitySet, Error, Event, FederationId, Initiator, InitiatorConfig, Responder,
-    ResponderConfig, Session, Suite,
+    ResponderConfig, ResponderTrust, Session, Suite, TokenCheck,
 };
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 
@@ -44,7 +44,11 @@ pub(crate) fn setup(suite: Suite, seed: u64) -> Setup {
     let pq = suite == Suite::PqAuth;
     let alice = Arc::new(Identity::generate(&mut g, pq));
     let bob = Arc::new(Identity::generate(&mut g, pq));
-    let mut ic = InitiatorConfig::new(alice.clone(), FED);
+    let mut ic = InitiatorConfig::new(
+        alice.clone(),
+        FED,
+        ResponderTrust::Only(vec![bob.node_id()]),
+    );
     ic.suites = vec![suite];
     ic.capabilities.set = CapabilitySet::all();
     let mut rc = ResponderConfig::new(bob.clone(), FED);
@@ -54,6 +58,11 @@ pub(crate) fn setup(suite: Suite, seed: u64) -> Setup {
 }
 
 impl Setup {
+    /// A check of a token Bob issued to Alice, presented by Alice at `now`.
+    pub(crate) fn check(&self, now: u64) -> TokenCheck<'_> {
+        TokenCheck::new(self.bob.public(), FED, self.alice.node_id(), now)
+    }
+
     pub(crate) fn start(&self, seed: u64) -> (Initiator, Responder) {
         let mut g = rng(seed);
         (

@@ -1,7 +1,9 @@
 //! Federation tokens: verification and every way it must fail.
 
 use fed_crypto::Identity;
-use fed_handshake::{Capability, Error, FederationToken, NoRevocation, Suite, TokenBody};
+use fed_handshake::{
+    Capability, Error, FederationId, FederationToken, Suite, TokenBody, TokenCheck,
+};
 
 use crate::*;
 
@@ -17,14 +19,11 @@ fn issued(suite: Suite) -> (Setup, FederationToken, [u8; 32]) {
 fn a_fresh_token_verifies_and_authorizes() {
     for suite in [Suite::Default, Suite::PqAuth] {
         let (s, token, binding) = issued(suite);
-        let bob = s.bob.public();
-        token.verify(bob, NOW, &NoRevocation).unwrap();
+        token.verify(&s.check(NOW)).unwrap();
         token
-            .verify_for_session(bob, &binding, NOW + 1000, &NoRevocation)
+            .verify_for_session(&s.check(NOW + 1000), &binding)
             .unwrap();
-        token
-            .authorize(Capability::Query, bob, NOW, &NoRevocation)
-            .unwrap();
+        token.authorize(Capability::Query, &s.check(NOW)).unwrap();
         assert_eq!(token.subject(), s.alice.node_id());
         let back = FederationToken::from_bytes(&token.to_bytes().unwrap()).unwrap();
         assert_eq!(back, token);
@@ -36,11 +35,11 @@ fn expired_and_not_yet_valid_tokens_fail() {
     let (s, token, _) = issued(Suite::Default);
     let b = token.body().clone();
     assert!(matches!(
-        token.verify(s.bob.public(), b.expires_at, &NoRevocation),
+        token.verify(&s.check(b.expires_at)),
         Err(Error::TokenExpired { .. })
     ));
     assert!(matches!(
-        token.verify(s.bob.public(), b.not_before - 1, &NoRevocation),
+        token.verify(&s.check(b.not_before - 1)),
         Err(Error::TokenNotYetValid { .. })
     ));
 }
@@ -52,12 +51,17 @@ fn forged_tampered_and_misattributed_tokens_fail() {
     // Signed by someone else but claiming Bob as issuer.
     let forged = FederationToken::issue(&mallory, token.body().clone()).unwrap();
     assert!(matches!(
-        forged.verify(s.bob.public(), NOW, &NoRevocation),
+        forged.verify(&s.check(NOW)),
         Err(Error::TokenSignature)
     ));
     // Checked against the wrong issuer.
     assert!(matches!(
-        token.verify(mallory.public(), NOW, &NoRevocation),
+        token.verify(&TokenCheck::new(
+            mallory.public(),
+            FED,
+            s.alice.node_id(),
+            NOW
+        )),
         Err(Error::TokenIssuer)
     ));
     // Tampered: every byte of the encoding flipped in turn either fails to decode or
@@ -68,7 +72,7 @@ fn forged_tampered_and_misattributed_tokens_fail() {
         bad[i] ^= 0x01;
         if let Ok(t) = FederationToken::from_bytes(&bad) {
             assert!(
-                t.verify(s.bob.public(), NOW, &NoRevocation).is_err(),
+                t.verify(&s.check(NOW)).is_err(),
                 "byte {i} flipped still verifies"
             );
         }
@@ -83,7 +87,7 @@ fn widened_capabilities_do_not_verify() {
     // Re-sign with Mallory's key: signature fails against Bob.
     let mallory = Identity::generate(&mut rng(67), false);
     let widened = FederationToken::issue(&mallory, body).unwrap();
-    assert!(widened.verify(s.bob.public(), NOW, &NoRevocation).is_err());
+    assert!(widened.verify(&s.check(NOW)).is_err());
 }
 
 #[test]
@@ -108,7 +112,7 @@ fn stripping_the_post_quantum_signature_is_detected() {
     stripped[6..10].copy_from_slice(&body_len.to_be_bytes());
     let t = FederationToken::from_bytes(&stripped).unwrap();
     assert!(matches!(
-        t.verify(s.bob.public(), NOW, &NoRevocation),
+        t.verify(&s.check(NOW)),
         Err(Error::TokenSignature)
     ));
 }
@@ -119,13 +123,13 @@ fn revoked_and_foreign_session_tokens_fail() {
     let id = token.body().id;
     let revoked = move |t: &[u8; 32]| *t == id;
     assert!(matches!(
-        token.verify(s.bob.public(), NOW, &revoked),
+        token.verify(&s.check(NOW).with_revocation(&revoked)),
         Err(Error::TokenRevoked)
     ));
     let mut other = binding;
     other[0] ^= 1;
     assert!(matches!(
-        token.verify_for_session(s.bob.public(), &other, NOW, &NoRevocation),
+        token.verify_for_session(&s.check(NOW), &other),
         Err(Error::TokenSession)
     ));
 }
@@ -137,11 +141,66 @@ fn capabilities_are_checked_per_request() {
     let (i, r) = s.start(22);
     let mut rec = record(i, r);
     let token = established_i(&mut rec.i).token.clone();
-    token
-        .authorize(Capability::Query, s.bob.public(), NOW, &NoRevocation)
-        .unwrap();
+    token.authorize(Capability::Query, &s.check(NOW)).unwrap();
     assert!(matches!(
-        token.authorize(Capability::Vote, s.bob.public(), NOW, &NoRevocation),
+        token.authorize(Capability::Vote, &s.check(NOW)),
         Err(Error::CapabilityDenied(Capability::Vote))
+    ));
+}
+
+#[test]
+fn a_token_is_checked_for_its_federation_and_presenter() {
+    let (s, token, _) = issued(Suite::Default);
+    // Another federation served by the same issuer.
+    let other = TokenCheck::new(
+        s.bob.public(),
+        FederationId([0x43; 32]),
+        s.alice.node_id(),
+        NOW,
+    );
+    assert!(matches!(token.verify(&other), Err(Error::TokenFederation)));
+    // Presented by someone who saw Alice's token: refused.
+    let mallory = Identity::generate(&mut rng(68), false);
+    let stolen = TokenCheck::new(s.bob.public(), FED, mallory.node_id(), NOW);
+    assert!(matches!(
+        token.authorize(Capability::Query, &stolen),
+        Err(Error::TokenSubject)
+    ));
+}
+
+#[test]
+fn a_federation_can_require_post_quantum_tokens() {
+    // A classical token from a post-quantum-capable issuer: accepted by default,
+    // refused under a post-quantum policy whatever its Ed25519 signature says.
+    let mut s = setup(Suite::PqAuth, 13);
+    s.ic.suites = vec![Suite::Default];
+    s.rc.suites = vec![Suite::Default];
+    let (i, r) = s.start(14);
+    let mut rec = record(i, r);
+    let token = established_i(&mut rec.i).token.clone();
+    assert!(!token.body().post_quantum);
+    assert!(s.bob.has_post_quantum());
+    token.verify(&s.check(NOW)).unwrap();
+    assert!(matches!(
+        token.verify(&s.check(NOW).requiring_post_quantum()),
+        Err(Error::TokenNotPostQuantum)
+    ));
+    // A hybrid token passes the policy.
+    let (s, token, _) = issued(Suite::PqAuth);
+    token
+        .verify(&s.check(NOW).requiring_post_quantum())
+        .unwrap();
+}
+
+#[test]
+fn tokens_allow_for_clock_skew() {
+    // The issuer's clock runs ahead of the holder's by less than the allowance.
+    let (s, token, _) = issued(Suite::Default);
+    let skew = fed_handshake::DEFAULT_CLOCK_SKEW_MS;
+    assert_eq!(token.body().not_before, NOW - skew);
+    token.verify(&s.check(NOW - skew / 2)).unwrap();
+    assert!(matches!(
+        token.verify(&s.check(NOW - skew - 1)),
+        Err(Error::TokenNotYetValid { .. })
     ));
 }
