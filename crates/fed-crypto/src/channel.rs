@@ -40,6 +40,8 @@
 //!   current and the previous epoch, each with a sliding replay window of
 //!   `replay_window` sequence numbers; a frame is accepted at most once, a frame
 //!   older than the window is rejected, and bad frames are dropped without closing
+//!   the channel. A frame up to [`MAX_EPOCH_SKIP`] epochs ahead moves the receiver
+//!   forward if it authenticates, so losing every frame of an epoch does not stall
 //!   the channel.
 
 use aes_gcm::{
@@ -62,6 +64,13 @@ pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + TAG_LEN;
 pub const MAX_PAYLOAD_LIMIT: usize = 16 << 20;
 /// The largest replay window a configuration may set.
 pub const MAX_REPLAY_WINDOW: u32 = 1 << 16;
+/// Most payload bytes one epoch key may protect (`rekey_after_bytes`, 64 GiB): far
+/// below AES-GCM's usage limits for one key.
+pub const MAX_REKEY_AFTER_BYTES: u64 = 1 << 36;
+/// How many epochs a datagram receiver may move forward on one frame: a datagram
+/// channel survives the loss of every frame of up to `MAX_EPOCH_SKIP − 1`
+/// consecutive epochs.
+pub const MAX_EPOCH_SKIP: u32 = 8;
 
 const FRAME_VERSION: u8 = 1;
 const KIND_STREAM: u8 = 1;
@@ -161,8 +170,10 @@ impl ChannelConfig {
                 "rekey_after_frames must be in 1 ..= 2^32",
             ));
         }
-        if self.rekey_after_bytes == 0 {
-            return Err(Error::InvalidConfig("rekey_after_bytes must be at least 1"));
+        if self.rekey_after_bytes == 0 || self.rekey_after_bytes > MAX_REKEY_AFTER_BYTES {
+            return Err(Error::InvalidConfig(
+                "rekey_after_bytes must be in 1 ..= 2^36",
+            ));
         }
         if self.replay_window < 64
             || self.replay_window > MAX_REPLAY_WINDOW
@@ -191,7 +202,8 @@ pub struct FrameHeader {
 
 impl FrameHeader {
     /// Parses the first [`FRAME_HEADER_LEN`] bytes of `bytes`, checking the version,
-    /// the kind and that the frame is no larger than `max_payload_len` allows.
+    /// the kind and that the frame is no larger than `max_payload_len` allows (and
+    /// never larger than [`MAX_PAYLOAD_LIMIT`], whatever `max_payload_len` says).
     ///
     /// A stream reader calls this on the first 18 bytes to learn how many more to read
     /// ([`FrameHeader::frame_len`]) before any allocation.
@@ -221,6 +233,7 @@ impl FrameHeader {
         let seq = u64::from_be_bytes(seq);
         let len = u32::from_be_bytes([header[14], header[15], header[16], header[17]]);
         let len_usize = len as usize;
+        let max_payload_len = max_payload_len.min(MAX_PAYLOAD_LIMIT);
         if len_usize < TAG_LEN {
             return Err(Error::MalformedFrame("length shorter than the tag"));
         }
@@ -337,7 +350,6 @@ enum Receiver {
     Datagram {
         current: DatagramEpoch,
         previous: Option<DatagramEpoch>,
-        exhausted: bool,
     },
 }
 
@@ -391,7 +403,6 @@ impl SecureChannel {
                     window: ReplayWindow::new(config.replay_window),
                 },
                 previous: None,
-                exhausted: false,
             },
         };
         Ok(Self {
@@ -553,18 +564,15 @@ impl ChannelReceiver {
                 }
                 state.advance(payload_len, config);
             }
-            Receiver::Datagram {
-                current,
-                previous,
-                exhausted,
-            } => {
+            Receiver::Datagram { current, previous } => {
                 if header.seq >= config.rekey_after_frames {
                     return Err(Error::OutsideWindow {
                         epoch: header.epoch,
                         seq: header.seq,
                     });
                 }
-                if header.epoch == current.keys.epoch && !*exhausted {
+                let ahead = header.epoch.checked_sub(current.keys.epoch);
+                if header.epoch == current.keys.epoch {
                     current.window.check(header.epoch, header.seq)?;
                     decrypt(&current.keys.cipher, header.seq, frame)?;
                     current.window.mark(header.seq);
@@ -574,18 +582,31 @@ impl ChannelReceiver {
                     prev.window.check(header.epoch, header.seq)?;
                     decrypt(&prev.keys.cipher, header.seq, frame)?;
                     prev.window.mark(header.seq);
-                } else if Some(header.epoch) == current.keys.epoch.checked_add(1) {
-                    let Some(keys) = current.keys.next() else {
-                        *exhausted = true;
-                        return Err(Error::Exhausted);
-                    };
+                } else if ahead.is_some_and(|a| (1..=MAX_EPOCH_SKIP).contains(&a)) {
+                    // Ratchet forward to the frame's epoch, tentatively: the keys
+                    // are kept only if the frame authenticates. Every epoch up to
+                    // `header.epoch` exists, so `next` cannot run out here.
+                    let mut before: Option<EpochKeys> = None;
+                    let mut keys = current.keys.next().ok_or(Error::Exhausted)?;
+                    while keys.epoch < header.epoch {
+                        let next = keys.next().ok_or(Error::Exhausted)?;
+                        before = Some(std::mem::replace(&mut keys, next));
+                    }
                     decrypt(&keys.cipher, header.seq, frame)?;
                     let mut next = DatagramEpoch {
                         keys,
                         window: ReplayWindow::new(config.replay_window),
                     };
                     next.window.mark(header.seq);
-                    *previous = Some(std::mem::replace(current, next));
+                    let old = std::mem::replace(current, next);
+                    // The epoch just before the new one stays, for its late frames.
+                    *previous = Some(match before {
+                        Some(keys) => DatagramEpoch {
+                            keys,
+                            window: ReplayWindow::new(config.replay_window),
+                        },
+                        None => old,
+                    });
                 } else {
                     return Err(Error::OutsideWindow {
                         epoch: header.epoch,
@@ -732,6 +753,78 @@ mod tests {
         let (mut fresh, _) = at_epoch(0, config);
         let wrapped = fresh.seal(b"wrapped").unwrap();
         assert!(b.open(&wrapped).is_err());
+    }
+
+    fn datagram(frames: u64) -> (SecureChannel, SecureChannel) {
+        let config = ChannelConfig::default()
+            .with_mode(Mode::Datagram)
+            .with_rekey_after_frames(frames);
+        let a = SecureChannel::new(&[1; 32], &[2; 32], Role::Initiator, config.clone()).unwrap();
+        let b = SecureChannel::new(&[1; 32], &[2; 32], Role::Responder, config).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn a_datagram_channel_survives_losing_whole_epochs() {
+        // One frame per epoch: frame i is epoch i.
+        let (mut a, mut b) = datagram(1);
+        let f: Vec<Vec<u8>> = (0..12u8).map(|i| a.seal(&[i]).unwrap()).collect();
+        assert_eq!(b.open(&f[0]).unwrap(), [0]);
+        // Epoch 1 is lost entirely; epoch 2 still opens, and a late epoch-1 frame
+        // too (it is the previous epoch now).
+        assert_eq!(b.open(&f[2]).unwrap(), [2]);
+        assert_eq!(b.open(&f[1]).unwrap(), [1]);
+        // Epochs 3 to 2 + MAX_EPOCH_SKIP - 1 lost: the next one still opens.
+        let far = 2 + MAX_EPOCH_SKIP as usize;
+        assert_eq!(b.open(&f[far]).unwrap(), [far as u8]);
+        assert_eq!(b.receiver.epoch(), Some(far as u32));
+        // The epoch just before it was derived on the way and takes late frames;
+        // older ones are gone.
+        assert_eq!(b.open(&f[far - 1]).unwrap(), [far as u8 - 1]);
+        assert!(b.open(&f[far - 2]).is_err());
+        assert_eq!(b.open(&f[far + 1]).unwrap(), [far as u8 + 1]);
+    }
+
+    #[test]
+    fn a_datagram_receiver_moves_forward_only_on_authentic_frames() {
+        let (mut a, mut b) = datagram(1);
+        let f: Vec<Vec<u8>> = (0..20u8).map(|i| a.seal(&[i]).unwrap()).collect();
+        assert_eq!(b.open(&f[0]).unwrap(), [0]);
+        // Too far ahead: refused, nothing derived.
+        let beyond = MAX_EPOCH_SKIP as usize + 1;
+        assert!(matches!(
+            b.open(&f[beyond]),
+            Err(Error::OutsideWindow { .. })
+        ));
+        // Within reach but forged: refused, and the receiver stays where it was.
+        let mut forged = f[3].clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(b.open(&forged), Err(Error::Decrypt)));
+        assert_eq!(b.receiver.epoch(), Some(0));
+        assert_eq!(b.open(&f[1]).unwrap(), [1]);
+    }
+
+    #[test]
+    fn rekey_limits_and_header_sizes_are_bounded() {
+        let too_many_bytes =
+            ChannelConfig::default().with_rekey_after_bytes(MAX_REKEY_AFTER_BYTES + 1);
+        assert!(SecureChannel::new(&[1; 32], &[2; 32], Role::Initiator, too_many_bytes).is_err());
+        let most = ChannelConfig::default().with_rekey_after_bytes(MAX_REKEY_AFTER_BYTES);
+        assert!(SecureChannel::new(&[1; 32], &[2; 32], Role::Initiator, most).is_ok());
+        // A caller's maximum above the protocol's is capped by the protocol's.
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        header[0] = FRAME_VERSION;
+        header[1] = KIND_STREAM;
+        let len = (MAX_PAYLOAD_LIMIT + TAG_LEN + 1) as u32;
+        header[14..18].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(
+            FrameHeader::parse(&header, usize::MAX),
+            Err(Error::FrameTooLarge { .. })
+        ));
+        let len = (MAX_PAYLOAD_LIMIT + TAG_LEN) as u32;
+        header[14..18].copy_from_slice(&len.to_be_bytes());
+        assert!(FrameHeader::parse(&header, usize::MAX).is_ok());
     }
 
     #[test]

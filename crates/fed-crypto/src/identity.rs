@@ -15,7 +15,7 @@ use ml_dsa::{
     VerifyingKey as MlDsaVerifyingKey,
 };
 use rand_core::CryptoRng;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
     error::{Error, Result, check_len},
@@ -104,8 +104,10 @@ impl Identity {
     pub fn from_seeds(ed25519: &[u8; 32], ml_dsa: Option<&[u8; 32]>) -> Self {
         let ed25519 = EdSigningKey::from_bytes(ed25519);
         let ml_dsa = ml_dsa.map(|seed| {
-            let seed = ml_dsa::Seed::from(*seed);
-            Box::new(MlDsaSigningKey::<MlDsa65>::from_seed(&seed))
+            let mut seed = ml_dsa::Seed::from(*seed);
+            let key = Box::new(MlDsaSigningKey::<MlDsa65>::from_seed(&seed));
+            seed.zeroize();
+            key
         });
         let public = PublicIdentity::from_keys(
             ed25519.verifying_key(),
@@ -145,7 +147,9 @@ impl Identity {
     pub fn ml_dsa_seed(&self) -> Option<Zeroizing<[u8; 32]>> {
         self.ml_dsa.as_ref().map(|k| {
             let mut out = Zeroizing::new([0u8; 32]);
-            out.copy_from_slice(&k.to_seed());
+            let mut seed = k.to_seed();
+            out.copy_from_slice(&seed);
+            seed.zeroize();
             out
         })
     }

@@ -111,7 +111,9 @@ pub fn derive_key(label: &str, parts: &[&[u8]]) -> DerivedKey {
     let mut hasher = blake3::Hasher::new_derive_key(label);
     absorb(&mut hasher, parts);
     let mut out = [0u8; 32];
-    out.copy_from_slice(hasher.finalize().as_bytes());
+    let mut hash = hasher.finalize();
+    out.copy_from_slice(hash.as_bytes());
+    hash.zeroize();
     hasher.zeroize();
     DerivedKey(out)
 }

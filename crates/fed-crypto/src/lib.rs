@@ -59,7 +59,8 @@ mod xwing;
 
 pub use channel::{
     ChannelConfig, ChannelReceiver, ChannelSender, FRAME_HEADER_LEN, FRAME_OVERHEAD, FrameHeader,
-    MAX_PAYLOAD_LIMIT, MAX_REPLAY_WINDOW, Mode, Role, SecureChannel, TAG_LEN,
+    MAX_EPOCH_SKIP, MAX_PAYLOAD_LIMIT, MAX_REKEY_AFTER_BYTES, MAX_REPLAY_WINDOW, Mode, Role,
+    SecureChannel, TAG_LEN,
 };
 pub use error::{Error, Result};
 pub use identity::{

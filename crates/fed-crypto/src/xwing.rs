@@ -283,9 +283,11 @@ fn combine(ss_m: &[u8], ss_x: &[u8; 32], ct_x: &[u8; 32], pk_x: &[u8; 32]) -> XW
     Digest::update(&mut h, ct_x);
     Digest::update(&mut h, pk_x);
     Digest::update(&mut h, XWING_LABEL);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&h.finalize());
-    XWingSharedSecret(out)
+    // Finalized in place: no copy of the secret left behind (the hasher's state is
+    // wiped on drop by sha3's `zeroize` feature).
+    let mut out = sha3::digest::Output::<Sha3_256>::default();
+    Digest::finalize_into(h, &mut out);
+    XWingSharedSecret(out.into())
 }
 
 #[allow(dead_code)]
