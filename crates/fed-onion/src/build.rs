@@ -57,7 +57,11 @@ pub struct BuiltPacket {
 ///
 /// The sender files pending replies by [`reply_id`](Self::reply_id) (bounded, and
 /// dropped after the relays' reply TTL) and hands each arriving [`ReplyPacket`]
-/// with that id to [`open`](Self::open).
+/// with that id to [`open`](Self::open). A pending reply opens one reply only:
+/// `open` consumes it on success, so a duplicate of a reply already opened (the
+/// first hop sending it twice) finds nothing to open it with. A reply that fails
+/// to open hands the pending reply back, so a forged or damaged reply does not
+/// stop the genuine one.
 pub struct PendingReply {
     reply_id: ReplyId,
     first_hop: NodeId,
@@ -83,17 +87,37 @@ impl PendingReply {
     }
 
     /// Removes every relay's layer and opens the destination's end-to-end
-    /// encryption. Fails if the reply carries another reply id, or if anyone but
-    /// the destination sealed it or anything modified it on the way.
-    pub fn open(&self, reply: &ReplyPacket) -> Result<Vec<u8>> {
+    /// encryption, consuming the pending reply: each reply is opened once.
+    ///
+    /// Fails, handing the pending reply back with the error, if the reply carries
+    /// another reply id ([`Error::UnexpectedReply`]), or if anyone but the
+    /// destination sealed it or anything modified it on the way
+    /// ([`Error::ReplyAuthentication`]).
+    ///
+    /// Once a reply has opened, nothing is left to open a second with, not even a
+    /// duplicate of the first:
+    ///
+    /// ```compile_fail,E0382
+    /// # fn duplicate(pending: fed_onion::PendingReply, reply: &fed_onion::ReplyPacket) {
+    /// let first = pending.open(reply);
+    /// let second = pending.open(reply); // `pending` was moved by the first call
+    /// # }
+    /// ```
+    // The error carries the pending reply back; one call per reply, beside a
+    // keystream pass over the body per hop, so its size does not matter.
+    #[allow(clippy::result_large_err)]
+    pub fn open(self, reply: &ReplyPacket) -> Result<Vec<u8>, (Self, Error)> {
         if !ct_eq(&reply.reply_id().0, &self.reply_id.0) {
-            return Err(Error::UnexpectedReply);
+            return Err((self, Error::UnexpectedReply));
         }
         let mut body = reply.body().to_vec();
         for key in &self.layers {
             xor_keystream(key, &mut body);
         }
-        open_payload(&self.end_to_end, &mut body).ok_or(Error::ReplyAuthentication)
+        match open_payload(&self.end_to_end, &mut body) {
+            Some(payload) => Ok(payload),
+            None => Err((self, Error::ReplyAuthentication)),
+        }
     }
 }
 

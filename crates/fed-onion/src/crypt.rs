@@ -5,7 +5,8 @@ use aes_gcm::{
     Aes256Gcm, KeyInit,
     aead::{AeadInOut, inout::InOutBuf},
 };
-use fed_crypto::{DerivedKey, XWingSharedSecret, Zeroizing, ct_eq, derive_key, hash};
+use fed_crypto::{DerivedKey, XWingSharedSecret, Zeroizing, ct_eq, derive_key};
+use zeroize::Zeroize;
 
 use crate::{
     error::{Error, Result},
@@ -20,7 +21,8 @@ pub(crate) const REPLAY_TAG_LEN: usize = 16;
 ///
 /// Each key is `derive_key(LABEL, [ss])`; the replay tag and reply id are the first
 /// 16 bytes of `hash(LABEL, [ss])` (`fed-crypto`'s BLAKE3 constructions). The
-/// secret and every key zeroize on drop.
+/// secret and every key zeroize on drop, and so does every hasher that absorbs
+/// them.
 pub(crate) struct HopKeys {
     ss: DerivedKey,
 }
@@ -36,9 +38,12 @@ impl HopKeys {
         derive_key(label, &[self.ss.as_bytes()])
     }
 
+    /// The first 16 bytes of `hash(label, [ss])`. `hash` and `derive_key` are the
+    /// same construction, but only `derive_key` zeroizes the hasher that absorbed
+    /// `ss`, so the bytes are taken from it.
     fn short(&self, label: &str) -> [u8; 16] {
         let mut out = [0u8; 16];
-        out.copy_from_slice(&hash(label, &[self.ss.as_bytes()])[..16]);
+        out.copy_from_slice(&self.key(label).as_bytes()[..16]);
         out
     }
 
@@ -75,24 +80,34 @@ impl HopKeys {
     }
 }
 
-/// Fills `out` with the first `out.len()` bytes of the keystream of `key`:
-/// the extended output of BLAKE3 in keyed mode over the empty input.
+/// The keystream reader of `key`: the extended output of BLAKE3 in keyed mode over
+/// the empty input. The hasher, which holds the key, is zeroized here; the reader,
+/// which holds it too, must be zeroized by the caller.
+fn keystream_reader(key: &DerivedKey) -> blake3::OutputReader {
+    let mut hasher = blake3::Hasher::new_keyed(key.as_bytes());
+    let reader = hasher.finalize_xof();
+    hasher.zeroize();
+    reader
+}
+
+/// Fills `out` with the first `out.len()` bytes of the keystream of `key`.
 pub(crate) fn keystream(key: &DerivedKey, out: &mut [u8]) {
-    blake3::Hasher::new_keyed(key.as_bytes())
-        .finalize_xof()
-        .fill(out);
+    let mut reader = keystream_reader(key);
+    reader.fill(out);
+    reader.zeroize();
 }
 
 /// XORs the keystream of `key` into `data`.
 pub(crate) fn xor_keystream(key: &DerivedKey, data: &mut [u8]) {
     const CHUNK: usize = 4096;
-    let mut reader = blake3::Hasher::new_keyed(key.as_bytes()).finalize_xof();
+    let mut reader = keystream_reader(key);
     let mut buf = Zeroizing::new([0u8; CHUNK]);
     for part in data.chunks_mut(CHUNK) {
         let ks = &mut buf[..part.len()];
         reader.fill(ks);
         xor_in_place(part, ks);
     }
+    reader.zeroize();
 }
 
 /// `dst ^= src` over the shorter of the two.
@@ -109,7 +124,9 @@ pub(crate) fn header_mac(key: &DerivedKey, parts: &[&[u8]]) -> [u8; MAC_LEN] {
     for part in parts {
         hasher.update(part);
     }
-    *hasher.finalize().as_bytes()
+    let tag = *hasher.finalize().as_bytes();
+    hasher.zeroize();
+    tag
 }
 
 /// Checks a header MAC in constant time.
@@ -147,9 +164,12 @@ pub(crate) fn seal_payload(key: &DerivedKey, payload: &[u8], body: &mut [u8]) ->
     let cipher = Aes256Gcm::new(key.as_bytes().into());
     let tag = cipher
         .encrypt_inout_detached(&nonce(), &[], InOutBuf::from(&mut *plain))
-        .map_err(|_| Error::PayloadTooLarge {
-            len: payload.len(),
-            max,
+        .map_err(|_| {
+            plain.zeroize();
+            Error::PayloadTooLarge {
+                len: payload.len(),
+                max,
+            }
         })?;
     tag_out.copy_from_slice(&tag);
     Ok(())
@@ -157,6 +177,10 @@ pub(crate) fn seal_payload(key: &DerivedKey, payload: &[u8], body: &mut [u8]) ->
 
 /// Opens a body sealed by [`seal_payload`] in place and returns the payload.
 /// `None` if the body does not authenticate or its length field is out of range.
+///
+/// The decrypted bytes do not stay in `body`: once the payload is copied out (or
+/// found malformed), the plaintext area is zeroed. A body that does not
+/// authenticate is never decrypted.
 pub(crate) fn open_payload(key: &DerivedKey, body: &mut [u8]) -> Option<Vec<u8>> {
     let inner = body.len().checked_sub(TAG_LEN)?;
     let (plain, tag) = body.split_at_mut(inner);
@@ -165,6 +189,13 @@ pub(crate) fn open_payload(key: &DerivedKey, body: &mut [u8]) -> Option<Vec<u8>>
     cipher
         .decrypt_inout_detached(&nonce(), &[], InOutBuf::from(&mut *plain), &tag)
         .ok()?;
+    let payload = unpad(plain);
+    plain.zeroize();
+    payload
+}
+
+/// The payload inside a decrypted body area: `be32(len) ‖ payload ‖ zeros`.
+fn unpad(plain: &[u8]) -> Option<Vec<u8>> {
     let len_bytes: [u8; 4] = plain.get(..4)?.try_into().ok()?;
     let len = usize::try_from(u32::from_be_bytes(len_bytes)).ok()?;
     let payload = plain.get(4..4usize.checked_add(len)?)?;
@@ -237,6 +268,44 @@ mod tests {
         assert!(open_payload(&key(3), &mut [0u8; 10]).is_none());
     }
 
+    /// Seals `plain` (the whole plaintext area, length field and padding included)
+    /// as [`seal_payload`] would, whatever it holds.
+    fn seal_raw(k: &DerivedKey, plain: &[u8]) -> Vec<u8> {
+        let mut body = plain.to_vec();
+        let tag = Aes256Gcm::new(k.as_bytes().into())
+            .encrypt_inout_detached(&nonce(), &[], InOutBuf::from(&mut body[..]))
+            .unwrap();
+        body.extend_from_slice(&tag);
+        body
+    }
+
+    #[test]
+    fn opening_leaves_no_plaintext_in_the_body() {
+        let inner = 8192 - TAG_LEN;
+        let mut body = vec![0u8; 8192];
+        seal_payload(&key(3), &[0xa5; 100], &mut body).unwrap();
+        let tag = body[inner..].to_vec();
+        assert_eq!(open_payload(&key(3), &mut body).unwrap(), [0xa5; 100]);
+        assert!(
+            body[..inner].iter().all(|&b| b == 0),
+            "plaintext left behind"
+        );
+        assert_eq!(body[inner..], tag[..]);
+        // Also when the body authenticates but its length or padding is wrong.
+        let mut too_long = vec![0xa5u8; inner];
+        too_long[..4].copy_from_slice(&(inner as u32).to_be_bytes());
+        let mut bad_padding = vec![0xa5u8; inner];
+        bad_padding[..4].copy_from_slice(&100u32.to_be_bytes());
+        for plain in [too_long, bad_padding] {
+            let mut body = seal_raw(&key(3), &plain);
+            assert!(open_payload(&key(3), &mut body).is_none());
+            assert!(
+                body[..inner].iter().all(|&b| b == 0),
+                "plaintext left behind"
+            );
+        }
+    }
+
     #[test]
     fn hop_keys_are_distinct() {
         let ss = fed_crypto::XWingSecretKey::from_seed(&[5; 32]);
@@ -262,5 +331,8 @@ mod tests {
             k.header_mac(),
             derive_key(labels::HEADER_MAC, &[shared.as_bytes()])
         );
+        let hash = |label| fed_crypto::hash(label, &[shared.as_bytes()]);
+        assert_eq!(k.replay_tag()[..], hash(labels::REPLAY_TAG)[..16]);
+        assert_eq!(k.reply_id().0[..], hash(labels::REPLY_ID)[..16]);
     }
 }

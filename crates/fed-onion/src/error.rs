@@ -91,13 +91,16 @@ pub enum Error {
         /// The node id in the key's certificate.
         found: NodeId,
     },
-    /// An onion key's epoch is not newer than the relay's current epoch.
-    #[error("onion key epoch {epoch} is not newer than the current epoch {current}")]
+    /// An onion key's epoch is not above the relay's epoch floor: the highest epoch
+    /// it has installed or been told about
+    /// ([`Relay::epoch_floor`](crate::Relay::epoch_floor)). Reinstalling an epoch
+    /// would restart its replay cache empty, so it is refused.
+    #[error("onion key epoch {epoch} is not above the relay's epoch floor {floor}")]
     StaleEpoch {
         /// Epoch of the key offered.
         epoch: u64,
-        /// The relay's current epoch.
-        current: u64,
+        /// The relay's epoch floor.
+        floor: u64,
     },
     /// An onion key's secret does not match its certificate.
     #[error("onion key secret does not match its certificate")]

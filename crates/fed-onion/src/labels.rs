@@ -11,7 +11,8 @@ pub const PREFIX: &str = "exo-federation v1 onion ";
 
 /// Per-hop key of the header keystream, from the X-Wing shared secret.
 pub const HEADER_STREAM: &str = "exo-federation v1 onion header stream";
-/// Per-hop key of the header MAC, from the X-Wing shared secret; also the MAC's purpose label.
+/// Per-hop key of the header MAC, `k_mac`, from the X-Wing shared secret. The MAC
+/// itself is a raw keyed BLAKE3 hash under `k_mac`, with no label of its own.
 pub const HEADER_MAC: &str = "exo-federation v1 onion header mac";
 /// Per-hop key of the forward body keystream.
 pub const BODY_STREAM: &str = "exo-federation v1 onion body stream";

@@ -86,7 +86,9 @@
 //!     };
 //!     (from, at, message) = (at, to, next);
 //! };
-//! assert_eq!(pending.open(&reply)?, b"p17, p3, p42");
+//! // Opening consumes the pending reply; a failure would hand it back with the error.
+//! let answer = pending.open(&reply).map_err(|(_pending, error)| error)?;
+//! assert_eq!(answer, b"p17, p3, p42");
 //! # Ok::<(), fed_onion::Error>(())
 //! ```
 

@@ -337,11 +337,26 @@ impl ReplyTable {
 /// Bounds: two epochs of at most [`RelayConfig::replay_capacity`] replay tags each;
 /// at most [`RelayConfig::max_reply_states`] reply states, each kept at most
 /// [`RelayConfig::reply_ttl_ms`].
+///
+/// # Epoch floor
+///
+/// Replay caches live in memory only, so a key must never be installed twice: its
+/// second life would start with an empty cache and accept every packet of its first
+/// again. The relay remembers the highest epoch it has ever installed, its
+/// [`epoch_floor`](Self::epoch_floor), and refuses any key whose epoch is not above
+/// it, whether or not a key is held at the time. The floor survives key expiry but
+/// not the process: a host persists it durably after each
+/// [`install_key`](Self::install_key), before the key processes any packet, and
+/// restores it with [`set_epoch_floor`](Self::set_epoch_floor) before installing
+/// keys into a new relay. A host that cannot persist it must, after a restart,
+/// install only epochs newer than any it ever used.
 pub struct Relay {
     node_id: NodeId,
     config: RelayConfig,
     current: Option<EpochSlot>,
     previous: Option<EpochSlot>,
+    /// The highest epoch ever installed or set as floor; keys must be above it.
+    epoch_floor: Option<u64>,
     replies: ReplyTable,
 }
 
@@ -357,6 +372,7 @@ impl std::fmt::Debug for Relay {
                     .as_ref()
                     .map(|s| s.key.certificate().epoch().epoch),
             )
+            .field("epoch_floor", &self.epoch_floor)
             .field("reply_states", &self.replies.len())
             .finish_non_exhaustive()
     }
@@ -365,6 +381,10 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// A relay for node `node_id` with no onion key yet: it drops every forward
     /// packet until [`install_key`](Self::install_key) is called.
+    ///
+    /// Its [epoch floor](Relay#epoch-floor) is empty, so it accepts a key of any
+    /// epoch: a relay restarting after keys were used must first restore the floor
+    /// with [`set_epoch_floor`](Self::set_epoch_floor).
     pub fn new(node_id: NodeId, config: RelayConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self {
@@ -372,6 +392,7 @@ impl Relay {
             config,
             current: None,
             previous: None,
+            epoch_floor: None,
             replies: ReplyTable::default(),
         })
     }
@@ -414,14 +435,35 @@ impl Relay {
         self.replies.len()
     }
 
+    /// The [epoch floor](Relay#epoch-floor): the highest epoch this relay has
+    /// installed (or was given by [`set_epoch_floor`](Self::set_epoch_floor)), or
+    /// `None` if neither happened. Only keys of later epochs can be installed. A host
+    /// persists this value to restore it after a restart.
+    pub fn epoch_floor(&self) -> Option<u64> {
+        self.epoch_floor
+    }
+
     // --- Commands ---
 
-    /// Installs the key of a new epoch. The current key becomes the previous one;
-    /// the key before that is erased with its replay cache (its packets can no
-    /// longer be processed, so their tags are no longer needed).
+    /// Raises the [epoch floor](Relay#epoch-floor) to `epoch`: from now on only keys
+    /// of epochs above `epoch` can be installed. A host calls it on a new relay with
+    /// the floor it persisted, before installing any key. The floor never goes
+    /// down: a lower `epoch` than the current floor changes nothing. Keys already
+    /// held are kept.
+    pub fn set_epoch_floor(&mut self, epoch: u64) {
+        self.epoch_floor = Some(self.epoch_floor.map_or(epoch, |floor| floor.max(epoch)));
+    }
+
+    /// Installs the key of a new epoch and raises the [epoch floor](Relay#epoch-floor)
+    /// to it. The current key becomes the previous one; the key before that is
+    /// erased with its replay cache (its packets can no longer be processed, so their
+    /// tags are no longer needed). If no current key is held (it expired), the
+    /// previous key is kept.
     ///
-    /// Fails if the key belongs to another node or its epoch is not newer than the
-    /// current one.
+    /// Fails with [`Error::WrongRelay`] if the key belongs to another node, and with
+    /// [`Error::StaleEpoch`] if its epoch is not above the epoch floor: an epoch
+    /// installed before, even one since expired or erased, is never installed again,
+    /// because its replay cache is gone.
     pub fn install_key(&mut self, key: OnionKey) -> Result<()> {
         let found = key.certificate().node_id();
         if found != self.node_id {
@@ -431,12 +473,15 @@ impl Relay {
             });
         }
         let epoch = key.certificate().epoch().epoch;
-        if let Some(current) = self.current_epoch()
-            && epoch <= current
+        if let Some(floor) = self.epoch_floor
+            && epoch <= floor
         {
-            return Err(Error::StaleEpoch { epoch, current });
+            return Err(Error::StaleEpoch { epoch, floor });
         }
-        self.previous = self.current.take();
+        self.epoch_floor = Some(epoch);
+        if let Some(current) = self.current.take() {
+            self.previous = Some(current);
+        }
         self.current = Some(EpochSlot {
             key,
             seen: BTreeSet::new(),
@@ -609,6 +654,8 @@ impl Relay {
             Command::Deliver => {
                 let class = packet.class();
                 let body = &mut packet.bytes_mut()[OFF_BODY..];
+                // Decrypts in place and zeroes the plaintext once the payload is
+                // copied out: the packet buffer keeps none of it.
                 let Some(payload) = open_payload(&keys.payload(), body) else {
                     return Processed::Drop(DropReason::PayloadAuthentication);
                 };

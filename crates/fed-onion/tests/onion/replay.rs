@@ -5,7 +5,7 @@
 use fed_crypto::Identity;
 use fed_onion::{BuildOptions, DropReason, Error, OnionKey, Processed, Relay, RelayConfig};
 
-use crate::{End, NOW, Net, epoch, rng};
+use crate::{End, HOUR, NOW, Net, epoch, rng};
 
 fn is_drop(p: &Processed, reason: DropReason) -> bool {
     matches!(p, Processed::Drop(r) if *r == reason)
@@ -113,10 +113,7 @@ fn rotation_keeps_the_previous_epoch_and_forgets_older_ones() {
     // Stale epochs and other nodes' keys are refused.
     assert!(matches!(
         net.relay(relay_id).install_key(stale),
-        Err(Error::StaleEpoch {
-            epoch: 3,
-            current: 3
-        })
+        Err(Error::StaleEpoch { epoch: 3, floor: 3 })
     ));
     let stranger = Identity::generate(&mut net.rng, false);
     let foreign = OnionKey::generate(&stranger, epoch(4), true, &mut net.rng).unwrap();
@@ -124,6 +121,142 @@ fn rotation_keeps_the_previous_epoch_and_forgets_older_ones() {
         net.relay(relay_id).install_key(foreign),
         Err(Error::WrongRelay { .. })
     ));
+}
+
+/// The onion key of node 0 of `net` for epoch `n`, valid for `hours` from an hour
+/// before [`NOW`]. The same arguments always give the same secret key, as a host
+/// reloading a stored key would.
+fn stored_key(net: &Net, n: u64, hours: u64) -> OnionKey {
+    let window = fed_onion::KeyEpoch {
+        epoch: n,
+        not_before_ms: NOW - HOUR,
+        not_after_ms: NOW + hours * HOUR,
+    };
+    let identity = &net.nodes[&net.ids[0]].identity;
+    OnionKey::from_seed(identity, &[n as u8; 32], window, true).unwrap()
+}
+
+/// A packet through node 0 (under `key`'s epoch) to node 1, built at [`NOW`].
+fn packet_for(net: &mut Net, key: &OnionKey) -> Vec<u8> {
+    let route = vec![key.certificate().clone(), net.cert(1)];
+    fed_onion::build_packet(&route, b"x", &BuildOptions::default(), NOW, &mut net.rng)
+        .unwrap()
+        .packet
+        .into_bytes()
+}
+
+#[test]
+fn an_expired_epoch_is_never_installed_again() {
+    let config = RelayConfig::default().with_clock_skew_ms(0);
+    let mut net = Net::with(2, 47, config, |_| true);
+    let (relay, sender) = (net.ids[0], net.sender);
+    let key = stored_key(&net, 2, 1);
+    let packet = packet_for(&mut net, &key);
+    net.relay(relay).install_key(key).unwrap();
+    assert_eq!(net.relay(relay).epoch_floor(), Some(2));
+    let p = net.relay(relay).process_bytes(&packet, sender, NOW);
+    assert!(matches!(p, Processed::Forward { .. }), "{p:?}");
+    // Both keys expire and are erased with their replay caches...
+    net.relay(relay).handle_timeout(NOW + HOUR);
+    assert!(net.relay(relay).epochs().is_empty());
+    assert_eq!(net.relay(relay).current_epoch(), None);
+    // ...but not the floor: the same key, or any key of an epoch up to 2, is refused,
+    // so its packets cannot come back with an empty cache.
+    for n in [2, 1] {
+        let key = stored_key(&net, n, 2);
+        assert!(matches!(
+            net.relay(relay).install_key(key),
+            Err(Error::StaleEpoch { epoch, floor: 2 }) if epoch == n
+        ));
+    }
+    assert!(net.relay(relay).epochs().is_empty());
+    let newer = stored_key(&net, 3, 2);
+    net.relay(relay).install_key(newer).unwrap();
+    assert_eq!(net.relay(relay).epoch_floor(), Some(3));
+}
+
+#[test]
+fn a_restarted_relay_with_the_persisted_floor_refuses_used_epochs() {
+    let mut net = Net::new(2, 48);
+    let (relay, sender) = (net.ids[0], net.sender);
+    let key = stored_key(&net, 2, 1);
+    let packet = packet_for(&mut net, &key);
+    net.relay(relay).install_key(key).unwrap();
+    let p = net.relay(relay).process_bytes(&packet, sender, NOW);
+    assert!(matches!(p, Processed::Forward { .. }), "{p:?}");
+    let persisted = net.relay(relay).epoch_floor().unwrap();
+    assert_eq!(persisted, 2);
+
+    // Without the floor, a restarted relay reloading its stored key would accept the
+    // packet a second time: the hazard the floor exists for.
+    let mut careless = Relay::new(relay, RelayConfig::default()).unwrap();
+    assert_eq!(careless.epoch_floor(), None);
+    careless.install_key(stored_key(&net, 2, 1)).unwrap();
+    let p = careless.process_bytes(&packet, sender, NOW);
+    assert!(matches!(p, Processed::Forward { .. }), "{p:?}");
+
+    // With the persisted floor restored, the stored key is refused, and so is every
+    // older epoch; only a newer epoch is installed, and the packet stays dead.
+    let mut restarted = Relay::new(relay, RelayConfig::default()).unwrap();
+    restarted.set_epoch_floor(persisted);
+    assert_eq!(restarted.epoch_floor(), Some(2));
+    for n in [2, 1] {
+        assert!(matches!(
+            restarted.install_key(stored_key(&net, n, 1)),
+            Err(Error::StaleEpoch { epoch, floor: 2 }) if epoch == n
+        ));
+    }
+    restarted.install_key(stored_key(&net, 3, 1)).unwrap();
+    assert_eq!(restarted.epochs(), vec![3]);
+    let p = restarted.process_bytes(&packet, sender, NOW);
+    assert!(is_drop(&p, DropReason::UnknownEpoch), "{p:?}");
+    // The floor only rises.
+    restarted.set_epoch_floor(1);
+    assert_eq!(restarted.epoch_floor(), Some(3));
+    restarted.set_epoch_floor(7);
+    assert_eq!(restarted.epoch_floor(), Some(7));
+    assert!(matches!(
+        restarted.install_key(stored_key(&net, 5, 1)),
+        Err(Error::StaleEpoch { epoch: 5, floor: 7 })
+    ));
+    assert_eq!(restarted.epochs(), vec![3]);
+}
+
+#[test]
+fn installing_after_the_current_key_expired_keeps_a_valid_previous_key() {
+    let config = RelayConfig::default().with_clock_skew_ms(0);
+    let mut net = Net::with(2, 49, config, |_| true);
+    let (relay, sender) = (net.ids[0], net.sender);
+    // Epoch 2 is valid for ten hours, epoch 3 (installed after it) for one.
+    let long = stored_key(&net, 2, 10);
+    let short = stored_key(&net, 3, 1);
+    let used = packet_for(&mut net, &long);
+    let unused = packet_for(&mut net, &long);
+    net.relay(relay).install_key(long).unwrap();
+    net.relay(relay).install_key(short).unwrap();
+    let p = net.relay(relay).process_bytes(&used, sender, NOW);
+    assert!(matches!(p, Processed::Forward { .. }), "{p:?}");
+    // Epoch 3 expires first: the relay holds no current key, only epoch 2.
+    let later = NOW + HOUR;
+    net.relay(relay).handle_timeout(later);
+    assert_eq!(net.relay(relay).current_epoch(), None);
+    assert_eq!(net.relay(relay).epochs(), vec![2]);
+    // Installing epoch 4 keeps epoch 2 and its replay cache.
+    let newer = stored_key(&net, 4, 10);
+    net.relay(relay).install_key(newer).unwrap();
+    assert_eq!(net.relay(relay).epochs(), vec![4, 2]);
+    assert_eq!(net.relay(relay).replay_tags(2), 1);
+    let p = net.relay(relay).process_bytes(&used, sender, later);
+    assert!(is_drop(&p, DropReason::Replay), "{p:?}");
+    let p = net.relay(relay).process_bytes(&unused, sender, later);
+    assert!(matches!(p, Processed::Forward { .. }), "{p:?}");
+    // And epoch 2 cannot be installed afresh over it.
+    let again = stored_key(&net, 2, 10);
+    assert!(matches!(
+        net.relay(relay).install_key(again),
+        Err(Error::StaleEpoch { epoch: 2, floor: 4 })
+    ));
+    assert_eq!(net.relay(relay).replay_tags(2), 2);
 }
 
 #[test]

@@ -152,10 +152,10 @@ fn relays_process_packets_exactly_as_the_document_says() {
             let mut built =
                 fed_onion::build_packet(&certs[..n], payload.as_bytes(), &opts, NOW, &mut rng)
                     .unwrap();
-            let pending = built.reply.take().unwrap();
+            let mut pending = built.reply.take();
             let mut bytes = built.packet.into_bytes();
             let mut from = sender;
-            let mut expected_prev_rid = pending.reply_id().0;
+            let mut expected_prev_rid = pending.as_ref().unwrap().reply_id().0;
             let mut layers = Vec::new();
             for i in 0..n {
                 let sk = XWingSecretKey::from_seed(&seeds[i]);
@@ -241,6 +241,7 @@ fn relays_process_packets_exactly_as_the_document_says() {
                             reply_bytes = packet.into_bytes();
                         }
                         let reply = fed_onion::ReplyPacket::from_bytes(&reply_bytes).unwrap();
+                        let pending = pending.take().expect("one delivery per packet");
                         assert_eq!(pending.open(&reply).unwrap(), b"spec reply");
                     }
                     (_, other) => panic!("hop {i} of {n}: document and relay disagree: {other:?}"),
