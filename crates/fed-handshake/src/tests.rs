@@ -128,19 +128,14 @@ fn a_relay_presenting_its_own_identity_is_refused_when_the_peer_is_pinned() {
     let alice = Arc::new(Identity::generate(&mut g, false));
     let mallory = Arc::new(Identity::generate(&mut g, false));
     let fed = FederationId([3; 32]);
-    let ic = InitiatorConfig::new(
-        alice.clone(),
-        fed,
-        ResponderTrust::Only(vec![bob.node_id()]),
-    );
-    let mut i = Initiator::new(Arc::new(ic), BINDING, NOW, &mut g).unwrap();
-    let mut m = Responder::new(
-        Arc::new(ResponderConfig::new(mallory.clone(), fed)),
-        BINDING,
-        NOW,
-        &mut g,
-    )
-    .unwrap();
+    let mut start = |trust: ResponderTrust| {
+        let ic = InitiatorConfig::new(alice.clone(), fed, trust);
+        let i = Initiator::new(Arc::new(ic), BINDING, NOW, &mut g).unwrap();
+        let rc = ResponderConfig::new(mallory.clone(), fed);
+        let m = Responder::new(Arc::new(rc), BINDING, NOW, &mut g).unwrap();
+        (i, m)
+    };
+    let (mut i, mut m) = start(ResponderTrust::Only(vec![bob.node_id()]));
     m.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
     let m2 = m.poll_transmit().unwrap();
     assert!(matches!(
@@ -151,15 +146,7 @@ fn a_relay_presenting_its_own_identity_is_refused_when_the_peer_is_pinned() {
     assert!(i.poll_transmit().is_none());
     // Trusting any responder, Alice completes a handshake with Mallory, and the
     // session says so: the caller has to look at the peer.
-    let ic = InitiatorConfig::new(alice, fed, ResponderTrust::Any);
-    let mut i = Initiator::new(Arc::new(ic), BINDING, NOW, &mut g).unwrap();
-    let mut m = Responder::new(
-        Arc::new(ResponderConfig::new(mallory.clone(), fed)),
-        BINDING,
-        NOW,
-        &mut g,
-    )
-    .unwrap();
+    let (mut i, mut m) = start(ResponderTrust::Any);
     m.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
     i.handle_input(&m.poll_transmit().unwrap(), NOW).unwrap();
     m.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();

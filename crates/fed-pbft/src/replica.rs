@@ -2439,29 +2439,29 @@ mod tests {
             .unwrap();
         let prepare = |i: usize| Prepare::new(&ids[i], &m, 0, 1, d, i as ReplicaIndex).unwrap();
         let commit = |i: usize| Commit::new(&ids[i], &m, 0, 1, d, i as ReplicaIndex).unwrap();
-        let forge = |mut sig: Signature| {
-            sig.0[0] ^= 1;
-            sig
+        let forged_prepare = |i: usize| {
+            let mut p = prepare(i);
+            p.signature.0[0] ^= 1;
+            Message::Prepare(p)
+        };
+        let forged_commit = |i: usize| {
+            let mut c = commit(i);
+            c.signature.0[0] ^= 1;
+            Message::Commit(c)
         };
         // Before the slot is prepared, every prepare is checked.
-        let mut p2 = prepare(2);
-        p2.signature = forge(p2.signature);
         assert!(matches!(
-            b.handle_message(2, &enc(Message::Prepare(p2)), 0),
+            b.handle_message(2, &enc(forged_prepare(2)), 0),
             Err(Error::BadSignature(2))
         ));
         b.handle_message(2, &enc(Message::Prepare(prepare(2))), 0)
             .unwrap();
         // Prepared (own prepare and replica 2's): replica 3's forged prepare can no
         // longer matter and is held unchecked.
-        let mut p3 = prepare(3);
-        p3.signature = forge(p3.signature);
-        b.handle_message(3, &enc(Message::Prepare(p3)), 0).unwrap();
+        b.handle_message(3, &enc(forged_prepare(3)), 0).unwrap();
         // Commits are checked until the slot commits.
-        let mut c2 = commit(2);
-        c2.signature = forge(c2.signature);
         assert!(matches!(
-            b.handle_message(2, &enc(Message::Commit(c2)), 0),
+            b.handle_message(2, &enc(forged_commit(2)), 0),
             Err(Error::BadSignature(2))
         ));
         b.handle_message(0, &enc(Message::Commit(commit(0))), 0)
@@ -2481,9 +2481,7 @@ mod tests {
         assert_eq!(signers, vec![0, 1, 2]);
         // After it committed, a forged commit is held unchecked; the equivocation
         // rule still holds for what is held.
-        let mut c3 = commit(3);
-        c3.signature = forge(c3.signature);
-        b.handle_message(3, &enc(Message::Commit(c3)), 0).unwrap();
+        b.handle_message(3, &enc(forged_commit(3)), 0).unwrap();
         let other = Commit::new(&ids[3], &m, 0, 1, [9; 32], 3).unwrap();
         assert!(matches!(
             b.handle_message(3, &enc(Message::Commit(other)), 0),
