@@ -114,7 +114,9 @@ pub use message::{
 };
 pub use proof::{CheckpointCert, CommitProof, MAX_COMMIT_PROOF_LEN, PreparedCert};
 pub use replica::{Event, Executed, Replica, Transmit};
-pub use storage::{DurableState, MemoryStorage, Persist, PrePrepareRecord, Storage};
+pub use storage::{
+    DurableState, MemoryStorage, Persist, PrePrepareRecord, PreparedRecord, Storage,
+};
 pub use wire::{
     ENVELOPE_HEADER_LEN, MAGIC, MAX_BATCH_LEN, MAX_MESSAGE_LEN, MAX_OPERATION_LEN, MAX_RESULT_LEN,
     Signature, WIRE_VERSION, message_len,

@@ -163,6 +163,10 @@ struct Slot {
     sent_commit: bool,
     /// Highest-view prepared certificate (may be of an older view).
     prepared: Option<PreparedCert>,
+    /// The batch of `prepared`, when held. Kept when a later view's pre-prepare or
+    /// a null entry replaces `batch`: a later NEW-VIEW may select this certificate,
+    /// and then this copy may be the only one left to execute or serve.
+    prepared_batch: Option<(Digest, Arc<[u8]>)>,
     committed: Option<CommitProof>,
     persisted_commit: bool,
     /// Own messages of `view` for this slot, for retransmission.
@@ -199,8 +203,8 @@ impl Slot {
     }
 
     fn batch_for(&self, digest: &Digest) -> Option<Arc<[u8]>> {
-        match &self.batch {
-            Some((d, b)) if d == digest => Some(b.clone()),
+        match (&self.batch, &self.prepared_batch) {
+            (Some((d, b)), _) | (_, Some((d, b))) if d == digest => Some(b.clone()),
             _ if *digest == batch_digest(NULL_BATCH) => Some(Arc::from(NULL_BATCH)),
             _ => None,
         }
@@ -449,8 +453,10 @@ impl<A: Application> Replica<A> {
                 r.next_seq = r.next_seq.max(seq + 1);
             }
         }
-        for (seq, cert) in durable.prepared.range(low + 1..) {
-            r.log.entry(*seq).or_default().prepared = Some(cert.clone());
+        for (seq, rec) in durable.prepared.range(low + 1..) {
+            let slot = r.log.entry(*seq).or_default();
+            slot.prepared = Some(rec.cert.clone());
+            slot.prepared_batch = rec.batch.clone().map(|b| (rec.cert.digest, b));
         }
         for (seq, (proof, batch)) in durable.committed.range(low + 1..) {
             let slot = r.log.entry(*seq).or_default();
@@ -668,11 +674,11 @@ impl<A: Application> Replica<A> {
         }
         if self.active && self.request_timer.is_some_and(|d| now >= d) {
             self.request_timer = None;
-            self.start_view_change(self.view + 1, now)?;
+            self.start_view_change(self.view.saturating_add(1), now)?;
         }
         if !self.active && self.vc_timer.is_some_and(|d| now >= d) {
             self.vc_timer = None;
-            self.start_view_change(self.view + 1, now)?;
+            self.start_view_change(self.view.saturating_add(1), now)?;
         }
         if self.tick_at.is_some_and(|d| now >= d) {
             self.tick_at = None;
@@ -1037,13 +1043,9 @@ impl<A: Application> Replica<A> {
         pp.verify_signature(&self.m, &mut Some(&mut self.cache))?;
         let (requests, authenticated) = self.check_batch(&pp.batch)?;
         let batch: Arc<[u8]> = Arc::from(pp.batch);
-        self.persists.push_back(Persist::PrePrepare {
-            view: pp.view,
-            seq: pp.seq,
-            digest: pp.digest,
-            signature: pp.signature,
-            batch: Some(batch.clone()),
-        });
+        // Persisted when this replica sends its PREPARE (`step`), not now: a
+        // pre-prepare it could not authenticate must not come back from storage as
+        // one it vouched for.
         let slot = self.log.entry(pp.seq).or_default();
         slot.enter_view(pp.view);
         slot.pre_prepare = Some((pp.digest, pp.signature));
@@ -1183,6 +1185,13 @@ impl<A: Application> Replica<A> {
             && !slot.sent_prepare
             && (slot.authenticated || 1 + matching_prepares >= weak)
         {
+            self.persists.push_back(Persist::PrePrepare {
+                view,
+                seq,
+                digest,
+                signature: pp_sig,
+                batch: slot.batch_for(&digest),
+            });
             let p = Prepare::new(&self.identity, &self.m, view, seq, digest, me)?;
             let payload = encode_arc(&Message::Prepare(p.clone()))?;
             if let Some(slot) = self.log.get_mut(&seq) {
@@ -1210,11 +1219,16 @@ impl<A: Application> Replica<A> {
                 primary: pp_sig,
                 prepares,
             };
-            self.persists.push_back(Persist::Prepared(cert.clone()));
+            let batch = slot.batch_for(&digest);
+            self.persists.push_back(Persist::Prepared {
+                cert: cert.clone(),
+                batch: batch.clone(),
+            });
             let c = Commit::new(&self.identity, &self.m, view, seq, digest, me)?;
             let payload = encode_arc(&Message::Commit(c.clone()))?;
             if let Some(slot) = self.log.get_mut(&seq) {
                 slot.prepared = Some(cert);
+                slot.prepared_batch = batch.map(|b| (digest, b));
                 slot.commits.insert(me, Held::own(digest, c.signature));
                 slot.sent_commit = true;
                 slot.own.push(payload.clone());
@@ -1445,8 +1459,20 @@ impl<A: Application> Replica<A> {
                 return Ok(());
             }
             c.verify_signature(&self.m, &mut Some(&mut self.cache))?;
-            self.highest_seen = self.highest_seen.max(c.seq);
             self.far_checkpoints[usize::from(from)] = Some((c.seq, c.state, c.signature));
+            // A hint that this replica is behind, once f + 1 replicas (one of them
+            // correct) report checkpoints at least that far: one faulty replica's
+            // claim alone would keep it fetching forever.
+            let mut far: Vec<u64> = self
+                .far_checkpoints
+                .iter()
+                .flatten()
+                .map(|(s, _, _)| *s)
+                .collect();
+            far.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(&seen) = far.get(self.m.weak_quorum() - 1) {
+                self.highest_seen = self.highest_seen.max(seen);
+            }
             let votes: Vec<(ReplicaIndex, Signature)> = self
                 .far_checkpoints
                 .iter()
@@ -1517,9 +1543,21 @@ impl<A: Application> Replica<A> {
         self.stable = cert;
         self.log = self.log.split_off(&(seq + 1));
         self.checkpoint_votes = self.checkpoint_votes.split_off(&(seq + 1));
-        for far in &mut self.far_checkpoints {
-            if far.is_some_and(|(s, _, _)| s <= seq) {
-                *far = None;
+        // Far-ahead votes now inside the window join the ordinary ones.
+        let high = self.high();
+        let mut moved = Vec::new();
+        for (i, far) in self.far_checkpoints.iter_mut().enumerate() {
+            match *far {
+                Some((s, _, _)) if s <= seq => *far = None,
+                Some((s, d, sig)) if s <= high => {
+                    self.checkpoint_votes
+                        .entry(s)
+                        .or_default()
+                        .insert(i as ReplicaIndex, (d, sig));
+                    moved.push(s);
+                    *far = None;
+                }
+                _ => {}
             }
         }
         self.next_seq = self.next_seq.max(seq + 1);
@@ -1543,6 +1581,11 @@ impl<A: Application> Replica<A> {
             .is_some_and(|_| self.own_checkpoints.range(seq + 1..).next().is_none())
         {
             self.own_checkpoint_msg = None;
+        }
+        moved.sort_unstable();
+        moved.dedup();
+        for s in moved {
+            self.check_stable(s, now)?;
         }
         Ok(())
     }
@@ -1756,9 +1799,14 @@ impl<A: Application> Replica<A> {
         match self.validate_new_view(&nv) {
             Ok(cert) => self.install_new_view(&nv, cert, now),
             Err(e) => {
-                // A NEW-VIEW signed by the primary that does not match its own
-                // VIEW-CHANGE messages: the primary is faulty. Move on.
-                self.start_view_change(nv.view + 1, now)?;
+                // A NEW-VIEW signed by the primary of the view this replica is
+                // changing to that does not match its own VIEW-CHANGE messages: that
+                // primary is faulty, so move on. An invalid NEW-VIEW for a higher
+                // view proves nothing about the views between, and following it
+                // would let one faulty replica push this one to any view.
+                if nv.view == self.view && !self.active {
+                    self.start_view_change(nv.view.saturating_add(1), now)?;
+                }
                 Err(e)
             }
         }
@@ -1830,11 +1878,7 @@ impl<A: Application> Replica<A> {
                 slot.batch = Some((null, Arc::from(NULL_BATCH)));
                 slot.requests = Some(Arc::new(Vec::new()));
             }
-            let batch = slot
-                .batch
-                .as_ref()
-                .filter(|(d, _)| *d == e.digest)
-                .map(|(_, b)| b.clone());
+            let batch = slot.batch_for(&e.digest);
             slot.enter_view(view);
             slot.pre_prepare = Some((e.digest, e.signature));
             // Vouched for: either a prepared certificate (a quorum accepted it) or null.
@@ -2228,8 +2272,19 @@ impl<A: Application> Replica<A> {
         if self.active {
             let timeout = self.config.timeout(self.attempts);
             let mut deadline: Option<u64> = None;
-            if let Some((_, arrived)) = self.pending_order.values().next() {
-                deadline = Some((*arrived).max(self.view_entered).saturating_add(timeout));
+            // The oldest pending request sets the timer; requests whose client has
+            // since executed a later one are stale, and dropped here.
+            while let Some(&(id, arrived)) = self.pending_order.values().next() {
+                let stale = self
+                    .clients
+                    .get(&id.0)
+                    .and_then(|e| e.record.as_ref())
+                    .is_some_and(|r| r.timestamp >= id.1);
+                if !stale {
+                    deadline = Some(arrived.max(self.view_entered).saturating_add(timeout));
+                    break;
+                }
+                self.forget_pending(&id);
             }
             let waiting = self
                 .log
@@ -2260,7 +2315,7 @@ impl<A: Application> Replica<A> {
 mod tests {
     use super::*;
     use crate::{
-        message::{PrePrepare, ViewChange},
+        message::{NewView, PrePrepare, ViewChange},
         storage::{MemoryStorage, Storage},
     };
 
@@ -2343,6 +2398,132 @@ mod tests {
                 .any(|t| t.payload == sent[0].payload),
             "the recovered replica re-sends its prepare"
         );
+    }
+
+    #[test]
+    fn an_invalid_new_view_for_a_higher_view_moves_nobody() {
+        let (ids, m) = setup();
+        let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+        // Replica 2 is the primary of views 2, 6, ... and of u64::MAX - 1: it signs
+        // NEW-VIEWs with no VIEW-CHANGE behind them.
+        for view in [2, 6, u64::MAX - 1] {
+            let nv = NewView::new(&ids[2], &m, view, Vec::new(), Vec::new()).unwrap();
+            let bytes = Message::NewView(nv).encode().unwrap();
+            assert!(matches!(
+                b.handle_message(2, &bytes, 0),
+                Err(Error::InvalidViewChange(_))
+            ));
+            assert_eq!((b.view(), b.is_view_active()), (0, true), "view {view}");
+        }
+        // While changing to a view, its primary's invalid NEW-VIEW moves on to the
+        // next view, and the view number saturates instead of wrapping.
+        b.start_view_change(u64::MAX - 1, 0).unwrap();
+        let nv = NewView::new(&ids[2], &m, u64::MAX - 1, Vec::new(), Vec::new()).unwrap();
+        let bytes = Message::NewView(nv).encode().unwrap();
+        assert!(b.handle_message(2, &bytes, 0).is_err());
+        assert_eq!(b.view(), u64::MAX);
+        b.start_view_change(b.view().saturating_add(1), 0).unwrap();
+        assert_eq!(b.view(), u64::MAX);
+    }
+
+    #[test]
+    fn an_unauthenticated_pre_prepare_is_not_persisted_as_a_vote() {
+        // A batch with a request this backup cannot authenticate: it waits for
+        // f + 1 vouchers, and must not come back from storage as one it vouched for.
+        let (ids, m) = setup();
+        let mut storage = MemoryStorage::new();
+        let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+        let pp = PrePrepare::new(&ids[0], &m, 0, 1, foreign_batch()).unwrap();
+        b.handle_message(0, &Message::PrePrepare(pp).encode().unwrap(), 1)
+            .unwrap();
+        let writes: Vec<Persist> = std::iter::from_fn(|| b.poll_persist()).collect();
+        assert!(
+            !writes
+                .iter()
+                .any(|w| matches!(w, Persist::PrePrepare { .. })),
+            "{writes:?}"
+        );
+        for w in &writes {
+            storage.persist(w).unwrap();
+        }
+        assert!(b.poll_transmit().is_none(), "no PREPARE before vouchers");
+        let mut r = Replica::recover(
+            ids[1].clone(),
+            m.clone(),
+            Config::default(),
+            Nop,
+            storage.load().unwrap(),
+            2,
+        )
+        .unwrap();
+        let at = r.poll_timeout().unwrap_or(2);
+        r.handle_timeout(at).unwrap();
+        for t in std::iter::from_fn(|| r.poll_transmit()) {
+            assert!(
+                !matches!(Message::decode(&t.payload), Ok(Message::Prepare(_))),
+                "the recovered backup prepared a batch it never authenticated"
+            );
+        }
+    }
+
+    #[test]
+    fn a_prepared_batch_outlives_its_slot_being_reused_and_a_restart() {
+        let (ids, m) = setup();
+        let secret = [4u8; 32];
+        let client = ClientId([4; 32]);
+        let keys: Vec<ClientKey> = (0..4).map(|_| ClientKey::new(&secret)).collect();
+        let request = crate::ClientKeys::new(&m, client, &keys)
+            .unwrap()
+            .request(1, b"op".to_vec());
+        let batch = wire::encode(&vec![request]);
+        let mut storage = MemoryStorage::new();
+        let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+        b.add_client(client, keys[1].clone()).unwrap();
+        let pp = PrePrepare::new(&ids[0], &m, 0, 1, batch.clone()).unwrap();
+        let d = pp.digest;
+        b.handle_message(0, &Message::PrePrepare(pp).encode().unwrap(), 1)
+            .unwrap();
+        let p2 = Prepare::new(&ids[2], &m, 0, 1, d, 2).unwrap();
+        b.handle_message(2, &Message::Prepare(p2).encode().unwrap(), 1)
+            .unwrap();
+        assert!(b.log[&1].prepared.is_some(), "prepared");
+        while let Some(w) = b.poll_persist() {
+            storage.persist(&w).unwrap();
+        }
+        // A later view reuses the slot for another batch (or a null entry): the
+        // prepared batch is still there to execute or to serve.
+        let null = batch_digest(NULL_BATCH);
+        b.log.get_mut(&1).unwrap().batch = Some((null, Arc::from(NULL_BATCH)));
+        assert_eq!(b.log[&1].batch_for(&d).as_deref(), Some(&batch[..]));
+        // And after a restart, from the prepared certificate's own record.
+        let mut durable = storage.load().unwrap();
+        durable.pre_prepares.clear();
+        let r = Replica::recover(
+            ids[1].clone(),
+            m.clone(),
+            Config::default(),
+            Nop,
+            durable,
+            2,
+        )
+        .unwrap();
+        assert_eq!(r.log[&1].batch_for(&d).as_deref(), Some(&batch[..]));
+    }
+
+    #[test]
+    fn one_far_ahead_checkpoint_is_no_reason_to_fetch() {
+        let (ids, m) = setup();
+        let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+        let far = 1000 * b.config.checkpoint_interval;
+        let cp = |i: usize| {
+            let c = crate::message::Checkpoint::new(&ids[i], &m, far, [7; 32], i as ReplicaIndex)
+                .unwrap();
+            Message::Checkpoint(c).encode().unwrap()
+        };
+        b.handle_message(2, &cp(2), 0).unwrap();
+        assert_eq!(b.highest_seen, 0, "one replica's claim alone");
+        b.handle_message(3, &cp(3), 0).unwrap();
+        assert_eq!(b.highest_seen, far, "f + 1 replicas report it");
     }
 
     #[test]

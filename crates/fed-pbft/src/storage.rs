@@ -41,7 +41,13 @@ pub enum Persist {
     },
     /// The replica prepared this (it will send COMMIT for it and must report it in
     /// every VIEW-CHANGE until the sequence number is below a stable checkpoint).
-    Prepared(PreparedCert),
+    Prepared {
+        /// The prepared certificate.
+        cert: PreparedCert,
+        /// The batch, when the replica holds it: a later view may select this
+        /// certificate after every other copy of the batch was replaced.
+        batch: Option<Arc<[u8]>>,
+    },
     /// The batch committed (the replica will execute it).
     Committed {
         /// Its proof.
@@ -75,6 +81,15 @@ pub struct PrePrepareRecord {
     pub batch: Option<Arc<[u8]>>,
 }
 
+/// A prepared certificate as persisted, with its batch when the replica held it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedRecord {
+    /// The certificate.
+    pub cert: PreparedCert,
+    /// The batch, if known.
+    pub batch: Option<Arc<[u8]>>,
+}
+
 /// Everything a replica persisted, as [`Replica::recover`](crate::Replica::recover)
 /// takes it back. Bounded like the replica's log: entries above the stable
 /// checkpoint only (at most `window` of each kind) and the own checkpoints from
@@ -91,8 +106,9 @@ pub struct DurableState {
     pub checkpoints: BTreeMap<u64, (Digest, Arc<[u8]>)>,
     /// Latest accepted pre-prepare per sequence number.
     pub pre_prepares: BTreeMap<u64, PrePrepareRecord>,
-    /// Highest-view prepared certificate per sequence number.
-    pub prepared: BTreeMap<u64, PreparedCert>,
+    /// Highest-view prepared certificate per sequence number, with its batch when
+    /// the replica held it.
+    pub prepared: BTreeMap<u64, PreparedRecord>,
     /// Commit proofs and batches per sequence number.
     pub committed: BTreeMap<u64, (CommitProof, Arc<[u8]>)>,
 }
@@ -140,13 +156,19 @@ impl DurableState {
                     );
                 }
             }
-            Persist::Prepared(cert) => {
+            Persist::Prepared { cert, batch } => {
                 let keep = self
                     .prepared
                     .get(&cert.seq)
-                    .is_none_or(|c| c.view <= cert.view);
+                    .is_none_or(|r| r.cert.view <= cert.view);
                 if keep {
-                    self.prepared.insert(cert.seq, cert.clone());
+                    self.prepared.insert(
+                        cert.seq,
+                        PreparedRecord {
+                            cert: cert.clone(),
+                            batch: batch.clone(),
+                        },
+                    );
                 }
             }
             Persist::Committed { proof, batch } => {
