@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
 
     if let Some(state) = decode::<LwwMap<String, Vec<u8>>>(data, &limits) {
         let mut local: LwwMap<String, Vec<u8>> = LwwMap::new();
-        local.insert("k".into(), vec![1], &mut clock, now);
+        let _ = local.insert("k".into(), vec![1], &mut clock, now);
         let _ = local.ingest_state(state.clone(), &mut clock, now);
         let _ = state.delta_for(&local.sync_request(), &limits);
         let mut collected = state;
@@ -55,9 +55,9 @@ fuzz_target!(|data: &[u8]| {
     if let Some(request) = decode::<SyncRequest<String>>(data, &limits) {
         let mut local: LwwMap<String, Vec<u8>> = LwwMap::new();
         for (i, key) in ["a", "m", "z"].into_iter().enumerate() {
-            local.insert(key.into(), vec![i as u8], &mut clock, now);
+            let _ = local.insert(key.into(), vec![i as u8], &mut clock, now);
         }
-        local.remove("m".into(), &mut clock, now);
+        let _ = local.remove("m".into(), &mut clock, now);
         let _ = local.delta_for(&request, &limits);
         local.collect_garbage(clock.tick(now));
         let _ = local.delta_for(&request, &limits);
@@ -65,8 +65,8 @@ fuzz_target!(|data: &[u8]| {
 
     if let Some(delta) = decode::<MapDelta<String, Vec<u8>>>(data, &limits) {
         let mut local: LwwMap<String, Vec<u8>> = LwwMap::new();
-        local.insert("a".into(), vec![0], &mut clock, now);
-        local.remove("b".into(), &mut clock, now);
+        let _ = local.insert("a".into(), vec![0], &mut clock, now);
+        let _ = local.remove("b".into(), &mut clock, now);
         let mut pure = local.clone();
         let _ = pure.apply_delta(delta.clone());
         if let Ok(applied) = local.ingest_delta(delta, &mut clock, now) {
@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
 
     if let Some(response) = decode::<QueryResponse<Vec<u8>>>(data, &limits) {
         let _ = reconcile(
-            vec![response.clone(), response],
+            vec![(response.source, response.clone()), (response.source, response)],
             &ReconcileConfig::default(),
             now,
         );

@@ -15,15 +15,25 @@ const T0: u64 = 1_700_000_000_000;
 
 /// Replica A wrote keys `0..N`; replica B, later, keys `N/2..N/2+N`: half
 /// the keys overlap (B's writes win there), half are new to each side.
-fn lww_pair() -> (LwwMap<u64, u64>, LwwMap<u64, u64>) {
+fn lww_pair() -> fed_crdt::Result<(LwwMap<u64, u64>, LwwMap<u64, u64>)> {
     let mut ca = HlcClock::new(ReplicaId::from_u64(1), 1_000);
     let mut cb = HlcClock::new(ReplicaId::from_u64(2), 1_000);
     let (mut a, mut b) = (LwwMap::new(), LwwMap::new());
     for i in 0..N {
-        a.insert(i, i, &mut ca, T0 + i);
-        b.insert(N / 2 + i, i + 1, &mut cb, T0 + N + i);
+        a.insert(i, i, &mut ca, T0 + i)?;
+        b.insert(N / 2 + i, i + 1, &mut cb, T0 + N + i)?;
     }
-    (a, b)
+    Ok((a, b))
+}
+
+/// `a` with 1 % of its keys rewritten by its own writer, later.
+fn one_percent_changed(a: &LwwMap<u64, u64>) -> fed_crdt::Result<LwwMap<u64, u64>> {
+    let mut a = a.clone();
+    let mut ca = HlcClock::new(ReplicaId::from_u64(1), 1_000);
+    for i in (0..N).step_by(100) {
+        a.insert(i, i + 7, &mut ca, T0 + 10 * N + i)?;
+    }
+    Ok(a)
 }
 
 fn gset_pair() -> (GSet<u64>, GSet<u64>) {
@@ -45,8 +55,11 @@ fn orswot_pair() -> (Orswot<u64, u64>, Orswot<u64, u64>) {
 }
 
 fn merge_10k(c: &mut Criterion) {
+    let Ok((a, b)) = lww_pair() else {
+        eprintln!("merge_10k: building the maps failed");
+        return;
+    };
     let mut g = c.benchmark_group("merge_10k");
-    let (a, b) = lww_pair();
     g.bench_function("fed_crdt_lww_map", |bench| {
         bench.iter_batched(
             || (a.clone(), b.clone()),
@@ -151,12 +164,13 @@ fn gset_codec_10k(c: &mut Criterion) {
 /// Delta versus full state when 1 % of a 10k map changed.
 fn delta_10k(c: &mut Criterion) {
     let limits = Limits::default();
-    let (mut a, _) = lww_pair();
-    let synced = a.clone();
-    let mut ca = HlcClock::new(ReplicaId::from_u64(1), 1_000);
-    for i in (0..N).step_by(100) {
-        a.insert(i, i + 7, &mut ca, T0 + 10 * N + i);
-    }
+    let Ok(((synced, _), a)) = lww_pair().and_then(|p| {
+        let changed = one_percent_changed(&p.0)?;
+        Ok((p, changed))
+    }) else {
+        eprintln!("delta_10k: building the maps failed");
+        return;
+    };
     let request = synced.sync_request();
     let full = a.encode(&limits).map(|b| b.len()).unwrap_or(0);
     let delta = a

@@ -9,7 +9,9 @@ pub type Result<T> = core::result::Result<T, Error>;
 ///
 /// Decoders return one of the `Decode*`-style variants for malformed or
 /// oversized input and never panic; ingest functions return
-/// [`Error::ClockSkew`] for stamps from a peer whose clock runs too far ahead.
+/// [`Error::ClockSkew`] for stamps from a peer whose clock runs too far ahead;
+/// local writes return [`Error::ClockSaturated`] rather than issue a stamp
+/// that would not supersede what they must.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -26,6 +28,18 @@ pub enum Error {
         local_ms: u64,
         /// The configured maximum forward skew.
         max_skew_ms: u64,
+    },
+
+    /// The clock cannot issue a stamp greater than `floor` (the greatest of
+    /// the stamps it issued or observed and the stamp the write must
+    /// supersede): that would pass the largest stamp, `(u64::MAX, u32::MAX,
+    /// ff..ff)`. Only reachable after a stamp at or near the maximum entered
+    /// the state or the clock through a path without the skew check (or with
+    /// an absurd `now`). Nothing was changed.
+    #[error("the clock cannot issue a stamp above {floor}: the largest stamp is reached")]
+    ClockSaturated {
+        /// The stamp the next one would have to exceed.
+        floor: Hlc,
     },
 
     /// Two different values carry the same stamp. Stamps include the node id,

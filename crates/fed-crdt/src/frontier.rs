@@ -13,7 +13,10 @@ use crate::{hlc::Hlc, id::ReplicaId};
 /// garbage-collected the tombstone that superseded it). A peer therefore
 /// never needs to send such writes again; this is what delta sync relies on.
 /// A replica raises its frontier only for its own writes and after absorbing
-/// a peer's complete state (a full merge or the last chunk of a delta).
+/// the complete state of a peer it trusts (a full merge or the last chunk of
+/// a delta on the trusted path): a frontier received from an untrusted peer
+/// is never adopted, since a false one would make honest peers skip writes
+/// this replica lacks.
 ///
 /// Wire form: a varint count, then each stamp ([`Hlc`]) in strictly
 /// ascending order of node id (the node id inside each stamp is the origin).

@@ -101,8 +101,14 @@ impl fmt::Debug for Hlc {
 ///   wrapping; the clock never panics.
 ///
 /// Every stamp returned is strictly greater than every stamp this clock
-/// returned or observed before (until saturation, which real clocks never
-/// reach).
+/// returned or observed before, with one exception: [`tick`](Self::tick)
+/// once the clock has reached `(u64::MAX, u32::MAX)` returns the same stamp
+/// again. [`observe`](Self::observe) and the writes of
+/// [`LwwMap`](crate::LwwMap) and [`LwwRegister`](crate::LwwRegister) return
+/// [`Error::ClockSaturated`] instead. A clock only gets there by absorbing a
+/// stamp at the top of the range, which the skew check refuses for any
+/// realistic `now`; stamps that skip the check (the local and trusted-only
+/// merge functions) must come from a source the caller trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HlcClock {
     node: ReplicaId,
@@ -187,10 +193,35 @@ impl HlcClock {
     /// # Errors
     ///
     /// [`Error::ClockSkew`] if `remote` is more than the maximum forward skew
-    /// ahead of `now_ms`; the clock is then unchanged.
+    /// ahead of `now_ms`; [`Error::ClockSaturated`] if no stamp greater than
+    /// both exists. The clock is then unchanged.
     pub fn observe(&mut self, remote: &Hlc, now_ms: u64) -> Result<Hlc> {
         self.check(remote, now_ms)?;
-        Ok(self.observe_unchecked(remote, now_ms))
+        self.issue_above(Some(*remote), now_ms)
+    }
+
+    /// Issues a stamp for a local write that must supersede `floor` (when
+    /// given): the receive rule applied to `floor` without the skew check
+    /// (`floor` comes from this node's own state), or a [`tick`](Self::tick).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockSaturated`] if the result would not be strictly greater
+    /// than `floor` and than the clock's last stamp; the clock is then
+    /// unchanged.
+    pub(crate) fn issue_above(&mut self, floor: Option<Hlc>, now_ms: u64) -> Result<Hlc> {
+        let last = self.last();
+        let mut next = self.clone();
+        let stamp = match &floor {
+            Some(f) => next.observe_unchecked(f, now_ms),
+            None => next.tick(now_ms),
+        };
+        let bound = floor.map_or(last, |f| f.max(last));
+        if stamp <= bound {
+            return Err(Error::ClockSaturated { floor: bound });
+        }
+        *self = next;
+        Ok(stamp)
     }
 
     /// The receive rule without the skew check: used for stamps this node
@@ -311,11 +342,31 @@ mod tests {
     }
 
     #[test]
-    fn saturates_without_panicking() {
+    fn saturation_is_a_typed_error_not_an_equal_stamp() {
         let mut c = HlcClock::new(node(1), u64::MAX);
+        // The top stamp cannot be exceeded: refused, clock unchanged.
         let top = Hlc::new(u64::MAX, u32::MAX, node(9));
-        let s = c.observe(&top, u64::MAX).unwrap();
+        let before = c.clone();
+        assert_eq!(
+            c.observe(&top, u64::MAX),
+            Err(Error::ClockSaturated { floor: top })
+        );
+        assert_eq!(c, before);
+        // One below the top is absorbed; the clock then sits at the top...
+        let s = c
+            .observe(&Hlc::new(u64::MAX, u32::MAX - 1, node(9)), u64::MAX)
+            .unwrap();
         assert_eq!(s, Hlc::new(u64::MAX, u32::MAX, node(1)));
+        // ...where a further stamp above what it issued cannot exist.
+        assert_eq!(
+            c.issue_above(None, u64::MAX),
+            Err(Error::ClockSaturated { floor: s })
+        );
+        assert_eq!(
+            c.observe(&Hlc::new(1, 0, node(2)), 1),
+            Err(Error::ClockSaturated { floor: s })
+        );
+        // `tick` never panics: it stays at the top.
         assert_eq!(c.tick(u64::MAX), s);
     }
 

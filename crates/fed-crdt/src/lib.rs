@@ -15,10 +15,16 @@
 //! * Delta-state sync: a replica sends its [`Frontier`] in a
 //!   [`SyncRequest`]; the peer answers with bounded [`MapDelta`] chunks
 //!   holding only what is missing, or a chunked snapshot when a delta cannot
-//!   be trusted to be complete. Applying the chunks gives exactly what merging
-//!   the full state gives.
+//!   be trusted to be complete. Network input goes through the `ingest_*`
+//!   functions: [`LwwMap::ingest_delta`] merges a chunk's entries from any
+//!   peer and believes none of its claims (frontier, collected floors,
+//!   horizon, omissions); [`LwwMap::ingest_trusted_delta`], for a trusted
+//!   peer or certified snapshot, also adopts them, and applying all its
+//!   chunks gives exactly what merging the full state gives.
 //! * [`reconcile`]: the order- and duplicate-independent merge of many peers'
-//!   query responses into one deduplicated top-k with provenance.
+//!   query responses into one deduplicated top-k with provenance, each
+//!   response attributed to its authenticated sender and each sender
+//!   deciding at most a bounded share of the result.
 //! * A wire format for all of the above: postcard inside a small versioned
 //!   envelope ([`Codec`], [`MessageKind`]), with every decoder bounded by
 //!   [`Limits`] and returning a typed [`Error`], never panicking. The
@@ -43,7 +49,14 @@
 //! type Map = LwwMap<String, String>;
 //!
 //! /// Brings `to` up to date with `from`, through encoded messages.
-//! fn pull(from: &Map, to: &mut Map, clock: &mut HlcClock, now: u64) -> fed_crdt::Result<()> {
+//! /// `trusted`: whether `to` believes `from`'s claims about what it has seen.
+//! fn pull(
+//!     from: &Map,
+//!     to: &mut Map,
+//!     clock: &mut HlcClock,
+//!     now: u64,
+//!     trusted: bool,
+//! ) -> fed_crdt::Result<()> {
 //!     let limits = Limits::default();
 //!     let mut request = to.sync_request();
 //!     loop {
@@ -51,7 +64,12 @@
 //!         let request_in = SyncRequest::<String>::decode(&on_wire, &limits)?;
 //!         let on_wire = from.delta_for(&request_in, &limits)?.encode(&limits)?; // from -> to
 //!         let delta = MapDelta::decode(&on_wire, &limits)?;
-//!         match to.ingest_delta(delta, clock, now)?.next {
+//!         let applied = if trusted {
+//!             to.ingest_trusted_delta(delta, clock, now)?
+//!         } else {
+//!             to.ingest_delta(delta, clock, now)?
+//!         };
+//!         match applied.next {
 //!             Some(next) => request = next, // more chunks to fetch
 //!             None => return Ok(()),
 //!         }
@@ -64,18 +82,24 @@
 //! let (mut a, mut b) = (Map::new(), Map::new());
 //! let now = 1_700_000_000_000; // wall-clock milliseconds, always passed in
 //!
-//! a.insert("colour".into(), "blue".into(), &mut clock_a, now);
-//! a.insert("shape".into(), "round".into(), &mut clock_a, now);
-//! b.insert("colour".into(), "red".into(), &mut clock_b, now + 5);
-//! b.remove("shape".into(), &mut clock_b, now + 6);
+//! a.insert("colour".into(), "blue".into(), &mut clock_a, now)?;
+//! a.insert("shape".into(), "round".into(), &mut clock_a, now)?;
+//! a.insert("size".into(), "large".into(), &mut clock_a, now)?;
+//! b.insert("colour".into(), "red".into(), &mut clock_b, now + 5)?;
+//! b.remove("shape".into(), &mut clock_b, now + 6)?;
 //!
-//! pull(&a, &mut b, &mut clock_b, now + 10)?;
-//! pull(&b, &mut a, &mut clock_a, now + 10)?;
+//! // From a peer that may be dishonest: entries merge, claims are ignored.
+//! pull(&a, &mut b, &mut clock_b, now + 10, false)?;
+//! pull(&b, &mut a, &mut clock_a, now + 10, false)?;
 //!
 //! assert_eq!(a.get("colour"), Some(&"red".to_string())); // the later write won
 //! assert!(!a.contains_key("shape")); // the later removal won
+//! assert_eq!(b.get("size"), Some(&"large".to_string()));
 //! assert!(a.entries().eq(b.entries()));
-//! // In sync: the next delta carries nothing.
+//! // B did not adopt A's frontier, so A would send its write to "size" again...
+//! assert_eq!(a.delta_for(&b.sync_request(), &Limits::default())?.len(), 1);
+//! // ...until B syncs with A on the trusted path; then the next delta carries nothing.
+//! pull(&a, &mut b, &mut clock_b, now + 20, true)?;
 //! assert!(a.delta_for(&b.sync_request(), &Limits::default())?.is_empty());
 //! # Ok(())
 //! # }

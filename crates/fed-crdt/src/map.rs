@@ -12,7 +12,7 @@ use crate::{
     hlc::{Hlc, HlcClock},
     register::{Conflict, MergeOutcome, TieBreak, canonical_bytes},
     sync::{Applied, MapDelta, SyncRequest},
-    wire::{Codec, Limits, MessageKind, Reader, Writer, encoded_len},
+    wire::{Codec, Limits, MAX_PREALLOC, MessageKind, Reader, Writer, encoded_len},
 };
 
 /// Upper bound on the size of a postcard varint (a `u64`).
@@ -62,24 +62,36 @@ impl<V> Entry<V> {
 /// * **Tombstones** stay until [`collect_garbage`](Self::collect_garbage) is
 ///   called with a horizon: a stamp below which the caller guarantees this
 ///   replica has received every write (in a federation, the stable
-///   checkpoint). Tombstones below the horizon are dropped; afterwards an
-///   incoming write below the horizon for a key this replica does not hold is
-///   ignored as stale (it can only be a value that a collected tombstone
-///   removed). The horizon is local and never taken from a peer's full
-///   state; a snapshot chunk carries the sender's horizon only so that
-///   [`apply_trusted_delta`](Self::apply_trusted_delta) can remove stale keys
-///   (see [`MapDelta`]); the untrusted [`apply_delta`](Self::apply_delta)
-///   never removes anything.
+///   checkpoint). Tombstones below the horizon are dropped; afterwards every
+///   incoming entry (value or tombstone) stamped below the horizon is
+///   ignored: by the guarantee this replica already holds that write or one
+///   that superseded it. The horizon is local; the only peer horizon ever
+///   adopted is a trusted snapshot's (see below).
 /// * **Delta sync**: a replica asks with a [`SyncRequest`] carrying its
 ///   [`Frontier`]; [`delta_for`](Self::delta_for) answers with a
 ///   [`MapDelta`] chunk holding only the entries the frontier does not
 ///   cover, bounded by [`Limits::max_entries`] and
-///   [`Limits::max_message_bytes`]; [`apply_delta`](Self::apply_delta)
-///   merges it and returns the request for the next chunk, if any. A peer
-///   whose frontier does not cover the tombstones this replica collected is
-///   sent a snapshot instead (full state, chunked the same way). Applying all
-///   chunks gives exactly the state that merging the sender's full state
-///   gives.
+///   [`Limits::max_message_bytes`]; the requester applies it and gets the
+///   request for the next chunk, if any. A peer whose frontier does not cover
+///   the tombstones this replica collected is sent a snapshot instead (full
+///   state, chunked the same way).
+/// * **Trust.** Input from the network goes through the `ingest_*`
+///   functions, which check every stamp against the clock's forward-skew
+///   bound. [`ingest_delta`](Self::ingest_delta) and
+///   [`ingest_state`](Self::ingest_state) suit any peer: they only merge
+///   entries, and never adopt the sender's frontier, collected floors or
+///   horizon, nor remove anything by omission, so a dishonest peer cannot
+///   suppress later deltas, force snapshots or erase what this replica holds
+///   through them. It can still write: stamps and node ids are not
+///   authenticated, so an entry above the horizon with a greater stamp (at
+///   most the skew bound ahead) wins, whoever it claims wrote it.
+///   [`ingest_trusted_delta`](Self::ingest_trusted_delta) and
+///   [`ingest_trusted_state`](Self::ingest_trusted_state) also adopt the
+///   sender's frontier and collected floors and apply a snapshot's removals
+///   and horizon; applying every chunk of a series through them gives the
+///   state that merging the sender's full state gives. The `apply_*`
+///   functions, [`merge`](Self::merge) and [`write_at`](Self::write_at) skip
+///   the skew check and are for local or trusted input only.
 ///
 /// Bounds: the map itself is local state and is not bounded; every message
 /// that carries it is (see [`Limits`]).
@@ -176,7 +188,7 @@ impl<K: Ord, V> LwwMap<K, V> {
     }
 
     /// Per origin, the greatest stamp of a tombstone this replica (or a
-    /// replica whose state it absorbed) garbage-collected. A peer whose
+    /// trusted replica whose state it absorbed) garbage-collected. A peer whose
     /// frontier does not cover it is sent a snapshot rather than a delta.
     pub fn collected(&self) -> &Frontier {
         &self.collected
@@ -226,36 +238,55 @@ impl<K: Ord, V> LwwMap<K, V> {
 }
 
 impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
-    /// Writes `value` under `key` with a stamp from `clock` greater than the
-    /// key's current stamp, and returns that stamp.
-    pub fn insert(&mut self, key: K, value: V, clock: &mut HlcClock, now_ms: u64) -> Hlc {
+    /// Writes `value` under `key` with a stamp from `clock` and returns that
+    /// stamp. The stamp is greater than the key's current stamp, this node's
+    /// own frontier entry and the garbage-collection horizon, so the write
+    /// always takes effect, even when the wall clock is behind all three.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockSaturated`] if no such stamp exists (one of the three is
+    /// at the top of the stamp range, which only a path without the skew
+    /// check lets in); nothing is then changed.
+    pub fn insert(&mut self, key: K, value: V, clock: &mut HlcClock, now_ms: u64) -> Result<Hlc> {
         self.write(key, Some(value), clock, now_ms)
     }
 
     /// Removes `key` by writing a tombstone stamped by `clock`, and returns
-    /// the stamp. A tombstone is written even if the key is absent, so that
-    /// it also overrides older concurrent writes not yet received.
-    pub fn remove(&mut self, key: K, clock: &mut HlcClock, now_ms: u64) -> Hlc {
+    /// the stamp (chosen as for [`insert`](Self::insert)). A tombstone is
+    /// written even if the key is absent, so that it also overrides older
+    /// concurrent writes not yet received.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockSaturated`] as for [`insert`](Self::insert).
+    pub fn remove(&mut self, key: K, clock: &mut HlcClock, now_ms: u64) -> Result<Hlc> {
         self.write(key, None, clock, now_ms)
     }
 
-    fn write(&mut self, key: K, value: Option<V>, clock: &mut HlcClock, now_ms: u64) -> Hlc {
+    fn write(
+        &mut self,
+        key: K,
+        value: Option<V>,
+        clock: &mut HlcClock,
+        now_ms: u64,
+    ) -> Result<Hlc> {
         let own = self.frontier.get(&clock.node());
         let current = self.entries.get(&key).map(|e| e.stamp);
-        let stamp = match own.max(current) {
-            Some(floor) => clock.observe_unchecked(&floor, now_ms),
-            None => clock.tick(now_ms),
-        };
+        // Above the horizon too: a write stamped below it would be ignored.
+        let floor = own.max(current).max(self.horizon);
+        let stamp = clock.issue_above(floor, now_ms)?;
         let mut out = MergeOutcome::new();
         let mut tie = TieBreak::default();
         self.merge_entry(key, Entry::new(stamp, value), &mut tie, &mut out);
         self.frontier.observe(stamp);
-        stamp
+        Ok(stamp)
     }
 
     /// Applies one write with a given stamp exactly as a merge would (for
-    /// replaying a log or building test states). The frontier is not
-    /// raised: only complete states do that.
+    /// replaying a log or building test states). Local or trusted input
+    /// only: there is no skew check. The frontier is not raised: only
+    /// complete states do that.
     pub fn write_at(&mut self, key: K, value: Option<V>, stamp: Hlc) -> MergeOutcome<K> {
         let mut out = MergeOutcome::new();
         let mut tie = TieBreak::default();
@@ -263,7 +294,7 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         out
     }
 
-    /// Merges one incoming entry under the LWW order and the horizon rule.
+    /// Merges one incoming entry under the horizon rule and the LWW order.
     fn merge_entry(
         &mut self,
         key: K,
@@ -271,14 +302,15 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         tie: &mut TieBreak,
         out: &mut MergeOutcome<K>,
     ) {
-        let horizon = self.horizon;
-        let below_horizon = |s: &Hlc| horizon.is_some_and(|h| *s < h);
+        // Below the horizon this replica holds the write or one that
+        // superseded it (or collected the tombstone that did): whatever the
+        // entry is, it can only be stale or forged.
+        if self.horizon.is_some_and(|h| incoming.stamp < h) {
+            out.discarded += 1;
+            return;
+        }
         match self.entries.entry(key) {
             btree_map::Entry::Vacant(slot) => {
-                if below_horizon(&incoming.stamp) {
-                    out.discarded += 1;
-                    return;
-                }
                 if incoming.value.is_some() {
                     self.live += 1;
                 }
@@ -303,43 +335,49 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
                     return;
                 }
                 out.changed += 1;
-                let was_live = current.value.is_some();
-                if was_live {
+                if current.value.is_some() {
                     self.live -= 1;
                 }
-                if incoming.value.is_none() && below_horizon(&incoming.stamp) {
-                    self.collected.observe(incoming.stamp);
-                    slot.remove();
-                } else {
-                    if incoming.value.is_some() {
-                        self.live += 1;
-                    }
-                    *slot.get_mut() = incoming;
+                if incoming.value.is_some() {
+                    self.live += 1;
                 }
+                *slot.get_mut() = incoming;
             }
         }
     }
 
-    /// Merges another replica's full state into this one (no skew check:
-    /// use [`ingest_state`](Self::ingest_state) for input from the network).
+    /// Merges another replica's full state into this one. Local or trusted
+    /// input only: there is no skew check, and the other state's frontier and
+    /// collected floors are believed. Input from the network goes through
+    /// [`ingest_state`](Self::ingest_state) or
+    /// [`ingest_trusted_state`](Self::ingest_trusted_state).
     ///
     /// Entries merge per key; frontiers and collected floors join. The other
     /// replica's horizon is not adopted.
     pub fn merge(&mut self, other: Self) -> MergeOutcome<K> {
-        let mut out = MergeOutcome::new();
-        let mut tie = TieBreak::default();
-        for (k, e) in other.entries {
-            self.merge_entry(k, e, &mut tie, &mut out);
-        }
+        let out = self.merge_entries(other.entries);
         self.frontier.join(&other.frontier);
         self.collected.join(&other.collected);
         out
     }
 
-    /// Merges a full state received from a peer at wall-clock time
-    /// `now_ms`: every stamp is checked against `clock`'s forward-skew
-    /// bound first, then the clock is advanced past the greatest one and the
-    /// states merge.
+    fn merge_entries(
+        &mut self,
+        entries: impl IntoIterator<Item = (K, Entry<V>)>,
+    ) -> MergeOutcome<K> {
+        let mut out = MergeOutcome::new();
+        let mut tie = TieBreak::default();
+        for (k, e) in entries {
+            self.merge_entry(k, e, &mut tie, &mut out);
+        }
+        out
+    }
+
+    /// Merges the entries of a full state received from any peer at
+    /// wall-clock time `now_ms`: every stamp is checked against `clock`'s
+    /// forward-skew bound first, then the clock is advanced past the greatest
+    /// one and the entries merge. The peer's frontier, collected floors and
+    /// horizon are ignored (see the trust model on [`LwwMap`]).
     ///
     /// # Errors
     ///
@@ -351,14 +389,37 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         clock: &mut HlcClock,
         now_ms: u64,
     ) -> Result<MergeOutcome<K>> {
-        let stamps = other
-            .entries
+        check_and_observe(other.stamps(), clock, now_ms)?;
+        Ok(self.merge_entries(other.entries))
+    }
+
+    /// [`ingest_state`](Self::ingest_state) for a peer the caller trusts, or
+    /// a state whose content is certified: after the same skew check, merges
+    /// as [`merge`](Self::merge) does, adopting the peer's frontier and
+    /// collected floors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockSkew`] as for [`ingest_state`](Self::ingest_state).
+    pub fn ingest_trusted_state(
+        &mut self,
+        other: Self,
+        clock: &mut HlcClock,
+        now_ms: u64,
+    ) -> Result<MergeOutcome<K>> {
+        check_and_observe(other.stamps(), clock, now_ms)?;
+        Ok(self.merge(other))
+    }
+
+    /// Every stamp of the state (entries, frontier, collected floors,
+    /// horizon), for the skew check.
+    fn stamps(&self) -> impl Iterator<Item = Hlc> + '_ {
+        self.entries
             .values()
             .map(|e| e.stamp)
-            .chain(other.frontier.iter())
-            .chain(other.collected.iter());
-        check_and_observe(stamps, clock, now_ms)?;
-        Ok(self.merge(other))
+            .chain(self.frontier.iter())
+            .chain(self.collected.iter())
+            .chain(self.horizon)
     }
 
     /// Produces the next chunk answering `request`.
@@ -459,53 +520,46 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         ))
     }
 
-    /// Applies a chunk from [`delta_for`](Self::delta_for) (no skew check:
-    /// use [`ingest_delta`](Self::ingest_delta) for input from the network).
-    ///
-    /// Entries merge as in [`merge`](Self::merge); nothing this replica holds
-    /// is ever removed, whatever the sender claims, so a Byzantine peer can
-    /// at worst withhold updates. A snapshot's removals (keys the sender no
-    /// longer holds below its horizon) are applied only by
-    /// [`apply_trusted_delta`](Self::apply_trusted_delta). The last chunk
-    /// raises the frontier to the sender's; otherwise the returned
-    /// [`Applied::next`] is the request for the next chunk.
+    /// Applies a chunk from [`delta_for`](Self::delta_for) as
+    /// [`ingest_delta`](Self::ingest_delta) does, without the skew check:
+    /// for local or trusted input only (a stamp from the far future would win
+    /// every later merge and exhaust the clock).
     pub fn apply_delta(&mut self, delta: MapDelta<K, V>) -> Applied<K> {
         self.apply_chunk(delta, false)
     }
 
-    /// [`apply_delta`](Self::apply_delta), and for a snapshot chunk also
-    /// removes this replica's entries in the chunk's key range that the
-    /// sender does not hold and that are stamped below the sender's horizon
-    /// (the sender has seen them and collected the tombstone that removed
-    /// them).
-    ///
-    /// Only for a sender the caller trusts not to lie by omission, or a
-    /// snapshot whose content is certified (for example by a stable
-    /// checkpoint's digest): a dishonest sender could otherwise make this
-    /// replica drop live entries. This is how a replica that missed
-    /// tombstones which were then collected everywhere gets rid of the values
-    /// they removed.
+    /// Applies a chunk as [`ingest_trusted_delta`](Self::ingest_trusted_delta)
+    /// does, without the skew check: for local or trusted input only.
     pub fn apply_trusted_delta(&mut self, delta: MapDelta<K, V>) -> Applied<K> {
         self.apply_chunk(delta, true)
     }
 
-    fn apply_chunk(&mut self, delta: MapDelta<K, V>, remove_stale: bool) -> Applied<K> {
+    fn apply_chunk(&mut self, delta: MapDelta<K, V>, trusted: bool) -> Applied<K> {
         let (snapshot, horizon, after, until, frontier, collected, entries) = delta.into_parts();
         let mut out = MergeOutcome::new();
-        if remove_stale
-            && snapshot
-            && let Some(h) = horizon
-        {
+        let sender_horizon = if trusted && snapshot { horizon } else { None };
+        if let Some(h) = sender_horizon {
             self.drop_stale(after.as_ref(), until.as_ref(), h, &entries, &mut out);
         }
         let mut tie = TieBreak::default();
         for (k, e) in entries {
             self.merge_entry(k, e, &mut tie, &mut out);
         }
-        self.collected.join(&collected);
+        if trusted {
+            self.collected.join(&collected);
+        }
         let next = match until {
             None => {
-                self.frontier.join(&frontier);
+                if trusted {
+                    self.frontier.join(&frontier);
+                    // After the whole snapshot this replica holds what the
+                    // sender held, so it has received every write below the
+                    // sender's horizon: adopting it keeps the removed keys
+                    // from coming back with a lagging peer's old copies.
+                    if let Some(h) = sender_horizon {
+                        out.discarded += self.collect_garbage(h);
+                    }
+                }
                 None
             }
             Some(last) => Some(SyncRequest::resume(
@@ -518,10 +572,26 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         Applied { outcome: out, next }
     }
 
-    /// Checks every stamp of a chunk received from a peer at wall-clock
-    /// time `now_ms` against `clock`'s forward-skew bound, advances the
-    /// clock past the greatest, then applies it with
-    /// [`apply_delta`](Self::apply_delta) (merge only).
+    /// Applies a chunk received from any peer at wall-clock time `now_ms`.
+    ///
+    /// Every stamp of the chunk is checked against `clock`'s forward-skew
+    /// bound, the clock advances past the greatest, then the entries merge
+    /// (entries stamped below this replica's horizon are ignored). Nothing
+    /// else is taken from the sender: its frontier, collected floors and
+    /// horizon are not adopted and nothing is removed, so a dishonest sender
+    /// cannot make honest peers skip writes this replica lacks, force
+    /// snapshots on its requesters, or erase entries by omission. The cost:
+    /// this replica's frontier grows only through its own writes and trusted
+    /// syncs, so until the next trusted sync its requests are answered with
+    /// every entry written since (or, once a peer has collected tombstones
+    /// this frontier does not cover, with a snapshot).
+    ///
+    /// A dishonest sender can still withhold entries, and write: stamps and
+    /// node ids are not authenticated, so any entry it sends above the
+    /// horizon and within the skew bound merges like an honest write.
+    ///
+    /// The returned [`Applied::next`] is the request for the next chunk, if
+    /// any.
     ///
     /// # Errors
     ///
@@ -536,8 +606,22 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         self.ingest_chunk(delta, clock, now_ms, false)
     }
 
-    /// [`ingest_delta`](Self::ingest_delta) with
-    /// [`apply_trusted_delta`](Self::apply_trusted_delta)'s removals.
+    /// [`ingest_delta`](Self::ingest_delta) for a sender the caller trusts
+    /// not to lie by omission or about what it has seen, or a snapshot whose
+    /// content is certified (for example against a stable checkpoint's
+    /// digest). After the same skew check and merge, it also:
+    ///
+    /// * for a snapshot chunk, removes this replica's entries in the chunk's
+    ///   key range that the sender does not hold and that are stamped below
+    ///   the sender's horizon (the sender saw them and collected the
+    ///   tombstone that removed them);
+    /// * joins the sender's collected floors;
+    /// * on the last chunk, joins the sender's frontier (as it was when the
+    ///   series started) and, for a snapshot, raises the horizon to the
+    ///   sender's (collecting the tombstones below it).
+    ///
+    /// A dishonest sender could make this replica drop live entries, skip
+    /// writes in later deltas, or ignore writes below a horizon it made up.
     ///
     /// # Errors
     ///
@@ -556,10 +640,10 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         delta: MapDelta<K, V>,
         clock: &mut HlcClock,
         now_ms: u64,
-        remove_stale: bool,
+        trusted: bool,
     ) -> Result<Applied<K>> {
         check_and_observe(delta.stamps(), clock, now_ms)?;
-        Ok(self.apply_chunk(delta, remove_stale))
+        Ok(self.apply_chunk(delta, trusted))
     }
 
     /// Removes own entries in `(after, until]` stamped below `horizon` whose
@@ -673,7 +757,7 @@ where
         count,
         max,
     })?;
-    let mut entries: Vec<(K, Entry<V>)> = Vec::with_capacity(n.min(1_024));
+    let mut entries: Vec<(K, Entry<V>)> = Vec::with_capacity(n.min(MAX_PREALLOC));
     for _ in 0..n {
         let k: K = r.value()?;
         let e: Entry<V> = r.value()?;
@@ -746,10 +830,10 @@ mod tests {
     fn insert_get_remove_and_counts() {
         let mut c = clock(1);
         let mut m: LwwMap<&str, u32> = LwwMap::new();
-        m.insert("a", 1, &mut c, 10);
-        m.insert("b", 2, &mut c, 10);
-        m.remove("a", &mut c, 11);
-        m.remove("zzz", &mut c, 11);
+        m.insert("a", 1, &mut c, 10).unwrap();
+        m.insert("b", 2, &mut c, 10).unwrap();
+        m.remove("a", &mut c, 11).unwrap();
+        m.remove("zzz", &mut c, 11).unwrap();
         assert_eq!(m.get(&"a"), None);
         assert_eq!(m.get(&"b"), Some(&2));
         assert_eq!(m.len(), 1);
@@ -764,7 +848,7 @@ mod tests {
         let mut slow = clock(1);
         let mut m: LwwMap<u8, u8> = LwwMap::new();
         m.write_at(7, Some(1), Hlc::new(5_000, 3, ReplicaId::from_u64(9)));
-        let s = m.insert(7, 2, &mut slow, 10);
+        let s = m.insert(7, 2, &mut slow, 10).unwrap();
         assert!(s > Hlc::new(5_000, 3, ReplicaId::from_u64(9)));
         assert_eq!(m.get(&7), Some(&2));
     }
@@ -789,9 +873,9 @@ mod tests {
     fn gc_drops_old_tombstones_and_ignores_stale_writes_below_the_horizon() {
         let mut c = clock(1);
         let mut m: LwwMap<u8, u8> = LwwMap::new();
-        m.insert(1, 1, &mut c, 10);
-        m.remove(1, &mut c, 20);
-        m.remove(2, &mut c, 30);
+        m.insert(1, 1, &mut c, 10).unwrap();
+        m.remove(1, &mut c, 20).unwrap();
+        m.remove(2, &mut c, 30).unwrap();
         assert_eq!(m.collect_garbage(Hlc::floor(25)), 1);
         assert_eq!(m.entry_count(), 1);
         assert_eq!(
@@ -805,7 +889,7 @@ mod tests {
         assert_eq!(out.discarded, 1);
         assert_eq!(m.get(&1), None);
         // A new write above the horizon is accepted.
-        m.insert(1, 5, &mut c, 40);
+        m.insert(1, 5, &mut c, 40).unwrap();
         assert_eq!(m.get(&1), Some(&5));
         // A lower horizon does not move it back.
         m.collect_garbage(Hlc::floor(1));
@@ -818,7 +902,7 @@ mod tests {
         let mut a: LwwMap<u32, u32> = LwwMap::new();
         let mut b: LwwMap<u32, u32> = LwwMap::new();
         for i in 0..50 {
-            a.insert(i, i, &mut ca, 100 + u64::from(i));
+            a.insert(i, i, &mut ca, 100 + u64::from(i)).unwrap();
         }
         let mut merged = b.clone();
         merged.merge(a.clone());
@@ -826,28 +910,165 @@ mod tests {
             max_entries: 7,
             ..Limits::default()
         };
-        let mut req = b.sync_request();
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            let d = a.delta_for(&req, &limits).unwrap();
-            assert!(d.len() <= 7);
-            match b.apply_delta(d).next {
-                Some(next) => req = next,
-                None => break,
+        let pull = |to: &mut LwwMap<u32, u32>, trusted: bool| {
+            let mut req = to.sync_request();
+            let mut rounds = 0;
+            loop {
+                rounds += 1;
+                let d = a.delta_for(&req, &limits).unwrap();
+                assert!(d.len() <= 7);
+                let applied = if trusted {
+                    to.apply_trusted_delta(d)
+                } else {
+                    to.apply_delta(d)
+                };
+                match applied.next {
+                    Some(next) => req = next,
+                    None => return rounds,
+                }
             }
-        }
-        assert_eq!(rounds, 8);
+        };
+        // The untrusted path merges the entries only.
+        let mut untrusted = b.clone();
+        assert_eq!(pull(&mut untrusted, false), 8);
+        assert!(untrusted.entries().eq(merged.entries()));
+        assert_eq!(untrusted.frontier(), b.frontier());
+        // The trusted path also adopts the frontier: the full merge.
+        assert_eq!(pull(&mut b, true), 8);
         assert_eq!(b, merged);
         // In sync: the next delta is empty and final.
         let d = a.delta_for(&b.sync_request(), &limits).unwrap();
         assert!(d.is_empty() && d.is_last());
         // A local change travels alone.
-        a.insert(3, 33, &mut ca, 500);
-        b.insert(1_000, 1, &mut cb, 500);
+        a.insert(3, 33, &mut ca, 500).unwrap();
+        b.insert(1_000, 1, &mut cb, 500).unwrap();
         let d = a.delta_for(&b.sync_request(), &limits).unwrap();
         assert_eq!(d.len(), 1);
-        b.apply_delta(d);
+        b.apply_trusted_delta(d);
         assert_eq!(b.get(&3), Some(&33));
+    }
+
+    fn node(n: u64) -> ReplicaId {
+        ReplicaId::from_u64(n)
+    }
+
+    /// A last, non-snapshot chunk with the given claims and entries, as a
+    /// dishonest sender can encode it.
+    fn forged(
+        frontier: &[Hlc],
+        collected: &[Hlc],
+        entries: Vec<(u8, Entry<u8>)>,
+    ) -> MapDelta<u8, u8> {
+        MapDelta::from_parts(
+            false,
+            None,
+            None,
+            None,
+            frontier.iter().copied().collect(),
+            collected.iter().copied().collect(),
+            entries,
+        )
+    }
+
+    #[test]
+    fn an_untrusted_chunk_cannot_poison_the_frontier_or_the_collected_floors() {
+        let limits = Limits::default();
+        let (mut cp, mut cq) = (clock(1), clock(2));
+        let mut p: LwwMap<u8, u8> = LwwMap::new();
+        p.insert(1, 1, &mut cp, 10).unwrap();
+        // An honest Q holds a write P lacks.
+        let mut q: LwwMap<u8, u8> = LwwMap::new();
+        q.insert(2, 2, &mut cq, 20).unwrap();
+        // A liar claims to have seen Q's writes far ahead, and a collected
+        // tombstone by an origin that does not exist.
+        let far = Hlc::new(900, 0, node(2));
+        let ghost = Hlc::new(50, 0, node(77));
+        let lie = forged(&[far], &[ghost], Vec::new());
+        let before = (p.frontier().clone(), p.collected().clone());
+        let applied = p.ingest_delta(lie.clone(), &mut cp, 100).unwrap();
+        assert!(applied.next.is_none());
+        assert_eq!((p.frontier().clone(), p.collected().clone()), before);
+        // Q still sends P its write...
+        let d = q.delta_for(&p.sync_request(), &limits).unwrap();
+        assert_eq!(d.len(), 1);
+        // ...and a requester covering P's state gets a delta, not a snapshot.
+        let covering = SyncRequest::new(p.frontier().clone());
+        assert!(!p.delta_for(&covering, &limits).unwrap().is_snapshot());
+        // The trusted path believes the claims, which is why it is only for
+        // trusted senders.
+        let mut trusting = p.clone();
+        trusting.ingest_trusted_delta(lie, &mut cp, 100).unwrap();
+        let d = q.delta_for(&trusting.sync_request(), &limits).unwrap();
+        assert!(d.is_empty());
+        assert!(
+            trusting
+                .delta_for(&covering, &limits)
+                .unwrap()
+                .is_snapshot()
+        );
+    }
+
+    #[test]
+    fn entries_below_the_horizon_are_ignored_so_a_forged_tombstone_cannot_delete() {
+        let mut c = clock(1);
+        let mut p: LwwMap<u8, u8> = LwwMap::new();
+        let s0 = p.insert(1, 10, &mut c, 10).unwrap();
+        p.collect_garbage(Hlc::floor(100));
+        // A tombstone stamped between the value and the horizon: a stamp in
+        // the past passes the skew check.
+        let tomb = Entry::new(Hlc::new(50, 0, node(9)), None);
+        let out = p
+            .ingest_delta(forged(&[], &[], vec![(1, tomb)]), &mut c, 200)
+            .unwrap()
+            .outcome;
+        assert_eq!((out.changed, out.discarded), (0, 1));
+        assert_eq!(p.get(&1), Some(&10));
+        assert!(p.collected().is_empty());
+        // The honest copy of the value arriving later changes nothing either:
+        // the replicas still agree.
+        let honest = Entry::new(s0, Some(10));
+        let out = p
+            .ingest_delta(forged(&[], &[], vec![(1, honest)]), &mut c, 200)
+            .unwrap()
+            .outcome;
+        assert_eq!(out.discarded, 1);
+        assert_eq!(p.get(&1), Some(&10));
+        // Above the horizon a greater stamp still wins: stamps are not
+        // authenticated.
+        let later = Entry::new(Hlc::new(150, 0, node(9)), None);
+        let out = p
+            .ingest_delta(forged(&[], &[], vec![(1, later)]), &mut c, 200)
+            .unwrap()
+            .outcome;
+        assert_eq!(out.changed, 1);
+        assert_eq!(p.get(&1), None);
+    }
+
+    #[test]
+    fn a_local_write_is_stamped_above_the_horizon_even_with_a_slow_clock() {
+        let mut c = clock(1);
+        let mut m: LwwMap<u8, u8> = LwwMap::new();
+        m.collect_garbage(Hlc::floor(5_000));
+        let s = m.insert(1, 7, &mut c, 10).unwrap();
+        assert!(s >= Hlc::floor(5_000));
+        assert_eq!(m.get(&1), Some(&7));
+        assert_eq!(m.frontier().get(&node(1)), Some(s));
+        let t = m.remove(2, &mut c, 11).unwrap();
+        assert!(t > s);
+        assert_eq!(m.entry(&2).map(Entry::stamp), Some(t));
+    }
+
+    #[test]
+    fn a_write_that_cannot_supersede_is_refused_not_silently_lost() {
+        let mut c = clock(1);
+        let mut m: LwwMap<u8, u8> = LwwMap::new();
+        let top = Hlc::new(u64::MAX, u32::MAX, ReplicaId::new([0xff; 32]));
+        m.write_at(1, Some(1), top);
+        let before = (m.clone(), c.clone());
+        assert_eq!(
+            m.insert(1, 2, &mut c, 10),
+            Err(Error::ClockSaturated { floor: top })
+        );
+        assert_eq!((m, c), before);
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     hlc::{DEFAULT_MAX_FORWARD_SKEW_MS, Hlc},
     id::ReplicaId,
     register::canonical_bytes,
-    wire::{Codec, Limits, MessageKind, Reader, Writer},
+    wire::{Codec, Limits, MAX_PREALLOC, MessageKind, Reader, Writer},
 };
 
 /// Identity of a stored pattern: 32 bytes (a content hash or any id a
@@ -74,7 +74,9 @@ pub struct Hit<P> {
 /// ([`Error::Invalid`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryResponse<P> {
-    /// The peer that answered.
+    /// The peer that answered, as the message claims. Reconciliation never
+    /// takes it on trust: it is checked against the authenticated sender the
+    /// caller passes to [`Reconciler::add`] or [`reconcile`].
     pub source: ReplicaId,
     /// Its hits, in any order.
     pub hits: Vec<Hit<P>>,
@@ -85,6 +87,15 @@ pub struct QueryResponse<P> {
 pub struct ReconcileConfig {
     /// How many hits to return at most.
     pub top_k: usize,
+    /// How many of the returned hits one source may decide at most. A hit
+    /// is decided by the sources that returned its winning version with its
+    /// winning score; each returned hit is charged to one of them. A
+    /// candidate none of whose deciders has budget left is skipped (counted
+    /// in [`Reconciled::capped`]), so one source (or `n` colluding sources)
+    /// fills at most this many (`n` times this many) places of the result,
+    /// whatever it fabricates. With fewer than `top_k / max_per_source`
+    /// sources answering, the result can be shorter than `top_k`.
+    pub max_per_source: usize,
     /// A response with more hits is rejected whole (never truncated).
     pub max_hits_per_response: usize,
     /// A response with a hit whose version is more than this far ahead of
@@ -93,11 +104,12 @@ pub struct ReconcileConfig {
 }
 
 impl Default for ReconcileConfig {
-    /// `top_k` 10, `max_hits_per_response` 1 024 (as [`Limits::max_hits`]),
-    /// skew [`DEFAULT_MAX_FORWARD_SKEW_MS`].
+    /// `top_k` 10, `max_per_source` 5, `max_hits_per_response` 1 024 (as
+    /// [`Limits::max_hits`]), skew [`DEFAULT_MAX_FORWARD_SKEW_MS`].
     fn default() -> Self {
         Self {
             top_k: 10,
+            max_per_source: 5,
             max_hits_per_response: Limits::DEFAULT.max_hits,
             max_forward_skew_ms: DEFAULT_MAX_FORWARD_SKEW_MS,
         }
@@ -108,6 +120,11 @@ impl Default for ReconcileConfig {
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RejectReason {
+    /// The response names a source other than the authenticated sender.
+    SourceMismatch {
+        /// The source the response claims.
+        claimed: ReplicaId,
+    },
     /// More hits than [`ReconcileConfig::max_hits_per_response`].
     TooManyHits {
         /// Hits in the response.
@@ -132,7 +149,7 @@ pub enum RejectReason {
 /// A rejected response: who sent it and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rejection {
-    /// The response's source.
+    /// The authenticated sender of the response.
     pub source: ReplicaId,
     /// The reason.
     pub reason: RejectReason,
@@ -172,6 +189,10 @@ pub struct Reconciled<P> {
     pub hits: Vec<ReconciledHit<P>>,
     /// Distinct patterns seen before the top-k cut.
     pub candidates: usize,
+    /// Candidates ranked above the last returned hit (or anywhere, if fewer
+    /// than `top_k` hits are returned) that were skipped because every
+    /// source deciding them had used its [`ReconcileConfig::max_per_source`].
+    pub capped: usize,
     /// Rejected responses, sorted, without duplicates.
     pub rejected: Vec<Rejection>,
     /// Patterns whose newest version arrived with different scores or
@@ -206,8 +227,9 @@ fn hit_cmp<P: Serialize>(a: &Hit<P>, b: &Hit<P>) -> (Ordering, bool) {
 /// `add` calls nor on repeated responses.
 ///
 /// Memory: one candidate per distinct pattern, so at most
-/// `accepted responses x max_hits_per_response`; the caller bounds the
-/// number of responses (the mesh bounds its fan-out).
+/// `accepted responses x max_hits_per_response`, each with one provenance
+/// entry per source; the caller bounds the number of responses (the mesh
+/// bounds its fan-out).
 pub struct Reconciler<P> {
     config: ReconcileConfig,
     now_ms: u64,
@@ -251,17 +273,27 @@ impl<P: Serialize> Reconciler<P> {
         Ok(())
     }
 
-    /// Adds one response. A response breaking a rule is rejected whole
-    /// (recorded for [`Reconciled::rejected`]) and its reason returned.
-    pub fn add(&mut self, response: QueryResponse<P>) -> core::result::Result<(), RejectReason> {
-        if let Err(reason) = self.check(&response) {
-            self.rejected.insert(Rejection {
-                source: response.source,
-                reason,
-            });
+    /// Adds one response received from `source`, the sender as the
+    /// transport authenticated it (never taken from the message). A response
+    /// breaking a rule, including one whose own `source` field names another
+    /// peer ([`RejectReason::SourceMismatch`]), is rejected whole (recorded
+    /// for [`Reconciled::rejected`] under `source`) and its reason returned.
+    pub fn add(
+        &mut self,
+        source: ReplicaId,
+        response: QueryResponse<P>,
+    ) -> core::result::Result<(), RejectReason> {
+        let checked = if response.source == source {
+            self.check(&response)
+        } else {
+            Err(RejectReason::SourceMismatch {
+                claimed: response.source,
+            })
+        };
+        if let Err(reason) = checked {
+            self.rejected.insert(Rejection { source, reason });
             return Err(reason);
         }
-        let source = response.source;
         for hit in response.hits {
             self.add_hit(source, hit);
         }
@@ -306,7 +338,9 @@ impl<P: Serialize> Reconciler<P> {
         }
     }
 
-    /// The deduplicated top-k.
+    /// The deduplicated top-k, with at most
+    /// [`max_per_source`](ReconcileConfig::max_per_source) hits decided by
+    /// any one source.
     pub fn finish(self) -> Reconciled<P> {
         let candidates = self.candidates.len();
         let conflicts = self
@@ -315,7 +349,7 @@ impl<P: Serialize> Reconciler<P> {
             .filter(|(_, c)| c.conflict)
             .map(|(p, _)| *p)
             .collect();
-        let mut hits: Vec<ReconciledHit<P>> = self
+        let mut ranked: Vec<ReconciledHit<P>> = self
             .candidates
             .into_values()
             .map(|c| ReconciledHit {
@@ -334,15 +368,42 @@ impl<P: Serialize> Reconciler<P> {
                     .collect(),
             })
             .collect();
-        hits.sort_by(|a, b| {
+        ranked.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
                 .then_with(|| a.pattern.cmp(&b.pattern))
         });
-        hits.truncate(self.config.top_k);
+        let (top_k, cap) = (self.config.top_k, self.config.max_per_source);
+        // Results charged to each source so far.
+        let mut used: BTreeMap<ReplicaId, usize> = BTreeMap::new();
+        let mut hits = Vec::with_capacity(top_k.min(ranked.len()));
+        let mut capped = 0;
+        for hit in ranked {
+            if hits.len() >= top_k {
+                break;
+            }
+            // The deciders: sources that returned the winning version with
+            // the winning score (at least the one whose hit won). Charge
+            // the one with the most budget left, the smallest id among equals.
+            let charged = hit
+                .provenance
+                .iter()
+                .filter(|p| p.version == hit.version && p.score.total_cmp(&hit.score).is_eq())
+                .map(|p| (used.get(&p.source).copied().unwrap_or(0), p.source))
+                .filter(|(n, _)| *n < cap)
+                .min();
+            match charged {
+                Some((n, source)) => {
+                    used.insert(source, n + 1);
+                    hits.push(hit);
+                }
+                None => capped += 1,
+            }
+        }
         Reconciled {
             hits,
             candidates,
+            capped,
             rejected: self.rejected.into_iter().collect(),
             conflicts,
         }
@@ -351,28 +412,40 @@ impl<P: Serialize> Reconciler<P> {
 
 /// Merges many peers' responses into one deterministic top-k.
 ///
+/// Each response comes with its sender as the transport authenticated it;
+/// a response whose `source` field names another peer is rejected
+/// ([`RejectReason::SourceMismatch`]).
+///
 /// * Hits are deduplicated by pattern id; the newest version wins, and
 ///   between hits of equal version the higher score, then the greater
 ///   canonical payload bytes (postcard) wins.
 /// * Every source that returned a pattern is kept in its provenance, with
 ///   its own newest version and score.
 /// * The result ranks by the winning score, descending, then by pattern id
-///   ascending, and keeps `top_k`.
+///   ascending, and keeps the first `top_k`, skipping a hit when every
+///   source that decided it already decided `max_per_source` of the hits
+///   kept (see [`ReconcileConfig::max_per_source`]).
 /// * A response with more than `max_hits_per_response` hits, a non-finite
 ///   score, or a version more than `max_forward_skew_ms` ahead of `now_ms` is
 ///   rejected whole and listed in [`Reconciled::rejected`].
+///
+/// What it trusts: each source about its own hits. Scores, payloads and
+/// versions are not authenticated, so a source can fabricate patterns, or
+/// claim a newer version of a pattern others returned and so decide its
+/// score and payload; the per-source cap bounds how many results it can
+/// decide that way, and the provenance shows who agreed.
 ///
 /// The result is the same for any order of `responses` and any repetition
 /// of them.
 pub fn reconcile<P, I>(responses: I, config: &ReconcileConfig, now_ms: u64) -> Reconciled<P>
 where
     P: Serialize,
-    I: IntoIterator<Item = QueryResponse<P>>,
+    I: IntoIterator<Item = (ReplicaId, QueryResponse<P>)>,
 {
     let mut r = Reconciler::new(*config, now_ms);
-    for response in responses {
+    for (source, response) in responses {
         // A rejection is recorded in the reconciler and reported by `finish`.
-        let _ = r.add(response);
+        let _ = r.add(source, response);
     }
     r.finish()
 }
@@ -410,7 +483,7 @@ impl<P: Serialize + DeserializeOwned> Codec for QueryResponse<P> {
             count,
             max,
         })?;
-        let mut hits = Vec::with_capacity(n.min(1_024));
+        let mut hits = Vec::with_capacity(n.min(MAX_PREALLOC));
         for _ in 0..n {
             let hit: Hit<P> = r.value()?;
             if !hit.score.is_finite() {
@@ -436,11 +509,10 @@ mod tests {
         }
     }
 
-    fn resp(src: u64, hits: Vec<Hit<String>>) -> QueryResponse<String> {
-        QueryResponse {
-            source: ReplicaId::from_u64(src),
-            hits,
-        }
+    /// A response from `src`, as authenticated and as claimed.
+    fn resp(src: u64, hits: Vec<Hit<String>>) -> (ReplicaId, QueryResponse<String>) {
+        let source = ReplicaId::from_u64(src);
+        (source, QueryResponse { source, hits })
     }
 
     #[test]
@@ -476,6 +548,7 @@ mod tests {
             top_k: 10,
             max_hits_per_response: 2,
             max_forward_skew_ms: 100,
+            ..ReconcileConfig::default()
         };
         let out = reconcile(
             vec![
@@ -526,5 +599,60 @@ mod tests {
         let three = reconcile(vec![a, c, b], &cfg, 100);
         assert!(three.conflicts.is_empty());
         assert_eq!(three.hits[0].payload, "z");
+    }
+
+    #[test]
+    fn a_response_claiming_another_source_is_rejected_under_the_real_sender() {
+        let cfg = ReconcileConfig::default();
+        let (liar, mut forged) = resp(1, vec![hit(1, 0.9, 10, "fake")]);
+        forged.source = ReplicaId::from_u64(2);
+        let mut r = Reconciler::new(cfg, 100);
+        let reason = RejectReason::SourceMismatch {
+            claimed: ReplicaId::from_u64(2),
+        };
+        assert_eq!(r.add(liar, forged), Err(reason));
+        let out = r.finish();
+        assert!(out.hits.is_empty());
+        assert_eq!(
+            out.rejected,
+            vec![Rejection {
+                source: liar,
+                reason
+            }]
+        );
+    }
+
+    #[test]
+    fn one_source_decides_at_most_max_per_source_hits() {
+        let cfg = ReconcileConfig {
+            top_k: 4,
+            max_per_source: 2,
+            ..ReconcileConfig::default()
+        };
+        // Source 9 fabricates top-scored hits and a newer version of the
+        // honest pattern 1; sources 1 and 2 answer honestly.
+        let fabricated = (100..110).map(|p| hit(p, 1e30, 10, "fake"));
+        let liar = resp(9, fabricated.chain([hit(1, 1e30, 20, "fake")]).collect());
+        let honest_1 = resp(1, vec![hit(1, 0.9, 10, "a"), hit(2, 0.8, 10, "b")]);
+        let honest_2 = resp(2, vec![hit(2, 0.8, 10, "b"), hit(3, 0.7, 10, "c")]);
+        let out = reconcile(vec![liar, honest_1, honest_2], &cfg, 100);
+        let payloads: Vec<_> = out.hits.iter().map(|h| h.payload.as_str()).collect();
+        // The liar's takeover of pattern 1 and one fabricated pattern use its
+        // two places; the rest are skipped.
+        assert_eq!(payloads, vec!["fake", "fake", "b", "c"]);
+        assert_eq!(out.hits[0].pattern, PatternId::from_u64(1));
+        assert_eq!(out.capped, 9);
+        assert_eq!(out.candidates, 13);
+        // Two honest sources that agree share the charge: their common hit
+        // does not cost either of them a place it needs.
+        let cfg = ReconcileConfig {
+            top_k: 3,
+            max_per_source: 1,
+            ..ReconcileConfig::default()
+        };
+        let both = |src| resp(src, vec![hit(1, 0.9, 10, "a"), hit(2, 0.8, 10, "b")]);
+        let out = reconcile(vec![both(1), both(2)], &cfg, 100);
+        assert_eq!(out.hits.len(), 2);
+        assert_eq!(out.capped, 0);
     }
 }

@@ -28,14 +28,14 @@ pub struct Conflict<K> {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergeOutcome<K> {
-    /// Entries added or replaced by incoming writes (a winning tombstone
-    /// below the horizon is dropped rather than stored, and counts here too).
+    /// Entries added or replaced by incoming writes.
     pub changed: usize,
     /// Equal stamps carrying different values, one report per key and merge.
     pub conflicts: Vec<Conflict<K>>,
     /// Incoming entries ignored because they are older than the local
-    /// garbage-collection horizon, plus local entries a snapshot showed to
-    /// be stale.
+    /// garbage-collection horizon, plus local entries a trusted snapshot
+    /// showed to be stale (and tombstones collected on adopting its
+    /// horizon).
     pub discarded: usize,
 }
 
@@ -155,14 +155,21 @@ impl<T> LwwRegister<T> {
 impl<T: Serialize> LwwRegister<T> {
     /// Writes `value` with a stamp from `clock` that is greater than the
     /// current one, and returns that stamp.
-    pub fn set(&mut self, value: T, clock: &mut HlcClock, now_ms: u64) -> Hlc {
-        let stamp = clock.observe_unchecked(&self.stamp, now_ms);
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockSaturated`] if no stamp greater than the current one
+    /// exists (the register holds a stamp at the top of the range, which only
+    /// a path without the skew check lets in); nothing is then changed.
+    pub fn set(&mut self, value: T, clock: &mut HlcClock, now_ms: u64) -> Result<Hlc> {
+        let stamp = clock.issue_above(Some(self.stamp), now_ms)?;
         self.merge(Self::new(value, stamp));
-        stamp
+        Ok(stamp)
     }
 
-    /// Merges another replica's register (no skew check: use
-    /// [`ingest`](Self::ingest) for input from the network).
+    /// Merges another replica's register. Local or trusted input only: there
+    /// is no skew check, so a stamp from the far future would win every later
+    /// merge. Input from the network goes through [`ingest`](Self::ingest).
     pub fn merge(&mut self, other: Self) -> MergeOutcome<()> {
         let mut out = MergeOutcome::new();
         let (ord, conflict) =
@@ -211,7 +218,9 @@ impl<T: Serialize> LwwRegister<T> {
     }
 
     /// Applies a delta from [`delta_for`](Self::delta_for): the same as
-    /// merging the full state.
+    /// merging the full state, and like [`merge`](Self::merge) for local or
+    /// trusted input only (no skew check); a delta from the network goes
+    /// through [`ingest`](Self::ingest).
     pub fn apply_delta(&mut self, delta: Self) -> MergeOutcome<()> {
         self.merge(delta)
     }
@@ -286,12 +295,25 @@ mod tests {
         let mut clock = HlcClock::new(ReplicaId::from_u64(1), 1_000);
         let mut r = LwwRegister::new(1u32, stamp(100, 7));
         // Local wall clock is behind the register's stamp; set still wins.
-        let s = r.set(2, &mut clock, 10);
+        let s = r.set(2, &mut clock, 10).unwrap();
         assert!(s > stamp(100, 7));
         assert_eq!(*r.value(), 2);
         let out = r.merge(LwwRegister::new(3, stamp(50, 9)));
         assert!(out.is_noop());
         assert_eq!(*r.value(), 2);
+    }
+
+    #[test]
+    fn set_over_the_largest_stamp_is_refused_not_silently_lost() {
+        let mut clock = HlcClock::new(ReplicaId::from_u64(1), 1_000);
+        let top = Hlc::new(u64::MAX, u32::MAX, ReplicaId::new([0xff; 32]));
+        let mut r = LwwRegister::new(1u32, top);
+        let before = (r.clone(), clock.clone());
+        assert_eq!(
+            r.set(2, &mut clock, 10),
+            Err(Error::ClockSaturated { floor: top })
+        );
+        assert_eq!((r, clock), before);
     }
 
     #[test]

@@ -91,8 +91,11 @@ impl<K> SyncRequest<K> {
 /// * snapshot mode: all of the sender's entries in that range, plus the
 ///   sender's garbage-collection horizon.
 ///
-/// `until == None` marks the last chunk, which carries the sender's frontier
-/// for the requester to adopt. Fields are private: a chunk comes from
+/// `until == None` marks the last chunk, which carries the sender's frontier.
+/// A requester adopts the frontier, collected floors and horizon only if it
+/// trusts the sender ([`LwwMap::ingest_trusted_delta`](crate::LwwMap::ingest_trusted_delta));
+/// [`LwwMap::ingest_delta`](crate::LwwMap::ingest_delta) merges the entries
+/// alone. Fields are private: a chunk comes from
 /// [`LwwMap::delta_for`](crate::LwwMap::delta_for) or from
 /// [`decode`](Codec::decode), which checks every structural rule.
 ///

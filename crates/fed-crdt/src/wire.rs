@@ -22,6 +22,12 @@ pub const WIRE_VERSION: u8 = 1;
 /// Length of the envelope header: magic, version, kind, body length.
 pub const HEADER_LEN: usize = 10;
 
+/// Most elements a decoder reserves room for before reading them: a count
+/// within its limit still costs memory only as its elements arrive, so
+/// decoded memory stays proportional to the message size whatever the
+/// limits.
+pub(crate) const MAX_PREALLOC: usize = 1_024;
+
 /// The kind byte of a message, the sixth byte of the envelope.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -305,7 +311,7 @@ impl<'a> Reader<'a> {
             count,
             max,
         })?;
-        let mut stamps = Vec::with_capacity(n);
+        let mut stamps = Vec::with_capacity(n.min(MAX_PREALLOC));
         for _ in 0..n {
             let stamp: Hlc = self.value()?;
             if let Some(prev) = stamps.last().map(|s: &Hlc| s.node())
@@ -416,6 +422,21 @@ mod tests {
                 found: 0x03
             })
         ));
+    }
+
+    #[test]
+    fn preallocation_is_capped_whatever_the_limits() {
+        // Limits raised far beyond anything sane: a declared origin count
+        // that passes them must not be reserved up front.
+        let huge = Limits {
+            max_origins: usize::MAX,
+            ..Limits::default()
+        };
+        let mut w = Writer::new(MessageKind::SyncRequest);
+        w.len(usize::MAX >> 4).unwrap();
+        let bytes = w.finish(&huge).unwrap();
+        let mut r = Reader::open(&bytes, MessageKind::SyncRequest, &huge).unwrap();
+        assert!(matches!(r.frontier(&huge), Err(Error::Decode(_))));
     }
 
     #[test]

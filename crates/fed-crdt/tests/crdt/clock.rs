@@ -75,13 +75,13 @@ proptest! {
     ) {
         let mut local = HlcClock::new(node(1), skew);
         let mut map: LwwMap<u8, u8> = LwwMap::new();
-        map.insert(0, 0, &mut local, now);
+        map.insert(0, 0, &mut local, now).unwrap();
         let (map_before, clock_before) = (map.clone(), local.clone());
 
         // A peer whose clock is `skew + ahead` ms in the future.
         let mut future = HlcClock::new(node(2), u64::MAX);
         let mut remote: LwwMap<u8, u8> = LwwMap::new();
-        remote.insert(key, 1, &mut future, now + skew + ahead);
+        remote.insert(key, 1, &mut future, now + skew + ahead).unwrap();
 
         let delta = remote.delta_for(&map.sync_request(), &Limits::default()).unwrap();
         let err = map.ingest_delta(delta, &mut local, now).unwrap_err();
@@ -96,7 +96,7 @@ proptest! {
         // Exactly at the bound it is accepted.
         let mut ok_clock = HlcClock::new(node(3), u64::MAX);
         let mut ok_remote: LwwMap<u8, u8> = LwwMap::new();
-        ok_remote.insert(key, 1, &mut ok_clock, now + skew);
+        ok_remote.insert(key, 1, &mut ok_clock, now + skew).unwrap();
         prop_assert!(map.ingest_state(ok_remote, &mut local, now).is_ok());
         prop_assert!(local.last().physical_ms() >= now + skew);
     }

@@ -279,7 +279,7 @@ fn encoders_refuse_what_decoders_would_refuse() {
     let mut clock = fed_crdt::HlcClock::new(node(1), 1_000);
     let mut m: LwwMap<u32, Vec<u8>> = LwwMap::new();
     for i in 0..10 {
-        m.insert(i, vec![0; 100], &mut clock, 5);
+        m.insert(i, vec![0; 100], &mut clock, 5).unwrap();
     }
     let tight = Limits {
         max_message_bytes: 500,
@@ -299,7 +299,7 @@ fn encoders_refuse_what_decoders_would_refuse() {
         let bytes = delta.encode(&tight).unwrap();
         assert!(bytes.len() <= 500);
         match copy
-            .apply_delta(MapDelta::decode(&bytes, &tight).unwrap())
+            .apply_trusted_delta(MapDelta::decode(&bytes, &tight).unwrap())
             .next
         {
             Some(next) => request = next,
@@ -309,7 +309,7 @@ fn encoders_refuse_what_decoders_would_refuse() {
     assert!(chunks >= 3);
     assert_eq!(copy, m);
     // A single entry larger than a message cannot be sent at all.
-    m.insert(99, vec![0; 600], &mut clock, 6);
+    m.insert(99, vec![0; 600], &mut clock, 6).unwrap();
     let err = m.delta_for(&copy.sync_request(), &tight).unwrap_err();
     assert!(matches!(err, Error::MessageTooLarge { .. }));
 }
@@ -335,8 +335,8 @@ fn wire_test_vectors_match_the_protocol_document() {
 
     let mut clock = fed_crdt::HlcClock::new(node(1), 10_000);
     let mut m: LwwMap<String, u16> = LwwMap::new();
-    m.insert("a".into(), 300, &mut clock, 1_000);
-    m.remove("b".into(), &mut clock, 1_000);
+    m.insert("a".into(), 300, &mut clock, 1_000).unwrap();
+    m.remove("b".into(), &mut clock, 1_000).unwrap();
     let request = LwwMap::<String, u16>::new().sync_request();
     assert_eq!(
         hex(&request.encode(&limits).unwrap()),

@@ -1,13 +1,15 @@
 //! Replicas converge under random delivery order, duplicated and dropped
-//! messages, chunked deltas, snapshots and garbage collection, once a final
-//! resync runs; and applying deltas equals merging full states.
+//! messages, chunked deltas, snapshots and garbage collection, through the
+//! trusted and the untrusted ingest paths, once a final resync runs; and
+//! applying deltas equals merging full states (the entries only, on the
+//! untrusted path).
 
 use std::collections::BTreeMap;
 
-use fed_crdt::{Codec, Hlc, HlcClock, Limits, MapDelta, SyncRequest};
+use fed_crdt::{Applied, Codec, Hlc, HlcClock, Limits, MapDelta, SyncRequest};
 use proptest::{collection::vec, prelude::*};
 
-use crate::support::{Map, config, node, pull};
+use crate::support::{Map, config, node, pull, pull_trusted};
 
 const N: usize = 3;
 
@@ -26,12 +28,17 @@ enum SimOp {
         responder: usize,
         full: bool,
     },
-    /// Delivers one in-flight message; keeps a copy in flight if `duplicate`.
-    Deliver { pick: usize, duplicate: bool },
+    /// Delivers one in-flight message; keeps a copy in flight if
+    /// `duplicate`; a delta goes through the trusted ingest path if `trusted`.
+    Deliver {
+        pick: usize,
+        duplicate: bool,
+        trusted: bool,
+    },
     /// Loses one in-flight message.
     Drop { pick: usize },
     /// Reliable all-pairs sync; afterwards every write so far is stable.
-    Barrier,
+    Barrier { trusted: bool },
     /// Replica `r` collects garbage below the last stable horizon.
     Gc { r: usize },
 }
@@ -44,10 +51,10 @@ fn sim_op(with_gc: bool) -> impl Strategy<Value = SimOp> {
         3 => (0..N, 0..N, proptest::bool::weighted(0.15)).prop_map(|(requester, responder, full)| {
             SimOp::Request { requester, responder, full }
         }),
-        6 => (any::<usize>(), proptest::bool::weighted(0.2))
-            .prop_map(|(pick, duplicate)| SimOp::Deliver { pick, duplicate }),
+        6 => (any::<usize>(), proptest::bool::weighted(0.2), any::<bool>())
+            .prop_map(|(pick, duplicate, trusted)| SimOp::Deliver { pick, duplicate, trusted }),
         1 => any::<usize>().prop_map(|pick| SimOp::Drop { pick }),
-        gc_weight => Just(SimOp::Barrier),
+        gc_weight => any::<bool>().prop_map(|trusted| SimOp::Barrier { trusted }),
         gc_weight * 2 => (0..N).prop_map(|r| SimOp::Gc { r }),
     ]
 }
@@ -114,8 +121,10 @@ impl Sim {
                 self.now += dt;
                 let now = self.local_now(r);
                 let stamp = match value {
-                    Some(v) => self.maps[r].insert(key, v, &mut self.clocks[r], now),
-                    None => self.maps[r].remove(key, &mut self.clocks[r], now),
+                    Some(v) => self.maps[r]
+                        .insert(key, v, &mut self.clocks[r], now)
+                        .unwrap(),
+                    None => self.maps[r].remove(key, &mut self.clocks[r], now).unwrap(),
                 };
                 self.log.push((key, value, stamp));
             }
@@ -134,7 +143,11 @@ impl Sim {
                     self.send_request(requester, responder, &req);
                 }
             }
-            SimOp::Deliver { pick, duplicate } => {
+            SimOp::Deliver {
+                pick,
+                duplicate,
+                trusted,
+            } => {
                 if self.net.is_empty() {
                     return;
                 }
@@ -155,7 +168,7 @@ impl Sim {
                 } else {
                     self.net.swap_remove(i)
                 };
-                self.deliver(msg);
+                self.deliver(msg, trusted);
             }
             SimOp::Drop { pick } => {
                 if !self.net.is_empty() {
@@ -163,8 +176,8 @@ impl Sim {
                     self.net.swap_remove(i);
                 }
             }
-            SimOp::Barrier => {
-                self.resync();
+            SimOp::Barrier { trusted } => {
+                self.resync(trusted);
                 self.stable = self.log.iter().map(|(_, _, s)| *s).max();
             }
             SimOp::Gc { r } => {
@@ -177,7 +190,7 @@ impl Sim {
         }
     }
 
-    fn deliver(&mut self, msg: Msg) {
+    fn deliver(&mut self, msg: Msg, trusted: bool) {
         match msg {
             Msg::Request { from, to, bytes } => {
                 let req = SyncRequest::<u8>::decode(&bytes, &self.limits).unwrap();
@@ -191,10 +204,7 @@ impl Sim {
             }
             Msg::Delta { from, to, bytes } => {
                 let delta = MapDelta::<u8, u16>::decode(&bytes, &self.limits).unwrap();
-                let now = self.local_now(to);
-                let applied = self.maps[to]
-                    .ingest_delta(delta, &mut self.clocks[to], now)
-                    .unwrap();
+                let applied = self.ingest(to, delta, trusted);
                 if let Some(next) = applied.next {
                     self.send_request(to, from, &next);
                 }
@@ -202,8 +212,18 @@ impl Sim {
         }
     }
 
+    fn ingest(&mut self, to: usize, delta: MapDelta<u8, u16>, trusted: bool) -> Applied<u8> {
+        let now = self.local_now(to);
+        let (map, clock) = (&mut self.maps[to], &mut self.clocks[to]);
+        if trusted {
+            map.ingest_trusted_delta(delta, clock, now).unwrap()
+        } else {
+            map.ingest_delta(delta, clock, now).unwrap()
+        }
+    }
+
     /// Reliable, in-order sync of every pair, through the same messages.
-    fn resync(&mut self) {
+    fn resync(&mut self, trusted: bool) {
         for _ in 0..2 {
             for to in 0..N {
                 for from in 0..N {
@@ -217,12 +237,7 @@ impl Sim {
                         let delta = self.maps[from].delta_for(&req, &self.limits).unwrap();
                         let bytes = delta.encode(&self.limits).unwrap();
                         let delta = MapDelta::<u8, u16>::decode(&bytes, &self.limits).unwrap();
-                        let now = self.local_now(to);
-                        match self.maps[to]
-                            .ingest_delta(delta, &mut self.clocks[to], now)
-                            .unwrap()
-                            .next
-                        {
+                        match self.ingest(to, delta, trusted).next {
                             Some(next) => request = next,
                             None => break,
                         }
@@ -268,21 +283,25 @@ proptest! {
         ops in vec(sim_op(true), 0..120),
         offsets in proptest::array::uniform3(0u64..50),
         max_entries in 1usize..5,
+        final_trusted in any::<bool>(),
     ) {
         let mut sim = run(&ops, offsets, max_entries);
         // Whatever is still in flight is lost; a final resync repairs it.
         sim.net.clear();
-        sim.resync();
+        sim.resync(final_trusted);
         let expected = sim.expected();
         for m in &sim.maps {
             prop_assert_eq!(&live(m), &expected);
         }
         if !sim.collected_any {
-            // Without garbage collection the whole states, tombstones and
-            // frontiers included, are identical.
+            // Without garbage collection the whole entry sets, tombstones
+            // included, are identical; after a trusted resync the frontiers
+            // are too (the untrusted path never adopts them).
             for m in &sim.maps[1..] {
                 prop_assert!(m.entries().eq(sim.maps[0].entries()));
-                prop_assert_eq!(m.frontier(), sim.maps[0].frontier());
+                if final_trusted {
+                    prop_assert_eq!(m.frontier(), sim.maps[0].frontier());
+                }
             }
         }
     }
@@ -296,11 +315,18 @@ proptest! {
         let sim = run(&ops, offsets, 16);
         for from in 0..N {
             for to in 0..N {
-                let mut by_delta = sim.maps[to].clone();
-                pull(&sim.maps[from], &mut by_delta, max_entries);
                 let mut by_merge = sim.maps[to].clone();
                 by_merge.merge(sim.maps[from].clone());
-                prop_assert_eq!(by_delta, by_merge);
+                let mut trusted = sim.maps[to].clone();
+                pull_trusted(&sim.maps[from], &mut trusted, max_entries);
+                prop_assert_eq!(&trusted, &by_merge);
+                // The untrusted path gets the same entries and keeps its own
+                // frontier and collected floors.
+                let mut untrusted = sim.maps[to].clone();
+                pull(&sim.maps[from], &mut untrusted, max_entries);
+                prop_assert!(untrusted.entries().eq(by_merge.entries()));
+                prop_assert_eq!(untrusted.frontier(), sim.maps[to].frontier());
+                prop_assert_eq!(untrusted.collected(), sim.maps[to].collected());
             }
         }
     }

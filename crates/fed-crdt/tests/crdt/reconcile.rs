@@ -1,9 +1,11 @@
 //! `reconcile` does not depend on arrival order or duplicates, and respects
-//! its bounds.
+//! its bounds, including the per-source cap.
 
-use std::cmp::Ordering;
+use std::{cmp::Ordering, collections::BTreeMap};
 
-use fed_crdt::{Hit, Hlc, PatternId, QueryResponse, ReconcileConfig, Reconciler, reconcile};
+use fed_crdt::{
+    Hit, Hlc, PatternId, QueryResponse, ReconcileConfig, Reconciler, ReplicaId, reconcile,
+};
 use proptest::{collection::vec, prelude::*};
 
 use crate::support::{config, node};
@@ -23,19 +25,33 @@ fn hit() -> impl Strategy<Value = Hit<u8>> {
         })
 }
 
-fn response() -> impl Strategy<Value = QueryResponse<u8>> {
-    (0u64..4, vec(hit(), 0..6)).prop_map(|(s, hits)| QueryResponse {
-        source: node(s),
-        hits,
+/// A response with its authenticated sender; one in eight claims another
+/// source.
+fn response() -> impl Strategy<Value = (ReplicaId, QueryResponse<u8>)> {
+    (0u64..4, 0u64..8, vec(hit(), 0..6)).prop_map(|(s, claim, hits)| {
+        let claimed = if claim == 7 { node(s + 1) } else { node(s) };
+        (
+            node(s),
+            QueryResponse {
+                source: claimed,
+                hits,
+            },
+        )
     })
 }
 
-fn cfg(top_k: usize) -> ReconcileConfig {
+fn cfg(top_k: usize, max_per_source: usize) -> ReconcileConfig {
     ReconcileConfig {
         top_k,
+        max_per_source,
         max_hits_per_response: 4,
         max_forward_skew_ms: 10,
     }
+}
+
+/// Whether a response passes every check (skew is never exceeded here).
+fn accepted((source, r): &(ReplicaId, QueryResponse<u8>)) -> bool {
+    r.source == *source && r.hits.len() <= 4
 }
 
 proptest! {
@@ -48,43 +64,57 @@ proptest! {
             (Just(rs.clone()), Just(rs).prop_shuffle(), vec(0..n, 0..4))
         }),
         top_k in 0usize..8,
+        cap in 0usize..4,
     ) {
-        let expected = reconcile(responses.clone(), &cfg(top_k), 0);
+        let cfg = cfg(top_k, cap);
+        let expected = reconcile(responses.clone(), &cfg, 0);
         let mut again = shuffled;
         for i in dups {
             if let Some(r) = responses.get(i) {
                 again.push(r.clone());
             }
         }
-        prop_assert_eq!(&reconcile(again.clone(), &cfg(top_k), 0), &expected);
+        prop_assert_eq!(&reconcile(again.clone(), &cfg, 0), &expected);
         again.reverse();
-        let mut incremental = Reconciler::new(cfg(top_k), 0);
-        for r in again {
-            let _ = incremental.add(r);
+        let mut incremental = Reconciler::new(cfg, 0);
+        for (source, r) in again {
+            let _ = incremental.add(source, r);
         }
         prop_assert_eq!(incremental.finish(), expected);
     }
 
     #[test]
-    fn output_is_deduplicated_ranked_bounded_and_newest(responses in vec(response(), 0..6), top_k in 0usize..8) {
-        let out = reconcile(responses.clone(), &cfg(top_k), 0);
+    fn output_is_deduplicated_ranked_bounded_and_newest(
+        responses in vec(response(), 0..6),
+        top_k in 0usize..8,
+        cap in 0usize..4,
+    ) {
+        let out = reconcile(responses.clone(), &cfg(top_k, cap), 0);
         prop_assert!(out.hits.len() <= top_k);
-        prop_assert_eq!(out.hits.len(), top_k.min(out.candidates));
+        prop_assert_eq!(out.hits.len(), top_k.min(out.candidates - out.capped));
+        // Without a binding cap, nothing is skipped.
+        let uncapped = reconcile(responses.clone(), &cfg(top_k, top_k), 0);
+        prop_assert_eq!(uncapped.capped, 0);
+        prop_assert_eq!(uncapped.hits.len(), top_k.min(uncapped.candidates));
         for w in out.hits.windows(2) {
             // Score descending, then pattern ascending (so no duplicates).
             let ord = w[1].score.total_cmp(&w[0].score).then(w[0].pattern.cmp(&w[1].pattern));
             prop_assert_eq!(ord, Ordering::Less);
         }
-        let accepted: Vec<_> = responses.iter().filter(|r| r.hits.len() <= 4).collect();
+        let kept: Vec<_> = responses
+            .iter()
+            .filter(|r| accepted(r))
+            .map(|(_, r)| r)
+            .collect();
         for h in &out.hits {
-            let newest = accepted
+            let newest = kept
                 .iter()
                 .flat_map(|r| r.hits.iter())
                 .filter(|x| x.pattern == h.pattern)
                 .map(|x| x.version)
                 .max();
             prop_assert_eq!(Some(h.version), newest);
-            let mut sources: Vec<_> = accepted
+            let mut sources: Vec<_> = kept
                 .iter()
                 .filter(|r| r.hits.iter().any(|x| x.pattern == h.pattern))
                 .map(|r| r.source)
@@ -94,7 +124,30 @@ proptest! {
             let got: Vec<_> = h.provenance.iter().map(|p| p.source).collect();
             prop_assert_eq!(got, sources);
         }
-        let rejected = responses.iter().filter(|r| r.hits.len() > 4).count();
+        let rejected = responses.iter().filter(|r| !accepted(r)).count();
         prop_assert_eq!(rejected > 0, !out.rejected.is_empty());
+    }
+
+    #[test]
+    fn no_source_alone_decides_more_than_its_cap(
+        responses in vec(response(), 0..6),
+        top_k in 0usize..8,
+        cap in 0usize..4,
+    ) {
+        let out = reconcile(responses, &cfg(top_k, cap), 0);
+        let mut alone: BTreeMap<ReplicaId, usize> = BTreeMap::new();
+        for h in &out.hits {
+            let deciders: Vec<_> = h
+                .provenance
+                .iter()
+                .filter(|p| p.version == h.version && p.score.total_cmp(&h.score).is_eq())
+                .map(|p| p.source)
+                .collect();
+            prop_assert!(!deciders.is_empty());
+            if let [only] = deciders[..] {
+                *alone.entry(only).or_default() += 1;
+            }
+        }
+        prop_assert!(alone.values().all(|n| *n <= cap));
     }
 }

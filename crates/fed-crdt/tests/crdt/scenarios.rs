@@ -11,16 +11,16 @@ type Map = LwwMap<u64, u64>;
 fn a_lagging_replica_is_repaired_by_snapshot_after_tombstones_were_collected() {
     let (mut ca, mut cc) = (HlcClock::new(node(1), 1_000), HlcClock::new(node(3), 1_000));
     let (mut a, mut b, mut c) = (Map::new(), Map::new(), Map::new());
-    c.insert(7, 70, &mut cc, 10);
-    c.insert(8, 80, &mut cc, 11);
-    a.insert(1, 10, &mut ca, 12);
+    c.insert(7, 70, &mut cc, 10).unwrap();
+    c.insert(8, 80, &mut cc, 11).unwrap();
+    a.insert(1, 10, &mut ca, 12).unwrap();
     for (from, to) in [(&c, &mut a), (&c, &mut b)] {
         pull(from, to, 2);
     }
     pull(&a, &mut b, 2);
     pull(&a, &mut c, 2);
     // Everyone holds everything. Now A removes 7; only B hears of it.
-    a.remove(7, &mut ca, 100);
+    a.remove(7, &mut ca, 100).unwrap();
     pull(&a, &mut b, 2);
     // A and B hold a stable checkpoint at 200 and collect the tombstone.
     assert_eq!(a.collect_garbage(Hlc::floor(200)), 1);
@@ -45,7 +45,7 @@ fn a_lagging_replica_is_repaired_by_snapshot_after_tombstones_were_collected() {
     assert_eq!(a.get(&7), None);
     // And afterwards plain deltas resume.
     assert!(c.frontier().dominates(a.collected()));
-    a.insert(9, 90, &mut ca, 300);
+    a.insert(9, 90, &mut ca, 300).unwrap();
     let delta = a.delta_for(&c.sync_request(), &Limits::default()).unwrap();
     assert!(!delta.is_snapshot());
     assert_eq!(delta.len(), 1);
@@ -57,18 +57,51 @@ fn a_lagging_replica_is_repaired_by_snapshot_after_tombstones_were_collected() {
 }
 
 #[test]
+fn a_trusted_snapshot_adopts_the_horizon_so_removed_keys_stay_removed() {
+    let mut clocks: Vec<HlcClock> = (1..=3).map(|n| HlcClock::new(node(n), 1_000)).collect();
+    let (mut a, mut c, mut d) = (Map::new(), Map::new(), Map::new());
+    // D writes 7; A and C get it.
+    d.insert(7, 70, &mut clocks[2], 10).unwrap();
+    pull(&d, &mut a, 2);
+    pull(&d, &mut c, 2);
+    // A removes it and collects the tombstone below a stable horizon; C and
+    // D both lag.
+    a.remove(7, &mut clocks[0], 100).unwrap();
+    assert_eq!(a.collect_garbage(Hlc::floor(200)), 1);
+    // C repairs from A through a trusted snapshot: 7 goes, and C takes A's
+    // horizon.
+    pull_trusted(&a, &mut c, 2);
+    assert_eq!(c.get(&7), None);
+    assert_eq!(c.horizon(), Some(Hlc::floor(200)));
+    // D, honest but lagging, still holds the old value and offers it: C
+    // ignores it, on either path, so C and A keep agreeing.
+    let mut c_trusting_d = c.clone();
+    pull(&d, &mut c, 2);
+    assert_eq!(c.get(&7), None);
+    pull_trusted(&d, &mut c_trusting_d, 2);
+    assert_eq!(c_trusting_d.get(&7), None);
+    assert!(a.entries().eq(c.entries()));
+    // The adopted horizon keeps the state encodable (no tombstone below it).
+    let limits = Limits::default();
+    assert_eq!(
+        Map::decode(&c.encode(&limits).unwrap(), &limits).unwrap(),
+        c
+    );
+}
+
+#[test]
 fn a_lying_peer_cannot_erase_entries_through_the_untrusted_path() {
     let mut cv = HlcClock::new(node(1), 1_000);
     let mut victim = Map::new();
     for k in 0..20 {
-        victim.insert(k, k * 10, &mut cv, 10 + k);
+        victim.insert(k, k * 10, &mut cv, 10 + k).unwrap();
     }
     // The liar holds nothing, claims a high horizon and collected tombstones
     // from every origin, so it answers with an (empty) snapshot.
     let mut cl = HlcClock::new(node(9), 1_000);
     let mut liar = Map::new();
-    liar.insert(100, 1, &mut cl, 50);
-    liar.remove(100, &mut cl, 60);
+    liar.insert(100, 1, &mut cl, 50).unwrap();
+    liar.remove(100, &mut cl, 60).unwrap();
     liar.collect_garbage(Hlc::floor(1_000));
     let delta = liar
         .delta_for(&victim.sync_request(), &Limits::default())
@@ -82,7 +115,7 @@ fn a_lying_peer_cannot_erase_entries_through_the_untrusted_path() {
     // distinction is what protects the untrusted path.
     let mut trusting = Map::new();
     for k in 0..20 {
-        trusting.insert(k, k * 10, &mut cv, 10 + k);
+        trusting.insert(k, k * 10, &mut cv, 10 + k).unwrap();
     }
     let delta = liar
         .delta_for(&trusting.sync_request(), &Limits::default())
@@ -100,15 +133,19 @@ fn delta_at_one_percent_change_of_a_10k_map_is_about_one_percent_of_full_state()
     let mut a = Map::new();
     for i in 0..N {
         let w = (i % 8) as usize;
-        a.insert(i, i * 31, &mut clocks[w], 1_700_000_000_000 + i);
+        a.insert(i, i * 31, &mut clocks[w], 1_700_000_000_000 + i)
+            .unwrap();
     }
+    // B's last sync with A was trusted (say, a certified snapshot), so B's
+    // frontier covers A's state; the untrusted path would leave it behind.
     let mut b = Map::new();
-    pull(&a, &mut b, limits.max_entries);
+    pull_trusted(&a, &mut b, limits.max_entries);
     assert_eq!(a, b);
     // 1 % of the keys change on A.
     for i in (0..N).step_by(100) {
         let w = (i % 8) as usize;
-        a.insert(i, i + 1, &mut clocks[w], 1_700_000_100_000 + i);
+        a.insert(i, i + 1, &mut clocks[w], 1_700_000_100_000 + i)
+            .unwrap();
     }
     let full = a.encode(&limits).unwrap().len();
     let delta = a.delta_for(&b.sync_request(), &limits).unwrap();
@@ -136,8 +173,8 @@ fn a_cloned_node_is_reported_and_resolved_identically_on_full_merge() {
     let mut clone = original.clone();
     let mut a: LwwMap<&str, &str> = LwwMap::new();
     let mut b: LwwMap<&str, &str> = LwwMap::new();
-    let sa = a.insert("k", "from-original", &mut original, 50);
-    let sb = b.insert("k", "from-clone", &mut clone, 50);
+    let sa = a.insert("k", "from-original", &mut original, 50).unwrap();
+    let sb = b.insert("k", "from-clone", &mut clone, 50).unwrap();
     assert_eq!(sa, sb);
     let mut ab = a.clone();
     let mut ba = b.clone();

@@ -54,10 +54,10 @@ pub(crate) fn build(ops: &[WriteOp]) -> Map {
                 m.write_at(k, v, s);
             }
             WriteOp::Local(n, k, Some(v), t) => {
-                m.insert(k, v, &mut clocks[n], t);
+                m.insert(k, v, &mut clocks[n], t).unwrap();
             }
             WriteOp::Local(n, k, None, t) => {
-                m.remove(k, &mut clocks[n], t);
+                m.remove(k, &mut clocks[n], t).unwrap();
             }
         }
     }
