@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 
 use fed_crypto::Identity;
 use fed_handshake::{
-    Event, FederationId, FederationToken, Initiator, InitiatorConfig, Responder, ResponderConfig,
+    Event, FederationId, FederationToken, Initiator, InitiatorConfig, Open, Responder,
+    ResponderConfig,
     ResponderTrust, message_len,
 };
 use libfuzzer_sys::fuzz_target;
@@ -28,7 +29,7 @@ fn fixture() -> &'static Fixture {
         let b = Arc::new(Identity::from_seeds(&[2; 32], None));
         Fixture {
             ic: Arc::new(InitiatorConfig::new(a, fed, ResponderTrust::Any)),
-            rc: Arc::new(ResponderConfig::new(b, fed)),
+            rc: Arc::new(ResponderConfig::new(b, fed, Arc::new(Open))),
         }
     })
 }

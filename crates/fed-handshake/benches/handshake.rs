@@ -9,8 +9,8 @@ use std::{hint::black_box, sync::Arc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use fed_crypto::Identity;
 use fed_handshake::{
-    Event, FederationId, Initiator, InitiatorConfig, Responder, ResponderConfig, ResponderTrust,
-    Suite,
+    Event, FederationId, Initiator, InitiatorConfig, Open, Responder, ResponderConfig,
+    ResponderTrust, Suite,
 };
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 
@@ -53,7 +53,7 @@ fn configs(suite: Suite) -> (Arc<InitiatorConfig>, Arc<ResponderConfig>) {
     let fed = FederationId([9; 32]);
     let mut ic = InitiatorConfig::new(a, fed, ResponderTrust::Any);
     ic.suites = vec![suite];
-    let mut rc = ResponderConfig::new(b, fed);
+    let mut rc = ResponderConfig::new(b, fed, Arc::new(Open));
     rc.suites = vec![suite];
     (Arc::new(ic), Arc::new(rc))
 }

@@ -14,7 +14,7 @@ use fed_crypto::{
 use rand_core::CryptoRng;
 
 use crate::{
-    admission::{AdmissionPolicy, Open},
+    admission::AdmissionPolicy,
     caps::{Capabilities, ProtocolVersion, Suite, choose_suite},
     error::{Error, Result},
     labels,
@@ -113,7 +113,7 @@ pub struct ResponderConfig {
     pub suites: Vec<Suite>,
     /// Capabilities this node grants at most, with their limits.
     pub capabilities: Capabilities,
-    /// Who may join (default: [`Open`]).
+    /// Who may join.
     pub admission: Arc<dyn AdmissionPolicy>,
     /// Lifetime of issued tokens, in milliseconds.
     pub token_lifetime_ms: u64,
@@ -125,14 +125,20 @@ pub struct ResponderConfig {
 }
 
 impl ResponderConfig {
-    /// Defaults for admitting members to `federation` as `identity`.
-    pub fn new(identity: Arc<Identity>, federation: FederationId) -> Self {
+    /// Defaults for admitting members to `federation` as `identity`, under the
+    /// `admission` policy. There is no default policy: admitting everyone who
+    /// authenticates ([`Open`]) has to be a choice.
+    pub fn new(
+        identity: Arc<Identity>,
+        federation: FederationId,
+        admission: Arc<dyn AdmissionPolicy>,
+    ) -> Self {
         Self {
             identity,
             federation,
             suites: vec![Suite::Default],
             capabilities: Capabilities::default(),
-            admission: Arc::new(Open),
+            admission,
             token_lifetime_ms: DEFAULT_TOKEN_LIFETIME_MS,
             clock_skew_ms: DEFAULT_CLOCK_SKEW_MS,
             timeout_ms: DEFAULT_TIMEOUT_MS,

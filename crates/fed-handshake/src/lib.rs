@@ -24,7 +24,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use fed_crypto::Identity;
-//! use fed_handshake::{Event, FederationId, Initiator, InitiatorConfig, Responder, ResponderConfig, ResponderTrust};
+//! use fed_handshake::{Allowlist, Event, FederationId, Initiator, InitiatorConfig, Responder, ResponderConfig, ResponderTrust};
 //! # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 //! # let mut rng = ChaCha20Rng::seed_from_u64(7);
 //!
@@ -34,10 +34,11 @@
 //! let binding = b"both libp2p peer ids";
 //! let now = 1_700_000_000_000;
 //!
-//! // Alice knows Bob's node id (a pinned bootstrap node).
+//! // Alice knows Bob's node id (a pinned bootstrap node); Bob admits Alice by hers.
 //! let trust = ResponderTrust::Only(vec![bob.node_id()]);
+//! let admission = Arc::new(Allowlist::new([alice.node_id()]));
 //! let mut i = Initiator::new(Arc::new(InitiatorConfig::new(alice, federation, trust)), binding, now, &mut rng)?;
-//! let mut r = Responder::new(Arc::new(ResponderConfig::new(bob, federation)), binding, now, &mut rng)?;
+//! let mut r = Responder::new(Arc::new(ResponderConfig::new(bob, federation, admission)), binding, now, &mut rng)?;
 //!
 //! // Carry messages until both sides are quiet.
 //! loop {

@@ -30,7 +30,7 @@ fn pair(suites: &[Suite], pq: bool) -> (Initiator, Responder, Arc<Identity>) {
     let mut ic = InitiatorConfig::new(a, fed, ResponderTrust::Only(vec![b.node_id()]));
     ic.suites = suites.to_vec();
     ic.capabilities.set = CapabilitySet::all();
-    let mut rc = ResponderConfig::new(b.clone(), fed);
+    let mut rc = ResponderConfig::new(b.clone(), fed, Arc::new(Open));
     rc.suites = suites.to_vec();
     rc.capabilities.set = CapabilitySet::all();
     let i = Initiator::new(Arc::new(ic), BINDING, NOW, &mut g).unwrap();
@@ -131,7 +131,7 @@ fn a_relay_presenting_its_own_identity_is_refused_when_the_peer_is_pinned() {
     let mut start = |trust: ResponderTrust| {
         let ic = InitiatorConfig::new(alice.clone(), fed, trust);
         let i = Initiator::new(Arc::new(ic), BINDING, NOW, &mut g).unwrap();
-        let rc = ResponderConfig::new(mallory.clone(), fed);
+        let rc = ResponderConfig::new(mallory.clone(), fed, Arc::new(Open));
         let m = Responder::new(Arc::new(rc), BINDING, NOW, &mut g).unwrap();
         (i, m)
     };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use fed_crypto::Identity;
 use fed_handshake::{
-    CapabilitySet, Error, Event, FederationId, Initiator, InitiatorConfig, Responder,
+    CapabilitySet, Error, Event, FederationId, Initiator, InitiatorConfig, Open, Responder,
     ResponderConfig, ResponderTrust, Session, Suite, TokenCheck,
 };
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
@@ -51,7 +51,7 @@ pub(crate) fn setup(suite: Suite, seed: u64) -> Setup {
     );
     ic.suites = vec![suite];
     ic.capabilities.set = CapabilitySet::all();
-    let mut rc = ResponderConfig::new(bob.clone(), FED);
+    let mut rc = ResponderConfig::new(bob.clone(), FED, Arc::new(Open));
     rc.suites = vec![suite];
     rc.capabilities.set = CapabilitySet::all();
     Setup { alice, bob, ic, rc }
