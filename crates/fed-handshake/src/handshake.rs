@@ -127,7 +127,7 @@ pub struct ResponderConfig {
 impl ResponderConfig {
     /// Defaults for admitting members to `federation` as `identity`, under the
     /// `admission` policy. There is no default policy: admitting everyone who
-    /// authenticates ([`Open`]) has to be a choice.
+    /// authenticates ([`Open`](crate::Open)) has to be a choice.
     pub fn new(
         identity: Arc<Identity>,
         federation: FederationId,
