@@ -2344,6 +2344,11 @@ mod tests {
         (ids, m)
     }
 
+    /// Replica `id` recovered from `durable` at time 2.
+    fn restart(id: &Arc<Identity>, m: &Arc<Membership>, durable: DurableState) -> Replica<Nop> {
+        Replica::recover(id.clone(), m.clone(), Config::default(), Nop, durable, 2).unwrap()
+    }
+
     fn foreign_batch() -> Vec<u8> {
         wire::encode(&vec![Request {
             client: ClientId([5; 32]),
@@ -2368,15 +2373,7 @@ mod tests {
         assert_eq!(sent.len(), 3, "a prepare to each peer");
         drop(b);
 
-        let mut r = Replica::recover(
-            ids[1].clone(),
-            m.clone(),
-            Config::default(),
-            Nop,
-            storage.load().unwrap(),
-            2,
-        )
-        .unwrap();
+        let mut r = restart(&ids[1], &m, storage.load().unwrap());
         // A conflicting pre-prepare for the same (view, seq) is refused.
         let other = PrePrepare::new(&ids[0], &m, 0, 1, foreign_batch()).unwrap();
         let err = r
@@ -2447,15 +2444,7 @@ mod tests {
             storage.persist(w).unwrap();
         }
         assert!(b.poll_transmit().is_none(), "no PREPARE before vouchers");
-        let mut r = Replica::recover(
-            ids[1].clone(),
-            m.clone(),
-            Config::default(),
-            Nop,
-            storage.load().unwrap(),
-            2,
-        )
-        .unwrap();
+        let mut r = restart(&ids[1], &m, storage.load().unwrap());
         let at = r.poll_timeout().unwrap_or(2);
         r.handle_timeout(at).unwrap();
         for t in std::iter::from_fn(|| r.poll_transmit()) {
@@ -2498,15 +2487,7 @@ mod tests {
         // And after a restart, from the prepared certificate's own record.
         let mut durable = storage.load().unwrap();
         durable.pre_prepares.clear();
-        let r = Replica::recover(
-            ids[1].clone(),
-            m.clone(),
-            Config::default(),
-            Nop,
-            durable,
-            2,
-        )
-        .unwrap();
+        let r = restart(&ids[1], &m, durable);
         assert_eq!(r.log[&1].batch_for(&d).as_deref(), Some(&batch[..]));
     }
 
