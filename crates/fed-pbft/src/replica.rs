@@ -503,10 +503,27 @@ impl<A: Application> Replica<A> {
         if slot.view != view || !self.active {
             return Ok(());
         }
-        let Some((digest, _)) = slot.pre_prepare else {
+        let Some((digest, pp_sig)) = slot.pre_prepare else {
             return Ok(());
         };
         let prepared_here = slot.prepared.as_ref().is_some_and(|c| c.view == view);
+        if me == primary
+            && let Some(batch) = slot.batch_for(&digest)
+        {
+            // The primary's own PRE-PREPARE, rebuilt from what it persisted (the
+            // same bytes), so that backups that missed it get it again.
+            let pp = PrePrepare {
+                view,
+                seq,
+                digest,
+                signature: pp_sig,
+                batch: batch.to_vec(),
+            };
+            let bytes: Arc<[u8]> = wire::seal(wire::Kind::PrePrepare, &pp)?.into();
+            if let Some(slot) = self.log.get_mut(&seq) {
+                slot.own.push(bytes);
+            }
+        }
         if me != primary {
             let p = Prepare::new(&self.identity, &self.m, view, seq, digest, me)?;
             let bytes = encode_arc(&Message::Prepare(p.clone()))?;
@@ -2395,6 +2412,49 @@ mod tests {
                 .any(|t| t.payload == sent[0].payload),
             "the recovered replica re-sends its prepare"
         );
+    }
+
+    #[test]
+    fn a_restarted_primary_retransmits_its_pre_prepare() {
+        let (ids, m) = setup();
+        let config = Config {
+            max_batch_requests: 1,
+            ..Config::default()
+        };
+        let client = ClientId([4; 32]);
+        let keys: Vec<ClientKey> = (0..4u8).map(|i| ClientKey::new(&[i; 32])).collect();
+        let request = crate::ClientKeys::new(&m, client, &keys)
+            .unwrap()
+            .request(1, b"op".to_vec());
+        let mut storage = MemoryStorage::new();
+        let mut p = Replica::new(ids[0].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
+        p.add_client(client, keys[0].clone()).unwrap();
+        p.handle_request(&Message::Request(request).encode().unwrap(), 1)
+            .unwrap();
+        while let Some(w) = p.poll_persist() {
+            storage.persist(&w).unwrap();
+        }
+        let sent = p.poll_transmit().unwrap().payload;
+        assert!(matches!(Message::decode(&sent), Ok(Message::PrePrepare(_))));
+        drop(p);
+        // Restarted, and no backup ever got the pre-prepare: it goes out again,
+        // byte for byte, at the next retransmission tick.
+        let mut r = Replica::recover(
+            ids[0].clone(),
+            m.clone(),
+            config,
+            Nop,
+            storage.load().unwrap(),
+            2,
+        )
+        .unwrap();
+        let mut resent = false;
+        for _ in 0..3 {
+            let at = r.poll_timeout().unwrap();
+            r.handle_timeout(at).unwrap();
+            resent |= std::iter::from_fn(|| r.poll_transmit()).any(|t| t.payload == sent);
+        }
+        assert!(resent, "the recovered primary re-sends its pre-prepare");
     }
 
     #[test]
