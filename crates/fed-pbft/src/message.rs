@@ -503,6 +503,18 @@ pub(crate) fn pre_prepare_statement(
     statement(labels::PRE_PREPARE, m, &wire::encode(&(view, seq, digest)))
 }
 
+/// The statement of a PREPARE or COMMIT (they differ only in `label`).
+fn vote_statement(
+    label: &str,
+    m: &Membership,
+    view: u64,
+    seq: u64,
+    digest: &Digest,
+    replica: ReplicaIndex,
+) -> Digest {
+    statement(label, m, &wire::encode(&(view, seq, digest, replica)))
+}
+
 pub(crate) fn prepare_statement(
     m: &Membership,
     view: u64,
@@ -510,11 +522,7 @@ pub(crate) fn prepare_statement(
     digest: &Digest,
     replica: ReplicaIndex,
 ) -> Digest {
-    statement(
-        labels::PREPARE,
-        m,
-        &wire::encode(&(view, seq, digest, replica)),
-    )
+    vote_statement(labels::PREPARE, m, view, seq, digest, replica)
 }
 
 pub(crate) fn commit_statement(
@@ -524,11 +532,7 @@ pub(crate) fn commit_statement(
     digest: &Digest,
     replica: ReplicaIndex,
 ) -> Digest {
-    statement(
-        labels::COMMIT,
-        m,
-        &wire::encode(&(view, seq, digest, replica)),
-    )
+    vote_statement(labels::COMMIT, m, view, seq, digest, replica)
 }
 
 pub(crate) fn checkpoint_statement(
