@@ -7,7 +7,7 @@ use aes_gcm::{
     aead::{AeadInOut, consts::U16},
 };
 use fed_crypto::{
-    ChannelConfig, DerivedKey, HybridSignature, Identity, NodeId, PublicIdentity, Role,
+    ChannelConfig, DerivedKey, HybridSignature, Identity, Mode, NodeId, PublicIdentity, Role,
     SecureChannel, XWingCiphertext, XWingPublicKey, XWingSecretKey, Zeroizing, derive_key, hash,
     mac, verify_mac,
 };
@@ -79,6 +79,11 @@ pub struct InitiatorConfig {
     pub responders: ResponderTrust,
     /// Time the whole handshake may take, in milliseconds.
     pub timeout_ms: u64,
+    /// Delivery mode of the session's channel (default [`Mode::Stream`]). Not
+    /// negotiated: the application protocol running the handshake fixes it, and
+    /// both sides must use the same (the mesh uses [`Mode::Datagram`], because its
+    /// requests travel on concurrent streams).
+    pub channel_mode: Mode,
 }
 
 impl InitiatorConfig {
@@ -97,6 +102,7 @@ impl InitiatorConfig {
             admission: AdmissionProof::None,
             responders,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            channel_mode: Mode::Stream,
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct ResponderConfig {
     pub clock_skew_ms: u64,
     /// Time the whole handshake may take, in milliseconds.
     pub timeout_ms: u64,
+    /// Delivery mode of the session's channel; see [`InitiatorConfig::channel_mode`].
+    pub channel_mode: Mode,
 }
 
 impl ResponderConfig {
@@ -142,6 +150,7 @@ impl ResponderConfig {
             token_lifetime_ms: DEFAULT_TOKEN_LIFETIME_MS,
             clock_skew_ms: DEFAULT_CLOCK_SKEW_MS,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            channel_mode: Mode::Stream,
         }
     }
 }
@@ -156,6 +165,7 @@ impl std::fmt::Debug for ResponderConfig {
             .field("token_lifetime_ms", &self.token_lifetime_ms)
             .field("clock_skew_ms", &self.clock_skew_ms)
             .field("timeout_ms", &self.timeout_ms)
+            .field("channel_mode", &self.channel_mode)
             .finish_non_exhaustive()
     }
 }
@@ -261,13 +271,14 @@ impl HandshakeKeys {
         th_final: &[u8; 32],
         role: Role,
         caps: &Capabilities,
+        mode: Mode,
     ) -> Result<SecureChannel> {
         let secret = derive_key(labels::SESSION_SECRET, &[self.secret.as_bytes()]);
         Ok(SecureChannel::new(
             secret.as_bytes(),
             th_final,
             role,
-            channel_config(caps),
+            channel_config(caps).with_mode(mode),
         )?)
     }
 }
@@ -581,7 +592,7 @@ impl Initiator {
         self.out.transmits.push_back(m3);
 
         self.state = InitiatorState::AwaitToken(Box::new(PendingSession {
-            channel: keys.session(&th_final, Role::Initiator, &caps)?,
+            channel: keys.session(&th_final, Role::Initiator, &caps, self.config.channel_mode)?,
             peer,
             suite,
             version: ProtocolVersion {
@@ -903,7 +914,12 @@ impl Responder {
             set: capabilities.set.intersection(ceiling),
             limits: capabilities.limits,
         };
-        let mut channel = keys.session(&th_final, Role::Responder, &capabilities)?;
+        let mut channel = keys.session(
+            &th_final,
+            Role::Responder,
+            &capabilities,
+            self.config.channel_mode,
+        )?;
         let binding = hash(labels::SESSION_BINDING, &[&th_final]);
         let token = FederationToken::issue(
             &self.config.identity,

@@ -251,3 +251,43 @@ fn oversized_and_short_inputs_are_typed_errors() {
     assert!(Initiator::new(Arc::new(s.ic.clone()), &[0; 2000], NOW, &mut rng(1)).is_err());
     let _ = Responder::new(Arc::new(s.rc.clone()), BINDING, NOW, &mut rng(1)).unwrap();
 }
+
+#[test]
+fn a_datagram_profile_session_takes_frames_out_of_order_and_refuses_replays() {
+    let mut s = setup(Suite::Default, 1);
+    s.ic.channel_mode = fed_crypto::Mode::Datagram;
+    s.rc.channel_mode = fed_crypto::Mode::Datagram;
+    let (i, r) = s.start(2);
+    let mut rec = record(i, r);
+    let mut ci = established_i(&mut rec.i);
+    let mut cr = established_r(&mut rec.r);
+    let frames: Vec<Vec<u8>> = (0..8u32)
+        .map(|n| ci.channel.seal(&n.to_be_bytes()).unwrap())
+        .collect();
+    // Requests on concurrent streams arrive in any order; each opens once.
+    for n in [3usize, 0, 7, 1, 2, 6, 5, 4] {
+        assert_eq!(
+            cr.channel.open(&frames[n]).unwrap(),
+            (n as u32).to_be_bytes()
+        );
+    }
+    assert!(
+        cr.channel.open(&frames[5]).is_err(),
+        "a replayed frame opens"
+    );
+    let back = cr.channel.seal(b"answer").unwrap();
+    assert_eq!(ci.channel.open(&back).unwrap(), b"answer");
+}
+
+#[test]
+fn the_two_sides_must_use_the_same_channel_mode() {
+    let mut s = setup(Suite::Default, 1);
+    s.rc.channel_mode = fed_crypto::Mode::Datagram;
+    let (i, r) = s.start(2);
+    let mut i = i;
+    let mut r = r;
+    // The token frame is sealed in the responder's datagram channel; the stream-mode
+    // initiator refuses it, so no session forms on either mismatch.
+    assert!(drive(&mut i, &mut r).is_err());
+    assert!(i.poll_event().is_none());
+}
