@@ -264,6 +264,32 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         self.write(key, None, clock, now_ms)
     }
 
+    /// [`insert`](Self::insert) or [`remove`](Self::remove) for a value that
+    /// depends on its own stamp, such as a value signed together with its stamp
+    /// so that nobody can re-stamp it: `make` receives the key and the stamp,
+    /// chosen as for `insert`, and returns the value to write (`None` writes a
+    /// tombstone). Like `insert`, the write raises this replica's frontier.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockSaturated`] as for [`insert`](Self::insert); `make` is then
+    /// not called.
+    pub fn write_with<F>(
+        &mut self,
+        key: K,
+        make: F,
+        clock: &mut HlcClock,
+        now_ms: u64,
+    ) -> Result<Hlc>
+    where
+        F: FnOnce(&K, Hlc) -> Option<V>,
+    {
+        let stamp = self.next_stamp(&key, clock, now_ms)?;
+        let value = make(&key, stamp);
+        self.write_stamped(key, value, stamp);
+        Ok(stamp)
+    }
+
     fn write(
         &mut self,
         key: K,
@@ -271,16 +297,26 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         clock: &mut HlcClock,
         now_ms: u64,
     ) -> Result<Hlc> {
+        let stamp = self.next_stamp(&key, clock, now_ms)?;
+        self.write_stamped(key, value, stamp);
+        Ok(stamp)
+    }
+
+    /// The stamp of a local write to `key`: above this node's frontier entry, the
+    /// key's current stamp and the horizon (a write stamped below the horizon
+    /// would be ignored).
+    fn next_stamp(&self, key: &K, clock: &mut HlcClock, now_ms: u64) -> Result<Hlc> {
         let own = self.frontier.get(&clock.node());
-        let current = self.entries.get(&key).map(|e| e.stamp);
-        // Above the horizon too: a write stamped below it would be ignored.
+        let current = self.entries.get(key).map(|e| e.stamp);
         let floor = own.max(current).max(self.horizon);
-        let stamp = clock.issue_above(floor, now_ms)?;
+        clock.issue_above(floor, now_ms)
+    }
+
+    fn write_stamped(&mut self, key: K, value: Option<V>, stamp: Hlc) {
         let mut out = MergeOutcome::new();
         let mut tie = TieBreak::default();
         self.merge_entry(key, Entry::new(stamp, value), &mut tie, &mut out);
         self.frontier.observe(stamp);
-        Ok(stamp)
     }
 
     /// Applies one write with a given stamp exactly as a merge would (for
@@ -841,6 +877,28 @@ mod tests {
         assert_eq!(m.tombstone_count(), 2);
         assert_eq!(m.iter().collect::<Vec<_>>(), vec![(&"b", &2)]);
         assert_eq!(m.frontier().get(&ReplicaId::from_u64(1)), Some(c.last()));
+    }
+
+    #[test]
+    fn write_with_hands_the_stamp_to_the_value_and_raises_the_frontier() {
+        let mut c = clock(1);
+        let mut m: LwwMap<u8, (u8, Hlc)> = LwwMap::new();
+        m.write_at(
+            7,
+            Some((0, Hlc::new(5_000, 3, ReplicaId::from_u64(9)))),
+            Hlc::new(5_000, 3, ReplicaId::from_u64(9)),
+        );
+        let s = m
+            .write_with(7, |k, stamp| Some((*k, stamp)), &mut c, 10)
+            .unwrap();
+        // The stamp the value saw is the entry's stamp, above the key's current one.
+        assert!(s > Hlc::new(5_000, 3, ReplicaId::from_u64(9)));
+        assert_eq!(m.entry(&7).unwrap().stamp(), s);
+        assert_eq!(m.get(&7), Some(&(7, s)));
+        assert_eq!(m.frontier().get(&ReplicaId::from_u64(1)), Some(s));
+        let t = m.write_with(7, |_, _| None, &mut c, 11).unwrap();
+        assert!(t > s && !m.contains_key(&7));
+        assert_eq!(m.frontier().get(&ReplicaId::from_u64(1)), Some(t));
     }
 
     #[test]
