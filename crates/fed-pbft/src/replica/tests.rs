@@ -1,0 +1,468 @@
+use super::{view_change::compute_new_view, *};
+use crate::{
+    message::{NewView, PrePrepare, ViewChange},
+    storage::{MemoryStorage, Storage},
+};
+
+struct Nop;
+impl Application for Nop {
+    fn execute(&mut self, _: &ClientId, _: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(
+        &mut self,
+        _: &[u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(())
+    }
+}
+
+fn setup() -> (Vec<Arc<Identity>>, Arc<Membership>) {
+    let ids: Vec<Arc<Identity>> = (1..=4u8)
+        .map(|i| Arc::new(Identity::from_seeds(&[i; 32], None)))
+        .collect();
+    let m = Arc::new(Membership::new(ids.iter().map(|i| i.public().clone()).collect()).unwrap());
+    (ids, m)
+}
+
+/// Replica `id` recovered from `durable` at time 2.
+fn restart(id: &Arc<Identity>, m: &Arc<Membership>, durable: DurableState) -> Replica<Nop> {
+    Replica::recover(id.clone(), m.clone(), Config::default(), Nop, durable, 2).unwrap()
+}
+
+fn foreign_batch() -> Vec<u8> {
+    wire::encode(&vec![Request {
+        client: ClientId([5; 32]),
+        timestamp: 1,
+        operation: b"x".to_vec(),
+        authenticator: vec![[0; 16]; 4],
+    }])
+}
+
+#[test]
+fn a_restarted_backup_neither_forgets_nor_equivocates() {
+    let (ids, m) = setup();
+    let mut storage = MemoryStorage::new();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    let pp = PrePrepare::new(&ids[0], &m, 0, 1, NULL_BATCH.to_vec()).unwrap();
+    let bytes = Message::PrePrepare(pp.clone()).encode().unwrap();
+    b.handle_message(0, &bytes, 1).unwrap();
+    while let Some(p) = b.poll_persist() {
+        storage.persist(&p).unwrap();
+    }
+    let sent: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    assert_eq!(sent.len(), 3, "a prepare to each peer");
+    drop(b);
+
+    let mut r = restart(&ids[1], &m, storage.load().unwrap());
+    // A conflicting pre-prepare for the same (view, seq) is refused.
+    let other = PrePrepare::new(&ids[0], &m, 0, 1, foreign_batch()).unwrap();
+    let err = r
+        .handle_message(0, &Message::PrePrepare(other).encode().unwrap(), 3)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Equivocation { view: 0, seq: 1 }),
+        "{err:?}"
+    );
+    // The retransmitted prepare is byte-for-byte the one sent before the crash.
+    let resent: Vec<Transmit> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    let at = r.poll_timeout().unwrap();
+    r.handle_timeout(at).unwrap();
+    let again: Vec<Transmit> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    assert!(
+        again
+            .iter()
+            .chain(&resent)
+            .any(|t| t.payload == sent[0].payload),
+        "the recovered replica re-sends its prepare"
+    );
+}
+
+#[test]
+fn a_restarted_primary_retransmits_its_pre_prepare() {
+    let (ids, m) = setup();
+    let config = Config {
+        max_batch_requests: 1,
+        ..Config::default()
+    };
+    let client = ClientId([4; 32]);
+    let keys: Vec<ClientKey> = (0..4u8).map(|i| ClientKey::new(&[i; 32])).collect();
+    let request = crate::ClientKeys::new(&m, client, &keys)
+        .unwrap()
+        .request(1, b"op".to_vec());
+    let mut storage = MemoryStorage::new();
+    let mut p = Replica::new(ids[0].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
+    p.add_client(client, keys[0].clone()).unwrap();
+    p.handle_request(&Message::Request(request).encode().unwrap(), 1)
+        .unwrap();
+    while let Some(w) = p.poll_persist() {
+        storage.persist(&w).unwrap();
+    }
+    let sent = p.poll_transmit().unwrap().payload;
+    assert!(matches!(Message::decode(&sent), Ok(Message::PrePrepare(_))));
+    drop(p);
+    // Restarted, and no backup ever got the pre-prepare: it goes out again,
+    // byte for byte, at the next retransmission tick.
+    let mut r = Replica::recover(
+        ids[0].clone(),
+        m.clone(),
+        config,
+        Nop,
+        storage.load().unwrap(),
+        2,
+    )
+    .unwrap();
+    let mut resent = false;
+    for _ in 0..3 {
+        let at = r.poll_timeout().unwrap();
+        r.handle_timeout(at).unwrap();
+        resent |= std::iter::from_fn(|| r.poll_transmit()).any(|t| t.payload == sent);
+    }
+    assert!(resent, "the recovered primary re-sends its pre-prepare");
+}
+
+#[test]
+fn an_invalid_new_view_for_a_higher_view_moves_nobody() {
+    let (ids, m) = setup();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    // Replica 2 is the primary of views 2, 6, ... and of u64::MAX - 1: it signs
+    // NEW-VIEWs with no VIEW-CHANGE behind them.
+    for view in [2, 6, u64::MAX - 1] {
+        let nv = NewView::new(&ids[2], &m, view, Vec::new(), Vec::new()).unwrap();
+        let bytes = Message::NewView(nv).encode().unwrap();
+        assert!(matches!(
+            b.handle_message(2, &bytes, 0),
+            Err(Error::InvalidViewChange(_))
+        ));
+        assert_eq!((b.view(), b.is_view_active()), (0, true), "view {view}");
+    }
+    // While changing to a view, its primary's invalid NEW-VIEW moves on to the
+    // next view, and the view number saturates instead of wrapping.
+    b.start_view_change(u64::MAX - 1, 0).unwrap();
+    let nv = NewView::new(&ids[2], &m, u64::MAX - 1, Vec::new(), Vec::new()).unwrap();
+    let bytes = Message::NewView(nv).encode().unwrap();
+    assert!(b.handle_message(2, &bytes, 0).is_err());
+    assert_eq!(b.view(), u64::MAX);
+    b.start_view_change(b.view().saturating_add(1), 0).unwrap();
+    assert_eq!(b.view(), u64::MAX);
+}
+
+#[test]
+fn an_unauthenticated_pre_prepare_is_not_persisted_as_a_vote() {
+    // A batch with a request this backup cannot authenticate: it waits for
+    // f + 1 vouchers, and must not come back from storage as one it vouched for.
+    let (ids, m) = setup();
+    let mut storage = MemoryStorage::new();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    let pp = PrePrepare::new(&ids[0], &m, 0, 1, foreign_batch()).unwrap();
+    b.handle_message(0, &Message::PrePrepare(pp).encode().unwrap(), 1)
+        .unwrap();
+    let writes: Vec<Persist> = std::iter::from_fn(|| b.poll_persist()).collect();
+    assert!(
+        !writes
+            .iter()
+            .any(|w| matches!(w, Persist::PrePrepare { .. })),
+        "{writes:?}"
+    );
+    for w in &writes {
+        storage.persist(w).unwrap();
+    }
+    assert!(b.poll_transmit().is_none(), "no PREPARE before vouchers");
+    let mut r = restart(&ids[1], &m, storage.load().unwrap());
+    let at = r.poll_timeout().unwrap_or(2);
+    r.handle_timeout(at).unwrap();
+    for t in std::iter::from_fn(|| r.poll_transmit()) {
+        assert!(
+            !matches!(Message::decode(&t.payload), Ok(Message::Prepare(_))),
+            "the recovered backup prepared a batch it never authenticated"
+        );
+    }
+}
+
+#[test]
+fn a_prepared_batch_outlives_its_slot_being_reused_and_a_restart() {
+    let (ids, m) = setup();
+    let secret = [4u8; 32];
+    let client = ClientId([4; 32]);
+    let keys: Vec<ClientKey> = (0..4).map(|_| ClientKey::new(&secret)).collect();
+    let request = crate::ClientKeys::new(&m, client, &keys)
+        .unwrap()
+        .request(1, b"op".to_vec());
+    let batch = wire::encode(&vec![request]);
+    let mut storage = MemoryStorage::new();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    b.add_client(client, keys[1].clone()).unwrap();
+    let pp = PrePrepare::new(&ids[0], &m, 0, 1, batch.clone()).unwrap();
+    let d = pp.digest;
+    b.handle_message(0, &Message::PrePrepare(pp).encode().unwrap(), 1)
+        .unwrap();
+    let p2 = Prepare::new(&ids[2], &m, 0, 1, d, 2).unwrap();
+    b.handle_message(2, &Message::Prepare(p2).encode().unwrap(), 1)
+        .unwrap();
+    assert!(b.log[&1].prepared.is_some(), "prepared");
+    while let Some(w) = b.poll_persist() {
+        storage.persist(&w).unwrap();
+    }
+    // A later view reuses the slot for another batch (or a null entry): the
+    // prepared batch is still there to execute or to serve.
+    let null = batch_digest(NULL_BATCH);
+    b.log.get_mut(&1).unwrap().batch = Some((null, Arc::from(NULL_BATCH)));
+    assert_eq!(b.log[&1].batch_for(&d).as_deref(), Some(&batch[..]));
+    // And after a restart, from the prepared certificate's own record.
+    let mut durable = storage.load().unwrap();
+    durable.pre_prepares.clear();
+    let r = restart(&ids[1], &m, durable);
+    assert_eq!(r.log[&1].batch_for(&d).as_deref(), Some(&batch[..]));
+}
+
+#[test]
+fn one_far_ahead_checkpoint_is_no_reason_to_fetch() {
+    let (ids, m) = setup();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    let far = 1000 * b.config.checkpoint_interval;
+    let cp = |i: usize| {
+        let c =
+            crate::message::Checkpoint::new(&ids[i], &m, far, [7; 32], i as ReplicaIndex).unwrap();
+        Message::Checkpoint(c).encode().unwrap()
+    };
+    b.handle_message(2, &cp(2), 0).unwrap();
+    assert_eq!(b.highest_seen, 0, "one replica's claim alone");
+    b.handle_message(3, &cp(3), 0).unwrap();
+    assert_eq!(b.highest_seen, far, "f + 1 replicas report it");
+}
+
+#[test]
+fn client_table_limits_records_and_snapshot_order() {
+    let (ids, m) = setup();
+    let config = Config {
+        max_clients: 2,
+        ..Config::default()
+    };
+    let client = |i: u8| ClientId([i; 32]);
+    let key = |i: u8| ClientKey::new(&[i; 32]);
+    let request = |i: u8, ts: u64| Request {
+        client: client(i),
+        timestamp: ts,
+        operation: vec![i],
+        authenticator: vec![[0; 16]; 4],
+    };
+    let proof = CommitProof {
+        membership: *m.id(),
+        view: 0,
+        seq: 1,
+        digest: [0; 32],
+        signatures: Vec::new(),
+    };
+    let replies = |r: &mut Replica<Nop>| -> Vec<(ClientId, Outcome)> {
+        std::iter::from_fn(|| r.poll_event())
+            .filter_map(|e| match e {
+                Event::Reply(x) => Some((x.client, x.outcome)),
+                _ => None,
+            })
+            .collect()
+    };
+    // Keys: at most max_clients; a removed key frees its place.
+    let mut a = Replica::new(ids[1].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
+    a.add_client(client(1), key(1)).unwrap();
+    a.add_client(client(2), key(2)).unwrap();
+    a.add_client(client(2), key(2)).unwrap();
+    assert!(matches!(
+        a.add_client(client(3), key(3)),
+        Err(Error::Full(_))
+    ));
+    a.remove_client(&client(2));
+    a.add_client(client(3), key(3)).unwrap();
+    // Records: clients 1 and 2 execute (2 without a key here: no reply), and
+    // then the table is full, so client 3 is refused.
+    let batch = [request(2, 1), request(1, 1), request(3, 1), request(1, 1)];
+    a.execute_batch(1, &proof, &batch).unwrap();
+    let got = replies(&mut a);
+    assert_eq!(
+        got,
+        vec![
+            (client(1), Outcome::Executed(Vec::new())),
+            (client(3), Outcome::Refused),
+            (client(1), Outcome::Executed(Vec::new())),
+        ]
+    );
+    // A record outlives its key.
+    a.remove_client(&client(1));
+    a.execute_batch(2, &proof, &[request(1, 2)]).unwrap();
+    assert!(replies(&mut a).is_empty());
+    // Another replica that learnt its keys in another order ends in the same
+    // state, byte for byte (the snapshot is in client order).
+    let mut b = Replica::new(ids[1].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
+    b.add_client(client(3), key(3)).unwrap();
+    b.add_client(client(1), key(1)).unwrap();
+    b.execute_batch(1, &proof, &batch).unwrap();
+    b.execute_batch(2, &proof, &[request(1, 2)]).unwrap();
+    assert_eq!(a.snapshot().unwrap(), b.snapshot().unwrap());
+    let records: Vec<(ClientId, u64)> =
+        a.records().iter().map(|(c, r)| (*c, r.timestamp)).collect();
+    assert_eq!(records, vec![(client(1), 2), (client(2), 1)]);
+    // Installing a snapshot replaces the records and keeps the keys.
+    let mut c = Replica::new(ids[1].clone(), m.clone(), config, Nop, 0).unwrap();
+    c.add_client(client(1), key(1)).unwrap();
+    c.execute_batch(1, &proof, &[request(1, 5)]).unwrap();
+    c.install_snapshot(2, &a.snapshot().unwrap()).unwrap();
+    assert_eq!(c.snapshot().unwrap(), a.snapshot().unwrap());
+    let _ = replies(&mut c);
+    c.execute_batch(3, &proof, &[request(1, 3)]).unwrap();
+    assert_eq!(
+        replies(&mut c),
+        vec![(client(1), Outcome::Executed(Vec::new()))]
+    );
+}
+
+#[test]
+fn votes_are_checked_until_their_phase_completes() {
+    let (ids, m) = setup();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    let enc = |msg: Message| msg.encode().unwrap();
+    let pp = PrePrepare::new(&ids[0], &m, 0, 1, NULL_BATCH.to_vec()).unwrap();
+    let d = pp.digest;
+    b.handle_message(0, &enc(Message::PrePrepare(pp)), 0)
+        .unwrap();
+    let prepare = |i: usize| Prepare::new(&ids[i], &m, 0, 1, d, i as ReplicaIndex).unwrap();
+    let commit = |i: usize| Commit::new(&ids[i], &m, 0, 1, d, i as ReplicaIndex).unwrap();
+    let forged_prepare = |i: usize| {
+        let mut p = prepare(i);
+        p.signature.0[0] ^= 1;
+        Message::Prepare(p)
+    };
+    let forged_commit = |i: usize| {
+        let mut c = commit(i);
+        c.signature.0[0] ^= 1;
+        Message::Commit(c)
+    };
+    // Before the slot is prepared, every prepare is checked.
+    assert!(matches!(
+        b.handle_message(2, &enc(forged_prepare(2)), 0),
+        Err(Error::BadSignature(2))
+    ));
+    b.handle_message(2, &enc(Message::Prepare(prepare(2))), 0)
+        .unwrap();
+    // Prepared (own prepare and replica 2's): replica 3's forged prepare can no
+    // longer matter and is held unchecked.
+    b.handle_message(3, &enc(forged_prepare(3)), 0).unwrap();
+    // Commits are checked until the slot commits.
+    assert!(matches!(
+        b.handle_message(2, &enc(forged_commit(2)), 0),
+        Err(Error::BadSignature(2))
+    ));
+    b.handle_message(0, &enc(Message::Commit(commit(0))), 0)
+        .unwrap();
+    assert_eq!(b.last_executed(), 0);
+    b.handle_message(2, &enc(Message::Commit(commit(2))), 0)
+        .unwrap();
+    assert_eq!(b.last_executed(), 1);
+    let proof = std::iter::from_fn(|| b.poll_event())
+        .find_map(|e| match e {
+            Event::Executed(x) => Some(x.proof),
+            _ => None,
+        })
+        .unwrap();
+    proof.verify(&m).unwrap();
+    let signers: Vec<ReplicaIndex> = proof.signatures.iter().map(|(r, _)| *r).collect();
+    assert_eq!(signers, vec![0, 1, 2]);
+    // After it committed, a forged commit is held unchecked; the equivocation
+    // rule still holds for what is held.
+    b.handle_message(3, &enc(forged_commit(3)), 0).unwrap();
+    let other = Commit::new(&ids[3], &m, 0, 1, [9; 32], 3).unwrap();
+    assert!(matches!(
+        b.handle_message(3, &enc(Message::Commit(other)), 0),
+        Err(Error::Equivocation { view: 0, seq: 1 })
+    ));
+}
+
+#[test]
+fn normal_case_rejections() {
+    let (ids, m) = setup();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    let enc = |msg: Message| msg.encode().unwrap();
+    // A pre-prepare from a backup.
+    let pp = PrePrepare::new(&ids[2], &m, 0, 1, NULL_BATCH.to_vec()).unwrap();
+    assert!(matches!(
+        b.handle_message(2, &enc(Message::PrePrepare(pp)), 0),
+        Err(Error::NotPrimary { .. })
+    ));
+    // Outside the watermarks.
+    let far = PrePrepare::new(&ids[0], &m, 0, 1000, NULL_BATCH.to_vec()).unwrap();
+    assert!(matches!(
+        b.handle_message(0, &enc(Message::PrePrepare(far)), 0),
+        Err(Error::OutsideWatermarks { .. })
+    ));
+    // A digest that does not match the batch.
+    let mut bad = PrePrepare::new(&ids[0], &m, 0, 1, NULL_BATCH.to_vec()).unwrap();
+    bad.batch = foreign_batch();
+    assert!(matches!(
+        b.handle_message(0, &enc(Message::PrePrepare(bad)), 0),
+        Err(Error::DigestMismatch)
+    ));
+    // A prepare relayed by someone else (spoofed sender).
+    let p = Prepare::new(&ids[2], &m, 0, 1, [1; 32], 2).unwrap();
+    assert!(matches!(
+        b.handle_message(3, &enc(Message::Prepare(p.clone())), 0),
+        Err(Error::SenderMismatch { .. })
+    ));
+    // A forged signature.
+    let mut forged = p.clone();
+    forged.signature.0[0] ^= 1;
+    assert!(matches!(
+        b.handle_message(2, &enc(Message::Prepare(forged)), 0),
+        Err(Error::BadSignature(2))
+    ));
+    // A non-member and garbage.
+    assert!(matches!(
+        b.handle_message(9, &enc(Message::Prepare(p)), 0),
+        Err(Error::NotMember(9))
+    ));
+    assert!(b.handle_message(2, b"garbage", 0).is_err());
+    assert_eq!(b.last_executed(), 0);
+}
+
+fn cert(view: u64, seq: u64, digest: u8) -> PreparedCert {
+    PreparedCert {
+        view,
+        seq,
+        digest: [digest; 32],
+        primary: Signature([0; 64]),
+        prepares: vec![],
+    }
+}
+
+fn vc(replica: u16, cp: u64, prepared: Vec<PreparedCert>) -> ViewChange {
+    ViewChange {
+        view: 5,
+        checkpoint: CheckpointCert {
+            seq: cp,
+            state: [cp as u8; 32],
+            signatures: vec![],
+        },
+        prepared,
+        replica,
+        signature: Signature([0; 64]),
+    }
+}
+
+#[test]
+fn new_view_takes_the_highest_view_and_fills_gaps_with_null() {
+    let vcs = vec![
+        vc(0, 0, vec![cert(1, 3, 1), cert(2, 5, 2)]),
+        vc(1, 2, vec![cert(3, 3, 9), cert(1, 6, 4)]),
+        vc(2, 2, vec![]),
+    ];
+    let (c, entries) = compute_new_view(&vcs);
+    assert_eq!(c.seq, 2);
+    let null = batch_digest(NULL_BATCH);
+    assert_eq!(
+        entries,
+        vec![(3, [9; 32]), (4, null), (5, [2; 32]), (6, [4; 32])]
+    );
+    // Nothing prepared above the checkpoint: no entries.
+    let (c, entries) = compute_new_view(&[vc(0, 4, vec![cert(1, 3, 1)]), vc(1, 0, vec![])]);
+    assert_eq!((c.seq, entries.len()), (4, 0));
+}
