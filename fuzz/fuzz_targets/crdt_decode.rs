@@ -43,6 +43,10 @@ fuzz_target!(|data: &[u8]| {
         let mut local: LwwMap<String, Vec<u8>> = LwwMap::new();
         let _ = local.insert("k".into(), vec![1], &mut clock, now);
         let _ = local.ingest_state(state.clone(), &mut clock, now);
+        // The trusted full-state merge also removes and collects below the
+        // state's horizon.
+        let mut trusting = local.clone();
+        let _ = trusting.ingest_trusted_state(state.clone(), &mut clock, now);
         let _ = state.delta_for(&local.sync_request(), &limits);
         let mut collected = state;
         if let Some(stamp) = collected.frontier().max() {
@@ -59,8 +63,16 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = local.remove("m".into(), &mut clock, now);
         let _ = local.delta_for(&request, &limits);
+        // With a horizon, a continuation that echoes another one (tag 2, or
+        // none) restarts the series.
         local.collect_garbage(clock.tick(now));
-        let _ = local.delta_for(&request, &limits);
+        if let Ok(chunk) = local.delta_for(&request, &limits)
+            && request.echo().is_some()
+            && chunk.is_snapshot()
+            && request.echo_horizon() != local.horizon()
+        {
+            assert!(chunk.after().is_none(), "a stale series was continued");
+        }
     }
 
     if let Some(delta) = decode::<MapDelta<String, Vec<u8>>>(data, &limits) {

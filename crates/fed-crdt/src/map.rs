@@ -65,8 +65,8 @@ impl<V> Entry<V> {
 ///   checkpoint). Tombstones below the horizon are dropped; afterwards every
 ///   incoming entry (value or tombstone) stamped below the horizon is
 ///   ignored: by the guarantee this replica already holds that write or one
-///   that superseded it. The horizon is local; the only peer horizon ever
-///   adopted is a trusted snapshot's (see below).
+///   that superseded it. The horizon is local; the only peer horizons ever
+///   adopted are a trusted snapshot's and a trusted full state's (see below).
 /// * **Delta sync**: a replica asks with a [`SyncRequest`] carrying its
 ///   [`Frontier`]; [`delta_for`](Self::delta_for) answers with a
 ///   [`MapDelta`] chunk holding only the entries the frontier does not
@@ -382,19 +382,66 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         }
     }
 
-    /// Merges another replica's full state into this one. Local or trusted
-    /// input only: there is no skew check, and the other state's frontier and
-    /// collected floors are believed. Input from the network goes through
+    /// Merges another replica's full state into this one, believing all of
+    /// it: the same operation as a trusted snapshot
+    /// ([`ingest_trusted_delta`](Self::ingest_trusted_delta) on every chunk of
+    /// a `full` series), unchunked. Local or trusted input only: there is no
+    /// skew check. Input from the network goes through
     /// [`ingest_state`](Self::ingest_state) or
     /// [`ingest_trusted_state`](Self::ingest_trusted_state).
     ///
-    /// Entries merge per key; frontiers and collected floors join. The other
-    /// replica's horizon is not adopted.
+    /// In order: if the other state has a horizon `h`, entries of this
+    /// replica stamped below `h` whose key the other state does not hold are
+    /// removed (the other replica received those writes, by its horizon's
+    /// guarantee, and no longer holds the key: a tombstone it collected
+    /// removed it); then the entries merge per key; frontiers and collected
+    /// floors join; and this replica collects garbage at `h`, taking the
+    /// other's horizon if it is higher. Adopting the frontier and collected
+    /// floors without the removals would leave removed values here that no
+    /// later delta repairs, since peers would then believe this replica had
+    /// seen the tombstones.
+    ///
+    /// Without horizons (no garbage collected on either side) this is the
+    /// plain per-key join: commutative, associative and idempotent.
     pub fn merge(&mut self, other: Self) -> MergeOutcome<K> {
-        let out = self.merge_entries(other.entries);
+        let mut out = MergeOutcome::new();
+        if let Some(h) = other.horizon {
+            self.drop_stale_outside(&other.entries, h, &mut out);
+        }
+        let mut tie = TieBreak::default();
+        for (k, e) in other.entries {
+            self.merge_entry(k, e, &mut tie, &mut out);
+        }
         self.frontier.join(&other.frontier);
         self.collected.join(&other.collected);
+        if let Some(h) = other.horizon {
+            out.discarded += self.collect_garbage(h);
+        }
         out
+    }
+
+    /// Removes own entries stamped below `horizon` whose keys `theirs` does
+    /// not contain (the full-state form of [`drop_stale`](Self::drop_stale)).
+    fn drop_stale_outside(
+        &mut self,
+        theirs: &BTreeMap<K, Entry<V>>,
+        horizon: Hlc,
+        out: &mut MergeOutcome<K>,
+    ) {
+        let stale: Vec<K> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| e.stamp < horizon && !theirs.contains_key(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(e) = self.entries.remove(&k) {
+                if e.value.is_some() {
+                    self.live -= 1;
+                }
+                out.discarded += 1;
+            }
+        }
     }
 
     fn merge_entries(
@@ -431,8 +478,9 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
 
     /// [`ingest_state`](Self::ingest_state) for a peer the caller trusts, or
     /// a state whose content is certified: after the same skew check, merges
-    /// as [`merge`](Self::merge) does, adopting the peer's frontier and
-    /// collected floors.
+    /// as [`merge`](Self::merge) does: it removes the entries the peer's
+    /// collected tombstones removed, adopts the peer's frontier and collected
+    /// floors, and takes the peer's horizon if it is higher.
     ///
     /// # Errors
     ///
@@ -472,6 +520,13 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
     /// [`Limits::max_message_bytes`] encoded bytes would be exceeded; it then
     /// names the last key it covers and the requester asks again from there.
     ///
+    /// A continuation of a snapshot series is answered from the first key
+    /// again, with this replica's current frontier, when this replica's
+    /// horizon is no longer the one the series carried
+    /// ([`SyncRequest::echo_horizon`]): the requester takes the last chunk's
+    /// horizon for every key of the series, so every chunk of a series must
+    /// come from a state with that horizon.
+    ///
     /// # Errors
     ///
     /// [`Error::MessageTooLarge`] if a single entry (or the frontiers alone)
@@ -484,12 +539,24 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         V: Clone,
     {
         let snapshot = request.is_full() || !request.frontier().dominates(&self.collected);
+        // Each chunk of a series is cut from this replica's state as it is at
+        // that request, and a requester on the trusted path takes the last
+        // chunk's horizon for every key of the series. So a snapshot
+        // continuation whose series carried another horizon (or none: a delta
+        // series, or one begun before this replica collected) starts the
+        // series again from the first key, with the current frontier.
+        let restart =
+            request.echo().is_some() && snapshot && request.echo_horizon() != self.horizon;
         let horizon = if snapshot { self.horizon } else { None };
-        let frontier = request
-            .echo()
-            .cloned()
-            .unwrap_or_else(|| self.frontier.clone());
-        let after = request.after().cloned();
+        let frontier = match request.echo() {
+            Some(echo) if !restart => echo.clone(),
+            _ => self.frontier.clone(),
+        };
+        let after = if restart {
+            None
+        } else {
+            request.after().cloned()
+        };
 
         // Size of everything but the entries and `until`, as `encode` writes it.
         let mut fixed = Writer::new(MessageKind::MapDelta);
@@ -603,6 +670,7 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
                 snapshot,
                 last,
                 frontier,
+                horizon,
             )),
         };
         Applied { outcome: out, next }

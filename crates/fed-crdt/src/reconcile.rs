@@ -88,8 +88,9 @@ pub struct ReconcileConfig {
     /// How many hits to return at most.
     pub top_k: usize,
     /// How many of the returned hits one source may decide at most. A hit
-    /// is decided by the sources that returned its winning version with its
-    /// winning score; each returned hit is charged to one of them. A
+    /// is decided by the sources that returned its winning hit itself: the
+    /// same version, score and payload (canonical bytes); each returned hit
+    /// is charged to one of them. A
     /// candidate none of whose deciders has budget left is skipped (counted
     /// in [`Reconciled::capped`]), so one source (or `n` colluding sources)
     /// fills at most this many (`n` times this many) places of the result,
@@ -204,6 +205,9 @@ struct Candidate<P> {
     best: Hit<P>,
     conflict: bool,
     provenance: BTreeMap<ReplicaId, (Hlc, f32)>,
+    /// The sources that returned `best` itself (same version, score and
+    /// canonical payload bytes): the pattern's deciders.
+    deciders: BTreeSet<ReplicaId>,
 }
 
 /// Orders two hits of the same pattern: version, then score, then the
@@ -309,6 +313,7 @@ impl<P: Serialize> Reconciler<P> {
                     best: hit,
                     conflict: false,
                     provenance: BTreeMap::from([(source, seen)]),
+                    deciders: BTreeSet::from([source]),
                 });
             }
             Slot::Occupied(mut slot) => {
@@ -331,8 +336,19 @@ impl<P: Serialize> Reconciler<P> {
                 if conflict {
                     c.conflict = true;
                 }
-                if ord == Ordering::Greater {
-                    c.best = hit;
+                // Whatever the arrival order, the deciders end up as exactly
+                // the sources that returned the greatest hit: a greater hit
+                // starts the set again (no source can have returned it
+                // before), an equal one joins it.
+                match ord {
+                    Ordering::Greater => {
+                        c.best = hit;
+                        c.deciders = BTreeSet::from([source]);
+                    }
+                    Ordering::Equal => {
+                        c.deciders.insert(source);
+                    }
+                    Ordering::Less => {}
                 }
             }
         }
@@ -349,26 +365,29 @@ impl<P: Serialize> Reconciler<P> {
             .filter(|(_, c)| c.conflict)
             .map(|(p, _)| *p)
             .collect();
-        let mut ranked: Vec<ReconciledHit<P>> = self
+        let mut ranked: Vec<(ReconciledHit<P>, BTreeSet<ReplicaId>)> = self
             .candidates
             .into_values()
-            .map(|c| ReconciledHit {
-                pattern: c.best.pattern,
-                score: c.best.score,
-                version: c.best.version,
-                payload: c.best.payload,
-                provenance: c
-                    .provenance
-                    .into_iter()
-                    .map(|(source, (version, score))| Provenance {
-                        source,
-                        version,
-                        score,
-                    })
-                    .collect(),
+            .map(|c| {
+                let hit = ReconciledHit {
+                    pattern: c.best.pattern,
+                    score: c.best.score,
+                    version: c.best.version,
+                    payload: c.best.payload,
+                    provenance: c
+                        .provenance
+                        .into_iter()
+                        .map(|(source, (version, score))| Provenance {
+                            source,
+                            version,
+                            score,
+                        })
+                        .collect(),
+                };
+                (hit, c.deciders)
             })
             .collect();
-        ranked.sort_by(|a, b| {
+        ranked.sort_by(|(a, _), (b, _)| {
             b.score
                 .total_cmp(&a.score)
                 .then_with(|| a.pattern.cmp(&b.pattern))
@@ -378,18 +397,16 @@ impl<P: Serialize> Reconciler<P> {
         let mut used: BTreeMap<ReplicaId, usize> = BTreeMap::new();
         let mut hits = Vec::with_capacity(top_k.min(ranked.len()));
         let mut capped = 0;
-        for hit in ranked {
+        for (hit, deciders) in ranked {
             if hits.len() >= top_k {
                 break;
             }
-            // The deciders: sources that returned the winning version with
-            // the winning score (at least the one whose hit won). Charge
-            // the one with the most budget left, the smallest id among equals.
-            let charged = hit
-                .provenance
+            // The deciders: the sources that returned the winning hit itself
+            // (at least one). Charge the one with the most budget left, the
+            // smallest id among equals.
+            let charged = deciders
                 .iter()
-                .filter(|p| p.version == hit.version && p.score.total_cmp(&hit.score).is_eq())
-                .map(|p| (used.get(&p.source).copied().unwrap_or(0), p.source))
+                .map(|source| (used.get(source).copied().unwrap_or(0), *source))
                 .filter(|(n, _)| *n < cap)
                 .min();
             match charged {
@@ -654,5 +671,25 @@ mod tests {
         let out = reconcile(vec![both(1), both(2)], &cfg, 100);
         assert_eq!(out.hits.len(), 2);
         assert_eq!(out.capped, 0);
+    }
+
+    #[test]
+    fn a_source_whose_payload_wins_a_tie_is_charged_alone() {
+        // Source 9 repeats the honest source's versions and scores with
+        // payloads that sort higher, so its payloads win every pattern. It
+        // decided them alone: the honest source returned other payloads and
+        // pays for none of them.
+        let cfg = ReconcileConfig {
+            top_k: 3,
+            max_per_source: 1,
+            ..ReconcileConfig::default()
+        };
+        let honest = resp(1, (1..=3).map(|p| hit(p, 0.9, 10, "a")).collect());
+        let liar = resp(9, (1..=3).map(|p| hit(p, 0.9, 10, "zz")).collect());
+        let out = reconcile(vec![honest, liar], &cfg, 100);
+        let payloads: Vec<_> = out.hits.iter().map(|h| h.payload.as_str()).collect();
+        assert_eq!(payloads, vec!["zz"]);
+        assert_eq!(out.capped, 2);
+        assert_eq!(out.conflicts.len(), 3);
     }
 }

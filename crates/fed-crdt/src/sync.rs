@@ -19,15 +19,17 @@ use crate::{
 /// (snapshot), or returned in [`Applied::next`] to fetch the next chunk.
 ///
 /// Wire form ([`MessageKind::SyncRequest`]): frontier; `full` (postcard
-/// bool); `after` (`Option<K>`); `echo` (tag byte `0`/`1`, then a frontier
-/// when `1`). Bounded by [`Limits::max_origins`] per frontier and
-/// [`Limits::max_message_bytes`].
+/// bool); `after` (`Option<K>`); `echo` (tag byte: `0` none; `1` a frontier;
+/// `2` a frontier then the series' horizon, an [`Hlc`]). Bounded by
+/// [`Limits::max_origins`] per frontier and [`Limits::max_message_bytes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncRequest<K> {
     frontier: Frontier,
     full: bool,
     after: Option<K>,
     echo: Option<Frontier>,
+    /// The horizon of the series' snapshot chunks; only with `echo`.
+    echo_horizon: Option<Hlc>,
 }
 
 impl<K> SyncRequest<K> {
@@ -38,6 +40,7 @@ impl<K> SyncRequest<K> {
             full: false,
             after: None,
             echo: None,
+            echo_horizon: None,
         }
     }
 
@@ -49,12 +52,19 @@ impl<K> SyncRequest<K> {
         }
     }
 
-    pub(crate) fn resume(frontier: Frontier, full: bool, after: K, echo: Frontier) -> Self {
+    pub(crate) fn resume(
+        frontier: Frontier,
+        full: bool,
+        after: K,
+        echo: Frontier,
+        echo_horizon: Option<Hlc>,
+    ) -> Self {
         Self {
             frontier,
             full,
             after: Some(after),
             echo: Some(echo),
+            echo_horizon,
         }
     }
 
@@ -78,6 +88,14 @@ impl<K> SyncRequest<K> {
     /// started from.
     pub fn echo(&self) -> Option<&Frontier> {
         self.echo.as_ref()
+    }
+
+    /// The horizon the previous chunk of this snapshot series carried, sent
+    /// back so that the sender can tell whether its horizon moved since the
+    /// series started (it then starts the series again). `None` for a first
+    /// request, a delta series, or a snapshot of a sender without a horizon.
+    pub fn echo_horizon(&self) -> Option<Hlc> {
+        self.echo.as_ref().and(self.echo_horizon)
     }
 }
 
@@ -241,11 +259,16 @@ impl<K: Serialize + DeserializeOwned> Codec for SyncRequest<K> {
         w.frontier(&self.frontier, limits)?;
         w.value(&self.full)?;
         w.value(&self.after)?;
-        match &self.echo {
-            None => w.value(&0u8)?,
-            Some(f) => {
+        match (&self.echo, self.echo_horizon) {
+            (None, _) => w.value(&0u8)?,
+            (Some(f), None) => {
                 w.value(&1u8)?;
                 w.frontier(f, limits)?;
+            }
+            (Some(f), Some(h)) => {
+                w.value(&2u8)?;
+                w.frontier(f, limits)?;
+                w.value(&h)?;
             }
         }
         w.finish(limits)
@@ -256,9 +279,10 @@ impl<K: Serialize + DeserializeOwned> Codec for SyncRequest<K> {
         let frontier = r.frontier(limits)?;
         let full: bool = r.value()?;
         let after: Option<K> = r.value()?;
-        let echo = match r.value::<u8>()? {
-            0 => None,
-            1 => Some(r.frontier(limits)?),
+        let (echo, echo_horizon) = match r.value::<u8>()? {
+            0 => (None, None),
+            1 => (Some(r.frontier(limits)?), None),
+            2 => (Some(r.frontier(limits)?), Some(r.value::<Hlc>()?)),
             _ => return Err(Error::Decode(postcard::Error::DeserializeBadOption)),
         };
         r.finish()?;
@@ -267,6 +291,7 @@ impl<K: Serialize + DeserializeOwned> Codec for SyncRequest<K> {
             full,
             after,
             echo,
+            echo_horizon,
         })
     }
 }

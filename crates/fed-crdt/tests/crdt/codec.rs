@@ -354,4 +354,28 @@ fn wire_test_vectors_match_the_protocol_document() {
     ]
     .concat();
     assert_eq!(hex(&delta.encode(&limits).unwrap()), expected);
+
+    // The continuation of a snapshot series from a replica with a horizon:
+    // node 1 wrote "a" and "c" at 1000 and collected at 2000; an empty
+    // replica asked for a snapshot one entry at a time.
+    let mut q: LwwMap<String, u16> = LwwMap::new();
+    q.insert("a".into(), 1, &mut clock, 1_000).unwrap();
+    q.insert("c".into(), 2, &mut clock, 1_000).unwrap();
+    q.collect_garbage(Hlc::floor(2_000));
+    let one = Limits {
+        max_entries: 1,
+        ..limits
+    };
+    let mut p: LwwMap<String, u16> = LwwMap::new();
+    let chunk = q.delta_for(&p.full_sync_request(), &one).unwrap();
+    let next = p.apply_trusted_delta(chunk).next.unwrap();
+    let zero = "00".repeat(32);
+    let expected = [
+        "46435244", "01", "03", "4d000000", // envelope: kind 0x03, body 77 bytes
+        "00", "01", "010161", // empty frontier, full, after Some("a")
+        "02", "01", "e80703", &node1, // echo tag 2: Q's frontier, (1000, 3, N1)
+        "d00f", "00", &zero, // and the series' horizon (2000, 0, 00..00)
+    ]
+    .concat();
+    assert_eq!(hex(&next.encode(&limits).unwrap()), expected);
 }

@@ -1,15 +1,15 @@
 //! Replicas converge under random delivery order, duplicated and dropped
-//! messages, chunked deltas, snapshots and garbage collection, through the
-//! trusted and the untrusted ingest paths, once a final resync runs; and
-//! applying deltas equals merging full states (the entries only, on the
-//! untrusted path).
+//! messages, chunked deltas, snapshots, full-state merges and garbage
+//! collection (also while a replica lags behind), through the trusted and
+//! the untrusted ingest paths, once a final resync runs; and applying deltas
+//! equals merging full states (the entries only, on the untrusted path).
 
 use std::collections::BTreeMap;
 
 use fed_crdt::{Applied, Codec, Hlc, HlcClock, Limits, MapDelta, SyncRequest};
 use proptest::{collection::vec, prelude::*};
 
-use crate::support::{Map, config, node, pull, pull_trusted};
+use crate::support::{Map, config, node, pull, pull_snapshot_trusted, pull_trusted};
 
 const N: usize = 3;
 
@@ -37,10 +37,22 @@ enum SimOp {
     },
     /// Loses one in-flight message.
     Drop { pick: usize },
-    /// Reliable all-pairs sync; afterwards every write so far is stable.
-    Barrier { trusted: bool },
-    /// Replica `r` collects garbage below the last stable horizon.
+    /// Reliable sync of every pair not involving `except`; afterwards the
+    /// replicas that took part may collect below a new stable horizon (every
+    /// write below it reached each of them), and `except` lags behind.
+    Barrier {
+        trusted: bool,
+        except: Option<usize>,
+    },
+    /// Replica `r` collects garbage below its last stable horizon.
     Gc { r: usize },
+    /// Replica `to` merges the whole state of `from` (`ingest_trusted_state`
+    /// if `trusted`, else `ingest_state`).
+    State {
+        to: usize,
+        from: usize,
+        trusted: bool,
+    },
 }
 
 fn sim_op(with_gc: bool) -> impl Strategy<Value = SimOp> {
@@ -54,8 +66,10 @@ fn sim_op(with_gc: bool) -> impl Strategy<Value = SimOp> {
         6 => (any::<usize>(), proptest::bool::weighted(0.2), any::<bool>())
             .prop_map(|(pick, duplicate, trusted)| SimOp::Deliver { pick, duplicate, trusted }),
         1 => any::<usize>().prop_map(|pick| SimOp::Drop { pick }),
-        gc_weight => any::<bool>().prop_map(|trusted| SimOp::Barrier { trusted }),
+        gc_weight => (any::<bool>(), proptest::option::weighted(0.5, 0..N))
+            .prop_map(|(trusted, except)| SimOp::Barrier { trusted, except }),
         gc_weight * 2 => (0..N).prop_map(|r| SimOp::Gc { r }),
+        1 => (0..N, 0..N, any::<bool>()).prop_map(|(to, from, trusted)| SimOp::State { to, from, trusted }),
     ]
 }
 
@@ -81,9 +95,12 @@ struct Sim {
     net: Vec<Msg>,
     /// Every write ever made: key, value, stamp.
     log: Vec<(u8, Option<u16>, Hlc)>,
-    stable: Option<Hlc>,
+    /// Per replica, the horizon it may collect below.
+    stable: [Option<Hlc>; N],
     limits: Limits,
     collected_any: bool,
+    /// Whether a barrier left a replica out.
+    partial: bool,
 }
 
 impl Sim {
@@ -97,12 +114,13 @@ impl Sim {
             maps: (0..N).map(|_| Map::new()).collect(),
             net: Vec::new(),
             log: Vec::new(),
-            stable: None,
+            stable: [None; N],
             limits: Limits {
                 max_entries,
                 ..Limits::default()
             },
             collected_any: false,
+            partial: false,
         }
     }
 
@@ -176,15 +194,40 @@ impl Sim {
                     self.net.swap_remove(i);
                 }
             }
-            SimOp::Barrier { trusted } => {
-                self.resync(trusted);
-                self.stable = self.log.iter().map(|(_, _, s)| *s).max();
+            SimOp::Barrier { trusted, except } => {
+                let part: Vec<usize> = (0..N).filter(|r| Some(*r) != except).collect();
+                self.partial |= except.is_some();
+                self.resync_among(&part, trusted);
+                if let Some(h) = self.stable_horizon(&part) {
+                    for &r in &part {
+                        self.stable[r] = Some(h);
+                    }
+                    // Every clock passes the horizon, as a federation's
+                    // stable checkpoint would make it: no later write is
+                    // stamped below it.
+                    for r in 0..N {
+                        let now = self.local_now(r);
+                        self.clocks[r].observe(&h, now).unwrap();
+                    }
+                }
             }
             SimOp::Gc { r } => {
-                if let Some(h) = self.stable
+                if let Some(h) = self.stable[r]
                     && self.maps[r].collect_garbage(h) > 0
                 {
                     self.collected_any = true;
+                }
+            }
+            SimOp::State { to, from, trusted } => {
+                if to != from {
+                    let now = self.local_now(to);
+                    let state = self.maps[from].clone();
+                    let (map, clock) = (&mut self.maps[to], &mut self.clocks[to]);
+                    if trusted {
+                        map.ingest_trusted_state(state, clock, now).unwrap();
+                    } else {
+                        map.ingest_state(state, clock, now).unwrap();
+                    }
                 }
             }
         }
@@ -222,11 +265,43 @@ impl Sim {
         }
     }
 
+    /// Whether replica `r` has received the write `(key, stamp)`: it holds
+    /// that key at the stamp or later, or its horizon is above the stamp
+    /// (so it held it before collecting).
+    fn received(&self, r: usize, key: u8, stamp: Hlc) -> bool {
+        let m = &self.maps[r];
+        m.entry(&key).is_some_and(|e| e.stamp() >= stamp) || m.horizon().is_some_and(|h| h > stamp)
+    }
+
+    /// The greatest horizon below which every write reached every replica
+    /// of `part`: the smallest stamp one of them misses, or else just above
+    /// the newest write.
+    fn stable_horizon(&self, part: &[usize]) -> Option<Hlc> {
+        let missed = self
+            .log
+            .iter()
+            .filter(|(k, _, s)| part.iter().any(|&r| !self.received(r, *k, *s)))
+            .map(|(_, _, s)| *s)
+            .min();
+        missed.or_else(|| {
+            self.log
+                .iter()
+                .map(|(_, _, s)| Hlc::floor(s.physical_ms() + 1))
+                .max()
+        })
+    }
+
     /// Reliable, in-order sync of every pair, through the same messages.
     fn resync(&mut self, trusted: bool) {
+        let all: Vec<usize> = (0..N).collect();
+        self.resync_among(&all, trusted);
+    }
+
+    /// [`resync`](Self::resync) among the replicas of `part` only.
+    fn resync_among(&mut self, part: &[usize], trusted: bool) {
         for _ in 0..2 {
-            for to in 0..N {
-                for from in 0..N {
+            for &to in part {
+                for &from in part {
                     if from == to {
                         continue;
                     }
@@ -286,7 +361,11 @@ proptest! {
         final_trusted in any::<bool>(),
     ) {
         let mut sim = run(&ops, offsets, max_entries);
-        // Whatever is still in flight is lost; a final resync repairs it.
+        // Whatever is still in flight is lost; a final resync repairs it. A
+        // replica that missed tombstones its peers collected is repaired only
+        // by a trusted snapshot (crdt.md section 7.4), so then the final
+        // resync is trusted.
+        let final_trusted = final_trusted || (sim.partial && sim.collected_any);
         sim.net.clear();
         sim.resync(final_trusted);
         let expected = sim.expected();
@@ -327,6 +406,29 @@ proptest! {
                 prop_assert!(untrusted.entries().eq(by_merge.entries()));
                 prop_assert_eq!(untrusted.frontier(), sim.maps[to].frontier());
                 prop_assert_eq!(untrusted.collected(), sim.maps[to].collected());
+            }
+        }
+    }
+
+    #[test]
+    fn a_trusted_snapshot_equals_a_trusted_full_state_merge_with_garbage_collection(
+        ops in vec(sim_op(true), 0..100),
+        offsets in proptest::array::uniform3(0u64..50),
+        max_entries in 1usize..5,
+    ) {
+        let sim = run(&ops, offsets, 16);
+        for from in 0..N {
+            for to in 0..N {
+                let mut by_merge = sim.maps[to].clone();
+                by_merge.merge(sim.maps[from].clone());
+                let mut snapshot = sim.maps[to].clone();
+                pull_snapshot_trusted(&sim.maps[from], &mut snapshot, max_entries);
+                prop_assert_eq!(&snapshot, &by_merge);
+                // A trusted delta series may keep tombstones and a lower
+                // horizon that the merge drops or takes, never other values.
+                let mut delta = sim.maps[to].clone();
+                pull_trusted(&sim.maps[from], &mut delta, max_entries);
+                prop_assert_eq!(live(&delta), live(&by_merge));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! `reconcile` does not depend on arrival order or duplicates, and respects
 //! its bounds, including the per-source cap.
 
-use std::{cmp::Ordering, collections::BTreeMap};
+use std::cmp::Ordering;
 
 use fed_crdt::{
     Hit, Hlc, PatternId, QueryResponse, ReconcileConfig, Reconciler, ReplicaId, reconcile,
@@ -128,26 +128,55 @@ proptest! {
         prop_assert_eq!(rejected > 0, !out.rejected.is_empty());
     }
 
+    /// A result is decided by the sources that returned its winning hit:
+    /// same version, score and payload (crdt.md section 9). For every set
+    /// `X` of sources, at most `|X| x max_per_source` results are decided by
+    /// sources of `X` alone, whatever the others answer.
     #[test]
-    fn no_source_alone_decides_more_than_its_cap(
+    fn no_set_of_sources_decides_more_than_its_cap(
         responses in vec(response(), 0..6),
         top_k in 0usize..8,
         cap in 0usize..4,
     ) {
-        let out = reconcile(responses, &cfg(top_k, cap), 0);
-        let mut alone: BTreeMap<ReplicaId, usize> = BTreeMap::new();
-        for h in &out.hits {
-            let deciders: Vec<_> = h
-                .provenance
-                .iter()
-                .filter(|p| p.version == h.version && p.score.total_cmp(&h.score).is_eq())
-                .map(|p| p.source)
+        let out = reconcile(responses.clone(), &cfg(top_k, cap), 0);
+        let sources: Vec<ReplicaId> = (0..4).map(node).collect();
+        let deciders: Vec<Vec<ReplicaId>> = out
+            .hits
+            .iter()
+            .map(|h| {
+                let mut d: Vec<ReplicaId> = responses
+                    .iter()
+                    .filter(|r| accepted(r))
+                    .filter(|(_, r)| {
+                        r.hits.iter().any(|x| {
+                            x.pattern == h.pattern
+                                && x.version == h.version
+                                && x.score.total_cmp(&h.score).is_eq()
+                                && x.payload == h.payload
+                        })
+                    })
+                    .map(|(s, _)| *s)
+                    .collect();
+                d.sort();
+                d.dedup();
+                d
+            })
+            .collect();
+        prop_assert!(deciders.iter().all(|d| !d.is_empty()));
+        for mask in 0u32..(1 << sources.len()) {
+            let set: Vec<ReplicaId> = (0..sources.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| sources[i])
                 .collect();
-            prop_assert!(!deciders.is_empty());
-            if let [only] = deciders[..] {
-                *alone.entry(only).or_default() += 1;
-            }
+            let decided = deciders
+                .iter()
+                .filter(|d| d.iter().all(|s| set.contains(s)))
+                .count();
+            prop_assert!(
+                decided <= set.len() * cap,
+                "sources {:?} decide {} results with a cap of {}",
+                set, decided, cap
+            );
         }
-        prop_assert!(alone.values().all(|n| *n <= cap));
     }
 }

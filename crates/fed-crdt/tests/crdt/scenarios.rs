@@ -187,3 +187,132 @@ fn a_cloned_node_is_reported_and_resolved_identically_on_full_merge() {
     // "from-original" > "from-clone" bytewise.
     assert_eq!(ab.get("k"), Some(&"from-original"));
 }
+
+/// Issue 14, item 8, exactly as reported: a stale replica S merges the full
+/// state of a trusted peer A that has already collected a tombstone S never
+/// saw. S must not keep the removed value, neither right after the merge nor
+/// under the normal delta sync that follows.
+#[test]
+fn a_trusted_full_state_merge_from_a_collected_peer_does_not_block_repair() {
+    let now = 1_700_000_000_000;
+    let limits = Limits::default();
+    let mut ca = HlcClock::with_default_skew(node(1));
+    let mut cs = HlcClock::with_default_skew(node(2));
+    // A inserts key 1 = 42; S copies A's state.
+    let mut a = Map::new();
+    a.insert(1, 42, &mut ca, now).unwrap();
+    let s0 = a.clone();
+    // A removes key 1 and collects at floor(now + 5000).
+    a.remove(1, &mut ca, now + 1).unwrap();
+    assert_eq!(a.collect_garbage(Hlc::floor(now + 5_000)), 1);
+    // S runs ingest_trusted_state with A's state (and, the same operation
+    // without the skew check, merge).
+    let mut s = s0.clone();
+    s.ingest_trusted_state(a.clone(), &mut cs, now + 2).unwrap();
+    let mut merged = s0.clone();
+    merged.merge(a.clone());
+    assert_eq!(s, merged);
+    assert_eq!(s.get(&1), None, "the removed value survived the merge");
+    // A's next delta for S, on either path, keeps it removed.
+    for trusted in [false, true] {
+        let mut s = s.clone();
+        let delta = a.delta_for(&s.sync_request(), &limits).unwrap();
+        if trusted {
+            s.ingest_trusted_delta(delta, &mut cs, now + 3).unwrap();
+        } else {
+            s.ingest_delta(delta, &mut cs, now + 3).unwrap();
+        }
+        assert_eq!(
+            s.get(&1),
+            None,
+            "resurrected after a delta (trusted: {trusted})"
+        );
+    }
+    // S took A's horizon: S and A hold the same state.
+    assert_eq!(s.horizon(), a.horizon());
+    assert!(s.entries().eq(a.entries()));
+}
+
+/// After the merge of item 8, a peer that lagged further behind still holds
+/// key 1 = 42 and offers it, on the untrusted path or as a full state: S must
+/// ignore it (it is below the horizon S took from A), as A does, or S and A
+/// disagree for good.
+#[test]
+fn after_a_trusted_full_state_merge_a_lagging_peer_cannot_bring_the_value_back() {
+    let now = 1_700_000_000_000;
+    let limits = Limits::default();
+    let mut ca = HlcClock::with_default_skew(node(1));
+    let mut cs = HlcClock::with_default_skew(node(2));
+    let mut a = Map::new();
+    a.insert(1, 42, &mut ca, now).unwrap();
+    let lagging = a.clone();
+    let mut s = a.clone();
+    a.remove(1, &mut ca, now + 1).unwrap();
+    a.collect_garbage(Hlc::floor(now + 5_000));
+    s.ingest_trusted_state(a.clone(), &mut cs, now + 2).unwrap();
+    let delta = lagging.delta_for(&s.sync_request(), &limits).unwrap();
+    s.ingest_delta(delta, &mut cs, now + 3).unwrap();
+    s.ingest_state(lagging.clone(), &mut cs, now + 3).unwrap();
+    assert_eq!(s.get(&1), None, "a lagging peer resurrected the value");
+    let mut a2 = a.clone();
+    a2.ingest_state(lagging, &mut ca, now + 3).unwrap();
+    assert!(s.entries().eq(a2.entries()));
+}
+
+/// Applies one chunk from `from` answering `request` through the trusted
+/// path and returns the next request, if any.
+fn trusted_step(
+    from: &Map,
+    to: &mut Map,
+    request: &fed_crdt::SyncRequest<u64>,
+    limits: &Limits,
+) -> Option<fed_crdt::SyncRequest<u64>> {
+    let delta = from.delta_for(request, limits).unwrap();
+    to.apply_trusted_delta(delta).next
+}
+
+/// A chunked trusted series is not atomic: the sender may receive writes and
+/// collect garbage between two chunks. The horizon P takes at the end of the
+/// series must hold for the keys of the earlier chunks too, or P ignores,
+/// for good, a write it never received.
+#[test]
+fn a_sender_collecting_in_the_middle_of_a_chunked_series_does_not_make_the_requester_lose_writes() {
+    let limits = Limits {
+        max_entries: 1,
+        ..Limits::default()
+    };
+    for first_full in [true, false] {
+        let (mut cq, mut cw) = (HlcClock::new(node(1), 1_000), HlcClock::new(node(3), 1_000));
+        let (mut q, mut w, mut p) = (Map::new(), Map::new(), Map::new());
+        for k in 1..=3 {
+            q.insert(k, k, &mut cq, 10 + k).unwrap();
+        }
+        q.remove(9, &mut cq, 20).unwrap();
+        // The first chunk (key 1) reaches P.
+        let first = if first_full {
+            p.full_sync_request()
+        } else {
+            p.sync_request()
+        };
+        let mut next = trusted_step(&q, &mut p, &first, &limits);
+        assert!(next.is_some());
+        // Meanwhile W overwrites key 1, Q receives it, and Q collects at a
+        // horizon above it (Q has every write below).
+        w.insert(1, 100, &mut cw, 150).unwrap();
+        pull_trusted(&w, &mut q, 8);
+        q.collect_garbage(Hlc::floor(200));
+        // P finishes the series.
+        while let Some(request) = next {
+            next = trusted_step(&q, &mut p, &request, &limits);
+        }
+        // Whatever P took from the series, it must still get W's write.
+        pull_trusted(&q, &mut p, 1);
+        pull(&w, &mut p, 1);
+        assert_eq!(
+            p.get(&1),
+            Some(&100),
+            "write lost (first request full: {first_full})"
+        );
+        assert_eq!(p.get(&1), q.get(&1));
+    }
+}

@@ -97,6 +97,20 @@ where
     pull_with(from, to, max_entries, true)
 }
 
+/// [`pull_trusted`] starting with a snapshot request (`full`).
+pub(crate) fn pull_snapshot_trusted<K, V>(
+    from: &LwwMap<K, V>,
+    to: &mut LwwMap<K, V>,
+    max_entries: usize,
+) -> usize
+where
+    K: Ord + Clone + serde::Serialize,
+    V: Clone + serde::Serialize,
+{
+    let first = to.full_sync_request();
+    pull_from(from, to, max_entries, true, first)
+}
+
 fn pull_with<K, V>(
     from: &LwwMap<K, V>,
     to: &mut LwwMap<K, V>,
@@ -107,11 +121,26 @@ where
     K: Ord + Clone + serde::Serialize,
     V: Clone + serde::Serialize,
 {
+    let first = to.sync_request();
+    pull_from(from, to, max_entries, trusted, first)
+}
+
+fn pull_from<K, V>(
+    from: &LwwMap<K, V>,
+    to: &mut LwwMap<K, V>,
+    max_entries: usize,
+    trusted: bool,
+    first: fed_crdt::SyncRequest<K>,
+) -> usize
+where
+    K: Ord + Clone + serde::Serialize,
+    V: Clone + serde::Serialize,
+{
     let limits = Limits {
         max_entries,
         ..Limits::default()
     };
-    let mut request = to.sync_request();
+    let mut request = first;
     let mut chunks = 0;
     loop {
         chunks += 1;
