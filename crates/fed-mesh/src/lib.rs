@@ -1,10 +1,41 @@
 //! The `FederatedMesh` facade: the one crate of exo-federation that does IO.
-//!
-//! **Status: not yet implemented.** This crate holds no code yet. It will drive the
-//! sans-IO protocol crates below it over libp2p on tokio, persist state, and
-//! re-export them (`fed_mesh::crypto`, `fed_mesh::crdt`, ...); see the design brief,
-//! section 9. Today only its dependency edges exist, so that the crate stack is
-//! fixed and checked by `cargo xtask deps`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod core;
+mod driver;
+mod error;
+mod mesh;
+pub mod substrate;
+mod types;
+pub mod wire;
+
+#[doc(inline)]
+pub use fed_crdt as crdt;
+#[doc(inline)]
+pub use fed_crypto as crypto;
+#[doc(inline)]
+pub use fed_handshake as handshake;
+#[doc(inline)]
+pub use fed_onion as onion;
+#[doc(inline)]
+pub use fed_pbft as pbft;
+pub use libp2p::{Multiaddr, PeerId};
+
+pub use crate::{
+    core::{Limits, Timing},
+    driver::TransportConfig,
+    error::{Error, Result},
+    mesh::{FederatedMesh, MeshBuilder, MeshConfig},
+    types::*,
+};
+
+/// Proptest cases: `default`, or `FED_PROPTEST_CASES`.
+#[cfg(test)]
+pub(crate) fn test_cases(default: u32) -> u32 {
+    std::env::var("FED_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -1,0 +1,991 @@
+//! Federated queries: fan-out with deduplication and hop limits, deadlines,
+//! signed answers, and reconciliation at the origin.
+//!
+//! Every node that answers a query signs its own hits (Ed25519, bound to the
+//! query id and a digest of the query's parameters) and forwards the signed
+//! answers of the nodes below it unchanged. The origin verifies each answer
+//! against the signer's identity and reconciles them with fed-crdt, attributing
+//! each to its signer: a node that forwards cannot forge or alter the answers of
+//! others, only drop them, and a dropped answer shows as a node that did not
+//! answer.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use fed_crdt::{Hit, Hlc, QueryResponse as CrdtResponse, ReconcileConfig, Reconciler, ReplicaId};
+use fed_crypto::{HybridSignature, NodeId};
+use libp2p::PeerId;
+use rand_chacha::rand_core::Rng;
+
+use super::{
+    CommandId, Completion, Core, InboundId, SearchId, labels,
+    onion::OnionChild,
+    peers::{Failure, Purpose, shuffle},
+};
+use crate::{
+    error::Error,
+    substrate::{
+        MAX_DIMENSION, MAX_METADATA_ENTRIES, MAX_METADATA_LEN, MAX_TOP_K, PatternId, PatternQuery,
+        ScoredPattern, SubstrateError,
+    },
+    types::{
+        FederatedResult, FederationScope, MeshEvent, PeerOutcome, PeerStatus, QueryOptions,
+        QueryOutcome,
+    },
+    wire::{
+        self, Kind, Protocol, QUERY_ID_LEN, QueryRequest, QueryResponse, Refusal, SignedHits,
+        WireHit, WireReport,
+    },
+};
+
+/// Longest query budget a node accepts from a peer.
+const MAX_BUDGET_MS: u32 = 60_000;
+/// Longest timeout a local query may ask for.
+const MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// Names one child request of a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ChildKey {
+    pub(crate) query: [u8; QUERY_ID_LEN],
+    pub(crate) child: u32,
+}
+
+/// What a substrate search is for.
+pub(crate) enum SearchFor {
+    Query([u8; QUERY_ID_LEN]),
+    Onion(Box<super::onion::DeliverCtx>),
+}
+
+enum Origin {
+    Local {
+        command: CommandId,
+        options: QueryOptions,
+    },
+    Remote {
+        node: NodeId,
+        inbound: InboundId,
+    },
+}
+
+enum LocalSearch {
+    Pending,
+    Done(Vec<WireHit>),
+    Failed(SubstrateError),
+}
+
+pub(crate) struct Child {
+    /// The node whose answer this child brings (for onion children, the target).
+    pub(crate) node: Option<NodeId>,
+    /// The query id the answer must be signed for.
+    pub(crate) id: [u8; QUERY_ID_LEN],
+    pub(crate) status: Option<PeerStatus>,
+    pub(crate) onion: Option<OnionChild>,
+}
+
+struct Report {
+    node: NodeId,
+    status: PeerStatus,
+    reported_by: NodeId,
+}
+
+struct Query {
+    request: QueryRequest,
+    digest: [u8; 32],
+    origin: Origin,
+    deadline: u64,
+    local: LocalSearch,
+    children: BTreeMap<u32, Child>,
+    /// Signed answers by source (the node's own first, for remote queries).
+    responses: BTreeMap<[u8; 32], SignedHits>,
+    reports: Vec<Report>,
+}
+
+/// The queries a node runs or serves, and the ids it has seen.
+pub(crate) struct Queries {
+    active: HashMap<[u8; QUERY_ID_LEN], Query>,
+    seen: HashMap<[u8; QUERY_ID_LEN], u64>,
+    seen_order: VecDeque<([u8; QUERY_ID_LEN], u64)>,
+    capacity: usize,
+    searches: HashMap<SearchId, SearchFor>,
+}
+
+impl Queries {
+    pub(crate) fn new(limits: &super::Limits) -> Self {
+        Self {
+            active: HashMap::new(),
+            seen: HashMap::new(),
+            seen_order: VecDeque::new(),
+            capacity: limits.dedup_capacity,
+            searches: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn take_search(&mut self, id: SearchId) -> Option<SearchFor> {
+        self.searches.remove(&id)
+    }
+
+    pub(crate) fn add_search(&mut self, id: SearchId, purpose: SearchFor) {
+        self.searches.insert(id, purpose);
+    }
+
+    /// Records `id` as seen until `until`; false if it was seen already.
+    fn mark_seen(&mut self, id: [u8; QUERY_ID_LEN], until: u64, now: u64) -> bool {
+        while let Some(&(old, expiry)) = self.seen_order.front() {
+            if expiry > now && self.seen.len() < self.capacity {
+                break;
+            }
+            self.seen_order.pop_front();
+            if self.seen.get(&old) == Some(&expiry) {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.contains_key(&id) {
+            return false;
+        }
+        self.seen.insert(id, until);
+        self.seen_order.push_back((id, until));
+        true
+    }
+
+    fn count(&self, local: bool) -> usize {
+        self.active
+            .values()
+            .filter(|q| matches!(q.origin, Origin::Local { .. }) == local)
+            .count()
+    }
+
+    pub(crate) fn next_timeout(&self) -> Option<u64> {
+        self.active.values().map(|q| q.deadline).min()
+    }
+
+    pub(crate) fn child_mut(&mut self, key: ChildKey) -> Option<&mut Child> {
+        self.active
+            .get_mut(&key.query)?
+            .children
+            .get_mut(&key.child)
+    }
+
+    /// Adds a signed answer brought by an onion child.
+    pub(crate) fn add_response(&mut self, key: ChildKey, response: SignedHits) {
+        if let Some(q) = self.active.get_mut(&key.query) {
+            q.responses.entry(response.source).or_insert(response);
+        }
+    }
+
+    pub(crate) fn next_deadline_of(&self, query: &[u8; QUERY_ID_LEN]) -> Option<u64> {
+        self.active.get(query).map(|q| q.deadline)
+    }
+
+    pub(crate) fn request(&self, query: &[u8; QUERY_ID_LEN]) -> Option<(&QueryRequest, [u8; 32])> {
+        self.active.get(query).map(|q| (&q.request, q.digest))
+    }
+}
+
+/// The digest of a query's parameters: what every answer's signature binds.
+pub(crate) fn query_digest(request: &QueryRequest) -> [u8; 32] {
+    let params = wire::encode(&(
+        request.top_k,
+        &request.embedding,
+        &request.filter,
+        request.embeddings,
+    ));
+    fed_crypto::hash(labels::QUERY_DIGEST, &[&params])
+}
+
+/// The message a node signs to answer query `id`.
+fn response_message(
+    id: &[u8; QUERY_ID_LEN],
+    digest: &[u8; 32],
+    source: &[u8; 32],
+    hits: &[WireHit],
+) -> Vec<u8> {
+    let hits = wire::encode(&hits);
+    let mut msg = Vec::with_capacity(80 + hits.len());
+    msg.extend_from_slice(id);
+    msg.extend_from_slice(digest);
+    msg.extend_from_slice(source);
+    msg.extend_from_slice(&hits);
+    msg
+}
+
+/// Checks a remote query's bounds.
+pub(crate) fn check_request(request: &QueryRequest) -> Result<(), Refusal> {
+    let bounded_filter = request.filter.len() <= MAX_METADATA_ENTRIES
+        && request
+            .filter
+            .iter()
+            .all(|(k, v)| k.len() <= MAX_METADATA_LEN && v.len() <= MAX_METADATA_LEN)
+        && request.filter.windows(2).all(|w| w[0].0 < w[1].0);
+    if request.embedding.is_empty()
+        || request.embedding.len() > MAX_DIMENSION
+        || request.embedding.iter().any(|x| !x.is_finite())
+        || request.top_k == 0
+        || usize::from(request.top_k) > MAX_TOP_K
+        || !bounded_filter
+    {
+        return Err(Refusal::Malformed);
+    }
+    Ok(())
+}
+
+pub(crate) fn to_pattern_query(request: &QueryRequest) -> PatternQuery {
+    PatternQuery {
+        embedding: request.embedding.clone(),
+        top_k: usize::from(request.top_k),
+        filter: request.filter.iter().cloned().collect(),
+    }
+}
+
+pub(crate) fn to_wire_hits(
+    found: Vec<ScoredPattern>,
+    embeddings: bool,
+    top_k: usize,
+) -> Vec<WireHit> {
+    found
+        .into_iter()
+        .take(top_k)
+        .map(|s| WireHit {
+            pattern: *s.pattern.id.as_bytes(),
+            score: s.score,
+            timestamp_ms: s.pattern.timestamp_ms,
+            metadata: s.pattern.metadata.into_iter().collect(),
+            embedding: embeddings.then_some(s.pattern.embedding),
+        })
+        .collect()
+}
+
+fn status_code(status: &PeerStatus) -> (u8, u8) {
+    match status {
+        PeerStatus::Answered { .. } => (0, 0),
+        PeerStatus::TimedOut => (1, 0),
+        PeerStatus::Refused(r) => (2, r.code()),
+        PeerStatus::Unreachable | PeerStatus::Rejected(_) => (3, 0),
+    }
+}
+
+fn status_of(report: &WireReport) -> Option<PeerStatus> {
+    Some(match report.status {
+        0 => PeerStatus::Answered { hits: 0 },
+        1 => PeerStatus::TimedOut,
+        2 => PeerStatus::Refused(Refusal::from_code(report.detail)?),
+        3 => PeerStatus::Unreachable,
+        _ => return None,
+    })
+}
+
+fn failure_status(failure: Failure) -> PeerStatus {
+    match failure {
+        Failure::Timeout => PeerStatus::TimedOut,
+        Failure::Unreachable => PeerStatus::Unreachable,
+        Failure::Refused(r) => PeerStatus::Refused(r),
+        Failure::Malformed => PeerStatus::Rejected("malformed answer".into()),
+    }
+}
+
+/// The payload reconciliation carries per hit: metadata and embedding.
+type Payload = (Vec<(String, String)>, Option<Vec<f32>>);
+
+impl Core {
+    pub(super) fn start_query(
+        &mut self,
+        command: CommandId,
+        query: PatternQuery,
+        scope: FederationScope,
+        options: QueryOptions,
+        now: u64,
+    ) {
+        if let Err(e) = self.check_local_query(&query, scope, &options) {
+            return self.complete(command, Completion::Queried(Err(e)));
+        }
+        if self.queries.count(true) >= self.config.limits.max_local_queries {
+            return self.complete(
+                command,
+                Completion::Queried(Err(Error::Busy("too many queries in flight"))),
+            );
+        }
+        self.stats.queries_started += 1;
+        let mut id = [0u8; QUERY_ID_LEN];
+        self.rng.fill_bytes(&mut id);
+        let deadline = now.saturating_add(options.timeout_ms);
+        let hops_left = match scope {
+            FederationScope::Global { max_hops } => max_hops.saturating_sub(1),
+            _ => 0,
+        };
+        let request = QueryRequest {
+            id,
+            hops_left,
+            fanout: options.fanout,
+            budget_ms: 0,
+            top_k: query.top_k as u16,
+            embedding: query.embedding.clone(),
+            filter: query.filter.clone().into_iter().collect(),
+            embeddings: options.include_embeddings,
+        };
+        let digest = query_digest(&request);
+        self.queries.mark_seen(id, deadline, now);
+        let search = self.next_search_id();
+        self.queries.add_search(search, SearchFor::Query(id));
+        self.push(super::Action::Search {
+            id: search,
+            query: query.clone(),
+        });
+        let onion = options.onion;
+        let fanout = usize::from(options.fanout);
+        self.queries.active.insert(
+            id,
+            Query {
+                request,
+                digest,
+                origin: Origin::Local { command, options },
+                deadline,
+                local: LocalSearch::Pending,
+                children: BTreeMap::new(),
+                responses: BTreeMap::new(),
+                reports: Vec::new(),
+            },
+        );
+        match (scope, onion) {
+            (FederationScope::Local, _) | (FederationScope::Global { max_hops: 0 }, _) => {}
+            (_, Some(route)) => {
+                let targets = match scope {
+                    FederationScope::Direct => self
+                        .session_peers()
+                        .iter()
+                        .filter_map(|p| self.peers.get(p).and_then(|p| p.node))
+                        .collect(),
+                    _ => self.directory.onion_members(&self.local_node, now),
+                };
+                for target in targets {
+                    self.send_onion_query(id, target, route.relays, now);
+                }
+            }
+            (FederationScope::Direct, None) => {
+                for peer in self.session_peers() {
+                    self.forward(id, peer, now);
+                }
+            }
+            (FederationScope::Global { .. }, None) => {
+                let mut peers = self.session_peers();
+                shuffle(&mut peers, &mut self.rng);
+                for peer in peers.into_iter().take(fanout) {
+                    self.forward(id, peer, now);
+                }
+            }
+        }
+        self.maybe_finish(id, now);
+    }
+
+    fn check_local_query(
+        &self,
+        query: &PatternQuery,
+        scope: FederationScope,
+        options: &QueryOptions,
+    ) -> Result<(), Error> {
+        query
+            .validate()
+            .map_err(|e| Error::InvalidQuery(e.to_string()))?;
+        if options.timeout_ms == 0 || options.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(Error::InvalidQuery(format!(
+                "timeout_ms must be 1 to {MAX_TIMEOUT_MS}"
+            )));
+        }
+        if options.fanout == 0 || options.fanout > self.config.limits.max_fanout {
+            return Err(Error::InvalidQuery(format!(
+                "fanout must be 1 to {}",
+                self.config.limits.max_fanout
+            )));
+        }
+        if let FederationScope::Global { max_hops } = scope
+            && max_hops > self.config.limits.max_hops
+        {
+            return Err(Error::InvalidQuery(format!(
+                "max_hops must be at most {}",
+                self.config.limits.max_hops
+            )));
+        }
+        if let Some(route) = options.onion
+            && !(1..=fed_onion::MAX_RELAYS as u8).contains(&route.relays)
+        {
+            return Err(Error::InvalidQuery(format!(
+                "onion relays must be 1 to {}",
+                fed_onion::MAX_RELAYS
+            )));
+        }
+        if options.max_per_source == Some(0) {
+            return Err(Error::InvalidQuery(
+                "max_per_source must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends query `id` on to `peer` as a new child.
+    fn forward(&mut self, id: [u8; QUERY_ID_LEN], peer: PeerId, now: u64) {
+        let node = self.peers.get(&peer).and_then(|p| p.node);
+        let Some(q) = self.queries.active.get_mut(&id) else {
+            return;
+        };
+        let mut request = q.request.clone();
+        if matches!(q.origin, Origin::Remote { .. }) {
+            request.hops_left = request.hops_left.saturating_sub(1);
+        }
+        request.budget_ms =
+            (q.deadline.saturating_sub(now) * 9 / 10).min(u64::from(MAX_BUDGET_MS)) as u32;
+        let child = q.children.len() as u32;
+        q.children.insert(
+            child,
+            Child {
+                node,
+                id,
+                status: None,
+                onion: None,
+            },
+        );
+        self.stats.queries_forwarded += 1;
+        let plaintext = wire::envelope(Kind::QueryRequest, &wire::encode(&request));
+        self.send_sealed(
+            peer,
+            Protocol::Query,
+            &plaintext,
+            Purpose::Query(ChildKey { query: id, child }),
+            now,
+        );
+    }
+
+    /// Adds a child to query `id` and returns its key (for onion children).
+    pub(super) fn add_child(&mut self, id: [u8; QUERY_ID_LEN], child: Child) -> Option<ChildKey> {
+        let q = self.queries.active.get_mut(&id)?;
+        let n = q.children.len() as u32;
+        q.children.insert(n, child);
+        Some(ChildKey {
+            query: id,
+            child: n,
+        })
+    }
+
+    pub(super) fn on_query_request(
+        &mut self,
+        peer: PeerId,
+        id: InboundId,
+        plaintext: &[u8],
+        now: u64,
+    ) {
+        let Ok(request) = wire::decode_body::<QueryRequest>(plaintext, Kind::QueryRequest, "query")
+        else {
+            self.malformed_request(id, now);
+            return;
+        };
+        if let Err(refusal) = check_request(&request) {
+            self.refuse(id, refusal, now);
+            return;
+        }
+        let budget = u64::from(request.budget_ms.min(MAX_BUDGET_MS));
+        let deadline = now.saturating_add(budget * 9 / 10);
+        if !self
+            .queries
+            .mark_seen(request.id, now.saturating_add(budget), now)
+        {
+            self.stats.query_duplicates += 1;
+            let answer = QueryResponse {
+                seen: true,
+                ..QueryResponse::default()
+            };
+            self.respond_sealed(id, Kind::QueryResponse, &wire::encode(&answer));
+            return;
+        }
+        if self.queries.count(false) >= self.config.limits.max_remote_queries {
+            self.refuse(id, Refusal::Overloaded, now);
+            return;
+        }
+        let Some(node) = self.peers.get(&peer).and_then(|p| p.node) else {
+            self.refuse(id, Refusal::NoSession, now);
+            return;
+        };
+        self.stats.queries_served += 1;
+        let mut request = request;
+        request.fanout = request.fanout.clamp(1, self.config.limits.max_fanout);
+        request.hops_left = request.hops_left.min(self.config.limits.max_hops);
+        let digest = query_digest(&request);
+        let qid = request.id;
+        let search = self.next_search_id();
+        self.queries.add_search(search, SearchFor::Query(qid));
+        self.push(super::Action::Search {
+            id: search,
+            query: to_pattern_query(&request),
+        });
+        let forward = request.hops_left > 0;
+        let fanout = usize::from(request.fanout);
+        self.queries.active.insert(
+            qid,
+            Query {
+                request,
+                digest,
+                origin: Origin::Remote { node, inbound: id },
+                deadline,
+                local: LocalSearch::Pending,
+                children: BTreeMap::new(),
+                responses: BTreeMap::new(),
+                reports: Vec::new(),
+            },
+        );
+        if forward {
+            let mut peers: Vec<PeerId> = self
+                .session_peers()
+                .into_iter()
+                .filter(|p| *p != peer)
+                .collect();
+            shuffle(&mut peers, &mut self.rng);
+            for next in peers.into_iter().take(fanout) {
+                self.forward(qid, next, now);
+            }
+        }
+    }
+
+    pub(super) fn on_local_results(
+        &mut self,
+        qid: [u8; QUERY_ID_LEN],
+        result: Result<Vec<ScoredPattern>, SubstrateError>,
+        now: u64,
+    ) {
+        let local_node = self.local_node;
+        let Some(q) = self.queries.active.get_mut(&qid) else {
+            return;
+        };
+        match result {
+            Err(e) => q.local = LocalSearch::Failed(e),
+            Ok(found) => {
+                let hits = to_wire_hits(found, q.request.embeddings, usize::from(q.request.top_k));
+                if let Origin::Remote { node, .. } = q.origin {
+                    let message = response_message(&qid, &q.digest, &local_node.0, &hits);
+                    let count = hits.len();
+                    match self
+                        .config
+                        .identity
+                        .sign_ed25519(labels::QUERY_RESPONSE, &message)
+                    {
+                        Ok(signature) => {
+                            q.responses.insert(
+                                local_node.0,
+                                SignedHits {
+                                    source: local_node.0,
+                                    hits,
+                                    signature: signature.to_bytes(),
+                                },
+                            );
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not sign a query answer"),
+                    }
+                    q.local = LocalSearch::Done(Vec::new());
+                    self.event(MeshEvent::QueryServed {
+                        from: node,
+                        hits: count,
+                    });
+                } else {
+                    q.local = LocalSearch::Done(hits);
+                }
+            }
+        }
+        self.maybe_finish(qid, now);
+    }
+
+    pub(super) fn on_query_response(
+        &mut self,
+        peer: PeerId,
+        key: ChildKey,
+        plaintext: &[u8],
+        now: u64,
+    ) {
+        let decoded =
+            wire::decode_body::<QueryResponse>(plaintext, Kind::QueryResponse, "query answer");
+        let max = self.config.limits.max_forwarded_responses;
+        let answer = match decoded {
+            Ok(a) if a.responses.len() <= max && a.reports.len() <= 4 * max => a,
+            _ => {
+                self.cut_off(peer, crate::types::CutOffReason::Malformed, now);
+                self.on_query_child_failed(key, Failure::Malformed, now);
+                return;
+            }
+        };
+        let Some(q) = self.queries.active.get_mut(&key.query) else {
+            return;
+        };
+        let Some(child) = q.children.get_mut(&key.child) else {
+            return;
+        };
+        if child.status.is_some() {
+            return;
+        }
+        let via = child.node;
+        if answer.seen {
+            // Reached by another path first: neither a separate answer nor a failure.
+            child.status = Some(PeerStatus::Answered { hits: 0 });
+            child.node = None;
+        } else {
+            let hits = via
+                .and_then(|n| answer.responses.iter().find(|r| r.source == n.0))
+                .map_or(0, |r| r.hits.len());
+            child.status = Some(PeerStatus::Answered { hits });
+        }
+        for r in answer.responses {
+            if q.responses.len() >= max {
+                break;
+            }
+            q.responses.entry(r.source).or_insert(r);
+        }
+        if let Some(via) = via {
+            for r in answer.reports {
+                if q.reports.len() >= 4 * max {
+                    break;
+                }
+                if let Some(status) = status_of(&r) {
+                    q.reports.push(Report {
+                        node: NodeId(r.node),
+                        status,
+                        reported_by: via,
+                    });
+                }
+            }
+        }
+        self.maybe_finish(key.query, now);
+    }
+
+    pub(super) fn on_query_child_failed(&mut self, key: ChildKey, failure: Failure, now: u64) {
+        if let Some(child) = self.queries.child_mut(key)
+            && child.status.is_none()
+        {
+            child.status = Some(failure_status(failure));
+            self.maybe_finish(key.query, now);
+        }
+    }
+
+    pub(super) fn maybe_finish(&mut self, qid: [u8; QUERY_ID_LEN], now: u64) {
+        let done = self.queries.active.get(&qid).is_some_and(|q| {
+            !matches!(q.local, LocalSearch::Pending)
+                && q.children.values().all(|c| c.status.is_some())
+        });
+        if done {
+            self.finish_query(qid, now);
+        }
+    }
+
+    pub(super) fn queries_timeout(&mut self, now: u64) {
+        let due: Vec<[u8; QUERY_ID_LEN]> = self
+            .queries
+            .active
+            .iter()
+            .filter(|(_, q)| q.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for qid in due {
+            if let Some(q) = self.queries.active.get_mut(&qid) {
+                for c in q.children.values_mut() {
+                    if c.status.is_none() {
+                        c.status = Some(PeerStatus::TimedOut);
+                    }
+                }
+            }
+            self.finish_query(qid, now);
+        }
+    }
+
+    fn finish_query(&mut self, qid: [u8; QUERY_ID_LEN], now: u64) {
+        let Some(q) = self.queries.active.remove(&qid) else {
+            return;
+        };
+        match q.origin {
+            Origin::Remote { inbound, .. } => self.answer_remote(q, inbound),
+            Origin::Local {
+                command,
+                ref options,
+            } => {
+                let options = options.clone();
+                let outcome = self.reconcile_local(q, &options, now);
+                self.complete(command, Completion::Queried(outcome));
+            }
+        }
+    }
+
+    /// Answers the previous hop: every signed answer collected (bounded, best
+    /// first, within the message size) and reports on the children.
+    fn answer_remote(&mut self, q: Query, inbound: InboundId) {
+        let mut reports: Vec<WireReport> = q
+            .children
+            .values()
+            .filter_map(|c| {
+                let node = c.node?;
+                let (status, detail) = status_code(c.status.as_ref()?);
+                Some(WireReport {
+                    node: node.0,
+                    status,
+                    detail,
+                })
+            })
+            .collect();
+        let max = self.config.limits.max_forwarded_responses;
+        reports.extend(q.reports.iter().map(|r| {
+            let (status, detail) = status_code(&r.status);
+            WireReport {
+                node: r.node.0,
+                status,
+                detail,
+            }
+        }));
+        reports.truncate(4 * max);
+        let local = self.local_node.0;
+        let mut responses: Vec<SignedHits> = q.responses.into_values().collect();
+        let best = |r: &SignedHits| {
+            r.hits
+                .iter()
+                .map(|h| h.score)
+                .fold(f32::NEG_INFINITY, f32::max)
+        };
+        responses.sort_by(|a, b| {
+            (b.source == local)
+                .cmp(&(a.source == local))
+                .then_with(|| best(b).total_cmp(&best(a)))
+        });
+        responses.truncate(max);
+        // Stay within the channel's payload limit (1 MiB by default): drop the
+        // weakest answers until the message fits.
+        let limit = fed_handshake::MAX_MESSAGE_LEN
+            .max(self.config.capabilities.limits.max_message_bytes as usize)
+            - wire::ENVELOPE_HEADER_LEN
+            - 64;
+        let mut answer = QueryResponse {
+            responses,
+            reports,
+            seen: false,
+        };
+        let mut body = wire::encode(&answer);
+        while body.len() > limit && !answer.responses.is_empty() {
+            answer.responses.pop();
+            body = wire::encode(&answer);
+        }
+        self.respond_sealed(inbound, Kind::QueryResponse, &body);
+    }
+
+    fn verify_answer(
+        &self,
+        answer: &SignedHits,
+        id: &[u8; QUERY_ID_LEN],
+        request: &QueryRequest,
+        digest: &[u8; 32],
+    ) -> Result<Vec<Hit<Payload>>, String> {
+        let node = NodeId(answer.source);
+        let identity = self
+            .identity_of(&node)
+            .ok_or_else(|| "signer unknown to this node".to_string())?;
+        let signature = HybridSignature::from_bytes(&answer.signature)
+            .map_err(|_| "malformed signature".to_string())?;
+        let message = response_message(id, digest, &answer.source, &answer.hits);
+        identity
+            .verify_ed25519(labels::QUERY_RESPONSE, &message, &signature)
+            .map_err(|_| "signature does not verify".to_string())?;
+        if answer.hits.len() > usize::from(request.top_k) {
+            return Err(format!(
+                "{} hits for top_k {}",
+                answer.hits.len(),
+                request.top_k
+            ));
+        }
+        let mut hits = Vec::with_capacity(answer.hits.len());
+        for h in &answer.hits {
+            if !h.score.is_finite() || h.score.abs() > 1.0001 {
+                return Err("score outside [-1, 1]".into());
+            }
+            let metadata_ok = h.metadata.len() <= MAX_METADATA_ENTRIES
+                && h.metadata
+                    .iter()
+                    .all(|(k, v)| k.len() <= MAX_METADATA_LEN && v.len() <= MAX_METADATA_LEN);
+            let filter_ok = request
+                .filter
+                .iter()
+                .all(|(k, v)| h.metadata.iter().any(|(mk, mv)| mk == k && mv == v));
+            if !metadata_ok || !filter_ok {
+                return Err("a hit does not match the filter".into());
+            }
+            let embedding_ok = match &h.embedding {
+                None => !request.embeddings,
+                Some(e) => {
+                    request.embeddings
+                        && e.len() == request.embedding.len()
+                        && e.iter().all(|x| x.is_finite())
+                }
+            };
+            if !embedding_ok {
+                return Err("embedding missing, unasked for, or of the wrong dimension".into());
+            }
+            hits.push(Hit {
+                pattern: PatternId::new(h.pattern),
+                score: h.score,
+                version: Hlc::new(h.timestamp_ms, 0, ReplicaId::ZERO),
+                payload: (h.metadata.clone(), h.embedding.clone()),
+            });
+        }
+        Ok(hits)
+    }
+
+    fn reconcile_local(
+        &mut self,
+        q: Query,
+        options: &QueryOptions,
+        now: u64,
+    ) -> Result<QueryOutcome, Error> {
+        let top_k = usize::from(q.request.top_k);
+        let config = ReconcileConfig {
+            top_k,
+            max_per_source: options.max_per_source.unwrap_or(top_k),
+            max_hits_per_response: top_k,
+            ..ReconcileConfig::default()
+        };
+        let mut reconciler: Reconciler<Payload> = Reconciler::new(config, now);
+        let local = ReplicaId::new(self.local_node.0);
+        let mut own_error = None;
+        match q.local {
+            LocalSearch::Done(hits) => {
+                let hits = hits
+                    .into_iter()
+                    .map(|h| Hit {
+                        pattern: PatternId::new(h.pattern),
+                        score: h.score,
+                        version: Hlc::new(h.timestamp_ms, 0, ReplicaId::ZERO),
+                        payload: (h.metadata, h.embedding),
+                    })
+                    .collect();
+                let _ = reconciler.add(
+                    local,
+                    CrdtResponse {
+                        source: local,
+                        hits,
+                    },
+                );
+            }
+            LocalSearch::Failed(e) => own_error = Some(e),
+            LocalSearch::Pending => {}
+        }
+        let mut peers: BTreeMap<NodeId, PeerOutcome> = BTreeMap::new();
+        // Which query id each source's answer must be signed for.
+        let onion_ids: BTreeMap<[u8; 32], [u8; QUERY_ID_LEN]> = q
+            .children
+            .values()
+            .filter(|c| c.onion.is_some())
+            .filter_map(|c| Some((c.node?.0, c.id)))
+            .collect();
+        for (source, answer) in &q.responses {
+            let node = NodeId(*source);
+            if node == self.local_node {
+                continue;
+            }
+            let id = onion_ids.get(source).copied().unwrap_or(q.request.id);
+            let status = match self.verify_answer(answer, &id, &q.request, &q.digest) {
+                Ok(hits) => {
+                    let count = hits.len();
+                    let replica = ReplicaId::new(*source);
+                    match reconciler.add(
+                        replica,
+                        CrdtResponse {
+                            source: replica,
+                            hits,
+                        },
+                    ) {
+                        Ok(()) => PeerStatus::Answered { hits: count },
+                        Err(reason) => PeerStatus::Rejected(format!("{reason:?}")),
+                    }
+                }
+                Err(reason) => PeerStatus::Rejected(reason),
+            };
+            peers.insert(
+                node,
+                PeerOutcome {
+                    node,
+                    status,
+                    reported_by: None,
+                },
+            );
+        }
+        for c in q.children.values() {
+            let (Some(node), Some(status)) = (c.node, &c.status) else {
+                continue;
+            };
+            if matches!(status, PeerStatus::Answered { .. }) && !peers.contains_key(&node) {
+                // It answered but its own signed answer is missing: treat as lost.
+                peers.insert(
+                    node,
+                    PeerOutcome {
+                        node,
+                        status: PeerStatus::Rejected("answer without its own signed hits".into()),
+                        reported_by: None,
+                    },
+                );
+                continue;
+            }
+            peers.entry(node).or_insert(PeerOutcome {
+                node,
+                status: status.clone(),
+                reported_by: None,
+            });
+        }
+        for r in q.reports {
+            if r.node == self.local_node || matches!(r.status, PeerStatus::Answered { .. }) {
+                continue;
+            }
+            peers.entry(r.node).or_insert(PeerOutcome {
+                node: r.node,
+                status: r.status,
+                reported_by: Some(r.reported_by),
+            });
+        }
+        let reconciled = reconciler.finish();
+        if let Some(e) = own_error
+            && reconciled.hits.is_empty()
+        {
+            return Err(Error::Substrate(e));
+        }
+        let results = reconciled
+            .hits
+            .into_iter()
+            .map(|h| FederatedResult {
+                pattern: h.pattern,
+                score: h.score,
+                timestamp_ms: h.version.physical_ms(),
+                metadata: h.payload.0.into_iter().collect(),
+                embedding: h.payload.1,
+                provenance: h
+                    .provenance
+                    .iter()
+                    .map(|p| NodeId(*p.source.as_bytes()))
+                    .collect(),
+            })
+            .collect();
+        let peers: Vec<PeerOutcome> = peers.into_values().collect();
+        let complete = peers
+            .iter()
+            .all(|p| matches!(p.status, PeerStatus::Answered { .. }));
+        Ok(QueryOutcome {
+            results,
+            peers,
+            complete,
+            candidates: reconciled.candidates,
+            conflicts: reconciled.conflicts,
+        })
+    }
+
+    /// Signs this node's answer to query `id` (for onion deliveries).
+    pub(super) fn sign_answer(
+        &self,
+        id: &[u8; QUERY_ID_LEN],
+        digest: &[u8; 32],
+        hits: Vec<WireHit>,
+    ) -> Option<SignedHits> {
+        let message = response_message(id, digest, &self.local_node.0, &hits);
+        let signature = self
+            .config
+            .identity
+            .sign_ed25519(labels::QUERY_RESPONSE, &message)
+            .ok()?;
+        Some(SignedHits {
+            source: self.local_node.0,
+            hits,
+            signature: signature.to_bytes(),
+        })
+    }
+}

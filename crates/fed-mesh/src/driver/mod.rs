@@ -1,0 +1,575 @@
+//! The IO layer: one tokio task owns the libp2p `Swarm` and the node's [`Core`],
+//! and moves events between them. It holds no federation logic of its own.
+//!
+//! Its loop is a `select!` over swarm events, commands from the
+//! [`FederatedMesh`](crate::FederatedMesh) handles, finished substrate searches
+//! and the core's next timeout; after each it drains the core's actions into
+//! the swarm (requests, responses, dials, bans), the substrate (searches), the
+//! waiting callers and the event channel.
+
+pub(crate) mod codec;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, kad,
+    memory_connection_limits, noise, ping,
+    request_response::{
+        self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
+    },
+    swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts},
+    tcp, tls, yamux,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use self::codec::{FrameCodec, FrameError};
+use crate::{
+    core::{
+        Action, Command, CommandId, Completion, Core, InboundId, InboundProblem, OutboundId,
+        SearchId, SendFailure,
+    },
+    error::{Error, Result},
+    substrate::{ScoredPattern, Substrate, SubstrateError},
+    types::{MeshEvent, Stats},
+    wire::{self, Protocol},
+};
+
+/// Wall-clock time in Unix milliseconds: the `now` the core runs on.
+#[allow(clippy::disallowed_methods)] // the IO layer is where time enters
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(feature = "mdns")]
+type Mdns = libp2p::mdns::tokio::Behaviour;
+#[cfg(not(feature = "mdns"))]
+type Mdns = libp2p::swarm::dummy::Behaviour;
+
+/// Every libp2p behaviour the node runs.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
+    memory: memory_connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    mdns: Toggle<Mdns>,
+    handshake: request_response::Behaviour<FrameCodec>,
+    query: request_response::Behaviour<FrameCodec>,
+    onion: request_response::Behaviour<FrameCodec>,
+    sync: request_response::Behaviour<FrameCodec>,
+}
+
+/// Transport settings of the libp2p layer.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// Close a connection after this long without streams. Default 1 h: members
+    /// keep their connections; ping checks they are alive.
+    pub idle_timeout: Duration,
+    /// Connections at most, in and out. Default 512.
+    pub max_connections: u32,
+    /// Connections per peer at most. Default 2.
+    pub max_connections_per_peer: u32,
+    /// Refuse new connections above this share of the system's memory. Default 0.9.
+    pub max_memory_fraction: f64,
+    /// Discover peers on the local network by mDNS (needs the `mdns` feature;
+    /// mDNS skips loopback, so a local federation needs bootstrap peers).
+    pub mdns: bool,
+    /// How long a request on a federation protocol may stay unanswered before
+    /// the transport gives up on it. Default 60 s (the core's own deadlines are
+    /// shorter).
+    pub request_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: 512,
+            max_connections_per_peer: 2,
+            max_memory_fraction: 0.9,
+            mdns: false,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+fn rr(
+    protocol: Protocol,
+    max_request: usize,
+    max_response: usize,
+    timeout: Duration,
+) -> request_response::Behaviour<FrameCodec> {
+    request_response::Behaviour::with_codec(
+        FrameCodec::new(max_request, max_response),
+        [(StreamProtocol::new(protocol.name()), ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(timeout)
+            .with_max_concurrent_streams(256),
+    )
+}
+
+/// Builds the swarm: TCP with TLS (preferred; X25519MLKEM768 key exchange) or
+/// Noise, Yamux; QUIC; DNS; and the behaviours above.
+pub(crate) fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    transport: &TransportConfig,
+    max_frame: usize,
+) -> Result<Swarm<Behaviour>> {
+    let handshake_max = fed_handshake::MAX_MESSAGE_LEN + fed_crypto::FRAME_OVERHEAD + 64;
+    let onion_max = fed_onion::MAX_PACKET_LEN
+        + fed_crypto::FRAME_OVERHEAD
+        + wire::ENVELOPE_HEADER_LEN
+        + wire::SESSION_ID_LEN
+        + 64;
+    let timeout = transport.request_timeout;
+    let t = transport.clone();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            (tls::Config::new, noise::Config::new),
+            yamux::Config::default,
+        )
+        .map_err(|e| Error::Transport(format!("TCP transport: {e}")))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| Error::Transport(format!("DNS resolver: {e}")))?
+        .with_behaviour(move |key| {
+            let peer = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(StreamProtocol::new(wire::PROTOCOL_KAD));
+            kad_config.set_query_timeout(Duration::from_secs(30));
+            let mut kad =
+                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
+            // Federation members are servers; on loopback or behind NAT no
+            // external address is ever confirmed, which would leave Kademlia in
+            // client mode.
+            kad.set_mode(Some(kad::Mode::Server));
+            #[cfg(feature = "mdns")]
+            let mdns = if t.mdns {
+                Some(libp2p::mdns::tokio::Behaviour::new(
+                    libp2p::mdns::Config::default(),
+                    peer,
+                )?)
+            } else {
+                None
+            };
+            #[cfg(not(feature = "mdns"))]
+            let mdns: Option<Mdns> = None;
+            Ok(Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(t.max_connections))
+                        .with_max_established_per_peer(Some(t.max_connections_per_peer))
+                        .with_max_pending_incoming(Some(64)),
+                ),
+                memory: memory_connection_limits::Behaviour::with_max_percentage(
+                    t.max_memory_fraction,
+                ),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(wire::IDENTIFY_PROTOCOL_VERSION.into(), key.public())
+                        .with_agent_version(format!(
+                            "exo-federation/{}",
+                            env!("CARGO_PKG_VERSION")
+                        )),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                kad,
+                mdns: Toggle::from(mdns),
+                handshake: rr(Protocol::Handshake, handshake_max, handshake_max, timeout),
+                query: rr(Protocol::Query, max_frame, max_frame, timeout),
+                onion: rr(Protocol::Onion, onion_max, onion_max, timeout),
+                sync: rr(Protocol::Sync, max_frame, max_frame, timeout),
+            })
+        })
+        .map_err(|e| Error::Transport(format!("behaviours: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(transport.idle_timeout))
+        .build();
+    Ok(swarm)
+}
+
+/// What a handle asks the driver.
+pub(crate) enum Request {
+    Command(Command, oneshot::Sender<Completion>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Stats(oneshot::Sender<Stats>),
+    PeerCount(oneshot::Sender<usize>),
+    SharedEntries(oneshot::Sender<Vec<(Vec<u8>, Vec<u8>)>>),
+    Revoke([u8; 32]),
+    /// Test hook: stop processing for a while, as a hung node would.
+    Pause(Duration, oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(crate) struct Driver {
+    swarm: Swarm<Behaviour>,
+    core: Core,
+    substrate: Arc<dyn Substrate>,
+    requests: mpsc::Receiver<Request>,
+    searches_tx: mpsc::Sender<(
+        SearchId,
+        std::result::Result<Vec<ScoredPattern>, SubstrateError>,
+    )>,
+    searches_rx: mpsc::Receiver<(
+        SearchId,
+        std::result::Result<Vec<ScoredPattern>, SubstrateError>,
+    )>,
+    events: broadcast::Sender<MeshEvent>,
+    channels: HashMap<InboundId, (Protocol, ResponseChannel<Vec<u8>>)>,
+    inbound_ids: HashMap<(Protocol, InboundRequestId), InboundId>,
+    outbound_ids: HashMap<(Protocol, OutboundRequestId), OutboundId>,
+    waiting: HashMap<CommandId, oneshot::Sender<Completion>>,
+    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    listen_addrs: Vec<Multiaddr>,
+    next_inbound: u64,
+    next_command: u64,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        core: Core,
+        substrate: Arc<dyn Substrate>,
+        requests: mpsc::Receiver<Request>,
+        events: broadcast::Sender<MeshEvent>,
+        bootstrap: &[crate::PeerAddress],
+    ) -> Self {
+        let (searches_tx, searches_rx) = mpsc::channel(1024);
+        let mut driver = Self {
+            swarm,
+            core,
+            substrate,
+            requests,
+            searches_tx,
+            searches_rx,
+            events,
+            channels: HashMap::new(),
+            inbound_ids: HashMap::new(),
+            outbound_ids: HashMap::new(),
+            waiting: HashMap::new(),
+            listen_waiters: Vec::new(),
+            listen_addrs: Vec::new(),
+            next_inbound: 1,
+            next_command: 1,
+        };
+        for b in bootstrap {
+            if let Ok(peer) = b.peer_id() {
+                driver
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, b.addr.clone());
+            }
+        }
+        driver
+    }
+
+    /// Runs until a shutdown request or until every handle is dropped.
+    pub(crate) async fn run(mut self) {
+        let mut kad_bootstrap = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            let now = now_ms();
+            let wait = self
+                .core
+                .poll_timeout()
+                .map_or(Duration::from_secs(3600), |t| {
+                    Duration::from_millis(t.saturating_sub(now))
+                });
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                request = self.requests.recv() => match request {
+                    None => break,
+                    Some(Request::Shutdown(done)) => {
+                        self.fail_waiting();
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(Request::Pause(d, done)) => {
+                        let _ = done.send(());
+                        tokio::time::sleep(d).await;
+                    }
+                    Some(request) => self.on_request(request),
+                },
+                Some((id, result)) = self.searches_rx.recv() => self.core.handle_search_done(id, result, now_ms()),
+                _ = tokio::time::sleep(wait) => self.core.handle_timeout(now_ms()),
+                _ = kad_bootstrap.tick() => {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+            self.drain();
+        }
+    }
+
+    fn fail_waiting(&mut self) {
+        for (_, tx) in self.waiting.drain() {
+            drop(tx);
+        }
+    }
+
+    fn on_request(&mut self, request: Request) {
+        match request {
+            Request::Command(command, reply) => {
+                let id = CommandId(self.next_command);
+                self.next_command += 1;
+                self.waiting.insert(id, reply);
+                self.core.command(id, command, now_ms());
+            }
+            Request::ListenAddrs(reply) => {
+                if self.listen_addrs.is_empty() {
+                    self.listen_waiters.push(reply);
+                } else {
+                    let _ = reply.send(self.listen_addrs.clone());
+                }
+            }
+            Request::Stats(reply) => {
+                let _ = reply.send(self.core.stats().clone());
+            }
+            Request::PeerCount(reply) => {
+                let _ = reply.send(self.core.peer_count());
+            }
+            Request::SharedEntries(reply) => {
+                let _ = reply.send(self.core.shared_entries());
+            }
+            Request::Revoke(id) => self.core.revoke_token(id),
+            Request::Pause(..) | Request::Shutdown(_) => {}
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = now_ms();
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if num_established.get() == 1 {
+                    let addr = endpoint
+                        .is_dialer()
+                        .then(|| endpoint.get_remote_address().clone());
+                    self.core.handle_connected(peer_id, addr, now);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.core.handle_disconnected(peer_id, now),
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                if !self.swarm.is_connected(&peer) {
+                    self.core.handle_dial_failed(peer, error.to_string(), now);
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address);
+                }
+                self.core
+                    .handle_listen_addrs(self.listen_addrs.clone(), now);
+                for w in self.listen_waiters.drain(..) {
+                    let _ = w.send(self.listen_addrs.clone());
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+                self.core
+                    .handle_listen_addrs(self.listen_addrs.clone(), now);
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event, now),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent, now: u64) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(8).collect();
+                for a in &addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, a.clone());
+                }
+                self.core.handle_discovered(peer_id, addrs, now);
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
+                self.core.handle_discovered(peer, addresses.into_vec(), now);
+            }
+            #[cfg(feature = "mdns")]
+            BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.core.handle_discovered(peer, vec![addr], now);
+                }
+            }
+            BehaviourEvent::Handshake(e) => self.on_rr(Protocol::Handshake, e, now),
+            BehaviourEvent::Query(e) => self.on_rr(Protocol::Query, e, now),
+            BehaviourEvent::Onion(e) => self.on_rr(Protocol::Onion, e, now),
+            BehaviourEvent::Sync(e) => self.on_rr(Protocol::Sync, e, now),
+            _ => {}
+        }
+    }
+
+    fn on_rr(
+        &mut self,
+        protocol: Protocol,
+        event: request_response::Event<Vec<u8>, Vec<u8>>,
+        now: u64,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => {
+                    let id = InboundId(self.next_inbound);
+                    self.next_inbound += 1;
+                    self.channels.insert(id, (protocol, channel));
+                    self.inbound_ids.insert((protocol, request_id), id);
+                    self.core.handle_request(peer, protocol, id, request, now);
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(id) = self.outbound_ids.remove(&(protocol, request_id)) {
+                        self.core.handle_response(id, response, now);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(id) = self.outbound_ids.remove(&(protocol, request_id)) {
+                    let failure = match error {
+                        request_response::OutboundFailure::Timeout => SendFailure::Timeout,
+                        request_response::OutboundFailure::DialFailure
+                        | request_response::OutboundFailure::ConnectionClosed => {
+                            SendFailure::ConnectionClosed
+                        }
+                        request_response::OutboundFailure::UnsupportedProtocols => {
+                            SendFailure::UnsupportedProtocol
+                        }
+                        request_response::OutboundFailure::Io(e) => SendFailure::Io(e.to_string()),
+                    };
+                    self.core.handle_send_failed(id, failure, now);
+                }
+            }
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(id) = self.inbound_ids.remove(&(protocol, request_id)) {
+                    self.channels.remove(&id);
+                }
+                if let request_response::InboundFailure::Io(e) = &error {
+                    let problem = match FrameError::of(e) {
+                        Some(FrameError::Oversized { .. }) => Some(InboundProblem::Oversized),
+                        Some(FrameError::Empty) => Some(InboundProblem::Malformed),
+                        None => None,
+                    };
+                    if let Some(problem) = problem {
+                        tracing::warn!(%peer, protocol = protocol.as_str(), error = %e, "bad inbound frame");
+                        self.core.handle_inbound_problem(peer, problem, now);
+                    }
+                }
+            }
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.inbound_ids.remove(&(protocol, request_id));
+            }
+        }
+    }
+
+    fn behaviour_for(
+        &mut self,
+        protocol: Protocol,
+    ) -> &mut request_response::Behaviour<FrameCodec> {
+        let b = self.swarm.behaviour_mut();
+        match protocol {
+            Protocol::Handshake => &mut b.handshake,
+            Protocol::Query => &mut b.query,
+            Protocol::Onion => &mut b.onion,
+            Protocol::Sync => &mut b.sync,
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Send {
+                    peer,
+                    protocol,
+                    id,
+                    payload,
+                } => {
+                    let rid = self.behaviour_for(protocol).send_request(&peer, payload);
+                    self.outbound_ids.insert((protocol, rid), id);
+                }
+                Action::Respond { id, payload } => {
+                    if let Some((protocol, channel)) = self.channels.remove(&id) {
+                        if payload.is_empty() {
+                            // Dropping the channel closes the stream without an answer.
+                            drop(channel);
+                        } else {
+                            let _ = self.behaviour_for(protocol).send_response(channel, payload);
+                        }
+                    }
+                }
+                Action::Dial { peer, addrs } => {
+                    let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        self.core.handle_dial_failed(peer, e.to_string(), now_ms());
+                    }
+                }
+                Action::Ban { peer } => {
+                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+                }
+                Action::Unban { peer } => {
+                    self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                }
+                Action::Search { id, query } => {
+                    let substrate = self.substrate.clone();
+                    let tx = self.searches_tx.clone();
+                    tokio::spawn(async move {
+                        let result = substrate.search(&query).await;
+                        let _ = tx.send((id, result)).await;
+                    });
+                }
+                Action::Complete {
+                    command,
+                    completion,
+                } => {
+                    if let Some(tx) = self.waiting.remove(&command) {
+                        let _ = tx.send(completion);
+                    }
+                }
+                Action::Event(event) => {
+                    let _ = self.events.send(event);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn local_peer(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+}

@@ -1,0 +1,414 @@
+//! The public handle: [`FederatedMesh`], its configuration and its builder.
+
+use std::{sync::Arc, time::Duration};
+
+use fed_crypto::{Identity, NodeId};
+use fed_handshake::{
+    AdmissionPolicy, AdmissionProof, Capabilities, CapabilitySet, FederationId, FederationToken,
+};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::{
+    core::{Command, Completion, Core, CoreConfig, Limits, Timing},
+    driver::{self, Driver, Request, TransportConfig},
+    error::{Error, Result},
+    substrate::{MemorySubstrate, Pattern, PatternQuery, Substrate},
+    types::{FederationScope, MeshEvent, PeerAddress, PeerInfo, QueryOptions, QueryOutcome, Stats},
+};
+
+/// How far ahead of this node's clock a stored pattern's timestamp may be.
+const MAX_PATTERN_SKEW_MS: u64 = 10_000;
+
+/// Everything a node is configured with.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct MeshConfig {
+    /// The node's identity. Its Ed25519 key is also the libp2p identity, so the
+    /// node's `PeerId` and `NodeId` name the same key.
+    pub identity: Arc<Identity>,
+    /// The federation to take part in.
+    pub federation: FederationId,
+    /// Addresses to listen on. Default: TCP and QUIC on 127.0.0.1, ports chosen by the OS.
+    pub listen: Vec<Multiaddr>,
+    /// Members to connect to at start (and to keep reconnecting to).
+    pub bootstrap: Vec<PeerAddress>,
+    /// Who may join through this node.
+    pub admission: Arc<dyn AdmissionPolicy>,
+    /// What this node presents when it joins through others (an invitation, or none).
+    pub admission_proof: AdmissionProof,
+    /// Capabilities this node asks for, and grants at most, with their limits.
+    /// Default: all capabilities, 1 MiB messages, 100 requests per second, 64 in flight.
+    pub capabilities: Capabilities,
+    /// Whether this node relays onion packets for others. Default true.
+    pub relay: bool,
+    /// Bounds of the node's state.
+    pub limits: Limits,
+    /// Intervals and lifetimes.
+    pub timing: Timing,
+    /// The libp2p layer.
+    pub transport: TransportConfig,
+}
+
+impl MeshConfig {
+    /// A configuration for `identity` in `federation`, admitting members by
+    /// `admission`, with defaults for the rest.
+    pub fn new(
+        identity: Arc<Identity>,
+        federation: FederationId,
+        admission: Arc<dyn AdmissionPolicy>,
+    ) -> Self {
+        let mut capabilities = Capabilities::default();
+        capabilities.set = CapabilitySet::all();
+        Self {
+            identity,
+            federation,
+            listen: vec![
+                "/ip4/127.0.0.1/tcp/0"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/127.0.0.1/udp/0/quic-v1"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+            ],
+            bootstrap: Vec::new(),
+            admission,
+            admission_proof: AdmissionProof::None,
+            capabilities,
+            relay: true,
+            limits: Limits::default(),
+            timing: Timing::default(),
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for MeshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshConfig")
+            .field("node", &self.identity.node_id())
+            .field("federation", &self.federation)
+            .field("listen", &self.listen)
+            .field("bootstrap", &self.bootstrap)
+            .field("capabilities", &self.capabilities)
+            .field("relay", &self.relay)
+            .field("limits", &self.limits)
+            .field("timing", &self.timing)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds and starts a node: [`FederatedMesh::builder`].
+#[must_use]
+pub struct MeshBuilder {
+    config: MeshConfig,
+    substrate: Option<Arc<dyn Substrate>>,
+}
+
+impl MeshBuilder {
+    /// The substrate the node searches and stores in (default: an empty
+    /// [`MemorySubstrate`]).
+    pub fn substrate(mut self, substrate: impl Substrate) -> Self {
+        self.substrate = Some(Arc::new(substrate));
+        self
+    }
+
+    /// A shared substrate.
+    pub fn shared_substrate(mut self, substrate: Arc<dyn Substrate>) -> Self {
+        self.substrate = Some(substrate);
+        self
+    }
+
+    /// Starts the node on the current tokio runtime: binds the listen
+    /// addresses, then runs the node in a task of its own until
+    /// [`FederatedMesh::shutdown`] or until every handle is dropped.
+    pub async fn start(self) -> Result<FederatedMesh> {
+        let config = self.config;
+        let substrate = self
+            .substrate
+            .unwrap_or_else(|| Arc::new(MemorySubstrate::new()));
+        let secret = config.identity.ed25519_secret_bytes();
+        let keypair = libp2p::identity::Keypair::ed25519_from_bytes(*secret)
+            .map_err(|e| Error::Config(format!("identity: {e}")))?;
+        drop(secret);
+        let mut swarm =
+            driver::build_swarm(keypair, &config.transport, config.limits.max_frame_bytes)?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| Error::Transport(format!("listen on {addr}: {e}")))?;
+        }
+        let mut core_config = CoreConfig::new(
+            config.identity.clone(),
+            config.federation,
+            config.admission.clone(),
+        );
+        core_config.admission_proof = config.admission_proof.clone();
+        core_config.capabilities = config.capabilities;
+        core_config.relay = config.relay;
+        core_config.bootstrap = config.bootstrap.clone();
+        core_config.limits = config.limits.clone();
+        core_config.timing = config.timing.clone();
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| Error::Config(format!("no OS randomness: {e}")))?;
+        let core = Core::new(core_config, seed, driver::now_ms())?;
+        let node_id = core.node_id();
+        let (tx, rx) = mpsc::channel(256);
+        let (events, _) = broadcast::channel(1024);
+        let driver = Driver::new(
+            swarm,
+            core,
+            substrate.clone(),
+            rx,
+            events.clone(),
+            &config.bootstrap,
+        );
+        let peer_id = driver.local_peer();
+        tokio::spawn(driver.run());
+        Ok(FederatedMesh {
+            inner: Arc::new(Inner {
+                tx,
+                peer_id,
+                node_id,
+                events,
+                substrate,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    tx: mpsc::Sender<Request>,
+    peer_id: PeerId,
+    node_id: NodeId,
+    events: broadcast::Sender<MeshEvent>,
+    substrate: Arc<dyn Substrate>,
+}
+
+/// A running federation node: a cheap, cloneable handle to the task that owns
+/// the network and the node's state.
+///
+/// ```no_run
+/// # async fn example() -> fed_mesh::Result<()> {
+/// use std::sync::Arc;
+/// use fed_mesh::{FederatedMesh, FederationScope, MeshConfig, QueryOptions};
+/// use fed_mesh::crypto::Identity;
+/// use fed_mesh::handshake::{FederationId, Open};
+/// use fed_mesh::substrate::{MemorySubstrate, PatternQuery};
+///
+/// let identity = Arc::new(Identity::generate(&mut rand::rng(), false));
+/// let config = MeshConfig::new(identity, FederationId([7; 32]), Arc::new(Open));
+/// let mesh = FederatedMesh::builder(config).substrate(MemorySubstrate::new()).start().await?;
+/// let peer = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...#9f86...".parse()?;
+/// let token = mesh.join_federation(&peer).await?;
+/// let outcome = mesh
+///     .federated_query(PatternQuery::new(vec![0.1, 0.7, 0.2], 10), FederationScope::Global { max_hops: 3 }, QueryOptions::default())
+///     .await?;
+/// for hit in &outcome.results {
+///     println!("{:?} {:.3} from {:?}", hit.pattern, hit.score, hit.provenance);
+/// }
+/// mesh.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct FederatedMesh {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FederatedMesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FederatedMesh")
+            .field("peer_id", &self.inner.peer_id)
+            .field("node_id", &self.inner.node_id)
+            .finish()
+    }
+}
+
+impl FederatedMesh {
+    /// A builder for a node with `config`.
+    pub fn builder(config: MeshConfig) -> MeshBuilder {
+        MeshBuilder {
+            config,
+            substrate: None,
+        }
+    }
+
+    /// This node's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// This node's federation node id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The node's substrate.
+    pub fn substrate(&self) -> &Arc<dyn Substrate> {
+        &self.inner.substrate
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        rx.await.map_err(|_| Error::ShutDown)
+    }
+
+    async fn command(&self, command: Command) -> Result<Completion> {
+        self.ask(|tx| Request::Command(command, tx)).await
+    }
+
+    /// The addresses the node listens on, waiting until at least one is bound.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        self.ask(Request::ListenAddrs).await
+    }
+
+    /// A [`PeerAddress`] others can join this node by: its first listen address
+    /// with `/p2p/<peer id>`, and its node id.
+    pub async fn address(&self) -> Result<PeerAddress> {
+        let addr = self
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(Error::Transport("not listening".into()))?;
+        let addr = addr
+            .with_p2p(self.peer_id())
+            .map_err(|a| Error::BadAddress {
+                addr: a.to_string(),
+                reason: "has another peer id".into(),
+            })?;
+        PeerAddress::new(addr, self.node_id())
+    }
+
+    /// Joins the federation through the member at `addr`: connects, runs the
+    /// federation handshake (which checks that the member is `addr.node`) and
+    /// returns the token the member issued. The member also joins through this
+    /// node on the same connection, under this node's admission policy.
+    pub async fn join_federation(&self, addr: &PeerAddress) -> Result<FederationToken> {
+        match self.command(Command::Join(addr.clone())).await? {
+            Completion::Joined(result) => result,
+            _ => Err(Error::ShutDown),
+        }
+    }
+
+    /// Runs a federated query over `scope` and reconciles the answers into one
+    /// top-k with provenance, reporting every member that timed out, refused or
+    /// sent an answer that did not verify.
+    pub async fn federated_query(
+        &self,
+        query: PatternQuery,
+        scope: FederationScope,
+        options: QueryOptions,
+    ) -> Result<QueryOutcome> {
+        match self
+            .command(Command::Query {
+                query,
+                scope,
+                options,
+            })
+            .await?
+        {
+            Completion::Queried(result) => result,
+            _ => Err(Error::ShutDown),
+        }
+    }
+
+    /// Members with an established session in either direction.
+    pub async fn peer_count(&self) -> Result<usize> {
+        self.ask(Request::PeerCount).await
+    }
+
+    /// The peers as the node sees them.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
+        match self.command(Command::Peers).await? {
+            Completion::Peers(p) => Ok(p),
+            _ => Err(Error::ShutDown),
+        }
+    }
+
+    /// Writes `value` under `key` in the federation's shared map (last writer wins).
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<()> {
+        match self
+            .command(Command::Put {
+                key: key.into(),
+                value: value.into(),
+            })
+            .await?
+        {
+            Completion::Written(r) => r,
+            _ => Err(Error::ShutDown),
+        }
+    }
+
+    /// Reads `key` from the shared map as this node holds it now.
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>> {
+        match self.command(Command::Get { key: key.into() }).await? {
+            Completion::Value(v) => Ok(v),
+            _ => Err(Error::ShutDown),
+        }
+    }
+
+    /// Removes `key` from the shared map.
+    pub async fn remove(&self, key: impl Into<Vec<u8>>) -> Result<()> {
+        match self.command(Command::Remove { key: key.into() }).await? {
+            Completion::Written(r) => r,
+            _ => Err(Error::ShutDown),
+        }
+    }
+
+    /// Every live entry of the shared map, in key order.
+    pub async fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.ask(Request::SharedEntries).await
+    }
+
+    /// Stores a pattern in this node's substrate. Its timestamp may not be more
+    /// than 10 s ahead of this node's clock (peers would reject its answers).
+    pub async fn store_pattern(&self, pattern: Pattern) -> Result<bool> {
+        if pattern.timestamp_ms > driver::now_ms().saturating_add(MAX_PATTERN_SKEW_MS) {
+            return Err(Error::Substrate(
+                crate::substrate::SubstrateError::InvalidQuery(
+                    "the pattern's timestamp is more than 10 s in the future".into(),
+                ),
+            ));
+        }
+        Ok(self.inner.substrate.store(pattern).await?)
+    }
+
+    /// Subscribes to the node's events (peers joining and leaving, queries
+    /// served, syncs, peers cut off). A slow subscriber loses the oldest events.
+    pub fn events(&self) -> broadcast::Receiver<MeshEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The node's counters.
+    pub async fn stats(&self) -> Result<Stats> {
+        self.ask(Request::Stats).await
+    }
+
+    /// Refuses, from now on, requests under the token with this id.
+    pub async fn revoke_token(&self, token_id: [u8; 32]) -> Result<()> {
+        self.inner
+            .tx
+            .send(Request::Revoke(token_id))
+            .await
+            .map_err(|_| Error::ShutDown)
+    }
+
+    /// Stops the node: pending calls fail with [`Error::ShutDown`], connections close.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.ask(Request::Shutdown).await
+    }
+
+    /// Test hook: the node stops processing anything for `duration`, as a hung
+    /// process would (its connections stay open, nothing is answered).
+    #[doc(hidden)]
+    pub async fn debug_pause(&self, duration: Duration) -> Result<()> {
+        self.ask(|tx| Request::Pause(duration, tx)).await
+    }
+}
