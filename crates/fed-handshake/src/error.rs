@@ -10,6 +10,11 @@ pub enum Error {
     /// that is not valid postcard for its kind.
     #[error("malformed handshake message: {0}")]
     Malformed(&'static str),
+    /// A message decoded, but its bytes are not the canonical encoding of what they
+    /// decode to (an over-long varint, for example): every message has exactly one
+    /// accepted encoding (handshake.md §2).
+    #[error("handshake message not in canonical form: {0}")]
+    NonCanonical(&'static str),
     /// A message is larger than [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN) or its kind's limit.
     #[error("handshake message of {len} bytes exceeds the limit of {max}")]
     TooLarge {
@@ -95,6 +100,10 @@ pub enum Error {
     /// A token was revoked.
     #[error("token revoked")]
     TokenRevoked,
+    /// A token's id is not `hash("… token id", [session])` of its own session
+    /// binding, so revocation by id would not reach it.
+    #[error("token id does not match its session")]
+    TokenId,
     /// A token is bound to another session than the one presenting it.
     #[error("token bound to another session")]
     TokenSession,

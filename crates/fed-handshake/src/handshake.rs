@@ -337,6 +337,10 @@ fn verify(
             peer.verify(label, th, &sig)
                 .map_err(|_| Error::BadSignature)
         }
+        // Classical authentication: the signature is the Ed25519 part alone. A
+        // filler ML-DSA part would be ignored by the check, so it is refused: the
+        // signature bytes, absorbed into the transcript, have one form.
+        Suite::Default if sig.has_post_quantum() => Err(Error::BadSignature),
         Suite::Default => peer
             .verify_ed25519(label, th, &sig)
             .map_err(|_| Error::BadSignature),

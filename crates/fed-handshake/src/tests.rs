@@ -11,7 +11,7 @@ use super::{
     error::Error,
     handshake::{HandshakeKeys, Transcript, open, seal},
     labels,
-    wire::{self, Accept, AcceptInner, Hello, Kind},
+    wire::{self, Accept, AcceptInner, AcceptParams, Hello, Kind},
     *,
 };
 
@@ -224,4 +224,78 @@ fn a_responder_choosing_what_was_not_offered_is_refused() {
     let mut r = Responder::new(Arc::new(r_cfg), BINDING, NOW, &mut rng(8)).unwrap();
     let m2 = edit_m1(&mut i, &mut r, true, |h| h.suites = vec![2]);
     assert!(matches!(i.handle_input(&m2, NOW), Err(Error::NotOffered)));
+}
+
+/// Message 2 as the responder `identity` builds it for `m1` in the default suite,
+/// except that its transcript signature goes through `edit` before it is absorbed
+/// and sealed (so the Finished MAC covers the edited bytes).
+fn responder_m2_with_signature(
+    m1: &[u8],
+    identity: &Identity,
+    g: &mut ChaCha20Rng,
+    edit: impl FnOnce(Vec<u8>) -> Vec<u8>,
+) -> Vec<u8> {
+    let hello = decode_hello(m1);
+    let epk = XWingPublicKey::from_bytes(&hello.ephemeral_key).unwrap();
+    let (ct, ss) = epk.encapsulate(g);
+    let mut t = Transcript::new(BINDING);
+    t.absorb(m1);
+    t.absorb(ct.as_bytes());
+    let th_kem = t.hash();
+    let keys = HandshakeKeys::new(ss.as_bytes(), &th_kem);
+    let params = AcceptParams {
+        minor: 0,
+        suite: wire::suite_code(Suite::Default),
+        capabilities: hello.capabilities,
+        nonce: [9; 32],
+    };
+    t.absorb(&wire::encode(&params).unwrap());
+    let id = identity.public().as_bytes().to_vec();
+    t.absorb(&id);
+    let signature = identity
+        .sign_ed25519(labels::SIGNATURE_R, &t.hash())
+        .unwrap()
+        .to_bytes();
+    let signature = edit(signature);
+    t.absorb(&signature);
+    let finished = keys.finished(labels::FINISHED_R, &t.hash());
+    let inner = AcceptInner {
+        params,
+        identity: id,
+        signature,
+        finished,
+    };
+    let sealed = seal(
+        &keys.aead(labels::HANDSHAKE_KEY_R2I),
+        &th_kem,
+        &wire::encode(&inner).unwrap(),
+    )
+    .unwrap();
+    let accept = Accept {
+        ciphertext: ct.as_bytes().to_vec(),
+        sealed,
+    };
+    wire::seal_envelope(Kind::Accept, &wire::encode(&accept).unwrap()).unwrap()
+}
+
+#[test]
+fn a_classical_transcript_signature_with_a_filler_post_quantum_part_is_refused() {
+    // The genuine signature, rebuilt by hand, is accepted: the helper is faithful.
+    let (mut i, _, bob) = pair(&[Suite::Default], true);
+    let m1 = i.poll_transmit().unwrap();
+    let m2 = responder_m2_with_signature(&m1, &bob, &mut rng(3), |sig| sig);
+    i.handle_input(&m2, NOW).unwrap();
+    assert!(i.poll_transmit().is_some());
+    // The same signature with an ML-DSA part of filler bytes (flag 1): the default
+    // suite verifies only the Ed25519 part, so the filler would ride along in the
+    // transcript unchecked. Refused.
+    let (mut i, _, bob) = pair(&[Suite::Default], true);
+    let m1 = i.poll_transmit().unwrap();
+    let m2 = responder_m2_with_signature(&m1, &bob, &mut rng(3), |mut sig| {
+        sig[0] = 1;
+        sig.extend(std::iter::repeat_n(0u8, 3309));
+        sig
+    });
+    assert!(matches!(i.handle_input(&m2, NOW), Err(Error::BadSignature)));
+    assert!(i.poll_transmit().is_none());
 }

@@ -21,7 +21,9 @@ pub(crate) const TOKEN_VERSION: u8 = 1;
 pub struct TokenBody {
     /// Format version, 1.
     pub version: u8,
-    /// Unique id (`hash(TOKEN_ID, [session binding])`), the handle for revocation.
+    /// Unique id (`hash(TOKEN_ID, [session binding])`), the handle for revocation;
+    /// [`FederationToken::verify`] refuses a token whose id is not that of its
+    /// `session`.
     pub id: [u8; 32],
     /// Node id of the issuer (the responder).
     pub issuer: [u8; 32],
@@ -146,8 +148,18 @@ struct WireToken {
 }
 
 impl FederationToken {
-    /// Signs `body` with `issuer` (hybrid if `body.post_quantum`).
+    /// Signs `body` with `issuer`: hybrid if `body.post_quantum`, which needs an
+    /// issuer with an ML-DSA-65 key ([`Error::SuiteNeedsPostQuantumKey`] otherwise),
+    /// else Ed25519 alone.
+    ///
+    /// `body.id` is signed as given; [`verify`](Self::verify) refuses a token whose
+    /// id is not `hash("… token id", [body.session])`.
     pub fn issue(issuer: &Identity, body: TokenBody) -> Result<Self> {
+        if body.post_quantum && !issuer.has_post_quantum() {
+            return Err(Error::SuiteNeedsPostQuantumKey(
+                crate::caps::Suite::PqAuth.name(),
+            ));
+        }
         let msg = wire::encode(&body)?;
         let signature = if body.post_quantum {
             issuer.sign(labels::TOKEN_SIGNATURE, &msg)?
@@ -167,8 +179,9 @@ impl FederationToken {
         NodeId(self.body.subject)
     }
 
-    /// Checks the token: issuer, federation, subject, signature, validity window and
-    /// revocation, in that order (docs/protocol/handshake.md §5).
+    /// Checks the token: issuer, federation, subject, post-quantum policy, signature,
+    /// id, validity window and revocation, in that order
+    /// (docs/protocol/handshake.md §5).
     pub fn verify(&self, check: &TokenCheck<'_>) -> Result<()> {
         if check.issuer.node_id().0 != self.body.issuer {
             return Err(Error::TokenIssuer);
@@ -193,6 +206,12 @@ impl FederationToken {
                 .verify_ed25519(labels::TOKEN_SIGNATURE, &msg, &self.signature)
         };
         checked.map_err(|_| Error::TokenSignature)?;
+        // The id names the token for revocation: it must be the one its session
+        // determines, or a responder could give a token another token's id (one
+        // already revoked, say) and revocation by id would be ambiguous.
+        if !fed_crypto::ct_eq(&self.body.id, &token_id(&self.body.session)) {
+            return Err(Error::TokenId);
+        }
         if check.now < self.body.not_before {
             return Err(Error::TokenNotYetValid {
                 not_before: self.body.not_before,
@@ -242,6 +261,13 @@ impl FederationToken {
 
     /// Decodes [`to_bytes`](Self::to_bytes)' output (at most 4 KiB of body).
     /// Decoding checks the form only; call [`verify`](Self::verify) before trusting it.
+    ///
+    /// The form is canonical: only the encoding `to_bytes` produces is accepted
+    /// ([`Error::NonCanonical`] for over-long varints), and the signature carries an
+    /// ML-DSA-65 part exactly when `post_quantum` is set ([`Error::Malformed`]
+    /// otherwise: a classical token with a filler ML-DSA part, or a post-quantum
+    /// one without its part). So a decoded token's bytes are the only bytes that
+    /// decode to it, and can serve as its identifier.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let (kind, _, body) = wire::open_envelope(bytes)?;
         if kind != Kind::Token {
@@ -252,6 +278,11 @@ impl FederationToken {
             return Err(Error::Malformed("unknown token version"));
         }
         let signature = HybridSignature::from_bytes(&w.signature)?;
+        if signature.has_post_quantum() != w.body.post_quantum {
+            return Err(Error::Malformed(
+                "token signature parts do not match its post_quantum flag",
+            ));
+        }
         Ok(Self {
             body: w.body,
             signature,

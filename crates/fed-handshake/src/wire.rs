@@ -9,7 +9,8 @@
 //! | 5 | 1 | kind: 1 hello, 2 accept, 3 finish, 4 token, 5 reject |
 //! | 6 | 4 | body length, big-endian |
 //!
-//! Bodies are postcard encodings of the structs below, each with its own size limit.
+//! Bodies are postcard encodings of the structs below, each with its own size limit,
+//! in canonical form only (shortest varints: see [`decode`]).
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -131,13 +132,23 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(value).map_err(|_| Error::Malformed("encoding failed"))
 }
 
-/// Postcard-decodes `bytes` as a `T`, refusing trailing bytes.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T> {
-    match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok(_) => Err(Error::Malformed(what)),
-        Err(_) => Err(Error::Malformed(what)),
+/// Postcard-decodes `bytes` as a `T`, refusing trailing bytes and any encoding
+/// other than the canonical one: the value is encoded again and must give back
+/// exactly `bytes`. Postcard's decoder accepts over-long varints (a length, a
+/// `u32`/`u64` field or an enum index padded with `0x80` continuation bytes);
+/// refusing them gives every message one byte string, so its bytes can name it.
+pub(crate) fn decode<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T> {
+    let value = match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => value,
+        Ok(_) | Err(_) => return Err(Error::Malformed(what)),
+    };
+    if encode(&value)? != bytes {
+        return Err(Error::NonCanonical(what));
     }
+    Ok(value)
 }
 
 /// Suite codes on the wire. Unknown codes are skipped, so a newer peer's offer

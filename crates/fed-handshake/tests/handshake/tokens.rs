@@ -92,7 +92,7 @@ fn widened_capabilities_do_not_verify() {
 
 #[test]
 fn stripping_the_post_quantum_signature_is_detected() {
-    let (s, token, _) = issued(Suite::PqAuth);
+    let (_, token, _) = issued(Suite::PqAuth);
     assert!(token.body().post_quantum);
     // Re-encode with only the Ed25519 half of the signature: the flag in the signed
     // body still demands both.
@@ -110,11 +110,129 @@ fn stripping_the_post_quantum_signature_is_detected() {
     stripped.extend_from_slice(&bytes[sig_start + 1..sig_start + 65]);
     let body_len = (stripped.len() - 10) as u32;
     stripped[6..10].copy_from_slice(&body_len.to_be_bytes());
-    let t = FederationToken::from_bytes(&stripped).unwrap();
+    // Refused as it decodes: a post-quantum token must carry its ML-DSA part.
     assert!(matches!(
-        t.verify(&s.check(NOW)),
-        Err(Error::TokenSignature)
+        FederationToken::from_bytes(&stripped),
+        Err(Error::Malformed(_))
     ));
+}
+
+/// Replaces the signature field of an encoded token (the last `old_len` bytes,
+/// after their varint length) with `sig`, fixing both lengths.
+fn with_signature(token: &[u8], old_len: usize, sig: &[u8]) -> Vec<u8> {
+    let mut len_start = token.len() - old_len - 1;
+    while len_start > 0 && token[len_start - 1] & 0x80 != 0 {
+        len_start -= 1;
+    }
+    let mut out = token[..len_start].to_vec();
+    let mut n = sig.len();
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(sig);
+    let body = (out.len() - fed_handshake::ENVELOPE_HEADER_LEN) as u32;
+    out[6..10].copy_from_slice(&body.to_be_bytes());
+    out
+}
+
+/// Issue 14, item 14: a token's bytes name it. No byte string other than a
+/// token's own encoding decodes to a token that verifies: not one with an
+/// over-long varint anywhere before its signature, not a classical token with a
+/// filler ML-DSA part appended to its signature.
+#[test]
+fn no_other_bytes_decode_to_a_token_that_verifies() {
+    for suite in [Suite::Default, Suite::PqAuth] {
+        let (s, token, _) = issued(suite);
+        let bytes = token.to_bytes().unwrap();
+        let sig_len = if suite == Suite::PqAuth {
+            fed_crypto::HYBRID_SIGNATURE_MAX_LEN
+        } else {
+            65
+        };
+        let sig_start = bytes.len() - sig_len;
+        let verifies = |b: &[u8]| {
+            FederationToken::from_bytes(b).is_ok_and(|t| t.verify(&s.check(NOW)).is_ok())
+        };
+        assert!(verifies(&bytes));
+        // Pad every byte that can end a varint, up to the signature's length.
+        for at in fed_handshake::ENVELOPE_HEADER_LEN..sig_start {
+            if bytes[at] & 0x80 == 0 {
+                let mut bad = bytes[..at].to_vec();
+                bad.extend([bytes[at] | 0x80, 0x00]);
+                bad.extend_from_slice(&bytes[at + 1..]);
+                let body = (bad.len() - fed_handshake::ENVELOPE_HEADER_LEN) as u32;
+                bad[6..10].copy_from_slice(&body.to_be_bytes());
+                assert!(!verifies(&bad), "padded at byte {at}, still verifies");
+            }
+        }
+    }
+    // A classical token with 3 309 filler bytes as an ML-DSA part (flag 1).
+    let (s, token, _) = issued(Suite::Default);
+    let bytes = token.to_bytes().unwrap();
+    let mut sig = bytes[bytes.len() - 65..].to_vec();
+    sig[0] = 1;
+    sig.extend(std::iter::repeat_n(0xa5, 3309));
+    let padded = with_signature(&bytes, 65, &sig);
+    assert!(matches!(
+        FederationToken::from_bytes(&padded),
+        Err(Error::Malformed(_))
+    ));
+    assert!(
+        FederationToken::from_bytes(&padded).map_or(true, |t| t.verify(&s.check(NOW)).is_err()),
+        "a classical token with a filler ML-DSA part verifies"
+    );
+}
+
+/// Issue 14, item 15: the id is `hash("… token id", [session])`. A token signed by
+/// the right issuer but with another id (all ones; or another token's, say one
+/// already revoked) fails every verification path.
+#[test]
+fn a_token_whose_id_is_not_its_sessions_fails_everywhere() {
+    let (s, token, binding) = issued(Suite::Default);
+    // Another session between the same two nodes: another token id.
+    let (i, r) = s.start(99);
+    let other = established_i(&mut record(i, r).i).token.clone();
+    for id in [[0xff; 32], other.body().id] {
+        let mut body = token.body().clone();
+        body.id = id;
+        assert_ne!(body.id, token.body().id);
+        let bad = FederationToken::issue(&s.bob, body).unwrap();
+        let bad = FederationToken::from_bytes(&bad.to_bytes().unwrap()).unwrap();
+        assert!(matches!(bad.verify(&s.check(NOW)), Err(Error::TokenId)));
+        assert!(matches!(
+            bad.verify_for_session(&s.check(NOW), &binding),
+            Err(Error::TokenId)
+        ));
+        assert!(matches!(
+            bad.authorize(Capability::Query, &s.check(NOW)),
+            Err(Error::TokenId)
+        ));
+    }
+}
+
+/// The initiator's own check of the token it receives refuses a wrong id: a
+/// responder (here Bob, in a datagram-profile session so that a second token frame
+/// can follow the first) that sends a token with another id does not establish the
+/// session.
+#[test]
+fn an_initiator_refuses_a_token_whose_id_is_not_its_sessions() {
+    let mut s = setup(Suite::Default, 41);
+    s.ic.channel_mode = fed_crypto::Mode::Datagram;
+    s.rc.channel_mode = fed_crypto::Mode::Datagram;
+    let (mut i, mut r) = s.start(42);
+    r.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
+    i.handle_input(&r.poll_transmit().unwrap(), NOW).unwrap();
+    r.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
+    let _genuine = r.poll_transmit().unwrap();
+    let mut bob_side = established_r(&mut r);
+    let mut body = bob_side.token.body().clone();
+    body.id = [0xff; 32];
+    let bad = FederationToken::issue(&s.bob, body).unwrap();
+    let frame = bob_side.channel.seal(&bad.to_bytes().unwrap()).unwrap();
+    assert!(matches!(i.handle_input(&frame, NOW), Err(Error::TokenId)));
+    assert!(i.poll_event().is_none());
 }
 
 #[test]
@@ -203,4 +321,21 @@ fn tokens_allow_for_clock_skew() {
         token.verify(&s.check(NOW - skew - 1)),
         Err(Error::TokenNotYetValid { .. })
     ));
+}
+
+#[test]
+fn a_post_quantum_token_needs_an_issuer_with_an_ml_dsa_key() {
+    // Such an issuer could only make an Ed25519 signature, and the token would
+    // claim a post-quantum signature it does not carry: refused at issue, so that
+    // every token `issue` makes decodes.
+    let (s, token, _) = issued(Suite::Default);
+    let classical = Identity::generate(&mut rng(69), false);
+    let mut body = token.body().clone();
+    body.post_quantum = true;
+    assert!(matches!(
+        FederationToken::issue(&classical, body.clone()),
+        Err(Error::SuiteNeedsPostQuantumKey(_))
+    ));
+    assert!(!s.bob.has_post_quantum());
+    assert!(FederationToken::issue(&s.bob, body).is_err());
 }
