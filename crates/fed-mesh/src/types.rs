@@ -146,15 +146,20 @@ impl Default for QueryOptions {
 }
 
 /// Onion routing options.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OnionRouting {
     /// Relays per path, 1 to 5 (3 by default).
     pub relays: u8,
+    /// The members to ask; empty means every member the scope reaches.
+    pub targets: Vec<NodeId>,
 }
 
 impl Default for OnionRouting {
     fn default() -> Self {
-        Self { relays: 3 }
+        Self {
+            relays: 3,
+            targets: Vec::new(),
+        }
     }
 }
 

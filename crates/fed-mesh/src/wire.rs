@@ -336,6 +336,9 @@ pub struct QueryRequest {
 pub struct SignedHits {
     /// The answering node's id.
     pub source: [u8; 32],
+    /// Its public identity (fed-crypto encoding), whose hash is `source`: lets the
+    /// origin verify a member its directory does not list yet.
+    pub identity: Vec<u8>,
     /// Its hits, best first.
     pub hits: Vec<WireHit>,
     /// Ed25519 signature (fed-crypto's hybrid signature encoding, Ed25519 part

@@ -294,7 +294,8 @@ pub struct Core {
     local_node: NodeId,
     rng: ChaCha20Rng,
     clock: HlcClock,
-    peers: HashMap<PeerId, Peer>,
+    /// Peers by id; ordered, so that every walk over them is deterministic.
+    peers: BTreeMap<PeerId, Peer>,
     /// Node id to peer id, for authenticated peers and directory members.
     by_node: HashMap<NodeId, PeerId>,
     /// What each outbound request is for.
@@ -337,7 +338,7 @@ impl Core {
             local_node,
             rng,
             clock,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             by_node: HashMap::new(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),

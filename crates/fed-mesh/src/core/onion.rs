@@ -39,7 +39,10 @@ pub(crate) struct OnionState {
 
 impl OnionState {
     pub(crate) fn new(config: &CoreConfig, now: u64, rng: &mut ChaCha20Rng) -> Result<Self> {
-        let mut relay = Relay::new(config.identity.node_id(), RelayConfig::default())?;
+        // Onion key epochs are the key's creation time in milliseconds, so a
+        // restarted node's first key is above every epoch it used before (and
+        // whose replay caches it lost): no floor to restore.
+        let mut relay = Relay::new(config.identity.node_id(), RelayConfig::default(), None)?;
         let (key, rotate_at) = make_key(config, now, now, rng)?;
         let certificate = key.certificate().clone();
         relay.install_key(key)?;

@@ -828,12 +828,12 @@ impl Core {
         };
         let max_in_flight;
         let checked = {
-            let Some(p) = self.peers.get_mut(&peer) else {
+            let Some(s) = self.peers.get_mut(&peer).and_then(|p| p.in_session(&sid)) else {
+                // Honest peers land here once after this node forgot their session
+                // (a restart); they handshake again. A peer that keeps sending
+                // without a session is cut off by its strikes.
                 self.refuse_plain(id, Refusal::NoSession);
-                return;
-            };
-            let Some(s) = p.in_session(&sid) else {
-                self.refuse_plain(id, Refusal::NoSession);
+                self.strike(peer, now);
                 return;
             };
             max_in_flight = s.session.token.body().capabilities.limits.max_in_flight;

@@ -101,7 +101,8 @@ struct Query {
 
 /// The queries a node runs or serves, and the ids it has seen.
 pub(crate) struct Queries {
-    active: HashMap<[u8; QUERY_ID_LEN], Query>,
+    /// Ordered, so that deadlines are handled in a deterministic order.
+    active: BTreeMap<[u8; QUERY_ID_LEN], Query>,
     seen: HashMap<[u8; QUERY_ID_LEN], u64>,
     seen_order: VecDeque<([u8; QUERY_ID_LEN], u64)>,
     capacity: usize,
@@ -111,7 +112,7 @@ pub(crate) struct Queries {
 impl Queries {
     pub(crate) fn new(limits: &super::Limits) -> Self {
         Self {
-            active: HashMap::new(),
+            active: BTreeMap::new(),
             seen: HashMap::new(),
             seen_order: VecDeque::new(),
             capacity: limits.dedup_capacity,
@@ -328,7 +329,7 @@ impl Core {
             id: search,
             query: query.clone(),
         });
-        let onion = options.onion;
+        let onion = options.onion.clone();
         let fanout = usize::from(options.fanout);
         self.queries.active.insert(
             id,
@@ -345,8 +346,14 @@ impl Core {
         );
         match (scope, onion) {
             (FederationScope::Local, _) | (FederationScope::Global { max_hops: 0 }, _) => {}
+            (_, Some(route)) if !route.targets.is_empty() => {
+                let local = self.local_node;
+                for target in route.targets.iter().filter(|t| **t != local) {
+                    self.send_onion_query(id, *target, route.relays, now);
+                }
+            }
             (_, Some(route)) => {
-                let targets = match scope {
+                let targets: Vec<NodeId> = match scope {
                     FederationScope::Direct => self
                         .session_peers()
                         .iter()
@@ -402,7 +409,7 @@ impl Core {
                 self.config.limits.max_hops
             )));
         }
-        if let Some(route) = options.onion
+        if let Some(route) = &options.onion
             && !(1..=fed_onion::MAX_RELAYS as u8).contains(&route.relays)
         {
             return Err(Error::InvalidQuery(format!(
@@ -567,6 +574,7 @@ impl Core {
                                 local_node.0,
                                 SignedHits {
                                     source: local_node.0,
+                                    identity: self.config.identity.public().as_bytes().to_vec(),
                                     hits,
                                     signature: signature.to_bytes(),
                                 },
@@ -763,17 +771,41 @@ impl Core {
         self.respond_sealed(inbound, Kind::QueryResponse, &body);
     }
 
+    /// The identity an answer is verified against: the one this node knows for
+    /// the source (a session or the directory), else the one the answer carries,
+    /// if it hashes to the source and this node's admission policy admits it
+    /// without further proof.
+    fn signer(&self, answer: &SignedHits, now: u64) -> Result<fed_crypto::PublicIdentity, String> {
+        let node = NodeId(answer.source);
+        if let Some(identity) = self.identity_of(&node) {
+            return Ok(identity);
+        }
+        let identity = fed_crypto::PublicIdentity::from_bytes(&answer.identity)
+            .map_err(|_| "malformed signer identity".to_string())?;
+        if identity.node_id() != node {
+            return Err("signer identity does not match its node id".into());
+        }
+        self.config
+            .admission
+            .admit(
+                &identity,
+                &fed_handshake::AdmissionProof::None,
+                &self.config.federation,
+                now,
+            )
+            .map_err(|_| "signer is not a member this node admits".to_string())?;
+        Ok(identity)
+    }
+
     fn verify_answer(
         &self,
         answer: &SignedHits,
         id: &[u8; QUERY_ID_LEN],
         request: &QueryRequest,
         digest: &[u8; 32],
+        now: u64,
     ) -> Result<Vec<Hit<Payload>>, String> {
-        let node = NodeId(answer.source);
-        let identity = self
-            .identity_of(&node)
-            .ok_or_else(|| "signer unknown to this node".to_string())?;
+        let identity = self.signer(answer, now)?;
         let signature = HybridSignature::from_bytes(&answer.signature)
             .map_err(|_| "malformed signature".to_string())?;
         let message = response_message(id, digest, &answer.source, &answer.hits);
@@ -876,7 +908,7 @@ impl Core {
                 continue;
             }
             let id = onion_ids.get(source).copied().unwrap_or(q.request.id);
-            let status = match self.verify_answer(answer, &id, &q.request, &q.digest) {
+            let status = match self.verify_answer(answer, &id, &q.request, &q.digest, now) {
                 Ok(hits) => {
                     let count = hits.len();
                     let replica = ReplicaId::new(*source);
@@ -984,6 +1016,7 @@ impl Core {
             .ok()?;
         Some(SignedHits {
             source: self.local_node.0,
+            identity: self.config.identity.public().as_bytes().to_vec(),
             hits,
             signature: signature.to_bytes(),
         })

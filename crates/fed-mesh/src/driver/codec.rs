@@ -23,6 +23,11 @@ impl FrameError {
     }
 }
 
+/// What [`FrameCodec`] hands up for a request whose length is over the limit.
+pub(crate) const OVERSIZED: &[u8] = &[];
+/// What [`FrameCodec`] hands up for a request of length zero.
+pub(crate) const MALFORMED: &[u8] = &[0];
+
 /// A length-prefixed frame codec with separate request and response limits.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FrameCodec {
@@ -84,11 +89,23 @@ impl request_response::Codec for FrameCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
+    /// A request whose length prefix is over the limit (or zero) is not read;
+    /// it comes out as a marker, [`OVERSIZED`] or [`MALFORMED`], so that the
+    /// node learns which peer sent it. (libp2p-request-response reports no
+    /// event at all for a request whose read fails, so an error here would let
+    /// a peer flood unseen.) No real request is that short.
     async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_request).await
+        match read_frame(io, self.max_request).await {
+            Err(e) => match FrameError::of(&e) {
+                Some(FrameError::Oversized { .. }) => Ok(OVERSIZED.to_vec()),
+                Some(FrameError::Empty) => Ok(MALFORMED.to_vec()),
+                None => Err(e),
+            },
+            ok => ok,
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>

@@ -27,7 +27,7 @@ use libp2p::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use self::codec::{FrameCodec, FrameError};
+use self::codec::FrameCodec;
 use crate::{
     core::{
         Action, Command, CommandId, Completion, Core, InboundId, InboundProblem, OutboundId,
@@ -439,6 +439,17 @@ impl Driver {
                     request,
                     channel,
                 } => {
+                    let problem = match request.as_slice() {
+                        codec::OVERSIZED => Some(InboundProblem::Oversized),
+                        codec::MALFORMED => Some(InboundProblem::Malformed),
+                        _ => None,
+                    };
+                    if let Some(problem) = problem {
+                        tracing::warn!(%peer, protocol = protocol.as_str(), ?problem, "bad inbound frame");
+                        drop(channel);
+                        self.core.handle_inbound_problem(peer, problem, now);
+                        return;
+                    }
                     let id = InboundId(self.next_inbound);
                     self.next_inbound += 1;
                     self.channels.insert(id, (protocol, channel));
@@ -481,17 +492,7 @@ impl Driver {
                 if let Some(id) = self.inbound_ids.remove(&(protocol, request_id)) {
                     self.channels.remove(&id);
                 }
-                if let request_response::InboundFailure::Io(e) = &error {
-                    let problem = match FrameError::of(e) {
-                        Some(FrameError::Oversized { .. }) => Some(InboundProblem::Oversized),
-                        Some(FrameError::Empty) => Some(InboundProblem::Malformed),
-                        None => None,
-                    };
-                    if let Some(problem) = problem {
-                        tracing::warn!(%peer, protocol = protocol.as_str(), error = %e, "bad inbound frame");
-                        self.core.handle_inbound_problem(peer, problem, now);
-                    }
-                }
+                tracing::debug!(%peer, protocol = protocol.as_str(), %error, "inbound request failed");
             }
             request_response::Event::ResponseSent { request_id, .. } => {
                 self.inbound_ids.remove(&(protocol, request_id));

@@ -2,7 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod abuse;
+mod access;
 mod basics;
+mod join;
+mod onion;
+mod topk;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -45,6 +50,55 @@ pub(crate) fn pattern(n: u64, embedding: Vec<f32>) -> Pattern {
         embedding,
         metadata: BTreeMap::new(),
         timestamp_ms: 1_000,
+    }
+}
+
+/// Starts `n` nodes (seeds `first..first + n`) configured by `configure`, and
+/// joins each to every earlier one: a full mesh.
+pub(crate) async fn full_mesh(
+    first: u8,
+    n: usize,
+    configure: impl Fn(u8, &mut MeshConfig),
+) -> Vec<FederatedMesh> {
+    let mut nodes: Vec<FederatedMesh> = Vec::new();
+    for i in 0..n {
+        let seed = first + i as u8;
+        let mut c = config(seed);
+        configure(seed, &mut c);
+        let node = start(c).await;
+        for earlier in &nodes {
+            node.join_federation(&earlier.address().await.unwrap())
+                .await
+                .unwrap();
+        }
+        nodes.push(node);
+    }
+    for node in &nodes {
+        let want = n - 1;
+        eventually(10, "every session up", || async {
+            node.peer_count().await.unwrap() == want
+        })
+        .await;
+    }
+    nodes
+}
+
+/// Deterministic pseudo-random embeddings.
+pub(crate) fn embedding(seed: u64, dim: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..dim)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub(crate) async fn shutdown(nodes: &[FederatedMesh]) {
+    for n in nodes {
+        let _ = n.shutdown().await;
     }
 }
 

@@ -1,0 +1,207 @@
+//! A peer flooding oversized and malformed frames is cut off while honest
+//! queries keep being answered (test 6).
+
+use std::{io, time::Duration};
+
+use fed_mesh::{CutOffReason, FederationScope, MeshEvent, QueryOptions, substrate::PatternQuery};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt, prelude::*};
+use libp2p::{
+    StreamProtocol, Swarm, noise,
+    request_response::{self, ProtocolSupport},
+    swarm::SwarmEvent,
+    tcp, yamux,
+};
+
+use crate::*;
+
+/// A codec that writes whatever bytes it is given, the length prefix included:
+/// the attacker controls every byte.
+#[derive(Clone, Default)]
+struct Raw;
+
+impl request_response::Codec for Raw {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.take(1 << 20).read_to_end(&mut v).await?;
+        Ok(v)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.take(1 << 20).read_to_end(&mut v).await?;
+        Ok(v)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&res).await?;
+        io.close().await
+    }
+}
+
+fn attacker() -> Swarm<request_response::Behaviour<Raw>> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                Raw,
+                [(
+                    StreamProtocol::new("/exo-fed/query/1"),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+            )
+        })
+        .unwrap()
+        .build()
+}
+
+/// Runs an attacker that sends `frames` to `target` as fast as the streams
+/// allow, until its connection is closed.
+async fn flood(target: &FederatedMesh, frames: Vec<Vec<u8>>) -> libp2p::PeerId {
+    let mut swarm = attacker();
+    let me = *swarm.local_peer_id();
+    let tcp = target
+        .listen_addrs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| {
+            a.iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+        })
+        .unwrap();
+    swarm.dial(tcp).unwrap();
+    let peer = target.peer_id();
+    tokio::spawn(async move {
+        let mut sent = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some()).await {
+                Err(_) => break,
+                Ok(SwarmEvent::ConnectionEstablished { .. }) => {
+                    for f in frames.iter().cycle().take(400) {
+                        swarm.behaviour_mut().send_request(&peer, f.clone());
+                        sent += 1;
+                    }
+                }
+                Ok(SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                }) => break,
+                Ok(_) => {}
+            }
+        }
+        sent
+    });
+    me
+}
+
+async fn cut_off(
+    events: &mut tokio::sync::broadcast::Receiver<MeshEvent>,
+    who: libp2p::PeerId,
+) -> CutOffReason {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(MeshEvent::PeerCutOff { peer, reason, .. }) = events.recv().await
+                && peer == who
+            {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the attacker was cut off")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_cut_off_while_honest_queries_are_answered() {
+    let nodes = full_mesh(80, 2, |_, _| {}).await;
+    let (victim, honest) = (&nodes[0], &nodes[1]);
+    victim
+        .store_pattern(pattern(5, vec![0.0, 1.0]))
+        .await
+        .unwrap();
+    let mut events = victim.events();
+
+    // Honest queries run throughout the attacks.
+    let asker = honest.clone();
+    let victim_node = victim.node_id();
+    let honest_queries = tokio::spawn(async move {
+        let mut answered = 0;
+        for _ in 0..40 {
+            let outcome = asker
+                .federated_query(
+                    PatternQuery::new(vec![0.0, 1.0], 1),
+                    FederationScope::Direct,
+                    QueryOptions::default(),
+                )
+                .await
+                .unwrap();
+            if outcome.results.len() == 1 && outcome.results[0].provenance == vec![victim_node] {
+                answered += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answered
+    });
+
+    // An announced length of 64 MiB, far over the limit.
+    let mut oversized = (64u32 << 20).to_be_bytes().to_vec();
+    oversized.extend_from_slice(&[0xAB; 1024]);
+    let big = flood(victim, vec![oversized]).await;
+    assert_eq!(cut_off(&mut events, big).await, CutOffReason::Oversized);
+
+    // Well-framed garbage: a truncated sealed request, and junk that claims a session.
+    let mut short = 4u32.to_be_bytes().to_vec();
+    short.extend_from_slice(b"junk");
+    let mut junk = 64u32.to_be_bytes().to_vec();
+    junk.extend_from_slice(&[0x11; 64]);
+    let garbage = flood(victim, vec![junk, short]).await;
+    let reason = cut_off(&mut events, garbage).await;
+    assert!(
+        matches!(reason, CutOffReason::Malformed | CutOffReason::Abuse),
+        "{reason:?}"
+    );
+
+    assert_eq!(
+        honest_queries.await.unwrap(),
+        40,
+        "every honest query was answered"
+    );
+    let stats = victim.stats().await.unwrap();
+    assert!(stats.cut_off.values().sum::<u64>() >= 2, "{stats:?}");
+    // The honest peer was never cut off and is still a member.
+    assert_eq!(victim.peer_count().await.unwrap(), 1);
+    shutdown(&nodes).await;
+}

@@ -1,0 +1,123 @@
+//! Global top-k over five nodes; a node that hangs mid-query (test 4).
+
+use std::time::Duration;
+
+use fed_mesh::{
+    FederationScope, PeerStatus, QueryOptions,
+    substrate::{MemorySubstrate, PatternQuery},
+};
+
+use crate::*;
+
+const DIM: usize = 24;
+
+/// Stores 40 patterns per node and returns a substrate holding all of them.
+async fn spread(nodes: &[FederatedMesh]) -> MemorySubstrate {
+    let union = MemorySubstrate::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for j in 0..40u64 {
+            let id = (i as u64) * 1000 + j;
+            let p = pattern(id, embedding(id, DIM));
+            union.insert(p.clone()).unwrap();
+            n.store_pattern(p).await.unwrap();
+        }
+    }
+    union
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_query_equals_the_top_k_of_the_union_of_all_stores() {
+    // A sparse mesh: each node keeps at most two outbound sessions, so some
+    // nodes are reached only through others.
+    let mut nodes: Vec<FederatedMesh> = Vec::new();
+    for i in 0..5u8 {
+        let mut c = config(50 + i);
+        c.limits.max_peers = 2;
+        let node = start(c).await;
+        if let Some(prev) = nodes.last() {
+            node.join_federation(&prev.address().await.unwrap())
+                .await
+                .unwrap();
+        }
+        nodes.push(node);
+    }
+    let union = spread(&nodes).await;
+    for q in 0..5u64 {
+        let query = PatternQuery::new(embedding(10_000 + q, DIM), 10);
+        let want: Vec<_> = union
+            .query(&query)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.pattern.id, s.score))
+            .collect();
+        let outcome = nodes[0]
+            .federated_query(
+                query,
+                FederationScope::Global { max_hops: 4 },
+                QueryOptions::default(),
+            )
+            .await
+            .unwrap();
+        let got: Vec<_> = outcome
+            .results
+            .iter()
+            .map(|r| (r.pattern, r.score))
+            .collect();
+        assert_eq!(got.len(), want.len(), "{outcome:?}");
+        if got.iter().zip(&want).any(|(g, w)| g.0 != w.0) {
+            panic!("query {q}: peers {:?}", outcome.peers);
+        }
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.0, w.0, "query {q}: got {got:?}, want {want:?}");
+            assert!((g.1 - w.1).abs() < 1e-5);
+        }
+        // Every other node answered, most through another.
+        let answered = outcome
+            .peers
+            .iter()
+            .filter(|p| matches!(p.status, PeerStatus::Answered { .. }))
+            .count();
+        assert_eq!(answered, 4, "{:?}", outcome.peers);
+    }
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_mid_query_is_reported_as_timed_out() {
+    let nodes = full_mesh(60, 5, |_, _| {}).await;
+    let union = spread(&nodes[..4]).await;
+    for j in 0..40u64 {
+        nodes[4]
+            .store_pattern(pattern(4000 + j, embedding(4000 + j, DIM)))
+            .await
+            .unwrap();
+    }
+    let stuck = &nodes[4];
+    stuck.debug_pause(Duration::from_secs(4)).await.unwrap();
+    let query = PatternQuery::new(embedding(77, DIM), 10);
+    let options = QueryOptions {
+        timeout_ms: 1_500,
+        ..QueryOptions::default()
+    };
+    let outcome = nodes[0]
+        .federated_query(
+            query.clone(),
+            FederationScope::Global { max_hops: 2 },
+            options,
+        )
+        .await
+        .unwrap();
+    let status = &outcome.peer(&stuck.node_id()).unwrap().status;
+    assert_eq!(*status, PeerStatus::TimedOut, "{:?}", outcome.peers);
+    assert!(!outcome.complete);
+    // The others' answers are all there.
+    let want: Vec<_> = union
+        .query(&query)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.pattern.id)
+        .collect();
+    let got: Vec<_> = outcome.results.iter().map(|r| r.pattern).collect();
+    assert_eq!(got, want);
+    shutdown(&nodes).await;
+}
