@@ -88,9 +88,11 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// A fresh relay each run, so that the genuine packet is never a replay.
+/// A fresh relay each run (a node that never had a key: no epoch floor), so that
+/// the genuine packet is never a replay.
 fn relay(f: &Fixture) -> Relay {
-    let mut relay = Relay::new(f.relay_id, RelayConfig::default()).expect("default config");
+    let mut relay =
+        Relay::new(f.relay_id, RelayConfig::default(), None).expect("default config");
     let key = OnionKey::from_parts(&RELAY_SEED, f.cert.clone()).expect("matching key");
     relay.install_key(key).expect("first key");
     relay

@@ -65,7 +65,7 @@ fn hops(n: usize) -> Vec<Hop> {
 }
 
 fn fresh_relay(hop: &Hop) -> Relay {
-    let mut relay = Relay::new(hop.identity.node_id(), RelayConfig::default()).unwrap();
+    let mut relay = Relay::new(hop.identity.node_id(), RelayConfig::default(), None).unwrap();
     relay
         .install_key(OnionKey::from_parts(&hop.seed, hop.cert.clone()).unwrap())
         .unwrap();

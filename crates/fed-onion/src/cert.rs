@@ -408,6 +408,52 @@ mod tests {
         ));
     }
 
+    /// `bytes` with its signature (after the identity) replaced by `sig`, the
+    /// signature length adjusted.
+    fn with_signature(bytes: &[u8], id_len: usize, sig: &[u8]) -> Vec<u8> {
+        let sig_len_at = OFF_ID_LEN + 2 + id_len;
+        let mut out = bytes[..sig_len_at].to_vec();
+        out.extend_from_slice(&(sig.len() as u16).to_be_bytes());
+        out.extend_from_slice(sig);
+        out
+    }
+
+    /// Issue 14, item 11: the certificate is the crate's one signed structure and
+    /// has one encoding. Its integers are fixed-width, its lengths exact, and its
+    /// signature must carry exactly the parts the identity has keys for: a filler
+    /// ML-DSA part on a classical identity's signature, or a stripped one on a
+    /// post-quantum identity's, is refused.
+    #[test]
+    fn a_certificate_signature_carries_exactly_the_identitys_parts() {
+        let classical = Identity::from_seeds(&[1; 32], None);
+        let cert = OnionKey::from_seed(&classical, &[2; 32], EPOCH, true)
+            .unwrap()
+            .certificate()
+            .clone();
+        let bytes = cert.as_bytes();
+        let mut sig = bytes[bytes.len() - 65..].to_vec();
+        sig[0] = 1;
+        sig.extend(std::iter::repeat_n(0x5a, 3309));
+        let padded = with_signature(bytes, 34, &sig);
+        assert!(OnionKeyCertificate::from_bytes(&padded).is_err());
+
+        let pq = Identity::from_seeds(&[1; 32], Some(&[3; 32]));
+        let cert = OnionKey::from_seed(&pq, &[2; 32], EPOCH, true)
+            .unwrap()
+            .certificate()
+            .clone();
+        let bytes = cert.as_bytes();
+        let id_len = pq.public().as_bytes().len();
+        let sig = &bytes[bytes.len() - HYBRID_SIGNATURE_MAX_LEN..];
+        let mut stripped = vec![0];
+        stripped.extend_from_slice(&sig[1..65]);
+        let stripped = with_signature(bytes, id_len, &stripped);
+        assert!(OnionKeyCertificate::from_bytes(&stripped).is_err());
+        // Both parts present: the genuine encoding decodes to itself.
+        let back = OnionKeyCertificate::from_bytes(bytes).unwrap();
+        assert_eq!(back.as_bytes(), bytes);
+    }
+
     #[test]
     fn bad_validity_is_refused() {
         let id = Identity::from_seeds(&[1; 32], None);

@@ -92,7 +92,7 @@ pub enum Error {
         found: NodeId,
     },
     /// An onion key's epoch is not above the relay's epoch floor: the highest epoch
-    /// it has installed or been told about
+    /// it has installed, or the floor it was created with
     /// ([`Relay::epoch_floor`](crate::Relay::epoch_floor)). Reinstalling an epoch
     /// would restart its replay cache empty, so it is refused.
     #[error("onion key epoch {epoch} is not above the relay's epoch floor {floor}")]

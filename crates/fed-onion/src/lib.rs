@@ -2,12 +2,19 @@
 //! with X-Wing (X25519 + ML-KEM-768) per hop, as sans-IO packet processing.
 //!
 //! A sender wraps a query in one layer per hop of a path of relays ending at the
-//! destination. Each relay learns only its previous and next hop; packets have one
-//! fixed size per [`SizeClass`] at every hop, so a relay cannot tell its position
-//! on the path or the path's length; a relay's output shares nothing recognisable
-//! with its input; a packet modified anywhere is dropped by the next honest hop; a
-//! replayed packet is dropped. The destination's answer travels back along the same
-//! path, gaining one layer per relay, and only the original sender can open it.
+//! destination. A relay learns its previous and next hop, and little more: the
+//! packet's size class, the epoch number of the next hop's onion key (both in the
+//! clear on every link), whether the sender asked for a reply (it keeps reply
+//! state if so), and when the packet passed; not its position on the path, the
+//! path's length, the sender (unless its previous hop is the sender and cannot be
+//! forwarding for another) or the payload (`docs/protocol/onion.md` §8). Packets
+//! have one fixed size per [`SizeClass`] at every hop. A relay's output is
+//! re-encrypted throughout: it shares with the input only the 4-byte prefix
+//! (version, kind, class) and, when the next hop's epoch number equals this hop's,
+//! that 8-byte number. A packet modified anywhere is dropped by the next honest
+//! hop; a replayed packet is dropped. The destination's answer travels back along
+//! the same path, gaining one layer per relay, and only the original sender can
+//! open it.
 //!
 //! What it holds:
 //!
@@ -21,7 +28,8 @@
 //!   inside it.
 //! - **The relay** ([`Relay`]): `process(packet, from, now)` forwards, delivers or
 //!   drops with a [`DropReason`]; a replay cache per key epoch and reply state,
-//!   both bounded.
+//!   both bounded; an epoch floor, given to [`Relay::new`], so that no epoch is
+//!   installed twice, across restarts too.
 //! - **Replies** ([`ReplyHandle`], [`ReplyPacket`], [`PendingReply`]), and
 //!   **path selection** ([`select_path`]).
 //!
@@ -56,7 +64,7 @@
 //!     let identity = Identity::generate(&mut rng, false);
 //!     let key = OnionKey::generate(&identity, epoch, true, &mut rng)?;
 //!     directory.push(key.certificate().clone());
-//!     let mut relay = Relay::new(identity.node_id(), RelayConfig::default())?;
+//!     let mut relay = Relay::new(identity.node_id(), RelayConfig::default(), None)?;
 //!     relay.install_key(key)?;
 //!     relays.insert(identity.node_id(), relay);
 //! }

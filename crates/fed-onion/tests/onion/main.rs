@@ -107,7 +107,7 @@ impl Net {
             let identity = Identity::generate(&mut rng, false);
             let key = OnionKey::generate(&identity, epoch(1), relays(i), &mut rng).unwrap();
             let cert = key.certificate().clone();
-            let mut relay = Relay::new(identity.node_id(), config.clone()).unwrap();
+            let mut relay = Relay::new(identity.node_id(), config.clone(), None).unwrap();
             relay.install_key(key).unwrap();
             ids.push(identity.node_id());
             nodes.insert(

@@ -138,7 +138,7 @@ fn relays_process_packets_exactly_as_the_document_says() {
             let mut relays: Vec<Relay> = (0..MAX_HOPS)
                 .map(|i| {
                     let id = identities[i].node_id();
-                    let mut r = Relay::new(id, RelayConfig::default()).unwrap();
+                    let mut r = Relay::new(id, RelayConfig::default(), None).unwrap();
                     let key = OnionKey::from_parts(&seeds[i], certs[i].clone()).unwrap();
                     r.install_key(key).unwrap();
                     r
