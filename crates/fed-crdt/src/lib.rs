@@ -19,8 +19,9 @@
 //!   functions: [`LwwMap::ingest_delta`] merges a chunk's entries from any
 //!   peer and believes none of its claims (frontier, collected floors,
 //!   horizon, omissions); [`LwwMap::ingest_trusted_delta`], for a trusted
-//!   peer or certified snapshot, also adopts them, and applying all its
-//!   chunks gives exactly what merging the full state gives.
+//!   peer or certified snapshot, also adopts them, and applying all the
+//!   chunks of a snapshot gives exactly what a trusted merge of the full
+//!   state gives ([`LwwMap::ingest_trusted_state`]).
 //! * [`reconcile`]: the order- and duplicate-independent merge of many peers'
 //!   query responses into one deduplicated top-k with provenance, each
 //!   response attributed to its authenticated sender and each sender

@@ -88,8 +88,9 @@ impl<V> Entry<V> {
 ///   [`ingest_trusted_delta`](Self::ingest_trusted_delta) and
 ///   [`ingest_trusted_state`](Self::ingest_trusted_state) also adopt the
 ///   sender's frontier and collected floors and apply a snapshot's removals
-///   and horizon; applying every chunk of a series through them gives the
-///   state that merging the sender's full state gives. The `apply_*`
+///   and horizon; applying every chunk of a snapshot series through them
+///   gives the state that a trusted merge of the sender's full state gives
+///   (and a delta series, the same values). The `apply_*`
 ///   functions, [`merge`](Self::merge) and [`write_at`](Self::write_at) skip
 ///   the skew check and are for local or trusted input only.
 ///
