@@ -43,7 +43,13 @@ pub struct Transmit {
     pub payload: Arc<[u8]>,
 }
 
-/// A batch the replica executed.
+/// A batch the replica executed, with its commit proof.
+///
+/// This is what a host archives (pbft.md §10): `proof` and `batch` together let
+/// anyone holding the membership check, offline and at any later time, that this
+/// batch is the one every correct replica executed at `seq`
+/// ([`CommitProof::verify_batch`]). The replica keeps them only until the next
+/// stable checkpoint ([`Replica::commit_proof`]); so does [`DurableState`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Executed {
     /// Sequence number.
@@ -56,6 +62,8 @@ pub struct Executed {
     pub requests: Vec<RequestId>,
     /// The commit proof: a quorum of COMMIT signatures.
     pub proof: CommitProof,
+    /// The encoded batch, as ordered and hashed: `proof.digest` is its digest.
+    pub batch: Arc<[u8]>,
 }
 
 /// What a replica reports through [`Replica::poll_event`].
@@ -596,6 +604,26 @@ impl<A: Application> Replica<A> {
     /// The application.
     pub fn app(&self) -> &A {
         &self.app
+    }
+
+    /// The whole replicated state after [`last_executed`](Self::last_executed): the
+    /// application's snapshot and the client table (timestamps and cached
+    /// outcomes), encoded as checkpoints hash it (pbft.md §6). Correct replicas
+    /// that executed the same sequence number return the same bytes.
+    ///
+    /// Fails with [`Error::TooLarge`] beyond `max_snapshot_len`.
+    pub fn state_snapshot(&self) -> Result<Arc<[u8]>> {
+        self.snapshot()
+    }
+
+    /// The commit proof of sequence number `seq` and its batch, while the replica
+    /// still holds them: committed, with the batch known, and above the stable
+    /// checkpoint (the log is discarded below it). Archive them from
+    /// [`Event::Executed`] to keep them longer (pbft.md §10).
+    pub fn commit_proof(&self, seq: u64) -> Option<(&CommitProof, Arc<[u8]>)> {
+        let slot = self.log.get(&seq)?;
+        let proof = slot.committed.as_ref()?;
+        Some((proof, slot.batch_for(&proof.digest)?))
     }
 
     /// Number of requests waiting to be ordered or executed.

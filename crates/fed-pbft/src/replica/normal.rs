@@ -570,7 +570,7 @@ impl<A: Application> Replica<A> {
                 // it as empty, identically on every replica, rather than stall.
                 _ => Arc::new(decode_batch(&batch).unwrap_or_default()),
             };
-            self.execute_batch(seq, &proof, &requests)?;
+            self.execute_batch(seq, &proof, batch, &requests)?;
             self.last_executed = seq;
             self.last_progress = now;
             if self.active {
@@ -586,6 +586,7 @@ impl<A: Application> Replica<A> {
         &mut self,
         seq: u64,
         proof: &CommitProof,
+        batch: Arc<[u8]>,
         requests: &[Request],
     ) -> Result<()> {
         let mut executed = Vec::with_capacity(requests.len());
@@ -628,6 +629,7 @@ impl<A: Application> Replica<A> {
             digest: proof.digest,
             requests: executed,
             proof: proof.clone(),
+            batch,
         }));
         Ok(())
     }

@@ -278,7 +278,8 @@ fn client_table_limits_records_and_snapshot_order() {
     // Records: clients 1 and 2 execute (2 without a key here: no reply), and
     // then the table is full, so client 3 is refused.
     let batch = [request(2, 1), request(1, 1), request(3, 1), request(1, 1)];
-    a.execute_batch(1, &proof, &batch).unwrap();
+    a.execute_batch(1, &proof, Arc::from(NULL_BATCH), &batch)
+        .unwrap();
     let got = replies(&mut a);
     assert_eq!(
         got,
@@ -290,15 +291,18 @@ fn client_table_limits_records_and_snapshot_order() {
     );
     // A record outlives its key.
     a.remove_client(&client(1));
-    a.execute_batch(2, &proof, &[request(1, 2)]).unwrap();
+    a.execute_batch(2, &proof, Arc::from(NULL_BATCH), &[request(1, 2)])
+        .unwrap();
     assert!(replies(&mut a).is_empty());
     // Another replica that learnt its keys in another order ends in the same
     // state, byte for byte (the snapshot is in client order).
     let mut b = Replica::new(ids[1].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
     b.add_client(client(3), key(3)).unwrap();
     b.add_client(client(1), key(1)).unwrap();
-    b.execute_batch(1, &proof, &batch).unwrap();
-    b.execute_batch(2, &proof, &[request(1, 2)]).unwrap();
+    b.execute_batch(1, &proof, Arc::from(NULL_BATCH), &batch)
+        .unwrap();
+    b.execute_batch(2, &proof, Arc::from(NULL_BATCH), &[request(1, 2)])
+        .unwrap();
     assert_eq!(a.snapshot().unwrap(), b.snapshot().unwrap());
     let records: Vec<(ClientId, u64)> =
         a.records().iter().map(|(c, r)| (*c, r.timestamp)).collect();
@@ -306,11 +310,13 @@ fn client_table_limits_records_and_snapshot_order() {
     // Installing a snapshot replaces the records and keeps the keys.
     let mut c = Replica::new(ids[1].clone(), m.clone(), config, Nop, 0).unwrap();
     c.add_client(client(1), key(1)).unwrap();
-    c.execute_batch(1, &proof, &[request(1, 5)]).unwrap();
+    c.execute_batch(1, &proof, Arc::from(NULL_BATCH), &[request(1, 5)])
+        .unwrap();
     c.install_snapshot(2, &a.snapshot().unwrap()).unwrap();
     assert_eq!(c.snapshot().unwrap(), a.snapshot().unwrap());
     let _ = replies(&mut c);
-    c.execute_batch(3, &proof, &[request(1, 3)]).unwrap();
+    c.execute_batch(3, &proof, Arc::from(NULL_BATCH), &[request(1, 3)])
+        .unwrap();
     assert_eq!(
         replies(&mut c),
         vec![(client(1), Outcome::Executed(Vec::new()))]
@@ -465,4 +471,54 @@ fn new_view_takes_the_highest_view_and_fills_gaps_with_null() {
     // Nothing prepared above the checkpoint: no entries.
     let (c, entries) = compute_new_view(&[vc(0, 4, vec![cert(1, 3, 1)]), vc(1, 0, vec![])]);
     assert_eq!((c.seq, entries.len()), (4, 0));
+}
+
+/// Every executed batch comes out with its proof, and the pair verifies offline
+/// long after the replica discarded it at a stable checkpoint: what a host
+/// archives (pbft.md §10).
+#[test]
+fn executed_batches_come_with_an_archivable_proof() {
+    let id = Arc::new(Identity::from_seeds(&[9; 32], None));
+    let m = Arc::new(Membership::new(vec![id.public().clone()]).unwrap());
+    let config = Config {
+        max_batch_requests: 1,
+        checkpoint_interval: 2,
+        window: 4,
+        ..Config::default()
+    };
+    let client = ClientId([3; 32]);
+    let key = ClientKey::new(&[3; 32]);
+    let keys = crate::ClientKeys::new(&m, client, std::slice::from_ref(&key)).unwrap();
+    let mut r = Replica::new(id, m.clone(), config, Nop, 0).unwrap();
+    r.add_client(client, key).unwrap();
+    let mut archive: BTreeMap<u64, (CommitProof, Arc<[u8]>)> = BTreeMap::new();
+    for ts in 1..=7u64 {
+        let request = keys.request(ts, format!("op {ts}").into_bytes());
+        r.handle_request(&Message::Request(request).encode().unwrap(), ts)
+            .unwrap();
+        while let Some(e) = r.poll_event() {
+            if let Event::Executed(x) = e {
+                // Held until the next stable checkpoint (here: the next even seq).
+                if x.seq % 2 == 1 {
+                    let held = r.commit_proof(x.seq).map(|(p, b)| (p.clone(), b));
+                    assert_eq!(held, Some((x.proof.clone(), x.batch.clone())));
+                }
+                archive.insert(x.seq, (x.proof, x.batch));
+            }
+        }
+    }
+    assert_eq!(r.last_executed(), 7);
+    assert_eq!(r.stable_checkpoint().seq, 6);
+    assert!(
+        r.commit_proof(3).is_none(),
+        "discarded below the stable checkpoint"
+    );
+    assert_eq!(archive.len(), 7);
+    for (seq, (proof, batch)) in &archive {
+        assert_eq!(proof.seq, *seq);
+        proof.verify_batch(&m, batch).unwrap();
+        let requests = crate::decode_batch(batch).unwrap();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].operation, format!("op {seq}").into_bytes());
+    }
 }
