@@ -15,6 +15,10 @@ use crate::{
 /// restarted replica rebuilt from the result ([`DurableState`]) then neither forgets
 /// a vote nor contradicts one. [`DurableState::apply`] is the reference meaning of
 /// each write; a store may keep a log of writes and replay it.
+///
+/// Writes are durable one by one, in order: a store need not make the writes of one
+/// call atomic, and a crash may leave any prefix of them. The replica orders its
+/// writes so that every such prefix is safe to recover from (pbft.md §5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Persist {

@@ -1,6 +1,6 @@
 use super::{view_change::compute_new_view, *};
 use crate::{
-    message::{NewView, PrePrepare, ViewChange},
+    message::{NewView, NewViewEntry, PrePrepare, ViewChange},
     storage::{MemoryStorage, Storage},
 };
 
@@ -471,6 +471,80 @@ fn new_view_takes_the_highest_view_and_fills_gaps_with_null() {
     // Nothing prepared above the checkpoint: no entries.
     let (c, entries) = compute_new_view(&[vc(0, 4, vec![cert(1, 3, 1)]), vc(1, 0, vec![])]);
     assert_eq!((c.seq, entries.len()), (4, 0));
+}
+
+/// A backup installing a NEW-VIEW asks for several writes in one call. Each write
+/// is durable on its own, so a crash may leave any prefix of them: whatever prefix
+/// it recovers from, the backup must refuse a conflicting PRE-PREPARE for a
+/// sequence number the NEW-VIEW fixed (it may not vote for another batch there).
+#[test]
+fn every_prefix_of_a_new_view_install_refuses_a_conflicting_pre_prepare() {
+    let (ids, m) = setup();
+    let enc = |msg: Message| msg.encode().unwrap();
+    // Sequence number 1 prepared in view 0 (primary 0, backups 1 and 3 prepared).
+    let pp = PrePrepare::new(&ids[0], &m, 0, 1, foreign_batch()).unwrap();
+    let prepared = PreparedCert {
+        view: 0,
+        seq: 1,
+        digest: pp.digest,
+        primary: pp.signature,
+        prepares: [1u16, 3]
+            .iter()
+            .map(|&i| {
+                let p = Prepare::new(&ids[usize::from(i)], &m, 0, 1, pp.digest, i).unwrap();
+                (i, p.signature)
+            })
+            .collect(),
+    };
+    let genesis = CheckpointCert::genesis([0; 32]);
+    // Backup 2 moves to view 1 and sends its VIEW-CHANGE.
+    let mut storage = MemoryStorage::new();
+    let mut b = Replica::new(ids[2].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    b.start_view_change(1, 0).unwrap();
+    let own = std::iter::from_fn(|| b.poll_transmit())
+        .find_map(|t| match Message::decode(&t.payload) {
+            Ok(Message::ViewChange(vc)) => Some(vc),
+            _ => None,
+        })
+        .unwrap();
+    while let Some(w) = b.poll_persist() {
+        storage.persist(&w).unwrap();
+    }
+    let vc = |i: usize, prepared: Vec<PreparedCert>| {
+        ViewChange::new(&ids[i], &m, 1, genesis.clone(), prepared, i as ReplicaIndex).unwrap()
+    };
+    let vcs = vec![vc(1, vec![]), own, vc(3, vec![prepared])];
+    let (_, entries) = compute_new_view(&vcs);
+    assert_eq!(entries, vec![(1, pp.digest)]);
+    let signed = entries
+        .iter()
+        .map(|(s, d)| NewViewEntry::new(&ids[1], &m, 1, *s, *d).unwrap())
+        .collect();
+    let nv = NewView::new(&ids[1], &m, 1, vcs, signed).unwrap();
+    b.handle_message(1, &enc(Message::NewView(nv)), 5).unwrap();
+    assert_eq!((b.view(), b.is_view_active()), (1, true));
+    let install: Vec<Persist> = std::iter::from_fn(|| b.poll_persist()).collect();
+    assert!(install.len() >= 2, "{install:?}");
+    // The primary of view 1 then proposes another batch at sequence number 1.
+    let conflicting = PrePrepare::new(&ids[1], &m, 1, 1, NULL_BATCH.to_vec()).unwrap();
+    for k in 0..=install.len() {
+        let mut torn = storage.clone();
+        for w in &install[..k] {
+            torn.persist(w).unwrap();
+        }
+        let mut r = restart(&ids[2], &m, torn.load().unwrap());
+        let _ = r.handle_message(1, &enc(Message::PrePrepare(conflicting.clone())), 10);
+        let voted = std::iter::from_fn(|| r.poll_transmit()).any(|t| {
+            matches!(Message::decode(&t.payload), Ok(Message::Prepare(p))
+                if p.view == 1 && p.seq == 1 && p.digest == conflicting.digest)
+        });
+        assert!(
+            !voted,
+            "recovered from {k} of the {} install writes, the backup prepared a batch \
+             conflicting with the NEW-VIEW it installed",
+            install.len()
+        );
+    }
 }
 
 /// Every executed batch comes out with its proof, and the pair verifies offline

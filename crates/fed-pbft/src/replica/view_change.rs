@@ -275,8 +275,12 @@ impl<A: Application> Replica<A> {
 
     fn install_new_view(&mut self, nv: &NewView, cert: CheckpointCert, now: u64) -> Result<()> {
         let view = nv.view;
-        self.persists
-            .push_back(Persist::View { view, active: true });
+        // Writes are durable one by one, so a crash may leave any prefix of this
+        // call's writes: the stable certificate and every entry's PRE-PREPARE go
+        // first, and only then the view as installed. A prefix without the view
+        // write recovers a replica still changing to `view`, which asks for the
+        // NEW-VIEW again; one with it recovers every entry too, so no prefix lets
+        // the replica accept another batch for a sequence number fixed here.
         if cert.seq > self.stable.seq {
             self.adopt_stable(cert, now)?;
         }
@@ -305,6 +309,8 @@ impl<A: Application> Replica<A> {
                 batch,
             });
         }
+        self.persists
+            .push_back(Persist::View { view, active: true });
         for (_, slot) in self.log.range_mut(max_s + 1..) {
             slot.enter_view(view);
         }
