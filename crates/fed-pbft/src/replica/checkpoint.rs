@@ -494,6 +494,7 @@ impl<A: Application> Replica<A> {
             return Err(e);
         }
         self.transfer = None;
+        self.fetch_after_transfer = true;
         self.persists.push_back(Persist::Checkpoint {
             seq,
             state,

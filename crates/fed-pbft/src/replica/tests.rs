@@ -1,6 +1,6 @@
 use super::{view_change::compute_new_view, *};
 use crate::{
-    message::{NewView, NewViewEntry, PrePrepare, ViewChange},
+    message::{Committed, NewView, NewViewEntry, PrePrepare, StateResponse, ViewChange},
     storage::{MemoryStorage, Storage},
 };
 
@@ -595,4 +595,87 @@ fn executed_batches_come_with_an_archivable_proof() {
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].operation, format!("op {seq}").into_bytes());
     }
+}
+
+/// A replica whose fetch answers arrive out of order (the batch beyond its window
+/// before the stable checkpoint that moves the window) transfers the state, and
+/// then must still catch up with the batch it refused: it asks again.
+#[test]
+fn a_replica_fetches_what_follows_a_state_transfer() {
+    let (ids, m) = setup();
+    let config = Config {
+        checkpoint_interval: 4,
+        window: 8,
+        ..Config::default()
+    };
+    let enc = |msg: Message| msg.encode().unwrap();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
+    let snapshot = b.state_snapshot().unwrap();
+    // The others executed up to 9: a stable checkpoint at 8, a committed null at 9.
+    let state = state_digest(8, &snapshot);
+    let cert = CheckpointCert {
+        seq: 8,
+        state,
+        signatures: [0u16, 2, 3]
+            .iter()
+            .map(|&i| {
+                let c =
+                    crate::message::Checkpoint::new(&ids[usize::from(i)], &m, 8, state, i).unwrap();
+                (i, c.signature)
+            })
+            .collect(),
+    };
+    let null = batch_digest(NULL_BATCH);
+    let committed = Message::Committed(Committed {
+        proof: CommitProof {
+            membership: *m.id(),
+            view: 0,
+            seq: 9,
+            digest: null,
+            signatures: [0u16, 2, 3]
+                .iter()
+                .map(|&i| {
+                    let c = Commit::new(&ids[usize::from(i)], &m, 0, 9, null, i).unwrap();
+                    (i, c.signature)
+                })
+                .collect(),
+        },
+        batch: NULL_BATCH.to_vec(),
+    });
+    // The answer to its fetch, reordered: the batch beyond the window first.
+    assert!(matches!(
+        b.handle_message(0, &enc(committed.clone()), 1),
+        Err(Error::OutsideWatermarks { .. })
+    ));
+    b.handle_message(0, &enc(Message::StableCheckpoint(cert.clone())), 2)
+        .unwrap();
+    let response = Message::StateResponse(StateResponse {
+        cert,
+        snapshot: snapshot.to_vec(),
+    });
+    b.handle_message(2, &enc(response), 3).unwrap();
+    assert_eq!(b.last_executed(), 8);
+    // Whoever it asks next answers with the batch.
+    let mut now = 3;
+    for _ in 0..5 {
+        let asked = std::iter::from_fn(|| b.poll_transmit()).find_map(|t| {
+            matches!(
+                Message::decode(&t.payload),
+                Ok(Message::Fetch(Fetch { seq: 9 }))
+            )
+            .then_some(t.to)
+        });
+        if let Some(peer) = asked {
+            b.handle_message(peer, &enc(committed.clone()), now)
+                .unwrap();
+        }
+        let Some(at) = b.poll_timeout() else { break };
+        now = now.max(at);
+        b.handle_timeout(now).unwrap();
+    }
+    assert_eq!(
+        b.last_executed(),
+        9,
+        "the replica stayed behind its peers after the state transfer"
+    );
 }
