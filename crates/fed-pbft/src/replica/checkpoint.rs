@@ -235,10 +235,13 @@ impl<A: Application> Replica<A> {
             .own_checkpoints
             .get(&seq)
             .is_some_and(|(d, _)| *d == state);
-        if self.last_executed < seq || (self.last_executed == seq && !own_matches) {
-            // Behind (or, impossibly for a correct replica, diverged): fetch the state.
+        // Behind: fetch the state. At it, but without its own checkpoint there or
+        // with another digest (a fault, such as a non-deterministic application,
+        // or a lost snapshot): repair, fetching the certified state to replace its own.
+        let repair = self.last_executed == seq && !own_matches;
+        if self.last_executed < seq || repair {
             self.own_checkpoints.retain(|s, _| *s > seq);
-            self.start_transfer(self.stable.clone(), now);
+            self.start_transfer(self.stable.clone(), repair, now);
         } else {
             self.own_checkpoints = self.own_checkpoints.split_off(&seq);
         }
@@ -362,7 +365,7 @@ impl<A: Application> Replica<A> {
         self.try_execute(now)
     }
 
-    pub(super) fn start_transfer(&mut self, target: CheckpointCert, now: u64) {
+    pub(super) fn start_transfer(&mut self, target: CheckpointCert, repair: bool, now: u64) {
         if self
             .transfer
             .as_ref()
@@ -372,6 +375,7 @@ impl<A: Application> Replica<A> {
         }
         self.transfer = Some(Transfer {
             target,
+            repair,
             cursor: usize::from(self.me) + 1,
             bad: 0,
             deadline: now,
@@ -460,7 +464,9 @@ impl<A: Application> Replica<A> {
         if seq < target.seq {
             return Err(Error::Unexpected("state older than the transfer's target"));
         }
-        if seq <= self.last_executed {
+        let repair = self.transfer.as_ref().is_some_and(|t| t.repair);
+        if seq <= self.last_executed && !repair {
+            // Caught up meanwhile by executing committed batches.
             self.transfer = None;
             return Ok(());
         }
@@ -500,6 +506,10 @@ impl<A: Application> Replica<A> {
             state,
             snapshot: snapshot.clone(),
         });
+        if repair {
+            // Its own CHECKPOINT vote named another state: stop repeating it.
+            self.own_checkpoint_msg = None;
+        }
         self.own_checkpoints.insert(seq, (state, snapshot));
         self.adopt_stable(r.cert, now)?;
         self.log = self.log.split_off(&(seq + 1));

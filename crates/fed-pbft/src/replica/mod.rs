@@ -238,6 +238,10 @@ struct Pending {
 #[derive(Debug)]
 struct Transfer {
     target: CheckpointCert,
+    /// A repair: the replica executed up to `target` but holds another state (its
+    /// own checkpoint there is missing or differs). It executes nothing until the
+    /// certified state replaces its own.
+    repair: bool,
     cursor: usize,
     bad: u64,
     deadline: u64,
@@ -505,7 +509,7 @@ impl<A: Application> Replica<A> {
             r.send(j, fetch.clone());
         }
         if r.last_executed < r.stable.seq {
-            r.start_transfer(r.stable.clone(), now);
+            r.start_transfer(r.stable.clone(), false, now);
         }
         if !r.active {
             r.send_view_change(now)?;

@@ -545,6 +545,10 @@ impl<A: Application> Replica<A> {
 
     /// Executes committed batches in sequence order while their batches are known.
     pub(super) fn try_execute(&mut self, now: u64) -> Result<()> {
+        if self.transfer.as_ref().is_some_and(|t| t.repair) {
+            // Its state is not the certified one: executing on it is pointless.
+            return Ok(());
+        }
         loop {
             let seq = self.last_executed + 1;
             let Some(slot) = self.log.get_mut(&seq) else {

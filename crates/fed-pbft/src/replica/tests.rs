@@ -1,6 +1,8 @@
 use super::{view_change::compute_new_view, *};
 use crate::{
-    message::{Committed, NewView, NewViewEntry, PrePrepare, StateResponse, ViewChange},
+    message::{
+        Committed, NewView, NewViewEntry, PrePrepare, StateRequest, StateResponse, ViewChange,
+    },
     storage::{MemoryStorage, Storage},
 };
 
@@ -678,4 +680,133 @@ fn a_replica_fetches_what_follows_a_state_transfer() {
         9,
         "the replica stayed behind its peers after the state transfer"
     );
+}
+
+/// An application with state, for tests where a replica's state must differ.
+#[derive(Default)]
+struct Tally(u64);
+impl Application for Tally {
+    fn execute(&mut self, _: &ClientId, op: &[u8]) -> Vec<u8> {
+        self.0 += op.len() as u64;
+        Vec::new()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_be_bytes().to_vec()
+    }
+    fn restore(
+        &mut self,
+        s: &[u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.0 = u64::from_be_bytes(s.try_into()?);
+        Ok(())
+    }
+}
+
+/// A replica that reached a newly stable checkpoint without holding the certified
+/// state there (its own checkpoint is missing, or names another state) fetches the
+/// certified state and installs it in place of its own, instead of cancelling the
+/// transfer because it is not behind.
+#[test]
+fn a_replica_without_the_certified_state_at_its_checkpoint_repairs_it() {
+    let (ids, m) = setup();
+    let config = Config {
+        checkpoint_interval: 4,
+        window: 8,
+        ..Config::default()
+    };
+    let enc = |msg: Message| msg.encode().unwrap();
+    let null = batch_digest(NULL_BATCH);
+    let committed = |seq: u64| {
+        Message::Committed(Committed {
+            proof: CommitProof {
+                membership: *m.id(),
+                view: 0,
+                seq,
+                digest: null,
+                signatures: [0u16, 2, 3]
+                    .iter()
+                    .map(|&i| {
+                        let c = Commit::new(&ids[usize::from(i)], &m, 0, seq, null, i).unwrap();
+                        (i, c.signature)
+                    })
+                    .collect(),
+            },
+            batch: NULL_BATCH.to_vec(),
+        })
+    };
+    // Replica 2 executes 1..=4 correctly; its checkpoint at 4 is the certified one.
+    let mut good = Replica::new(ids[2].clone(), m.clone(), config.clone(), Tally(0), 0).unwrap();
+    for seq in 1..=4 {
+        good.handle_message(0, &enc(committed(seq)), 1).unwrap();
+    }
+    let (state, snapshot) = good.own_checkpoints[&4].clone();
+    let cert = CheckpointCert {
+        seq: 4,
+        state,
+        signatures: [0u16, 2, 3]
+            .iter()
+            .map(|&i| {
+                let c =
+                    crate::message::Checkpoint::new(&ids[usize::from(i)], &m, 4, state, i).unwrap();
+                (i, c.signature)
+            })
+            .collect(),
+    };
+    for corrupt in [true, false] {
+        // Replica 1 executes the same batches, but its state goes wrong before 4
+        // (or its checkpoint at 4 is lost).
+        let mut b = Replica::new(ids[1].clone(), m.clone(), config.clone(), Tally(0), 0).unwrap();
+        for seq in 1..=4 {
+            if seq == 4 && corrupt {
+                b.app.0 = 7;
+            }
+            b.handle_message(0, &enc(committed(seq)), 1).unwrap();
+        }
+        if !corrupt {
+            b.own_checkpoints.remove(&4);
+        }
+        assert_eq!(b.last_executed(), 4);
+        b.handle_message(0, &enc(Message::StableCheckpoint(cert.clone())), 2)
+            .unwrap();
+        let asked = std::iter::from_fn(|| b.poll_transmit())
+            .find(|t| matches!(Message::decode(&t.payload), Ok(Message::StateRequest(_))));
+        let asked = asked.expect("a state request").to;
+        // The next batch commits meanwhile: not to be executed on the wrong state.
+        while b.poll_event().is_some() {}
+        b.handle_message(0, &enc(committed(5)), 2).unwrap();
+        let response = Message::StateResponse(StateResponse {
+            cert: cert.clone(),
+            snapshot: snapshot.to_vec(),
+        });
+        let _ = b.handle_message(asked, &enc(response), 3);
+        assert_eq!(
+            state_digest(4, &b.state_snapshot().unwrap()),
+            state,
+            "corrupt = {corrupt}: the replica kept a state other than the certified one"
+        );
+        let executed: Vec<u64> = std::iter::from_fn(|| b.poll_event())
+            .filter_map(|e| match e {
+                Event::Executed(x) => Some(x.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            executed,
+            vec![5],
+            "corrupt = {corrupt}: executed on the wrong state"
+        );
+        assert_eq!(b.last_executed(), 5);
+        // And it can serve the certified state to a lagging peer.
+        while b.poll_transmit().is_some() {}
+        let request = Message::StateRequest(StateRequest { seq: 4 });
+        b.handle_message(3, &enc(request), 1_000).unwrap();
+        let served = std::iter::from_fn(|| b.poll_transmit()).any(|t| {
+            matches!(Message::decode(&t.payload), Ok(Message::StateResponse(r))
+                if r.cert.seq == 4 && state_digest(4, &r.snapshot) == state)
+        });
+        assert!(
+            served,
+            "corrupt = {corrupt}: cannot serve the certified state"
+        );
+    }
 }
