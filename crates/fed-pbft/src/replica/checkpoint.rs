@@ -500,7 +500,7 @@ impl<A: Application> Replica<A> {
             return Err(e);
         }
         self.transfer = None;
-        self.fetch_after_transfer = true;
+        self.fetch_after_transfer = Some(now.saturating_add(self.config.retransmit_ms));
         self.persists.push_back(Persist::Checkpoint {
             seq,
             state,

@@ -331,8 +331,10 @@ pub struct Replica<A: Application> {
     new_view_msg: Option<Arc<[u8]>>,
 
     progress_at_tick: u64,
-    /// A state transfer just completed: fetch what follows at the next tick.
-    fetch_after_transfer: bool,
+    /// A state transfer completed: fetch what follows at the first tick from
+    /// then (a full `retransmit_ms` later, so that peers that answered the fetch
+    /// before the transfer are no longer rate-limiting this replica).
+    fetch_after_transfer: Option<u64>,
     fetch_cursor: usize,
     transfer: Option<Transfer>,
     served_at: Vec<Option<u64>>,
@@ -412,7 +414,7 @@ impl<A: Application> Replica<A> {
             own_view_change: None,
             new_view_msg: None,
             progress_at_tick: 0,
-            fetch_after_transfer: false,
+            fetch_after_transfer: None,
             fetch_cursor: 0,
             transfer: None,
             served_at: vec![None; n],
@@ -840,18 +842,21 @@ impl<A: Application> Replica<A> {
         for (j, p) in resend {
             self.send(j, p);
         }
+        let fetch_due = self.fetch_after_transfer.is_some_and(|t| now >= t);
         if self.transfer.as_ref().is_some_and(|t| now >= t.deadline) {
             self.request_state(now);
         } else if self.transfer.is_none()
-            && (self.fetch_after_transfer
+            && (fetch_due
                 || (self.highest_seen > self.last_executed
                     && self.last_executed == self.progress_at_tick))
         {
-            // Stalled while later sequence numbers are known, or just restored a
+            // Stalled while later sequence numbers are known, or restored a
             // transferred state (the certificate proves that the others got that
             // far, and probably further; answers to earlier fetches beyond the old
             // window were refused): ask f + 1 peers for committed batches.
-            self.fetch_after_transfer = false;
+            if fetch_due {
+                self.fetch_after_transfer = None;
+            }
             let payload = encode_arc(&Message::Fetch(Fetch {
                 seq: self.last_executed + 1,
             }))?;
@@ -910,7 +915,7 @@ impl<A: Application> Replica<A> {
         }
         let needs_tick = !self.active
             || self.transfer.is_some()
-            || self.fetch_after_transfer
+            || self.fetch_after_transfer.is_some()
             || self.own_checkpoint_msg.is_some()
             || self.highest_seen > self.last_executed;
         if !needs_tick {
