@@ -18,7 +18,7 @@ pub enum Error {
     },
     /// An encoded public key had the right length but is not a valid key
     /// (an ML-KEM key whose coefficients are not reduced, an Ed25519 point that
-    /// does not decompress or has small order, ...).
+    /// does not decompress, is not canonically encoded or has small order, ...).
     #[error("invalid {0} public key")]
     InvalidPublicKey(&'static str),
     /// An encoding carried a version, kind or flag value this implementation does not know.

@@ -219,8 +219,9 @@ impl PublicIdentity {
     /// Decodes the canonical encoding:
     /// `version (1) ‖ flags (1) ‖ Ed25519 key (32) ‖ [ML-DSA-65 key (1952) if flags & 1]`.
     ///
-    /// Rejects unknown versions or flags, wrong lengths, Ed25519 keys that do not
-    /// decompress or have small order.
+    /// Rejects unknown versions or flags, wrong lengths, Ed25519 keys that are not
+    /// the canonical encoding of a point (crypto.md §3: `y < p`, and no sign bit on
+    /// `x = 0`), and Ed25519 keys of small order.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let (&version, rest) = bytes.split_first().ok_or(Error::InvalidLength {
             what: "public identity",
@@ -254,6 +255,12 @@ impl PublicIdentity {
         let ed25519 = EdVerifyingKey::from_bytes(&ed_bytes)
             .map_err(|_| Error::InvalidPublicKey("Ed25519"))?;
         if ed25519.is_weak() {
+            return Err(Error::InvalidPublicKey("Ed25519"));
+        }
+        // Decompression reduces `y` modulo p and ignores a sign bit on x = 0, so a
+        // point can arrive under several encodings; signatures hash the key's bytes,
+        // so only the canonical one is accepted (then equal keys have equal bytes).
+        if ed25519.to_edwards().compress().as_bytes() != &ed_bytes {
             return Err(Error::InvalidPublicKey("Ed25519"));
         }
         let ml_dsa = if has_ml {

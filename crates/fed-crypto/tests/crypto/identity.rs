@@ -125,6 +125,19 @@ fn public_identity_encoding_is_strict() {
         PublicIdentity::from_bytes(&weak),
         Err(Error::InvalidPublicKey("Ed25519"))
     ));
+    // The point with y = 3 is on the curve and not of small order (it has a torsion
+    // component): its canonical encoding is a key, while its other encoding,
+    // y + p = 2^255 - 16 (which decompresses to the same point), is refused.
+    let mut canonical = vec![1u8, 0, 3];
+    canonical.extend_from_slice(&[0; 31]);
+    PublicIdentity::from_bytes(&canonical).unwrap();
+    let mut overlong = vec![1u8, 0, 0xf0];
+    overlong.extend_from_slice(&[0xff; 30]);
+    overlong.push(0x7f);
+    assert!(matches!(
+        PublicIdentity::from_bytes(&overlong),
+        Err(Error::InvalidPublicKey("Ed25519"))
+    ));
 }
 
 #[test]
