@@ -1,8 +1,10 @@
 //! The PBFT decoders and a replica fed arbitrary bytes: `Message::decode`,
-//! `message_len`, `CommitProof::from_bytes`, `decode_batch`, then a backup and a
-//! primary of a four-replica membership handed the input as a message from every
-//! other member and as a client request. Nothing may panic; nothing arbitrary may
-//! execute. The hand-written request and batch decoders must agree with postcard.
+//! `message_len`, `CommitProof::from_bytes`, `Membership::from_bytes`,
+//! `decode_batch`, then a backup and a primary of a four-replica membership handed
+//! the input as a message from every other member and as a client request.
+//! Nothing may panic; nothing arbitrary may execute. The hand-written request and
+//! batch decoders must agree with postcard. A membership that decodes re-encodes to
+//! exactly the input.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -50,6 +52,9 @@ fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let _ = message_len(data);
     let _ = CommitProof::from_bytes(data);
+    if let Ok(m) = Membership::from_bytes(data) {
+        assert_eq!(m.to_bytes(), data, "a membership with another encoding");
+    }
     // The hand-written decoders against postcard: a batch, and a request body.
     let postcard_batch = match postcard::take_from_bytes::<Vec<Request>>(data) {
         Ok((v, [])) => Some(v),

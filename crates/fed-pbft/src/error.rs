@@ -132,7 +132,8 @@ pub enum Error {
     /// A [`Storage`](crate::Storage) implementation failed.
     #[error("storage error: {0}")]
     Storage(String),
-    /// An error from the cryptography layer (signing).
+    /// An error from the cryptography layer: signing, or decoding a member's
+    /// public identity ([`Membership::from_bytes`](crate::Membership::from_bytes)).
     #[error(transparent)]
     Crypto(#[from] fed_crypto::Error),
 }

@@ -105,7 +105,9 @@ pub use app::Application;
 pub use client::{Client, ClientEvent, ClientKey, ClientKeys};
 pub use config::Config;
 pub use error::{Error, Result};
-pub use membership::{MAX_REPLICAS, Membership, ReplicaIndex};
+pub use membership::{
+    MAX_MEMBERSHIP_LEN, MAX_REPLICAS, MEMBERSHIP_VERSION, Membership, ReplicaIndex,
+};
 pub use message::Checkpoint;
 pub use message::{
     ClientId, Commit, Committed, Digest, Fetch, Message, NULL_BATCH, NewView, NewViewEntry,
