@@ -12,6 +12,11 @@ pub enum Error {
     /// disagrees with the message, or a body that is not valid postcard for its kind.
     #[error("malformed pbft message: {0}")]
     Malformed(&'static str),
+    /// A message or structure decoded, but not from its canonical encoding (an
+    /// overlong varint, say): re-encoding the value gives other bytes
+    /// (docs/protocol/pbft.md §2). Every decoder of this crate refuses them.
+    #[error("non-canonical encoding of a {0}")]
+    NonCanonical(&'static str),
     /// A message or one of its fields is larger than its limit.
     #[error("{what} of {len} bytes exceeds the limit of {max}")]
     TooLarge {

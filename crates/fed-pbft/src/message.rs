@@ -348,9 +348,10 @@ impl Message {
 }
 
 /// A hand-written decoder of requests and batches, the hot path of every replica:
-/// byte for byte what postcard decodes into `Request` and `Vec<Request>` on a
-/// 64-bit target (the same values accepted, the same inputs refused; property tests
-/// compare the two), without serde's per-byte calls for fixed-size arrays.
+/// byte for byte what the canonical postcard decoder (`wire::decode`: postcard on a
+/// 64-bit target, then re-encoded and compared) decodes into `Request` and
+/// `Vec<Request>` (the same values accepted, the same inputs refused; property
+/// tests compare the two), without serde's per-byte calls for fixed-size arrays.
 ///
 /// Lengths are read as 64-bit varints on every target, as postcard reads them on
 /// 64-bit ones (postcard on a 32-bit target reads `usize` as a 32-bit varint), so
@@ -382,8 +383,10 @@ mod fast {
             Ok(head)
         }
 
-        /// A postcard `u64`/`usize` varint: at most 10 bytes, the tenth at most 1;
-        /// non-minimal encodings are accepted, as postcard accepts them.
+        /// A postcard `u64`/`usize` varint: at most 10 bytes, the tenth at most 1,
+        /// and minimal (no final zero group after the first byte), so that every
+        /// value has one encoding; postcard itself accepts overlong ones, and the
+        /// generic decoder refuses them by re-encoding (`wire::decode`).
         fn varint(&mut self) -> Result<u64> {
             let mut out = 0u64;
             for i in 0..10 {
@@ -394,6 +397,9 @@ mod fast {
                 if b & 0x80 == 0 {
                     if i == 9 && b > 1 {
                         return Err(self.err());
+                    }
+                    if i > 0 && b == 0 {
+                        return Err(Error::NonCanonical(self.what));
                     }
                     return Ok(out);
                 }
@@ -469,7 +475,9 @@ mod fast {
 
 /// Decodes a batch: the postcard encoding of `Vec<Request>` that PRE-PREPARE and
 /// COMMITTED messages carry (docs/protocol/pbft.md §2). At most
-/// [`MAX_BATCH_LEN`](crate::MAX_BATCH_LEN) bytes; trailing bytes are refused.
+/// [`MAX_BATCH_LEN`](crate::MAX_BATCH_LEN) bytes; trailing bytes and non-canonical
+/// encodings (overlong varints) are refused, so a batch digest names one list of
+/// requests and one only.
 pub fn decode_batch(batch: &[u8]) -> Result<Vec<Request>> {
     if batch.len() > wire::MAX_BATCH_LEN {
         return Err(Error::TooLarge {
@@ -923,7 +931,7 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
 
         /// Arbitrary bytes never panic the decoder; whatever decodes re-encodes to
-        /// the same message.
+        /// exactly the input (every accepted encoding is the canonical one).
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), kind in 1u8..14) {
             let mut framed = wire::MAGIC.to_vec();
@@ -934,7 +942,7 @@ mod tests {
             for input in [&bytes[..], &framed[..]] {
                 if let Ok(m) = Message::decode(input) {
                     let again = m.encode().unwrap();
-                    proptest::prop_assert_eq!(Message::decode(&again).unwrap(), m);
+                    proptest::prop_assert_eq!(&again[..], input);
                 }
             }
         }
@@ -1032,6 +1040,106 @@ mod tests {
         );
         // A count far beyond the input is refused without a large allocation.
         assert!(fast::batch(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+
+    /// Makes the varint at `at` of `body` overlong (one more byte, same value).
+    fn overlong(body: &[u8], at: usize) -> Vec<u8> {
+        let mut end = at;
+        while body[end] & 0x80 != 0 {
+            end += 1;
+        }
+        let mut out = body[..end].to_vec();
+        out.push(body[end] | 0x80);
+        out.push(0);
+        out.extend_from_slice(&body[end + 1..]);
+        out
+    }
+
+    fn reseal(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = wire::MAGIC.to_vec();
+        out.push(wire::WIRE_VERSION);
+        out.push(kind);
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// One value, one encoding: with an overlong varint anywhere (a view, a
+    /// sequence number, a replica index, a length or count), which postcard alone
+    /// would decode to the same value, nothing decodes to a value whose encoding
+    /// differs from the input. Two byte strings for one valid proof would let two
+    /// verifiers that identify proofs by their bytes disagree.
+    #[test]
+    fn non_canonical_encodings_are_refused() {
+        let (ids, m) = setup();
+        let p = Prepare::new(&ids[2], &m, 1, 5, [3; 32], 2).unwrap();
+        let body = wire::encode(&p);
+        // view at 0, seq at 1, replica index after the 32-byte digest.
+        for at in [0, 1, 34] {
+            let bad = reseal(3, &overlong(&body, at));
+            assert!(postcard::from_bytes::<Prepare>(&bad[10..]).is_ok());
+            let decoded = Message::decode(&bad);
+            assert!(
+                decoded.as_ref().is_ok_and(|m| m.encode().unwrap() == bad) || decoded.is_err(),
+                "varint at {at}: two encodings of one message decode"
+            );
+            assert!(matches!(decoded, Err(Error::NonCanonical(_))));
+        }
+        assert_eq!(
+            Message::decode(&reseal(3, &body)).unwrap(),
+            Message::Prepare(p)
+        );
+        // A request: timestamp, operation length, authenticator count; and in a
+        // batch, the same, and the batch's own count.
+        let r = Request {
+            client: ClientId([1; 32]),
+            timestamp: 9,
+            operation: b"op".to_vec(),
+            authenticator: vec![[0; 16]; 4],
+        };
+        let body = wire::encode(&r);
+        for at in [32, 33, 36] {
+            let bad = reseal(1, &overlong(&body, at));
+            let decoded = Message::decode(&bad);
+            assert!(
+                decoded.as_ref().is_ok_and(|m| m.encode().unwrap() == bad) || decoded.is_err(),
+                "request varint at {at}: two encodings of one request decode"
+            );
+            assert!(matches!(decoded, Err(Error::NonCanonical(_))));
+        }
+        let batch = wire::encode(&vec![r]);
+        assert!(decode_batch(&batch).is_ok());
+        for at in [0, 33, 34, 37] {
+            let bad = overlong(&batch, at);
+            assert!(
+                decode_batch(&bad).map_or(true, |v| wire::encode(&v) == bad),
+                "batch varint at {at}: two encodings of one batch decode"
+            );
+        }
+        // A commit proof: view, seq, signature count, a signer index.
+        let d = batch_digest(NULL_BATCH);
+        let proof = CommitProof {
+            membership: *m.id(),
+            view: 2,
+            seq: 7,
+            digest: d,
+            signatures: (0..3u16)
+                .map(|i| {
+                    let c = Commit::new(&ids[usize::from(i)], &m, 2, 7, d, i).unwrap();
+                    (i, c.signature)
+                })
+                .collect(),
+        };
+        let bytes = proof.to_bytes();
+        CommitProof::from_bytes(&bytes).unwrap().verify(&m).unwrap();
+        for at in [32, 33, 66, 67] {
+            let bad = overlong(&bytes, at);
+            assert!(postcard::from_bytes::<CommitProof>(&bad).is_ok());
+            assert!(
+                CommitProof::from_bytes(&bad).map_or(true, |p| p.to_bytes() == bad),
+                "proof varint at {at}: two encodings of one valid proof decode"
+            );
+        }
     }
 
     #[test]

@@ -17,8 +17,9 @@ use crate::{
 ///
 /// Anyone holding the [`Membership`] verifies it offline with
 /// [`CommitProof::verify`]. Signers are listed in strictly increasing replica
-/// order, so a proof has one canonical form and a duplicate is an error. It holds
-/// at most [`MAX_REPLICAS`](crate::MAX_REPLICAS) signatures.
+/// order, and [`from_bytes`](Self::from_bytes) accepts only the canonical encoding
+/// (minimal varints), so a proof has one byte string and a duplicate signer is an
+/// error. It holds at most [`MAX_REPLICAS`](crate::MAX_REPLICAS) signatures.
 ///
 /// Encoding ([`CommitProof::to_bytes`]): postcard of `membership ([u8; 32]), view
 /// (varint), seq (varint), digest ([u8; 32]), signatures (varint count, then per
@@ -81,7 +82,9 @@ impl CommitProof {
         wire::encode(self)
     }
 
-    /// Decodes [`to_bytes`](Self::to_bytes)' output; does not verify.
+    /// Decodes [`to_bytes`](Self::to_bytes)' output, refusing anything longer than
+    /// [`MAX_COMMIT_PROOF_LEN`], trailing bytes and any other encoding of the same
+    /// value ([`Error::NonCanonical`]); does not verify.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         if bytes.len() > MAX_COMMIT_PROOF_LEN {
             return Err(Error::TooLarge {

@@ -160,11 +160,58 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).unwrap_or_default()
 }
 
-/// Postcard-decodes `bytes` as a `T`, refusing trailing bytes.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T> {
-    match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
-        _ => Err(Error::Malformed(what)),
+/// Postcard-decodes `bytes` as a `T`, refusing trailing bytes and any encoding
+/// other than the canonical one: the value must re-encode to exactly `bytes`
+/// (postcard itself accepts overlong varints, so one value has many encodings).
+pub(crate) fn decode<T: DeserializeOwned + Serialize>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T> {
+    let value = match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => value,
+        _ => return Err(Error::Malformed(what)),
+    };
+    if !is_canonical(&value, bytes) {
+        return Err(Error::NonCanonical(what));
+    }
+    Ok(value)
+}
+
+/// Whether `bytes` is exactly postcard's encoding of `value`: the encoding is
+/// compared as it is produced, without allocating, and stops at the first
+/// difference.
+pub(crate) fn is_canonical<T: Serialize + ?Sized>(value: &T, bytes: &[u8]) -> bool {
+    postcard::serialize_with_flavor(value, Compare { rest: bytes }).is_ok()
+}
+
+/// A postcard output that compares with expected bytes instead of storing.
+struct Compare<'a> {
+    rest: &'a [u8],
+}
+
+impl postcard::ser_flavors::Flavor for Compare<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        match self.rest.strip_prefix(data) {
+            Some(rest) => {
+                self.rest = rest;
+                Ok(())
+            }
+            None => Err(postcard::Error::SerializeBufferFull),
+        }
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(postcard::Error::SerializeBufferFull)
+        }
     }
 }
 
@@ -272,6 +319,31 @@ mod tests {
         assert!(open(&[]).is_err());
         // Trailing bytes inside the body are refused.
         assert!(decode::<(u64,)>(&[7, 0], "x").is_err());
+    }
+
+    #[test]
+    fn only_canonical_encodings_decode() {
+        // 7 as a one-byte varint, and as overlong two- and ten-byte ones.
+        assert_eq!(decode::<(u64,)>(&[7], "x").unwrap(), (7,));
+        assert!(matches!(
+            decode::<(u64,)>(&[0x87, 0x00], "x"),
+            Err(Error::NonCanonical("x"))
+        ));
+        let mut ten = vec![0x80; 9];
+        ten[0] = 0x87;
+        ten.push(0);
+        assert!(matches!(
+            decode::<(u64,)>(&ten, "x"),
+            Err(Error::NonCanonical("x"))
+        ));
+        // The largest u64 needs ten bytes and is canonical.
+        let max = encode(&u64::MAX);
+        assert_eq!(max.len(), 10);
+        assert_eq!(decode::<u64>(&max, "x").unwrap(), u64::MAX);
+        // A u16 (a replica index) and a length prefix, overlong.
+        assert!(decode::<u16>(&[0x83, 0x00], "x").is_err());
+        assert!(decode::<Vec<u8>>(&[0x81, 0x00, 9], "x").is_err());
+        assert_eq!(decode::<Vec<u8>>(&[0x01, 9], "x").unwrap(), vec![9]);
     }
 
     #[test]
