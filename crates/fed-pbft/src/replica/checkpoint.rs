@@ -229,6 +229,9 @@ impl<A: Application> Replica<A> {
         }
         self.next_seq = self.next_seq.max(seq + 1);
         self.highest_seen = self.highest_seen.max(seq);
+        if std::mem::take(&mut self.refused_beyond) {
+            self.refetch_at = Some(now.saturating_add(self.config.retransmit_ms));
+        }
         self.events
             .push_back(Event::StableCheckpoint { seq, state });
         let own_matches = self
@@ -298,12 +301,14 @@ impl<A: Application> Replica<A> {
         if !self.rate_ok(from, now) {
             return Ok(());
         }
-        let mut seq = f.seq;
-        if seq <= self.stable.seq && self.stable.seq > 0 {
+        // The stable certificate first, whatever was asked: an asker whose own
+        // stable checkpoint lags (a restarted replica whose last votes were lost)
+        // moves its window with it before the batches arrive.
+        if self.stable.seq > 0 {
             let payload = encode_arc(&Message::StableCheckpoint(self.stable.clone()))?;
             self.send(from, payload);
-            seq = self.stable.seq + 1;
         }
+        let seq = f.seq.max(self.stable.seq + 1);
         let mut out = Vec::new();
         for (_, slot) in self.log.range(seq..) {
             if out.len() >= self.config.max_fetch_entries {
@@ -331,6 +336,7 @@ impl<A: Application> Replica<A> {
             return Ok(());
         }
         if seq > self.high() {
+            self.refused_beyond = true;
             return Err(Error::OutsideWatermarks {
                 seq,
                 low: self.stable.seq,
@@ -500,7 +506,7 @@ impl<A: Application> Replica<A> {
             return Err(e);
         }
         self.transfer = None;
-        self.fetch_after_transfer = Some(now.saturating_add(self.config.retransmit_ms));
+        self.refetch_at = Some(now.saturating_add(self.config.retransmit_ms));
         self.persists.push_back(Persist::Checkpoint {
             seq,
             state,

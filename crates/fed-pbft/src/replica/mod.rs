@@ -331,10 +331,14 @@ pub struct Replica<A: Application> {
     new_view_msg: Option<Arc<[u8]>>,
 
     progress_at_tick: u64,
-    /// A state transfer completed: fetch what follows at the first tick from
-    /// then (a full `retransmit_ms` later, so that peers that answered the fetch
-    /// before the transfer are no longer rate-limiting this replica).
-    fetch_after_transfer: Option<u64>,
+    /// Fetch what follows at the first tick from then: set a full `retransmit_ms`
+    /// after a state transfer completed, or after the window moved past
+    /// messages it had refused as beyond it (peers do not send those again, and
+    /// the delay lets peers that answered an earlier fetch answer again).
+    refetch_at: Option<u64>,
+    /// Normal-case messages or committed batches were refused as beyond the
+    /// window since it last moved.
+    refused_beyond: bool,
     fetch_cursor: usize,
     transfer: Option<Transfer>,
     served_at: Vec<Option<u64>>,
@@ -414,7 +418,8 @@ impl<A: Application> Replica<A> {
             own_view_change: None,
             new_view_msg: None,
             progress_at_tick: 0,
-            fetch_after_transfer: None,
+            refetch_at: None,
+            refused_beyond: false,
             fetch_cursor: 0,
             transfer: None,
             served_at: vec![None; n],
@@ -842,7 +847,7 @@ impl<A: Application> Replica<A> {
         for (j, p) in resend {
             self.send(j, p);
         }
-        let fetch_due = self.fetch_after_transfer.is_some_and(|t| now >= t);
+        let fetch_due = self.refetch_at.is_some_and(|t| now >= t);
         if self.transfer.as_ref().is_some_and(|t| now >= t.deadline) {
             self.request_state(now);
         } else if self.transfer.is_none()
@@ -851,11 +856,11 @@ impl<A: Application> Replica<A> {
                     && self.last_executed == self.progress_at_tick))
         {
             // Stalled while later sequence numbers are known, or restored a
-            // transferred state (the certificate proves that the others got that
-            // far, and probably further; answers to earlier fetches beyond the old
-            // window were refused): ask f + 1 peers for committed batches.
+            // transferred state or moved the window past refused messages (the
+            // others got at least that far, and what arrived beyond the old window
+            // was dropped): ask f + 1 peers for committed batches.
             if fetch_due {
-                self.fetch_after_transfer = None;
+                self.refetch_at = None;
             }
             let payload = encode_arc(&Message::Fetch(Fetch {
                 seq: self.last_executed + 1,
@@ -915,7 +920,7 @@ impl<A: Application> Replica<A> {
         }
         let needs_tick = !self.active
             || self.transfer.is_some()
-            || self.fetch_after_transfer.is_some()
+            || self.refetch_at.is_some()
             || self.own_checkpoint_msg.is_some()
             || self.highest_seen > self.last_executed;
         if !needs_tick {

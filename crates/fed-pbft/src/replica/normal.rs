@@ -281,6 +281,9 @@ impl<A: Application> Replica<A> {
             });
         }
         if seq <= self.stable.seq || seq > self.high() {
+            if seq > self.high() {
+                self.refused_beyond = true;
+            }
             return Err(Error::OutsideWatermarks {
                 seq,
                 low: self.stable.seq,

@@ -810,3 +810,97 @@ fn a_replica_without_the_certified_state_at_its_checkpoint_repairs_it() {
         );
     }
 }
+
+/// Batches refused as beyond the window are not sent again by the peers that
+/// committed them; once a stable checkpoint moves the window past them, the
+/// replica asks for them (and a peer's fetch answer carries its stable
+/// checkpoint, which moves a lagging window).
+#[test]
+fn a_replica_fetches_what_it_refused_beyond_its_window() {
+    let (ids, m) = setup();
+    let config = Config {
+        checkpoint_interval: 4,
+        window: 8,
+        ..Config::default()
+    };
+    let enc = |msg: Message| msg.encode().unwrap();
+    let null = batch_digest(NULL_BATCH);
+    let committed = |seq: u64| {
+        Message::Committed(Committed {
+            proof: CommitProof {
+                membership: *m.id(),
+                view: 0,
+                seq,
+                digest: null,
+                signatures: [0u16, 2, 3]
+                    .iter()
+                    .map(|&i| {
+                        let c = Commit::new(&ids[usize::from(i)], &m, 0, seq, null, i).unwrap();
+                        (i, c.signature)
+                    })
+                    .collect(),
+            },
+            batch: NULL_BATCH.to_vec(),
+        })
+    };
+    let mut b = Replica::new(ids[1].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
+    for seq in 1..=8 {
+        b.handle_message(0, &enc(committed(seq)), 1).unwrap();
+    }
+    assert_eq!((b.last_executed(), b.stable_checkpoint().seq), (8, 0));
+    // 9 and 10 arrive before the checkpoint at 8 is stable here: beyond the window.
+    for seq in [9, 10] {
+        assert!(matches!(
+            b.handle_message(0, &enc(committed(seq)), 2),
+            Err(Error::OutsideWatermarks { .. })
+        ));
+    }
+    // A peer's fetch answer starts with its stable certificate, whatever was asked.
+    let mut peer = Replica::new(ids[2].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
+    for seq in 1..=8 {
+        peer.handle_message(0, &enc(committed(seq)), 1).unwrap();
+    }
+    let state = b.own_checkpoints[&8].0;
+    for i in [0u16, 3] {
+        let c = crate::message::Checkpoint::new(&ids[usize::from(i)], &m, 8, state, i).unwrap();
+        peer.handle_message(i, &enc(Message::Checkpoint(c)), 2)
+            .unwrap();
+    }
+    assert_eq!(peer.stable_checkpoint().seq, 8);
+    while peer.poll_transmit().is_some() {}
+    peer.handle_message(1, &enc(Message::Fetch(Fetch { seq: 9 })), 3)
+        .unwrap();
+    let cert = std::iter::from_fn(|| peer.poll_transmit())
+        .find_map(|t| match Message::decode(&t.payload) {
+            Ok(Message::StableCheckpoint(c)) => Some(c),
+            _ => None,
+        })
+        .expect("the stable certificate comes with the answer");
+    b.handle_message(2, &enc(Message::StableCheckpoint(cert)), 3)
+        .unwrap();
+    assert_eq!(b.stable_checkpoint().seq, 8);
+    // Whoever it asks answers with the batches it refused.
+    let mut now = 3;
+    for _ in 0..5 {
+        let asked = std::iter::from_fn(|| b.poll_transmit()).find_map(|t| {
+            matches!(
+                Message::decode(&t.payload),
+                Ok(Message::Fetch(Fetch { seq: 9 }))
+            )
+            .then_some(t.to)
+        });
+        if let Some(peer) = asked {
+            for seq in [9, 10] {
+                b.handle_message(peer, &enc(committed(seq)), now).unwrap();
+            }
+        }
+        let Some(at) = b.poll_timeout() else { break };
+        now = now.max(at);
+        b.handle_timeout(now).unwrap();
+    }
+    assert_eq!(
+        b.last_executed(),
+        10,
+        "the replica stayed behind its peers after its window moved"
+    );
+}
