@@ -24,9 +24,10 @@ Commands:
                              ARGS passed to criterion (e.g. --measurement-time 5)
   fuzz [--seconds N] [T..]   build the fuzz targets and run each (or the named ones)
                              for N seconds (default 60); needs cargo-fuzz
-  sim [--seeds N] [--scenario NAME] [--seed S]
+  sim [--seeds N | --soak] [--scenario NAME] [--seed S]
                              the PBFT Byzantine simulator: N seeds per scenario
-                             (default 100), or replay one scenario and seed
+                             (default 100; --soak: 10 000, the release soak of
+                             docs/TESTING.md), or replay one scenario and seed
   help                       this text
 
 Environment:
@@ -303,6 +304,9 @@ fn bench_args(args: &[String]) -> Vec<String> {
 /// simulator's own default of 8 as well).
 const CI_SIM_SEEDS: u32 = 32;
 
+/// Seeds per scenario of `sim --soak` (docs/TESTING.md records its runs).
+const SOAK_SIM_SEEDS: u32 = 10_000;
+
 fn sim(args: &[String]) -> Result<(), String> {
     let mut seeds = 100;
     let mut scenario = None;
@@ -316,6 +320,7 @@ fn sim(args: &[String]) -> Result<(), String> {
                     .parse()
                     .map_err(|_| "--seeds takes a whole number")?
             }
+            "--soak" => seeds = SOAK_SIM_SEEDS,
             "--scenario" => scenario = Some(value()?),
             "--seed" => seed = Some(value()?),
             other => return Err(format!("unknown sim option `{other}`")),

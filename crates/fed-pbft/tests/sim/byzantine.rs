@@ -27,9 +27,20 @@ pub(crate) enum Behaviour {
     Watermarks,
     /// Replays messages it saw earlier (its own and others').
     Replayer,
-    /// As a new primary, sends a NEW-VIEW whose pre-prepares differ from the
-    /// recomputation (properly signed).
+    /// As a new primary, sends one forged NEW-VIEW, the same to every replica and
+    /// properly signed, in which every carried (non-null) entry is replaced by the
+    /// null batch: accepted, it would undo batches that committed in an earlier
+    /// view. Backups must recompute the entries from the VIEW-CHANGEs and refuse it.
     BadNewView,
+    /// As a new primary, sends its honest NEW-VIEW and then, with every later
+    /// message, a PRE-PREPARE of the null batch for every sequence number the
+    /// NEW-VIEW fixed to another batch: a replica that installed the NEW-VIEW must
+    /// refuse them.
+    Repropose,
+    /// As primary, proposes the null batch instead of every batch it cuts, and
+    /// commits to it at once (for one side of a twin: with the other side's real
+    /// batches, an equivocating primary for every seed).
+    NullBatches,
     /// Answers state requests with a corrupted snapshot and fetches with
     /// mismatching batches.
     BadStateSource,
@@ -41,6 +52,21 @@ pub(crate) struct Ctx<'a> {
     pub(crate) m: &'a Membership,
     pub(crate) window: u64,
     pub(crate) recorded: &'a mut Vec<Arc<[u8]>>,
+    pub(crate) state: &'a mut ByzState,
+}
+
+/// What a Byzantine replica remembers between its transmits, and what it did (for
+/// the scenarios' proof that they exercised their behaviour).
+#[derive(Debug, Default)]
+pub(crate) struct ByzState {
+    /// The forged NEW-VIEW of a view (sent to every replica alike).
+    forged: Option<(u64, Arc<[u8]>)>,
+    /// Forged NEW-VIEWs sent that null at least one carried entry.
+    pub(crate) forged_sent: u64,
+    /// Conflicting pre-prepares for the entries of the latest NEW-VIEW.
+    repropose: Vec<Arc<[u8]>>,
+    /// Conflicting pre-prepares sent.
+    pub(crate) reproposed: u64,
 }
 
 fn rand_digest(rng: &mut ChaCha8Rng) -> [u8; 32] {
@@ -185,19 +211,84 @@ pub(crate) fn transform(
         }
         Behaviour::BadNewView => match msg {
             Message::NewView(nv) => {
-                let mut entries = nv.pre_prepares.clone();
-                let d = rand_digest(rng);
-                let seq = entries
-                    .last()
-                    .map_or(nv.view_changes[0].checkpoint.seq + 1, |e| e.seq);
-                let bogus = NewViewEntry::new(ctx.identity, ctx.m, nv.view, seq, d).unwrap();
-                match entries.last_mut() {
-                    Some(last) => *last = bogus,
-                    None => entries.push(bogus),
+                let forged = match &ctx.state.forged {
+                    Some((view, bytes)) if *view == nv.view => Some(bytes.clone()),
+                    _ => {
+                        let null = batch_digest(NULL_BATCH);
+                        let carried = nv.pre_prepares.iter().any(|e| e.digest != null);
+                        let bytes = carried.then(|| {
+                            let entries = nv
+                                .pre_prepares
+                                .iter()
+                                .map(|e| {
+                                    NewViewEntry::new(ctx.identity, ctx.m, nv.view, e.seq, null)
+                                        .unwrap()
+                                })
+                                .collect();
+                            let bad = NewView::new(
+                                ctx.identity,
+                                ctx.m,
+                                nv.view,
+                                nv.view_changes.clone(),
+                                entries,
+                            )
+                            .unwrap();
+                            enc(&Message::NewView(bad))
+                        });
+                        if let Some(b) = &bytes {
+                            ctx.state.forged = Some((nv.view, b.clone()));
+                        }
+                        bytes
+                    }
+                };
+                match forged {
+                    Some(bytes) => {
+                        ctx.state.forged_sent += 1;
+                        vec![(to, bytes)]
+                    }
+                    None => honest,
                 }
-                let bad =
-                    NewView::new(ctx.identity, ctx.m, nv.view, nv.view_changes, entries).unwrap();
-                vec![(to, enc(&Message::NewView(bad)))]
+            }
+            _ => honest,
+        },
+        Behaviour::Repropose => {
+            let mut out = honest;
+            if let Message::NewView(nv) = &msg {
+                let null = batch_digest(NULL_BATCH);
+                ctx.state.repropose = nv
+                    .pre_prepares
+                    .iter()
+                    .filter(|e| e.digest != null)
+                    .map(|e| {
+                        let pp = PrePrepare::new(
+                            ctx.identity,
+                            ctx.m,
+                            nv.view,
+                            e.seq,
+                            NULL_BATCH.to_vec(),
+                        )
+                        .unwrap();
+                        enc(&Message::PrePrepare(pp))
+                    })
+                    .collect();
+            }
+            if !ctx.state.repropose.is_empty() {
+                ctx.state.reproposed += ctx.state.repropose.len() as u64;
+                out.extend(ctx.state.repropose.iter().map(|b| (to, b.clone())));
+            }
+            out
+        }
+        Behaviour::NullBatches => match msg {
+            Message::PrePrepare(pp) => {
+                let null =
+                    PrePrepare::new(ctx.identity, ctx.m, pp.view, pp.seq, NULL_BATCH.to_vec())
+                        .unwrap();
+                let commit =
+                    Commit::new(ctx.identity, ctx.m, pp.view, pp.seq, null.digest, ctx.me).unwrap();
+                vec![
+                    (to, enc(&Message::PrePrepare(null))),
+                    (to, enc(&Message::Commit(commit))),
+                ]
             }
             _ => honest,
         },

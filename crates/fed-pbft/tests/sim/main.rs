@@ -1,5 +1,11 @@
 //! A deterministic, seeded simulator of PBFT replicas and clients under network
-//! faults, crashes and Byzantine replicas, with an invariant checker.
+//! faults, crashes (torn writes included) and Byzantine replicas, with an
+//! invariant checker (`checker.rs`).
+//!
+//! Every scenario also checks that it exercised what it names, for every seed: the
+//! Byzantine behaviour was met and refused, the crash tore a call, the transfer met
+//! the lying source, the twin primary equivocated... A seed that does not is a
+//! failure of the harness, reported like a violation.
 //!
 //! `FED_SIM_SEEDS=N` runs `N` seeds per scenario (default: a smoke amount);
 //! `FED_SIM_SCENARIO=name FED_SIM_SEED=S` replays one run. A failing run prints
@@ -17,12 +23,12 @@ use std::{
 };
 
 use app::ChainApp;
-use byzantine::{Behaviour, Ctx, transform};
+use byzantine::{Behaviour, ByzState, Ctx, transform};
 use checker::Checker;
 use fed_crypto::Identity;
 use fed_pbft::{
-    Client, ClientEvent, ClientId, ClientKey, Config, Event, Membership, MemoryStorage, Replica,
-    Storage,
+    Client, ClientEvent, ClientId, ClientKey, Config, Digest, Event, Membership, MemoryStorage,
+    Message, Persist, Replica, StateResponse, Storage,
 };
 use rand_chacha::{
     ChaCha8Rng,
@@ -68,6 +74,16 @@ impl Net {
 enum Action {
     Crash(u16),
     Restart(u16),
+    /// Crashes the replica at the end of its next call that asks for at least
+    /// `min_writes` writes, after a random prefix of that call's writes (each write
+    /// is durable on its own, so any prefix is a state a real crash can leave) and,
+    /// when every write made it, after a random prefix of its transmits. It
+    /// restarts `restart_after` ms later from what was written.
+    TornCrash {
+        replica: u16,
+        min_writes: usize,
+        restart_after: u64,
+    },
     Partition(Vec<u8>),
     Heal,
     /// Calm the network (end of the lossy period).
@@ -75,6 +91,40 @@ enum Action {
     ReplayRequests,
     /// Every client gets this many more requests to make.
     MoreRequests(usize),
+}
+
+/// A condition on the run's state that fires a [`Trigger`].
+#[derive(Clone, Debug)]
+enum Condition {
+    /// Every correct, running replica executed at least this sequence number.
+    AllExecuted(u64),
+}
+
+/// Actions scheduled when a condition first holds, so that a fault lands at the
+/// protocol moment the scenario is about for every seed (not at a time that suits
+/// some seeds only).
+#[derive(Clone, Debug)]
+struct Trigger {
+    when: Condition,
+    /// Actions at offsets (ms) from the moment the condition held.
+    then: Vec<(u64, Action)>,
+    /// Offset after which none of these faults is active any more.
+    heal_after: u64,
+}
+
+/// What a scenario must have exercised by the end of every seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Exercise {
+    /// Some correct replica installed this view or a later one.
+    ViewInstalled(u64),
+    /// A twin node sent two different PRE-PREPAREs for one (view, seq).
+    Equivocation,
+    /// At least this many armed torn crashes happened.
+    TornCrashes(u64),
+    /// A Byzantine primary sent a forged NEW-VIEW that nulls a carried entry.
+    ForgedNewView,
+    /// A Byzantine primary re-proposed sequence numbers its NEW-VIEW fixed.
+    Reproposed,
 }
 
 #[derive(Clone, Debug)]
@@ -86,12 +136,15 @@ struct Scenario {
     net: Net,
     behaviours: Vec<(u16, Behaviour)>,
     /// Twin nodes (two replicas with one identity) and the side (0 or 1) of every
-    /// other node.
+    /// other node. A client's message to a twin node reaches both copies.
     twins: Vec<u16>,
+    /// The behaviour of the side-1 copy of a twin node (default: honest).
+    twin_behaviours: Vec<(u16, Behaviour)>,
     sides: Vec<u8>,
     actions: Vec<(u64, Action)>,
+    triggers: Vec<Trigger>,
     /// Time after which no fault is active any more (liveness is due by
-    /// `heal_at + LIVENESS_BOUND_MS`).
+    /// `heal_at + LIVENESS_BOUND_MS`); a trigger's faults extend it.
     heal_at: u64,
     /// The checker must report a violation (negative control).
     expect_violation: bool,
@@ -103,6 +156,8 @@ struct Scenario {
     /// Errors (variant names) correct replicas must have reported at least once:
     /// proof that the Byzantine behaviour was met and refused.
     must_see: Vec<&'static str>,
+    /// What else the scenario must have exercised.
+    exercises: Vec<Exercise>,
 }
 
 impl Scenario {
@@ -115,14 +170,17 @@ impl Scenario {
             net: Net::calm(),
             behaviours: vec![],
             twins: vec![],
+            twin_behaviours: vec![],
             sides: vec![0; n],
             actions: vec![],
+            triggers: vec![],
             heal_at: 0,
             expect_violation: false,
             check_liveness: true,
             must_transfer: vec![],
             converge: false,
             must_see: vec![],
+            exercises: vec![],
         }
     }
 }
@@ -132,11 +190,22 @@ struct Node {
     twin: Option<Replica<ChainApp>>,
     storage: MemoryStorage,
     behaviour: Behaviour,
+    twin_behaviour: Behaviour,
     correct: bool,
     recorded: Vec<Arc<[u8]>>,
+    byz: [ByzState; 2],
     transferred: bool,
     /// Snapshots this replica rejected because they did not match their certificate.
     bad_snapshots: u64,
+    /// An armed torn crash: (min_writes, restart_after).
+    torn: Option<(usize, u64)>,
+    /// Torn crashes that happened, and how many left a strict prefix of the writes.
+    torn_crashes: u64,
+    strictly_torn: u64,
+    /// The sequence number whose state was last reported to the checker.
+    state_reported: Option<u64>,
+    /// PRE-PREPARE digests a twin node sent, per (view, seq) and side.
+    twin_proposals: BTreeMap<(u64, u64), [Option<Digest>; 2]>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -176,6 +245,10 @@ struct Sim {
     messages: u64,
     /// Variant names of the errors correct replicas returned.
     errors: std::collections::BTreeSet<String>,
+    triggers: Vec<Trigger>,
+    heal_at: u64,
+    views_installed: u64,
+    equivocated: bool,
 }
 
 fn sim_config() -> Config {
@@ -243,6 +316,10 @@ impl Sim {
             checker: Checker::new(sc.n),
             messages: 0,
             errors: Default::default(),
+            triggers: sc.triggers.clone(),
+            heal_at: sc.heal_at,
+            views_installed: 0,
+            equivocated: false,
             ids,
             sc,
         };
@@ -253,6 +330,12 @@ impl Sim {
                 .iter()
                 .find(|(j, _)| *j == i)
                 .map_or(Behaviour::Honest, |(_, b)| b.clone());
+            let twin_behaviour = sim
+                .sc
+                .twin_behaviours
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map_or(Behaviour::Honest, |(_, b)| b.clone());
             let twin = sim.sc.twins.contains(&i);
             let node = Node {
                 replica: Some(sim.fresh_replica(i)),
@@ -260,9 +343,16 @@ impl Sim {
                 storage: MemoryStorage::new(),
                 correct: behaviour == Behaviour::Honest && !twin,
                 behaviour,
+                twin_behaviour,
                 recorded: vec![],
+                byz: Default::default(),
                 transferred: false,
                 bad_snapshots: 0,
+                torn: None,
+                torn_crashes: 0,
+                strictly_torn: 0,
+                state_reported: None,
+                twin_proposals: BTreeMap::new(),
             };
             sim.nodes.push(node);
         }
@@ -325,11 +415,12 @@ impl Sim {
                 return;
             }
         }
-        if let (None, Dest::Replica(j, _)) = (from, to) {
-            // A client's message to a twin node: alternate sides.
-            if self.is_twin(j) {
-                to = Dest::Replica(j, (self.rng.next_u32() % 2) as u8);
-            }
+        if let (None, Dest::Replica(j, side)) = (from, to)
+            && side == 0
+            && self.is_twin(j)
+        {
+            // A client's message to a twin node reaches both copies.
+            self.send(None, Dest::Replica(j, 1), bytes.clone());
         }
         if self.rng.next_u32() % 1000 < self.net.drop {
             return;
@@ -355,22 +446,24 @@ impl Sim {
         }
     }
 
-    /// Drains one replica instance's outputs in the documented order.
+    /// Drains one replica instance's outputs in the documented order: every write
+    /// durable, then the transmits, then the events. An armed torn crash cuts this
+    /// short after a random prefix of the writes (or, all written, of the
+    /// transmits) and drops the replica.
     fn drain(&mut self, i: u16, side: u8) {
+        let mut writes = vec![];
         let mut transmits = vec![];
         let mut events = vec![];
         {
             let node = &mut self.nodes[usize::from(i)];
-            let (r, storage) = if side == 1 {
-                (node.twin.as_mut(), &mut node.storage)
+            let r = if side == 1 {
+                node.twin.as_mut()
             } else {
-                (node.replica.as_mut(), &mut node.storage)
+                node.replica.as_mut()
             };
             let Some(r) = r else { return };
             while let Some(p) = r.poll_persist() {
-                if side == 0 {
-                    storage.persist(&p).unwrap();
-                }
+                writes.push(p);
             }
             while let Some(t) = r.poll_transmit() {
                 transmits.push(t);
@@ -379,7 +472,48 @@ impl Sim {
                 events.push(e);
             }
         }
-        let behaviour = self.nodes[usize::from(i)].behaviour.clone();
+        let torn = match self.nodes[usize::from(i)].torn {
+            Some((min_writes, restart_after)) if side == 0 && writes.len() >= min_writes => {
+                Some(restart_after)
+            }
+            _ => None,
+        };
+        let mut kept = writes.len();
+        if torn.is_some() {
+            kept = (self.rng.next_u32() as usize) % (writes.len() + 1);
+            if kept < writes.len() {
+                transmits.clear();
+            } else {
+                let sent = (self.rng.next_u32() as usize) % (transmits.len() + 1);
+                transmits.truncate(sent);
+            }
+            events.clear();
+        }
+        if side == 0 {
+            let node = &mut self.nodes[usize::from(i)];
+            for p in &writes[..kept] {
+                node.storage.persist(p).unwrap();
+            }
+            if node.correct {
+                // A checkpoint's snapshot is the whole state the replica holds (or,
+                // after a state transfer, installed) at that sequence number.
+                for p in &writes[..kept] {
+                    if let Persist::Checkpoint { seq, snapshot, .. } = p {
+                        self.checker
+                            .state(i, *seq, checker::state_digest(*seq, snapshot));
+                    }
+                }
+            }
+        }
+        let (behaviour, correct) = {
+            let node = &self.nodes[usize::from(i)];
+            let b = if side == 1 {
+                node.twin_behaviour.clone()
+            } else {
+                node.behaviour.clone()
+            };
+            (b, node.correct)
+        };
         for t in transmits {
             let out = {
                 let node = &mut self.nodes[usize::from(i)];
@@ -389,14 +523,26 @@ impl Sim {
                     m: &self.m,
                     window: self.config.window,
                     recorded: &mut node.recorded,
+                    state: &mut node.byz[usize::from(side)],
                 };
                 transform(&behaviour, &mut ctx, t, &mut self.rng)
             };
             for (to, bytes) in out {
+                self.observe_sent(i, side, correct, &bytes);
                 self.send(Some((i, side)), Dest::Replica(to, 0), bytes);
             }
         }
-        let correct = self.nodes[usize::from(i)].correct;
+        if let Some(restart_after) = torn {
+            let node = &mut self.nodes[usize::from(i)];
+            node.replica = None;
+            node.torn = None;
+            node.torn_crashes += 1;
+            if kept > 0 && kept < writes.len() {
+                node.strictly_torn += 1;
+            }
+            self.schedule(self.now + restart_after, Action::Restart(i));
+            return;
+        }
         for e in events {
             match e {
                 Event::Executed(x) if correct => self.checker.executed(&self.m, i, &x),
@@ -410,21 +556,84 @@ impl Sim {
                 _ => {}
             }
         }
+        if correct && side == 0 {
+            self.report_state(i);
+        }
+    }
+
+    /// Reports a correct replica's whole replicated state to the checker when it
+    /// reached a sequence number it has not reported yet.
+    fn report_state(&mut self, i: u16) {
+        let node = &mut self.nodes[usize::from(i)];
+        let Some(r) = node.replica.as_ref() else {
+            return;
+        };
+        if r.is_view_active() {
+            self.views_installed = self.views_installed.max(r.view());
+        }
+        let seq = r.last_executed();
+        if node.state_reported == Some(seq) {
+            return;
+        }
+        node.state_reported = Some(seq);
+        let snapshot = r.state_snapshot().unwrap();
+        self.checker
+            .state(i, seq, checker::state_digest(seq, &snapshot));
+    }
+
+    /// What the checker and the exercise accounting learn from a message as it
+    /// leaves replica `i`.
+    fn observe_sent(&mut self, i: u16, side: u8, correct: bool, bytes: &[u8]) {
+        let kind = bytes.get(5).copied();
+        if !matches!(kind, Some(2..=5)) {
+            return;
+        }
+        match Message::decode(bytes) {
+            Ok(Message::Commit(c)) => {
+                let correct: Vec<bool> = self.nodes.iter().map(|n| n.correct).collect();
+                self.checker.commit_sent(&self.m, &correct, i, &c);
+            }
+            Ok(Message::Prepare(p)) if correct && p.replica == i => {
+                self.checker.prepare_sent(i, &p);
+            }
+            Ok(Message::Checkpoint(c)) if correct && c.replica == i => {
+                self.checker.state(i, c.seq, c.state);
+            }
+            Ok(Message::PrePrepare(pp)) if self.is_twin(i) => {
+                let node = &mut self.nodes[usize::from(i)];
+                let sent = node.twin_proposals.entry((pp.view, pp.seq)).or_default();
+                sent[usize::from(side)] = Some(pp.digest);
+                if let [Some(a), Some(b)] = sent
+                    && a != b
+                {
+                    self.equivocated = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn schedule(&mut self, at: u64, action: Action) {
+        let pos = self.actions.partition_point(|(t, _)| *t <= at);
+        self.actions.insert(pos, (at, action));
     }
 
     fn drain_client(&mut self, c: usize) {
         let mut out = vec![];
-        let mut done = 0;
+        let mut done = vec![];
         {
             let sc = &mut self.clients[c];
             while let Some(t) = sc.client.poll_transmit() {
                 out.push(t);
             }
-            while let Some(ClientEvent::Completed { .. }) = sc.client.poll_event() {
-                done += 1;
+            while let Some(ClientEvent::Completed { timestamp, outcome }) = sc.client.poll_event() {
+                done.push((timestamp, outcome));
             }
         }
-        let _ = done;
+        let id = self.clients[c].client.id();
+        for (timestamp, outcome) in done {
+            self.checker.completed(id, timestamp, outcome);
+        }
         for (to, bytes) in out {
             if self.clients[c].sent.len() < 64 {
                 self.clients[c].sent.push(bytes.clone());
@@ -476,6 +685,11 @@ impl Sim {
     fn act(&mut self, action: Action) {
         match action {
             Action::Crash(i) => self.nodes[usize::from(i)].replica = None,
+            Action::TornCrash {
+                replica,
+                min_writes,
+                restart_after,
+            } => self.nodes[usize::from(replica)].torn = Some((min_writes, restart_after)),
             Action::Restart(i) => {
                 let durable = self.nodes[usize::from(i)].storage.load().unwrap();
                 let mut r = Replica::recover(
@@ -488,7 +702,9 @@ impl Sim {
                 )
                 .unwrap();
                 self.register_clients(&mut r, i);
-                self.nodes[usize::from(i)].replica = Some(r);
+                let node = &mut self.nodes[usize::from(i)];
+                node.replica = Some(r);
+                node.state_reported = None;
                 self.drain(i, 0);
             }
             Action::Partition(groups) => self.partition = Some(groups),
@@ -512,11 +728,83 @@ impl Sim {
         }
     }
 
+    /// Schedules the actions of every trigger whose condition now holds.
+    fn fire_triggers(&mut self) {
+        let mut i = 0;
+        while i < self.triggers.len() {
+            let holds = match self.triggers[i].when {
+                Condition::AllExecuted(seq) => self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.correct)
+                    .filter_map(|n| n.replica.as_ref())
+                    .all(|r| r.last_executed() >= seq),
+            };
+            if !holds {
+                i += 1;
+                continue;
+            }
+            let t = self.triggers.remove(i);
+            self.heal_at = self.heal_at.max(self.now + t.heal_after);
+            for (offset, action) in t.then {
+                self.schedule(self.now + offset, action);
+            }
+        }
+    }
+
+    /// What the checker and the Byzantine replicas learn from a message as it is
+    /// delivered to replica `j`.
+    fn observe_delivered(&mut self, j: u16, from: u16, bytes: &[u8]) {
+        match bytes.get(5) {
+            Some(9) => {
+                if let Ok(Message::Committed(c)) = Message::decode(bytes) {
+                    self.checker.committed_seen(&self.m, &c.proof, &c.batch);
+                }
+            }
+            Some(11) if self.nodes[usize::from(j)].behaviour == Behaviour::BadStateSource => {
+                // A lying source answers every state request at once, with the
+                // newest valid certificate there is (one its peers signed) and a
+                // snapshot that does not match it: every transfer that asks it
+                // meets the lie first.
+                let Ok(Message::StateRequest(req)) = Message::decode(bytes) else {
+                    return;
+                };
+                let cert = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.replica.as_ref())
+                    .map(|r| r.stable_checkpoint().clone())
+                    .filter(|c| c.seq >= req.seq && c.seq > 0)
+                    .max_by_key(|c| c.seq);
+                let Some(cert) = cert else { return };
+                let mut snapshot = self.nodes[usize::from(j)]
+                    .replica
+                    .as_ref()
+                    .and_then(|r| r.state_snapshot().ok())
+                    .map(|s| s.to_vec())
+                    .unwrap_or_default();
+                match snapshot.last_mut() {
+                    Some(b) => *b ^= 1,
+                    None => snapshot.push(1),
+                }
+                let lie = Message::StateResponse(StateResponse { cert, snapshot });
+                let bytes: Arc<[u8]> = lie.encode().unwrap().into();
+                self.send(Some((j, 0)), Dest::Replica(from, 0), bytes);
+            }
+            _ => {}
+        }
+    }
+
     fn run(&mut self) {
-        let deadline = self.sc.heal_at + LIVENESS_BOUND_MS;
         self.feed_clients();
         loop {
-            if self.outstanding() == 0 && self.actions.is_empty() && self.converged() {
+            self.fire_triggers();
+            let deadline = self.heal_at + LIVENESS_BOUND_MS;
+            if self.outstanding() == 0
+                && self.actions.is_empty()
+                && self.triggers.is_empty()
+                && self.converged()
+            {
                 break;
             }
             let Some(t) = self.next_time() else { break };
@@ -537,6 +825,7 @@ impl Sim {
                 let Reverse((_, _, to, from, bytes)) = self.queue.pop().unwrap();
                 match to {
                     Dest::Replica(j, side) => {
+                        self.observe_delivered(j, from, &bytes);
                         let now = self.now;
                         let node = &mut self.nodes[usize::from(j)];
                         if node.behaviour == Behaviour::Replayer && node.recorded.len() < 400 {
@@ -637,44 +926,83 @@ impl Sim {
             .enumerate()
             .filter(|(_, n)| n.correct)
             .filter_map(|(i, n)| n.replica.as_ref().map(|r| (i as u16, r)))
-            .map(|(i, r)| {
-                (
-                    i,
-                    r.last_executed(),
-                    fed_pbft::Application::snapshot(r.app()),
-                )
-            })
+            .map(|(i, r)| (i, r.last_executed(), r.state_snapshot().unwrap().to_vec()))
             .collect();
         self.checker.final_states(&states);
-        for want in self.sc.must_see.clone() {
-            if !self.errors.contains(want) {
-                self.checker.violations.push(format!(
+        if self.sc.check_liveness {
+            // Every completed request is in the client table of every up-to-date
+            // correct replica, with the outcome the client accepted.
+            let newest = states.iter().map(|(_, s, _)| *s).max().unwrap_or(0);
+            for (i, seq, snapshot) in &states {
+                if *seq == newest {
+                    self.checker.client_table(*i, snapshot);
+                }
+            }
+        }
+        self.checker.finish();
+    }
+
+    /// What the scenario failed to exercise in this run (a fault of the harness,
+    /// not of the replicas).
+    fn unexercised(&self) -> Vec<String> {
+        let mut out = vec![];
+        for want in &self.sc.must_see {
+            if !self.errors.contains(*want) {
+                out.push(format!(
                     "no correct replica ever reported {want} (seen: {:?})",
                     self.errors
                 ));
             }
         }
-        for &i in &self.sc.must_transfer.clone() {
+        for &i in &self.sc.must_transfer {
             if !self.nodes[usize::from(i)].transferred {
-                self.checker
-                    .violations
-                    .push(format!("replica {i} never completed a state transfer"));
+                out.push(format!("replica {i} never completed a state transfer"));
             }
             if self.nodes[usize::from(i)].bad_snapshots == 0 {
-                self.checker.violations.push(format!(
+                out.push(format!(
                     "replica {i} never met (and rejected) the Byzantine snapshot"
                 ));
             }
         }
+        if !self.triggers.is_empty() {
+            out.push(format!(
+                "{} trigger(s) never fired: {:?}",
+                self.triggers.len(),
+                self.triggers.iter().map(|t| &t.when).collect::<Vec<_>>()
+            ));
+        }
+        for e in &self.sc.exercises {
+            let done = match e {
+                Exercise::ViewInstalled(v) => self.views_installed >= *v,
+                Exercise::Equivocation => self.equivocated,
+                Exercise::TornCrashes(k) => {
+                    self.nodes.iter().map(|n| n.torn_crashes).sum::<u64>() >= *k
+                }
+                Exercise::ForgedNewView => self
+                    .nodes
+                    .iter()
+                    .any(|n| n.byz.iter().any(|b| b.forged_sent > 0)),
+                Exercise::Reproposed => self
+                    .nodes
+                    .iter()
+                    .any(|n| n.byz.iter().any(|b| b.reproposed > 0)),
+            };
+            if !done {
+                out.push(format!("not exercised: {e:?}"));
+            }
+        }
+        out
     }
 }
 
-/// Runs one seed of a scenario; returns the checker's violations.
-fn run_one(sc: &Scenario, seed: u64) -> (Vec<String>, Sim) {
+/// Runs one seed of a scenario; returns the checker's violations and what the
+/// run failed to exercise.
+fn run_one(sc: &Scenario, seed: u64) -> (Vec<String>, Vec<String>, Sim) {
     let mut sim = Sim::new(sc.clone(), seed);
     sim.run();
     sim.check();
-    (sim.checker.violations.clone(), sim)
+    let unexercised = sim.unexercised();
+    (sim.checker.violations.clone(), unexercised, sim)
 }
 
 fn seeds() -> Vec<u64> {
@@ -699,16 +1027,23 @@ fn run_scenario(sc: Scenario) {
     let mut failures = vec![];
     let seeds = seeds();
     for &seed in &seeds {
-        let (violations, sim) = run_one(&sc, seed);
-        let failed = if sc.expect_violation {
-            violations.is_empty()
-        } else {
-            !violations.is_empty()
-        };
+        let (violations, unexercised, sim) = run_one(&sc, seed);
+        let failed = !unexercised.is_empty()
+            || if sc.expect_violation {
+                violations.is_empty()
+            } else {
+                !violations.is_empty()
+            };
         if std::env::var("FED_SIM_VERBOSE").is_ok() {
             println!(
-                "{} seed {seed} (sim seed {}): t = {} ms, {} messages, {} executed batches, violations: {violations:?}",
-                sc.name, sim.seed, sim.now, sim.messages, sim.checker.executed_batches
+                "{} seed {seed} (sim seed {}): t = {} ms, {} messages, {} executed batches, {} torn crashes ({} inside the writes), violations: {violations:?}, unexercised: {unexercised:?}",
+                sc.name,
+                sim.seed,
+                sim.now,
+                sim.messages,
+                sim.checker.executed_batches,
+                sim.nodes.iter().map(|n| n.torn_crashes).sum::<u64>(),
+                sim.nodes.iter().map(|n| n.strictly_torn).sum::<u64>(),
             );
         }
         if failed && std::env::var("FED_SIM_VERBOSE").is_ok() {
@@ -731,11 +1066,22 @@ fn run_scenario(sc: Scenario) {
             }
         }
         if failed {
-            let what = if sc.expect_violation {
-                "the checker reported no violation in a run that must violate agreement".to_string()
-            } else {
-                violations.join("; ")
-            };
+            let mut what = vec![];
+            if sc.expect_violation && violations.is_empty() {
+                what.push(
+                    "the checker reported no violation in a run that must violate agreement"
+                        .to_string(),
+                );
+            } else if !sc.expect_violation {
+                what.extend(violations.iter().cloned());
+            }
+            if !unexercised.is_empty() {
+                what.push(format!(
+                    "the run did not exercise what the scenario names: {}",
+                    unexercised.join("; ")
+                ));
+            }
+            let what = what.join("; ");
             println!(
                 "FAILED: scenario {} seed {seed}: {what}\n  replay: FED_SIM_SCENARIO={} FED_SIM_SEED={seed} cargo test -p fed-pbft --test sim -- --nocapture",
                 sc.name, sc.name
@@ -789,6 +1135,7 @@ fn five_replicas_lossy() {
 fn silent_primary() {
     let mut sc = Scenario::new("silent_primary", 4);
     sc.behaviours = vec![(0, Behaviour::Silent(vec![1, 2, 3]))];
+    sc.exercises = vec![Exercise::ViewInstalled(1)];
     run_scenario(sc);
 }
 
@@ -802,6 +1149,7 @@ fn cascading_view_changes() {
     ];
     sc.clients = 3;
     sc.requests_per_client = 3;
+    sc.exercises = vec![Exercise::ViewInstalled(2)];
     run_scenario(sc);
 }
 
@@ -815,16 +1163,49 @@ fn silent_to_some() {
     run_scenario(sc);
 }
 
+/// Twins of the primary: two copies of replica 0, each talking to its side; the
+/// side-1 copy proposes the null batch where the side-0 copy proposes the clients'
+/// requests, so the primary equivocates at every sequence number, for every seed.
+fn twin_primary(name: &'static str, n: usize, sides: Vec<u8>) -> Scenario {
+    let mut sc = Scenario::new(name, n);
+    sc.twins = vec![0];
+    sc.twin_behaviours = vec![(0, Behaviour::NullBatches)];
+    sc.sides = sides;
+    sc.exercises = vec![Exercise::Equivocation];
+    sc
+}
+
 #[test]
 fn equivocating_primary() {
-    // Twins: two copies of replica 0, each talking to one side.
-    let mut sc = Scenario::new("equivocating_primary", 4);
-    sc.twins = vec![0];
-    sc.sides = vec![0, 0, 1, 1];
-    run_scenario(sc.clone());
-    sc.name = "equivocating_primary_alone";
-    sc.sides = vec![0, 0, 0, 1];
-    run_scenario(sc);
+    run_scenario(twin_primary("equivocating_primary", 4, vec![0, 0, 1, 1]));
+    run_scenario(twin_primary(
+        "equivocating_primary_alone",
+        4,
+        vec![0, 0, 0, 1],
+    ));
+}
+
+// n = 5 and n = 6 are not 3f + 1 (f = 1): the quorum is 4, not 2f + 1 = 3. With
+// 2f + 1, each side of the equivocating primary (itself and two or three correct
+// backups) would be a quorum, and the sides would commit different batches at one
+// sequence number; with 4, at most one side can.
+
+#[test]
+fn equivocating_primary_n5() {
+    run_scenario(twin_primary(
+        "equivocating_primary_n5",
+        5,
+        vec![0, 0, 0, 1, 1],
+    ));
+}
+
+#[test]
+fn equivocating_primary_n6() {
+    run_scenario(twin_primary(
+        "equivocating_primary_n6",
+        6,
+        vec![0, 0, 0, 1, 1, 1],
+    ));
 }
 
 #[test]
@@ -866,6 +1247,7 @@ fn replayed_messages() {
     ];
     sc.heal_at = 6_000;
     sc.must_see = vec!["SenderMismatch", "StaleView", "StaleRequest"];
+    sc.exercises = vec![Exercise::ViewInstalled(1)];
     run_scenario(sc);
 }
 
@@ -877,26 +1259,74 @@ fn outside_watermarks() {
     run_scenario(sc);
 }
 
+/// Two clients, so that at most two batches are in flight when a trigger fires.
+/// Once every correct replica executed sequence number 5 (above the stable
+/// checkpoint at 4), the primary of view 0 is cut off: the view changes to view 1
+/// with sequence number 5, committed in view 0, carried in the NEW-VIEW.
+fn view_change_after_commit(name: &'static str, mut then: Vec<(u64, Action)>) -> Scenario {
+    let mut sc = Scenario::new(name, 4);
+    sc.clients = 2;
+    sc.requests_per_client = 10;
+    then.push((0, Action::Partition(vec![0, 1, 1, 1])));
+    then.push((4_000, Action::Heal));
+    // New requests after the heal let the cut-off replica learn how far the others
+    // went, and catch up.
+    then.push((4_050, Action::MoreRequests(2)));
+    sc.triggers = vec![Trigger {
+        when: Condition::AllExecuted(5),
+        then,
+        heal_after: 4_000,
+    }];
+    sc.converge = true;
+    sc
+}
+
 #[test]
 fn bad_new_view() {
-    // The primary is cut off, so view 1 comes; its primary (replica 1) sends a
-    // NEW-VIEW that does not match its VIEW-CHANGE set; backups must reject it and
-    // move to view 2.
-    let mut sc = Scenario::new("bad_new_view", 4);
+    // The primary of view 1 (replica 1) sends one forged NEW-VIEW, alike to every
+    // backup and properly signed, that nulls the batches committed in view 0 and
+    // carried by the VIEW-CHANGEs. A backup that did not recompute the entries
+    // would prepare the null batch where another committed (an agreement
+    // violation); backups must refuse it and move on to view 2.
+    let mut sc = view_change_after_commit("bad_new_view", vec![]);
     sc.behaviours = vec![(1, Behaviour::BadNewView)];
-    sc.actions = vec![
-        (100, Action::Partition(vec![0, 1, 1, 1])),
-        (6_000, Action::Heal),
-    ];
-    sc.heal_at = 6_000;
     sc.must_see = vec!["InvalidViewChange"];
+    sc.exercises = vec![Exercise::ForgedNewView, Exercise::ViewInstalled(2)];
+    run_scenario(sc);
+}
+
+#[test]
+fn torn_new_view_install() {
+    // The view changes to view 1 while backups 2 and 3 are armed to crash in the
+    // middle of their next call that writes two records or more (installing the
+    // NEW-VIEW), keeping a random prefix of its writes. The primary of view 1 then
+    // keeps proposing the null batch for the sequence numbers its NEW-VIEW fixed
+    // to committed batches: a restarted backup must still refuse them.
+    let torn = |replica| Action::TornCrash {
+        replica,
+        min_writes: 2,
+        restart_after: 300,
+    };
+    let mut sc = view_change_after_commit(
+        "torn_new_view_install",
+        vec![(100, torn(2)), (100, torn(3))],
+    );
+    sc.behaviours = vec![(1, Behaviour::Repropose)];
+    sc.must_see = vec!["Equivocation"];
+    sc.exercises = vec![
+        Exercise::TornCrashes(2),
+        Exercise::ViewInstalled(1),
+        Exercise::Reproposed,
+    ];
     run_scenario(sc);
 }
 
 #[test]
 fn lagging_replica_byzantine_source() {
     // Replica 3 is cut off while several checkpoints become stable; when it comes
-    // back it must fetch the state, and the first source it asks (replica 0) lies.
+    // back it must fetch the state, and the first source it asks (replica 0) lies:
+    // it answers every state request with a valid certificate and a snapshot that
+    // does not match it.
     let mut sc = Scenario::new("lagging_replica_byzantine_source", 4);
     sc.behaviours = vec![(0, Behaviour::BadStateSource)];
     sc.requests_per_client = 12;
@@ -926,31 +1356,72 @@ fn partition_heals() {
 
 #[test]
 fn crash_restart() {
+    // Replica 0 crashes cleanly between two calls; replica 2 crashes in the
+    // middle of a call (a torn write).
     let mut sc = Scenario::new("crash_restart", 4);
     sc.net = Net::lossy();
     sc.requests_per_client = 8;
     sc.actions = vec![
         (30, Action::Crash(0)),
         (1_500, Action::Restart(0)),
-        (2_500, Action::Crash(2)),
-        (4_000, Action::Restart(2)),
+        (
+            2_500,
+            Action::TornCrash {
+                replica: 2,
+                min_writes: 1,
+                restart_after: 1_500,
+            },
+        ),
         (5_000, Action::Calm),
         (5_100, Action::MoreRequests(2)),
     ];
     sc.heal_at = 5_000;
     sc.converge = true;
+    sc.exercises = vec![Exercise::TornCrashes(1)];
+    run_scenario(sc);
+}
+
+#[test]
+fn torn_writes() {
+    // Every 600 ms one replica in turn crashes in the middle of its next call that
+    // writes, after a random prefix of that call's writes, and restarts 250 ms
+    // later from that prefix; the network is lossy meanwhile.
+    let mut sc = Scenario::new("torn_writes", 4);
+    sc.net = Net::lossy();
+    sc.requests_per_client = 12;
+    sc.actions = (0..10u64)
+        .map(|k| {
+            (
+                100 + 600 * k,
+                Action::TornCrash {
+                    replica: (k % 4) as u16,
+                    min_writes: 1,
+                    restart_after: 250,
+                },
+            )
+        })
+        .collect();
+    sc.actions.push((6_000, Action::Calm));
+    sc.actions.push((6_100, Action::MoreRequests(2)));
+    sc.heal_at = 6_000;
+    sc.converge = true;
+    sc.exercises = vec![Exercise::TornCrashes(5)];
     run_scenario(sc);
 }
 
 #[test]
 fn negative_control_f_plus_one_byzantine() {
     // Replicas 0 (the primary) and 1 are both Byzantine twins: one copy of each
-    // talks to replica 2, the other to replica 3. With f + 1 = 2 faulty replicas
-    // the two sides commit different batches; the checker must say so.
+    // talks to replica 2, the other to replica 3, and the side-1 copy of the
+    // primary proposes null batches where the side-0 copy proposes the clients'
+    // requests. With f + 1 = 2 faulty replicas each side is a quorum and commits
+    // its own batch at every sequence number; the checker must say so.
     let mut sc = Scenario::new("negative_control_f_plus_one_byzantine", 4);
     sc.twins = vec![0, 1];
+    sc.twin_behaviours = vec![(0, Behaviour::NullBatches)];
     sc.sides = vec![0, 0, 0, 1];
     sc.expect_violation = true;
     sc.check_liveness = false;
+    sc.exercises = vec![Exercise::Equivocation];
     run_scenario(sc);
 }
