@@ -17,7 +17,8 @@ cargo xtask <command>
 
 Commands:
   ci [--keep-going]          every check CI runs, in order (fmt, clippy, test, bench
-                             build, doc, deps, sim, deny, fuzz build and smoke run)
+                             build, doc, deps, sim, mesh sim, deny, fuzz build and
+                             smoke run)
   deps                       check the crate stack: no crate depends on one above it
   test                       cargo test --workspace --locked
   bench [CRATE..] [-- ARGS]  criterion benches (CRATE: crypto, crdt, ...; default all),
@@ -28,6 +29,8 @@ Commands:
                              the PBFT Byzantine simulator: N seeds per scenario
                              (default 100; --soak: 10 000, the release soak of
                              docs/TESTING.md), or replay one scenario and seed
+  sim mesh [--full]          the node simulator: 200 fed-mesh cores in release
+                             (--full: the fan-out x hops sweep of BENCHMARKS.md)
   help                       this text
 
 Environment:
@@ -218,6 +221,7 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
         ),
         ("deps", Box::new(|| deps::check_workspace(&root()))),
         ("sim", Box::new(|| sim_run(CI_SIM_SEEDS, None, None))),
+        ("mesh-sim", Box::new(|| mesh_sim_run(false))),
         ("deny", Box::new(deny)),
         ("fuzz", Box::new(|| fuzz_run(&[], CI_FUZZ_SECONDS))),
     ];
@@ -308,6 +312,9 @@ const CI_SIM_SEEDS: u32 = 32;
 const SOAK_SIM_SEEDS: u32 = 10_000;
 
 fn sim(args: &[String]) -> Result<(), String> {
+    if args.first().is_some_and(|a| a == "mesh") {
+        return mesh_sim_run(args.iter().any(|a| a == "--full"));
+    }
     let mut seeds = 100;
     let mut scenario = None;
     let mut seed = None;
@@ -327,6 +334,33 @@ fn sim(args: &[String]) -> Result<(), String> {
         }
     }
     sim_run(seeds, scenario, seed)
+}
+
+/// Runs the node simulator (fed-mesh's `tests/sim`) in release with 200 nodes;
+/// `full` also sweeps fan-out and hops and prints the tables of
+/// docs/BENCHMARKS.md.
+fn mesh_sim_run(full: bool) -> Result<(), String> {
+    let mut step = Step::cargo(
+        "mesh-sim",
+        &[
+            "test",
+            "--release",
+            "--locked",
+            "-p",
+            "fed-mesh",
+            "--test",
+            "sim",
+            "--",
+            "--nocapture",
+            "--test-threads",
+            "2",
+        ],
+    )
+    .env("FED_SIM_NODES", "200");
+    if full {
+        step = step.env("FED_SIM_FULL", "1").env("FED_SIM_REPORT", "1");
+    }
+    run_step(&step)
 }
 
 /// Runs the simulator test binary in release mode (signatures are slow in debug).

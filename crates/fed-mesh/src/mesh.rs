@@ -58,8 +58,10 @@ impl MeshConfig {
         federation: FederationId,
         admission: Arc<dyn AdmissionPolicy>,
     ) -> Self {
-        let mut capabilities = Capabilities::default();
-        capabilities.set = CapabilitySet::all();
+        let capabilities = Capabilities {
+            set: CapabilitySet::all(),
+            ..Capabilities::default()
+        };
         Self {
             identity,
             federation,

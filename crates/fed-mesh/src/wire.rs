@@ -29,6 +29,10 @@ pub const ENVELOPE_HEADER_LEN: usize = 10;
 pub const SESSION_ID_LEN: usize = 8;
 /// Length of the query id.
 pub const QUERY_ID_LEN: usize = 16;
+/// Most signed answers in one [`QueryResponse`].
+pub const MAX_ANSWERS_PER_RESPONSE: usize = 256;
+/// Most reports in one [`QueryResponse`].
+pub const MAX_REPORTS_PER_RESPONSE: usize = 4096;
 
 /// The federation protocols, each a libp2p stream protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -178,7 +182,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     what: &'static str,
 ) -> Result<T, WireError> {
     match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, rest)) if rest.is_empty() => Ok(value),
+        Ok((value, [])) => Ok(value),
         _ => Err(WireError::Malformed(what)),
     }
 }
@@ -338,11 +342,13 @@ pub struct SignedHits {
     pub source: [u8; 32],
     /// Its public identity (fed-crypto encoding), whose hash is `source`: lets the
     /// origin verify a member its directory does not list yet.
+    #[serde(with = "serde_bytes")]
     pub identity: Vec<u8>,
     /// Its hits, best first.
     pub hits: Vec<WireHit>,
     /// Ed25519 signature (fed-crypto's hybrid signature encoding, Ed25519 part
     /// only) over the response digest, see mesh.md.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -366,9 +372,11 @@ pub struct WireHit {
 pub struct WireReport {
     /// The peer's node id.
     pub node: [u8; 32],
-    /// 0 answered, 1 timed out, 2 refused, 3 unreachable, 4 already seen.
+    /// 0 answered (its signed answer was left out to keep the message small:
+    /// none of its hits ranked), 1 timed out, 2 refused, 3 unreachable.
     pub status: u8,
-    /// The refusal code when refused, else 0.
+    /// The refusal code when refused, the number of hits (at most 255) when
+    /// answered, else 0.
     pub detail: u8,
 }
 
@@ -376,9 +384,10 @@ pub struct WireReport {
 /// every node it reached, and its reports on the peers it forwarded to.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueryResponse {
-    /// Signed answers, at most one per source.
+    /// Signed answers, at most one per source, at most [`MAX_ANSWERS_PER_RESPONSE`].
     pub responses: Vec<SignedHits>,
-    /// Reports on peers the receiver (and the nodes below it) forwarded to.
+    /// Reports on peers the receiver (and the nodes below it) forwarded to, at
+    /// most [`MAX_REPORTS_PER_RESPONSE`].
     pub reports: Vec<WireReport>,
     /// The receiver had answered this query id already (reached by another path).
     pub seen: bool,
@@ -388,7 +397,7 @@ pub struct QueryResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OnionResponse {
     /// A fed-onion reply packet, or none (dropped, or no reply asked for).
-    pub reply: Option<Vec<u8>>,
+    pub reply: Option<serde_bytes::ByteBuf>,
 }
 
 /// Which replicated map a sync message is about.
@@ -406,6 +415,7 @@ pub struct SyncPull {
     /// The map.
     pub map: MapName,
     /// fed-crdt `SyncRequest` bytes.
+    #[serde(with = "serde_bytes")]
     pub request: Vec<u8>,
     /// The puller has news: the receiver should pull back from it now.
     pub notify: bool,
@@ -415,6 +425,7 @@ pub struct SyncPull {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncChunk {
     /// fed-crdt `MapDelta` bytes.
+    #[serde(with = "serde_bytes")]
     pub delta: Vec<u8>,
 }
 
@@ -422,16 +433,19 @@ pub struct SyncChunk {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MemberRecord {
     /// The member's public identity (fed-crypto encoding).
+    #[serde(with = "serde_bytes")]
     pub identity: Vec<u8>,
     /// Addresses to reach it (multiaddr bytes), at most [`MAX_RECORD_ADDRS`].
-    pub addrs: Vec<Vec<u8>>,
+    pub addrs: Vec<serde_bytes::ByteBuf>,
     /// Its current onion key certificate (fed-onion encoding), if it has one.
-    pub onion: Option<Vec<u8>>,
+    pub onion: Option<serde_bytes::ByteBuf>,
     /// Capability bits it offers (fed-handshake's bit numbering).
     pub capabilities: u32,
     /// postcard(fed-handshake `AdmissionProof`): what admits it (an invitation, or none).
+    #[serde(with = "serde_bytes")]
     pub admission: Vec<u8>,
     /// Hybrid signature by the member (fed-crypto encoding) over the record digest.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -444,9 +458,10 @@ pub const MAX_ADDR_LEN: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SharedValue {
     /// The value, or none for a deletion.
-    pub value: Option<Vec<u8>>,
+    pub value: Option<serde_bytes::ByteBuf>,
     /// Ed25519 signature of the writer (fed-crypto hybrid encoding, Ed25519 part)
     /// over the write digest.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 

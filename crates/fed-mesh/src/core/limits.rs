@@ -27,7 +27,10 @@ pub struct Limits {
     pub max_fanout: u8,
     /// Largest `max_hops` a query may ask for. Default 8.
     pub max_hops: u8,
-    /// Signed answers a node forwards in one query response. Default 128.
+    /// Signed answers a node forwards in one query response (at most
+    /// [`MAX_ANSWERS_PER_RESPONSE`](crate::wire::MAX_ANSWERS_PER_RESPONSE)): those
+    /// with the best hits; the others are reported as answered without their
+    /// hits. Default 64.
     pub max_forwarded_responses: usize,
     /// Messages queued for one peer while its session is set up. Default 32.
     pub max_queued_per_peer: usize,
@@ -56,7 +59,7 @@ impl Default for Limits {
             dedup_capacity: 16_384,
             max_fanout: 16,
             max_hops: 8,
-            max_forwarded_responses: 128,
+            max_forwarded_responses: 64,
             max_queued_per_peer: 32,
             max_strikes: 16,
             ban_ms: 60_000,
@@ -99,8 +102,8 @@ impl Limits {
         )?;
         check(self.max_fanout >= 1, "max_fanout must be at least 1")?;
         check(
-            self.max_forwarded_responses >= 1,
-            "max_forwarded_responses must be at least 1",
+            (1..=crate::wire::MAX_ANSWERS_PER_RESPONSE).contains(&self.max_forwarded_responses),
+            "max_forwarded_responses must be 1 to 256",
         )?;
         check(self.max_strikes >= 1, "max_strikes must be at least 1")?;
         check(
@@ -125,9 +128,12 @@ pub struct Timing {
     /// Whether to renew a session (a new handshake) before its token expires.
     /// Default true.
     pub renew_tokens: bool,
-    /// Anti-entropy period: every interval the node pulls both maps from every
-    /// peer it holds a session with. Default 2 s.
+    /// Anti-entropy period: every interval the node pulls both maps from
+    /// `sync_peers` random peers it holds a session with. Default 2 s.
     pub sync_interval_ms: u64,
+    /// Peers pulled from in each anti-entropy round. Default 4. (After a local
+    /// write the node tells every peer at once.)
+    pub sync_peers: usize,
     /// Every this many rounds a pull asks for a full snapshot, which repairs
     /// anything a lying peer made this node skip. Default 30.
     pub full_sync_every: u64,
@@ -146,6 +152,7 @@ impl Default for Timing {
             token_lifetime_ms: 24 * 60 * 60 * 1000,
             renew_tokens: true,
             sync_interval_ms: 2_000,
+            sync_peers: 4,
             full_sync_every: 30,
             redial_interval_ms: 5_000,
             onion_key_lifetime_ms: 60 * 60 * 1000,

@@ -257,8 +257,10 @@ impl CoreConfig {
         federation: FederationId,
         admission: Arc<dyn AdmissionPolicy>,
     ) -> Self {
-        let mut capabilities = Capabilities::default();
-        capabilities.set = fed_handshake::CapabilitySet::all();
+        let capabilities = Capabilities {
+            set: fed_handshake::CapabilitySet::all(),
+            ..Capabilities::default()
+        };
         Self {
             identity,
             federation,

@@ -197,7 +197,9 @@ impl Core {
     }
 
     fn answer_onion(&mut self, inbound: InboundId, reply: Option<Vec<u8>>) {
-        let body = wire::encode(&OnionResponse { reply });
+        let body = wire::encode(&OnionResponse {
+            reply: reply.map(serde_bytes::ByteBuf::from),
+        });
         self.respond_sealed(inbound, Kind::OnionResponse, &body);
     }
 

@@ -106,8 +106,10 @@ pub(crate) struct Peer {
     strikes: u32,
     joiners: Vec<CommandId>,
     queued: VecDeque<Queued>,
+    /// No new dial before this time.
+    dial_after: u64,
     /// No new outbound handshake before this time (after a failure).
-    backoff_until: u64,
+    handshake_after: u64,
     pub(crate) sync: sync::SyncPeer,
 }
 
@@ -130,7 +132,8 @@ impl Peer {
             strikes: 0,
             joiners: Vec::new(),
             queued: VecDeque::new(),
-            backoff_until: 0,
+            dial_after: 0,
+            handshake_after: 0,
             sync: sync::SyncPeer::default(),
         }
     }
@@ -319,7 +322,7 @@ impl Core {
         }
         let joiners = std::mem::take(&mut p.joiners);
         let queued = std::mem::take(&mut p.queued);
-        p.backoff_until = now.saturating_add(self.config.timing.redial_interval_ms);
+        p.dial_after = now.saturating_add(self.config.timing.redial_interval_ms);
         for j in joiners {
             self.complete(
                 j,
@@ -353,9 +356,9 @@ impl Core {
                 p.addrs.push(a);
             }
         }
-        if !p.connected && now >= p.backoff_until && outbound < self.config.limits.max_peers {
+        if !p.connected && now >= p.dial_after && outbound < self.config.limits.max_peers {
             let addrs = p.addrs.clone();
-            p.backoff_until = now.saturating_add(self.config.timing.redial_interval_ms);
+            p.dial_after = now.saturating_add(self.config.timing.redial_interval_ms);
             self.push(Action::Dial { peer, addrs });
         }
     }
@@ -383,7 +386,7 @@ impl Core {
                 p.addrs.push(addr.addr.clone());
             }
             if !p.connected {
-                p.backoff_until = now.saturating_add(self.config.timing.redial_interval_ms);
+                p.dial_after = now.saturating_add(self.config.timing.redial_interval_ms);
                 self.push(Action::Dial {
                     peer,
                     addrs: vec![addr.addr],
@@ -397,8 +400,8 @@ impl Core {
     pub(super) fn redial(&mut self, now: u64) {
         let mut dials = Vec::new();
         for p in self.peers.values_mut() {
-            if p.bootstrap && !p.connected && now >= p.backoff_until {
-                p.backoff_until = now.saturating_add(self.config.timing.redial_interval_ms);
+            if p.bootstrap && !p.connected && now >= p.dial_after {
+                p.dial_after = now.saturating_add(self.config.timing.redial_interval_ms);
                 dials.push((p.peer, p.addrs.clone()));
             }
         }
@@ -417,7 +420,7 @@ impl Core {
                 .filter(|m| {
                     self.peers
                         .get(&m.peer)
-                        .is_none_or(|p| !p.connected && now >= p.backoff_until)
+                        .is_none_or(|p| !p.connected && now >= p.dial_after)
                 })
                 .filter(|m| !self.bans.contains_key(&m.peer))
                 .map(|m| (m.peer, m.addrs.clone()))
@@ -425,12 +428,25 @@ impl Core {
             shuffle(&mut candidates, &mut self.rng);
             for (peer, addrs) in candidates.into_iter().take(want.min(4)) {
                 let p = self.peers.entry(peer).or_insert_with(|| Peer::new(peer));
-                p.backoff_until = now.saturating_add(self.config.timing.redial_interval_ms);
+                p.dial_after = now.saturating_add(self.config.timing.redial_interval_ms);
                 dials.push((peer, addrs));
             }
         }
         for (peer, addrs) in dials {
             self.push(Action::Dial { peer, addrs });
+        }
+        // Connected peers this node holds no session with (a failed handshake,
+        // or a connection the peer opened): try again.
+        let retry: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| p.connected && p.out.is_none() && p.initiator.is_none())
+            .map(|p| p.peer)
+            .collect();
+        for peer in retry {
+            if self.wants_outbound(&peer, now) {
+                self.start_handshake(peer, now);
+            }
         }
     }
 
@@ -455,9 +471,11 @@ impl Core {
         if !p.joiners.is_empty() {
             return true;
         }
-        now >= p.backoff_until
+        // Every connection carries a session each way: `max_peers` bounds how
+        // many connections this node opens, not whom it answers, so a node that
+        // others dialled can still be asked by them and ask them.
+        now >= p.handshake_after
             && self.pending_handshakes() < self.config.limits.max_pending_handshakes
-            && (p.expected.is_some() || self.out_session_count() < self.config.limits.max_peers)
     }
 
     // --- Joining ---
@@ -626,7 +644,7 @@ impl Core {
         };
         p.identity = Some(session.peer.clone());
         p.node = Some(node);
-        p.backoff_until = 0;
+        p.handshake_after = 0;
         let previous = p.out.take();
         let renewal = previous.is_some();
         p.out_prev = previous;
@@ -677,7 +695,7 @@ impl Core {
             match direction {
                 Direction::Outbound => {
                     p.initiator = None;
-                    p.backoff_until = now.saturating_add(self.config.timing.redial_interval_ms);
+                    p.handshake_after = now.saturating_add(self.config.timing.redial_interval_ms);
                     joiners = std::mem::take(&mut p.joiners);
                     queued = std::mem::take(&mut p.queued);
                     expected = p.expected;
@@ -989,6 +1007,7 @@ impl Core {
 
     /// Sends now if a session exists, else queues the message (bounded) and sets
     /// up the session: dials the peer at `addrs` if it is not connected.
+    #[allow(clippy::too_many_arguments)] // the message, where it goes, and until when
     pub(super) fn send_or_queue(
         &mut self,
         peer: PeerId,
@@ -1125,7 +1144,7 @@ impl Core {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.out = None;
             p.out_prev = None;
-            p.backoff_until = 0;
+            p.handshake_after = 0;
         }
         if self.wants_outbound(&peer, now) {
             self.start_handshake(peer, now);

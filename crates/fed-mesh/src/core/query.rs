@@ -97,7 +97,13 @@ struct Query {
     /// Signed answers by source (the node's own first, for remote queries).
     responses: BTreeMap<[u8; 32], SignedHits>,
     reports: Vec<Report>,
+    /// Other previous hops that sent the same query, waiting for this node's
+    /// own answer (bounded by [`MAX_WAITING_DUPLICATES`]).
+    duplicates: Vec<InboundId>,
 }
+
+/// Duplicates of one query a node holds open until its own answer is ready.
+const MAX_WAITING_DUPLICATES: usize = 16;
 
 /// The queries a node runs or serves, and the ids it has seen.
 pub(crate) struct Queries {
@@ -256,7 +262,7 @@ pub(crate) fn to_wire_hits(
 
 fn status_code(status: &PeerStatus) -> (u8, u8) {
     match status {
-        PeerStatus::Answered { .. } => (0, 0),
+        PeerStatus::Answered { hits } => (0, (*hits).min(255) as u8),
         PeerStatus::TimedOut => (1, 0),
         PeerStatus::Refused(r) => (2, r.code()),
         PeerStatus::Unreachable | PeerStatus::Rejected(_) => (3, 0),
@@ -265,7 +271,9 @@ fn status_code(status: &PeerStatus) -> (u8, u8) {
 
 fn status_of(report: &WireReport) -> Option<PeerStatus> {
     Some(match report.status {
-        0 => PeerStatus::Answered { hits: 0 },
+        0 => PeerStatus::Answered {
+            hits: usize::from(report.detail),
+        },
         1 => PeerStatus::TimedOut,
         2 => PeerStatus::Refused(Refusal::from_code(report.detail)?),
         3 => PeerStatus::Unreachable,
@@ -342,6 +350,7 @@ impl Core {
                 children: BTreeMap::new(),
                 responses: BTreeMap::new(),
                 reports: Vec::new(),
+                duplicates: Vec::new(),
             },
         );
         match (scope, onion) {
@@ -492,6 +501,32 @@ impl Core {
             .mark_seen(request.id, now.saturating_add(budget), now)
         {
             self.stats.query_duplicates += 1;
+            // Reached again by another path: give that path this node's own
+            // signed answer too (not its subtree's), so that losing one path
+            // does not lose the answer.
+            let digest = query_digest(&request);
+            let local = self.local_node.0;
+            if let Some(q) = self.queries.active.get_mut(&request.id)
+                && q.digest == digest
+                && matches!(q.origin, Origin::Remote { .. })
+            {
+                match (&q.local, q.responses.get(&local)) {
+                    (LocalSearch::Pending, _) if q.duplicates.len() < MAX_WAITING_DUPLICATES => {
+                        q.duplicates.push(id);
+                        return;
+                    }
+                    (_, Some(own)) => {
+                        let answer = QueryResponse {
+                            responses: vec![own.clone()],
+                            reports: Vec::new(),
+                            seen: true,
+                        };
+                        self.respond_sealed(id, Kind::QueryResponse, &wire::encode(&answer));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
             let answer = QueryResponse {
                 seen: true,
                 ..QueryResponse::default()
@@ -532,6 +567,7 @@ impl Core {
                 children: BTreeMap::new(),
                 responses: BTreeMap::new(),
                 reports: Vec::new(),
+                duplicates: Vec::new(),
             },
         );
         if forward {
@@ -583,6 +619,21 @@ impl Core {
                         Err(e) => tracing::warn!(error = %e, "could not sign a query answer"),
                     }
                     q.local = LocalSearch::Done(Vec::new());
+                    let waiting = std::mem::take(&mut q.duplicates);
+                    let own: Vec<SignedHits> = q
+                        .responses
+                        .get(&local_node.0)
+                        .cloned()
+                        .into_iter()
+                        .collect();
+                    let body = wire::encode(&QueryResponse {
+                        responses: own,
+                        reports: Vec::new(),
+                        seen: true,
+                    });
+                    for inbound in waiting {
+                        self.respond_sealed(inbound, Kind::QueryResponse, &body);
+                    }
                     self.event(MeshEvent::QueryServed {
                         from: node,
                         hits: count,
@@ -604,9 +655,13 @@ impl Core {
     ) {
         let decoded =
             wire::decode_body::<QueryResponse>(plaintext, Kind::QueryResponse, "query answer");
-        let max = self.config.limits.max_forwarded_responses;
         let answer = match decoded {
-            Ok(a) if a.responses.len() <= max && a.reports.len() <= 4 * max => a,
+            Ok(a)
+                if a.responses.len() <= wire::MAX_ANSWERS_PER_RESPONSE
+                    && a.reports.len() <= wire::MAX_REPORTS_PER_RESPONSE =>
+            {
+                a
+            }
             _ => {
                 self.cut_off(peer, crate::types::CutOffReason::Malformed, now);
                 self.on_query_child_failed(key, Failure::Malformed, now);
@@ -623,8 +678,10 @@ impl Core {
             return;
         }
         let via = child.node;
-        if answer.seen {
-            // Reached by another path first: neither a separate answer nor a failure.
+        let own = via.and_then(|n| answer.responses.iter().find(|r| r.source == n.0));
+        if answer.seen && own.is_none() {
+            // Reached by another path first, and no answer of its own yet:
+            // neither a separate answer nor a failure.
             child.status = Some(PeerStatus::Answered { hits: 0 });
             child.node = None;
         } else {
@@ -633,17 +690,13 @@ impl Core {
                 .map_or(0, |r| r.hits.len());
             child.status = Some(PeerStatus::Answered { hits });
         }
+        // Bounded by the children: each brings at most MAX_ANSWERS_PER_RESPONSE
+        // answers and MAX_REPORTS_PER_RESPONSE reports.
         for r in answer.responses {
-            if q.responses.len() >= max {
-                break;
-            }
             q.responses.entry(r.source).or_insert(r);
         }
         if let Some(via) = via {
             for r in answer.reports {
-                if q.reports.len() >= 4 * max {
-                    break;
-                }
                 if let Some(status) = status_of(&r) {
                     q.reports.push(Report {
                         node: NodeId(r.node),
@@ -712,23 +765,30 @@ impl Core {
         }
     }
 
-    /// Answers the previous hop: every signed answer collected (bounded, best
-    /// first, within the message size) and reports on the children.
-    fn answer_remote(&mut self, q: Query, inbound: InboundId) {
+    /// Answers the previous hop: its own signed answer and the best others
+    /// (bounded, within the message size), reports on the rest as answered
+    /// without their hits, and reports on the children that did not answer.
+    fn answer_remote(&mut self, mut q: Query, inbound: InboundId) {
+        let seen_only = wire::encode(&QueryResponse {
+            seen: true,
+            ..QueryResponse::default()
+        });
+        for waiting in std::mem::take(&mut q.duplicates) {
+            self.respond_sealed(waiting, Kind::QueryResponse, &seen_only);
+        }
         let mut reports: Vec<WireReport> = q
             .children
             .values()
             .filter_map(|c| {
                 let node = c.node?;
                 let (status, detail) = status_code(c.status.as_ref()?);
-                Some(WireReport {
+                (status != 0).then_some(WireReport {
                     node: node.0,
                     status,
                     detail,
                 })
             })
             .collect();
-        let max = self.config.limits.max_forwarded_responses;
         reports.extend(q.reports.iter().map(|r| {
             let (status, detail) = status_code(&r.status);
             WireReport {
@@ -737,7 +797,6 @@ impl Core {
                 detail,
             }
         }));
-        reports.truncate(4 * max);
         let local = self.local_node.0;
         let mut responses: Vec<SignedHits> = q.responses.into_values().collect();
         let best = |r: &SignedHits| {
@@ -750,10 +809,21 @@ impl Core {
             (b.source == local)
                 .cmp(&(a.source == local))
                 .then_with(|| best(b).total_cmp(&best(a)))
+                .then_with(|| a.source.cmp(&b.source))
         });
-        responses.truncate(max);
-        // Stay within the channel's payload limit (1 MiB by default): drop the
-        // weakest answers until the message fits.
+        let max = self.config.limits.max_forwarded_responses;
+        let left_out = |r: &SignedHits| WireReport {
+            node: r.source,
+            status: 0,
+            detail: r.hits.len().min(255) as u8,
+        };
+        if responses.len() > max {
+            reports.extend(responses[max..].iter().map(left_out));
+            responses.truncate(max);
+        }
+        reports.truncate(wire::MAX_REPORTS_PER_RESPONSE);
+        // Stay within the channel's payload limit (1 MiB by default): leave out
+        // the weakest answers until the message fits.
         let limit = fed_handshake::MAX_MESSAGE_LEN
             .max(self.config.capabilities.limits.max_message_bytes as usize)
             - wire::ENVELOPE_HEADER_LEN
@@ -764,8 +834,12 @@ impl Core {
             seen: false,
         };
         let mut body = wire::encode(&answer);
-        while body.len() > limit && !answer.responses.is_empty() {
-            answer.responses.pop();
+        while body.len() > limit && answer.responses.len() > 1 {
+            if let Some(r) = answer.responses.pop()
+                && answer.reports.len() < wire::MAX_REPORTS_PER_RESPONSE
+            {
+                answer.reports.push(left_out(&r));
+            }
             body = wire::encode(&answer);
         }
         self.respond_sealed(inbound, Kind::QueryResponse, &body);
@@ -957,14 +1031,30 @@ impl Core {
             });
         }
         for r in q.reports {
-            if r.node == self.local_node || matches!(r.status, PeerStatus::Answered { .. }) {
+            if r.node == self.local_node {
                 continue;
             }
-            peers.entry(r.node).or_insert(PeerOutcome {
+            let reported = PeerOutcome {
                 node: r.node,
                 status: r.status,
                 reported_by: Some(r.reported_by),
-            });
+            };
+            match peers.entry(r.node) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(reported);
+                }
+                // A node reached by several paths: one that says it answered
+                // beats another that says it timed out. Verified outcomes stay.
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let held = o.get();
+                    if held.reported_by.is_some()
+                        && !matches!(held.status, PeerStatus::Answered { .. })
+                        && matches!(reported.status, PeerStatus::Answered { .. })
+                    {
+                        o.insert(reported);
+                    }
+                }
+            }
         }
         let reconciled = reconciler.finish();
         if let Some(e) = own_error

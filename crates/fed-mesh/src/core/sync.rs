@@ -55,6 +55,29 @@ pub(crate) struct Member {
     stamp: Hlc,
 }
 
+/// A record checked on arrival.
+struct Fresh {
+    key: [u8; 32],
+    member: Member,
+    proof: AdmissionProof,
+}
+
+fn fresh(
+    federation: &FederationId,
+    key: &[u8; 32],
+    stamp: Hlc,
+    record: &MemberRecord,
+) -> std::result::Result<Fresh, &'static str> {
+    let member = check_record(federation, key, stamp, record)?;
+    let proof = wire::decode::<AdmissionProof>(&record.admission, "admission proof")
+        .unwrap_or(AdmissionProof::None);
+    Ok(Fresh {
+        key: *key,
+        member,
+        proof,
+    })
+}
+
 /// The directory: member records by node id, and the parsed view of the
 /// members this node admits.
 #[derive(Default)]
@@ -92,8 +115,11 @@ fn write_message(
     federation: &FederationId,
     key: &[u8],
     stamp: Hlc,
-    value: &Option<Vec<u8>>,
+    value: Option<&[u8]>,
 ) -> Vec<u8> {
+    // Byte strings as postcard `bytes` (a length, then the bytes).
+    let key = serde_bytes::Bytes::new(key);
+    let value = value.map(serde_bytes::Bytes::new);
     wire::encode(&(
         federation.0,
         key,
@@ -126,7 +152,7 @@ fn check_record(
     let addrs = record
         .addrs
         .iter()
-        .map(|a| Multiaddr::try_from(a.clone()))
+        .map(|a| Multiaddr::try_from(a.to_vec()))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|_| "bad address")?;
     let signature =
@@ -202,32 +228,30 @@ impl Directory {
             .collect()
     }
 
-    /// Re-reads the records whose stamps changed into the members view.
-    fn refresh(&mut self, federation: &FederationId, admission: &dyn AdmissionPolicy, now: u64) {
-        for (key, entry) in self.map.entries() {
-            let node = NodeId(*key);
-            if self
-                .members
-                .get(&node)
-                .is_some_and(|m| m.stamp == entry.stamp())
-            {
+    /// Takes records that were checked when they arrived into the view, where
+    /// the map now holds that very version: every valid record's identity, and
+    /// the members this node's admission policy admits.
+    fn adopt(
+        &mut self,
+        fresh: Vec<Fresh>,
+        federation: &FederationId,
+        admission: &dyn AdmissionPolicy,
+        now: u64,
+    ) {
+        for f in fresh {
+            if self.map.entry(&f.key).map(|e| e.stamp()) != Some(f.member.stamp) {
                 continue;
             }
-            let Some(record) = entry.value() else {
-                continue;
-            };
-            let Ok(member) = check_record(federation, key, entry.stamp(), record) else {
-                continue;
-            };
-            self.identities.insert(node, member.identity.clone());
-            let proof = wire::decode::<AdmissionProof>(&record.admission, "admission proof")
-                .unwrap_or(AdmissionProof::None);
+            let node = NodeId(f.key);
+            self.identities.insert(node, f.member.identity.clone());
             if admission
-                .admit(&member.identity, &proof, federation, now)
+                .admit(&f.member.identity, &f.proof, federation, now)
                 .is_ok()
             {
-                self.by_peer.insert(member.peer, node);
-                self.members.insert(node, member);
+                self.by_peer.insert(f.member.peer, node);
+                self.members.insert(node, f.member);
+            } else {
+                self.members.remove(&node);
             }
         }
     }
@@ -241,13 +265,17 @@ pub(crate) struct SharedMap {
 
 impl SharedMap {
     pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.map.get(key)?.value.clone()
+        self.map
+            .get(key)?
+            .value
+            .clone()
+            .map(serde_bytes::ByteBuf::into_vec)
     }
 
     pub(crate) fn entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.map
             .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.value.clone()?)))
+            .filter_map(|(k, v)| Some((k.clone(), v.value.clone()?.into_vec())))
             .collect()
     }
 }
@@ -270,8 +298,14 @@ impl Core {
     pub(super) fn publish_record(&mut self, now: u64) -> Result<()> {
         let record = MemberRecord {
             identity: self.config.identity.public().as_bytes().to_vec(),
-            addrs: self.listen_addrs.iter().map(|a| a.to_vec()).collect(),
-            onion: Some(self.onion.certificate.as_bytes().to_vec()),
+            addrs: self
+                .listen_addrs
+                .iter()
+                .map(|a| serde_bytes::ByteBuf::from(a.to_vec()))
+                .collect(),
+            onion: Some(serde_bytes::ByteBuf::from(
+                self.onion.certificate.as_bytes().to_vec(),
+            )),
             capabilities: self.config.capabilities.set.bits(),
             admission: wire::encode(&self.config.admission_proof),
             signature: Vec::new(),
@@ -298,15 +332,18 @@ impl Core {
         if let Some(e) = failure {
             return Err(e.into());
         }
-        self.directory
-            .refresh(&federation, self.config.admission.as_ref(), now);
-        // Members the node itself admits need not be on its own allowlist.
-        if !self.directory.members.contains_key(&self.local_node)
-            && let Some(entry) = self.directory.map.entry(&self.local_node.0)
+        // This node is a member of its own directory, whatever its policy says.
+        if let Some(entry) = self.directory.map.entry(&self.local_node.0)
             && let Some(record) = entry.value()
-            && let Ok(member) = check_record(&federation, &self.local_node.0, entry.stamp(), record)
+            && let Ok(own) = fresh(&federation, &self.local_node.0, entry.stamp(), record)
         {
-            self.directory.members.insert(self.local_node, member);
+            self.directory
+                .identities
+                .insert(self.local_node, own.member.identity.clone());
+            self.directory
+                .by_peer
+                .insert(own.member.peer, self.local_node);
+            self.directory.members.insert(self.local_node, own.member);
         }
         self.start_sync_round(now, true);
         Ok(())
@@ -345,7 +382,7 @@ impl Core {
         self.shared.map.write_with(
             key,
             |key, stamp| {
-                let message = write_message(&federation, key, stamp, &value);
+                let message = write_message(&federation, key, stamp, value.as_deref());
                 let signature = match identity.sign_ed25519(labels::SHARED_WRITE, &message) {
                     Ok(sig) => sig.to_bytes(),
                     Err(e) => {
@@ -353,7 +390,10 @@ impl Core {
                         Vec::new()
                     }
                 };
-                Some(SharedValue { value, signature })
+                Some(SharedValue {
+                    value: value.map(serde_bytes::ByteBuf::from),
+                    signature,
+                })
             },
             &mut self.clock,
             now,
@@ -368,13 +408,23 @@ impl Core {
     /// Pulls both maps from every peer this node holds a session with.
     /// `notify` asks each peer to pull back at once (this node has news).
     pub(super) fn start_sync_round(&mut self, now: u64, notify: bool) {
-        for peer in self.session_peers() {
+        let mut peers = self.session_peers();
+        if !notify {
+            // Periodic anti-entropy with a few random peers per round, as
+            // gossip does; news travels at once through `notify`.
+            super::peers::shuffle(&mut peers, &mut self.rng);
+            peers.truncate(self.config.timing.sync_peers);
+        }
+        for peer in peers {
             self.sync_with(peer, now, notify);
         }
     }
 
     pub(super) fn sync_with(&mut self, peer: PeerId, now: u64, notify: bool) {
-        let full = self.sync_round % self.config.timing.full_sync_every == 0 && !notify;
+        let full = self
+            .sync_round
+            .is_multiple_of(self.config.timing.full_sync_every)
+            && !notify;
         for map in [MapName::Directory, MapName::Shared] {
             let request = match map {
                 MapName::Directory => {
@@ -521,6 +571,8 @@ impl Core {
             return Err(Rejected::Unusable("the directory is full"));
         }
         let federation = self.config.federation;
+        // Check every entry this node does not hold at that stamp already, once.
+        let mut checked = Vec::new();
         for (key, entry) in delta.entries() {
             let held = self.directory.map.entry(key).map(|e| e.stamp());
             if held == Some(entry.stamp()) {
@@ -529,7 +581,7 @@ impl Core {
             let record = entry
                 .value()
                 .ok_or(Rejected::Forged("directory tombstone"))?;
-            check_record(&federation, key, entry.stamp(), record).map_err(Rejected::Forged)?;
+            checked.push(fresh(&federation, key, entry.stamp(), record).map_err(Rejected::Forged)?);
         }
         let applied = self
             .directory
@@ -537,7 +589,7 @@ impl Core {
             .ingest_trusted_delta(delta, &mut self.clock, now)
             .map_err(|_| Rejected::Unusable("clock skew"))?;
         self.directory
-            .refresh(&federation, self.config.admission.as_ref(), now);
+            .adopt(checked, &federation, self.config.admission.as_ref(), now);
         let next = match applied.next {
             Some(r) => Some(
                 r.encode(limits)
@@ -588,7 +640,12 @@ impl Core {
             identity
                 .verify_ed25519(
                     labels::SHARED_WRITE,
-                    &write_message(&federation, key, entry.stamp(), &value.value),
+                    &write_message(
+                        &federation,
+                        key,
+                        entry.stamp(),
+                        value.value.as_ref().map(|v| v.as_slice()),
+                    ),
                     &signature,
                 )
                 .map_err(|_| Rejected::Forged("write signature does not verify"))?;

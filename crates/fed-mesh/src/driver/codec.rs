@@ -168,20 +168,31 @@ mod tests {
                 .unwrap();
             assert_eq!(got, b"hello");
 
-            // A length over the limit fails at once, naming the size, whatever follows.
+            // A length over the limit is not read: the request comes up as a
+            // marker the driver turns into a cut-off; a response fails, naming the size.
             let mut huge = u32::MAX.to_be_bytes().to_vec();
             huge.extend_from_slice(b"x");
+            let marker = codec
+                .read_request(&proto(), &mut Cursor::new(huge.clone()))
+                .await
+                .unwrap();
+            assert_eq!(marker, OVERSIZED);
             let e = codec
-                .read_request(&proto(), &mut Cursor::new(huge))
+                .read_response(&proto(), &mut Cursor::new(huge))
                 .await
                 .unwrap_err();
             assert_eq!(
                 FrameError::of(&e),
                 Some(FrameError::Oversized {
                     len: u32::MAX as usize,
-                    max: 8
+                    max: 16
                 })
             );
+            let zero = codec
+                .read_request(&proto(), &mut Cursor::new(vec![0, 0, 0, 0]))
+                .await
+                .unwrap();
+            assert_eq!(zero, MALFORMED);
             // Truncated input is an IO error, not a panic.
             let e = codec
                 .read_request(&proto(), &mut Cursor::new(vec![0, 0, 0, 5, 1]))

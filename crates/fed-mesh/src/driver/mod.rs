@@ -353,13 +353,11 @@ impl Driver {
                 endpoint,
                 num_established,
                 ..
-            } => {
-                if num_established.get() == 1 {
-                    let addr = endpoint
-                        .is_dialer()
-                        .then(|| endpoint.get_remote_address().clone());
-                    self.core.handle_connected(peer_id, addr, now);
-                }
+            } if num_established.get() == 1 => {
+                let addr = endpoint
+                    .is_dialer()
+                    .then(|| endpoint.get_remote_address().clone());
+                self.core.handle_connected(peer_id, addr, now);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -370,10 +368,8 @@ impl Driver {
                 peer_id: Some(peer),
                 error,
                 ..
-            } => {
-                if !self.swarm.is_connected(&peer) {
-                    self.core.handle_dial_failed(peer, error.to_string(), now);
-                }
+            } if !self.swarm.is_connected(&peer) => {
+                self.core.handle_dial_failed(peer, error.to_string(), now);
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 if !self.listen_addrs.contains(&address) {

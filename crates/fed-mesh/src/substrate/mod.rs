@@ -182,6 +182,11 @@ pub trait Substrate: Send + Sync + 'static {
     /// How many patterns are held.
     async fn len(&self) -> usize;
 
+    /// Whether no pattern is held.
+    async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
+
     /// Applies a committed update. The default stores and removes patterns and
     /// ignores opaque updates.
     async fn apply(&self, update: &StateUpdate) -> Result<(), SubstrateError> {
