@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use fed_crypto::NodeId;
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 
 use crate::{substrate::SubstrateError, wire::Refusal};
 

@@ -4,8 +4,10 @@
 #![warn(missing_docs)]
 
 pub mod core;
+#[cfg(feature = "node")]
 mod driver;
 mod error;
+#[cfg(feature = "node")]
 mod mesh;
 pub mod substrate;
 mod types;
@@ -21,14 +23,18 @@ pub use fed_handshake as handshake;
 pub use fed_onion as onion;
 #[doc(inline)]
 pub use fed_pbft as pbft;
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p_identity::PeerId;
+pub use multiaddr::Multiaddr;
 
 pub use crate::{
     core::{Limits, Timing},
-    driver::TransportConfig,
     error::{Error, Result},
-    mesh::{FederatedMesh, MeshBuilder, MeshConfig},
     types::*,
+};
+#[cfg(feature = "node")]
+pub use crate::{
+    driver::TransportConfig,
+    mesh::{FederatedMesh, MeshBuilder, MeshConfig},
 };
 
 /// Proptest cases: `default`, or `FED_PROPTEST_CASES`.

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use fed_crypto::NodeId;
 use fed_handshake::Capabilities;
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as AddrProtocol};
+use libp2p_identity::PeerId;
+use multiaddr::{Multiaddr, Protocol as AddrProtocol};
 
 use crate::{
     error::Error,

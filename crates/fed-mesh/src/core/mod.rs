@@ -35,7 +35,8 @@ use std::{
 use fed_crdt::{HlcClock, ReplicaId};
 use fed_crypto::{Identity, NodeId, PublicIdentity};
 use fed_handshake::{AdmissionPolicy, AdmissionProof, Capabilities, FederationId, FederationToken};
-use libp2p::{Multiaddr, PeerId};
+use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 
 pub use self::limits::{Limits, Timing};
@@ -594,19 +595,21 @@ impl std::fmt::Debug for Core {
 
 /// The libp2p peer id of an identity's Ed25519 key.
 pub fn peer_id_of_identity(identity: &PublicIdentity) -> Option<PeerId> {
-    let key =
-        libp2p::identity::ed25519::PublicKey::try_from_bytes(identity.ed25519_bytes()).ok()?;
-    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
+    let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(identity.ed25519_bytes()).ok()?;
+    Some(libp2p_identity::PublicKey::from(key).to_peer_id())
 }
 
 /// The Ed25519 key a peer id names, if it names one inline (every libp2p
-/// Ed25519 peer id does).
+/// Ed25519 peer id does: an identity multihash, code 0, of the protobuf-encoded
+/// public key).
 pub fn ed25519_key_of(peer: &PeerId) -> Option<[u8; 32]> {
-    let multihash: &libp2p::multihash::Multihash<64> = peer.as_ref();
-    if multihash.code() != 0 {
+    let bytes = peer.to_bytes();
+    let (&code, rest) = bytes.split_first()?;
+    let (&len, key) = rest.split_first()?;
+    if code != 0 || usize::from(len) != key.len() {
         return None;
     }
-    let key = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
+    let key = libp2p_identity::PublicKey::try_decode_protobuf(key).ok()?;
     Some(key.try_into_ed25519().ok()?.to_bytes())
 }
 
@@ -639,9 +642,12 @@ mod tests {
             let peer = peer_id_of_identity(id.public()).unwrap();
             assert_eq!(ed25519_key_of(&peer), Some(*id.public().ed25519_bytes()));
             let keypair =
-                libp2p::identity::Keypair::ed25519_from_bytes(*id.ed25519_secret_bytes()).unwrap();
+                libp2p_identity::Keypair::ed25519_from_bytes(*id.ed25519_secret_bytes()).unwrap();
             assert_eq!(keypair.public().to_peer_id(), peer);
         }
-        assert_eq!(ed25519_key_of(&PeerId::random()), None);
+        // A SHA-256 peer id (an RSA key's) names no key inline.
+        let mut sha = vec![0x12, 0x20];
+        sha.extend_from_slice(&[7; 32]);
+        assert_eq!(ed25519_key_of(&PeerId::from_bytes(&sha).unwrap()), None);
     }
 }

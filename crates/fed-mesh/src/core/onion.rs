@@ -12,7 +12,7 @@ use fed_onion::{
     BuildOptions, KeyEpoch, OnionKey, OnionKeyCertificate, PendingReply, Processed, Relay,
     RelayConfig, ReplyHandle, ReplyPacket, SizeClass,
 };
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use rand_chacha::{ChaCha20Rng, rand_core::Rng};
 
 use super::{

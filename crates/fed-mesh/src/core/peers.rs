@@ -15,7 +15,8 @@ use fed_handshake::{
     FederationToken, Initiator, InitiatorConfig, Responder, ResponderConfig, ResponderTrust,
     Session,
 };
-use libp2p::{Multiaddr, PeerId};
+use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
 
 use super::{
     Action, CommandId, Completion, Core, InboundId, InboundProblem, OutboundId, SendFailure,
@@ -872,6 +873,32 @@ impl Core {
             self.cut_off(peer, CutOffReason::Malformed, now);
             return;
         };
+        self.after_open(
+            peer,
+            protocol,
+            id,
+            sid,
+            &plaintext,
+            token_check,
+            max_in_flight,
+            now,
+        );
+    }
+
+    /// A request whose frame opened in session `sid`: authorisation, limits,
+    /// then the protocol's handler.
+    #[allow(clippy::too_many_arguments)] // the request and what opening it found
+    fn after_open(
+        &mut self,
+        peer: PeerId,
+        protocol: Protocol,
+        id: InboundId,
+        sid: [u8; SESSION_ID_LEN],
+        plaintext: &[u8],
+        token_check: Result<(), Refusal>,
+        max_in_flight: u32,
+        now: u64,
+    ) {
         self.inbound.insert(id, InboundCtx { peer, session: sid });
         if let Err(refusal) = token_check {
             self.refuse(id, refusal, now);
@@ -895,11 +922,47 @@ impl Core {
             return;
         }
         match protocol {
-            Protocol::Query => self.on_query_request(peer, id, &plaintext, now),
-            Protocol::Onion => self.on_onion_request(peer, id, &plaintext, now),
-            Protocol::Sync => self.on_sync_request(peer, id, &plaintext, now),
+            Protocol::Query => self.on_query_request(peer, id, plaintext, now),
+            Protocol::Onion => self.on_onion_request(peer, id, plaintext, now),
+            Protocol::Sync => self.on_sync_request(peer, id, plaintext, now),
             Protocol::Handshake => {}
         }
+    }
+
+    /// Fuzzing hook: a request from `peer` whose channel frame opened to
+    /// `plaintext` in the peer's current inbound session. Everything after
+    /// decryption (authorisation, limits, decoding, the handler) runs as in
+    /// [`handle_request`](Self::handle_request).
+    #[cfg(feature = "fuzzing")]
+    pub fn handle_opened_request(
+        &mut self,
+        peer: PeerId,
+        protocol: Protocol,
+        id: InboundId,
+        plaintext: &[u8],
+        now: u64,
+    ) {
+        let Some(s) = self.peers.get(&peer).and_then(|p| p.inb.as_ref()) else {
+            return;
+        };
+        let sid = s.id;
+        let max_in_flight = s.session.token.body().capabilities.limits.max_in_flight;
+        let check = check_token(
+            &s.session.token,
+            capability_for(protocol),
+            now,
+            &self.revoked,
+        );
+        self.after_open(
+            peer,
+            protocol,
+            id,
+            sid,
+            plaintext,
+            check,
+            max_in_flight,
+            now,
+        );
     }
 
     fn refuse_plain(&mut self, id: InboundId, refusal: Refusal) {

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use fed_crdt::{Hit, Hlc, QueryResponse as CrdtResponse, ReconcileConfig, Reconciler, ReplicaId};
 use fed_crypto::{HybridSignature, NodeId};
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use rand_chacha::rand_core::Rng;
 
 use super::{

@@ -19,7 +19,8 @@ use fed_crdt::{Codec, Hlc, Limits as CrdtLimits, LwwMap, MapDelta, SyncRequest};
 use fed_crypto::{HybridSignature, NodeId, PublicIdentity};
 use fed_handshake::{AdmissionPolicy, AdmissionProof, FederationId};
 use fed_onion::OnionKeyCertificate;
-use libp2p::{Multiaddr, PeerId};
+use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
 
 use super::{Core, InboundId, labels, peer_id_of_identity, peers::Purpose};
 use crate::{
