@@ -157,6 +157,7 @@ impl Core {
                     qid,
                     Child {
                         node: Some(target),
+                        peer: None,
                         id: child_id,
                         status: Some(PeerStatus::Unreachable),
                         onion: None,
@@ -170,6 +171,7 @@ impl Core {
             qid,
             Child {
                 node: Some(target),
+                peer: None,
                 id: child_id,
                 status: None,
                 onion: Some(OnionChild {

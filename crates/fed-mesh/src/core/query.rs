@@ -75,6 +75,8 @@ enum LocalSearch {
 pub(crate) struct Child {
     /// The node whose answer this child brings (for onion children, the target).
     pub(crate) node: Option<NodeId>,
+    /// The peer the request went to (none for onion children).
+    pub(crate) peer: Option<PeerId>,
     /// The query id the answer must be signed for.
     pub(crate) id: [u8; QUERY_ID_LEN],
     pub(crate) status: Option<PeerStatus>,
@@ -100,6 +102,8 @@ struct Query {
     /// Other previous hops that sent the same query, waiting for this node's
     /// own answer (bounded by [`MAX_WAITING_DUPLICATES`]).
     duplicates: Vec<InboundId>,
+    /// The peers that sent it (never forwarded back to).
+    asked_by: Vec<PeerId>,
 }
 
 /// Duplicates of one query a node holds open until its own answer is ready.
@@ -109,7 +113,8 @@ const MAX_WAITING_DUPLICATES: usize = 16;
 pub(crate) struct Queries {
     /// Ordered, so that deadlines are handled in a deterministic order.
     active: BTreeMap<[u8; QUERY_ID_LEN], Query>,
-    seen: HashMap<[u8; QUERY_ID_LEN], u64>,
+    /// Query ids seen: until when, and the most hops left any copy had.
+    seen: HashMap<[u8; QUERY_ID_LEN], (u64, u8)>,
     seen_order: VecDeque<([u8; QUERY_ID_LEN], u64)>,
     capacity: usize,
     searches: HashMap<SearchId, SearchFor>,
@@ -134,23 +139,27 @@ impl Queries {
         self.searches.insert(id, purpose);
     }
 
-    /// Records `id` as seen until `until`; false if it was seen already.
-    fn mark_seen(&mut self, id: [u8; QUERY_ID_LEN], until: u64, now: u64) -> bool {
+    /// Records a copy of query `id` with `hops` left, remembered until `until`.
+    /// Returns `None` for the first copy, else the most hops left of the
+    /// copies before.
+    fn mark_seen(&mut self, id: [u8; QUERY_ID_LEN], until: u64, hops: u8, now: u64) -> Option<u8> {
         while let Some(&(old, expiry)) = self.seen_order.front() {
             if expiry > now && self.seen.len() < self.capacity {
                 break;
             }
             self.seen_order.pop_front();
-            if self.seen.get(&old) == Some(&expiry) {
+            if self.seen.get(&old).map(|s| s.0) == Some(expiry) {
                 self.seen.remove(&old);
             }
         }
-        if self.seen.contains_key(&id) {
-            return false;
+        if let Some(seen) = self.seen.get_mut(&id) {
+            let before = seen.1;
+            seen.1 = seen.1.max(hops);
+            return Some(before);
         }
-        self.seen.insert(id, until);
+        self.seen.insert(id, (until, hops));
         self.seen_order.push_back((id, until));
-        true
+        None
     }
 
     fn count(&self, local: bool) -> usize {
@@ -330,7 +339,7 @@ impl Core {
             embeddings: options.include_embeddings,
         };
         let digest = query_digest(&request);
-        self.queries.mark_seen(id, deadline, now);
+        self.queries.mark_seen(id, deadline, u8::MAX, now);
         let search = self.next_search_id();
         self.queries.add_search(search, SearchFor::Query(id));
         self.push(super::Action::Search {
@@ -351,6 +360,7 @@ impl Core {
                 responses: BTreeMap::new(),
                 reports: Vec::new(),
                 duplicates: Vec::new(),
+                asked_by: Vec::new(),
             },
         );
         match (scope, onion) {
@@ -451,6 +461,7 @@ impl Core {
             child,
             Child {
                 node,
+                peer: Some(peer),
                 id,
                 status: None,
                 onion: None,
@@ -465,6 +476,34 @@ impl Core {
             Purpose::Query(ChildKey { query: id, child }),
             now,
         );
+    }
+
+    /// Forwards query `id` again with its (raised) hop budget: to the peers it
+    /// went to before, so that they extend their reach in turn, and to others
+    /// up to the fan-out. Never back to a peer that sent it.
+    fn extend_reach(&mut self, id: [u8; QUERY_ID_LEN], now: u64) {
+        let Some(q) = self.queries.active.get(&id) else {
+            return;
+        };
+        if q.request.hops_left == 0 {
+            return;
+        }
+        let fanout = usize::from(q.request.fanout);
+        let mut targets: Vec<PeerId> = q.children.values().filter_map(|c| c.peer).collect();
+        targets.sort();
+        targets.dedup();
+        targets.retain(|p| !q.asked_by.contains(p));
+        let mut others: Vec<PeerId> = self
+            .session_peers()
+            .into_iter()
+            .filter(|p| !q.asked_by.contains(p) && !targets.contains(p))
+            .collect();
+        shuffle(&mut others, &mut self.rng);
+        targets.extend(others);
+        targets.truncate(fanout);
+        for peer in targets {
+            self.forward(id, peer, now);
+        }
     }
 
     /// Adds a child to query `id` and returns its key (for onion children).
@@ -496,10 +535,16 @@ impl Core {
         }
         let budget = u64::from(request.budget_ms.min(MAX_BUDGET_MS));
         let deadline = now.saturating_add(budget * 9 / 10);
-        if !self
+        let hops = request.hops_left.min(self.config.limits.max_hops);
+        let seen = self
             .queries
-            .mark_seen(request.id, now.saturating_add(budget), now)
-        {
+            .mark_seen(request.id, now.saturating_add(budget), hops, now);
+        // A copy that may travel further than every copy before it, once this
+        // node has answered those (a copy that came a longer way round arrived
+        // first), is served again as a new query.
+        let further = seen.is_some_and(|before| hops > before)
+            && !self.queries.active.contains_key(&request.id);
+        if seen.is_some() && !further {
             self.stats.query_duplicates += 1;
             // Reached again by another path: give that path this node's own
             // signed answer too (not its subtree's), so that losing one path
@@ -510,6 +555,19 @@ impl Core {
                 && q.digest == digest
                 && matches!(q.origin, Origin::Remote { .. })
             {
+                if !q.asked_by.contains(&peer) {
+                    q.asked_by.push(peer);
+                }
+                if hops > q.request.hops_left {
+                    // This copy may travel further than the one that arrived
+                    // first (which came a longer way round): forward it again, so
+                    // that the first copy's shorter reach does not cut the query's.
+                    q.request.hops_left = hops;
+                    self.extend_reach(request.id, now);
+                }
+                let Some(q) = self.queries.active.get_mut(&request.id) else {
+                    return;
+                };
                 match (&q.local, q.responses.get(&local)) {
                     (LocalSearch::Pending, _) if q.duplicates.len() < MAX_WAITING_DUPLICATES => {
                         q.duplicates.push(id);
@@ -568,6 +626,7 @@ impl Core {
                 responses: BTreeMap::new(),
                 reports: Vec::new(),
                 duplicates: Vec::new(),
+                asked_by: vec![peer],
             },
         );
         if forward {

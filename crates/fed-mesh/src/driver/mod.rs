@@ -533,8 +533,11 @@ impl Driver {
                 }
                 Action::Dial { peer, addrs } => {
                     let opts = DialOpts::peer_id(peer).addresses(addrs).build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        self.core.handle_dial_failed(peer, e.to_string(), now_ms());
+                    match self.swarm.dial(opts) {
+                        // Already connected or dialling: the core hears of that
+                        // connection (or of that dial failing) anyway.
+                        Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                        Err(e) => self.core.handle_dial_failed(peer, e.to_string(), now_ms()),
                     }
                 }
                 Action::Ban { peer } => {

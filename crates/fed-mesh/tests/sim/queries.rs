@@ -80,10 +80,10 @@ fn measure(sim: &mut Sim, fanout: u8, hops: u8, queries: usize) -> Measure {
             .map(|x| x.core.stats().queries_served)
             .sum::<u64>()
             - before_served;
-        // Each node forwards a query id at most once (when it first serves it),
-        // to at most `fanout` peers.
+        // Each node forwards a query id to at most `fanout` peers, again only
+        // when a copy with more hops left arrives: at most `hops` times.
         assert!(
-            requests <= u64::from(fanout) * (served + 1),
+            requests <= u64::from(fanout) * u64::from(hops) * (served + 1),
             "seed {}: {requests} requests for {served} nodes serving at fan-out {fanout}",
             sim.seed
         );
