@@ -56,7 +56,9 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("substrate_100k_x_384");
     group.throughput(Throughput::Bytes(bytes));
     group.sample_size(30);
-    group.bench_function("plain_pass_154MB", |b| b.iter(|| plain_pass(black_box(&flat))));
+    group.bench_function("plain_pass_154MB", |b| {
+        b.iter(|| plain_pass(black_box(&flat)))
+    });
     let query = PatternQuery::new(vector(u64::MAX), 10);
     group.bench_function("memory_substrate_top10", |b| {
         b.iter(|| substrate.query(black_box(&query)).unwrap())

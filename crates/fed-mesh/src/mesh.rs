@@ -127,6 +127,13 @@ impl MeshBuilder {
     /// [`FederatedMesh::shutdown`] or until every handle is dropped.
     pub async fn start(self) -> Result<FederatedMesh> {
         let config = self.config;
+        let needed = config.capabilities.limits.max_message_bytes as usize + 4096;
+        if config.limits.max_frame_bytes < needed.min((16 << 20) + 4096) {
+            return Err(Error::Config(format!(
+                "limits.max_frame_bytes ({}) must be at least capabilities.limits.max_message_bytes + 4096 ({needed})",
+                config.limits.max_frame_bytes
+            )));
+        }
         let substrate = self
             .substrate
             .unwrap_or_else(|| Arc::new(MemorySubstrate::new()));

@@ -21,6 +21,8 @@
 //! The libp2p driver (`crate::driver`) does exactly this over a `Swarm` on tokio;
 //! the test simulator does it for hundreds of cores under one virtual clock.
 
+#[cfg(test)]
+mod defences;
 mod limits;
 mod onion;
 mod peers;
@@ -63,6 +65,8 @@ pub mod labels {
     pub const QUERY_DIGEST: &str = "exo-federation v1 mesh query digest";
     /// Signature of a node's answer to a query.
     pub const QUERY_RESPONSE: &str = "exo-federation v1 mesh query response";
+    /// A node's internal key of a query (never on the wire).
+    pub const QUERY_KEY: &str = "exo-federation v1 mesh query key";
     /// Signature of a member's directory record.
     pub const MEMBER_RECORD: &str = "exo-federation v1 mesh member record";
     /// Signature of a write to the shared map.
@@ -72,6 +76,7 @@ pub mod labels {
         CHANNEL_BINDING,
         QUERY_DIGEST,
         QUERY_RESPONSE,
+        QUERY_KEY,
         MEMBER_RECORD,
         SHARED_WRITE,
     ];
@@ -307,6 +312,7 @@ pub struct Core {
     inbound: HashMap<InboundId, peers::InboundCtx>,
     next_outbound: u64,
     next_search: u64,
+    next_attempt: u64,
     queries: Queries,
     onion: OnionState,
     directory: Directory,
@@ -347,6 +353,7 @@ impl Core {
             inbound: HashMap::new(),
             next_outbound: 1,
             next_search: 1,
+            next_attempt: 0,
             queries: Queries::new(&config.limits),
             onion,
             directory: Directory::default(),
@@ -570,7 +577,10 @@ impl Core {
         {
             return Some(identity);
         }
-        self.directory.identity(node)
+        self.directory
+            .members()
+            .get(node)
+            .map(|m| m.identity.clone())
     }
 
     /// The peer id of a node, from the sessions or the directory.

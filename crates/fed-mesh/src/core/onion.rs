@@ -247,6 +247,11 @@ impl Core {
             }
             Processed::Deliver(delivery) => {
                 self.stats.onion_delivered += 1;
+                if self.queries.served_now() >= self.config.limits.max_remote_queries {
+                    self.count_drop("overloaded");
+                    self.answer_onion(inbound, None);
+                    return;
+                }
                 let request = wire::decode_body::<QueryRequest>(
                     &delivery.payload,
                     Kind::QueryRequest,
@@ -265,6 +270,7 @@ impl Core {
                 let digest = query::query_digest(&request);
                 let search = self.next_search_id();
                 let pattern_query = query::to_pattern_query(&request);
+                self.queries.deliveries += 1;
                 self.queries.add_search(
                     search,
                     SearchFor::Onion(Box::new(DeliverCtx {
@@ -296,6 +302,7 @@ impl Core {
         result: std::result::Result<Vec<ScoredPattern>, SubstrateError>,
         _now: u64,
     ) {
+        self.queries.deliveries = self.queries.deliveries.saturating_sub(1);
         let top_k = usize::from(ctx.request.top_k);
         let mut hits =
             query::to_wire_hits(result.unwrap_or_default(), ctx.request.embeddings, top_k);
@@ -360,6 +367,7 @@ impl Core {
                     let c = self.queries.child_mut(child)?;
                     let pending = c.onion.as_mut()?.pending.take()?;
                     let target = c.node?;
+                    let child_id = c.id;
                     let reply = ReplyPacket::from_bytes(&response.reply?).ok()?;
                     let payload = pending.open(&reply).ok()?;
                     let answer = wire::decode_body::<QueryResponse>(
@@ -369,14 +377,33 @@ impl Core {
                     )
                     .ok()?;
                     let signed = answer.responses.into_iter().next()?;
-                    (signed.source == target.0).then_some(signed)
+                    (signed.source == target.0).then_some((signed, child_id, target))
                 })();
                 match opened {
-                    Some(signed) => {
+                    Some((signed, child_id, target)) => {
                         let hits = signed.hits.len();
-                        self.queries.add_response(child, signed);
-                        if let Some(c) = self.queries.child_mut(child) {
-                            c.status = Some(PeerStatus::Answered { hits });
+                        let checked = self
+                            .queries
+                            .request(&child.query)
+                            .map(|(r, d)| (r.clone(), d));
+                        let verdict = checked.map(|(request, digest)| {
+                            self.check_answer(&signed, &child_id, &request, &digest, now)
+                        });
+                        match verdict {
+                            Some(Ok(())) => {
+                                self.queries.add_response(child, signed);
+                                if let Some(c) = self.queries.child_mut(child) {
+                                    c.status = Some(PeerStatus::Answered { hits });
+                                }
+                            }
+                            Some(Err(problem)) => {
+                                self.queries.add_rejection(child, target, problem.reason());
+                                if let Some(c) = self.queries.child_mut(child) {
+                                    c.status = Some(PeerStatus::Answered { hits: 0 });
+                                    c.node = None;
+                                }
+                            }
+                            None => {}
                         }
                         self.maybe_finish(child.query, now);
                     }

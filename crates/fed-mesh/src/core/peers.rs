@@ -31,11 +31,15 @@ use crate::{
     },
 };
 
-/// A session this node initiated: it seals its requests to the peer in it.
+/// A session this node initiated: it seals its requests to the peer in it, and
+/// paces them to the token it holds (rate, requests outstanding), so that an
+/// honest node is never refused for going too fast.
 pub(crate) struct OutSession {
     pub(crate) session: Box<Session>,
     pub(crate) id: [u8; SESSION_ID_LEN],
     renew_at: Option<u64>,
+    bucket: TokenBucket,
+    in_flight: u32,
 }
 
 /// A session the peer initiated: its requests arrive in it, authorised by the
@@ -50,12 +54,19 @@ pub(crate) struct InSession {
 struct Handshaking {
     machine: Initiator,
     finishing: bool,
+    /// Which attempt this is, so that an answer to an earlier one is ignored.
+    attempt: u64,
 }
+
+/// How long a peer's strikes are remembered without a new one.
+const STRIKE_MEMORY_MS: u64 = 60_000;
+/// How long before a peer this node's policy refused is asked again.
+const NOT_ADMITTED_BACKOFF_MS: u64 = 10 * 60_000;
 
 /// Why a request was sent, so its answer (or failure) reaches the right place.
 pub(crate) enum Purpose {
-    Hello,
-    Finish,
+    Hello(u64),
+    Finish(u64),
     Query(query::ChildKey),
     Onion(onion::OnionPurpose),
     Sync(MapName),
@@ -70,6 +81,8 @@ pub(crate) struct Pending {
 pub(crate) struct InboundCtx {
     peer: PeerId,
     session: [u8; SESSION_ID_LEN],
+    /// Whether the request counts against the session's requests outstanding.
+    counted: bool,
 }
 
 /// A message waiting for a session with its peer.
@@ -99,12 +112,14 @@ pub(crate) struct Peer {
     expected: Option<NodeId>,
     bootstrap: bool,
     initiator: Option<Handshaking>,
-    responder: Option<Box<Responder>>,
+    /// The peer's handshake towards this node, and when it started.
+    responder: Option<(Box<Responder>, u64)>,
     out: Option<OutSession>,
     out_prev: Option<OutSession>,
     inb: Option<InSession>,
     inb_prev: Option<InSession>,
     strikes: u32,
+    last_strike: u64,
     joiners: Vec<CommandId>,
     queued: VecDeque<Queued>,
     /// No new dial before this time.
@@ -131,12 +146,23 @@ impl Peer {
             inb: None,
             inb_prev: None,
             strikes: 0,
+            last_strike: 0,
             joiners: Vec::new(),
             queued: VecDeque::new(),
             dial_after: 0,
             handshake_after: 0,
             sync: sync::SyncPeer::default(),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn test_out(&mut self) -> Option<&mut OutSession> {
+        self.out.as_mut()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn test_inb(&mut self) -> Option<&mut InSession> {
+        self.inb.as_mut()
     }
 
     /// A member: a session exists in either direction.
@@ -184,7 +210,7 @@ impl Peer {
             self.initiator
                 .as_ref()
                 .and_then(|h| h.machine.poll_timeout()),
-            self.responder.as_ref().and_then(|r| r.poll_timeout()),
+            self.responder.as_ref().and_then(|(r, _)| r.poll_timeout()),
             self.out.as_ref().and_then(|s| s.renew_at),
             self.queued.iter().map(|q| q.expires).min(),
         ]
@@ -300,7 +326,7 @@ impl Core {
         let queued = std::mem::take(&mut p.queued);
         let keep = p.bootstrap || p.expected.is_some();
         if !keep {
-            self.peers.remove(&peer);
+            self.forget_peer(peer);
         }
         for j in joiners {
             self.complete(j, Completion::Joined(Err(Error::Disconnected(peer))));
@@ -310,6 +336,16 @@ impl Core {
         }
         if was_member {
             self.event(MeshEvent::PeerLeft { peer, node });
+        }
+    }
+
+    /// Drops everything the node keeps about `peer`.
+    fn forget_peer(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.remove(&peer)
+            && let Some(node) = p.node
+            && self.by_node.get(&node) == Some(&peer)
+        {
+            self.by_node.remove(&node);
         }
     }
 
@@ -324,6 +360,11 @@ impl Core {
         let joiners = std::mem::take(&mut p.joiners);
         let queued = std::mem::take(&mut p.queued);
         p.dial_after = now.saturating_add(self.config.timing.redial_interval_ms);
+        // Nothing to remember of a peer that is neither wanted nor pinned: its
+        // entry would only grow the table.
+        if !p.bootstrap && p.expected.is_none() && !p.is_member() {
+            self.forget_peer(peer);
+        }
         for j in joiners {
             self.complete(
                 j,
@@ -455,11 +496,20 @@ impl Core {
         self.peers.values().filter(|p| p.out.is_some()).count()
     }
 
-    fn pending_handshakes(&self) -> usize {
+    /// Handshakes this node runs as initiator.
+    fn pending_outbound(&self) -> usize {
         self.peers
             .values()
-            .map(|p| usize::from(p.initiator.is_some()) + usize::from(p.responder.is_some()))
-            .sum()
+            .filter(|p| p.initiator.is_some())
+            .count()
+    }
+
+    /// Handshakes peers run towards this node.
+    pub(super) fn pending_inbound(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.responder.is_some())
+            .count()
     }
 
     fn wants_outbound(&self, peer: &PeerId, now: u64) -> bool {
@@ -476,7 +526,7 @@ impl Core {
         // many connections this node opens, not whom it answers, so a node that
         // others dialled can still be asked by them and ask them.
         now >= p.handshake_after
-            && self.pending_handshakes() < self.config.limits.max_pending_handshakes
+            && self.pending_outbound() < self.config.limits.max_pending_handshakes
     }
 
     // --- Joining ---
@@ -565,13 +615,32 @@ impl Core {
         let Some(hello) = machine.poll_transmit() else {
             return;
         };
+        self.next_attempt += 1;
+        let attempt = self.next_attempt;
         if let Some(p) = self.peers.get_mut(&peer) {
             p.initiator = Some(Handshaking {
                 machine,
                 finishing: false,
+                attempt,
             });
         }
-        self.send_raw(peer, Protocol::Handshake, hello, None, Purpose::Hello);
+        self.send_raw(
+            peer,
+            Protocol::Handshake,
+            hello,
+            None,
+            Purpose::Hello(attempt),
+        );
+    }
+
+    /// Whether this node's admission policy admits `identity` (with the
+    /// admission proof of its directory record, if the directory has one).
+    fn admits(&self, identity: &PublicIdentity, now: u64) -> bool {
+        let proof = self.directory.admission_proof(&identity.node_id());
+        self.config
+            .admission
+            .admit(identity, &proof, &self.config.federation, now)
+            .is_ok()
     }
 
     fn send_raw(
@@ -601,10 +670,19 @@ impl Core {
         id
     }
 
-    fn on_handshake_response(&mut self, peer: PeerId, bytes: &[u8], now: u64) {
+    fn on_handshake_response(&mut self, peer: PeerId, purpose: &Purpose, bytes: &[u8], now: u64) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
+        // An answer to an earlier attempt, or to the other step, is stale.
+        let current = p.initiator.as_ref().is_some_and(|hs| match purpose {
+            Purpose::Hello(a) => hs.attempt == *a && !hs.finishing,
+            Purpose::Finish(a) => hs.attempt == *a && hs.finishing,
+            _ => false,
+        });
+        if !current {
+            return;
+        }
         let Some(mut hs) = p.initiator.take() else {
             return;
         };
@@ -617,8 +695,15 @@ impl Core {
                 return;
             };
             hs.finishing = true;
+            let attempt = hs.attempt;
             p.initiator = Some(hs);
-            self.send_raw(peer, Protocol::Handshake, finish, None, Purpose::Finish);
+            self.send_raw(
+                peer,
+                Protocol::Handshake,
+                finish,
+                None,
+                Purpose::Finish(attempt),
+            );
             return;
         }
         let Some(HsEvent::Established(session)) = hs.machine.poll_event() else {
@@ -635,8 +720,39 @@ impl Core {
             return;
         }
         let node = session.peer.node_id();
+        let expected = self.peers.get(&peer).and_then(|p| p.expected);
+        if expected.is_some_and(|e| e != node) {
+            // Joined through a handshake that started before the caller pinned
+            // the node id: the peer is not who the caller expected.
+            self.handshake_failed(
+                peer,
+                Direction::Outbound,
+                fed_handshake::Error::UnexpectedPeer,
+                now,
+            );
+            return;
+        }
+        // This node's policy decides whom it takes as a member in this direction
+        // too: a peer the user pinned (a join target or bootstrap node), or one
+        // the policy admits. Anyone else gets no session from this node.
+        if expected != Some(node) && !self.admits(&session.peer, now) {
+            self.handshake_failed(
+                peer,
+                Direction::Outbound,
+                fed_handshake::Error::NotAdmitted("the peer is not admitted by this node's policy"),
+                now,
+            );
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.handshake_after = now.saturating_add(NOT_ADMITTED_BACKOFF_MS);
+            }
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
         let id = session_id(&session);
         let token = session.token.clone();
+        let limits = token.body().capabilities.limits;
         let renew_at = if self.config.timing.renew_tokens {
             let expires = token.body().expires_at;
             Some(now.saturating_add(expires.saturating_sub(now) / 4 * 3))
@@ -653,6 +769,8 @@ impl Core {
             session,
             id,
             renew_at,
+            bucket: TokenBucket::new(limits.requests_per_second, now),
+            in_flight: 0,
         });
         let joiners = std::mem::take(&mut p.joiners);
         let queued = std::mem::take(&mut p.queued);
@@ -700,6 +818,12 @@ impl Core {
                     joiners = std::mem::take(&mut p.joiners);
                     queued = std::mem::take(&mut p.queued);
                     expected = p.expected;
+                    // A failed renewal: the current session still works; try again.
+                    if let Some(out) = &mut p.out
+                        && self.config.timing.renew_tokens
+                    {
+                        out.renew_at = Some(p.handshake_after);
+                    }
                 }
                 Direction::Inbound => p.responder = None,
             }
@@ -731,18 +855,31 @@ impl Core {
         let is_hello = bytes.len() > 5 && bytes[..4] == fed_handshake::MAGIC && bytes[5] == 1;
         let has_responder = self.peers.get(&peer).is_some_and(|p| p.responder.is_some());
         if is_hello || !has_responder {
-            let p_has_session = self.peers.get(&peer).is_some_and(|p| p.inb.is_some());
+            let has_session = self.peers.get(&peer).is_some_and(|p| p.inb.is_some());
             let inbound_sessions = self.peers.values().filter(|p| p.inb.is_some()).count();
-            let busy = self.pending_handshakes() >= self.config.limits.max_pending_handshakes
-                || (!p_has_session && inbound_sessions >= self.config.limits.max_inbound_sessions);
-            if busy && !has_responder {
-                // Refuse without state; the initiator sees a malformed answer and
-                // retries later.
+            if !has_session && inbound_sessions >= self.config.limits.max_inbound_sessions {
+                // Full: refuse without state; the initiator sees the stream close.
                 self.push(Action::Respond {
                     id,
                     payload: Vec::new(),
                 });
                 return;
+            }
+            if !has_responder && self.pending_inbound() >= self.config.limits.max_pending_handshakes
+            {
+                // Evict the handshake that started first, rather than refuse:
+                // an honest initiator answers within a round trip, so a flood of
+                // hellos that are never finished cannot keep members out.
+                let oldest = self
+                    .peers
+                    .values()
+                    .filter_map(|p| p.responder.as_ref().map(|(_, t)| (*t, p.peer)))
+                    .min();
+                if let Some((_, evicted)) = oldest
+                    && let Some(p) = self.peers.get_mut(&evicted)
+                {
+                    p.responder = None;
+                }
             }
             let mut config = ResponderConfig::new(
                 self.config.identity.clone(),
@@ -760,7 +897,7 @@ impl Core {
             match Responder::new(Arc::new(config), &binding, now, &mut self.rng) {
                 Ok(r) => {
                     let p = self.peers.entry(peer).or_insert_with(|| Peer::new(peer));
-                    p.responder = Some(Box::new(r));
+                    p.responder = Some((Box::new(r), now));
                 }
                 Err(e) => {
                     self.push(Action::Respond {
@@ -772,7 +909,8 @@ impl Core {
                 }
             }
         }
-        let Some(mut r) = self.peers.get_mut(&peer).and_then(|p| p.responder.take()) else {
+        let Some((mut r, started)) = self.peers.get_mut(&peer).and_then(|p| p.responder.take())
+        else {
             return;
         };
         let result = r.handle_input(bytes, now);
@@ -786,14 +924,20 @@ impl Core {
             payload: answer,
         });
         if let Err(e) = result {
+            // A refusal by this node's policy is no fault of the peer's; anything
+            // else (garbage, a bad signature, a replay) counts against it.
+            let refused = matches!(e, fed_handshake::Error::NotAdmitted(_));
             self.handshake_failed(peer, Direction::Inbound, e, now);
+            if !refused {
+                self.strike(peer, now);
+            }
             return;
         }
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
         match established {
-            None => p.responder = Some(r),
+            None => p.responder = Some((r, started)),
             Some(session) => {
                 let node = session.peer.node_id();
                 let sid = session_id(&session);
@@ -899,7 +1043,14 @@ impl Core {
         max_in_flight: u32,
         now: u64,
     ) {
-        self.inbound.insert(id, InboundCtx { peer, session: sid });
+        self.inbound.insert(
+            id,
+            InboundCtx {
+                peer,
+                session: sid,
+                counted: false,
+            },
+        );
         if let Err(refusal) = token_check {
             self.refuse(id, refusal, now);
             return;
@@ -920,6 +1071,9 @@ impl Core {
         if let Some(refusal) = limited {
             self.refuse(id, refusal, now);
             return;
+        }
+        if let Some(ctx) = self.inbound.get_mut(&id) {
+            ctx.counted = true;
         }
         match protocol {
             Protocol::Query => self.on_query_request(peer, id, plaintext, now),
@@ -977,7 +1131,11 @@ impl Core {
         });
     }
 
-    /// Refuses an inbound request (sealed) and counts a strike against its peer.
+    /// Refuses an inbound request (sealed). A refusal the requester could have
+    /// avoided (no capability, a bad token, a bad request) counts a strike
+    /// against it; one caused by load (its rate, its requests outstanding, this
+    /// node's capacity) does not: an honest node paces itself, and a flood is
+    /// refused cheaply either way.
     pub(super) fn refuse(&mut self, id: InboundId, refusal: Refusal, now: u64) {
         *self
             .stats
@@ -986,8 +1144,12 @@ impl Core {
             .or_default() += 1;
         let peer = self.inbound.get(&id).map(|c| c.peer);
         self.respond_sealed(id, Kind::Refused, &wire::encode(&refusal));
+        let load = matches!(
+            refusal,
+            Refusal::RateLimited | Refusal::TooManyInFlight | Refusal::Overloaded
+        );
         if let Some(peer) = peer
-            && refusal != Refusal::Overloaded
+            && !load
         {
             self.strike(peer, now);
         }
@@ -1001,7 +1163,9 @@ impl Core {
         self.inbound.remove(&id);
     }
 
-    /// Answers an inbound request, sealed in the session it came in.
+    /// Answers an inbound request, sealed in the session it came in. An answer
+    /// too large for the session's channel is replaced by an `Overloaded`
+    /// refusal, so the requester is never left waiting.
     pub(super) fn respond_sealed(&mut self, id: InboundId, kind: Kind, body: &[u8]) {
         let Some(ctx) = self.inbound.remove(&id) else {
             return;
@@ -1013,16 +1177,46 @@ impl Core {
         else {
             return;
         };
-        s.in_flight = s.in_flight.saturating_sub(1);
-        match s.session.channel.seal(&wire::envelope(kind, body)) {
-            Ok(frame) => {
-                let mut payload = Vec::with_capacity(1 + frame.len());
-                payload.push(wire::RESPONSE_SEALED);
-                payload.extend_from_slice(&frame);
-                self.push(Action::Respond { id, payload });
-            }
-            Err(e) => tracing::warn!(peer = %ctx.peer, error = %e, "could not seal a response"),
+        if ctx.counted {
+            s.in_flight = s.in_flight.saturating_sub(1);
         }
+        let sealed = s
+            .session
+            .channel
+            .seal(&wire::envelope(kind, body))
+            .or_else(|e| {
+                tracing::warn!(peer = %ctx.peer, error = %e, "could not seal a response");
+                let refusal = wire::envelope(Kind::Refused, &wire::encode(&Refusal::Overloaded));
+                s.session.channel.seal(&refusal)
+            });
+        if let Ok(frame) = sealed {
+            let mut payload = Vec::with_capacity(1 + frame.len());
+            payload.push(wire::RESPONSE_SEALED);
+            payload.extend_from_slice(&frame);
+            self.push(Action::Respond { id, payload });
+        }
+    }
+
+    /// The largest answer the inbound request `id` can take: its session's
+    /// channel payload limit.
+    pub(super) fn answer_limit(&self, id: InboundId) -> usize {
+        let negotiated = self
+            .inbound
+            .get(&id)
+            .and_then(|c| {
+                let p = self.peers.get(&c.peer)?;
+                [p.inb.as_ref(), p.inb_prev.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s.id == c.session)
+            })
+            .map_or(fed_handshake::MAX_MESSAGE_LEN, |s| {
+                s.session.capabilities.limits.max_message_bytes as usize
+            });
+        negotiated.clamp(
+            fed_handshake::MAX_MESSAGE_LEN,
+            fed_crypto::MAX_PAYLOAD_LIMIT,
+        )
     }
 
     /// Whether this node holds an outbound session with `peer`.
@@ -1042,8 +1236,11 @@ impl Core {
         out
     }
 
-    /// Seals `plaintext` in the outbound session with `peer` and sends it; a
-    /// failure to do so goes to the purpose at once.
+    /// Seals `plaintext` in the outbound session with `peer` and sends it, if the
+    /// token this node holds allows it: the protocol's capability, not expired,
+    /// within its rate and requests outstanding. Otherwise the purpose fails at
+    /// once with the refusal the peer would give (an expired token also starts
+    /// a new handshake).
     pub(super) fn send_sealed(
         &mut self,
         peer: PeerId,
@@ -1052,19 +1249,50 @@ impl Core {
         purpose: Purpose,
         now: u64,
     ) {
-        let sealed = self.peers.get_mut(&peer).and_then(|p| {
-            let s = p.out.as_mut()?;
-            let frame = s.session.channel.seal(plaintext).ok()?;
-            let mut payload = Vec::with_capacity(SESSION_ID_LEN + frame.len());
-            payload.extend_from_slice(&s.id);
-            payload.extend_from_slice(&frame);
-            Some((payload, s.id))
-        });
+        let sealed = match self.peers.get_mut(&peer).and_then(|p| p.out.as_mut()) {
+            None => Err(Failure::Unreachable),
+            Some(s) => {
+                let body = s.session.token.body();
+                let limits = body.capabilities.limits;
+                if now >= body.expires_at {
+                    Err(Failure::Refused(Refusal::TokenExpired))
+                } else if !body.capabilities.allows(capability_for(protocol)) {
+                    Err(Failure::Refused(Refusal::CapabilityDenied))
+                } else if s.in_flight >= limits.max_in_flight {
+                    Err(Failure::Refused(Refusal::TooManyInFlight))
+                } else if !s.bucket.take(now) {
+                    Err(Failure::Refused(Refusal::RateLimited))
+                } else {
+                    match s.session.channel.seal(plaintext) {
+                        Err(_) => Err(Failure::Unreachable),
+                        Ok(frame) => {
+                            s.in_flight += 1;
+                            let mut payload = Vec::with_capacity(SESSION_ID_LEN + frame.len());
+                            payload.extend_from_slice(&s.id);
+                            payload.extend_from_slice(&frame);
+                            Ok((payload, s.id))
+                        }
+                    }
+                }
+            }
+        };
         match sealed {
-            Some((payload, sid)) => {
+            Ok((payload, sid)) => {
                 self.send_raw(peer, protocol, payload, Some(sid), purpose);
             }
-            None => self.fail_purpose(peer, purpose, Failure::Unreachable, now),
+            Err(failure) => {
+                if failure == Failure::Refused(Refusal::TokenExpired) {
+                    self.session_lost(peer, now);
+                }
+                self.fail_purpose(peer, purpose, failure, now);
+            }
+        }
+    }
+
+    /// A sealed request in session `sid` to `peer` is over: one less outstanding.
+    fn settle(&mut self, peer: &PeerId, sid: Option<[u8; SESSION_ID_LEN]>) {
+        if let Some(s) = sid.and_then(|sid| self.peers.get_mut(peer)?.out_session(&sid)) {
+            s.in_flight = s.in_flight.saturating_sub(1);
         }
     }
 
@@ -1122,10 +1350,16 @@ impl Core {
             return;
         };
         let peer = pending.peer;
-        if matches!(pending.purpose, Purpose::Hello | Purpose::Finish) {
-            self.on_handshake_response(peer, &bytes, now);
+        if matches!(pending.purpose, Purpose::Hello(_) | Purpose::Finish(_)) {
+            self.on_handshake_response(peer, &pending.purpose, &bytes, now);
             return;
         }
+        self.settle(&peer, pending.session);
+        let current = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.out.as_ref())
+            .map(|s| s.id);
         let opened = match parse_response(&bytes) {
             Err(_) => Err(()),
             Ok(RawResponse::Refused(refusal)) => Ok(Err(refusal)),
@@ -1137,7 +1371,7 @@ impl Core {
                     .and_then(|p| session.and_then(|sid| p.out_session(&sid)));
                 match s {
                     // The session ended meanwhile: the answer cannot be read.
-                    None => Ok(Err(Refusal::NoSession)),
+                    None => Ok(Err(Refusal::Overloaded)),
                     Some(s) => match s.session.channel.open(frame) {
                         Ok(plaintext) => Ok(Ok(plaintext)),
                         Err(_) => Err(()),
@@ -1152,16 +1386,20 @@ impl Core {
                 return;
             }
             Ok(Err(refusal)) => {
-                if refusal == Refusal::NoSession {
-                    self.session_lost(peer, now);
-                }
-                self.fail_purpose(peer, pending.purpose, Failure::Refused(refusal), now);
+                self.refused_by_peer(peer, pending.session, current, refusal, now);
+                let failure = if pending.session == current {
+                    Failure::Refused(refusal)
+                } else {
+                    Failure::Unreachable
+                };
+                self.fail_purpose(peer, pending.purpose, failure, now);
                 return;
             }
             Ok(Ok(plaintext)) => plaintext,
         };
         if let Ok((Kind::Refused, body)) = wire::open_envelope(&plaintext) {
             let refusal = wire::decode::<Refusal>(body, "refusal").unwrap_or(Refusal::Malformed);
+            self.refused_by_peer(peer, pending.session, current, refusal, now);
             self.fail_purpose(peer, pending.purpose, Failure::Refused(refusal), now);
             return;
         }
@@ -1169,7 +1407,30 @@ impl Core {
             Purpose::Query(child) => self.on_query_response(peer, child, &plaintext, now),
             Purpose::Onion(o) => self.on_onion_response(peer, o, &plaintext, now),
             Purpose::Sync(map) => self.on_sync_response(peer, map, &plaintext, now),
-            Purpose::Hello | Purpose::Finish => {}
+            Purpose::Hello(_) | Purpose::Finish(_) => {}
+        }
+    }
+
+    /// The peer refused a request sealed in session `sent_in`. If that is the
+    /// current session and the refusal says the session or its token is no
+    /// good any more, handshake again.
+    fn refused_by_peer(
+        &mut self,
+        peer: PeerId,
+        sent_in: Option<[u8; SESSION_ID_LEN]>,
+        current: Option<[u8; SESSION_ID_LEN]>,
+        refusal: Refusal,
+        now: u64,
+    ) {
+        let stale = matches!(
+            refusal,
+            Refusal::NoSession
+                | Refusal::TokenExpired
+                | Refusal::TokenRevoked
+                | Refusal::TokenInvalid
+        );
+        if stale && sent_in.is_some() && sent_in == current {
+            self.session_lost(peer, now);
         }
     }
 
@@ -1180,7 +1441,15 @@ impl Core {
         };
         let peer = pending.peer;
         match pending.purpose {
-            Purpose::Hello | Purpose::Finish => {
+            Purpose::Hello(attempt) | Purpose::Finish(attempt) => {
+                let current = self
+                    .peers
+                    .get(&peer)
+                    .and_then(|p| p.initiator.as_ref())
+                    .is_some_and(|hs| hs.attempt == attempt);
+                if !current {
+                    return;
+                }
                 let error = fed_handshake::Error::Malformed(match failure {
                     SendFailure::Timeout => "no answer from the peer",
                     SendFailure::ConnectionClosed => "the connection closed",
@@ -1192,6 +1461,7 @@ impl Core {
                 self.handshake_failed(peer, Direction::Outbound, error, now);
             }
             purpose => {
+                self.settle(&peer, pending.session);
                 let f = match failure {
                     SendFailure::Timeout => Failure::Timeout,
                     _ => Failure::Unreachable,
@@ -1222,19 +1492,26 @@ impl Core {
         now: u64,
     ) {
         match purpose {
-            Purpose::Hello | Purpose::Finish => {}
+            Purpose::Hello(_) | Purpose::Finish(_) => {}
             Purpose::Query(child) => self.on_query_child_failed(child, failure, now),
             Purpose::Onion(o) => self.on_onion_failed(peer, o, failure, now),
-            Purpose::Sync(map) => self.on_sync_failed(peer, map),
+            Purpose::Sync(map) => self.on_sync_failed(peer, map, now),
         }
     }
 
     // --- Abuse ---
 
+    /// Counts a strike against `peer`; strikes are forgotten after
+    /// [`STRIKE_MEMORY_MS`] without one, so only a peer that keeps misbehaving
+    /// reaches `max_strikes` and is cut off.
     fn strike(&mut self, peer: PeerId, now: u64) {
         let max = self.config.limits.max_strikes;
         let out = self.peers.get_mut(&peer).is_some_and(|p| {
+            if now.saturating_sub(p.last_strike) > STRIKE_MEMORY_MS {
+                p.strikes = 0;
+            }
             p.strikes += 1;
+            p.last_strike = now;
             p.strikes >= max
         });
         if out {
@@ -1255,7 +1532,15 @@ impl Core {
         let node = self.peers.get(&peer).and_then(|p| p.node);
         self.inbound.retain(|_, c| c.peer != peer);
         self.handle_disconnected(peer, now);
-        self.peers.remove(&peer);
+        // A bootstrap or pinned peer keeps its entry (it is dialled again when
+        // its ban ends); any other is forgotten.
+        if self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| !p.bootstrap && p.expected.is_none())
+        {
+            self.forget_peer(peer);
+        }
         self.event(MeshEvent::PeerCutOff { peer, node, reason });
     }
 
@@ -1284,7 +1569,7 @@ impl Core {
             {
                 failed.push((p.peer, Direction::Outbound, e));
             }
-            if let Some(r) = &mut p.responder
+            if let Some((r, _)) = &mut p.responder
                 && let Err(e) = r.handle_timeout(now)
             {
                 failed.push((p.peer, Direction::Inbound, e));

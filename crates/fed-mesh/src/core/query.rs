@@ -96,8 +96,12 @@ struct Query {
     deadline: u64,
     local: LocalSearch,
     children: BTreeMap<u32, Child>,
-    /// Signed answers by source (the node's own first, for remote queries).
+    /// Checked signed answers by source (the node's own first, for remote queries).
     responses: BTreeMap<[u8; 32], SignedHits>,
+    /// Their encoded size, bounded by [`MAX_HELD_ANSWER_BYTES`].
+    held_bytes: usize,
+    /// Answers not taken, with why (reported by the origin).
+    rejected: Vec<(NodeId, String)>,
     reports: Vec<Report>,
     /// Other previous hops that sent the same query, waiting for this node's
     /// own answer (bounded by [`MAX_WAITING_DUPLICATES`]).
@@ -118,6 +122,12 @@ pub(crate) struct Queries {
     seen_order: VecDeque<([u8; QUERY_ID_LEN], u64)>,
     capacity: usize,
     searches: HashMap<SearchId, SearchFor>,
+    /// This node's own answers to queries it has finished, by query key, for
+    /// copies that arrive after (at most [`ANSWER_CACHE`], oldest dropped).
+    answered: HashMap<[u8; QUERY_ID_LEN], SignedHits>,
+    answered_order: VecDeque<[u8; QUERY_ID_LEN]>,
+    /// Onion deliveries waiting for the substrate (counted with served queries).
+    pub(crate) deliveries: usize,
 }
 
 impl Queries {
@@ -128,7 +138,26 @@ impl Queries {
             seen_order: VecDeque::new(),
             capacity: limits.dedup_capacity,
             searches: HashMap::new(),
+            answered: HashMap::new(),
+            answered_order: VecDeque::new(),
+            deliveries: 0,
         }
+    }
+
+    fn remember_answer(&mut self, key: [u8; QUERY_ID_LEN], answer: SignedHits) {
+        if self.answered.insert(key, answer).is_none() {
+            self.answered_order.push_back(key);
+        }
+        while self.answered_order.len() > ANSWER_CACHE {
+            if let Some(old) = self.answered_order.pop_front() {
+                self.answered.remove(&old);
+            }
+        }
+    }
+
+    /// Queries from members being served, onion deliveries included.
+    pub(crate) fn served_now(&self) -> usize {
+        self.count(false) + self.deliveries
     }
 
     pub(crate) fn take_search(&mut self, id: SearchId) -> Option<SearchFor> {
@@ -180,10 +209,17 @@ impl Queries {
             .get_mut(&key.child)
     }
 
-    /// Adds a signed answer brought by an onion child.
+    /// Adds a checked signed answer brought by an onion child.
     pub(crate) fn add_response(&mut self, key: ChildKey, response: SignedHits) {
         if let Some(q) = self.active.get_mut(&key.query) {
             q.responses.entry(response.source).or_insert(response);
+        }
+    }
+
+    /// Records an answer an onion child brought that was not taken.
+    pub(crate) fn add_rejection(&mut self, key: ChildKey, node: NodeId, reason: String) {
+        if let Some(q) = self.active.get_mut(&key.query) {
+            q.rejected.push((node, reason));
         }
     }
 
@@ -208,7 +244,7 @@ pub(crate) fn query_digest(request: &QueryRequest) -> [u8; 32] {
 }
 
 /// The message a node signs to answer query `id`.
-fn response_message(
+pub(super) fn response_message(
     id: &[u8; QUERY_ID_LEN],
     digest: &[u8; 32],
     source: &[u8; 32],
@@ -299,8 +335,53 @@ fn failure_status(failure: Failure) -> PeerStatus {
     }
 }
 
+/// A checked wire hit as fed-crdt reconciles it.
+fn to_hit(h: &WireHit) -> Hit<Payload> {
+    Hit {
+        pattern: PatternId::new(h.pattern),
+        score: h.score,
+        version: Hlc::new(h.timestamp_ms, 0, ReplicaId::ZERO),
+        payload: (h.metadata.clone(), h.embedding.clone()),
+    }
+}
+
 /// The payload reconciliation carries per hit: metadata and embedding.
 type Payload = (Vec<(String, String)>, Option<Vec<f32>>);
+
+/// How far a score may be from [-1, 1] or from its embedding's cosine (float
+/// rounding between implementations).
+const SCORE_TOLERANCE: f32 = 1e-3;
+/// Bytes of signed answers one query holds at most (measured as encoded).
+const MAX_HELD_ANSWER_BYTES: usize = 8 << 20;
+/// Own answers remembered after a query is answered, for copies that arrive late.
+const ANSWER_CACHE: usize = 1024;
+
+/// Why an answer was not taken.
+#[derive(Debug)]
+pub(crate) enum AnswerProblem {
+    /// It breaks a rule whoever checks it (a bad signature, too many hits): the
+    /// peer that passed it on is lying, since an honest one checks first.
+    Forged(String),
+    /// Its signer is not a member by this node's policy (others may differ).
+    NotAdmitted(String),
+}
+
+impl AnswerProblem {
+    pub(crate) fn reason(self) -> String {
+        match self {
+            AnswerProblem::Forged(r) | AnswerProblem::NotAdmitted(r) => r,
+        }
+    }
+}
+
+/// A node's internal name for a query: its id and the digest of its
+/// parameters, so that a copy with another query's id is another query.
+pub(crate) fn query_key(id: &[u8; QUERY_ID_LEN], digest: &[u8; 32]) -> [u8; QUERY_ID_LEN] {
+    let full = fed_crypto::hash(labels::QUERY_KEY, &[id, digest]);
+    let mut key = [0u8; QUERY_ID_LEN];
+    key.copy_from_slice(&full[..QUERY_ID_LEN]);
+    key
+}
 
 impl Core {
     pub(super) fn start_query(
@@ -339,9 +420,10 @@ impl Core {
             embeddings: options.include_embeddings,
         };
         let digest = query_digest(&request);
-        self.queries.mark_seen(id, deadline, u8::MAX, now);
+        let key = query_key(&id, &digest);
+        self.queries.mark_seen(key, deadline, u8::MAX, now);
         let search = self.next_search_id();
-        self.queries.add_search(search, SearchFor::Query(id));
+        self.queries.add_search(search, SearchFor::Query(key));
         self.push(super::Action::Search {
             id: search,
             query: query.clone(),
@@ -349,7 +431,7 @@ impl Core {
         let onion = options.onion.clone();
         let fanout = usize::from(options.fanout);
         self.queries.active.insert(
-            id,
+            key,
             Query {
                 request,
                 digest,
@@ -358,6 +440,8 @@ impl Core {
                 local: LocalSearch::Pending,
                 children: BTreeMap::new(),
                 responses: BTreeMap::new(),
+                held_bytes: 0,
+                rejected: Vec::new(),
                 reports: Vec::new(),
                 duplicates: Vec::new(),
                 asked_by: Vec::new(),
@@ -368,7 +452,7 @@ impl Core {
             (_, Some(route)) if !route.targets.is_empty() => {
                 let local = self.local_node;
                 for target in route.targets.iter().filter(|t| **t != local) {
-                    self.send_onion_query(id, *target, route.relays, now);
+                    self.send_onion_query(key, *target, route.relays, now);
                 }
             }
             (_, Some(route)) => {
@@ -381,23 +465,23 @@ impl Core {
                     _ => self.directory.onion_members(&self.local_node, now),
                 };
                 for target in targets {
-                    self.send_onion_query(id, target, route.relays, now);
+                    self.send_onion_query(key, target, route.relays, now);
                 }
             }
             (FederationScope::Direct, None) => {
                 for peer in self.session_peers() {
-                    self.forward(id, peer, now);
+                    self.forward(key, peer, now);
                 }
             }
             (FederationScope::Global { .. }, None) => {
                 let mut peers = self.session_peers();
                 shuffle(&mut peers, &mut self.rng);
                 for peer in peers.into_iter().take(fanout) {
-                    self.forward(id, peer, now);
+                    self.forward(key, peer, now);
                 }
             }
         }
-        self.maybe_finish(id, now);
+        self.maybe_finish(key, now);
     }
 
     fn check_local_query(
@@ -533,81 +617,38 @@ impl Core {
             self.refuse(id, refusal, now);
             return;
         }
-        let budget = u64::from(request.budget_ms.min(MAX_BUDGET_MS));
-        let deadline = now.saturating_add(budget * 9 / 10);
-        let hops = request.hops_left.min(self.config.limits.max_hops);
-        let seen = self
-            .queries
-            .mark_seen(request.id, now.saturating_add(budget), hops, now);
-        // A copy that may travel further than every copy before it, once this
-        // node has answered those (a copy that came a longer way round arrived
-        // first), is served again as a new query.
-        let further = seen.is_some_and(|before| hops > before)
-            && !self.queries.active.contains_key(&request.id);
-        if seen.is_some() && !further {
-            self.stats.query_duplicates += 1;
-            // Reached again by another path: give that path this node's own
-            // signed answer too (not its subtree's), so that losing one path
-            // does not lose the answer.
-            let digest = query_digest(&request);
-            let local = self.local_node.0;
-            if let Some(q) = self.queries.active.get_mut(&request.id)
-                && q.digest == digest
-                && matches!(q.origin, Origin::Remote { .. })
-            {
-                if !q.asked_by.contains(&peer) {
-                    q.asked_by.push(peer);
-                }
-                if hops > q.request.hops_left {
-                    // This copy may travel further than the one that arrived
-                    // first (which came a longer way round): forward it again, so
-                    // that the first copy's shorter reach does not cut the query's.
-                    q.request.hops_left = hops;
-                    self.extend_reach(request.id, now);
-                }
-                let Some(q) = self.queries.active.get_mut(&request.id) else {
-                    return;
-                };
-                match (&q.local, q.responses.get(&local)) {
-                    (LocalSearch::Pending, _) if q.duplicates.len() < MAX_WAITING_DUPLICATES => {
-                        q.duplicates.push(id);
-                        return;
-                    }
-                    (_, Some(own)) => {
-                        let answer = QueryResponse {
-                            responses: vec![own.clone()],
-                            reports: Vec::new(),
-                            seen: true,
-                        };
-                        self.respond_sealed(id, Kind::QueryResponse, &wire::encode(&answer));
-                        return;
-                    }
-                    _ => {}
-                }
-            }
-            let answer = QueryResponse {
-                seen: true,
-                ..QueryResponse::default()
-            };
-            self.respond_sealed(id, Kind::QueryResponse, &wire::encode(&answer));
-            return;
-        }
-        if self.queries.count(false) >= self.config.limits.max_remote_queries {
-            self.refuse(id, Refusal::Overloaded, now);
-            return;
-        }
         let Some(node) = self.peers.get(&peer).and_then(|p| p.node) else {
             self.refuse(id, Refusal::NoSession, now);
             return;
         };
-        self.stats.queries_served += 1;
         let mut request = request;
         request.fanout = request.fanout.clamp(1, self.config.limits.max_fanout);
         request.hops_left = request.hops_left.min(self.config.limits.max_hops);
         let digest = query_digest(&request);
-        let qid = request.id;
+        let key = query_key(&request.id, &digest);
+        let hops = request.hops_left;
+        let active = self.queries.active.contains_key(&key);
+        if !active && self.queries.served_now() >= self.config.limits.max_remote_queries {
+            // Before it is marked seen: a copy that comes when there is room is served.
+            self.refuse(id, Refusal::Overloaded, now);
+            return;
+        }
+        let budget = u64::from(request.budget_ms.min(MAX_BUDGET_MS));
+        let deadline = now.saturating_add(budget * 9 / 10);
+        let seen = self
+            .queries
+            .mark_seen(key, now.saturating_add(budget), hops, now);
+        // A copy that may travel further than every copy before it, once this
+        // node has answered those (a copy that came a longer way round arrived
+        // first), is served again as a new query.
+        let further = seen.is_some_and(|before| hops > before) && !active;
+        if seen.is_some() && !further {
+            self.on_duplicate(peer, id, key, hops, now);
+            return;
+        }
+        self.stats.queries_served += 1;
         let search = self.next_search_id();
-        self.queries.add_search(search, SearchFor::Query(qid));
+        self.queries.add_search(search, SearchFor::Query(key));
         self.push(super::Action::Search {
             id: search,
             query: to_pattern_query(&request),
@@ -615,7 +656,7 @@ impl Core {
         let forward = request.hops_left > 0;
         let fanout = usize::from(request.fanout);
         self.queries.active.insert(
-            qid,
+            key,
             Query {
                 request,
                 digest,
@@ -624,6 +665,8 @@ impl Core {
                 local: LocalSearch::Pending,
                 children: BTreeMap::new(),
                 responses: BTreeMap::new(),
+                held_bytes: 0,
+                rejected: Vec::new(),
                 reports: Vec::new(),
                 duplicates: Vec::new(),
                 asked_by: vec![peer],
@@ -637,9 +680,58 @@ impl Core {
                 .collect();
             shuffle(&mut peers, &mut self.rng);
             for next in peers.into_iter().take(fanout) {
-                self.forward(qid, next, now);
+                self.forward(key, next, now);
             }
         }
+    }
+
+    /// Another copy of a query this node has seen, from `peer`: it answers with
+    /// its own signed answer (not its subtree's, which goes to the first peer),
+    /// so that losing one path does not lose the answer; a copy with more hops
+    /// left extends the query's reach.
+    fn on_duplicate(
+        &mut self,
+        peer: PeerId,
+        id: InboundId,
+        key: [u8; QUERY_ID_LEN],
+        hops: u8,
+        now: u64,
+    ) {
+        self.stats.query_duplicates += 1;
+        let local = self.local_node.0;
+        if let Some(q) = self.queries.active.get_mut(&key)
+            && matches!(q.origin, Origin::Remote { .. })
+        {
+            if !q.asked_by.contains(&peer) {
+                q.asked_by.push(peer);
+            }
+            if hops > q.request.hops_left {
+                // This copy may travel further than the one that arrived first
+                // (which came a longer way round): forward it again, so that the
+                // first copy's shorter reach does not cut the query's.
+                q.request.hops_left = hops;
+                self.extend_reach(key, now);
+            }
+        }
+        let own = match self.queries.active.get_mut(&key) {
+            Some(q) if matches!(q.origin, Origin::Remote { .. }) => {
+                match (&q.local, q.responses.get(&local)) {
+                    (LocalSearch::Pending, _) if q.duplicates.len() < MAX_WAITING_DUPLICATES => {
+                        q.duplicates.push(id);
+                        return;
+                    }
+                    (_, own) => own.cloned(),
+                }
+            }
+            Some(_) => None,
+            None => self.queries.answered.get(&key).cloned(),
+        };
+        let answer = QueryResponse {
+            responses: own.into_iter().collect(),
+            reports: Vec::new(),
+            seen: true,
+        };
+        self.respond_sealed(id, Kind::QueryResponse, &wire::encode(&answer));
     }
 
     pub(super) fn on_local_results(
@@ -657,7 +749,7 @@ impl Core {
             Ok(found) => {
                 let hits = to_wire_hits(found, q.request.embeddings, usize::from(q.request.top_k));
                 if let Origin::Remote { node, .. } = q.origin {
-                    let message = response_message(&qid, &q.digest, &local_node.0, &hits);
+                    let message = response_message(&q.request.id, &q.digest, &local_node.0, &hits);
                     let count = hits.len();
                     match self
                         .config
@@ -727,35 +819,76 @@ impl Core {
                 return;
             }
         };
+        let Some(q) = self.queries.active.get(&key.query) else {
+            return;
+        };
+        if q.children
+            .get(&key.child)
+            .is_none_or(|c| c.status.is_some())
+        {
+            return;
+        }
+        // Check every answer before keeping it, here as at the origin: an answer
+        // that is not its signer's cannot crowd out the real one (the first
+        // checked answer of each source is kept), and a peer passing one on is
+        // lying (an honest peer checks first) and is cut off.
+        let (request, digest) = (q.request.clone(), q.digest);
+        let fresh: Vec<SignedHits> = answer
+            .responses
+            .into_iter()
+            .filter(|r| !q.responses.contains_key(&r.source))
+            .collect();
+        let mut taken = Vec::new();
+        let mut rejected = Vec::new();
+        let mut forged = false;
+        for r in fresh {
+            match self.check_answer(&r, &request.id, &request, &digest, now) {
+                Ok(()) => taken.push(r),
+                Err(AnswerProblem::Forged(why)) => {
+                    tracing::warn!(%peer, why, "a forged query answer");
+                    forged = true;
+                }
+                Err(problem) => rejected.push((NodeId(r.source), problem.reason())),
+            }
+        }
+        if forged {
+            self.cut_off(peer, crate::types::CutOffReason::Malformed, now);
+            self.on_query_child_failed(key, Failure::Malformed, now);
+            return;
+        }
         let Some(q) = self.queries.active.get_mut(&key.query) else {
             return;
         };
         let Some(child) = q.children.get_mut(&key.child) else {
             return;
         };
-        if child.status.is_some() {
-            return;
-        }
         let via = child.node;
-        let own = via.and_then(|n| answer.responses.iter().find(|r| r.source == n.0));
-        if answer.seen && own.is_none() {
-            // Reached by another path first, and no answer of its own yet:
-            // neither a separate answer nor a failure.
-            child.status = Some(PeerStatus::Answered { hits: 0 });
-            child.node = None;
-        } else {
-            let hits = via
-                .and_then(|n| answer.responses.iter().find(|r| r.source == n.0))
-                .map_or(0, |r| r.hits.len());
-            child.status = Some(PeerStatus::Answered { hits });
-        }
-        // Bounded by the children: each brings at most MAX_ANSWERS_PER_RESPONSE
-        // answers and MAX_REPORTS_PER_RESPONSE reports.
-        for r in answer.responses {
+        let own = via.and_then(|n| taken.iter().find(|r| r.source == n.0).map(|r| r.hits.len()));
+        // A peer that saw the query first through another path and has no answer
+        // of its own to give here answered that path: it stays in the outcome
+        // (its answer arrives the other way, or it is reported missing).
+        child.status = Some(PeerStatus::Answered {
+            hits: own.unwrap_or(0),
+        });
+        for r in taken {
+            let size = wire::encode(&r).len();
+            if q.held_bytes + size > MAX_HELD_ANSWER_BYTES {
+                q.reports.push(Report {
+                    node: NodeId(r.source),
+                    status: PeerStatus::Answered { hits: r.hits.len() },
+                    reported_by: via.unwrap_or(NodeId(r.source)),
+                });
+                continue;
+            }
+            q.held_bytes += size;
             q.responses.entry(r.source).or_insert(r);
         }
+        q.rejected.extend(rejected);
         if let Some(via) = via {
             for r in answer.reports {
+                if q.reports.len() >= wire::MAX_REPORTS_PER_RESPONSE {
+                    break;
+                }
                 if let Some(status) = status_of(&r) {
                     q.reports.push(Report {
                         node: NodeId(r.node),
@@ -812,7 +945,12 @@ impl Core {
             return;
         };
         match q.origin {
-            Origin::Remote { inbound, .. } => self.answer_remote(q, inbound),
+            Origin::Remote { inbound, .. } => {
+                if let Some(own) = q.responses.get(&self.local_node.0) {
+                    self.queries.remember_answer(qid, own.clone());
+                }
+                self.answer_remote(q, inbound)
+            }
             Origin::Local {
                 command,
                 ref options,
@@ -881,12 +1019,10 @@ impl Core {
             responses.truncate(max);
         }
         reports.truncate(wire::MAX_REPORTS_PER_RESPONSE);
-        // Stay within the channel's payload limit (1 MiB by default): leave out
-        // the weakest answers until the message fits.
-        let limit = fed_handshake::MAX_MESSAGE_LEN
-            .max(self.config.capabilities.limits.max_message_bytes as usize)
-            - wire::ENVELOPE_HEADER_LEN
-            - 64;
+        // Stay within the session's channel payload limit: leave out the weakest
+        // answers until the message fits. (If the node's own answer alone is too
+        // big, the answer becomes an `Overloaded` refusal.)
+        let limit = self.answer_limit(inbound) - wire::ENVELOPE_HEADER_LEN - 64;
         let mut answer = QueryResponse {
             responses,
             reports,
@@ -905,18 +1041,24 @@ impl Core {
     }
 
     /// The identity an answer is verified against: the one this node knows for
-    /// the source (a session or the directory), else the one the answer carries,
-    /// if it hashes to the source and this node's admission policy admits it
-    /// without further proof.
-    fn signer(&self, answer: &SignedHits, now: u64) -> Result<fed_crypto::PublicIdentity, String> {
+    /// the source (a member's session or directory record), else the one the
+    /// answer carries, if it hashes to the source and this node's admission
+    /// policy admits it without further proof.
+    fn signer(
+        &self,
+        answer: &SignedHits,
+        now: u64,
+    ) -> Result<fed_crypto::PublicIdentity, AnswerProblem> {
         let node = NodeId(answer.source);
         if let Some(identity) = self.identity_of(&node) {
             return Ok(identity);
         }
         let identity = fed_crypto::PublicIdentity::from_bytes(&answer.identity)
-            .map_err(|_| "malformed signer identity".to_string())?;
+            .map_err(|_| AnswerProblem::Forged("malformed signer identity".into()))?;
         if identity.node_id() != node {
-            return Err("signer identity does not match its node id".into());
+            return Err(AnswerProblem::Forged(
+                "signer identity does not match its node id".into(),
+            ));
         }
         self.config
             .admission
@@ -926,36 +1068,33 @@ impl Core {
                 &self.config.federation,
                 now,
             )
-            .map_err(|_| "signer is not a member this node admits".to_string())?;
+            .map_err(|_| {
+                AnswerProblem::NotAdmitted("signer is not a member this node admits".into())
+            })?;
         Ok(identity)
     }
 
-    fn verify_answer(
+    /// Checks an answer to query `id`: its signer, its signature, and that its
+    /// hits obey the query (at most `top_k`, finite scores in [-1, 1], the
+    /// filter, bounded metadata, embeddings exactly when asked for, of the
+    /// query's dimension, and each score the cosine of its embedding).
+    pub(super) fn check_answer(
         &self,
         answer: &SignedHits,
         id: &[u8; QUERY_ID_LEN],
         request: &QueryRequest,
         digest: &[u8; 32],
         now: u64,
-    ) -> Result<Vec<Hit<Payload>>, String> {
-        let identity = self.signer(answer, now)?;
-        let signature = HybridSignature::from_bytes(&answer.signature)
-            .map_err(|_| "malformed signature".to_string())?;
-        let message = response_message(id, digest, &answer.source, &answer.hits);
-        identity
-            .verify_ed25519(labels::QUERY_RESPONSE, &message, &signature)
-            .map_err(|_| "signature does not verify".to_string())?;
+    ) -> Result<(), AnswerProblem> {
+        let forged = |why: &str| AnswerProblem::Forged(why.to_string());
         if answer.hits.len() > usize::from(request.top_k) {
-            return Err(format!(
-                "{} hits for top_k {}",
-                answer.hits.len(),
-                request.top_k
-            ));
+            return Err(forged("more hits than top_k"));
         }
-        let mut hits = Vec::with_capacity(answer.hits.len());
+        let query_norm =
+            crate::substrate::memory::dot(&request.embedding, &request.embedding).sqrt();
         for h in &answer.hits {
-            if !h.score.is_finite() || h.score.abs() > 1.0001 {
-                return Err("score outside [-1, 1]".into());
+            if !h.score.is_finite() || h.score.abs() > 1.0 + SCORE_TOLERANCE {
+                return Err(forged("score outside [-1, 1]"));
             }
             let metadata_ok = h.metadata.len() <= MAX_METADATA_ENTRIES
                 && h.metadata
@@ -966,27 +1105,35 @@ impl Core {
                 .iter()
                 .all(|(k, v)| h.metadata.iter().any(|(mk, mv)| mk == k && mv == v));
             if !metadata_ok || !filter_ok {
-                return Err("a hit does not match the filter".into());
+                return Err(forged("a hit does not match the filter"));
             }
-            let embedding_ok = match &h.embedding {
-                None => !request.embeddings,
-                Some(e) => {
-                    request.embeddings
-                        && e.len() == request.embedding.len()
-                        && e.iter().all(|x| x.is_finite())
+            match (&h.embedding, request.embeddings) {
+                (None, false) => {}
+                (Some(e), true) if e.len() == request.embedding.len() => {
+                    let norm = crate::substrate::memory::dot(e, e).sqrt();
+                    let cosine =
+                        crate::substrate::memory::dot(&request.embedding, e) / (norm * query_norm);
+                    if !cosine.is_finite() || (cosine - h.score).abs() > SCORE_TOLERANCE {
+                        return Err(forged("a score is not the cosine of its embedding"));
+                    }
                 }
-            };
-            if !embedding_ok {
-                return Err("embedding missing, unasked for, or of the wrong dimension".into());
+                _ => {
+                    return Err(forged(
+                        "embedding missing, unasked for, or of the wrong dimension",
+                    ));
+                }
             }
-            hits.push(Hit {
-                pattern: PatternId::new(h.pattern),
-                score: h.score,
-                version: Hlc::new(h.timestamp_ms, 0, ReplicaId::ZERO),
-                payload: (h.metadata.clone(), h.embedding.clone()),
-            });
         }
-        Ok(hits)
+        let identity = self.signer(answer, now)?;
+        let signature = HybridSignature::from_bytes(&answer.signature)
+            .map_err(|_| forged("malformed signature"))?;
+        if signature.has_post_quantum() {
+            return Err(forged("an answer is signed with Ed25519 alone"));
+        }
+        let message = response_message(id, digest, &answer.source, &answer.hits);
+        identity
+            .verify_ed25519(labels::QUERY_RESPONSE, &message, &signature)
+            .map_err(|_| forged("signature does not verify"))
     }
 
     fn reconcile_local(
@@ -1028,35 +1175,24 @@ impl Core {
             LocalSearch::Pending => {}
         }
         let mut peers: BTreeMap<NodeId, PeerOutcome> = BTreeMap::new();
-        // Which query id each source's answer must be signed for.
-        let onion_ids: BTreeMap<[u8; 32], [u8; QUERY_ID_LEN]> = q
-            .children
-            .values()
-            .filter(|c| c.onion.is_some())
-            .filter_map(|c| Some((c.node?.0, c.id)))
-            .collect();
+        // Every answer held was checked when it arrived.
         for (source, answer) in &q.responses {
             let node = NodeId(*source);
             if node == self.local_node {
                 continue;
             }
-            let id = onion_ids.get(source).copied().unwrap_or(q.request.id);
-            let status = match self.verify_answer(answer, &id, &q.request, &q.digest, now) {
-                Ok(hits) => {
-                    let count = hits.len();
-                    let replica = ReplicaId::new(*source);
-                    match reconciler.add(
-                        replica,
-                        CrdtResponse {
-                            source: replica,
-                            hits,
-                        },
-                    ) {
-                        Ok(()) => PeerStatus::Answered { hits: count },
-                        Err(reason) => PeerStatus::Rejected(format!("{reason:?}")),
-                    }
-                }
-                Err(reason) => PeerStatus::Rejected(reason),
+            let hits: Vec<Hit<Payload>> = answer.hits.iter().map(to_hit).collect();
+            let count = hits.len();
+            let replica = ReplicaId::new(*source);
+            let status = match reconciler.add(
+                replica,
+                CrdtResponse {
+                    source: replica,
+                    hits,
+                },
+            ) {
+                Ok(()) => PeerStatus::Answered { hits: count },
+                Err(reason) => PeerStatus::Rejected(format!("{reason:?}")),
             };
             peers.insert(
                 node,
@@ -1067,17 +1203,25 @@ impl Core {
                 },
             );
         }
+        for (node, reason) in &q.rejected {
+            peers.entry(*node).or_insert(PeerOutcome {
+                node: *node,
+                status: PeerStatus::Rejected(reason.clone()),
+                reported_by: None,
+            });
+        }
         for c in q.children.values() {
             let (Some(node), Some(status)) = (c.node, &c.status) else {
                 continue;
             };
             if matches!(status, PeerStatus::Answered { .. }) && !peers.contains_key(&node) {
-                // It answered but its own signed answer is missing: treat as lost.
+                // It answered, but its own signed answer never reached this node
+                // (it answered another path first, whose answer was lost).
                 peers.insert(
                     node,
                     PeerOutcome {
                         node,
-                        status: PeerStatus::Rejected("answer without its own signed hits".into()),
+                        status: PeerStatus::Rejected("its signed answer did not arrive".into()),
                         reported_by: None,
                     },
                 );

@@ -36,6 +36,8 @@ use crate::{
 #[derive(Default)]
 pub(crate) struct SyncPeer {
     in_progress: [bool; 2],
+    /// A notifying pull is owed once the one in progress ends (coalesced).
+    notify_owed: [bool; 2],
     last_triggered: u64,
 }
 
@@ -45,6 +47,10 @@ fn slot(map: MapName) -> usize {
         MapName::Shared => 1,
     }
 }
+
+/// Most origins a sync frontier may name on this protocol: the writers of one
+/// map a federation may have.
+pub(crate) const MAX_ORIGINS: usize = 4096;
 
 /// A member as the directory describes it (validated, admitted).
 #[derive(Clone, Debug)]
@@ -196,6 +202,14 @@ impl Directory {
         self.identities.get(node).cloned()
     }
 
+    /// The admission proof a node's record carries (none if it has no record).
+    pub(crate) fn admission_proof(&self, node: &NodeId) -> AdmissionProof {
+        self.map
+            .get(&node.0)
+            .and_then(|r| wire::decode::<AdmissionProof>(&r.admission, "admission proof").ok())
+            .unwrap_or(AdmissionProof::None)
+    }
+
     pub(crate) fn node_of_peer(&self, peer: &PeerId) -> Option<NodeId> {
         self.by_peer.get(peer).copied()
     }
@@ -273,6 +287,11 @@ impl SharedMap {
             .map(serde_bytes::ByteBuf::into_vec)
     }
 
+    #[cfg(test)]
+    pub(crate) fn frontier_len(&self) -> usize {
+        self.map.frontier().len()
+    }
+
     pub(crate) fn entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.map
             .iter()
@@ -282,17 +301,24 @@ impl SharedMap {
 }
 
 impl Core {
-    /// The limits of sync messages: within the session channel's payload.
-    fn sync_limits(&self) -> CrdtLimits {
-        let payload = (self.config.capabilities.limits.max_message_bytes as usize).clamp(
+    /// The limits of sync messages in a channel whose payload limit is
+    /// `payload`: chunks of at most `min(payload, 1 MiB) − 1024` bytes.
+    fn sync_limits(payload: usize) -> CrdtLimits {
+        let payload = payload.clamp(
             fed_handshake::MAX_MESSAGE_LEN,
             fed_crypto::MAX_PAYLOAD_LIMIT,
         );
         CrdtLimits {
             max_message_bytes: payload.min(1 << 20) - 1024,
             max_entries: 4096,
+            max_origins: MAX_ORIGINS,
             ..CrdtLimits::DEFAULT
         }
+    }
+
+    /// The limits this node decodes chunks and pulls with.
+    fn own_sync_limits(&self) -> CrdtLimits {
+        Self::sync_limits(fed_crypto::MAX_PAYLOAD_LIMIT)
     }
 
     /// Writes this node's directory record (addresses, onion key) and tells peers.
@@ -434,7 +460,7 @@ impl Core {
                     } else {
                         self.directory.map.sync_request()
                     };
-                    r.encode(&self.sync_limits())
+                    r.encode(&self.own_sync_limits())
                 }
                 MapName::Shared => {
                     let r = if full {
@@ -442,7 +468,7 @@ impl Core {
                     } else {
                         self.shared.map.sync_request()
                     };
-                    r.encode(&self.sync_limits())
+                    r.encode(&self.own_sync_limits())
                 }
             };
             let Ok(request) = request else { continue };
@@ -454,7 +480,11 @@ impl Core {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        if p.sync.in_progress[slot(map)] && !notify {
+        if p.sync.in_progress[slot(map)] {
+            // One pull per map and peer at a time; news waits for the one under way.
+            if notify {
+                p.sync.notify_owed[slot(map)] = true;
+            }
             return;
         }
         p.sync.in_progress[slot(map)] = true;
@@ -465,6 +495,24 @@ impl Core {
         };
         let plaintext = wire::envelope(Kind::SyncPull, &wire::encode(&pull));
         self.send_sealed(peer, Protocol::Sync, &plaintext, Purpose::Sync(map), now);
+    }
+
+    /// A pull of `map` from `peer` ended: send the notifying pull it held back.
+    fn pull_done(&mut self, peer: PeerId, map: MapName, now: u64) {
+        let owed = self.peers.get_mut(&peer).is_some_and(|p| {
+            p.sync.in_progress[slot(map)] = false;
+            std::mem::take(&mut p.sync.notify_owed[slot(map)])
+        });
+        if owed {
+            let limits = self.own_sync_limits();
+            let request = match map {
+                MapName::Directory => self.directory.map.sync_request().encode(&limits),
+                MapName::Shared => self.shared.map.sync_request().encode(&limits),
+            };
+            if let Ok(request) = request {
+                self.pull(peer, map, request, true, now);
+            }
+        }
     }
 
     pub(super) fn on_sync_request(
@@ -478,19 +526,34 @@ impl Core {
             self.malformed_request(id, now);
             return;
         };
-        let limits = self.sync_limits();
+        let limits = Self::sync_limits(self.answer_limit(id));
+        // A request that does not decode is the peer's fault; a chunk this node
+        // cannot build (its own state over a limit) is not.
         let delta = match pull.map {
-            MapName::Directory => SyncRequest::<[u8; 32]>::decode(&pull.request, &limits)
-                .and_then(|r| self.directory.map.delta_for(&r, &limits))
-                .and_then(|d| d.encode(&limits)),
-            MapName::Shared => SyncRequest::<Vec<u8>>::decode(&pull.request, &limits)
-                .and_then(|r| self.shared.map.delta_for(&r, &limits))
-                .and_then(|d| d.encode(&limits)),
+            MapName::Directory => {
+                SyncRequest::<[u8; 32]>::decode(&pull.request, &limits).map(|r| {
+                    self.directory
+                        .map
+                        .delta_for(&r, &limits)
+                        .and_then(|d| d.encode(&limits))
+                })
+            }
+            MapName::Shared => SyncRequest::<Vec<u8>>::decode(&pull.request, &limits).map(|r| {
+                self.shared
+                    .map
+                    .delta_for(&r, &limits)
+                    .and_then(|d| d.encode(&limits))
+            }),
         };
         match delta {
-            Ok(delta) => {
+            Ok(Ok(delta)) => {
                 let body = wire::encode(&SyncChunk { delta });
                 self.respond_sealed(id, Kind::SyncChunk, &body);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "cannot answer a sync pull");
+                self.refuse(id, Refusal::Overloaded, now);
+                return;
             }
             Err(e) => {
                 tracing::info!(%peer, error = %e, "refusing a sync pull");
@@ -516,15 +579,12 @@ impl Core {
         plaintext: &[u8],
         now: u64,
     ) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.sync.in_progress[slot(map)] = false;
-        }
         let Ok(chunk) = wire::decode_body::<SyncChunk>(plaintext, Kind::SyncChunk, "sync chunk")
         else {
             self.cut_off(peer, CutOffReason::Malformed, now);
             return;
         };
-        let limits = self.sync_limits();
+        let limits = self.own_sync_limits();
         let result = match map {
             MapName::Directory => self.ingest_directory(&chunk.delta, &limits, now),
             MapName::Shared => self.ingest_shared(&chunk.delta, &limits, now),
@@ -537,8 +597,15 @@ impl Core {
                 {
                     self.event(MeshEvent::SyncDone { node, map, changed });
                 }
-                if let Some(next) = next {
-                    self.pull(peer, map, next, false, now);
+                match next {
+                    // The series goes on; a notifying pull waits for its end.
+                    Some(next) => {
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.sync.in_progress[slot(map)] = false;
+                        }
+                        self.pull(peer, map, next, false, now);
+                    }
+                    None => self.pull_done(peer, map, now),
                 }
             }
             Err(Rejected::Forged(reason)) => {
@@ -549,14 +616,19 @@ impl Core {
             Err(Rejected::Unusable(reason)) => {
                 tracing::info!(%peer, reason, "sync chunk not applied");
                 self.stats.sync_rejected += 1;
+                self.pull_done(peer, map, now);
             }
         }
     }
 
-    pub(super) fn on_sync_failed(&mut self, peer: PeerId, map: MapName) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.sync.in_progress[slot(map)] = false;
-        }
+    pub(super) fn on_sync_failed(&mut self, peer: PeerId, map: MapName, now: u64) {
+        self.pull_done(peer, map, now);
+    }
+
+    /// Whether `node` may appear as an origin of a frontier: a node with a
+    /// valid directory record, or this node.
+    fn known_origin(&self, node: &NodeId) -> bool {
+        *node == self.local_node || self.directory.identity(node).is_some()
     }
 
     fn ingest_directory(
@@ -568,8 +640,24 @@ impl Core {
         let delta = MapDelta::<[u8; 32], MemberRecord>::decode(bytes, limits)
             .map_err(|_| Rejected::Forged("undecodable chunk"))?;
         check_claims(&delta)?;
-        if self.directory.map.entry_count() + delta.len() > self.config.limits.max_map_entries {
+        let new_keys = delta
+            .entries()
+            .iter()
+            .filter(|(k, _)| self.directory.map.entry(k).is_none())
+            .count();
+        if self.directory.map.entry_count() + new_keys > self.config.limits.max_map_entries {
             return Err(Rejected::Unusable("the directory is full"));
+        }
+        // Every origin the chunk's frontier names must be a node with a record
+        // (held, or in this chunk): made-up origins would grow the frontier until
+        // no sync request fits.
+        let in_chunk: std::collections::BTreeSet<[u8; 32]> =
+            delta.entries().iter().map(|(k, _)| *k).collect();
+        if delta.frontier().iter().any(|stamp| {
+            let node = NodeId(*stamp.node().as_bytes());
+            !in_chunk.contains(&node.0) && !self.known_origin(&node)
+        }) {
+            return Err(Rejected::Unusable("a frontier origin without a record"));
         }
         let federation = self.config.federation;
         // Check every entry this node does not hold at that stamp already, once.
@@ -610,8 +698,20 @@ impl Core {
         let delta = MapDelta::<Vec<u8>, SharedValue>::decode(bytes, limits)
             .map_err(|_| Rejected::Forged("undecodable chunk"))?;
         check_claims(&delta)?;
-        if self.shared.map.entry_count() + delta.len() > self.config.limits.max_map_entries {
+        let new_keys = delta
+            .entries()
+            .iter()
+            .filter(|(k, _)| self.shared.map.entry(k).is_none())
+            .count();
+        if self.shared.map.entry_count() + new_keys > self.config.limits.max_map_entries {
             return Err(Rejected::Unusable("the shared map is full"));
+        }
+        if delta
+            .frontier()
+            .iter()
+            .any(|stamp| !self.known_origin(&NodeId(*stamp.node().as_bytes())))
+        {
+            return Err(Rejected::Unusable("a frontier origin without a record"));
         }
         let federation = self.config.federation;
         for (key, entry) in delta.entries() {
@@ -621,23 +721,33 @@ impl Core {
             let value = entry
                 .value()
                 .ok_or(Rejected::Forged("shared-map tombstone"))?;
-            if key.is_empty()
-                || key.len() > self.config.limits.max_key_len
+            if key.is_empty() {
+                return Err(Rejected::Forged("an empty key"));
+            }
+            // The limits are the federation's; a member configured with larger
+            // ones is not lying, but this node does not take the entry.
+            if key.len() > self.config.limits.max_key_len
                 || value
                     .value
                     .as_ref()
                     .is_some_and(|v| v.len() > self.config.limits.max_value_len)
             {
-                return Err(Rejected::Forged("key or value over the limits"));
+                return Err(Rejected::Unusable("a key or value over this node's limits"));
             }
             let writer = NodeId(*entry.stamp().node().as_bytes());
             // A writer whose record this node has not seen yet: try again after
             // the directory has synced.
             let identity = self
                 .identity_of(&writer)
+                .or_else(|| self.directory.identity(&writer))
                 .ok_or(Rejected::Unusable("unknown writer"))?;
             let signature = HybridSignature::from_bytes(&value.signature)
                 .map_err(|_| Rejected::Forged("bad signature encoding"))?;
+            if signature.has_post_quantum() {
+                return Err(Rejected::Forged(
+                    "a write signature with a post-quantum part",
+                ));
+            }
             identity
                 .verify_ed25519(
                     labels::SHARED_WRITE,

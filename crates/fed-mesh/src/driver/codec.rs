@@ -23,6 +23,9 @@ impl FrameError {
     }
 }
 
+/// The buffer a frame starts with; it grows as the bytes arrive.
+const INITIAL_CAPACITY: usize = 16 * 1024;
+
 /// What [`FrameCodec`] hands up for a request whose length is over the limit.
 pub(crate) const OVERSIZED: &[u8] = &[];
 /// What [`FrameCodec`] hands up for a request of length zero.
@@ -60,8 +63,13 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::
             FrameError::Empty,
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Memory grows with the bytes that arrive, not with the length announced:
+    // a peer that announces a large frame and stalls holds only what it sent.
+    let mut buf = Vec::with_capacity(len.min(INITIAL_CAPACITY));
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(buf)
 }
 

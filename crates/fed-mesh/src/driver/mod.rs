@@ -103,6 +103,11 @@ impl Default for TransportConfig {
     }
 }
 
+/// Streams of one protocol open at once on one connection, in and out.
+const MAX_STREAMS_PER_CONNECTION: usize = 64;
+/// Substrate searches running at once.
+const MAX_SEARCHES: usize = 64;
+
 fn rr(
     protocol: Protocol,
     max_request: usize,
@@ -114,7 +119,7 @@ fn rr(
         [(StreamProtocol::new(protocol.name()), ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(timeout)
-            .with_max_concurrent_streams(256),
+            .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
     )
 }
 
@@ -231,6 +236,7 @@ pub(crate) struct Driver {
     waiting: HashMap<CommandId, oneshot::Sender<Completion>>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     listen_addrs: Vec<Multiaddr>,
+    search_permits: Arc<tokio::sync::Semaphore>,
     next_inbound: u64,
     next_command: u64,
 }
@@ -259,6 +265,7 @@ impl Driver {
             waiting: HashMap::new(),
             listen_waiters: Vec::new(),
             listen_addrs: Vec::new(),
+            search_permits: Arc::new(tokio::sync::Semaphore::new(MAX_SEARCHES)),
             next_inbound: 1,
             next_command: 1,
         };
@@ -547,10 +554,24 @@ impl Driver {
                     self.swarm.behaviour_mut().blocked.unblock_peer(peer);
                 }
                 Action::Search { id, query } => {
+                    // A search is CPU work (an exact scan for the memory
+                    // substrate): it runs on the blocking pool, at most
+                    // MAX_SEARCHES at once, so it never stalls this task.
                     let substrate = self.substrate.clone();
                     let tx = self.searches_tx.clone();
+                    let permits = self.search_permits.clone();
+                    let runtime = tokio::runtime::Handle::current();
                     tokio::spawn(async move {
-                        let result = substrate.search(&query).await;
+                        let Ok(_permit) = permits.acquire_owned().await else {
+                            return;
+                        };
+                        let result = tokio::task::spawn_blocking(move || {
+                            runtime.block_on(substrate.search(&query))
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(SubstrateError::Backend(format!("search task: {e}")))
+                        });
                         let _ = tx.send((id, result)).await;
                     });
                 }

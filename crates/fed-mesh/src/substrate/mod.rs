@@ -9,7 +9,7 @@
 //! [`MemorySubstrate`] is the embedded default: exact cosine similarity over
 //! vectors held in memory.
 
-mod memory;
+pub(crate) mod memory;
 
 use std::collections::BTreeMap;
 

@@ -22,37 +22,38 @@ async fn a_token_without_the_query_capability_is_refused() {
         .await
         .unwrap();
     assert!(!token.body().capabilities.allows(Capability::Query));
-    let outcome = a
-        .federated_query(
-            PatternQuery::new(vec![1.0, 0.0], 1),
-            FederationScope::Direct,
-            QueryOptions::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        outcome.peer(&b.node_id()).unwrap().status,
-        PeerStatus::Refused(Refusal::CapabilityDenied)
-    );
-    assert!(outcome.results.is_empty());
-    assert_eq!(
-        b.stats()
+    for _ in 0..30 {
+        let outcome = a
+            .federated_query(
+                PatternQuery::new(vec![1.0, 0.0], 1),
+                FederationScope::Direct,
+                QueryOptions::default(),
+            )
             .await
-            .unwrap()
-            .refusals_sent
-            .get("capability_denied"),
-        Some(&1)
-    );
+            .unwrap();
+        assert_eq!(
+            outcome.peer(&b.node_id()).unwrap().status,
+            PeerStatus::Refused(Refusal::CapabilityDenied)
+        );
+        assert!(outcome.results.is_empty());
+    }
+    // A reads its token and does not ask: B is never asked, so never has to
+    // refuse, and A stays a member (it is not cut off for asking).
+    assert_eq!(b.stats().await.unwrap().queries_served, 0);
+    assert!(b.stats().await.unwrap().cut_off.is_empty());
+    assert_eq!(b.peer_count().await.unwrap(), 1);
     shutdown(&[a, b]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_token_is_refused() {
+async fn an_expired_token_is_refused_then_replaced() {
     let mut c = config(72);
     c.timing.token_lifetime_ms = 1_500;
     let b = start(c).await;
     let mut c = config(73);
     c.timing.renew_tokens = false;
+    // No anti-entropy in between: the query is the first request after expiry.
+    c.timing.sync_interval_ms = 60_000;
     let a = start(c).await;
     b.store_pattern(pattern(1, vec![1.0, 0.0])).await.unwrap();
     a.join_federation(&b.address().await.unwrap())
@@ -64,6 +65,7 @@ async fn an_expired_token_is_refused() {
         .await
         .unwrap();
     assert_eq!(fresh.results.len(), 1);
+    let handshakes = a.stats().await.unwrap().handshakes_completed;
     tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
     let late = a
         .federated_query(query(), FederationScope::Direct, QueryOptions::default())
@@ -75,6 +77,16 @@ async fn an_expired_token_is_refused() {
         "{late:?}"
     );
     assert!(late.results.is_empty());
+    // The node noticed and joined again: the next query is answered.
+    eventually(5, "a new session", || async {
+        a.stats().await.unwrap().handshakes_completed > handshakes
+    })
+    .await;
+    let again = a
+        .federated_query(query(), FederationScope::Direct, QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.results.len(), 1, "{again:?}");
     shutdown(&[a, b]).await;
 }
 

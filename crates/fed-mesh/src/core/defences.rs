@@ -1,0 +1,735 @@
+//! The core's defences, each shown by an invariant it protects: what the server
+//! refuses whatever a client sends, that honest load is never punished, that a
+//! policy admits in both directions, that answers and CRDT chunks from a lying
+//! peer change nothing, and that unfinished handshakes cannot lock members out.
+//!
+//! The tests drive cores through an in-memory network and, where a peer must
+//! misbehave, reach into the node under test's peer (its session channels and
+//! identity) to send what an honest node never would.
+
+use std::collections::{HashMap, VecDeque};
+
+use fed_crdt::{Codec, HlcClock, LwwMap};
+use fed_handshake::{Allowlist, Capability, CapabilitySet, Open};
+use rand_chacha::rand_core::SeedableRng;
+
+use super::*;
+use crate::{
+    substrate::{MemorySubstrate, Pattern, PatternId},
+    types::{CutOffReason, PeerStatus},
+    wire::{self, Kind, QueryResponse, Refusal, SharedValue, SignedHits, SyncChunk, WireHit},
+};
+
+const FED: FederationId = FederationId([0xde; 32]);
+const T0: u64 = 1_800_000_000_000;
+
+fn identity(seed: u8) -> Arc<Identity> {
+    Arc::new(Identity::from_seeds(&[seed; 32], None))
+}
+
+fn config(seed: u8) -> CoreConfig {
+    CoreConfig::new(identity(seed), FED, Arc::new(Open))
+}
+
+/// A message on its way, or an answer a test holds back to tamper with.
+enum Msg {
+    Request {
+        to: usize,
+        from: usize,
+        protocol: Protocol,
+        out: OutboundId,
+        bytes: Vec<u8>,
+    },
+    Response {
+        to: usize,
+        out: OutboundId,
+        bytes: Vec<u8>,
+    },
+}
+
+/// Cores joined by an in-memory network: messages are carried in order until
+/// the network is quiet.
+struct Net {
+    cores: Vec<Core>,
+    substrates: Vec<MemorySubstrate>,
+    now: u64,
+    queue: VecDeque<Msg>,
+    owed: HashMap<(usize, InboundId), (usize, OutboundId, Protocol)>,
+    next_inbound: u64,
+    next_command: u64,
+    completions: HashMap<CommandId, Completion>,
+    events: Vec<(usize, MeshEvent)>,
+    /// Answers from this node on this protocol are handed to `intercept`
+    /// instead of delivered.
+    tap: Option<(usize, Protocol)>,
+    tapped: Vec<(usize, OutboundId, Vec<u8>)>,
+}
+
+impl Net {
+    fn new(configs: Vec<CoreConfig>) -> Self {
+        let cores: Vec<Core> = configs
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Core::new(c, [i as u8 + 1; 32], T0).unwrap())
+            .collect();
+        let substrates = cores.iter().map(|_| MemorySubstrate::new()).collect();
+        let mut net = Self {
+            cores,
+            substrates,
+            now: T0,
+            queue: VecDeque::new(),
+            owed: HashMap::new(),
+            next_inbound: 1,
+            next_command: 1,
+            completions: HashMap::new(),
+            events: Vec::new(),
+            tap: None,
+            tapped: Vec::new(),
+        };
+        for i in 0..net.cores.len() {
+            net.cores[i].handle_timeout(T0);
+        }
+        net.run();
+        net
+    }
+
+    fn peer(&self, i: usize) -> PeerId {
+        self.cores[i].peer_id()
+    }
+
+    fn index(&self, peer: &PeerId) -> Option<usize> {
+        self.cores.iter().position(|c| c.peer_id() == *peer)
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        let (pa, pb) = (self.peer(a), self.peer(b));
+        self.cores[a].handle_connected(pb, None, self.now);
+        self.cores[b].handle_connected(pa, None, self.now);
+        self.run();
+    }
+
+    /// Carries out every core's actions, then every message, until quiet.
+    fn run(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for i in 0..self.cores.len() {
+                while let Some(action) = self.cores[i].poll_action() {
+                    moved = true;
+                    self.act(i, action);
+                }
+            }
+            if let Some(msg) = self.queue.pop_front() {
+                moved = true;
+                self.deliver(msg);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the network did not settle");
+    }
+
+    fn act(&mut self, i: usize, action: Action) {
+        match action {
+            Action::Send {
+                peer,
+                protocol,
+                id,
+                payload,
+            } => {
+                if let Some(to) = self.index(&peer) {
+                    self.queue.push_back(Msg::Request {
+                        to,
+                        from: i,
+                        protocol,
+                        out: id,
+                        bytes: payload,
+                    });
+                }
+            }
+            Action::Respond { id, payload } => {
+                if let Some((to, out, protocol)) = self.owed.remove(&(i, id)) {
+                    if self.tap == Some((i, protocol)) {
+                        self.tapped.push((to, out, payload));
+                    } else if payload.is_empty() {
+                        let now = self.now;
+                        self.cores[to].handle_send_failed(out, SendFailure::ConnectionClosed, now);
+                    } else {
+                        self.queue.push_back(Msg::Response {
+                            to,
+                            out,
+                            bytes: payload,
+                        });
+                    }
+                }
+            }
+            Action::Search { id, query } => {
+                let result = self.substrates[i].query(&query);
+                let now = self.now;
+                self.cores[i].handle_search_done(id, result, now);
+            }
+            Action::Complete {
+                command,
+                completion,
+            } => {
+                self.completions.insert(command, completion);
+            }
+            Action::Event(e) => self.events.push((i, e)),
+            Action::Ban { peer } => {
+                if let Some(j) = self.index(&peer) {
+                    let (me, now) = (self.peer(i), self.now);
+                    self.cores[j].handle_disconnected(me, now);
+                }
+            }
+            Action::Dial { .. } | Action::Unban { .. } => {}
+        }
+    }
+
+    fn deliver(&mut self, msg: Msg) {
+        let now = self.now;
+        match msg {
+            Msg::Request {
+                to,
+                from,
+                protocol,
+                out,
+                bytes,
+            } => {
+                let id = InboundId(self.next_inbound);
+                self.next_inbound += 1;
+                self.owed.insert((to, id), (from, out, protocol));
+                let peer = self.peer(from);
+                self.cores[to].handle_request(peer, protocol, id, bytes, now);
+            }
+            Msg::Response { to, out, bytes } => self.cores[to].handle_response(out, bytes, now),
+        }
+    }
+
+    fn command(&mut self, i: usize, command: Command) -> Completion {
+        let id = CommandId(self.next_command);
+        self.next_command += 1;
+        let now = self.now;
+        self.cores[i].command(id, command, now);
+        self.run();
+        self.completions.remove(&id).expect("the command completed")
+    }
+
+    fn query(&mut self, i: usize, embedding: Vec<f32>) -> crate::types::QueryOutcome {
+        let command = Command::Query {
+            query: PatternQuery::new(embedding, 5),
+            scope: crate::types::FederationScope::Direct,
+            options: crate::types::QueryOptions::default(),
+        };
+        match self.command(i, command) {
+            Completion::Queried(Ok(outcome)) => outcome,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A request from `from` to `to`, sealed in `from`'s session whatever its
+    /// own checks would say; returns `to`'s raw answer.
+    fn forced_request(
+        &mut self,
+        from: usize,
+        to: usize,
+        protocol: Protocol,
+        plaintext: &[u8],
+    ) -> Vec<u8> {
+        let to_peer = self.peer(to);
+        let s = self.cores[from]
+            .peers
+            .get_mut(&to_peer)
+            .and_then(|p| p.test_out())
+            .expect("a session");
+        let mut bytes = s.id.to_vec();
+        bytes.extend_from_slice(&s.session.channel.seal(plaintext).unwrap());
+        self.raw_request(from, to, protocol, bytes)
+    }
+
+    fn raw_request(
+        &mut self,
+        from: usize,
+        to: usize,
+        protocol: Protocol,
+        bytes: Vec<u8>,
+    ) -> Vec<u8> {
+        let id = InboundId(self.next_inbound);
+        self.next_inbound += 1;
+        let (peer, now) = (self.peer(from), self.now);
+        self.cores[to].handle_request(peer, protocol, id, bytes, now);
+        let mut answer = Vec::new();
+        while let Some(action) = self.cores[to].poll_action() {
+            match action {
+                Action::Respond { id: r, payload } if r == id => answer = payload,
+                other => self.act(to, other),
+            }
+        }
+        answer
+    }
+
+    /// Opens an answer `from` sent `to` in the session `to` holds with it.
+    fn open_answer(&mut self, to: usize, from: usize, answer: &[u8]) -> Vec<u8> {
+        let from_peer = self.peer(from);
+        let s = self.cores[to]
+            .peers
+            .get_mut(&from_peer)
+            .and_then(|p| p.test_out())
+            .expect("a session");
+        match wire::parse_response(answer).unwrap() {
+            wire::RawResponse::Sealed(frame) => s.session.channel.open(frame).unwrap(),
+            wire::RawResponse::Refused(r) => panic!("refused in the clear: {r}"),
+        }
+    }
+
+    fn cut_off(&self, by: usize, whom: usize) -> Option<CutOffReason> {
+        let peer = self.peer(whom);
+        self.events.iter().find_map(|(i, e)| match e {
+            MeshEvent::PeerCutOff {
+                peer: p, reason, ..
+            } if *i == by && *p == peer => Some(*reason),
+            _ => None,
+        })
+    }
+}
+
+fn refusal_in(net: &mut Net, to: usize, from: usize, answer: &[u8]) -> Option<Refusal> {
+    let plaintext = net.open_answer(to, from, answer);
+    match wire::open_envelope(&plaintext).unwrap() {
+        (Kind::Refused, body) => Some(wire::decode::<Refusal>(body, "refusal").unwrap()),
+        _ => None,
+    }
+}
+
+fn query_request() -> Vec<u8> {
+    let request = wire::QueryRequest {
+        id: [9; 16],
+        hops_left: 0,
+        fanout: 1,
+        budget_ms: 1000,
+        top_k: 3,
+        embedding: vec![1.0, 0.0],
+        filter: Vec::new(),
+        embeddings: false,
+    };
+    wire::envelope(Kind::QueryRequest, &wire::encode(&request))
+}
+
+#[test]
+fn the_server_refuses_what_the_token_does_not_allow_whatever_the_client_sends() {
+    let mut b = config(2);
+    b.capabilities.set = CapabilitySet::EMPTY.with(Capability::CrdtSync);
+    let mut net = Net::new(vec![config(1), b]);
+    net.connect(0, 1);
+    // A's token from B grants sync only: a query, sealed anyway, is refused.
+    let answer = net.forced_request(0, 1, Protocol::Query, &query_request());
+    assert_eq!(
+        refusal_in(&mut net, 0, 1, &answer),
+        Some(Refusal::CapabilityDenied)
+    );
+    assert_eq!(net.cores[1].stats().queries_served, 0);
+
+    // With the capability, an expired token and then a revoked one are refused.
+    let mut net = Net::new(vec![config(1), config(2)]);
+    net.connect(0, 1);
+    let b = net.peer(1);
+    let token = net.cores[0]
+        .peers
+        .get_mut(&b)
+        .unwrap()
+        .test_out()
+        .unwrap()
+        .session
+        .token
+        .clone();
+    net.now = token.body().expires_at;
+    let answer = net.forced_request(0, 1, Protocol::Query, &query_request());
+    assert_eq!(
+        refusal_in(&mut net, 0, 1, &answer),
+        Some(Refusal::TokenExpired)
+    );
+    net.now = T0 + 1;
+    net.cores[1].revoke_token(token.body().id);
+    let answer = net.forced_request(0, 1, Protocol::Query, &query_request());
+    assert_eq!(
+        refusal_in(&mut net, 0, 1, &answer),
+        Some(Refusal::TokenRevoked)
+    );
+    assert_eq!(net.cores[1].stats().queries_served, 0);
+}
+
+#[test]
+fn requests_over_the_rate_are_refused_but_never_get_the_peer_cut_off() {
+    let mut net = Net::new(vec![config(1), config(2)]);
+    net.connect(0, 1);
+    // The default rate is 100 per second with a second's burst; send 400 at once.
+    let mut refused = 0;
+    for _ in 0..400 {
+        let answer = net.forced_request(0, 1, Protocol::Query, &query_request());
+        if let Some(r) = refusal_in(&mut net, 0, 1, &answer) {
+            assert!(
+                matches!(r, Refusal::RateLimited | Refusal::TooManyInFlight),
+                "{r}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused >= 290, "{refused} refused");
+    assert_eq!(net.cut_off(1, 0), None);
+    assert_eq!(net.cores[1].peer_count(), 1);
+    // A second later the peer is served again.
+    net.now += 1_000;
+    let answer = net.forced_request(0, 1, Protocol::Query, &query_request());
+    assert_eq!(refusal_in(&mut net, 0, 1, &answer), None);
+}
+
+#[test]
+fn an_honest_node_paces_itself_to_the_token_it_holds() {
+    let mut net = Net::new(vec![config(1), config(2)]);
+    net.connect(0, 1);
+    for _ in 0..300 {
+        net.query(0, vec![1.0, 0.0]);
+    }
+    for n in 0..60u8 {
+        net.command(
+            0,
+            Command::Put {
+                key: vec![n],
+                value: vec![n],
+            },
+        );
+    }
+    assert_eq!(net.cores[1].stats().refusals_sent.get("rate_limited"), None);
+    assert_eq!(net.cut_off(1, 0), None);
+}
+
+#[test]
+fn a_peer_sending_without_a_session_is_cut_off_after_max_strikes_and_strikes_fade() {
+    let mut net = Net::new(vec![config(1), config(2)]);
+    net.connect(0, 1);
+    let max = net.cores[1].config.limits.max_strikes;
+    let junk = || {
+        let mut b = vec![0xaa; 8];
+        b.extend_from_slice(&[0x55; 48]);
+        b
+    };
+    // Spaced out, strikes are forgotten: never cut off.
+    for _ in 0..3 * max {
+        net.now += STRIKE_GAP_MS;
+        let answer = net.raw_request(0, 1, Protocol::Sync, junk());
+        assert_eq!(
+            wire::parse_response(&answer),
+            Ok(wire::RawResponse::Refused(Refusal::NoSession))
+        );
+    }
+    assert_eq!(net.cut_off(1, 0), None);
+    // In a row: cut off at exactly the limit.
+    net.now += STRIKE_GAP_MS;
+    for n in 1..=max {
+        assert_eq!(net.cut_off(1, 0), None, "cut off after {} strikes", n - 1);
+        net.raw_request(0, 1, Protocol::Sync, junk());
+    }
+    assert_eq!(net.cut_off(1, 0), Some(CutOffReason::Abuse));
+}
+
+/// More than [`STRIKE_MEMORY_MS`] between strikes.
+const STRIKE_GAP_MS: u64 = 61_000;
+
+#[test]
+fn a_node_takes_no_session_with_a_peer_its_policy_does_not_admit() {
+    // B admits C only. A, an outsider, connects: neither direction gives A a
+    // session with B, so B neither asks A anything nor takes anything from it.
+    let c_node = identity(3).node_id();
+    let mut b = config(2);
+    b.admission = Arc::new(Allowlist::new([c_node]));
+    let mut net = Net::new(vec![config(1), b, config(3)]);
+    net.substrates[0]
+        .insert(Pattern {
+            id: PatternId::from_u64(1),
+            embedding: vec![1.0, 0.0],
+            metadata: Default::default(),
+            timestamp_ms: T0,
+        })
+        .unwrap();
+    net.connect(0, 1);
+    net.connect(2, 1);
+    assert_eq!(net.cores[1].peer_count(), 1, "{:?}", net.cores[1].peers());
+    let outcome = net.query(1, vec![1.0, 0.0]);
+    assert!(outcome.results.is_empty(), "{outcome:?}");
+    assert!(outcome.peer(&identity(1).node_id()).is_none());
+    // A writes; its write never reaches B.
+    net.command(
+        0,
+        Command::Put {
+            key: b"k".to_vec(),
+            value: b"from the outsider".to_vec(),
+        },
+    );
+    net.now += 3_000;
+    for i in 0..3 {
+        net.cores[i].handle_timeout(net.now);
+    }
+    net.run();
+    assert_eq!(net.cores[1].shared_get(b"k"), None);
+}
+
+/// O (0) asks A (1) and B (2); A's answer is replaced by what the test builds.
+fn answer_tampered_by_a(
+    build: impl FnOnce(&mut Net) -> QueryResponse,
+) -> (Net, crate::types::QueryOutcome) {
+    let mut net = Net::new(vec![config(1), config(2), config(3)]);
+    for (i, id) in [(1usize, 10u64), (2, 20)] {
+        net.substrates[i]
+            .insert(Pattern {
+                id: PatternId::from_u64(id),
+                embedding: vec![1.0, i as f32 * 0.1],
+                metadata: Default::default(),
+                timestamp_ms: T0,
+            })
+            .unwrap();
+    }
+    net.connect(0, 1);
+    net.connect(0, 2);
+    net.tap = Some((1, Protocol::Query));
+    let id = CommandId(999);
+    let command = Command::Query {
+        query: PatternQuery::new(vec![1.0, 0.0], 5),
+        scope: crate::types::FederationScope::Direct,
+        options: crate::types::QueryOptions::default(),
+    };
+    let now = net.now;
+    net.cores[0].command(id, command, now);
+    // Hold B's answer back too, so A's forgery arrives first.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        for i in 0..3 {
+            while let Some(a) = net.cores[i].poll_action() {
+                net.act(i, a);
+            }
+        }
+        match net.queue.pop_front() {
+            Some(Msg::Response { to: 0, out, bytes }) => held.push((out, bytes)),
+            Some(m) => net.deliver(m),
+            None => break,
+        }
+    }
+    let (to, out, _) = net.tapped.pop().expect("A answered");
+    let forged = build(&mut net);
+    let a_peer = net.peer(0);
+    let s = net.cores[1]
+        .peers
+        .get_mut(&a_peer)
+        .unwrap()
+        .test_inb()
+        .unwrap();
+    let plaintext = wire::envelope(Kind::QueryResponse, &wire::encode(&forged));
+    let mut bytes = vec![0];
+    bytes.extend_from_slice(&s.session.channel.seal(&plaintext).unwrap());
+    net.cores[to].handle_response(out, bytes, now);
+    for (out, bytes) in held {
+        net.cores[0].handle_response(out, bytes, now);
+    }
+    net.tap = None;
+    net.run();
+    match net.completions.remove(&id) {
+        Some(Completion::Queried(Ok(outcome))) => (net, outcome),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_forged_answer_in_another_nodes_name_changes_nothing_and_its_sender_is_cut_off() {
+    let b = identity(3);
+    let (net, outcome) = answer_tampered_by_a(|_| QueryResponse {
+        responses: vec![SignedHits {
+            source: b.node_id().0,
+            identity: b.public().as_bytes().to_vec(),
+            hits: vec![WireHit {
+                pattern: [7; 32],
+                score: 1.0,
+                timestamp_ms: T0,
+                metadata: Vec::new(),
+                embedding: None,
+            }],
+            signature: vec![0; 65],
+        }],
+        reports: Vec::new(),
+        seen: true,
+    });
+    // B's real answer is there, under B's name; the forgery is not.
+    let b_hits: Vec<_> = outcome
+        .results
+        .iter()
+        .filter(|r| r.provenance == vec![b.node_id()])
+        .map(|r| r.pattern)
+        .collect();
+    assert_eq!(b_hits, vec![PatternId::from_u64(20)], "{outcome:?}");
+    assert_eq!(
+        outcome.peer(&b.node_id()).unwrap().status,
+        PeerStatus::Answered { hits: 1 }
+    );
+    assert_eq!(net.cut_off(0, 1), Some(CutOffReason::Malformed));
+}
+
+#[test]
+fn the_cosine_check_catches_a_signed_lie_about_a_score() {
+    let query = wire::QueryRequest {
+        id: [1; 16],
+        hops_left: 0,
+        fanout: 1,
+        budget_ms: 1000,
+        top_k: 3,
+        embedding: vec![1.0, 0.0],
+        filter: Vec::new(),
+        embeddings: true,
+    };
+    let digest = super::query::query_digest(&query);
+    let net = Net::new(vec![config(1)]);
+    let a = identity(5);
+    let answer = |score: f32| {
+        let hits = vec![WireHit {
+            pattern: [8; 32],
+            score,
+            timestamp_ms: T0,
+            metadata: Vec::new(),
+            embedding: Some(vec![0.6, 0.8]),
+        }];
+        let message = super::query::response_message(&query.id, &digest, &a.node_id().0, &hits);
+        SignedHits {
+            source: a.node_id().0,
+            identity: a.public().as_bytes().to_vec(),
+            hits,
+            signature: a
+                .sign_ed25519(labels::QUERY_RESPONSE, &message)
+                .unwrap()
+                .to_bytes(),
+        }
+    };
+    // cos((1, 0), (0.6, 0.8)) = 0.6.
+    assert!(
+        net.cores[0]
+            .check_answer(&answer(0.6), &query.id, &query, &digest, T0)
+            .is_ok()
+    );
+    assert!(matches!(
+        net.cores[0].check_answer(&answer(0.95), &query.id, &query, &digest, T0),
+        Err(super::query::AnswerProblem::Forged(_))
+    ));
+    // The signature binds the hits: changing one after signing fails too.
+    let mut tampered = answer(0.6);
+    tampered.hits[0].pattern = [9; 32];
+    assert!(
+        net.cores[0]
+            .check_answer(&tampered, &query.id, &query, &digest, T0)
+            .is_err()
+    );
+}
+
+#[test]
+fn a_chunk_naming_made_up_frontier_origins_is_not_applied_and_sync_goes_on() {
+    let mut net = Net::new(vec![config(1), config(2)]);
+    net.connect(0, 1);
+    // A chunk with no entries whose frontier claims 2000 writers nobody knows.
+    let mut fake: LwwMap<Vec<u8>, SharedValue> = LwwMap::new();
+    for n in 0..2000u64 {
+        let mut clock = HlcClock::with_default_skew(fed_crdt::ReplicaId::from_u64(n + 1));
+        fake.insert(
+            vec![1],
+            SharedValue {
+                value: None,
+                signature: Vec::new(),
+            },
+            &mut clock,
+            T0,
+        )
+        .unwrap();
+    }
+    let limits = fed_crdt::Limits {
+        max_origins: 4096,
+        ..fed_crdt::Limits::DEFAULT
+    };
+    let delta = fake.delta_for(&fake.sync_request(), &limits).unwrap();
+    assert!(delta.is_empty());
+    let chunk = wire::envelope(
+        Kind::SyncChunk,
+        &wire::encode(&SyncChunk {
+            delta: delta.encode(&limits).unwrap(),
+        }),
+    );
+    // Deliver it as B's answer to A's next pull of the shared map.
+    net.tap = Some((1, Protocol::Sync));
+    net.now += 3_000;
+    let now = net.now;
+    net.cores[0].handle_timeout(now);
+    net.run();
+    let a_peer = net.peer(0);
+    let s = net.cores[1]
+        .peers
+        .get_mut(&a_peer)
+        .unwrap()
+        .test_inb()
+        .unwrap();
+    let mut bytes = vec![0];
+    bytes.extend_from_slice(&s.session.channel.seal(&chunk).unwrap());
+    // The round pulls the directory, then the shared map: the directory's
+    // answer goes through, the shared map's is replaced.
+    let tapped = std::mem::take(&mut net.tapped);
+    assert_eq!(tapped.len(), 2);
+    let (to, out, real) = &tapped[0];
+    net.cores[*to].handle_response(*out, real.clone(), now);
+    let (to, out, _) = &tapped[1];
+    net.cores[*to].handle_response(*out, bytes, now);
+    net.tap = None;
+    net.run();
+    assert!(net.cores[0].stats().sync_rejected >= 1);
+    // The node's own pulls still encode and an honest write still arrives.
+    net.command(
+        1,
+        Command::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        },
+    );
+    assert_eq!(net.cores[0].shared_get(b"k"), Some(b"v".to_vec()));
+    assert!(net.cores[0].shared.frontier_len() < 10);
+}
+
+#[test]
+fn hellos_that_are_never_finished_cannot_lock_members_out() {
+    let mut net = Net::new(vec![config(1), config(2)]);
+    let limit = net.cores[1].config.limits.max_pending_handshakes;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+    let b_peer = net.peer(1);
+    // Many peers each send a hello and never finish.
+    for n in 0..(limit + 20) as u8 {
+        let who = Arc::new(Identity::from_seeds(&[n.wrapping_add(100); 32], None));
+        let peer = peer_id_of_identity(who.public()).unwrap();
+        let ic = fed_handshake::InitiatorConfig::new(who, FED, fed_handshake::ResponderTrust::Any);
+        let mut initiator = fed_handshake::Initiator::new(
+            Arc::new(ic),
+            &channel_binding(&peer, &b_peer),
+            T0,
+            &mut rng,
+        )
+        .unwrap();
+        let hello = initiator.poll_transmit().unwrap();
+        let now = net.now;
+        net.cores[1].handle_connected(peer, None, now);
+        net.cores[1].handle_request(
+            peer,
+            Protocol::Handshake,
+            InboundId(50_000 + u64::from(n)),
+            hello,
+            now,
+        );
+        while net.cores[1].poll_action().is_some() {}
+        net.now += 1;
+        assert!(
+            net.cores[1].pending_inbound() <= limit,
+            "unfinished handshakes beyond the bound"
+        );
+    }
+    // An honest node still joins.
+    net.connect(0, 1);
+    assert_eq!(net.cores[0].peer_count(), 1);
+    assert_eq!(net.cores[1].peer_count(), 1);
+}
