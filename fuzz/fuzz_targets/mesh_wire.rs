@@ -1,7 +1,7 @@
 //! Every fed-mesh wire decoder fed arbitrary bytes: the sealed-message envelope
 //! and each message body, the response and request splitters, and the CRDT
 //! chunks of the directory and the shared map with the mesh's value types.
-//! Nothing may panic; a body that decodes re-encodes and decodes to the same value.
+//! Nothing may panic; a body that decodes re-encodes stably.
 #![no_main]
 
 use fed_crdt::{Codec, Limits, MapDelta, SyncRequest};
@@ -12,11 +12,13 @@ use fed_mesh::wire::{
 use libfuzzer_sys::fuzz_target;
 use serde::{Serialize, de::DeserializeOwned};
 
-fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(body: &[u8]) {
+/// What decodes re-encodes to bytes that decode to the same encoding again
+/// (compared as bytes: a NaN score is not equal to itself as a value).
+fn round_trip<T: Serialize + DeserializeOwned>(body: &[u8]) {
     if let Ok((value, [])) = postcard::take_from_bytes::<T>(body) {
         let again = postcard::to_allocvec(&value).expect("a decoded value encodes");
         let back: T = postcard::from_bytes(&again).expect("an encoding decodes");
-        assert_eq!(back, value);
+        assert_eq!(postcard::to_allocvec(&back).expect("encodes"), again);
     }
 }
 

@@ -864,11 +864,15 @@ impl Core {
         };
         let via = child.node;
         let own = via.and_then(|n| taken.iter().find(|r| r.source == n.0).map(|r| r.hits.len()));
-        // A peer that saw the query first through another path and has no answer
-        // of its own to give here answered that path: it stays in the outcome
-        // (its answer arrives the other way, or it is reported missing).
-        child.status = Some(PeerStatus::Answered {
-            hits: own.unwrap_or(0),
+        child.status = Some(match own {
+            Some(hits) => PeerStatus::Answered { hits },
+            // It saw the query first through another path and answered that one:
+            // it stays in the outcome (its answer arrives the other way, or it
+            // is reported missing).
+            None if answer.seen => PeerStatus::Answered { hits: 0 },
+            // It answered without an answer of its own: its search did not finish
+            // in time.
+            None => PeerStatus::TimedOut,
         });
         for r in taken {
             let size = wire::encode(&r).len();
@@ -966,6 +970,12 @@ impl Core {
     /// (bounded, within the message size), reports on the rest as answered
     /// without their hits, and reports on the children that did not answer.
     fn answer_remote(&mut self, mut q: Query, inbound: InboundId) {
+        // Its own search unfinished or failed: it says so about itself.
+        let own_status = match q.local {
+            LocalSearch::Pending => Some(1),
+            LocalSearch::Failed(_) => Some(3),
+            LocalSearch::Done(_) => None,
+        };
         let seen_only = wire::encode(&QueryResponse {
             seen: true,
             ..QueryResponse::default()
@@ -995,6 +1005,16 @@ impl Core {
             }
         }));
         let local = self.local_node.0;
+        if let Some(status) = own_status {
+            reports.insert(
+                0,
+                WireReport {
+                    node: local,
+                    status,
+                    detail: 0,
+                },
+            );
+        }
         let mut responses: Vec<SignedHits> = q.responses.into_values().collect();
         let best = |r: &SignedHits| {
             r.hits

@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use fed_mesh::{
     FederationScope, PeerStatus, QueryOptions,
-    substrate::{MemorySubstrate, PatternQuery},
+    substrate::{
+        MemorySubstrate, Pattern, PatternId, PatternQuery, ScoredPattern, Substrate, SubstrateError,
+    },
 };
 
 use crate::*;
@@ -82,8 +86,86 @@ async fn a_global_query_equals_the_top_k_of_the_union_of_all_stores() {
     shutdown(&nodes).await;
 }
 
+/// A substrate whose searches never finish, as a node stuck in the middle of
+/// answering: it has the query and never answers it.
+struct Stuck(MemorySubstrate, Arc<tokio::sync::Notify>);
+
+#[async_trait::async_trait]
+impl Substrate for Stuck {
+    fn dimension(&self) -> Option<usize> {
+        self.0.dimension()
+    }
+    async fn store(&self, p: Pattern) -> Result<bool, SubstrateError> {
+        self.0.store(p).await
+    }
+    async fn remove(&self, id: &PatternId) -> Result<bool, SubstrateError> {
+        self.0.remove(id).await
+    }
+    async fn get(&self, id: &PatternId) -> Result<Option<Pattern>, SubstrateError> {
+        self.0.get(id).await
+    }
+    async fn search(&self, _: &PatternQuery) -> Result<Vec<ScoredPattern>, SubstrateError> {
+        self.1.notified().await;
+        Ok(Vec::new())
+    }
+    async fn len(&self) -> usize {
+        self.0.len().await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_stops_mid_query_is_reported_as_timed_out() {
+async fn a_node_stuck_in_the_middle_of_a_query_is_reported_as_timed_out() {
+    let nodes = full_mesh(65, 3, |_, _| {}).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let stuck = FederatedMesh::builder(config(68))
+        .substrate(Stuck(MemorySubstrate::new(), release.clone()))
+        .start()
+        .await
+        .unwrap();
+    for n in &nodes {
+        stuck
+            .join_federation(&n.address().await.unwrap())
+            .await
+            .unwrap();
+    }
+    let union = spread(&nodes).await;
+    eventually(10, "sessions with the stuck node", || async {
+        nodes[0].peer_count().await.unwrap() == 3
+    })
+    .await;
+    let query = PatternQuery::new(embedding(78, DIM), 10);
+    let options = QueryOptions {
+        timeout_ms: 1_500,
+        ..QueryOptions::default()
+    };
+    let outcome = nodes[0]
+        .federated_query(query.clone(), FederationScope::Direct, options)
+        .await
+        .unwrap();
+    // It took the query (its search started) and never answered.
+    assert!(stuck.stats().await.unwrap().queries_served >= 1);
+    assert_eq!(
+        outcome.peer(&stuck.node_id()).unwrap().status,
+        PeerStatus::TimedOut,
+        "{:?}",
+        outcome.peers
+    );
+    assert!(!outcome.complete);
+    let want: Vec<_> = union
+        .query(&query)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.pattern.id)
+        .collect();
+    let got: Vec<_> = outcome.results.iter().map(|r| r.pattern).collect();
+    assert_eq!(got, want);
+    release.notify_waiters();
+    shutdown(&nodes).await;
+    let _ = stuck.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_hangs_altogether_is_reported_as_timed_out() {
     let nodes = full_mesh(60, 5, |_, _| {}).await;
     let union = spread(&nodes[..4]).await;
     for j in 0..40u64 {
