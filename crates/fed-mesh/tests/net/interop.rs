@@ -40,7 +40,11 @@ async fn a_js_libp2p_client_connects_identifies_and_pings_a_node() {
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = stdout.lines().last().unwrap();
     let info: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(info["peer"], node.peer_id().to_string());
@@ -48,7 +52,12 @@ async fn a_js_libp2p_client_connects_identifies_and_pings_a_node() {
     assert_eq!(info["multiplexer"], "/yamux/1.0.0");
     assert!(info["pingMs"].as_f64().is_some(), "{info}");
     assert_eq!(info["protocolVersion"], "/exo-fed/1.0.0");
-    assert!(info["agentVersion"].as_str().unwrap().starts_with("exo-federation/"));
+    assert!(
+        info["agentVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("exo-federation/")
+    );
     let protocols: Vec<&str> = info["protocols"]
         .as_array()
         .unwrap()
