@@ -75,6 +75,12 @@ enum Ev {
         a: usize,
         b: usize,
     },
+    /// An event for one incarnation of node `to` (dropped if it crashed since).
+    For {
+        to: usize,
+        incarnation: u64,
+        ev: Box<Ev>,
+    },
     DialFailed {
         node: usize,
         peer: PeerId,
@@ -131,6 +137,9 @@ pub(crate) struct Node {
     pub(crate) substrate: MemorySubstrate,
     pub(crate) peer: PeerId,
     next_timer: Option<u64>,
+    config: CoreConfig,
+    pub(crate) alive: bool,
+    generation: u64,
 }
 
 /// Counters over the whole network.
@@ -204,13 +213,16 @@ impl Sim {
             configure(i, &mut config);
             let mut core_seed = [0u8; 32];
             rng.fill_bytes(&mut core_seed);
-            let mut core = Core::new(config, core_seed, T0).unwrap();
+            let mut core = Core::new(config.clone(), core_seed, T0).unwrap();
             core.handle_listen_addrs(vec![format!("/memory/{}", i + 1).parse().unwrap()], T0);
             nodes.push(Node {
                 core,
                 substrate: MemorySubstrate::new(),
                 peer: peers[i],
                 next_timer: Some(T0),
+                config,
+                alive: true,
+                generation: 0,
             });
         }
         let index = peers.iter().enumerate().map(|(i, p)| (*p, i)).collect();
@@ -235,6 +247,73 @@ impl Sim {
             sim.drain(i);
         }
         sim
+    }
+
+    /// Schedules `ev` for node `to` as it is now: lost if it crashes meanwhile.
+    fn schedule_for(&mut self, at: u64, to: usize, ev: Ev) {
+        let incarnation = self.nodes[to].generation;
+        self.schedule(
+            at,
+            Ev::For {
+                to,
+                incarnation,
+                ev: Box::new(ev),
+            },
+        );
+    }
+
+    /// Crashes node `i`: its connections close, what it was asked is never
+    /// answered, what is on its way to it is lost.
+    pub(crate) fn crash(&mut self, i: usize) {
+        let now = self.now;
+        self.nodes[i].alive = false;
+        self.nodes[i].next_timer = None;
+        let linked: Vec<usize> = self
+            .links
+            .iter()
+            .filter_map(|&(a, b)| (a == i).then_some(b).or((b == i).then_some(a)))
+            .collect();
+        let me = self.nodes[i].peer;
+        for j in linked {
+            self.links.remove(&link(i, j));
+            self.nodes[j].core.handle_disconnected(me, now);
+            self.touch(j);
+        }
+        let owed: Vec<(usize, OutboundId)> = self
+            .owed
+            .iter()
+            .filter(|((responder, _), _)| *responder == i)
+            .map(|(_, v)| *v)
+            .collect();
+        self.owed.retain(|(responder, _), _| *responder != i);
+        for (k, out) in owed {
+            self.schedule_for(
+                now,
+                k,
+                Ev::Failed {
+                    to: k,
+                    id: out,
+                    failure: SendFailure::ConnectionClosed,
+                },
+            );
+        }
+    }
+
+    /// Restarts node `i` from its configuration (its identity, its bootstrap
+    /// peer) with empty state, as a process restarted without a disk; its
+    /// substrate keeps its patterns.
+    pub(crate) fn restart(&mut self, i: usize) {
+        let now = self.now;
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let mut core = Core::new(self.nodes[i].config.clone(), seed, now).unwrap();
+        core.handle_listen_addrs(vec![format!("/memory/{}", i + 1).parse().unwrap()], now);
+        let node = &mut self.nodes[i];
+        node.core = core;
+        node.generation += 1;
+        node.alive = true;
+        node.next_timer = Some(now);
+        self.drain(i);
     }
 
     fn schedule(&mut self, at: u64, ev: Ev) {
@@ -284,8 +363,9 @@ impl Sim {
                         continue;
                     };
                     if !self.links.contains(&link(i, j)) {
-                        self.schedule(
+                        self.schedule_for(
                             self.now,
+                            i,
                             Ev::Failed {
                                 to: i,
                                 id,
@@ -295,8 +375,9 @@ impl Sim {
                     } else if self.lost(i, j) {
                         self.traffic.lost += 1;
                         let at = self.now + self.net.request_timeout_ms;
-                        self.schedule(
+                        self.schedule_for(
                             at,
+                            i,
                             Ev::Failed {
                                 to: i,
                                 id,
@@ -305,8 +386,9 @@ impl Sim {
                         );
                     } else {
                         let at = self.now + self.latency();
-                        self.schedule(
+                        self.schedule_for(
                             at,
+                            j,
                             Ev::Request {
                                 to: j,
                                 from: i,
@@ -322,8 +404,9 @@ impl Sim {
                         continue;
                     };
                     if payload.is_empty() {
-                        self.schedule(
+                        self.schedule_for(
                             self.now,
+                            k,
                             Ev::Failed {
                                 to: k,
                                 id: out,
@@ -333,8 +416,9 @@ impl Sim {
                     } else if self.lost(i, k) {
                         self.traffic.lost += 1;
                         let at = self.now + self.net.request_timeout_ms;
-                        self.schedule(
+                        self.schedule_for(
                             at,
+                            k,
                             Ev::Failed {
                                 to: k,
                                 id: out,
@@ -343,8 +427,9 @@ impl Sim {
                         );
                     } else {
                         let at = self.now + self.latency();
-                        self.schedule(
+                        self.schedule_for(
                             at,
+                            k,
                             Ev::Response {
                                 to: k,
                                 id: out,
@@ -359,7 +444,7 @@ impl Sim {
                     };
                     let at = self.now + self.latency();
                     if self.links.contains(&link(i, j)) || self.lost(i, j) {
-                        self.schedule(at, Ev::DialFailed { node: i, peer });
+                        self.schedule_for(at, i, Ev::DialFailed { node: i, peer });
                     } else {
                         self.schedule(at, Ev::Connect { a: i, b: j });
                     }
@@ -375,8 +460,9 @@ impl Sim {
                 }
                 Action::Search { id, query } => {
                     let result = self.nodes[i].substrate.query(&query);
-                    self.schedule(
+                    self.schedule_for(
                         self.now + 1,
+                        i,
                         Ev::Searched {
                             node: i,
                             id,
@@ -403,6 +489,23 @@ impl Sim {
     fn deliver(&mut self, ev: Ev) {
         let now = self.now;
         match ev {
+            Ev::For {
+                to,
+                incarnation,
+                ev,
+            } => {
+                if self.nodes[to].alive && self.nodes[to].generation == incarnation {
+                    self.deliver(*ev);
+                }
+            }
+            Ev::Connect { a, .. } if !self.nodes[a].alive => {}
+            Ev::Connect { a, b } if !self.nodes[b].alive => {
+                let pb = self.nodes[b].peer;
+                self.nodes[a]
+                    .core
+                    .handle_dial_failed(pb, "down".into(), now);
+                self.touch(a);
+            }
             Ev::Connect { a, b } => {
                 if self.links.insert(link(a, b)) {
                     let (pa, pb) = (self.nodes[a].peer, self.nodes[b].peer);
@@ -434,8 +537,9 @@ impl Sim {
                 bytes,
             } => {
                 if !self.links.contains(&link(to, from)) {
-                    self.schedule(
+                    self.schedule_for(
                         now,
+                        from,
                         Ev::Failed {
                             to: from,
                             id: out,

@@ -296,3 +296,75 @@ fn a_seed_replays_exactly() {
     };
     assert_eq!(run(), run(), "seed {seed}: two runs differ");
 }
+
+#[test]
+fn crashed_nodes_are_reported_and_the_mesh_heals_when_they_restart() {
+    let seed = seed_or(31337);
+    let n = nodes();
+    let mut sim = warm(seed, n, Net::default());
+    sim.spread(5, DIM);
+    // A tenth of the federation crashes at once, the origin excepted.
+    let mut crashed = Vec::new();
+    while crashed.len() < n / 10 {
+        let i = sim.random_node();
+        if i != 0 && !crashed.contains(&i) {
+            crashed.push(i);
+        }
+    }
+    for &i in &crashed {
+        sim.crash(i);
+    }
+    let ids: Vec<_> = sim.nodes.iter().map(|x| x.core.node_id()).collect();
+    let options = QueryOptions {
+        fanout: 8,
+        timeout_ms: 3_000,
+        ..QueryOptions::default()
+    };
+    let query = PatternQuery::new(sim.random_embedding(DIM), 10);
+    let outcome = sim.query(
+        0,
+        query.clone(),
+        FederationScope::Global { max_hops: 6 },
+        options.clone(),
+    );
+    for &i in &crashed {
+        if let Some(p) = outcome.peer(&ids[i]) {
+            assert!(
+                !matches!(p.status, PeerStatus::Answered { .. }),
+                "seed {seed}: crashed node {i} answered"
+            );
+        }
+    }
+    let live = n - 1 - crashed.len();
+    assert!(
+        answered(&outcome) * 100 >= live * 95,
+        "seed {seed}: {} of {live} live nodes answered",
+        answered(&outcome)
+    );
+    // They restart from their configuration, rejoin through their bootstrap
+    // peers and the directory, and answer again.
+    for &i in &crashed {
+        sim.restart(i);
+    }
+    let settle = sim.now + 20_000;
+    sim.run_until(settle);
+    let outcome = sim.query(0, query, FederationScope::Global { max_hops: 6 }, options);
+    let back = crashed
+        .iter()
+        .filter(|&&i| {
+            outcome
+                .peer(&ids[i])
+                .is_some_and(|p| matches!(p.status, PeerStatus::Answered { .. }))
+        })
+        .count();
+    assert!(
+        back * 10 >= crashed.len() * 9,
+        "seed {seed}: {back} of {} restarted nodes answered",
+        crashed.len()
+    );
+    assert!(
+        answered(&outcome) * 100 >= (n - 1) * 95,
+        "seed {seed}: {} answered",
+        answered(&outcome)
+    );
+}
