@@ -7,8 +7,11 @@ mod deps;
 
 use std::{
     env,
+    io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
+    sync::{Arc, Mutex},
+    thread,
     time::Instant,
 };
 
@@ -47,8 +50,7 @@ fn main() -> ExitCode {
     let result = match cmd {
         "ci" => ci(rest.iter().any(|a| a == "--keep-going")),
         "deps" => deps::check_workspace(&root()).map_err(|e| vec![e]),
-        "test" => run_step(&Step::cargo("test", &["test", "--workspace", "--locked"]))
-            .map_err(|e| vec![e]),
+        "test" => run_step(&test_step()).map_err(|e| vec![e]),
         "bench" => bench(rest).map_err(|e| vec![e]),
         "fuzz" => fuzz(rest).map_err(|e| vec![e]),
         "sim" => sim(rest).map_err(|e| vec![e]),
@@ -89,7 +91,24 @@ struct Step {
     args: Vec<String>,
     envs: Vec<(&'static str, String)>,
     dir: Option<PathBuf>,
+    output: Output,
 }
+
+/// What a step does with the output of its command.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// Shown as it comes.
+    Shown,
+    /// Shown as it comes, and the failing tests' sections of libtest's output
+    /// are repeated in the step's error, so that they end the run's log.
+    ShownWithFailures,
+    /// Kept in a log file; only its last lines are shown (a few on success,
+    /// more on failure). For chatty tools such as libFuzzer.
+    Tail,
+}
+
+/// Lines of failing tests' output repeated in a step's error, at most.
+const FAILURE_DIGEST_LINES: usize = 120;
 
 impl Step {
     fn cargo(name: &'static str, args: &[&str]) -> Self {
@@ -99,7 +118,13 @@ impl Step {
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: Vec::new(),
             dir: None,
+            output: Output::Shown,
         }
+    }
+
+    fn output(mut self, output: Output) -> Self {
+        self.output = output;
+        self
     }
 
     fn env(mut self, key: &'static str, value: impl Into<String>) -> Self {
@@ -127,9 +152,67 @@ fn run_step(step: &Step) -> Result<(), String> {
     for (k, v) in &step.envs {
         cmd.env(k, v);
     }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("[{}] could not start `{}`: {e}", step.name, step.program))?;
+    let could_not_start =
+        |e: std::io::Error| format!("[{}] could not start `{}`: {e}", step.name, step.program);
+    let (status, detail) = match step.output {
+        Output::Shown => (cmd.status().map_err(could_not_start)?, String::new()),
+        Output::ShownWithFailures => {
+            let mut child = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(could_not_start)?;
+            let digest = Arc::new(Mutex::new(FailureDigest::default()));
+            let readers: Vec<_> = [
+                child
+                    .stdout
+                    .take()
+                    .map(|r| Box::new(r) as Box<dyn Read + Send>),
+                child
+                    .stderr
+                    .take()
+                    .map(|r| Box::new(r) as Box<dyn Read + Send>),
+            ]
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, r)| {
+                let digest = Arc::clone(&digest);
+                thread::spawn(move || tee(r, i == 0, &digest))
+            })
+            .collect();
+            let status = child.wait().map_err(could_not_start)?;
+            for r in readers {
+                let _ = r.join();
+            }
+            let digest = digest.lock().map(|d| d.render()).unwrap_or_default();
+            (status, digest)
+        }
+        Output::Tail => {
+            let dir = root().join("target").join("xtask-logs");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let path = dir.join(format!("{}.log", step.name));
+            let log = std::fs::File::create(&path)
+                .map_err(|e| format!("creating {}: {e}", path.display()))?;
+            let log2 = log
+                .try_clone()
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            let status = cmd
+                .stdout(log)
+                .stderr(log2)
+                .status()
+                .map_err(could_not_start)?;
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let keep = if status.success() { 3 } else { 80 };
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("({} lines in {})", lines.len(), path.display());
+            for line in &lines[lines.len().saturating_sub(keep)..] {
+                eprintln!("{line}");
+            }
+            (status, String::new())
+        }
+    };
     eprintln!(
         "<== [{}] {} in {:.0?}",
         step.name,
@@ -140,12 +223,79 @@ fn run_step(step: &Step) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "[{}] `{} {}` exited with {status}",
+            "[{}] `{} {}` exited with {status}{detail}",
             step.name,
             step.program,
             step.args.join(" ")
         ))
     }
+}
+
+/// Copies a child's output to ours line by line, noting what libtest says of
+/// failing tests.
+fn tee(from: Box<dyn Read + Send>, stdout: bool, digest: &Mutex<FailureDigest>) {
+    for line in BufReader::new(from).lines() {
+        let Ok(line) = line else { break };
+        if stdout {
+            let _ = writeln!(std::io::stdout(), "{line}");
+        } else {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+        if let Ok(mut d) = digest.lock() {
+            d.see(&line);
+        }
+    }
+}
+
+/// The failing tests of a libtest run: their names and the `failures:` sections
+/// (each failing test's captured output and panic message).
+#[derive(Default)]
+struct FailureDigest {
+    in_failures: bool,
+    lines: Vec<String>,
+    dropped: usize,
+}
+
+impl FailureDigest {
+    fn see(&mut self, line: &str) {
+        let t = line.trim_end();
+        if t == "failures:" {
+            self.in_failures = true;
+        } else if t.starts_with("test result:") {
+            self.in_failures = false;
+        }
+        let keep = self.in_failures
+            || (t.starts_with("test ") && t.ends_with("FAILED"))
+            || t.starts_with("error: test failed");
+        if keep {
+            if self.lines.len() < FAILURE_DIGEST_LINES {
+                self.lines.push(t.to_string());
+            } else {
+                self.dropped += 1;
+            }
+        }
+    }
+
+    fn render(&self) -> String {
+        if self.lines.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from("\nwhat the failing tests printed:\n");
+        for l in &self.lines {
+            out.push_str("  ");
+            out.push_str(l);
+            out.push('\n');
+        }
+        if self.dropped > 0 {
+            out.push_str(&format!("  ... and {} lines more\n", self.dropped));
+        }
+        out
+    }
+}
+
+/// `cargo test --workspace`, whose failures end the run's log.
+fn test_step() -> Step {
+    Step::cargo("test", &["test", "--workspace", "--locked"]).output(Output::ShownWithFailures)
 }
 
 fn has_cargo_subcommand(name: &str) -> bool {
@@ -197,10 +347,7 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
                 ))
             }),
         ),
-        (
-            "test",
-            Box::new(|| run_step(&Step::cargo("test", &["test", "--workspace", "--locked"]))),
-        ),
+        ("test", Box::new(|| run_step(&test_step()))),
         (
             "bench-build",
             Box::new(|| {
@@ -356,7 +503,8 @@ fn mesh_sim_run(full: bool) -> Result<(), String> {
             "2",
         ],
     )
-    .env("FED_SIM_NODES", "200");
+    .env("FED_SIM_NODES", "200")
+    .output(Output::ShownWithFailures);
     if full {
         step = step.env("FED_SIM_FULL", "1").env("FED_SIM_REPORT", "1");
     }
@@ -379,7 +527,8 @@ fn sim_run(seeds: u32, scenario: Option<String>, seed: Option<String>) -> Result
             "--nocapture",
         ],
     )
-    .env("FED_SIM_SEEDS", seeds.to_string());
+    .env("FED_SIM_SEEDS", seeds.to_string())
+    .output(Output::ShownWithFailures);
     if let Some(s) = scenario {
         step = step.env("FED_SIM_SCENARIO", s);
     }
@@ -464,7 +613,7 @@ fn fuzz_run(targets: &[String], seconds: u32) -> Result<(), String> {
             format!("-max_total_time={seconds}"),
             "-max_len=65536".into(),
         ]);
-        run_step(&fuzz_cmd("fuzz-run", args))?;
+        run_step(&fuzz_cmd("fuzz-run", args).output(Output::Tail))?;
     }
     Ok(())
 }
@@ -485,7 +634,42 @@ fn fuzz_targets(fuzz_dir: &Path) -> Result<Vec<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::bench_args;
+    use super::{FailureDigest, bench_args};
+
+    #[test]
+    fn the_digest_keeps_failing_tests_and_their_output_only() {
+        let log = "\
+running 3 tests
+test a::passes ... ok
+test a::breaks ... FAILED
+test a::also_passes ... ok
+
+failures:
+
+---- a::breaks stdout ----
+
+thread 'a::breaks' panicked at src/a.rs:3:5:
+seed 7: two runs differ
+
+failures:
+    a::breaks
+
+test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out
+error: test failed, to rerun pass `--test net`
+";
+        let mut d = FailureDigest::default();
+        log.lines().for_each(|l| d.see(l));
+        let text = d.render();
+        assert!(text.contains("test a::breaks ... FAILED"), "{text}");
+        assert!(text.contains("seed 7: two runs differ"), "{text}");
+        assert!(text.contains("--test net"), "{text}");
+        assert!(!text.contains("passes"), "{text}");
+        let mut quiet = FailureDigest::default();
+        "running 1 test\ntest a ... ok\ntest result: ok. 1 passed"
+            .lines()
+            .for_each(|l| quiet.see(l));
+        assert_eq!(quiet.render(), "");
+    }
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_string()).collect()
