@@ -48,7 +48,8 @@ async fn a_token_without_the_query_capability_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_refused_then_replaced() {
     let mut c = config(72);
-    c.timing.token_lifetime_ms = 1_500;
+    // Long enough for the first query on a loaded machine.
+    c.timing.token_lifetime_ms = 3_000;
     let b = start(c).await;
     let mut c = config(73);
     c.timing.renew_tokens = false;
@@ -66,7 +67,7 @@ async fn an_expired_token_is_refused_then_replaced() {
         .unwrap();
     assert_eq!(fresh.results.len(), 1);
     let handshakes = a.stats().await.unwrap().handshakes_completed;
-    tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3_300)).await;
     let late = a
         .federated_query(query(), FederationScope::Direct, QueryOptions::default())
         .await
@@ -93,15 +94,18 @@ async fn an_expired_token_is_refused_then_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_renewed_before_their_tokens_expire() {
     let mut c = config(74);
-    c.timing.token_lifetime_ms = 1_200;
+    // Renewal starts at three quarters of the lifetime: a second for the new
+    // handshake, even on a loaded machine.
+    c.timing.token_lifetime_ms = 4_000;
     let b = start(c).await;
     let a = start(config(75)).await;
     b.store_pattern(pattern(1, vec![1.0, 0.0])).await.unwrap();
     a.join_federation(&b.address().await.unwrap())
         .await
         .unwrap();
+    // 5.2 s in all: past the first token's expiry.
     for _ in 0..4 {
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
         let outcome = a
             .federated_query(
                 PatternQuery::new(vec![1.0, 0.0], 1),

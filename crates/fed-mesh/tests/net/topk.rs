@@ -135,7 +135,7 @@ async fn a_node_stuck_in_the_middle_of_a_query_is_reported_as_timed_out() {
     .await;
     let query = PatternQuery::new(embedding(78, DIM), 10);
     let options = QueryOptions {
-        timeout_ms: 1_500,
+        timeout_ms: 4_000,
         ..QueryOptions::default()
     };
     let outcome = nodes[0]
@@ -175,10 +175,10 @@ async fn a_node_that_hangs_altogether_is_reported_as_timed_out() {
             .unwrap();
     }
     let stuck = &nodes[4];
-    stuck.debug_pause(Duration::from_secs(4)).await.unwrap();
+    stuck.debug_pause(Duration::from_secs(7)).await.unwrap();
     let query = PatternQuery::new(embedding(77, DIM), 10);
     let options = QueryOptions {
-        timeout_ms: 1_500,
+        timeout_ms: 4_000,
         ..QueryOptions::default()
     };
     let outcome = nodes[0]
