@@ -270,6 +270,14 @@ fn a_partition_bounds_what_a_query_reaches_and_healing_restores_it() {
         FederationScope::Global { max_hops: 6 },
         options,
     );
+    if report() {
+        println!(
+            "seed {seed}, {n} nodes split in two, fanout 8, hops 6: {reached} of {same_side} \
+             on the origin's side answered; after healing {} of {}",
+            answered(&outcome),
+            n - 1
+        );
+    }
     assert!(
         answered(&outcome) * 100 >= (n - 1) * 97,
         "seed {seed}: {} of {} answered after healing",
@@ -336,6 +344,7 @@ fn crashed_nodes_are_reported_and_the_mesh_heals_when_they_restart() {
         }
     }
     let live = n - 1 - crashed.len();
+    let first = answered(&outcome);
     assert!(
         answered(&outcome) * 100 >= live * 95,
         "seed {seed}: {} of {live} live nodes answered",
@@ -357,6 +366,15 @@ fn crashed_nodes_are_reported_and_the_mesh_heals_when_they_restart() {
                 .is_some_and(|p| matches!(p.status, PeerStatus::Answered { .. }))
         })
         .count();
+    if report() {
+        println!(
+            "seed {seed}, {n} nodes, {} crashed, fanout 8, hops 6: {first} of {live} live \
+             nodes answered; after restarts {back} of the {} answered, {} in all",
+            crashed.len(),
+            crashed.len(),
+            answered(&outcome)
+        );
+    }
     assert!(
         back * 10 >= crashed.len() * 9,
         "seed {seed}: {back} of {} restarted nodes answered",
