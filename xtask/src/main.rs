@@ -19,11 +19,12 @@ const HELP: &str = "\
 cargo xtask <command>
 
 Commands:
-  ci [--keep-going]          every check CI runs, in order (fmt, clippy, test, bench
-                             build, doc, deps, sim, mesh sim, deny, fuzz build and
-                             smoke run)
+  ci [--keep-going]          every check CI runs, in order (fmt, clippy, test, the
+                             fast-kem backend's clippy and tests, bench build, doc,
+                             deps, sim, mesh sim, deny, fuzz build and smoke run)
   deps                       check the crate stack: no crate depends on one above it
   test                       cargo test --workspace --locked
+  fast-kem                   clippy and tests with fed-crypto's libcrux ML-KEM backend
   bench [CRATE..] [-- ARGS]  criterion benches (CRATE: crypto, crdt, ...; default all),
                              ARGS passed to criterion (e.g. --measurement-time 5)
   fuzz [--seconds N] [T..]   build the fuzz targets and run each (or the named ones)
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         "ci" => ci(rest.iter().any(|a| a == "--keep-going")),
         "deps" => deps::check_workspace(&root()).map_err(|e| vec![e]),
         "test" => run_step(&test_step()).map_err(|e| vec![e]),
+        "fast-kem" => fast_kem().map_err(|e| vec![e]),
         "bench" => bench(rest).map_err(|e| vec![e]),
         "fuzz" => fuzz(rest).map_err(|e| vec![e]),
         "sim" => sim(rest).map_err(|e| vec![e]),
@@ -293,6 +295,45 @@ impl FailureDigest {
     }
 }
 
+/// The other ML-KEM backend (fed-crypto's `fast-kem` feature): clippy on
+/// fed-crypto, and the tests of every crate that runs X-Wing (the KEM's vectors
+/// and the backends' interoperation, handshakes, onion packets).
+fn fast_kem() -> Result<(), String> {
+    run_step(&Step::cargo(
+        "fast-kem-clippy",
+        &[
+            "clippy",
+            "--locked",
+            "-p",
+            "fed-crypto",
+            "--all-targets",
+            "--features",
+            "fast-kem",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ))?;
+    run_step(
+        &Step::cargo(
+            "fast-kem-test",
+            &[
+                "test",
+                "--locked",
+                "-p",
+                "fed-crypto",
+                "-p",
+                "fed-handshake",
+                "-p",
+                "fed-onion",
+                "--features",
+                "fed-crypto/fast-kem",
+            ],
+        )
+        .output(Output::ShownWithFailures),
+    )
+}
+
 /// `cargo test --workspace`, whose failures end the run's log.
 fn test_step() -> Step {
     Step::cargo("test", &["test", "--workspace", "--locked"]).output(Output::ShownWithFailures)
@@ -348,6 +389,7 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
             }),
         ),
         ("test", Box::new(|| run_step(&test_step()))),
+        ("fast-kem", Box::new(fast_kem)),
         (
             "bench-build",
             Box::new(|| {

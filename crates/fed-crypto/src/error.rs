@@ -21,6 +21,11 @@ pub enum Error {
     /// does not decompress, is not canonically encoded or has small order, ...).
     #[error("invalid {0} public key")]
     InvalidPublicKey(&'static str),
+    /// An encoded secret key had the right length but is not consistent (an
+    /// expanded ML-KEM decapsulation key whose stored hash of its public key does
+    /// not match it).
+    #[error("invalid {0} secret key")]
+    InvalidSecretKey(&'static str),
     /// An encoding carried a version, kind or flag value this implementation does not know.
     #[error("unsupported {what}: {value}")]
     Unsupported {

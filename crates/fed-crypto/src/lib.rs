@@ -5,6 +5,9 @@
 //! - **X-Wing**, the hybrid post-quantum KEM (X25519 + ML-KEM-768) of
 //!   draft-connolly-cfrg-xwing-kem, byte-compatible with the draft's vectors, with
 //!   the expanded decapsulation key cached ([`XWingSecretKey`], [`XWingPublicKey`]).
+//!   Its ML-KEM-768 half comes from RustCrypto's `ml-kem` or, with the `fast-kem`
+//!   feature, from the formally verified and AVX2-accelerated `libcrux-ml-kem`; both
+//!   make and accept the same bytes ([`mlkem`], [`KemBackend`]).
 //! - **Identities**: an Ed25519 key (which is also the node's libp2p identity) and an
 //!   optional ML-DSA-65 key; [`NodeId`] = BLAKE3 of the public identity; hybrid
 //!   signatures in which every part the signer has must verify ([`Identity`],
@@ -55,6 +58,7 @@ mod error;
 mod identity;
 mod kdf;
 mod keyfile;
+pub mod mlkem;
 mod xwing;
 
 pub use channel::{
@@ -70,6 +74,7 @@ pub use identity::{
 };
 pub use kdf::{DerivedKey, MacTag, ct_eq, derive_key, hash, labels, mac, verify_mac};
 pub use keyfile::{KeyKind, MAX_KEY_FILE_LEN};
+pub use mlkem::KemBackend;
 pub use xwing::{
     XWING_CIPHERTEXT_LEN, XWING_ENCAPS_SEED_LEN, XWING_PUBLIC_KEY_LEN, XWING_SECRET_KEY_LEN,
     XWING_SHARED_SECRET_LEN, XWingCiphertext, XWingPublicKey, XWingSecretKey, XWingSharedSecret,

@@ -1,9 +1,10 @@
 //! X-Wing: the hybrid X25519 + ML-KEM-768 KEM of draft-connolly-cfrg-xwing-kem.
 //!
-//! Built from `ml-kem`, `x25519-dalek` and `sha3`, byte-compatible with the
-//! draft's published vectors. Unlike the `x-wing` crate, an [`XWingSecretKey`]
-//! keeps its expanded form (the ML-KEM decapsulation key and the X25519 scalar)
-//! so that decapsulation does not re-run SHAKE256 and ML-KEM key generation.
+//! Built from ML-KEM-768 (either backend of [`crate::mlkem`]), `x25519-dalek`
+//! and `sha3`, byte-compatible with the draft's published vectors. Unlike the
+//! `x-wing` crate, an [`XWingSecretKey`] keeps its expanded form (the ML-KEM
+//! decapsulation key and the X25519 scalar) so that decapsulation does not re-run
+//! SHAKE256 and ML-KEM key generation.
 //!
 //! Encodings (all fixed length, checked exactly on decode):
 //! - secret key: the 32-byte seed;
@@ -14,13 +15,6 @@
 //! The all-zero X25519 output (a low-order `pk_X` or `ct_X`) is not rejected, as in the
 //! draft: the combiner still binds the ML-KEM secret, which alone keeps the result secret.
 
-use ml_kem::{
-    B32, Decapsulate, KeyExport, MlKem768,
-    array::Array,
-    ml_kem_768::{
-        Ciphertext as MlKemCiphertext, DecapsulationKey as MlKemDk, EncapsulationKey as MlKemEk,
-    },
-};
 use rand_core::CryptoRng;
 use sha3::{Digest, Sha3_256};
 use shake::{ExtendableOutput, Shake256, Update, XofReader};
@@ -30,6 +24,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::{
     error::{Result, check_len},
     kdf::fingerprint,
+    mlkem::{
+        KemBackend, MLKEM768_CT_LEN as MLKEM_CT_LEN, MLKEM768_EK_LEN as MLKEM_EK_LEN,
+        MlKemDecapsulationKey as MlKemDk, MlKemEncapsulationKey as MlKemEk,
+    },
 };
 
 /// Length of an encoded X-Wing secret key (the seed).
@@ -43,8 +41,6 @@ pub const XWING_SHARED_SECRET_LEN: usize = 32;
 /// Length of the randomness consumed by one encapsulation.
 pub const XWING_ENCAPS_SEED_LEN: usize = 64;
 
-const MLKEM_EK_LEN: usize = 1184;
-const MLKEM_CT_LEN: usize = 1088;
 /// The X-Wing combiner label, the six ASCII bytes `\.//^\`.
 const XWING_LABEL: &[u8; 6] = b"\\.//^\\";
 
@@ -82,17 +78,23 @@ impl XWingSecretKey {
         Self::from_seed(&seed)
     }
 
-    /// Derives the key pair from a 32-byte seed (the draft's `GenerateKeyPairDerand`).
+    /// Derives the key pair from a 32-byte seed (the draft's `GenerateKeyPairDerand`),
+    /// with the current ML-KEM backend ([`KemBackend::current`]).
     pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self::from_seed_with(seed, KemBackend::current())
+    }
+
+    /// [`from_seed`](Self::from_seed) with the given ML-KEM backend. Every
+    /// backend derives the same key.
+    pub fn from_seed_with(seed: &[u8; 32], backend: KemBackend) -> Self {
         let mut expanded = Zeroizing::new([0u8; 96]);
         let mut shake = Shake256::default();
         shake.update(seed);
         shake.finalize_xof().read(expanded.as_mut());
 
-        let mut mlkem_seed = ml_kem::Seed::default();
+        let mut mlkem_seed = Zeroizing::new([0u8; 64]);
         mlkem_seed.copy_from_slice(&expanded[..64]);
-        let dk_m = MlKemDk::from_seed(mlkem_seed);
-        mlkem_seed.zeroize();
+        let dk_m = MlKemDk::from_seed(backend, &mlkem_seed);
         let mut sk_x_bytes = Zeroizing::new([0u8; 32]);
         sk_x_bytes.copy_from_slice(&expanded[64..96]);
         let sk_x = StaticSecret::from(*sk_x_bytes);
@@ -133,14 +135,18 @@ impl XWingSecretKey {
     /// first authenticated message does not open.
     pub fn decapsulate(&self, ct: &XWingCiphertext) -> XWingSharedSecret {
         let (ct_m_bytes, ct_x_bytes) = ct.0.split_at(MLKEM_CT_LEN);
-        let ct_m: MlKemCiphertext = Array::try_from(ct_m_bytes).unwrap_or_default();
-        let mut ss_m = self.dk_m.decapsulate(&ct_m);
+        let mut ct_m = [0u8; MLKEM_CT_LEN];
+        ct_m.copy_from_slice(ct_m_bytes);
+        let ss_m = self.dk_m.decapsulate(&ct_m);
         let mut ct_x = [0u8; 32];
         ct_x.copy_from_slice(ct_x_bytes);
         let ss_x = self.sk_x.diffie_hellman(&X25519Public::from(ct_x));
-        let ss = combine(&ss_m, ss_x.as_bytes(), &ct_x, self.pk.pk_x.as_bytes());
-        ss_m.zeroize();
-        ss
+        combine(&*ss_m, ss_x.as_bytes(), &ct_x, self.pk.pk_x.as_bytes())
+    }
+
+    /// The ML-KEM backend of this key.
+    pub fn backend(&self) -> KemBackend {
+        self.dk_m.backend()
     }
 }
 
@@ -153,20 +159,22 @@ impl std::fmt::Debug for XWingSecretKey {
 impl XWingPublicKey {
     fn from_parts(ek_m: MlKemEk, pk_x: X25519Public) -> Self {
         let mut bytes = Box::new([0u8; XWING_PUBLIC_KEY_LEN]);
-        bytes[..MLKEM_EK_LEN].copy_from_slice(&ek_m.to_bytes());
+        bytes[..MLKEM_EK_LEN].copy_from_slice(ek_m.as_bytes());
         bytes[MLKEM_EK_LEN..].copy_from_slice(pk_x.as_bytes());
         Self { ek_m, pk_x, bytes }
     }
 
     /// Decodes a public key: exactly 1216 bytes, with an ML-KEM part that passes the
-    /// FIPS 203 modulus check.
+    /// FIPS 203 modulus check; for the current ML-KEM backend.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::from_bytes_with(bytes, KemBackend::current())
+    }
+
+    /// [`from_bytes`](Self::from_bytes) with the given ML-KEM backend.
+    pub fn from_bytes_with(bytes: &[u8], backend: KemBackend) -> Result<Self> {
         check_len("X-Wing public key", XWING_PUBLIC_KEY_LEN, bytes)?;
         let (m, x) = bytes.split_at(MLKEM_EK_LEN);
-        let key =
-            Array::try_from(m).map_err(|_| crate::error::Error::InvalidPublicKey("ML-KEM-768"))?;
-        let ek_m =
-            MlKemEk::new(&key).map_err(|_| crate::error::Error::InvalidPublicKey("ML-KEM-768"))?;
+        let ek_m = MlKemEk::from_bytes(backend, m)?;
         let mut pk_x = [0u8; 32];
         pk_x.copy_from_slice(x);
         Ok(Self::from_parts(ek_m, X25519Public::from(pk_x)))
@@ -196,24 +204,22 @@ impl XWingPublicKey {
         &self,
         eseed: &[u8; XWING_ENCAPS_SEED_LEN],
     ) -> (XWingCiphertext, XWingSharedSecret) {
-        let mut m = B32::default();
+        let mut m = Zeroizing::new([0u8; 32]);
         m.copy_from_slice(&eseed[..32]);
-        let (ct_m, mut ss_m) = self.ek_m.encapsulate_deterministic(&m);
-        m.zeroize();
+        let (ct_m, ss_m) = self.ek_m.encapsulate_derand(&m);
         let mut ek_bytes = Zeroizing::new([0u8; 32]);
         ek_bytes.copy_from_slice(&eseed[32..]);
         let ek_x = StaticSecret::from(*ek_bytes);
         let ct_x = X25519Public::from(&ek_x);
         let ss_x = ek_x.diffie_hellman(&self.pk_x);
         let ss = combine(
-            &ss_m,
+            &*ss_m,
             ss_x.as_bytes(),
             ct_x.as_bytes(),
             self.pk_x.as_bytes(),
         );
-        ss_m.zeroize();
         let mut ct = Box::new([0u8; XWING_CIPHERTEXT_LEN]);
-        ct[..MLKEM_CT_LEN].copy_from_slice(&ct_m);
+        ct[..MLKEM_CT_LEN].copy_from_slice(&ct_m[..]);
         ct[MLKEM_CT_LEN..].copy_from_slice(ct_x.as_bytes());
         (XWingCiphertext(ct), ss)
     }
@@ -290,5 +296,9 @@ fn combine(ss_m: &[u8], ss_x: &[u8; 32], ct_x: &[u8; 32], pk_x: &[u8; 32]) -> XW
     XWingSharedSecret(out.into())
 }
 
-#[allow(dead_code)]
-fn _assert_kem_type(_: MlKem768) {}
+impl XWingPublicKey {
+    /// The ML-KEM backend of this key.
+    pub fn backend(&self) -> KemBackend {
+        self.ek_m.backend()
+    }
+}

@@ -5,6 +5,7 @@
 
 mod channel;
 mod identity;
+mod mlkem;
 mod props;
 mod vectors;
 
