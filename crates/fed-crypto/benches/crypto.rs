@@ -1,5 +1,6 @@
 //! fed-crypto benchmarks, each beside a peer measured in the same run:
-//! X-Wing against the `x-wing` crate, the channel against raw `aes-gcm` on the
+//! X-Wing on every ML-KEM backend of the build (`--features fast-kem` for
+//! libcrux) against the `x-wing` crate, the channel against raw `aes-gcm` on the
 //! same buffers, and hybrid against Ed25519-only signatures.
 //!
 //! Run with `cargo xtask bench crypto`; figures go to docs/BENCHMARKS.md.
@@ -10,8 +11,10 @@ use std::hint::black_box;
 
 use aes_gcm::{Aes256Gcm, KeyInit, aead::AeadInOut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fed_crypto::{ChannelConfig, Identity, Role, SecureChannel, XWingSecretKey};
-use ml_kem::array::typenum::Unsigned;
+use fed_crypto::{
+    ChannelConfig, Identity, KemBackend, Role, SecureChannel, XWingSecretKey,
+    mlkem::{MlKemDecapsulationKey, MlKemEncapsulationKey},
+};
 use x_wing::{Decapsulate, Decapsulator};
 
 const SEED: [u8; 32] = [0x42; 32];
@@ -19,38 +22,41 @@ const ESEED: [u8; 64] = [0x24; 64];
 
 fn xwing(c: &mut Criterion) {
     let mut g = c.benchmark_group("xwing");
-    g.bench_function("keygen/fed-crypto", |b| {
-        b.iter(|| XWingSecretKey::from_seed(black_box(&SEED)))
-    });
-    g.bench_function("keygen/x-wing", |b| {
-        b.iter(|| x_wing::DecapsulationKey::from(black_box(SEED)))
-    });
-
-    let ours = XWingSecretKey::from_seed(&SEED);
     let theirs = x_wing::DecapsulationKey::from(SEED);
     let their_ek = theirs.encapsulation_key().clone();
     let eseed = ESEED.into();
-    g.bench_function("encaps/fed-crypto", |b| {
-        b.iter(|| ours.public_key().encapsulate_derand(black_box(&ESEED)))
+    for &backend in KemBackend::ALL {
+        let name = backend.name();
+        g.bench_function(format!("keygen/fed-crypto-{name}"), |b| {
+            b.iter(|| XWingSecretKey::from_seed_with(black_box(&SEED), backend))
+        });
+        let ours = XWingSecretKey::from_seed_with(&SEED, backend);
+        g.bench_function(format!("encaps/fed-crypto-{name}"), |b| {
+            b.iter(|| ours.public_key().encapsulate_derand(black_box(&ESEED)))
+        });
+        let (ct, _) = ours.public_key().encapsulate_derand(&ESEED);
+        g.bench_function(format!("decaps/fed-crypto-{name}"), |b| {
+            b.iter(|| ours.decapsulate(black_box(&ct)))
+        });
+    }
+    g.bench_function("keygen/x-wing", |b| {
+        b.iter(|| x_wing::DecapsulationKey::from(black_box(SEED)))
     });
     g.bench_function("encaps/x-wing", |b| {
         b.iter(|| their_ek.encapsulate_deterministic(black_box(&eseed)))
     });
-
+    let ours = XWingSecretKey::from_seed(&SEED);
     let (ct, _) = ours.public_key().encapsulate_derand(&ESEED);
     let their_ct = x_wing::Ciphertext::try_from(ct.as_bytes().as_slice()).unwrap();
-    g.bench_function("decaps/fed-crypto", |b| {
-        b.iter(|| ours.decapsulate(black_box(&ct)))
-    });
     g.bench_function("decaps/x-wing", |b| {
         b.iter(|| theirs.decapsulate(black_box(&their_ct)))
     });
     g.finish();
 }
 
-/// The parts X-Wing is made of, to show where its time goes.
+/// The parts X-Wing is made of, to show where its time goes: X25519, and
+/// ML-KEM-768 on each backend.
 fn components(c: &mut Criterion) {
-    use ml_kem::{Decapsulate, KeyExport, MlKem768, kem::Kem};
     let mut g = c.benchmark_group("xwing-components");
     let secret = x25519_dalek::StaticSecret::from([7u8; 32]);
     let public = x25519_dalek::PublicKey::from([9u8; 32]);
@@ -60,25 +66,27 @@ fn components(c: &mut Criterion) {
     g.bench_function("x25519/dh", |b| {
         b.iter(|| secret.diffie_hellman(black_box(&public)))
     });
-    let seed = ml_kem::Seed::from([3u8; 64]);
-    g.bench_function("ml-kem-768/keygen", |b| {
-        b.iter(|| ml_kem::DecapsulationKey::<MlKem768>::from_seed(black_box(seed)))
-    });
-    let dk = ml_kem::DecapsulationKey::<MlKem768>::from_seed(seed);
-    let ek = dk.encapsulation_key().clone();
-    let m = ml_kem::B32::from([5u8; 32]);
-    g.bench_function("ml-kem-768/encaps", |b| {
-        b.iter(|| ek.encapsulate_deterministic(black_box(&m)))
-    });
-    let (ct, _) = ek.encapsulate_deterministic(&m);
-    g.bench_function("ml-kem-768/decaps", |b| {
-        b.iter(|| dk.decapsulate(black_box(&ct)))
-    });
-    let ek_bytes = ek.to_bytes();
-    g.bench_function("ml-kem-768/ek-decode", |b| {
-        b.iter(|| ml_kem::EncapsulationKey::<MlKem768>::new(black_box(&ek_bytes)).unwrap())
-    });
-    let _ = <MlKem768 as Kem>::SharedKeySize::USIZE;
+    let seed = [3u8; 64];
+    let m = [5u8; 32];
+    for &backend in KemBackend::ALL {
+        let name = backend.name();
+        g.bench_function(format!("ml-kem-768/keygen/{name}"), |b| {
+            b.iter(|| MlKemDecapsulationKey::from_seed(backend, black_box(&seed)))
+        });
+        let dk = MlKemDecapsulationKey::from_seed(backend, &seed);
+        let ek = dk.encapsulation_key().clone();
+        g.bench_function(format!("ml-kem-768/encaps/{name}"), |b| {
+            b.iter(|| ek.encapsulate_derand(black_box(&m)))
+        });
+        let (ct, _) = ek.encapsulate_derand(&m);
+        g.bench_function(format!("ml-kem-768/decaps/{name}"), |b| {
+            b.iter(|| dk.decapsulate(black_box(&ct)))
+        });
+        let ek_bytes = *ek.as_bytes();
+        g.bench_function(format!("ml-kem-768/ek-decode/{name}"), |b| {
+            b.iter(|| MlKemEncapsulationKey::from_bytes(backend, black_box(&ek_bytes)).unwrap())
+        });
+    }
     g.finish();
 }
 

@@ -61,17 +61,24 @@ fn configs(suite: Suite) -> (Arc<InitiatorConfig>, Arc<ResponderConfig>) {
 fn full_handshake(c: &mut Criterion) {
     let mut g = c.benchmark_group("handshake");
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    for suite in [Suite::Default, Suite::PqAuth] {
-        let (ic, rc) = configs(suite);
-        let sizes = handshake(&ic, &rc, &mut rng);
-        println!(
-            "handshake/{}: bytes per message (hello, accept, finish, token frame) = {sizes:?}",
-            suite.name()
-        );
-        g.bench_function(format!("fed-handshake/{}", suite.name()), |b| {
-            b.iter(|| black_box(handshake(&ic, &rc, &mut rng)))
-        });
+    // Every ML-KEM backend of the build (`--features fed-crypto/fast-kem` adds
+    // libcrux): the handshake's X-Wing keys are made with the current one.
+    for &backend in fed_crypto::KemBackend::ALL {
+        backend.set_default();
+        for suite in [Suite::Default, Suite::PqAuth] {
+            let (ic, rc) = configs(suite);
+            let sizes = handshake(&ic, &rc, &mut rng);
+            println!(
+                "handshake/{}: bytes per message (hello, accept, finish, token frame) = {sizes:?}",
+                suite.name()
+            );
+            g.bench_function(
+                format!("fed-handshake/{}/{}", suite.name(), backend.name()),
+                |b| b.iter(|| black_box(handshake(&ic, &rc, &mut rng))),
+            );
+        }
     }
+    fed_crypto::KemBackend::BUILD_DEFAULT.set_default();
     g.finish();
 }
 

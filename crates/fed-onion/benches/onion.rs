@@ -172,36 +172,45 @@ fn process(c: &mut Criterion) {
         }
         let last = packet;
 
-        g.bench_function(format!("fed-onion/relay/{class:?}"), |b| {
-            b.iter_batched(
-                || (fresh_relay(&all[0]), Message::Forward(first.clone())),
-                |(mut relay, message)| {
-                    let out = relay.process(message, sender, NOW);
-                    assert!(matches!(out, Processed::Forward { .. }));
-                    (relay, out)
-                },
-                BatchSize::SmallInput,
-            )
-        });
-        g.bench_function(format!("fed-onion/destination/{class:?}"), |b| {
-            b.iter_batched(
-                || (fresh_relay(&all[3]), Message::Forward(last.clone())),
-                |(mut relay, message)| {
-                    let out = relay.process(message, from, NOW);
-                    assert!(matches!(out, Processed::Deliver(_)));
-                    (relay, out)
-                },
-                BatchSize::SmallInput,
-            )
-        });
+        // Every ML-KEM backend of the build: the relays' keys are made (outside
+        // the timing) with the current one.
+        for &backend in fed_crypto::KemBackend::ALL {
+            backend.set_default();
+            let kem = backend.name();
+            g.bench_function(format!("fed-onion/relay/{class:?}/{kem}"), |b| {
+                b.iter_batched(
+                    || (fresh_relay(&all[0]), Message::Forward(first.clone())),
+                    |(mut relay, message)| {
+                        let out = relay.process(message, sender, NOW);
+                        assert!(matches!(out, Processed::Forward { .. }));
+                        (relay, out)
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+            g.bench_function(format!("fed-onion/destination/{class:?}/{kem}"), |b| {
+                b.iter_batched(
+                    || (fresh_relay(&all[3]), Message::Forward(last.clone())),
+                    |(mut relay, message)| {
+                        let out = relay.process(message, from, NOW);
+                        assert!(matches!(out, Processed::Deliver(_)));
+                        (relay, out)
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        fed_crypto::KemBackend::BUILD_DEFAULT.set_default();
     }
 
     // The floor: the X-Wing decapsulation every hop performs.
-    let secret = fed_crypto::XWingSecretKey::from_seed(&all[0].seed);
-    let (ct, _) = secret.public_key().encapsulate_derand(&[7; 64]);
-    g.bench_function("x-wing-decapsulate", |b| {
-        b.iter(|| secret.decapsulate(black_box(&ct)))
-    });
+    for &backend in fed_crypto::KemBackend::ALL {
+        let secret = fed_crypto::XWingSecretKey::from_seed_with(&all[0].seed, backend);
+        let (ct, _) = secret.public_key().encapsulate_derand(&[7; 64]);
+        g.bench_function(format!("x-wing-decapsulate/{}", backend.name()), |b| {
+            b.iter(|| secret.decapsulate(black_box(&ct)))
+        });
+    }
 
     let (keys, nodes, destination, delays) = sphinx_route();
     for size in [1024usize, 8 * 1024, 32 * 1024] {
