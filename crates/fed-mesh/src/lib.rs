@@ -90,6 +90,8 @@ mod driver;
 mod error;
 #[cfg(feature = "node")]
 mod mesh;
+#[cfg(feature = "node")]
+pub mod store;
 pub mod substrate;
 mod types;
 pub mod wire;

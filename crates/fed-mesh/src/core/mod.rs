@@ -71,6 +71,8 @@ pub mod labels {
     pub const MEMBER_RECORD: &str = "exo-federation v1 mesh member record";
     /// Signature of a write to the shared map.
     pub const SHARED_WRITE: &str = "exo-federation v1 mesh shared write";
+    /// Checksum of a record in the node's store (docs/protocol/store.md).
+    pub const STORE_RECORD: &str = "exo-federation v1 mesh store record";
     /// Every label above.
     pub const ALL: &[&str] = &[
         CHANNEL_BINDING,
@@ -79,6 +81,7 @@ pub mod labels {
         QUERY_KEY,
         MEMBER_RECORD,
         SHARED_WRITE,
+        STORE_RECORD,
     ];
 }
 

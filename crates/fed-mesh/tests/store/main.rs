@@ -1,0 +1,358 @@
+//! The node's store on a real file: the PBFT tables against the reference
+//! semantics of `fed_pbft::DurableState::apply`, refusals of foreign and damaged
+//! files, and crashes (SIGKILL of a child process) between durable writes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::Arc,
+};
+
+use fed_crypto::NodeId;
+use fed_mesh::store::{Store, StoreError};
+use fed_pbft::{CheckpointCert, CommitProof, DurableState, Persist, PreparedCert, Signature};
+use proptest::prelude::*;
+use rand_chacha::{
+    ChaCha20Rng,
+    rand_core::{Rng, SeedableRng},
+};
+
+const NODE: NodeId = NodeId([7; 32]);
+
+/// A random write of every kind, over a few views and sequence numbers so that
+/// the keep-the-newer rules and pruning are exercised.
+fn random_op(rng: &mut ChaCha20Rng) -> Persist {
+    let seq = u64::from(rng.next_u32() % 24);
+    let view = u64::from(rng.next_u32() % 4);
+    let digest = {
+        let mut d = [0u8; 32];
+        rng.fill_bytes(&mut d);
+        d
+    };
+    let sig = Signature([rng.next_u32() as u8; 64]);
+    let batch = |rng: &mut ChaCha20Rng| -> Arc<[u8]> {
+        let mut b = vec![0u8; (rng.next_u32() % 300) as usize];
+        rng.fill_bytes(&mut b);
+        Arc::from(b)
+    };
+    let sigs = |rng: &mut ChaCha20Rng| -> Vec<(u16, Signature)> {
+        (0..(rng.next_u32() % 4) as u16)
+            .map(|i| (i, Signature([rng.next_u32() as u8; 64])))
+            .collect()
+    };
+    match rng.next_u32() % 7 {
+        0 => Persist::View {
+            view,
+            active: rng.next_u32() % 2 == 0,
+        },
+        1 => Persist::PrePrepare {
+            view,
+            seq,
+            digest,
+            signature: sig,
+            batch: (rng.next_u32() % 2 == 0).then(|| batch(rng)),
+        },
+        2 => Persist::Prepared {
+            cert: PreparedCert {
+                view,
+                seq,
+                digest,
+                primary: sig,
+                prepares: sigs(rng),
+            },
+            batch: (rng.next_u32() % 2 == 0).then(|| batch(rng)),
+        },
+        3 | 4 => Persist::Committed {
+            proof: CommitProof {
+                membership: [1; 32],
+                view,
+                seq,
+                digest,
+                signatures: sigs(rng),
+            },
+            batch: batch(rng),
+        },
+        5 => Persist::Checkpoint {
+            seq,
+            state: digest,
+            snapshot: batch(rng),
+        },
+        _ => Persist::Stable(CheckpointCert {
+            seq: seq / 2,
+            state: digest,
+            signatures: sigs(rng),
+        }),
+    }
+}
+
+fn ops(seed: u64, n: usize) -> Vec<Persist> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    (0..n).map(|_| random_op(&mut rng)).collect()
+}
+
+fn reference(ops: &[Persist]) -> DurableState {
+    let mut s = DurableState::default();
+    for op in ops {
+        s.apply(op);
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever the writes, grouped in transactions however, and with the file
+    /// closed and reopened in between, the store reads back exactly what the
+    /// reference semantics give.
+    #[test]
+    fn the_store_reads_back_what_the_reference_semantics_give(
+        seed in any::<u64>(),
+        n in 1usize..80,
+        group in 1usize..6,
+        reopen_every in 1usize..4,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let all = ops(seed, n);
+        let mut store = Store::open(&path, &NODE).unwrap();
+        for (i, chunk) in all.chunks(group).enumerate() {
+            store.pbft().persist_all(chunk).unwrap();
+            if i % reopen_every == 0 {
+                drop(store);
+                store = Store::open(&path, &NODE).unwrap();
+            }
+            let done = ((i + 1) * group).min(n);
+            prop_assert_eq!(store.pbft().load_state().unwrap(), reference(&all[..done]));
+        }
+    }
+}
+
+fn filled(path: &Path, ops: &[Persist]) -> DurableState {
+    let store = Store::open(path, &NODE).unwrap();
+    store.pbft().persist_all(ops).unwrap();
+    store.pbft().load_state().unwrap()
+}
+
+#[test]
+fn a_store_of_another_node_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    filled(&path, &ops(1, 10));
+    let err = Store::open(&path, &NodeId([8; 32])).unwrap_err();
+    assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, vec![b'x'; 10_000]).unwrap();
+    let err = Store::open(&path, &NODE).unwrap_err();
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+    // The file is left as it was: never reset.
+    assert_eq!(std::fs::read(&path).unwrap(), vec![b'x'; 10_000]);
+
+    // A redb database of something else.
+    let other = dir.path().join("other.redb");
+    {
+        let db = redb::Database::create(&other).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<'_, u64, u64> = redb::TableDefinition::new("things");
+            txn.open_table(def).unwrap().insert(1, 2).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&other, &NODE).unwrap_err();
+    assert!(matches!(err, StoreError::Format { .. }), "{err}");
+}
+
+/// The offset of `needle` in the file.
+fn find(path: &Path, needle: &[u8]) -> usize {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("marker in the file")
+}
+
+fn flip(path: &Path, at: usize, mask: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= mask;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_byte_edited_in_a_committed_batch_is_detected_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let marker = b"exo-federation committed batch marker";
+    let mut all = ops(2, 20);
+    all.push(Persist::Committed {
+        proof: CommitProof {
+            membership: [1; 32],
+            view: 0,
+            seq: 100,
+            digest: [2; 32],
+            signatures: Vec::new(),
+        },
+        batch: Arc::from(marker.as_slice()),
+    });
+    filled(&path, &all);
+    flip(&path, find(&path, marker) + 5, 0x01);
+    let err = Store::open(&path, &NODE).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+/// A record rewritten through redb itself (a tool that edits the file and keeps
+/// redb's page checksums right): the record's own checksum catches it.
+#[test]
+fn a_record_edited_with_a_redb_tool_is_detected_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let all = ops(6, 40);
+    let want = filled(&path, &all);
+    let (&seq, _) = want.committed.iter().next().expect("a committed batch");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let def: redb::TableDefinition<'_, u64, &[u8]> =
+            redb::TableDefinition::new("pbft_committed");
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(def).unwrap();
+            let mut v = redb::ReadableTable::get(&t, seq)
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec();
+            let last = v.len() - 1;
+            v[last] ^= 0x80;
+            t.insert(seq, v.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path, &NODE).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    assert!(err.to_string().contains("pbft_committed"), "{err}");
+}
+
+/// A byte flipped anywhere in the file: the store either refuses to open,
+/// naming the file, or opens with exactly the state it had. Never a silently
+/// different state.
+#[test]
+fn a_byte_flipped_anywhere_is_refused_or_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean.redb");
+    let want = filled(&clean, &ops(3, 60));
+    let len = std::fs::metadata(&clean).unwrap().len() as usize;
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let (mut refused, mut harmless) = (0, 0);
+    for trial in 0..120 {
+        let path = dir.path().join(format!("trial-{trial}.redb"));
+        std::fs::copy(&clean, &path).unwrap();
+        let at = (rng.next_u64() % len as u64) as usize;
+        flip(&path, at, 1 << (rng.next_u32() % 8));
+        match Store::open(&path, &NODE) {
+            Err(e) => {
+                assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+                refused += 1;
+            }
+            Ok(store) => {
+                let got = store.pbft().load_state();
+                assert_eq!(
+                    got.as_ref().ok(),
+                    Some(&want),
+                    "byte {at} changed the state silently"
+                );
+                harmless += 1;
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+    assert!(
+        refused > 0 && harmless > 0,
+        "refused {refused}, harmless {harmless}"
+    );
+}
+
+/// The child side of the crash test: writes `FED_STORE_OPS` writes one by one,
+/// printing the count after each is durable, until killed.
+fn child(path: &str, seed: u64, n: usize) {
+    let store = Store::open(path, &NODE).unwrap();
+    let all = ops(seed, n);
+    let mut pbft = store.pbft();
+    for (i, op) in all.iter().enumerate() {
+        pbft.persist_all(std::slice::from_ref(op)).unwrap();
+        println!("durable {}", i + 1);
+    }
+    println!("done");
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_process_killed_between_writes_loses_no_durable_write() {
+    if let Ok(path) = std::env::var("FED_STORE_CHILD") {
+        let seed = std::env::var("FED_STORE_SEED").unwrap().parse().unwrap();
+        child(&path, seed, 400);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    for round in 0..6u64 {
+        let path = dir.path().join(format!("crash-{round}.redb"));
+        let seed = 100 + round;
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_process_killed_between_writes_loses_no_durable_write",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("FED_STORE_CHILD", &path)
+            .env("FED_STORE_SEED", seed.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let kill_after = 1 + (rng.next_u32() % 300) as usize;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut acked = 0;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(n) = line.strip_prefix("durable ") {
+                acked = n.parse().unwrap();
+                if acked >= kill_after {
+                    break;
+                }
+            }
+        }
+        // SIGKILL: no destructor, no flush, mid-way through the next write.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            acked >= kill_after,
+            "round {round}: the child stopped at {acked}"
+        );
+        let all = ops(seed, 400);
+        let store = Store::open(&path, &NODE).unwrap();
+        let got = store.pbft().load_state().unwrap();
+        // Every acknowledged write is there; the one in flight may be.
+        let ok = got == reference(&all[..acked]) || got == reference(&all[..acked + 1]);
+        assert!(
+            ok,
+            "round {round}: state after {acked} durable writes differs"
+        );
+    }
+}
