@@ -46,14 +46,14 @@ fn random_op(rng: &mut ChaCha20Rng) -> Persist {
     match rng.next_u32() % 7 {
         0 => Persist::View {
             view,
-            active: rng.next_u32() % 2 == 0,
+            active: rng.next_u32().is_multiple_of(2),
         },
         1 => Persist::PrePrepare {
             view,
             seq,
             digest,
             signature: sig,
-            batch: (rng.next_u32() % 2 == 0).then(|| batch(rng)),
+            batch: (rng.next_u32().is_multiple_of(2)).then(|| batch(rng)),
         },
         2 => Persist::Prepared {
             cert: PreparedCert {
@@ -63,7 +63,7 @@ fn random_op(rng: &mut ChaCha20Rng) -> Persist {
                 primary: sig,
                 prepares: sigs(rng),
             },
-            batch: (rng.next_u32() % 2 == 0).then(|| batch(rng)),
+            batch: (rng.next_u32().is_multiple_of(2)).then(|| batch(rng)),
         },
         3 | 4 => Persist::Committed {
             proof: CommitProof {
