@@ -2,7 +2,10 @@
 //! same bytes: they must accept and refuse the same encapsulation and expanded
 //! decapsulation keys, and agree on every ciphertext and shared secret.
 //!
-//! Input: `ek (1184) ‖ m (32)` then, if there is room, `dk (2400) ‖ ct (1088)`.
+//! Input: `ek (1184) ‖ m (32)` then, if there is room, `dk (2400) ‖ ct (1088)`
+//! and one more byte: if it is odd, the hash stored in `dk` is recomputed over
+//! the encapsulation key `dk` holds, so that edited keys reach the checks past
+//! the hash (the modulus check of the embedded key, the secret vector).
 #![no_main]
 
 use fed_crypto::{
@@ -47,7 +50,16 @@ fuzz_target!(|data: &[u8]| {
     }
     let off = MLKEM768_EK_LEN + 32;
     if data.len() >= off + MLKEM768_DK_LEN + MLKEM768_CT_LEN {
-        let dk = &data[off..off + MLKEM768_DK_LEN];
+        let mut dk = data[off..off + MLKEM768_DK_LEN].to_vec();
+        if data
+            .get(off + MLKEM768_DK_LEN + MLKEM768_CT_LEN)
+            .is_some_and(|b| b & 1 == 1)
+        {
+            use sha3::Digest;
+            let h = sha3::Sha3_256::digest(&dk[1152..2336]);
+            dk[2336..2368].copy_from_slice(&h);
+        }
+        let dk = dk.as_slice();
         let ct: [u8; MLKEM768_CT_LEN] = data[off + MLKEM768_DK_LEN..][..MLKEM768_CT_LEN]
             .try_into()
             .unwrap();
@@ -58,6 +70,15 @@ fuzz_target!(|data: &[u8]| {
         assert!(
             keys.iter().all(|k| k.is_some() == keys[0].is_some()),
             "backends disagree on accepting an expanded decapsulation key"
+        );
+        let eks: Vec<_> = keys
+            .iter()
+            .flatten()
+            .map(|k| *k.encapsulation_key().as_bytes())
+            .collect();
+        assert!(
+            eks.windows(2).all(|w| w[0] == w[1]),
+            "backends disagree on the public key"
         );
         let secrets: Vec<_> = keys.iter().flatten().map(|k| *k.decapsulate(&ct)).collect();
         assert!(

@@ -3,32 +3,35 @@
 //!
 //! libcrux chooses AVX2 code at run time only in its packed API; the unpacked
 //! API comes per platform, so this module makes the same choice itself, with
-//! libcrux's own CPU check, once per key. libcrux does not wipe its keys: a key
-//! pair is overwritten with an empty one on drop, and the write is kept from
-//! being optimised away by `black_box`.
+//! libcrux's own CPU check, once per key (or takes the portable code when asked
+//! to: [`KemBackend::LibcruxPortable`](super::KemBackend::LibcruxPortable)).
+//!
+//! libcrux does not wipe its keys. Key pairs are built in place on the heap (no
+//! stack copy of the secret vector) and overwritten with an empty key pair on
+//! drop, the write kept from being optimised away by `black_box`; encoded
+//! private keys and shared secrets are wiped in place. Values libcrux takes by
+//! value (the 64-byte seed, the 32-byte message) and its own intermediates are
+//! not ours to wipe: a residual risk of this backend, shared with every caller
+//! of libcrux.
 
 use libcrux_ml_kem::{
     MlKemCiphertext, MlKemPrivateKey, MlKemPublicKey,
     mlkem768::{self, portable::unpacked as portable},
 };
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 #[cfg(target_arch = "x86_64")]
 use libcrux_ml_kem::mlkem768::avx2::unpacked as avx2;
 
 use super::{MLKEM_SEED_LEN, MLKEM_SS_LEN, MLKEM768_CT_LEN, MLKEM768_DK_LEN, MLKEM768_EK_LEN};
 
-/// Whether libcrux's AVX2 code runs on this CPU.
-fn use_avx2() -> bool {
-    cfg!(target_arch = "x86_64") && libcrux_platform::simd256_support()
-}
+/// Where the encapsulation key sits in FIPS 203's expanded decapsulation key:
+/// `dk_pke (1152) ‖ ek (1184) ‖ H(ek) (32) ‖ z (32)`.
+const DK_EK_AT: usize = 1152;
 
-pub(super) fn variant_name() -> &'static str {
-    if use_avx2() {
-        "libcrux-avx2"
-    } else {
-        "libcrux-portable"
-    }
+/// Whether libcrux's AVX2 code runs on this CPU.
+pub(super) fn avx2_available() -> bool {
+    cfg!(target_arch = "x86_64") && libcrux_platform::simd256_support()
 }
 
 /// An unpacked key pair; the variant is the code that may touch it.
@@ -44,6 +47,18 @@ pub(super) enum PublicKey {
     #[cfg(target_arch = "x86_64")]
     Avx2(avx2::MlKem768PublicKeyUnpacked),
     Portable(portable::MlKem768PublicKeyUnpacked),
+}
+
+impl KeyPair {
+    /// An empty key pair on the heap, for `avx2` code or the portable code.
+    fn empty(avx2: bool) -> Box<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            return Box::new(Self::Avx2(avx2::init_key_pair()));
+        }
+        let _ = avx2;
+        Box::new(Self::Portable(portable::init_key_pair()))
+    }
 }
 
 impl Drop for KeyPair {
@@ -78,83 +93,62 @@ fn public_key_of(kp: &KeyPair) -> PublicKey {
     }
 }
 
-pub(super) fn keygen(seed: &[u8; MLKEM_SEED_LEN]) -> (Box<KeyPair>, Box<PublicKey>) {
-    // The seed is copied by value into libcrux; the copy here is wiped.
-    let randomness = Zeroizing::new(*seed);
-    let kp = Box::new({
+pub(super) fn keygen(avx2: bool, seed: &[u8; MLKEM_SEED_LEN]) -> (Box<KeyPair>, Box<PublicKey>) {
+    let mut kp = KeyPair::empty(avx2);
+    match &mut *kp {
         #[cfg(target_arch = "x86_64")]
-        if use_avx2() {
-            KeyPair::Avx2(avx2::generate_key_pair(*randomness))
-        } else {
-            KeyPair::Portable(portable::generate_key_pair(*randomness))
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        KeyPair::Portable(portable::generate_key_pair(*randomness))
-    });
+        KeyPair::Avx2(k) => avx2::generate_key_pair_mut(*seed, k),
+        KeyPair::Portable(k) => portable::generate_key_pair_mut(*seed, k),
+    }
     let pk = Box::new(public_key_of(&kp));
     (kp, pk)
 }
 
-pub(super) fn from_expanded(dk: &[u8; MLKEM768_DK_LEN]) -> Option<(Box<KeyPair>, Box<PublicKey>)> {
-    let private = MlKemPrivateKey::from(dk);
-    // FIPS 203 §7.3: the stored hash of the encapsulation key must match it.
-    let ok = mlkem768::portable::validate_private_key_only(&private);
-    let kp = ok.then(|| {
-        Box::new({
+pub(super) fn from_expanded(
+    avx2: bool,
+    dk: &[u8; MLKEM768_DK_LEN],
+) -> Option<(Box<KeyPair>, Box<PublicKey>)> {
+    let mut private = Box::new(MlKemPrivateKey::from([0u8; MLKEM768_DK_LEN]));
+    private[0..].copy_from_slice(dk);
+    // FIPS 203 §7.3: the stored hash of the encapsulation key must match it,
+    // and (as for any encapsulation key, §7.2) its coefficients must be below
+    // q; libcrux checks the first only and would reduce the coefficients.
+    let ek = MlKemPublicKey::from(
+        <&[u8; MLKEM768_EK_LEN]>::try_from(&dk[DK_EK_AT..DK_EK_AT + MLKEM768_EK_LEN]).ok()?,
+    );
+    let valid = mlkem768::portable::validate_private_key_only(&private)
+        && mlkem768::portable::validate_public_key(&ek);
+    let kp = valid.then(|| {
+        let mut kp = KeyPair::empty(avx2);
+        match &mut *kp {
             #[cfg(target_arch = "x86_64")]
-            if use_avx2() {
-                let mut kp = avx2::init_key_pair();
-                avx2::key_pair_from_private_mut(&private, &mut kp);
-                KeyPair::Avx2(kp)
-            } else {
-                let mut kp = portable::init_key_pair();
-                portable::key_pair_from_private_mut(&private, &mut kp);
-                KeyPair::Portable(kp)
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                let mut kp = portable::init_key_pair();
-                portable::key_pair_from_private_mut(&private, &mut kp);
-                KeyPair::Portable(kp)
-            }
-        })
+            KeyPair::Avx2(k) => avx2::key_pair_from_private_mut(&private, k),
+            KeyPair::Portable(k) => portable::key_pair_from_private_mut(&private, k),
+        }
+        kp
     });
-    wipe_private(private);
+    private[0..].zeroize();
     let kp = kp?;
     let pk = Box::new(public_key_of(&kp));
     Some((kp, pk))
 }
 
-/// Overwrites libcrux's copy of an encoded private key.
-fn wipe_private(private: MlKemPrivateKey<MLKEM768_DK_LEN>) {
-    let mut bytes: Zeroizing<[u8; MLKEM768_DK_LEN]> = Zeroizing::new(private.into());
-    std::hint::black_box(&mut *bytes);
-}
-
-pub(super) fn ek_from_bytes(bytes: &[u8; MLKEM768_EK_LEN]) -> Option<Box<PublicKey>> {
+pub(super) fn ek_from_bytes(avx2: bool, bytes: &[u8; MLKEM768_EK_LEN]) -> Option<Box<PublicKey>> {
     let public = MlKemPublicKey::from(bytes);
     // FIPS 203 §7.2: every coefficient below q.
     if !mlkem768::portable::validate_public_key(&public) {
         return None;
     }
-    Some(Box::new({
-        #[cfg(target_arch = "x86_64")]
-        if use_avx2() {
-            let mut pk = avx2::init_public_key();
-            avx2::unpacked_public_key(&public, &mut pk);
-            PublicKey::Avx2(pk)
-        } else {
-            let mut pk = portable::init_public_key();
-            portable::unpacked_public_key(&public, &mut pk);
-            PublicKey::Portable(pk)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let mut pk = portable::init_public_key();
-            portable::unpacked_public_key(&public, &mut pk);
-            PublicKey::Portable(pk)
-        }
-    }))
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        let mut pk = avx2::init_public_key();
+        avx2::unpacked_public_key(&public, &mut pk);
+        return Some(Box::new(PublicKey::Avx2(pk)));
+    }
+    let _ = avx2;
+    let mut pk = portable::init_public_key();
+    portable::unpacked_public_key(&public, &mut pk);
+    Some(Box::new(PublicKey::Portable(pk)))
 }
 
 pub(super) fn ek_bytes(pk: &PublicKey) -> [u8; MLKEM768_EK_LEN] {
@@ -171,14 +165,14 @@ pub(super) fn encapsulate(
     pk: &PublicKey,
     m: &[u8; 32],
 ) -> (Box<[u8; MLKEM768_CT_LEN]>, Zeroizing<[u8; MLKEM_SS_LEN]>) {
-    let randomness = Zeroizing::new(*m);
-    let (ct, ss) = match pk {
+    let (ct, mut ss) = match pk {
         #[cfg(target_arch = "x86_64")]
-        PublicKey::Avx2(pk) => avx2::encapsulate(pk, *randomness),
-        PublicKey::Portable(pk) => portable::encapsulate(pk, *randomness),
+        PublicKey::Avx2(pk) => avx2::encapsulate(pk, *m),
+        PublicKey::Portable(pk) => portable::encapsulate(pk, *m),
     };
-    let ss = Zeroizing::new(ss);
-    (Box::new(*ct.as_slice()), Zeroizing::new(*ss))
+    let out = Zeroizing::new(ss);
+    ss.zeroize();
+    (Box::new(*ct.as_slice()), out)
 }
 
 pub(super) fn decapsulate(
@@ -186,10 +180,12 @@ pub(super) fn decapsulate(
     ct: &[u8; MLKEM768_CT_LEN],
 ) -> Zeroizing<[u8; MLKEM_SS_LEN]> {
     let ct = MlKemCiphertext::from(ct);
-    let ss = match kp {
+    let mut ss = match kp {
         #[cfg(target_arch = "x86_64")]
         KeyPair::Avx2(kp) => avx2::decapsulate(kp, &ct),
         KeyPair::Portable(kp) => portable::decapsulate(kp, &ct),
     };
-    Zeroizing::new(ss)
+    let out = Zeroizing::new(ss);
+    ss.zeroize();
+    out
 }

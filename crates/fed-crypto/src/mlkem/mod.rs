@@ -9,6 +9,8 @@
 //! - [`KemBackend::Libcrux`] (feature `fast-kem`): Cryspen's `libcrux-ml-kem`,
 //!   formally verified, with AVX2 code chosen at run time on x86-64 CPUs that
 //!   have it and portable code elsewhere. The default when the feature is on.
+//!   [`KemBackend::LibcruxPortable`] is the same library held to its portable
+//!   code on every CPU (for comparison, and so that tests cover that code).
 //!
 //! Both produce and accept the same bytes (FIPS 203 encodings), so a key made
 //! by one backend decapsulates what the other encapsulated; a property test
@@ -52,6 +54,9 @@ pub enum KemBackend {
     /// Cryspen's `libcrux-ml-kem` (formally verified; AVX2 when the CPU has it).
     #[cfg(feature = "fast-kem")]
     Libcrux,
+    /// `libcrux-ml-kem`'s portable code, whatever the CPU.
+    #[cfg(feature = "fast-kem")]
+    LibcruxPortable,
 }
 
 /// 0: not set (the build's default); otherwise 1 + the backend's index.
@@ -76,6 +81,8 @@ impl KemBackend {
         Self::RustCrypto,
         #[cfg(feature = "fast-kem")]
         Self::Libcrux,
+        #[cfg(feature = "fast-kem")]
+        Self::LibcruxPortable,
     ];
 
     /// The backend that keys made from now on use: the last one given to
@@ -98,20 +105,32 @@ impl KemBackend {
         DEFAULT.store(n, Ordering::Relaxed);
     }
 
-    /// A short name: `rustcrypto`, `libcrux-avx2` or `libcrux-portable` (the
-    /// code libcrux runs on this CPU).
+    /// A short name: `rustcrypto`, `libcrux-avx2` (`libcrux` where this CPU
+    /// has no AVX2, which then runs the portable code) or `libcrux-portable`.
     pub fn name(self) -> &'static str {
         match self {
             Self::RustCrypto => "rustcrypto",
             #[cfg(feature = "fast-kem")]
-            Self::Libcrux => libcrux::variant_name(),
+            Self::Libcrux if libcrux::avx2_available() => "libcrux-avx2",
+            #[cfg(feature = "fast-kem")]
+            Self::Libcrux => "libcrux",
+            #[cfg(feature = "fast-kem")]
+            Self::LibcruxPortable => "libcrux-portable",
         }
+    }
+
+    /// For the libcrux backends: whether keys run libcrux's AVX2 code.
+    #[cfg(feature = "fast-kem")]
+    fn libcrux_avx2(self) -> bool {
+        self == Self::Libcrux && libcrux::avx2_available()
     }
 }
 
 impl Default for KemBackend {
+    /// [`BUILD_DEFAULT`](Self::BUILD_DEFAULT), whatever [`set_default`](Self::set_default)
+    /// chose: a plain value, not the process-wide setting.
     fn default() -> Self {
-        Self::current()
+        Self::BUILD_DEFAULT
     }
 }
 
@@ -125,7 +144,7 @@ pub struct MlKemDecapsulationKey {
 enum Dk {
     RustCrypto(Box<rustcrypto::Dk>),
     #[cfg(feature = "fast-kem")]
-    Libcrux(Box<libcrux::KeyPair>),
+    Libcrux(Box<libcrux::KeyPair>, KemBackend),
 }
 
 /// An ML-KEM-768 encapsulation key of one backend, with its encoding.
@@ -139,7 +158,7 @@ pub struct MlKemEncapsulationKey {
 enum Ek {
     RustCrypto(Box<rustcrypto::Ek>),
     #[cfg(feature = "fast-kem")]
-    Libcrux(Box<libcrux::PublicKey>),
+    Libcrux(Box<libcrux::PublicKey>, KemBackend),
 }
 
 impl MlKemDecapsulationKey {
@@ -151,9 +170,9 @@ impl MlKemDecapsulationKey {
                 Self::assemble(Dk::RustCrypto(dk), Ek::RustCrypto(ek))
             }
             #[cfg(feature = "fast-kem")]
-            KemBackend::Libcrux => {
-                let (kp, pk) = libcrux::keygen(seed);
-                Self::assemble(Dk::Libcrux(kp), Ek::Libcrux(pk))
+            KemBackend::Libcrux | KemBackend::LibcruxPortable => {
+                let (kp, pk) = libcrux::keygen(backend.libcrux_avx2(), seed);
+                Self::assemble(Dk::Libcrux(kp, backend), Ek::Libcrux(pk, backend))
             }
         }
     }
@@ -171,9 +190,13 @@ impl MlKemDecapsulationKey {
                 Ok(Self::assemble(Dk::RustCrypto(dk), Ek::RustCrypto(ek)))
             }
             #[cfg(feature = "fast-kem")]
-            KemBackend::Libcrux => {
-                let (kp, pk) = libcrux::from_expanded(&bytes).ok_or(invalid)?;
-                Ok(Self::assemble(Dk::Libcrux(kp), Ek::Libcrux(pk)))
+            KemBackend::Libcrux | KemBackend::LibcruxPortable => {
+                let (kp, pk) =
+                    libcrux::from_expanded(backend.libcrux_avx2(), &bytes).ok_or(invalid)?;
+                Ok(Self::assemble(
+                    Dk::Libcrux(kp, backend),
+                    Ek::Libcrux(pk, backend),
+                ))
             }
         }
     }
@@ -182,7 +205,7 @@ impl MlKemDecapsulationKey {
         let bytes = Box::new(match &ek {
             Ek::RustCrypto(ek) => rustcrypto::ek_bytes(ek),
             #[cfg(feature = "fast-kem")]
-            Ek::Libcrux(pk) => libcrux::ek_bytes(pk),
+            Ek::Libcrux(pk, _) => libcrux::ek_bytes(pk),
         });
         Self {
             inner,
@@ -201,7 +224,7 @@ impl MlKemDecapsulationKey {
         match &self.inner {
             Dk::RustCrypto(dk) => rustcrypto::decapsulate(dk, ct),
             #[cfg(feature = "fast-kem")]
-            Dk::Libcrux(kp) => libcrux::decapsulate(kp, ct),
+            Dk::Libcrux(kp, _) => libcrux::decapsulate(kp, ct),
         }
     }
 
@@ -210,7 +233,7 @@ impl MlKemDecapsulationKey {
         match self.inner {
             Dk::RustCrypto(_) => KemBackend::RustCrypto,
             #[cfg(feature = "fast-kem")]
-            Dk::Libcrux(_) => KemBackend::Libcrux,
+            Dk::Libcrux(_, backend) => backend,
         }
     }
 }
@@ -234,7 +257,10 @@ impl MlKemEncapsulationKey {
                 Ek::RustCrypto(rustcrypto::ek_from_bytes(&ek).ok_or(invalid)?)
             }
             #[cfg(feature = "fast-kem")]
-            KemBackend::Libcrux => Ek::Libcrux(libcrux::ek_from_bytes(&ek).ok_or(invalid)?),
+            KemBackend::Libcrux | KemBackend::LibcruxPortable => Ek::Libcrux(
+                libcrux::ek_from_bytes(backend.libcrux_avx2(), &ek).ok_or(invalid)?,
+                backend,
+            ),
         };
         Ok(Self { inner, bytes: ek })
     }
@@ -254,7 +280,7 @@ impl MlKemEncapsulationKey {
         match &self.inner {
             Ek::RustCrypto(ek) => rustcrypto::encapsulate(ek, m),
             #[cfg(feature = "fast-kem")]
-            Ek::Libcrux(pk) => libcrux::encapsulate(pk, m),
+            Ek::Libcrux(pk, _) => libcrux::encapsulate(pk, m),
         }
     }
 
@@ -263,7 +289,7 @@ impl MlKemEncapsulationKey {
         match self.inner {
             Ek::RustCrypto(_) => KemBackend::RustCrypto,
             #[cfg(feature = "fast-kem")]
-            Ek::Libcrux(_) => KemBackend::Libcrux,
+            Ek::Libcrux(_, backend) => backend,
         }
     }
 }
