@@ -316,6 +316,21 @@ fn fast_kem() -> Result<(), String> {
     ))?;
     run_step(
         &Step::cargo(
+            "fast-kem-doc",
+            &[
+                "doc",
+                "--locked",
+                "--no-deps",
+                "-p",
+                "fed-crypto",
+                "--features",
+                "fast-kem",
+            ],
+        )
+        .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    run_step(
+        &Step::cargo(
             "fast-kem-test",
             &[
                 "test",

@@ -6,10 +6,10 @@
 //!
 //! - [`KemBackend::RustCrypto`]: RustCrypto's `ml-kem`, portable Rust. Always
 //!   built; the default unless the `fast-kem` feature is on.
-//! - [`KemBackend::Libcrux`] (feature `fast-kem`): Cryspen's `libcrux-ml-kem`,
+//! - `KemBackend::Libcrux` (feature `fast-kem`): Cryspen's `libcrux-ml-kem`,
 //!   formally verified, with AVX2 code chosen at run time on x86-64 CPUs that
 //!   have it and portable code elsewhere. The default when the feature is on.
-//!   [`KemBackend::LibcruxPortable`] is the same library held to its portable
+//!   `KemBackend::LibcruxPortable` is the same library held to its portable
 //!   code on every CPU (for comparison, and so that tests cover that code).
 //!
 //! Both produce and accept the same bytes (FIPS 203 encodings), so a key made
@@ -63,7 +63,7 @@ pub enum KemBackend {
 static DEFAULT: AtomicU8 = AtomicU8::new(0);
 
 impl KemBackend {
-    /// The build's default: [`KemBackend::Libcrux`] with the `fast-kem` feature,
+    /// The build's default: `KemBackend::Libcrux` with the `fast-kem` feature,
     /// [`KemBackend::RustCrypto`] without.
     pub const BUILD_DEFAULT: Self = {
         #[cfg(feature = "fast-kem")]
