@@ -73,6 +73,10 @@ pub mod labels {
     pub const SHARED_WRITE: &str = "exo-federation v1 mesh shared write";
     /// Checksum of a record in the node's store (docs/protocol/store.md).
     pub const STORE_RECORD: &str = "exo-federation v1 mesh store record";
+    /// Hash of an audit log entry (docs/protocol/store.md §4).
+    pub const AUDIT_ENTRY: &str = "exo-federation v1 mesh audit entry";
+    /// Signature of the audit log's head.
+    pub const AUDIT_HEAD: &str = "exo-federation v1 mesh audit head";
     /// Every label above.
     pub const ALL: &[&str] = &[
         CHANNEL_BINDING,
@@ -82,6 +86,8 @@ pub mod labels {
         MEMBER_RECORD,
         SHARED_WRITE,
         STORE_RECORD,
+        AUDIT_ENTRY,
+        AUDIT_HEAD,
     ];
 }
 

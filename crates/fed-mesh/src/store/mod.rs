@@ -7,10 +7,12 @@
 //! [`StoreError`] that names it, never a silent reset.
 //!
 //! What is stored, and every record's bytes: `docs/protocol/store.md`. This
-//! release stores the replica state of `fed-pbft` ([`PbftStore`]); the other
-//! durable state of the node (CRDT state, directory, tokens, patterns, the audit
-//! log) is the subject of the next steps of issue 11 and is not stored yet.
+//! release stores the replica state of `fed-pbft` ([`PbftStore`]) and the
+//! hash-chained, signed audit log ([`AuditLog`]); the other durable state of the
+//! node (CRDT state, directory, tokens, patterns) is the subject of the next
+//! steps of issue 11 and is not stored yet.
 
+mod audit;
 mod pbft;
 
 use std::{
@@ -21,6 +23,7 @@ use std::{
 use fed_crypto::NodeId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+pub use audit::{AuditEntry, AuditError, AuditEvent, AuditLog, MAX_AUDIT_ENTRIES};
 pub use pbft::PbftStore;
 
 /// The first bytes of the format record.
@@ -172,6 +175,11 @@ impl Store {
         PbftStore::new(self.clone())
     }
 
+    /// The audit log.
+    pub fn audit(&self) -> AuditLog {
+        AuditLog::new(self.clone())
+    }
+
     fn check_owner(&self, node: &NodeId, existed: bool) -> Result<(), StoreError> {
         let read = self.db_read()?;
         let format = match read.open_table(META) {
@@ -244,6 +252,12 @@ impl Store {
             for entry in t.iter().map_err(|e| self.io(e))? {
                 let (k, v) = entry.map_err(|e| self.corrupt(e))?;
                 self.open_record("meta", k.value().as_bytes(), v.value())?;
+            }
+        }
+        if let Some(t) = self.table_if_any(&read, audit::TABLE)? {
+            for entry in t.iter().map_err(|e| self.io(e))? {
+                let (k, v) = entry.map_err(|e| self.corrupt(e))?;
+                self.open_record("audit", &k.value().to_be_bytes(), v.value())?;
             }
         }
         drop(read);
@@ -345,4 +359,17 @@ fn open_record<'a>(table: &str, key: &[u8], record: &'a [u8]) -> Option<&'a [u8]
     let (head, body) = record.split_at(1 + CHECKSUM_LEN);
     (head[0] == FORMAT_VERSION && fed_crypto::ct_eq(&head[1..], &checksum(table, key, body)))
         .then_some(body)
+}
+
+fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    // Serialising into a vector cannot fail for these types.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+/// A postcard body with no bytes left over.
+fn decode_body<T: for<'de> serde::Deserialize<'de>>(body: &[u8]) -> Option<T> {
+    match postcard::take_from_bytes(body) {
+        Ok((value, [])) => Some(value),
+        _ => None,
+    }
 }

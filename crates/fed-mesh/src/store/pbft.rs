@@ -11,7 +11,7 @@ use fed_pbft::{
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{META, Store, StoreError, seal_record};
+use super::{META, Store, StoreError, decode_body, encode, seal_record};
 
 const PRE_PREPARES: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("pbft_pre_prepares");
@@ -321,16 +321,4 @@ fn insert_seq(
 ) -> Result<(), redb::Error> {
     t.insert(seq, seal_record(name, &seq.to_be_bytes(), body).as_slice())?;
     Ok(())
-}
-
-fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    // Serialising into a vector cannot fail for these types.
-    postcard::to_allocvec(value).unwrap_or_default()
-}
-
-fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Option<T> {
-    match postcard::take_from_bytes(body) {
-        Ok((value, [])) => Some(value),
-        _ => None,
-    }
 }

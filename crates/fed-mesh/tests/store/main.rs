@@ -355,3 +355,212 @@ fn a_process_killed_between_writes_loses_no_durable_write() {
         );
     }
 }
+
+mod audit {
+    use fed_crypto::Identity;
+    use fed_mesh::{
+        core::labels,
+        store::{AuditEntry, AuditError, AuditEvent, Store},
+    };
+    use redb::ReadableTable;
+
+    const AUDIT: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("audit");
+    const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+
+    fn identity(seed: u8) -> Identity {
+        Identity::from_seeds(&[seed; 32], None)
+    }
+
+    fn event(i: u64) -> AuditEvent {
+        match i % 4 {
+            0 => AuditEvent::Joined {
+                peer: [i as u8; 32],
+            },
+            1 => AuditEvent::Committed {
+                seq: i,
+                digest: [3; 32],
+            },
+            2 => AuditEvent::ViewChanged { view: i },
+            _ => AuditEvent::CutOff {
+                peer: [9; 32],
+                reason: format!("flood {i}"),
+            },
+        }
+    }
+
+    /// A log of 50 entries by node `id`, closed.
+    fn log(path: &std::path::Path, id: &Identity) {
+        let store = Store::open(path, &id.node_id()).unwrap();
+        for i in 0..50 {
+            assert_eq!(store.audit().append(id, 1_000 + i, event(i)).unwrap(), i);
+        }
+    }
+
+    /// Record framing from docs/protocol/store.md §1, written from the document:
+    /// what an attacker who read it would write.
+    fn reseal(table: &str, key: &[u8], body: &[u8]) -> Vec<u8> {
+        let sum = fed_crypto::hash(labels::STORE_RECORD, &[table.as_bytes(), key, body]);
+        let mut out = vec![1u8];
+        out.extend_from_slice(&sum[..16]);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Edits the audit table through redb: `f` gets every entry's body by index
+    /// and returns the new (index, body) list.
+    fn rewrite(path: &std::path::Path, f: impl FnOnce(Vec<(u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)>) {
+        let db = redb::Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(AUDIT).unwrap();
+            let old: Vec<(u64, Vec<u8>)> = t
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value(), v.value()[17..].to_vec())
+                })
+                .collect();
+            t.retain(|_, _| false).unwrap();
+            for (i, body) in f(old) {
+                t.insert(i, reseal("audit", &i.to_be_bytes(), &body).as_slice())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    fn verify(path: &std::path::Path, id: &Identity) -> Result<u64, AuditError> {
+        Store::open(path, &id.node_id())
+            .unwrap()
+            .audit()
+            .verify(id.public())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_log_verifies_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let id = identity(1);
+        log(&path, &id);
+        assert_eq!(verify(&path, &id), Ok(50));
+        let store = Store::open(&path, &id.node_id()).unwrap();
+        let entries = store.audit().entries().unwrap();
+        assert_eq!(entries.len(), 50);
+        assert_eq!(entries[7].event, event(7));
+        assert_eq!(entries[7].time_ms, 1_007);
+        // Another node's key does not verify it.
+        assert_eq!(
+            store.audit().verify(identity(2).public()).unwrap(),
+            Err(AuditError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn an_edited_entry_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let id = identity(1);
+        log(&path, &id);
+        rewrite(&path, |mut all| {
+            let mut e: AuditEntry = postcard::from_bytes(&all[10].1).unwrap();
+            e.time_ms += 1;
+            all[10].1 = postcard::to_allocvec(&e).unwrap();
+            all
+        });
+        assert_eq!(verify(&path, &id), Err(AuditError::Broken { index: 11 }));
+    }
+
+    #[test]
+    fn a_removed_entry_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let id = identity(1);
+        log(&path, &id);
+        rewrite(&path, |mut all| {
+            all.remove(10);
+            all
+        });
+        assert_eq!(verify(&path, &id), Err(AuditError::Missing { index: 10 }));
+        // Renumbered to close the gap: the chain breaks instead.
+        rewrite(&path, |all| {
+            all.into_iter()
+                .enumerate()
+                .map(|(i, (_, b))| (i as u64, b))
+                .collect()
+        });
+        assert_eq!(verify(&path, &id), Err(AuditError::Broken { index: 10 }));
+    }
+
+    #[test]
+    fn reordered_entries_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let id = identity(1);
+        log(&path, &id);
+        rewrite(&path, |mut all| {
+            let (a, b) = (all[20].1.clone(), all[21].1.clone());
+            all[20].1 = b;
+            all[21].1 = a;
+            all
+        });
+        assert_eq!(verify(&path, &id), Err(AuditError::Broken { index: 20 }));
+    }
+
+    #[test]
+    fn a_cut_tail_is_detected_unless_the_nodes_key_signs_the_new_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let id = identity(1);
+        log(&path, &id);
+        let mut last_body = Vec::new();
+        rewrite(&path, |mut all| {
+            all.pop();
+            last_body = all[48].1.clone();
+            all
+        });
+        assert_eq!(
+            verify(&path, &id),
+            Err(AuditError::HeadMismatch {
+                head: 50,
+                found: 49
+            })
+        );
+        // A new head for the cut log, signed by someone else: refused.
+        let last = fed_crypto::hash(labels::AUDIT_ENTRY, &[&48u64.to_be_bytes(), &last_body]);
+        let head = |signer: &Identity| {
+            let mut statement = id.node_id().0.to_vec();
+            statement.extend_from_slice(&49u64.to_be_bytes());
+            statement.extend_from_slice(&last);
+            let sig = signer
+                .sign_ed25519(labels::AUDIT_HEAD, &statement)
+                .unwrap()
+                .to_bytes();
+            // postcard: count (varint), last ([u8; 32]), signature (bytes).
+            let mut body = vec![49u8];
+            body.extend_from_slice(&last);
+            body.push(sig.len() as u8);
+            body.extend_from_slice(&sig);
+            body
+        };
+        let write_head = |body: Vec<u8>| {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(
+                    "audit.head",
+                    reseal("meta", b"audit.head", &body).as_slice(),
+                )
+                .unwrap();
+            txn.commit().unwrap();
+        };
+        write_head(head(&identity(2)));
+        assert_eq!(verify(&path, &id), Err(AuditError::BadSignature));
+        // With the node's own key the cut cannot be told: the limit of a log
+        // its writer signs (docs/protocol/store.md §4).
+        write_head(head(&id));
+        assert_eq!(verify(&path, &id), Ok(49));
+    }
+}

@@ -1,0 +1,292 @@
+//! The audit log: a hash chain of the federation events a node saw, whose head
+//! the node signs (docs/protocol/store.md §4).
+//!
+//! Every entry names the hash of the one before it, so an entry edited, removed
+//! or moved breaks the chain; the signed head names the last entry and the
+//! count, so entries cut off the end, or a head rewritten, are caught unless the
+//! node's Ed25519 key signed it. [`AuditLog::verify`] checks all of it from the
+//! file and the node's public identity alone.
+
+use fed_crypto::{HybridSignature, Identity, NodeId, PublicIdentity};
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{META, Store, StoreError, seal_record};
+use crate::core::labels;
+
+pub(super) const TABLE: TableDefinition<'static, u64, &'static [u8]> =
+    TableDefinition::new("audit");
+const AUDIT: TableDefinition<'static, u64, &'static [u8]> = TABLE;
+const HEAD_KEY: &str = "audit.head";
+
+/// The most entries one verification walks before it gives up (bounded memory
+/// and time against a damaged count).
+pub const MAX_AUDIT_ENTRIES: u64 = 1 << 40;
+
+/// An event of the federation, as the audit log records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// A peer joined (a session was established with it).
+    Joined {
+        /// The peer's `NodeId`.
+        peer: [u8; 32],
+    },
+    /// This node issued a token to a peer.
+    TokenIssued {
+        /// The peer's `NodeId`.
+        peer: [u8; 32],
+        /// When the token expires (Unix milliseconds).
+        expires_at: u64,
+    },
+    /// A token or a member was revoked by a committed update.
+    Revoked {
+        /// The revoked member's `NodeId`.
+        peer: [u8; 32],
+    },
+    /// An update committed.
+    Committed {
+        /// Its sequence number.
+        seq: u64,
+        /// Its batch digest.
+        digest: [u8; 32],
+    },
+    /// The replicas moved to a new view.
+    ViewChanged {
+        /// The new view.
+        view: u64,
+    },
+    /// The voting membership changed.
+    MembershipChanged {
+        /// The new membership's digest.
+        membership: [u8; 32],
+    },
+    /// A peer was cut off for abuse.
+    CutOff {
+        /// The peer's `NodeId`.
+        peer: [u8; 32],
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One entry as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The hash of the entry before (32 zero bytes for the first).
+    pub prev: [u8; 32],
+    /// When the node recorded it (Unix milliseconds).
+    pub time_ms: u64,
+    /// What happened.
+    pub event: AuditEvent,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head {
+    count: u64,
+    last: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    signature: Vec<u8>,
+}
+
+/// Why an audit log does not verify.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// Entry `index` is missing, or another index appears where it should be.
+    #[error("audit entry {index} is missing (the log was cut or entries removed)")]
+    Missing {
+        /// The first index that is not where it should be.
+        index: u64,
+    },
+    /// Entry `index` does not name the hash of the entry before it.
+    #[error("audit entry {index} does not follow entry {}: edited, removed or reordered", index.saturating_sub(1))]
+    Broken {
+        /// The entry.
+        index: u64,
+    },
+    /// The head does not match the entries (its count or last hash).
+    #[error("the audit head names {head} entries, the log holds {found}")]
+    HeadMismatch {
+        /// The count the head names.
+        head: u64,
+        /// The entries found.
+        found: u64,
+    },
+    /// The head's signature does not verify with the node's key.
+    #[error("the audit head is not signed by this node")]
+    BadSignature,
+    /// The entries are there but no head, or the reverse.
+    #[error("the audit log has entries but no signed head")]
+    NoHead,
+}
+
+/// The audit log of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    store: Store,
+}
+
+impl AuditLog {
+    pub(super) fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Appends `event` and re-signs the head, in one durable transaction.
+    /// Returns the entry's index.
+    pub fn append(
+        &self,
+        identity: &Identity,
+        time_ms: u64,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        let s = &self.store;
+        let (count, last) = self.head_state()?;
+        let entry = AuditEntry {
+            prev: last,
+            time_ms,
+            event,
+        };
+        let body = super::encode(&entry);
+        let hash = entry_hash(count, &body);
+        let signature = identity
+            .sign_ed25519(
+                labels::AUDIT_HEAD,
+                &head_statement(&identity.node_id(), count + 1, &hash),
+            )
+            .map_err(|e| s.io(e))?;
+        let head = super::encode(&Head {
+            count: count + 1,
+            last: hash,
+            signature: signature.to_bytes(),
+        });
+        let txn = s.db_write()?;
+        {
+            let mut t = txn.open_table(AUDIT).map_err(|e| s.io(e))?;
+            t.insert(
+                count,
+                seal_record("audit", &count.to_be_bytes(), &body).as_slice(),
+            )
+            .map_err(|e| s.io(e))?;
+            let mut m = txn.open_table(META).map_err(|e| s.io(e))?;
+            m.insert(
+                HEAD_KEY,
+                seal_record("meta", HEAD_KEY.as_bytes(), &head).as_slice(),
+            )
+            .map_err(|e| s.io(e))?;
+        }
+        txn.commit().map_err(|e| s.io(e))?;
+        Ok(count)
+    }
+
+    /// The number of entries and the hash of the last (zeros when empty), from
+    /// the head.
+    fn head_state(&self) -> Result<(u64, [u8; 32]), StoreError> {
+        Ok(self
+            .read_head()?
+            .map_or((0, [0u8; 32]), |h| (h.count, h.last)))
+    }
+
+    fn read_head(&self) -> Result<Option<Head>, StoreError> {
+        let s = &self.store;
+        let read = s.db_read()?;
+        let Some(meta) = s.table_if_any(&read, META)? else {
+            return Ok(None);
+        };
+        let Some(v) = meta.get(HEAD_KEY).map_err(|e| s.io(e))? else {
+            return Ok(None);
+        };
+        let body = s.open_record("meta", HEAD_KEY.as_bytes(), v.value())?;
+        super::decode_body(body)
+            .map(Some)
+            .ok_or_else(|| s.corrupt(format!("record `{HEAD_KEY}` does not decode")))
+    }
+
+    /// Every entry, in order (for display and export).
+    pub fn entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let s = &self.store;
+        let read = s.db_read()?;
+        let mut out = Vec::new();
+        if let Some(t) = s.table_if_any(&read, AUDIT)? {
+            for entry in t.iter().map_err(|e| s.io(e))? {
+                let (k, v) = entry.map_err(|e| s.corrupt(e))?;
+                let body = s.open_record("audit", &k.value().to_be_bytes(), v.value())?;
+                out.push(super::decode_body(body).ok_or_else(|| {
+                    s.corrupt(format!(
+                        "record {} of table audit does not decode",
+                        k.value()
+                    ))
+                })?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks the whole log against the node's public identity: every entry in
+    /// its place and following the one before, the head naming the last one and
+    /// their count, signed by the node. Returns the number of entries.
+    pub fn verify(&self, node: &PublicIdentity) -> Result<Result<u64, AuditError>, StoreError> {
+        let s = &self.store;
+        let read = s.db_read()?;
+        let mut expected = 0u64;
+        let mut last = [0u8; 32];
+        if let Some(t) = s.table_if_any(&read, AUDIT)? {
+            for entry in t.iter().map_err(|e| s.io(e))? {
+                let (k, v) = entry.map_err(|e| s.corrupt(e))?;
+                let index = k.value();
+                if index != expected || expected >= MAX_AUDIT_ENTRIES {
+                    return Ok(Err(AuditError::Missing { index: expected }));
+                }
+                let body = s.open_record("audit", &index.to_be_bytes(), v.value())?;
+                let e: AuditEntry = super::decode_body(body).ok_or_else(|| {
+                    s.corrupt(format!("record {index} of table audit does not decode"))
+                })?;
+                if e.prev != last {
+                    return Ok(Err(AuditError::Broken { index }));
+                }
+                last = entry_hash(index, body);
+                expected += 1;
+            }
+        }
+        let Some(head) = self.read_head()? else {
+            return Ok(if expected == 0 {
+                Ok(0)
+            } else {
+                Err(AuditError::NoHead)
+            });
+        };
+        if head.count != expected || head.last != last {
+            return Ok(Err(AuditError::HeadMismatch {
+                head: head.count,
+                found: expected,
+            }));
+        }
+        let ok = HybridSignature::from_bytes(&head.signature).is_ok_and(|sig| {
+            node.verify_ed25519(
+                labels::AUDIT_HEAD,
+                &head_statement(&node.node_id(), head.count, &head.last),
+                &sig,
+            )
+            .is_ok()
+        });
+        Ok(if ok {
+            Ok(expected)
+        } else {
+            Err(AuditError::BadSignature)
+        })
+    }
+}
+
+/// `BLAKE3-derive("exo-federation v1 mesh audit entry", [be64(index), body])`.
+fn entry_hash(index: u64, body: &[u8]) -> [u8; 32] {
+    fed_crypto::hash(labels::AUDIT_ENTRY, &[&index.to_be_bytes(), body])
+}
+
+/// What the head's signature covers: `node id (32) ‖ be64(count) ‖ last (32)`.
+fn head_statement(node: &NodeId, count: u64, last: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(72);
+    out.extend_from_slice(&node.0);
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(last);
+    out
+}
