@@ -90,7 +90,7 @@ mod driver;
 mod error;
 #[cfg(feature = "node")]
 mod mesh;
-#[cfg(feature = "node")]
+#[cfg(feature = "store")]
 pub mod store;
 pub mod substrate;
 mod types;

@@ -290,3 +290,9 @@ fn head_statement(node: &NodeId, count: u64, last: &[u8; 32]) -> Vec<u8> {
     out.extend_from_slice(last);
     out
 }
+
+#[cfg(feature = "fuzzing")]
+pub(super) fn fuzz_bodies(data: &[u8]) {
+    super::round_trip::<AuditEntry>(data);
+    super::round_trip::<Head>(data);
+}

@@ -322,3 +322,14 @@ fn insert_seq(
     t.insert(seq, seal_record(name, &seq.to_be_bytes(), body).as_slice())?;
     Ok(())
 }
+
+#[cfg(feature = "fuzzing")]
+pub(super) fn fuzz_bodies(data: &[u8]) {
+    use super::round_trip;
+    round_trip::<ViewRecord>(data);
+    round_trip::<PrePrepareBody>(data);
+    round_trip::<PreparedBody>(data);
+    round_trip::<CommittedBody>(data);
+    round_trip::<CheckpointBody>(data);
+    round_trip::<CheckpointCert>(data);
+}
