@@ -7,12 +7,14 @@
 //! [`StoreError`] that names it, never a silent reset.
 //!
 //! What is stored, and every record's bytes: `docs/protocol/store.md`. This
-//! release stores the replica state of `fed-pbft` ([`PbftStore`]) and the
-//! hash-chained, signed audit log ([`AuditLog`]); the other durable state of the
-//! node (CRDT state, directory, tokens, patterns) is the subject of the next
-//! steps of issue 11 and is not stored yet.
+//! release stores the replica state of `fed-pbft` ([`PbftStore`]), the
+//! hash-chained, signed audit log ([`AuditLog`]) and the substrate's patterns
+//! ([`PersistentSubstrate`]); the other durable state of the node (CRDT state,
+//! directory, tokens) is the subject of the next steps of issue 11 and is not
+//! stored yet.
 
 mod audit;
+mod patterns;
 mod pbft;
 
 use std::{
@@ -24,6 +26,7 @@ use fed_crypto::NodeId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 pub use audit::{AuditEntry, AuditError, AuditEvent, AuditLog, MAX_AUDIT_ENTRIES};
+pub use patterns::PersistentSubstrate;
 pub use pbft::PbftStore;
 
 /// The first bytes of the format record.
@@ -252,6 +255,12 @@ impl Store {
             for entry in t.iter().map_err(|e| self.io(e))? {
                 let (k, v) = entry.map_err(|e| self.corrupt(e))?;
                 self.open_record("meta", k.value().as_bytes(), v.value())?;
+            }
+        }
+        if let Some(t) = self.table_if_any(&read, patterns::TABLE)? {
+            for entry in t.iter().map_err(|e| self.io(e))? {
+                let (k, v) = entry.map_err(|e| self.corrupt(e))?;
+                self.open_record("patterns", k.value(), v.value())?;
             }
         }
         if let Some(t) = self.table_if_any(&read, audit::TABLE)? {

@@ -92,6 +92,40 @@ impl MemorySubstrate {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// What [`insert`](Self::insert) would answer for `pattern`, without storing
+    /// it: `Ok(false)` if a newer version is held, an error if it would be
+    /// refused. A store that writes elsewhere first (a database) asks this
+    /// before it writes.
+    pub fn would_accept(&self, pattern: &Pattern) -> Result<bool, SubstrateError> {
+        check_embedding(&pattern.embedding)?;
+        check_metadata(&pattern.metadata).map_err(SubstrateError::InvalidMetadata)?;
+        let inner = self.read();
+        if let Some(dim) = inner.dimension
+            && pattern.embedding.len() != dim
+        {
+            return Err(SubstrateError::DimensionMismatch {
+                expected: dim,
+                actual: pattern.embedding.len(),
+            });
+        }
+        if let Some(&at) = inner.index.get(&pattern.id) {
+            return Ok(inner.rows[at].timestamp_ms <= pattern.timestamp_ms);
+        }
+        if let Some(limit) = self.limit
+            && inner.rows.len() >= limit
+        {
+            return Err(SubstrateError::Full { capacity: limit });
+        }
+        Ok(true)
+    }
+
+    /// Fetches a pattern synchronously (what [`Substrate::get`] does).
+    pub fn pattern(&self, id: &PatternId) -> Option<Pattern> {
+        let inner = self.read();
+        let dim = inner.dimension.unwrap_or(0);
+        inner.index.get(id).map(|&at| inner.pattern(at, dim))
+    }
+
     /// Stores a pattern synchronously (what [`Substrate::store`] does).
     pub fn insert(&self, pattern: Pattern) -> Result<bool, SubstrateError> {
         check_embedding(&pattern.embedding)?;
@@ -298,9 +332,7 @@ impl Substrate for MemorySubstrate {
     }
 
     async fn get(&self, id: &PatternId) -> Result<Option<Pattern>, SubstrateError> {
-        let inner = self.read();
-        let dim = inner.dimension.unwrap_or(0);
-        Ok(inner.index.get(id).map(|&at| inner.pattern(at, dim)))
+        Ok(self.pattern(id))
     }
 
     async fn search(&self, query: &PatternQuery) -> Result<Vec<ScoredPattern>, SubstrateError> {

@@ -564,3 +564,206 @@ mod audit {
         assert_eq!(verify(&path, &id), Ok(49));
     }
 }
+
+mod patterns {
+    use std::{
+        collections::BTreeMap,
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+    };
+
+    use fed_mesh::{
+        core::labels,
+        store::{PersistentSubstrate, Store, StoreError},
+        substrate::{MemorySubstrate, Pattern, PatternId, PatternQuery},
+    };
+    use rand_chacha::{
+        ChaCha20Rng,
+        rand_core::{Rng, SeedableRng},
+    };
+
+    use super::NODE;
+
+    const DIM: usize = 16;
+
+    fn pattern(rng: &mut ChaCha20Rng, id: u64, ts: u64) -> Pattern {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("tag".to_string(), (id % 3).to_string());
+        Pattern {
+            id: PatternId::from_u64(id),
+            embedding: (0..DIM)
+                .map(|_| (rng.next_u32() % 2001) as f32 / 1000.0 - 1.0 + 1e-3)
+                .collect(),
+            metadata,
+            timestamp_ms: ts,
+        }
+    }
+
+    /// The same random stores, replacements (newer and older) and removals on
+    /// the persistent substrate and on a memory one.
+    fn workload(seed: u64, n: usize, a: &PersistentSubstrate, b: &MemorySubstrate) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        for _ in 0..n {
+            let id = u64::from(rng.next_u32() % 60);
+            let ts = u64::from(rng.next_u32() % 1000);
+            if rng.next_u32() % 5 == 0 {
+                let id = PatternId::from_u64(id);
+                assert_eq!(a.delete(&id).unwrap(), b.delete(&id));
+            } else {
+                let p = pattern(&mut rng, id, ts);
+                assert_eq!(a.insert(p.clone()), b.insert(p));
+            }
+        }
+    }
+
+    fn same(a: &PersistentSubstrate, b: &MemorySubstrate, seed: u64) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        assert_eq!(
+            futures::executor::block_on(fed_mesh::substrate::Substrate::len(a)),
+            b.count()
+        );
+        for q in 0..20 {
+            let mut query = PatternQuery::new(pattern(&mut rng, 0, 0).embedding, 10);
+            if q % 2 == 0 {
+                query = query.with_filter("tag", "1");
+            }
+            let got: Vec<_> =
+                futures::executor::block_on(fed_mesh::substrate::Substrate::search(a, &query))
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| (h.pattern, h.score))
+                    .collect();
+            let want: Vec<_> = b
+                .query(&query)
+                .unwrap()
+                .into_iter()
+                .map(|h| (h.pattern, h.score))
+                .collect();
+            assert_eq!(got, want);
+        }
+        for id in 0..60 {
+            let id = PatternId::from_u64(id);
+            assert_eq!(
+                futures::executor::block_on(fed_mesh::substrate::Substrate::get(a, &id)).unwrap(),
+                b.pattern(&id)
+            );
+        }
+    }
+
+    #[test]
+    fn patterns_survive_reopening_and_search_as_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let reference = MemorySubstrate::new();
+        {
+            let store = Store::open(&path, &NODE).unwrap();
+            let sub = PersistentSubstrate::open(&store).unwrap();
+            workload(1, 300, &sub, &reference);
+            same(&sub, &reference, 2);
+        }
+        let store = Store::open(&path, &NODE).unwrap();
+        let sub = PersistentSubstrate::open(&store).unwrap();
+        same(&sub, &reference, 3);
+        // And it goes on from there.
+        workload(4, 100, &sub, &reference);
+        same(&sub, &reference, 5);
+    }
+
+    #[test]
+    fn a_pattern_the_index_refuses_is_corruption_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        {
+            let store = Store::open(&path, &NODE).unwrap();
+            let sub = PersistentSubstrate::open(&store).unwrap();
+            workload(6, 50, &sub, &MemorySubstrate::new());
+        }
+        // A well-sealed record (docs/protocol/store.md §1) of another dimension.
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let mut odd = pattern(&mut rng, 999, 1);
+        odd.embedding.push(0.5);
+        let key = *odd.id.as_bytes();
+        let body = postcard::to_allocvec(&odd).unwrap();
+        let sum = fed_crypto::hash(labels::STORE_RECORD, &[b"patterns", &key, &body]);
+        let mut record = vec![1u8];
+        record.extend_from_slice(&sum[..16]);
+        record.extend_from_slice(&body);
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let def: redb::TableDefinition<'_, &[u8; 32], &[u8]> =
+                redb::TableDefinition::new("patterns");
+            let txn = db.begin_write().unwrap();
+            txn.open_table(def)
+                .unwrap()
+                .insert(&key, record.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path, &NODE).unwrap();
+        let err = PersistentSubstrate::open(&store).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+        assert!(err.to_string().contains("dimension"), "{err}");
+    }
+
+    #[test]
+    fn a_process_killed_while_storing_patterns_loses_none_it_acknowledged() {
+        if let Ok(path) = std::env::var("FED_PATTERNS_CHILD") {
+            let store = Store::open(&path, &NODE).unwrap();
+            let sub = PersistentSubstrate::open(&store).unwrap();
+            let mut rng = ChaCha20Rng::seed_from_u64(8);
+            for i in 0..2_000u64 {
+                sub.insert(pattern(&mut rng, i, 1)).unwrap();
+                println!("durable {}", i + 1);
+            }
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..3u64 {
+            let path = dir.path().join(format!("p-{round}.redb"));
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "patterns::a_process_killed_while_storing_patterns_loses_none_it_acknowledged",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env("FED_PATTERNS_CHILD", &path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stop = 20 + 90 * round as usize;
+            let mut acked = 0usize;
+            for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+                if let Some(n) = line.unwrap().strip_prefix("durable ") {
+                    acked = n.parse().unwrap();
+                    if acked >= stop {
+                        break;
+                    }
+                }
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let store = Store::open(&path, &NODE).unwrap();
+            let sub = PersistentSubstrate::open(&store).unwrap();
+            let held = futures::executor::block_on(fed_mesh::substrate::Substrate::len(&sub));
+            assert!(
+                held == acked || held == acked + 1,
+                "round {round}: {held} held after {acked} acknowledged"
+            );
+            for i in 0..acked as u64 {
+                assert!(sub_has(&sub, i), "round {round}: pattern {i} lost");
+            }
+        }
+    }
+
+    fn sub_has(sub: &PersistentSubstrate, i: u64) -> bool {
+        futures::executor::block_on(fed_mesh::substrate::Substrate::get(
+            sub,
+            &PatternId::from_u64(i),
+        ))
+        .unwrap()
+        .is_some()
+    }
+}
