@@ -391,6 +391,7 @@ pub fn fuzz_decoders(data: &[u8]) {
     let _ = open_record("audit", &0u64.to_be_bytes(), data);
     pbft::fuzz_bodies(data);
     audit::fuzz_bodies(data);
+    round_trip::<crate::substrate::Pattern>(data);
 }
 
 /// Decodes `data` as a `T`; if it decodes, its encoding must decode to the same
