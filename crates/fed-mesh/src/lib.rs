@@ -88,6 +88,8 @@ pub mod core;
 #[cfg(feature = "node")]
 mod driver;
 mod error;
+#[cfg(feature = "genesis")]
+pub mod genesis;
 #[cfg(feature = "node")]
 mod mesh;
 #[cfg(feature = "store")]

@@ -77,6 +77,8 @@ pub mod labels {
     pub const AUDIT_ENTRY: &str = "exo-federation v1 mesh audit entry";
     /// Signature of the audit log's head.
     pub const AUDIT_HEAD: &str = "exo-federation v1 mesh audit head";
+    /// Hash of a federation's genesis (docs/protocol/genesis.md).
+    pub const GENESIS: &str = "exo-federation v1 mesh genesis";
     /// Every label above.
     pub const ALL: &[&str] = &[
         CHANNEL_BINDING,
@@ -88,6 +90,7 @@ pub mod labels {
         STORE_RECORD,
         AUDIT_ENTRY,
         AUDIT_HEAD,
+        GENESIS,
     ];
 }
 

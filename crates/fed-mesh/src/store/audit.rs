@@ -11,7 +11,7 @@ use fed_crypto::{HybridSignature, Identity, NodeId, PublicIdentity};
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{META, Store, StoreError, seal_record};
+use super::{META, Store, StoreError};
 use crate::core::labels;
 
 pub(super) const TABLE: TableDefinition<'static, u64, &'static [u8]> =
@@ -19,9 +19,12 @@ pub(super) const TABLE: TableDefinition<'static, u64, &'static [u8]> =
 const AUDIT: TableDefinition<'static, u64, &'static [u8]> = TABLE;
 const HEAD_KEY: &str = "audit.head";
 
-/// The most entries one verification walks before it gives up (bounded memory
-/// and time against a damaged count).
-pub const MAX_AUDIT_ENTRIES: u64 = 1 << 40;
+/// The longest `CutOff` reason kept, in bytes; longer ones are cut at a
+/// character boundary.
+pub const MAX_CUT_OFF_REASON_LEN: usize = 256;
+/// The head's signature: a `HybridSignature` with the Ed25519 part only
+/// (flags `00` and 64 bytes, crypto.md §3).
+const HEAD_SIGNATURE_LEN: usize = 65;
 
 /// An event of the federation, as the audit log records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +119,7 @@ pub enum AuditError {
     /// The head's signature does not verify with the node's key.
     #[error("the audit head is not signed by this node")]
     BadSignature,
-    /// The entries are there but no head, or the reverse.
+    /// There are entries but no head.
     #[error("the audit log has entries but no signed head")]
     NoHead,
 }
@@ -132,8 +135,9 @@ impl AuditLog {
         Self { store }
     }
 
-    /// Appends `event` and re-signs the head, in one durable transaction.
-    /// Returns the entry's index.
+    /// Appends `event` and re-signs the head, in one durable transaction (the
+    /// head is read inside it, so concurrent appends are serialised by redb's
+    /// single writer). Returns the entry's index.
     pub fn append(
         &self,
         identity: &Identity,
@@ -141,65 +145,62 @@ impl AuditLog {
         event: AuditEvent,
     ) -> Result<u64, StoreError> {
         let s = &self.store;
-        let (count, last) = self.head_state()?;
-        let entry = AuditEntry {
-            prev: last,
-            time_ms,
-            event,
+        let event = match event {
+            AuditEvent::CutOff { peer, mut reason } => {
+                if reason.len() > MAX_CUT_OFF_REASON_LEN {
+                    let mut end = MAX_CUT_OFF_REASON_LEN;
+                    while !reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    reason.truncate(end);
+                }
+                AuditEvent::CutOff { peer, reason }
+            }
+            other => other,
         };
-        let body = super::encode(&entry);
-        let hash = entry_hash(count, &body);
-        let signature = identity
-            .sign_ed25519(
-                labels::AUDIT_HEAD,
-                &head_statement(&identity.node_id(), count + 1, &hash),
-            )
-            .map_err(|e| s.io(e))?;
-        let head = super::encode(&Head {
-            count: count + 1,
-            last: hash,
-            signature: signature.to_bytes(),
-        });
         let txn = s.db_write()?;
-        {
+        let count = {
+            let mut m = txn.open_table(META).map_err(|e| s.io(e))?;
+            let (count, last) = match m.get(HEAD_KEY).map_err(|e| s.io(e))? {
+                None => (0, [0u8; 32]),
+                Some(v) => {
+                    let head = s.decode_head(v.value())?;
+                    (head.count, head.last)
+                }
+            };
+            let entry = AuditEntry {
+                prev: last,
+                time_ms,
+                event,
+            };
+            let body = s.body(&entry)?;
+            let hash = entry_hash(count, &body);
+            let signature = identity
+                .sign_ed25519(
+                    labels::AUDIT_HEAD,
+                    &head_statement(&identity.node_id(), count + 1, &hash),
+                )
+                .map_err(|e| s.io(e))?;
+            let head = s.body(&Head {
+                count: count + 1,
+                last: hash,
+                signature: signature.to_bytes(),
+            })?;
             let mut t = txn.open_table(AUDIT).map_err(|e| s.io(e))?;
             t.insert(
                 count,
-                seal_record("audit", &count.to_be_bytes(), &body).as_slice(),
+                s.seal("audit", &count.to_be_bytes(), &body)?.as_slice(),
             )
             .map_err(|e| s.io(e))?;
-            let mut m = txn.open_table(META).map_err(|e| s.io(e))?;
             m.insert(
                 HEAD_KEY,
-                seal_record("meta", HEAD_KEY.as_bytes(), &head).as_slice(),
+                s.seal("meta", HEAD_KEY.as_bytes(), &head)?.as_slice(),
             )
             .map_err(|e| s.io(e))?;
-        }
+            count
+        };
         txn.commit().map_err(|e| s.io(e))?;
         Ok(count)
-    }
-
-    /// The number of entries and the hash of the last (zeros when empty), from
-    /// the head.
-    fn head_state(&self) -> Result<(u64, [u8; 32]), StoreError> {
-        Ok(self
-            .read_head()?
-            .map_or((0, [0u8; 32]), |h| (h.count, h.last)))
-    }
-
-    fn read_head(&self) -> Result<Option<Head>, StoreError> {
-        let s = &self.store;
-        let read = s.db_read()?;
-        let Some(meta) = s.table_if_any(&read, META)? else {
-            return Ok(None);
-        };
-        let Some(v) = meta.get(HEAD_KEY).map_err(|e| s.io(e))? else {
-            return Ok(None);
-        };
-        let body = s.open_record("meta", HEAD_KEY.as_bytes(), v.value())?;
-        super::decode_body(body)
-            .map(Some)
-            .ok_or_else(|| s.corrupt(format!("record `{HEAD_KEY}` does not decode")))
     }
 
     /// Every entry, in order (for display and export).
@@ -224,7 +225,8 @@ impl AuditLog {
 
     /// Checks the whole log against the node's public identity: every entry in
     /// its place and following the one before, the head naming the last one and
-    /// their count, signed by the node. Returns the number of entries.
+    /// their count, signed by the node (one read transaction: a consistent
+    /// view). Returns the number of entries.
     pub fn verify(&self, node: &PublicIdentity) -> Result<Result<u64, AuditError>, StoreError> {
         let s = &self.store;
         let read = s.db_read()?;
@@ -234,7 +236,7 @@ impl AuditLog {
             for entry in t.iter().map_err(|e| s.io(e))? {
                 let (k, v) = entry.map_err(|e| s.corrupt(e))?;
                 let index = k.value();
-                if index != expected || expected >= MAX_AUDIT_ENTRIES {
+                if index != expected {
                     return Ok(Err(AuditError::Missing { index: expected }));
                 }
                 let body = s.open_record("audit", &index.to_be_bytes(), v.value())?;
@@ -248,7 +250,14 @@ impl AuditLog {
                 expected += 1;
             }
         }
-        let Some(head) = self.read_head()? else {
+        let head = match s.table_if_any(&read, META)? {
+            Some(meta) => match meta.get(HEAD_KEY).map_err(|e| s.io(e))? {
+                Some(v) => Some(s.decode_head(v.value())?),
+                None => None,
+            },
+            None => None,
+        };
+        let Some(head) = head else {
             return Ok(if expected == 0 {
                 Ok(0)
             } else {
@@ -261,20 +270,49 @@ impl AuditLog {
                 found: expected,
             }));
         }
-        let ok = HybridSignature::from_bytes(&head.signature).is_ok_and(|sig| {
-            node.verify_ed25519(
-                labels::AUDIT_HEAD,
-                &head_statement(&node.node_id(), head.count, &head.last),
-                &sig,
-            )
-            .is_ok()
-        });
+        let ok = head.signature.len() == HEAD_SIGNATURE_LEN
+            && HybridSignature::from_bytes(&head.signature).is_ok_and(|sig| {
+                node.verify_ed25519(
+                    labels::AUDIT_HEAD,
+                    &head_statement(&node.node_id(), head.count, &head.last),
+                    &sig,
+                )
+                .is_ok()
+            });
         Ok(if ok {
             Ok(expected)
         } else {
             Err(AuditError::BadSignature)
         })
     }
+}
+
+impl Store {
+    fn decode_head(&self, record: &[u8]) -> Result<Head, StoreError> {
+        let body = self.open_record("meta", HEAD_KEY.as_bytes(), record)?;
+        super::decode_body(body)
+            .ok_or_else(|| self.corrupt(format!("record `{HEAD_KEY}` does not decode")))
+    }
+}
+
+/// Checks and decodes every audit record (at open).
+pub(super) fn verify_records(s: &Store, read: &redb::ReadTransaction) -> Result<(), StoreError> {
+    if let Some(t) = s.table_if_any(read, AUDIT)? {
+        for entry in t.iter().map_err(|e| s.io(e))? {
+            let (k, v) = entry.map_err(|e| s.corrupt(e))?;
+            let index = k.value();
+            let body = s.open_record("audit", &index.to_be_bytes(), v.value())?;
+            super::decode_body::<AuditEntry>(body).ok_or_else(|| {
+                s.corrupt(format!("record {index} of table audit does not decode"))
+            })?;
+        }
+    }
+    if let Some(meta) = s.table_if_any(read, META)?
+        && let Some(v) = meta.get(HEAD_KEY).map_err(|e| s.io(e))?
+    {
+        s.decode_head(v.value())?;
+    }
+    Ok(())
 }
 
 /// `BLAKE3-derive("exo-federation v1 mesh audit entry", [be64(index), body])`.

@@ -19,13 +19,17 @@ mod pbft;
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use fed_crypto::NodeId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
 
-pub use audit::{AuditEntry, AuditError, AuditEvent, AuditLog, MAX_AUDIT_ENTRIES};
+pub use audit::{AuditEntry, AuditError, AuditEvent, AuditLog, MAX_CUT_OFF_REASON_LEN};
 pub use patterns::PersistentSubstrate;
 pub use pbft::PbftStore;
 
@@ -103,6 +107,9 @@ pub struct Store {
 struct Inner {
     db: Database,
     path: PathBuf,
+    /// Whether a [`PersistentSubstrate`] was opened on this store (one index
+    /// per file).
+    substrate_taken: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -140,28 +147,29 @@ impl Store {
     fn open_checked(path: &Path, node: &NodeId) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let existed = path.exists();
-        let mut db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
-                StoreError::Corrupted {
-                    path: path.clone(),
-                    detail,
+        // redb checks every page's checksum at open, and reports damage as an
+        // error where a plain open may panic.
+        let db = redb::Builder::new()
+            .set_check_integrity_on_open(true)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+                    StoreError::Corrupted {
+                        path: path.clone(),
+                        detail,
+                    }
                 }
-            }
-            other => StoreError::Open {
-                path: path.clone(),
-                detail: other.to_string(),
-            },
-        })?;
-        if existed {
-            // redb's page checksums. `Ok(false)` means redb repaired an
-            // interrupted commit (a crash): the last durable commit stands.
-            db.check_integrity().map_err(|e| StoreError::Corrupted {
-                path: path.clone(),
-                detail: e.to_string(),
+                other => StoreError::Open {
+                    path: path.clone(),
+                    detail: other.to_string(),
+                },
             })?;
-        }
         let store = Self {
-            inner: Arc::new(Inner { db, path }),
+            inner: Arc::new(Inner {
+                db,
+                path,
+                substrate_taken: AtomicBool::new(false),
+            }),
         };
         store.check_owner(node, existed)?;
         store.verify_records()?;
@@ -238,7 +246,7 @@ impl Store {
         body.extend_from_slice(MAGIC);
         body.push(FORMAT_VERSION);
         body.extend_from_slice(&node.0);
-        let record = seal_record("meta", b"format", &body);
+        let record = self.seal("meta", b"format", &body)?;
         let txn = self.db_write()?;
         {
             let mut t = txn.open_table(META).map_err(|e| self.io(e))?;
@@ -257,18 +265,8 @@ impl Store {
                 self.open_record("meta", k.value().as_bytes(), v.value())?;
             }
         }
-        if let Some(t) = self.table_if_any(&read, patterns::TABLE)? {
-            for entry in t.iter().map_err(|e| self.io(e))? {
-                let (k, v) = entry.map_err(|e| self.corrupt(e))?;
-                self.open_record("patterns", k.value(), v.value())?;
-            }
-        }
-        if let Some(t) = self.table_if_any(&read, audit::TABLE)? {
-            for entry in t.iter().map_err(|e| self.io(e))? {
-                let (k, v) = entry.map_err(|e| self.corrupt(e))?;
-                self.open_record("audit", &k.value().to_be_bytes(), v.value())?;
-            }
-        }
+        patterns::verify_table(self, &read)?;
+        audit::verify_records(self, &read)?;
         drop(read);
         pbft::verify_tables(self)
     }
@@ -294,7 +292,35 @@ impl Store {
         let mut txn = self.inner.db.begin_write().map_err(|e| self.io(e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| self.io(e))?;
+        // Two-phase commit: a damaged last commit is an error at open, never a
+        // silent fall back to the commit before it (which would forget a vote).
+        txn.set_two_phase_commit(true);
         Ok(txn)
+    }
+
+    /// A record of `body` for `(table, key)`, refused above [`MAX_RECORD_LEN`]
+    /// so that nothing written is refused when read.
+    fn seal(&self, table: &str, key: &[u8], body: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if body.len() + 1 + CHECKSUM_LEN > MAX_RECORD_LEN {
+            return Err(self.io(format!(
+                "a record of {} bytes for table {table} exceeds the store's limit of {MAX_RECORD_LEN}",
+                body.len()
+            )));
+        }
+        Ok(seal_record(table, key, body))
+    }
+
+    /// The postcard body of `value`.
+    fn body<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, StoreError> {
+        postcard::to_allocvec(value).map_err(|e| self.io(format!("encoding a record: {e}")))
+    }
+
+    /// Marks the store's patterns as taken by one [`PersistentSubstrate`].
+    fn take_substrate(&self) -> Result<(), StoreError> {
+        if self.inner.substrate_taken.swap(true, Ordering::SeqCst) {
+            return Err(self.io("a PersistentSubstrate is already open on this store"));
+        }
+        Ok(())
     }
 
     /// The body of a record after its checksum is verified.
@@ -370,9 +396,9 @@ fn open_record<'a>(table: &str, key: &[u8], record: &'a [u8]) -> Option<&'a [u8]
         .then_some(body)
 }
 
+#[cfg(feature = "fuzzing")]
 fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    // Serialising into a vector cannot fail for these types.
-    postcard::to_allocvec(value).unwrap_or_default()
+    postcard::to_allocvec(value).expect("store bodies encode")
 }
 
 /// A postcard body with no bytes left over.

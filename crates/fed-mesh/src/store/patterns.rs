@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use redb::{ReadableTable, TableDefinition};
 
-use super::{Store, StoreError, decode_body, encode, seal_record};
+use super::{Store, StoreError, decode_body};
 use crate::substrate::{
     MemorySubstrate, Pattern, PatternId, PatternQuery, ScoredPattern, Substrate, SubstrateError,
 };
@@ -43,22 +43,18 @@ impl PersistentSubstrate {
     /// Opens the patterns of `store` and rebuilds the index from them. A
     /// pattern that does not decode, or that the index refuses (a dimension
     /// other than the others', an invalid embedding), is corruption.
+    ///
+    /// One per store: a second one would keep an index of its own, which the
+    /// first one's writes would leave behind.
     pub fn open(store: &Store) -> Result<Self, StoreError> {
+        store.take_substrate()?;
         let index = MemorySubstrate::new();
         let read = store.db_read()?;
         if let Some(t) = store.table_if_any(&read, TABLE)? {
             for entry in t.iter().map_err(|e| store.io(e))? {
                 let (k, v) = entry.map_err(|e| store.corrupt(e))?;
                 let key = *k.value();
-                let body = store.open_record("patterns", &key, v.value())?;
-                let pattern: Pattern = decode_body(body)
-                    .filter(|p: &Pattern| *p.id.as_bytes() == key)
-                    .ok_or_else(|| {
-                        store.corrupt(format!(
-                            "pattern {} does not decode under its key",
-                            hex(&key)
-                        ))
-                    })?;
+                let pattern = decode_pattern(store, &key, v.value())?;
                 index
                     .insert(pattern)
                     .map_err(|e| store.corrupt(format!("pattern {} is refused: {e}", hex(&key))))?;
@@ -84,8 +80,11 @@ impl PersistentSubstrate {
             return Ok(false);
         }
         let key = *pattern.id.as_bytes();
-        let record = seal_record("patterns", &key, &encode(&pattern));
+        let backend = |e: StoreError| SubstrateError::Backend(e.to_string());
+        let body = self.store.body(&pattern).map_err(backend)?;
+        let record = self.store.seal("patterns", &key, &body).map_err(backend)?;
         self.write(|t| t.insert(&key, record.as_slice()).map(|_| ()))?;
+        // Accepted above, under the writer lock: the index takes it.
         self.index.insert(pattern)
     }
 
@@ -141,6 +140,31 @@ impl Substrate for PersistentSubstrate {
     async fn len(&self) -> usize {
         self.index.count()
     }
+}
+
+/// A pattern record: its checksum, its body, and the id in the body equal to
+/// the key.
+fn decode_pattern(store: &Store, key: &[u8; 32], record: &[u8]) -> Result<Pattern, StoreError> {
+    let body = store.open_record("patterns", key, record)?;
+    decode_body(body)
+        .filter(|p: &Pattern| p.id.as_bytes() == key)
+        .ok_or_else(|| {
+            store.corrupt(format!(
+                "pattern {} does not decode under its key",
+                hex(key)
+            ))
+        })
+}
+
+/// Checks and decodes every pattern record (at open).
+pub(super) fn verify_table(store: &Store, read: &redb::ReadTransaction) -> Result<(), StoreError> {
+    if let Some(t) = store.table_if_any(read, TABLE)? {
+        for entry in t.iter().map_err(|e| store.io(e))? {
+            let (k, v) = entry.map_err(|e| store.corrupt(e))?;
+            decode_pattern(store, k.value(), v.value())?;
+        }
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -11,7 +11,7 @@ use fed_pbft::{
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{META, Store, StoreError, decode_body, encode, seal_record};
+use super::{META, Store, StoreError, decode_body};
 
 const PRE_PREPARES: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("pbft_pre_prepares");
@@ -97,14 +97,14 @@ impl PbftStore {
         let io = |e: redb::Error| s.io(e);
         match op {
             Persist::View { view, active } => {
-                let body = encode(&ViewRecord {
+                let body = s.body(&ViewRecord {
                     view: *view,
                     active: *active,
-                });
+                })?;
                 let mut t = txn.open_table(META).map_err(|e| io(e.into()))?;
                 t.insert(
                     VIEW_KEY,
-                    seal_record("meta", VIEW_KEY.as_bytes(), &body).as_slice(),
+                    s.seal("meta", VIEW_KEY.as_bytes(), &body)?.as_slice(),
                 )
                 .map_err(|e| io(e.into()))?;
             }
@@ -125,13 +125,13 @@ impl PbftStore {
                     }
                 };
                 if keep {
-                    let body = encode(&PrePrepareBody {
+                    let body = s.body(&PrePrepareBody {
                         view: *view,
                         digest: *digest,
                         signature: *signature,
                         batch: batch.as_deref().map(<[u8]>::to_vec),
-                    });
-                    insert_seq(&mut t, "pbft_pre_prepares", *seq, &body).map_err(io)?;
+                    })?;
+                    insert_seq(s, &mut t, "pbft_pre_prepares", *seq, &body)?;
                 }
             }
             Persist::Prepared { cert, batch } => {
@@ -145,20 +145,20 @@ impl PbftStore {
                     }
                 };
                 if keep {
-                    let body = encode(&PreparedBody {
+                    let body = s.body(&PreparedBody {
                         cert: cert.clone(),
                         batch: batch.as_deref().map(<[u8]>::to_vec),
-                    });
-                    insert_seq(&mut t, "pbft_prepared", cert.seq, &body).map_err(io)?;
+                    })?;
+                    insert_seq(s, &mut t, "pbft_prepared", cert.seq, &body)?;
                 }
             }
             Persist::Committed { proof, batch } => {
                 let mut t = txn.open_table(COMMITTED).map_err(|e| io(e.into()))?;
-                let body = encode(&CommittedBody {
+                let body = s.body(&CommittedBody {
                     proof: proof.clone(),
                     batch: batch.to_vec(),
-                });
-                insert_seq(&mut t, "pbft_committed", proof.seq, &body).map_err(io)?;
+                })?;
+                insert_seq(s, &mut t, "pbft_committed", proof.seq, &body)?;
             }
             Persist::Checkpoint {
                 seq,
@@ -166,11 +166,11 @@ impl PbftStore {
                 snapshot,
             } => {
                 let mut t = txn.open_table(CHECKPOINTS).map_err(|e| io(e.into()))?;
-                let body = encode(&CheckpointBody {
+                let body = s.body(&CheckpointBody {
                     state: *state,
                     snapshot: snapshot.to_vec(),
-                });
-                insert_seq(&mut t, "pbft_checkpoints", *seq, &body).map_err(io)?;
+                })?;
+                insert_seq(s, &mut t, "pbft_checkpoints", *seq, &body)?;
             }
             Persist::Stable(cert) => {
                 let mut meta = txn.open_table(META).map_err(|e| io(e.into()))?;
@@ -185,10 +185,10 @@ impl PbftStore {
                     }
                 };
                 if newer {
-                    let body = encode(cert);
+                    let body = s.body(cert)?;
                     meta.insert(
                         STABLE_KEY,
-                        seal_record("meta", STABLE_KEY.as_bytes(), &body).as_slice(),
+                        s.seal("meta", STABLE_KEY.as_bytes(), &body)?.as_slice(),
                     )
                     .map_err(|e| io(e.into()))?;
                     drop(meta);
@@ -196,12 +196,12 @@ impl PbftStore {
                     for (name, def) in SEQ_TABLES {
                         let mut t = txn.open_table(def).map_err(|e| io(e.into()))?;
                         // Own checkpoints from the stable one on are kept.
-                        let end = if name == "pbft_checkpoints" {
-                            low
+                        if name == "pbft_checkpoints" {
+                            t.retain_in(..low, |_, _| false)
                         } else {
-                            low + 1
-                        };
-                        t.retain_in(..end, |_, _| false).map_err(|e| io(e.into()))?;
+                            t.retain_in(..=low, |_, _| false)
+                        }
+                        .map_err(|e| io(e.into()))?;
                     }
                 }
             }
@@ -314,12 +314,14 @@ pub(super) fn verify_tables(store: &Store) -> Result<(), StoreError> {
 }
 
 fn insert_seq(
+    s: &Store,
     t: &mut redb::Table<'_, u64, &'static [u8]>,
     name: &str,
     seq: u64,
     body: &[u8],
-) -> Result<(), redb::Error> {
-    t.insert(seq, seal_record(name, &seq.to_be_bytes(), body).as_slice())?;
+) -> Result<(), StoreError> {
+    let record = s.seal(name, &seq.to_be_bytes(), body)?;
+    t.insert(seq, record.as_slice()).map_err(|e| s.io(e))?;
     Ok(())
 }
 

@@ -136,6 +136,29 @@ fn filled(path: &Path, ops: &[Persist]) -> DurableState {
     store.pbft().load_state().unwrap()
 }
 
+/// The vector of docs/protocol/store.md §2, computed from the document alone (in
+/// Python, with the `blake3` package): the format record of node `[7; 32]`.
+#[test]
+fn the_format_record_is_the_documented_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    drop(Store::open(&path, &NODE).unwrap());
+    let db = redb::Database::create(&path).unwrap();
+    let read = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let def: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+    let meta = read.open_table(def).unwrap();
+    let record = redb::ReadableTable::get(&meta, "format")
+        .unwrap()
+        .unwrap()
+        .value()
+        .to_vec();
+    assert_eq!(
+        hex::encode(record),
+        "0103ca21e14d42dac660081a4e5d64047a65786f2d6665642d73746f7265000107070707070707070707\
+         07070707070707070707070707070707070707070707"
+    );
+}
+
 #[test]
 fn a_store_of_another_node_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,6 +268,54 @@ fn a_record_edited_with_a_redb_tool_is_detected_at_start() {
     let err = Store::open(&path, &NODE).unwrap_err();
     assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
     assert!(err.to_string().contains("pbft_committed"), "{err}");
+}
+
+/// A valid record moved to another key or another table is refused: the
+/// checksum binds it to its place.
+#[test]
+fn a_record_moved_to_another_place_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean.redb");
+    let mut all = ops(9, 40);
+    all.push(Persist::Committed {
+        proof: CommitProof {
+            membership: [1; 32],
+            view: 0,
+            seq: 300,
+            digest: [2; 32],
+            signatures: Vec::new(),
+        },
+        batch: Arc::from(&b"moved"[..]),
+    });
+    filled(&clean, &all);
+    let committed: redb::TableDefinition<'_, u64, &[u8]> =
+        redb::TableDefinition::new("pbft_committed");
+    let checkpoints: redb::TableDefinition<'_, u64, &[u8]> =
+        redb::TableDefinition::new("pbft_checkpoints");
+    for (name, to) in [("another key", committed), ("another table", checkpoints)] {
+        let path = dir.path().join("moved.redb");
+        std::fs::copy(&clean, &path).unwrap();
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let from = txn.open_table(committed).unwrap();
+                let record = redb::ReadableTable::get(&from, 300)
+                    .unwrap()
+                    .unwrap()
+                    .value()
+                    .to_vec();
+                drop(from);
+                txn.open_table(to)
+                    .unwrap()
+                    .insert(301, record.as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = Store::open(&path, &NODE).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupted { .. }), "{name}: {err}");
+    }
 }
 
 /// A byte flipped anywhere in the file: the store either refuses to open,
@@ -372,20 +443,94 @@ mod audit {
     }
 
     fn event(i: u64) -> AuditEvent {
-        match i % 4 {
+        match i % 7 {
             0 => AuditEvent::Joined {
                 peer: [i as u8; 32],
             },
-            1 => AuditEvent::Committed {
+            1 => AuditEvent::TokenIssued {
+                peer: [1; 32],
+                expires_at: i,
+            },
+            2 => AuditEvent::Revoked { peer: [2; 32] },
+            3 => AuditEvent::Committed {
                 seq: i,
                 digest: [3; 32],
             },
-            2 => AuditEvent::ViewChanged { view: i },
+            4 => AuditEvent::ViewChanged { view: i },
+            5 => AuditEvent::MembershipChanged {
+                membership: [5; 32],
+            },
             _ => AuditEvent::CutOff {
                 peer: [9; 32],
                 reason: format!("flood {i}"),
             },
         }
+    }
+
+    /// The variant indices of docs/protocol/store.md §4, as a reader would
+    /// decode them.
+    #[test]
+    fn events_encode_as_the_document_says() {
+        for i in 0..7u64 {
+            let bytes = postcard::to_allocvec(&event(i)).unwrap();
+            assert_eq!(u64::from(bytes[0]), i, "{:?}", event(i));
+        }
+        let cut = postcard::to_allocvec(&AuditEvent::CutOff {
+            peer: [9; 32],
+            reason: "ab".into(),
+        })
+        .unwrap();
+        assert_eq!(cut, [&[6u8][..], &[9; 32], &[2, b'a', b'b']].concat());
+    }
+
+    #[test]
+    fn concurrent_appends_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let id = std::sync::Arc::new(identity(1));
+        let store = Store::open(&path, &id.node_id()).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (store, id) = (store.clone(), id.clone());
+                std::thread::spawn(move || {
+                    (0..25u64)
+                        .map(|i| store.audit().append(&id, i, event(t * 100 + i)).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut indices: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        indices.sort_unstable();
+        assert_eq!(indices, (0..100).collect::<Vec<_>>());
+        drop(store);
+        assert_eq!(verify(&path, &id), Ok(100));
+    }
+
+    #[test]
+    fn a_long_cut_off_reason_is_kept_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let id = identity(1);
+        let store = Store::open(&path, &id.node_id()).unwrap();
+        store
+            .audit()
+            .append(
+                &id,
+                1,
+                AuditEvent::CutOff {
+                    peer: [1; 32],
+                    reason: "é".repeat(10_000),
+                },
+            )
+            .unwrap();
+        let entries = store.audit().entries().unwrap();
+        let AuditEvent::CutOff { reason, .. } = &entries[0].event else {
+            panic!("{entries:?}");
+        };
+        assert!(reason.len() <= fed_mesh::store::MAX_CUT_OFF_REASON_LEN && !reason.is_empty());
     }
 
     /// A log of 50 entries by node `id`, closed.
