@@ -90,6 +90,10 @@ pub enum Error {
     /// The substrate refused a call.
     #[error(transparent)]
     Substrate(#[from] SubstrateError),
+    /// The node's store (its data directory) could not be opened or written.
+    #[cfg(feature = "store")]
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A CRDT operation failed.
     #[error(transparent)]
     Crdt(#[from] fed_crdt::Error),

@@ -13,6 +13,7 @@ use crate::{
     core::{Command, Completion, Core, CoreConfig, Limits, Timing},
     driver::{self, Driver, Request, TransportConfig},
     error::{Error, Result},
+    store::{PersistentSubstrate, Store},
     substrate::{MemorySubstrate, Pattern, PatternQuery, Substrate},
     types::{FederationScope, MeshEvent, PeerAddress, PeerInfo, QueryOptions, QueryOutcome, Stats},
 };
@@ -48,6 +49,11 @@ pub struct MeshConfig {
     pub timing: Timing,
     /// The libp2p layer.
     pub transport: TransportConfig,
+    /// Where the node keeps its durable state (`node.redb`, docs/protocol/store.md):
+    /// its patterns, unless the builder is given another substrate, and its
+    /// audit log. Created (mode 0700) if missing. Default: none, everything in
+    /// memory.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl MeshConfig {
@@ -81,6 +87,7 @@ impl MeshConfig {
             limits: Limits::default(),
             timing: Timing::default(),
             transport: TransportConfig::default(),
+            data_dir: None,
         }
     }
 }
@@ -97,6 +104,7 @@ impl std::fmt::Debug for MeshConfig {
             .field("limits", &self.limits)
             .field("timing", &self.timing)
             .field("transport", &self.transport)
+            .field("data_dir", &self.data_dir)
             .finish_non_exhaustive()
     }
 }
@@ -134,9 +142,15 @@ impl MeshBuilder {
                 config.limits.max_frame_bytes
             )));
         }
-        let substrate = self
-            .substrate
-            .unwrap_or_else(|| Arc::new(MemorySubstrate::new()));
+        let store = match &config.data_dir {
+            Some(dir) => Some(open_data_dir(dir, &config.identity)?),
+            None => None,
+        };
+        let substrate: Arc<dyn Substrate> = match (self.substrate, &store) {
+            (Some(s), _) => s,
+            (None, Some(store)) => Arc::new(PersistentSubstrate::open(store)?),
+            (None, None) => Arc::new(MemorySubstrate::new()),
+        };
         let secret = config.identity.ed25519_secret_bytes();
         let keypair = libp2p::identity::Keypair::ed25519_from_bytes(*secret)
             .map_err(|e| Error::Config(format!("identity: {e}")))?;
@@ -165,6 +179,7 @@ impl MeshBuilder {
         let node_id = core.node_id();
         let (tx, rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(1024);
+        let audit = store.as_ref().map(|s| (s.audit(), config.identity.clone()));
         let driver = Driver::new(
             swarm,
             core,
@@ -172,6 +187,7 @@ impl MeshBuilder {
             rx,
             events.clone(),
             &config.bootstrap,
+            audit,
         );
         let peer_id = driver.local_peer();
         tokio::spawn(driver.run());
@@ -182,9 +198,25 @@ impl MeshBuilder {
                 node_id,
                 events,
                 substrate,
+                store,
             }),
         })
     }
+}
+
+/// Opens (creating it, mode 0700, if missing) the data directory's store.
+fn open_data_dir(dir: &std::path::Path, identity: &Identity) -> Result<Store> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Config(format!("data directory {}: {e}", dir.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::Config(format!("data directory {}: {e}", dir.display())))?;
+        }
+    }
+    Ok(Store::open(dir.join("node.redb"), &identity.node_id())?)
 }
 
 struct Inner {
@@ -193,6 +225,7 @@ struct Inner {
     node_id: NodeId,
     events: broadcast::Sender<MeshEvent>,
     substrate: Arc<dyn Substrate>,
+    store: Option<Store>,
 }
 
 /// A running federation node: a cheap, cloneable handle to the task that owns
@@ -251,6 +284,12 @@ impl FederatedMesh {
     /// This node's federation node id.
     pub fn node_id(&self) -> NodeId {
         self.inner.node_id
+    }
+
+    /// The node's store, when it has a data directory (its audit log:
+    /// `store().audit().verify(identity.public())`).
+    pub fn store(&self) -> Option<&Store> {
+        self.inner.store.as_ref()
     }
 
     /// The node's substrate.

@@ -239,6 +239,8 @@ pub(crate) struct Driver {
     search_permits: Arc<tokio::sync::Semaphore>,
     next_inbound: u64,
     next_command: u64,
+    /// The audit log and the identity that signs it, with a data directory.
+    audit: Option<(crate::store::AuditLog, Arc<fed_crypto::Identity>)>,
 }
 
 impl Driver {
@@ -249,6 +251,7 @@ impl Driver {
         requests: mpsc::Receiver<Request>,
         events: broadcast::Sender<MeshEvent>,
         bootstrap: &[crate::PeerAddress],
+        audit: Option<(crate::store::AuditLog, Arc<fed_crypto::Identity>)>,
     ) -> Self {
         let (searches_tx, searches_rx) = mpsc::channel(1024);
         let mut driver = Self {
@@ -268,6 +271,7 @@ impl Driver {
             search_permits: Arc::new(tokio::sync::Semaphore::new(MAX_SEARCHES)),
             next_inbound: 1,
             next_command: 1,
+            audit,
         };
         for b in bootstrap {
             if let Ok(peer) = b.peer_id() {
@@ -584,10 +588,35 @@ impl Driver {
                     }
                 }
                 Action::Event(event) => {
+                    self.audit(&event);
                     let _ = self.events.send(event);
                 }
             }
         }
+    }
+
+    /// Records the events the audit log keeps (joins, cut-offs), off the
+    /// node's task: each append is an fsync.
+    fn audit(&self, event: &MeshEvent) {
+        use crate::store::AuditEvent;
+        let Some((log, identity)) = &self.audit else {
+            return;
+        };
+        let entry = match event {
+            MeshEvent::PeerJoined { node, .. } => AuditEvent::Joined { peer: node.0 },
+            MeshEvent::PeerCutOff { node, reason, .. } => AuditEvent::CutOff {
+                peer: node.map_or([0; 32], |n| n.0),
+                reason: format!("{reason:?}"),
+            },
+            _ => return,
+        };
+        let (log, identity) = (log.clone(), identity.clone());
+        let now = now_ms();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = log.append(&identity, now, entry) {
+                tracing::error!(error = %e, "audit log");
+            }
+        });
     }
 
     pub(crate) fn local_peer(&self) -> PeerId {

@@ -48,7 +48,7 @@ const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinit
 
 /// Why the store could not be opened, read or written. Every variant names the
 /// database file.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The file could not be opened or created, or redb refused it (a file that

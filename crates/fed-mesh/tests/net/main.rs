@@ -8,6 +8,7 @@ mod basics;
 mod interop;
 mod join;
 mod onion;
+mod persist;
 mod topk;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
