@@ -34,16 +34,11 @@ use fed_mesh::{
 const DIM: usize = 384;
 const PATTERNS_PER_NODE: u64 = 1_000;
 
+#[path = "../tests/common/embedding.rs"]
+mod common;
+
 fn embedding(seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..DIM)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    common::embedding(seed, DIM)
 }
 
 fn config(seed: u64) -> MeshConfig {

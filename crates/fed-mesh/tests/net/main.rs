@@ -85,18 +85,9 @@ pub(crate) async fn full_mesh(
     nodes
 }
 
-/// Deterministic pseudo-random embeddings.
-pub(crate) fn embedding(seed: u64, dim: usize) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..dim)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+#[path = "../common/embedding.rs"]
+mod common;
+pub(crate) use common::embedding;
 
 pub(crate) async fn shutdown(nodes: &[FederatedMesh]) {
     for n in nodes {

@@ -151,14 +151,7 @@ async fn a_node_stuck_in_the_middle_of_a_query_is_reported_as_timed_out() {
         outcome.peers
     );
     assert!(!outcome.complete);
-    let want: Vec<_> = union
-        .query(&query)
-        .unwrap()
-        .into_iter()
-        .map(|s| s.pattern.id)
-        .collect();
-    let got: Vec<_> = outcome.results.iter().map(|r| r.pattern).collect();
-    assert_eq!(got, want);
+    assert_is_top_k_of_union(&outcome, &union, &query);
     release.notify_waiters();
     shutdown(&nodes).await;
     let _ = stuck.shutdown().await;
@@ -193,13 +186,22 @@ async fn a_node_that_hangs_altogether_is_reported_as_timed_out() {
     assert_eq!(*status, PeerStatus::TimedOut, "{:?}", outcome.peers);
     assert!(!outcome.complete);
     // The others' answers are all there.
+    assert_is_top_k_of_union(&outcome, &union, &query);
+    shutdown(&nodes).await;
+}
+
+/// The outcome's results are, in order, the top-k of the union of all stores.
+fn assert_is_top_k_of_union(
+    outcome: &fed_mesh::QueryOutcome,
+    union: &MemorySubstrate,
+    query: &PatternQuery,
+) {
     let want: Vec<_> = union
-        .query(&query)
+        .query(query)
         .unwrap()
         .into_iter()
         .map(|s| s.pattern.id)
         .collect();
     let got: Vec<_> = outcome.results.iter().map(|r| r.pattern).collect();
     assert_eq!(got, want);
-    shutdown(&nodes).await;
 }

@@ -270,6 +270,65 @@ fn a_record_edited_with_a_redb_tool_is_detected_at_start() {
     assert!(err.to_string().contains("pbft_committed"), "{err}");
 }
 
+/// A write larger than a record may be is refused when written, and what was
+/// written before stays readable: without the cap it would be written, and the
+/// next open would refuse the whole file.
+#[test]
+fn an_oversized_write_is_refused_and_the_store_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let want = filled(&path, &ops(10, 20));
+    let store = Store::open(&path, &NODE).unwrap();
+    let huge = Persist::Checkpoint {
+        seq: 1,
+        state: [0; 32],
+        snapshot: Arc::from(vec![0u8; fed_mesh::store::MAX_RECORD_LEN]),
+    };
+    assert!(matches!(
+        store.pbft().persist_all(&[huge]),
+        Err(StoreError::Io { .. })
+    ));
+    drop(store);
+    let store = Store::open(&path, &NODE).unwrap();
+    assert_eq!(store.pbft().load_state().unwrap(), want);
+}
+
+/// A stable checkpoint at the last sequence number prunes like the reference.
+#[test]
+fn pruning_at_the_last_sequence_number_matches_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let top = u64::MAX;
+    let all = vec![
+        Persist::Checkpoint {
+            seq: top - 1,
+            state: [1; 32],
+            snapshot: Arc::from(&b"a"[..]),
+        },
+        Persist::Committed {
+            proof: CommitProof {
+                membership: [1; 32],
+                view: 0,
+                seq: top,
+                digest: [2; 32],
+                signatures: Vec::new(),
+            },
+            batch: Arc::from(&b"b"[..]),
+        },
+        Persist::Checkpoint {
+            seq: top,
+            state: [3; 32],
+            snapshot: Arc::from(&b"c"[..]),
+        },
+        Persist::Stable(CheckpointCert {
+            seq: top,
+            state: [3; 32],
+            signatures: Vec::new(),
+        }),
+    ];
+    assert_eq!(filled(&path, &all), reference(&all));
+}
+
 /// A valid record moved to another key or another table is refused: the
 /// checksum binds it to its place.
 #[test]
@@ -703,6 +762,18 @@ mod audit {
         };
         write_head(head(&identity(2)));
         assert_eq!(verify(&path, &id), Err(AuditError::BadSignature));
+        // The node's own Ed25519 signature with an ML-DSA part added: the head's
+        // signature is exactly the 65-byte Ed25519 form.
+        let own = head(&id);
+        // count (1) ‖ last (32) ‖ varint 65 (1) ‖ flags 00 ‖ Ed25519 (64).
+        assert_eq!((own.len(), own[33], own[34]), (99, 65, 0));
+        let mut padded = own[..33].to_vec();
+        padded.extend_from_slice(&[0xae, 0x1a]); // varint 65 + 3309 = 3374
+        padded.push(0x01); // flags: an ML-DSA part follows
+        padded.extend_from_slice(&own[35..]);
+        padded.extend_from_slice(&[0u8; fed_crypto::ML_DSA_65_SIGNATURE_LEN]);
+        write_head(padded);
+        assert_eq!(verify(&path, &id), Err(AuditError::BadSignature));
         // With the node's own key the cut cannot be told: the limit of a log
         // its writer signs (docs/protocol/store.md §4).
         write_head(head(&id));
@@ -848,6 +919,47 @@ mod patterns {
         let err = PersistentSubstrate::open(&store).unwrap_err();
         assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
         assert!(err.to_string().contains("dimension"), "{err}");
+    }
+
+    /// A well-sealed pattern record whose body names another id than its key.
+    #[test]
+    fn a_pattern_under_another_id_is_corruption_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        drop(Store::open(&path, &NODE).unwrap());
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let p = pattern(&mut rng, 5, 1);
+        let key = *PatternId::from_u64(6).as_bytes();
+        let body = postcard::to_allocvec(&p).unwrap();
+        let sum = fed_crypto::hash(labels::STORE_RECORD, &[b"patterns", &key, &body]);
+        let mut record = vec![1u8];
+        record.extend_from_slice(&sum[..16]);
+        record.extend_from_slice(&body);
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let def: redb::TableDefinition<'_, &[u8; 32], &[u8]> =
+                redb::TableDefinition::new("patterns");
+            let txn = db.begin_write().unwrap();
+            txn.open_table(def)
+                .unwrap()
+                .insert(&key, record.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(&path, &NODE).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    }
+
+    /// One index per file: a second substrate on the same store would miss the
+    /// first one's writes.
+    #[test]
+    fn a_second_substrate_on_one_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("node.redb"), &NODE).unwrap();
+        let first = PersistentSubstrate::open(&store).unwrap();
+        assert!(PersistentSubstrate::open(&store).is_err());
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        first.insert(pattern(&mut rng, 1, 1)).unwrap();
     }
 
     #[test]
