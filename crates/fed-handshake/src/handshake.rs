@@ -187,6 +187,21 @@ pub struct Session {
     pub token: FederationToken,
     /// `hash(SESSION_BINDING, [final transcript hash])`: names this session.
     pub binding: [u8; 32],
+    /// `derive_key(EXPORTER_SECRET, [HS, final transcript hash])`: keys for
+    /// other protocols between the same two nodes ([`export`](Self::export)).
+    exporter: DerivedKey,
+}
+
+impl Session {
+    /// A secret for another protocol between the two ends of this session,
+    /// such as a MAC key: `derive_key(label, [exporter secret, context])`,
+    /// where the exporter secret is `derive_key("exo-federation v1 handshake
+    /// exporter secret", [HS, TH_final])` (docs/protocol/handshake.md §4). Both
+    /// ends derive the same key; nobody else can, and it is independent of the
+    /// channel's keys. `label` must be the caller's own context label.
+    pub fn export(&self, label: &str, context: &[u8]) -> DerivedKey {
+        derive_key(label, &[self.exporter.as_bytes(), context])
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -264,6 +279,10 @@ impl HandshakeKeys {
         } else {
             Err(Error::BadFinished)
         }
+    }
+
+    fn exporter(&self, th_final: &[u8; 32]) -> DerivedKey {
+        derive_key(labels::EXPORTER_SECRET, &[self.secret.as_bytes(), th_final])
     }
 
     fn session(
@@ -414,6 +433,7 @@ struct PendingSession {
     version: ProtocolVersion,
     capabilities: Capabilities,
     binding: [u8; 32],
+    exporter: DerivedKey,
 }
 
 impl Initiator {
@@ -605,6 +625,7 @@ impl Initiator {
             },
             capabilities: caps,
             binding: hash(labels::SESSION_BINDING, &[&th_final]),
+            exporter: keys.exporter(&th_final),
         }));
         Ok(())
     }
@@ -648,6 +669,7 @@ impl Initiator {
                 capabilities: granted,
                 token,
                 binding: pending.binding,
+                exporter: pending.exporter,
             })));
         Ok(())
     }
@@ -954,6 +976,7 @@ impl Responder {
                 capabilities: granted,
                 token,
                 binding,
+                exporter: keys.exporter(&th_final),
             })));
         Ok(())
     }

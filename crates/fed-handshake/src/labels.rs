@@ -21,6 +21,8 @@ pub const SIGNATURE_I: &str = "exo-federation v1 handshake initiator signature";
 pub const SESSION_SECRET: &str = "exo-federation v1 handshake session secret";
 /// The session binding written into tokens.
 pub const SESSION_BINDING: &str = "exo-federation v1 handshake session binding";
+/// The exporter secret of a session ([`Session::export`](crate::Session::export)).
+pub const EXPORTER_SECRET: &str = "exo-federation v1 handshake exporter secret";
 /// A federation token's signature.
 pub const TOKEN_SIGNATURE: &str = "exo-federation v1 handshake token";
 /// A federation token's id.
@@ -40,6 +42,7 @@ pub const ALL: &[&str] = &[
     SIGNATURE_I,
     SESSION_SECRET,
     SESSION_BINDING,
+    EXPORTER_SECRET,
     TOKEN_SIGNATURE,
     TOKEN_ID,
     INVITATION_SIGNATURE,

@@ -23,9 +23,22 @@ fn rng(seed: u64) -> ChaCha20Rng {
 }
 
 fn pair(suites: &[Suite], pq: bool) -> (Initiator, Responder, Arc<Identity>) {
-    let mut g = rng(1);
+    pair_seeded(suites, pq, 1, 1)
+}
+
+/// [`pair`] with the identities drawn from `ids` and the ephemeral keys from `run`.
+fn pair_seeded(
+    suites: &[Suite],
+    pq: bool,
+    ids: u64,
+    run: u64,
+) -> (Initiator, Responder, Arc<Identity>) {
+    let mut g = rng(ids);
     let a = Arc::new(Identity::generate(&mut g, pq));
     let b = Arc::new(Identity::generate(&mut g, pq));
+    if run != ids {
+        g = rng(run);
+    }
     let fed = FederationId([3; 32]);
     let mut ic = InitiatorConfig::new(a, fed, ResponderTrust::Only(vec![b.node_id()]));
     ic.suites = suites.to_vec();
@@ -298,4 +311,43 @@ fn a_classical_transcript_signature_with_a_filler_post_quantum_part_is_refused()
     });
     assert!(matches!(i.handle_input(&m2, NOW), Err(Error::BadSignature)));
     assert!(i.poll_transmit().is_none());
+}
+
+/// Runs a handshake of `pair` to the end and returns both sessions.
+fn both_sessions(suites: &[Suite], run: u64) -> (Box<Session>, Box<Session>) {
+    let (mut i, mut r, _) = pair_seeded(suites, false, 1, run);
+    r.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
+    i.handle_input(&r.poll_transmit().unwrap(), NOW).unwrap();
+    r.handle_input(&i.poll_transmit().unwrap(), NOW).unwrap();
+    i.handle_input(&r.poll_transmit().unwrap(), NOW).unwrap();
+    let (Some(Event::Established(si)), Some(Event::Established(sr))) =
+        (i.poll_event(), r.poll_event())
+    else {
+        panic!("no sessions")
+    };
+    (si, sr)
+}
+
+#[test]
+fn both_ends_export_the_same_secret_and_nobody_else_does() {
+    const LABEL: &str = "exo-federation v1 handshake test exporter";
+    let (si, sr) = both_sessions(&[Suite::Default], 1);
+    let a = si.export(LABEL, b"context");
+    assert_eq!(a.as_bytes(), sr.export(LABEL, b"context").as_bytes());
+    // Label and context separate the keys.
+    assert_ne!(a.as_bytes(), si.export(LABEL, b"other").as_bytes());
+    assert_ne!(
+        a.as_bytes(),
+        si.export("exo-federation v1 handshake test other", b"context")
+            .as_bytes()
+    );
+    // Public values do not give it away: not the binding, not a hash of it.
+    assert_ne!(a.as_bytes(), &si.binding);
+    assert_ne!(
+        a.as_bytes(),
+        fed_crypto::derive_key(LABEL, &[&si.binding, b"context"]).as_bytes()
+    );
+    // Another session between the same identities has another secret.
+    let (si2, _) = both_sessions(&[Suite::Default], 2);
+    assert_ne!(a.as_bytes(), si2.export(LABEL, b"context").as_bytes());
 }

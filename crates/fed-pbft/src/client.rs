@@ -190,6 +190,21 @@ impl ClientKeys {
         Ok(Self { client, keys })
     }
 
+    /// Replaces the secret shared with `replica` (after the two agreed a new one).
+    pub fn set_key(
+        &mut self,
+        m: &Membership,
+        replica: ReplicaIndex,
+        key: &ClientKey,
+    ) -> Result<()> {
+        let slot = self
+            .keys
+            .get_mut(usize::from(replica))
+            .ok_or(Error::NotMember(replica))?;
+        *slot = key.bind(m, replica, &self.client);
+        Ok(())
+    }
+
     /// The client these keys belong to.
     pub fn client(&self) -> ClientId {
         self.client
@@ -277,6 +292,7 @@ pub enum ClientEvent {
 #[derive(Debug)]
 struct Outstanding {
     request: Arc<[u8]>,
+    operation: Vec<u8>,
     timestamp: u64,
     deadline: u64,
     replies: BTreeMap<ReplicaIndex, (u64, Outcome)>,
@@ -336,6 +352,18 @@ impl Client {
         self.id
     }
 
+    /// Replaces the secret shared with `replica`: requests from now on carry
+    /// MACs under it, and replies must verify under it. A request outstanding
+    /// is authenticated again, so that its retransmissions carry the new MAC.
+    pub fn set_key(&mut self, replica: ReplicaIndex, key: &ClientKey) -> Result<()> {
+        self.keys.set_key(&self.membership, replica, key)?;
+        if let Some(out) = self.outstanding.as_mut() {
+            let request = self.keys.request(out.timestamp, out.operation.clone());
+            out.request = Message::Request(request).encode()?.into();
+        }
+        Ok(())
+    }
+
     /// Whether a request is outstanding.
     pub fn is_busy(&self) -> bool {
         self.outstanding.is_some()
@@ -353,13 +381,14 @@ impl Client {
             return Err(Error::Full("client's outstanding request slot"));
         }
         let timestamp = self.next_timestamp;
-        let request = self.keys.request(timestamp, operation);
+        let request = self.keys.request(timestamp, operation.clone());
         let bytes: Arc<[u8]> = Message::Request(request).encode()?.into();
         self.next_timestamp += 1;
         self.transmits
             .push_back((self.membership.primary(self.view), bytes.clone()));
         self.outstanding = Some(Outstanding {
             request: bytes,
+            operation,
             timestamp,
             deadline: now.saturating_add(self.retransmit_ms),
             replies: BTreeMap::new(),
@@ -549,5 +578,47 @@ mod tests {
         let mut relabelled = reply.clone();
         relabelled.view = 2;
         assert!(!relabelled.verify(&keys[2], &m));
+    }
+}
+
+#[cfg(test)]
+mod rekey_tests {
+    use fed_crypto::Identity;
+
+    use super::*;
+
+    fn decode_request(bytes: &[u8]) -> Request {
+        match Message::decode(bytes).unwrap() {
+            Message::Request(r) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_key_authenticates_the_outstanding_request_again() {
+        let ids: Vec<Identity> = (1..=4u8)
+            .map(|i| Identity::from_seeds(&[i; 32], None))
+            .collect();
+        let m =
+            Arc::new(Membership::new(ids.iter().map(|i| i.public().clone()).collect()).unwrap());
+        let client = ClientId([5; 32]);
+        let old = ClientKey::new(&[1; 32]);
+        let new = ClientKey::new(&[2; 32]);
+        let mut c = Client::new(client, vec![old.clone(); 4], m.clone(), 1, 100).unwrap();
+        c.submit(b"op".to_vec(), 0).unwrap();
+        let (_, first) = c.poll_transmit().unwrap();
+        let r = decode_request(&first);
+        assert!(check_request(&old.bind(&m, 2, &client), 2, &r));
+        c.set_key(2, &new).unwrap();
+        c.handle_timeout(100);
+        let again: Vec<_> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        assert_eq!(again.len(), 4);
+        let r = decode_request(&again[2].1);
+        assert_eq!((r.timestamp, r.operation.as_slice()), (1, &b"op"[..]));
+        assert!(check_request(&new.bind(&m, 2, &client), 2, &r));
+        assert!(!check_request(&old.bind(&m, 2, &client), 2, &r));
+        // The other replicas' entries are unchanged.
+        assert!(check_request(&old.bind(&m, 1, &client), 1, &r));
+        assert!(c.set_key(4, &new).is_err());
     }
 }
