@@ -263,9 +263,14 @@ impl Genesis {
         format!("# exo-federation genesis (docs/protocol/genesis.md)\n{body}")
     }
 
-    /// The voting membership of the first configuration epoch.
+    /// The voting membership of the first configuration epoch, bound to this
+    /// genesis's [`hash`](Self::hash): every commit proof of the federation
+    /// names its genesis, and verifies against no other.
     pub fn membership(&self) -> fed_pbft::Result<Membership> {
-        Membership::new(self.members.iter().map(|m| m.identity.clone()).collect())
+        Membership::with_context(
+            self.members.iter().map(|m| m.identity.clone()).collect(),
+            self.hash(),
+        )
     }
 
     /// fed-pbft's configuration with these parameters (timeouts at their
@@ -486,6 +491,13 @@ mod tests {
         assert_eq!(
             hex::encode(g.hash()),
             "d02f907478e1b4bdeddf0086b6f589b4716f1baa3c7f086b98734d85b9d09589"
+        );
+        // genesis.md §4: the membership is bound to the hash.
+        let m = g.membership().unwrap();
+        assert_eq!(m.context(), Some(&g.hash()));
+        assert_eq!(
+            hex::encode(m.id()),
+            "71fe25919af70ba4431e10ff0fcf024957620a70a6ffd2cfc49b9953b6a5149e"
         );
     }
 }

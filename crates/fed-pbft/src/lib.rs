@@ -106,7 +106,8 @@ pub use client::{Client, ClientEvent, ClientKey, ClientKeys};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use membership::{
-    MAX_MEMBERSHIP_LEN, MAX_REPLICAS, MEMBERSHIP_VERSION, Membership, ReplicaIndex,
+    MAX_MEMBERSHIP_LEN, MAX_REPLICAS, MEMBERSHIP_VERSION, MEMBERSHIP_VERSION_CONTEXT, Membership,
+    ReplicaIndex,
 };
 pub use message::Checkpoint;
 pub use message::{

@@ -18,11 +18,14 @@ pub type ReplicaIndex = u16;
 /// [`Config::validate`](crate::Config::validate)).
 pub const MAX_REPLICAS: usize = 64;
 
-/// Version byte of [`Membership::to_bytes`].
+/// Version byte of [`Membership::to_bytes`] for a membership without a context.
 pub const MEMBERSHIP_VERSION: u8 = 1;
+/// Version byte of [`Membership::to_bytes`] for a membership bound to a context
+/// ([`Membership::with_context`]).
+pub const MEMBERSHIP_VERSION_CONTEXT: u8 = 2;
 
-/// Largest membership encoding: `3 + MAX_REPLICAS × (2 + 1986)` = 127 235 bytes.
-pub const MAX_MEMBERSHIP_LEN: usize = 3 + MAX_REPLICAS * (2 + PUBLIC_IDENTITY_MAX_LEN);
+/// Largest membership encoding: `3 + 32 + MAX_REPLICAS × (2 + 1986)` = 127 267 bytes.
+pub const MAX_MEMBERSHIP_LEN: usize = 3 + 32 + MAX_REPLICAS * (2 + PUBLIC_IDENTITY_MAX_LEN);
 
 /// The ordered set of replicas of one configuration epoch.
 ///
@@ -35,7 +38,9 @@ pub const MAX_MEMBERSHIP_LEN: usize = 3 + MAX_REPLICAS * (2 + PUBLIC_IDENTITY_MA
 ///
 /// The primary of view `v` is replica `v mod n`. The membership's identifier is
 /// `hash(MEMBERSHIP, [be16(n), identity_0, …, identity_{n−1}])` over the canonical
-/// public-identity encodings; every signed statement commits to it.
+/// public-identity encodings, with a 32-byte context appended as one more part
+/// when there is one ([`with_context`](Self::with_context)); every signed
+/// statement commits to it.
 ///
 /// A valid membership has `1 ≤ n ≤ MAX_REPLICAS` members, no two with the same
 /// Ed25519 public key (replica signatures are Ed25519 only: two members sharing
@@ -43,11 +48,13 @@ pub const MAX_MEMBERSHIP_LEN: usize = 3 + MAX_REPLICAS * (2 + PUBLIC_IDENTITY_MA
 /// Ed25519 key and different ML-DSA keys are therefore one node twice.
 ///
 /// Encoding ([`to_bytes`](Self::to_bytes), docs/protocol/pbft.md §1):
-/// `version (1) = 1 ‖ be16(n) ‖ n × (be16(len) ‖ public identity (len))`; every
+/// `version (1) = 1 ‖ be16(n) ‖ n × (be16(len) ‖ public identity (len))`, or with a
+/// context `version (1) = 2 ‖ context (32) ‖ be16(n) ‖ …`; every
 /// field has a fixed width, so a membership has exactly one encoding.
 #[derive(Clone, Debug)]
 pub struct Membership {
     members: Vec<PublicIdentity>,
+    context: Option<[u8; 32]>,
     id: [u8; 32],
     f: usize,
     quorum: usize,
@@ -60,6 +67,20 @@ impl Membership {
     /// node twice: two members with the same Ed25519 public key (whatever their
     /// ML-DSA keys), which also covers two equal identities.
     pub fn new(members: Vec<PublicIdentity>) -> Result<Self> {
+        Self::build(members, None)
+    }
+
+    /// A membership bound to `context`, 32 bytes that name the configuration it
+    /// belongs to (fed-mesh passes the federation's genesis hash, or the hash of
+    /// the configuration epoch). The context is hashed into the
+    /// [`id`](Self::id), so every signature, proof and certificate of this
+    /// membership commits to it: a proof made under one context never verifies
+    /// under another, even with the same members. Same rules as [`new`](Self::new).
+    pub fn with_context(members: Vec<PublicIdentity>, context: [u8; 32]) -> Result<Self> {
+        Self::build(members, Some(context))
+    }
+
+    fn build(members: Vec<PublicIdentity>, context: Option<[u8; 32]>) -> Result<Self> {
         let n = members.len();
         if n == 0 {
             return Err(Error::InvalidMembership("no replicas"));
@@ -76,13 +97,17 @@ impl Membership {
             ));
         }
         let count = (n as u16).to_be_bytes();
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(n + 1);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(n + 2);
         parts.push(&count);
         parts.extend(members.iter().map(PublicIdentity::as_bytes));
+        if let Some(context) = &context {
+            parts.push(context);
+        }
         let id = fed_crypto::hash(labels::MEMBERSHIP, &parts);
         let f = max_faulty(n);
         Ok(Self {
             members,
+            context,
             id,
             f,
             quorum: quorum_size(n),
@@ -93,13 +118,21 @@ impl Membership {
     /// (be16(len) ‖ public identity (len bytes))`, members in index order. At most
     /// [`MAX_MEMBERSHIP_LEN`] bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let len = 3 + self
-            .members
-            .iter()
-            .map(|m| 2 + m.as_bytes().len())
-            .sum::<usize>();
+        let len = 3
+            + 32
+            + self
+                .members
+                .iter()
+                .map(|m| 2 + m.as_bytes().len())
+                .sum::<usize>();
         let mut out = Vec::with_capacity(len);
-        out.push(MEMBERSHIP_VERSION);
+        match &self.context {
+            None => out.push(MEMBERSHIP_VERSION),
+            Some(context) => {
+                out.push(MEMBERSHIP_VERSION_CONTEXT);
+                out.extend_from_slice(context);
+            }
+        }
         out.extend_from_slice(&(self.members.len() as u16).to_be_bytes());
         for m in &self.members {
             let id = m.as_bytes();
@@ -125,9 +158,14 @@ impl Membership {
         }
         let malformed = || Error::Malformed("membership");
         let (&version, rest) = bytes.split_first().ok_or_else(malformed)?;
-        if version != MEMBERSHIP_VERSION {
-            return Err(Error::UnsupportedVersion(version));
-        }
+        let (context, rest) = match version {
+            MEMBERSHIP_VERSION => (None, rest),
+            MEMBERSHIP_VERSION_CONTEXT => {
+                let (context, rest) = rest.split_first_chunk::<32>().ok_or_else(malformed)?;
+                (Some(*context), rest)
+            }
+            _ => return Err(Error::UnsupportedVersion(version)),
+        };
         let (count, mut rest) = rest.split_first_chunk::<2>().ok_or_else(malformed)?;
         let n = usize::from(u16::from_be_bytes(*count));
         if n == 0 || n > MAX_REPLICAS {
@@ -152,12 +190,17 @@ impl Membership {
         if !rest.is_empty() {
             return Err(Error::Malformed("membership: trailing bytes"));
         }
-        Self::new(members)
+        Self::build(members, context)
     }
 
     /// The membership identifier (see the type's documentation).
     pub fn id(&self) -> &[u8; 32] {
         &self.id
+    }
+
+    /// The context this membership is bound to, if any ([`with_context`](Self::with_context)).
+    pub fn context(&self) -> Option<&[u8; 32]> {
+        self.context.as_ref()
     }
 
     /// Number of replicas `n`.
@@ -289,6 +332,30 @@ mod tests {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
+    /// pbft.md §1, vector 4 (its id computed by a script from the document).
+    #[test]
+    fn a_context_is_bound_into_the_id_and_the_encoding() {
+        let classical = |i: u8| Identity::from_seeds(&[i; 32], None).public().clone();
+        let members: Vec<_> = (1..=4).map(classical).collect();
+        let plain = Membership::new(members.clone()).unwrap();
+        let bound = Membership::with_context(members.clone(), [0xab; 32]).unwrap();
+        assert_eq!(
+            hex(bound.id()),
+            "287843644b35a7d272f1e713a2415cf8cecff222043a33b3a61925eea8e0e4f2"
+        );
+        assert_ne!(plain.id(), bound.id());
+        let other = Membership::with_context(members, [0xac; 32]).unwrap();
+        assert_ne!(other.id(), bound.id());
+        let bytes = bound.to_bytes();
+        assert_eq!(bytes[0], MEMBERSHIP_VERSION_CONTEXT);
+        assert_eq!(&bytes[1..33], &[0xab; 32]);
+        assert_eq!(&bytes[33..], &plain.to_bytes()[1..]);
+        let back = Membership::from_bytes(&bytes).unwrap();
+        assert_eq!((back.id(), back.context()), (bound.id(), Some(&[0xab; 32])));
+        assert!(Membership::from_bytes(&bytes[..32]).is_err());
+        assert_eq!(plain.context(), None);
+    }
+
     /// The vectors of pbft.md §1.
     #[test]
     fn membership_encoding_vectors() {
@@ -359,11 +426,14 @@ mod tests {
         assert!(Membership::from_bytes(&long).is_err());
         // Version, count, identity length.
         let mut v = good.clone();
-        v[0] = 2;
+        v[0] = 3;
         assert!(matches!(
             Membership::from_bytes(&v),
-            Err(Error::UnsupportedVersion(2))
+            Err(Error::UnsupportedVersion(3))
         ));
+        // Version 2 reads a context first: a version-1 body under it is malformed.
+        v[0] = 2;
+        assert!(Membership::from_bytes(&v).is_err());
         for n in [0u16, 3, 5, 65, u16::MAX] {
             let mut c = good.clone();
             c[1..3].copy_from_slice(&n.to_be_bytes());
@@ -392,6 +462,9 @@ mod tests {
                 .collect(),
         )
         .unwrap();
+        assert_eq!(big.to_bytes().len(), MAX_MEMBERSHIP_LEN - 32);
+        assert!(Membership::from_bytes(&big.to_bytes()).is_ok());
+        let big = Membership::with_context(big.members().to_vec(), [1; 32]).unwrap();
         assert_eq!(big.to_bytes().len(), MAX_MEMBERSHIP_LEN);
         assert!(Membership::from_bytes(&big.to_bytes()).is_ok());
     }
