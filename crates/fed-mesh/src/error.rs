@@ -109,6 +109,12 @@ pub enum Error {
     /// The node has shut down.
     #[error("the node has shut down")]
     ShutDown,
+    /// A commit could not be made (no genesis, an update too large, a refusal).
+    #[error("consensus: {0}")]
+    Consensus(String),
+    /// fed-pbft refused an input or a proof.
+    #[error("pbft: {0}")]
+    Pbft(Arc<fed_pbft::Error>),
 }
 
 impl From<fed_onion::Error> for Error {

@@ -112,7 +112,10 @@ pub use libp2p_identity::PeerId;
 pub use multiaddr::Multiaddr;
 
 pub use crate::{
-    core::{Limits, Timing},
+    core::{
+        Limits, Timing,
+        commit::{CommitReceipt, CommittedBatch, ConsensusConfig, Ledger},
+    },
     error::{Error, Result},
     types::*,
 };

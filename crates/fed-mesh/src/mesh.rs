@@ -10,7 +10,10 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
-    core::{Command, Completion, Core, CoreConfig, Limits, Timing},
+    core::{
+        Command, Completion, Core, CoreConfig, Limits, Timing,
+        commit::{CommitReceipt, ConsensusConfig},
+    },
     driver::{self, Driver, Request, TransportConfig},
     error::{Error, Result},
     store::{PersistentSubstrate, Store},
@@ -54,9 +57,22 @@ pub struct MeshConfig {
     /// audit log. Created (mode 0700) if missing. Default: none, everything in
     /// memory.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The federation's consensus, from its genesis ([`with_genesis`](Self::with_genesis)):
+    /// with it, the node commits updates with [`FederatedMesh::byzantine_commit`],
+    /// and votes if the genesis lists it. Default: none.
+    pub consensus: Option<ConsensusConfig>,
 }
 
 impl MeshConfig {
+    /// Takes part in the consensus of `genesis`: sets the federation id to the
+    /// genesis's and the consensus from it (defaults: 16 client slots, 30 s
+    /// commit timeout; fields of [`consensus`](Self::consensus) to change them).
+    pub fn with_genesis(mut self, genesis: &crate::genesis::Genesis) -> Result<Self> {
+        self.federation = genesis.federation;
+        self.consensus = Some(ConsensusConfig::from_genesis(genesis)?);
+        Ok(self)
+    }
+
     /// A configuration for `identity` in `federation`, admitting members by
     /// `admission`, with defaults for the rest.
     pub fn new(
@@ -88,6 +104,7 @@ impl MeshConfig {
             timing: Timing::default(),
             transport: TransportConfig::default(),
             data_dir: None,
+            consensus: None,
         }
     }
 }
@@ -105,6 +122,7 @@ impl std::fmt::Debug for MeshConfig {
             .field("timing", &self.timing)
             .field("transport", &self.transport)
             .field("data_dir", &self.data_dir)
+            .field("consensus", &self.consensus)
             .finish_non_exhaustive()
     }
 }
@@ -146,6 +164,23 @@ impl MeshBuilder {
             Some(dir) => Some(open_data_dir(dir, &config.identity)?),
             None => None,
         };
+        let mut consensus = config.consensus.clone();
+        let mut pbft_store = None;
+        if let Some(c) = consensus.as_mut() {
+            if c.federation != config.federation {
+                return Err(Error::Config(
+                    "the consensus (genesis) is for another federation than `federation`".into(),
+                ));
+            }
+            if let Some(store) = &store {
+                let mut pbft = store.pbft();
+                pbft.bind_membership(c.membership.id())?;
+                if c.membership.index_of(&config.identity.node_id()).is_some() {
+                    c.recovered = Some(Arc::new(pbft.load_state()?));
+                    pbft_store = Some(pbft);
+                }
+            }
+        }
         let substrate: Arc<dyn Substrate> = match (self.substrate, &store) {
             (Some(s), _) => s,
             (None, Some(store)) => Arc::new(PersistentSubstrate::open(store)?),
@@ -173,6 +208,7 @@ impl MeshBuilder {
         core_config.bootstrap = config.bootstrap.clone();
         core_config.limits = config.limits.clone();
         core_config.timing = config.timing.clone();
+        core_config.consensus = consensus;
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| Error::Config(format!("no OS randomness: {e}")))?;
         let core = Core::new(core_config, seed, driver::now_ms())?;
@@ -188,6 +224,7 @@ impl MeshBuilder {
             events.clone(),
             &config.bootstrap,
             audit,
+            pbft_store,
         );
         let peer_id = driver.local_peer();
         tokio::spawn(driver.run());
@@ -365,6 +402,32 @@ impl FederatedMesh {
             Completion::Queried(result) => result,
             _ => Err(Error::ShutDown),
         }
+    }
+
+    /// Commits `update` through the federation's consensus (fed-pbft among the
+    /// genesis's voting members) and returns its [`CommitReceipt`]: where it
+    /// committed, with a commit proof this node checked and anyone can check
+    /// offline ([`CommitReceipt::verify`] with the genesis's membership).
+    /// Every voting member executes it in the same order; subscribers see it
+    /// as [`MeshEvent::Committed`], and each node applies it to its substrate.
+    ///
+    /// Fails with [`Error::Consensus`] without a genesis, or for an update over
+    /// the federation's `max_operation_len`; with [`Error::Timeout`] when it
+    /// has not committed within the commit timeout (it may still commit later).
+    pub async fn byzantine_commit(
+        &self,
+        update: crate::substrate::StateUpdate,
+    ) -> Result<CommitReceipt> {
+        match self.command(Command::Commit(update)).await? {
+            Completion::Committed(r) => r.map(|b| *b),
+            _ => Err(Error::ShutDown),
+        }
+    }
+
+    /// Where this node stands in the consensus (its view, ledger, checkpoint),
+    /// or `None` without a genesis.
+    pub async fn consensus_status(&self) -> Result<Option<crate::types::ConsensusStatus>> {
+        self.ask(Request::Consensus).await
     }
 
     /// Members with an established session in either direction.

@@ -270,7 +270,7 @@ impl CutOffReason {
 }
 
 /// Something that happened in the mesh, for subscribers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum MeshEvent {
     /// A session with a member was established.
@@ -323,6 +323,35 @@ pub enum MeshEvent {
         /// Why.
         reason: CutOffReason,
     },
+    /// The federation committed a batch and this replica executed it (in
+    /// sequence order; a replica restarted from disk executes again from its
+    /// last stable checkpoint).
+    Committed(std::sync::Arc<crate::core::commit::CommittedBatch>),
+    /// This replica moved to a new view (a new primary).
+    ViewChanged {
+        /// The view.
+        view: u64,
+    },
+}
+
+/// Where this node stands in the federation's consensus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsensusStatus {
+    /// This node's replica index, if it is a voting member.
+    pub replica: Option<u16>,
+    /// The current view (the replica's, or the latest a client of this node learnt).
+    pub view: u64,
+    /// The replica's last executed sequence number.
+    pub last_executed: u64,
+    /// The replica's last stable checkpoint.
+    pub stable_checkpoint: u64,
+    /// Updates in the replica's ledger.
+    pub ledger_count: u64,
+    /// The head of the replica's ledger (its hash chain).
+    pub ledger_head: [u8; 32],
+    /// Batches this replica executed since it started.
+    pub committed_here: u64,
 }
 
 /// A member as the node sees it now.
@@ -375,4 +404,6 @@ pub struct Stats {
     pub requests_received: u64,
     /// Requests sent on the federation protocols.
     pub requests_sent: u64,
+    /// PBFT messages, replies and proofs refused (bad MAC, signature, sender, shape).
+    pub pbft_rejected: u64,
 }

@@ -14,6 +14,8 @@ pub const PROTOCOL_QUERY: &str = "/exo-fed/query/1";
 pub const PROTOCOL_ONION: &str = "/exo-fed/onion/1";
 /// CRDT anti-entropy (sealed).
 pub const PROTOCOL_SYNC: &str = "/exo-fed/sync/1";
+/// Byzantine consensus: fed-pbft messages and commit proofs (sealed).
+pub const PROTOCOL_PBFT: &str = "/exo-fed/pbft/1";
 /// The Kademlia protocol name of the federation's own DHT.
 pub const PROTOCOL_KAD: &str = "/exo-fed/kad/1.0.0";
 /// The identify protocol version string the node announces.
@@ -45,15 +47,18 @@ pub enum Protocol {
     Onion,
     /// [`PROTOCOL_SYNC`].
     Sync,
+    /// [`PROTOCOL_PBFT`].
+    Pbft,
 }
 
 impl Protocol {
     /// Every protocol.
-    pub const ALL: [Protocol; 4] = [
+    pub const ALL: [Protocol; 5] = [
         Protocol::Handshake,
         Protocol::Query,
         Protocol::Onion,
         Protocol::Sync,
+        Protocol::Pbft,
     ];
 
     /// The libp2p protocol name.
@@ -63,6 +68,7 @@ impl Protocol {
             Protocol::Query => PROTOCOL_QUERY,
             Protocol::Onion => PROTOCOL_ONION,
             Protocol::Sync => PROTOCOL_SYNC,
+            Protocol::Pbft => PROTOCOL_PBFT,
         }
     }
 
@@ -73,6 +79,7 @@ impl Protocol {
             Protocol::Query => "query",
             Protocol::Onion => "onion",
             Protocol::Sync => "sync",
+            Protocol::Pbft => "pbft",
         }
     }
 }
@@ -120,6 +127,14 @@ pub enum Kind {
     SyncChunk = 6,
     /// [`Refusal`], as the response to any request.
     Refused = 7,
+    /// A fed-pbft message (fed-pbft's encoding, not postcard).
+    Pbft = 8,
+    /// The empty answer to [`Kind::Pbft`].
+    PbftAck = 9,
+    /// [`ProofRequest`](crate::core::commit::ProofRequest).
+    ProofRequest = 10,
+    /// [`ProofResponse`](crate::core::commit::ProofResponse).
+    ProofResponse = 11,
 }
 
 impl Kind {
@@ -132,6 +147,10 @@ impl Kind {
             5 => Kind::SyncPull,
             6 => Kind::SyncChunk,
             7 => Kind::Refused,
+            8 => Kind::Pbft,
+            9 => Kind::PbftAck,
+            10 => Kind::ProofRequest,
+            11 => Kind::ProofResponse,
             _ => return None,
         })
     }

@@ -438,6 +438,13 @@ impl Client {
         Ok(())
     }
 
+    /// Gives up on the outstanding request, if any, and returns its timestamp:
+    /// the client stops retransmitting it and can [`submit`](Self::submit) again.
+    /// The replicas may still execute it; a reply to it is ignored.
+    pub fn abandon(&mut self) -> Option<u64> {
+        self.outstanding.take().map(|o| o.timestamp)
+    }
+
     /// Retransmits the outstanding request to every replica if its deadline passed.
     pub fn handle_timeout(&mut self, now: u64) {
         if let Some(out) = self.outstanding.as_mut()
@@ -620,5 +627,11 @@ mod rekey_tests {
         // The other replicas' entries are unchanged.
         assert!(check_request(&old.bind(&m, 1, &client), 1, &r));
         assert!(c.set_key(4, &new).is_err());
+        // Abandoned, it is no longer retransmitted, and the slot is free.
+        assert_eq!(c.abandon(), Some(1));
+        assert!(!c.is_busy());
+        c.handle_timeout(10_000);
+        assert!(c.poll_transmit().is_none());
+        assert_eq!(c.submit(b"next".to_vec(), 10_000).unwrap(), 2);
     }
 }

@@ -181,7 +181,7 @@ impl Net {
                     self.cores[j].handle_disconnected(me, now);
                 }
             }
-            Action::Dial { .. } | Action::Unban { .. } => {}
+            Action::Dial { .. } | Action::Unban { .. } | Action::Persist(_) => {}
         }
     }
 

@@ -21,6 +21,7 @@
 //! The libp2p driver (`crate::driver`) does exactly this over a `Swarm` on tokio;
 //! the test simulator does it for hundreds of cores under one virtual clock.
 
+pub mod commit;
 #[cfg(test)]
 mod defences;
 mod limits;
@@ -79,6 +80,12 @@ pub mod labels {
     pub const AUDIT_HEAD: &str = "exo-federation v1 mesh audit head";
     /// Hash of a federation's genesis (docs/protocol/genesis.md).
     pub const GENESIS: &str = "exo-federation v1 mesh genesis";
+    /// A node's PBFT client ids (one per slot).
+    pub const PBFT_CLIENT_ID: &str = "exo-federation v1 mesh pbft client id";
+    /// The PBFT client keys exported from a session.
+    pub const PBFT_CLIENT_KEY: &str = "exo-federation v1 mesh pbft client key";
+    /// The ledger's hash chain of executed updates.
+    pub const COMMIT_LEDGER: &str = "exo-federation v1 mesh commit ledger";
     /// Every label above.
     pub const ALL: &[&str] = &[
         CHANNEL_BINDING,
@@ -91,6 +98,9 @@ pub mod labels {
         AUDIT_ENTRY,
         AUDIT_HEAD,
         GENESIS,
+        PBFT_CLIENT_ID,
+        PBFT_CLIENT_KEY,
+        COMMIT_LEDGER,
     ];
 }
 
@@ -189,6 +199,10 @@ pub enum Action {
     },
     /// Publish an event to subscribers.
     Event(MeshEvent),
+    /// Write the replica's durable state, synced, *before* carrying out any
+    /// action that follows (the messages that depend on it). A host without
+    /// storage loses the replica's votes at a crash.
+    Persist(Vec<fed_pbft::Persist>),
 }
 
 /// A request from the node's user.
@@ -225,6 +239,8 @@ pub enum Command {
     },
     /// List the peers.
     Peers,
+    /// Commit an update through the federation's consensus.
+    Commit(crate::substrate::StateUpdate),
 }
 
 /// The result of a [`Command`].
@@ -241,6 +257,8 @@ pub enum Completion {
     Value(Option<Vec<u8>>),
     /// [`Command::Peers`].
     Peers(Vec<PeerInfo>),
+    /// [`Command::Commit`].
+    Committed(Result<Box<commit::CommitReceipt>>),
 }
 
 /// Everything a core is built from.
@@ -266,6 +284,8 @@ pub struct CoreConfig {
     pub limits: Limits,
     /// Intervals and lifetimes.
     pub timing: Timing,
+    /// The consensus this node takes part in (from the genesis), if any.
+    pub consensus: Option<commit::ConsensusConfig>,
 }
 
 impl CoreConfig {
@@ -289,6 +309,7 @@ impl CoreConfig {
             bootstrap: Vec::new(),
             limits: Limits::default(),
             timing: Timing::default(),
+            consensus: None,
         }
     }
 }
@@ -303,6 +324,7 @@ impl std::fmt::Debug for CoreConfig {
             .field("bootstrap", &self.bootstrap)
             .field("limits", &self.limits)
             .field("timing", &self.timing)
+            .field("consensus", &self.consensus)
             .finish_non_exhaustive()
     }
 }
@@ -340,6 +362,8 @@ pub struct Core {
     started: bool,
     actions: VecDeque<Action>,
     stats: Stats,
+    /// The consensus, with a genesis.
+    commit: Option<commit::CommitState>,
 }
 
 impl Core {
@@ -354,6 +378,15 @@ impl Core {
         let mut rng = ChaCha20Rng::from_seed(seed);
         let onion = OnionState::new(&config, now, &mut rng)?;
         let clock = HlcClock::with_default_skew(ReplicaId::new(local_node.0));
+        let commit = match &config.consensus {
+            None => None,
+            Some(c) => Some(commit::CommitState::new(
+                c.clone(),
+                &config.identity,
+                &mut rng,
+                now,
+            )?),
+        };
         let mut core = Self {
             local_peer,
             local_node,
@@ -379,6 +412,7 @@ impl Core {
             started: false,
             actions: VecDeque::new(),
             stats: Stats::default(),
+            commit,
             config,
         };
         core.publish_record(now)?;
@@ -481,6 +515,7 @@ impl Core {
         self.peers_timeout(now);
         self.queries_timeout(now);
         self.onion_timeout(now);
+        self.commit_timeout(now);
         if now >= self.next_sync_at {
             self.next_sync_at = now.saturating_add(self.config.timing.sync_interval_ms);
             self.sync_round += 1;
@@ -517,6 +552,7 @@ impl Core {
                 let peers = self.peers();
                 self.complete(id, Completion::Peers(peers));
             }
+            Command::Commit(update) => self.start_commit(id, update, now),
         }
     }
 
@@ -547,6 +583,11 @@ impl Core {
         consider(self.peers_next_timeout());
         consider(self.queries.next_timeout());
         consider(self.onion.next_timeout());
+        consider(
+            self.commit
+                .as_ref()
+                .and_then(commit::CommitState::next_timeout),
+        );
         Some(next)
     }
 

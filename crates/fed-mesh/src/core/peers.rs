@@ -70,6 +70,10 @@ pub(crate) enum Purpose {
     Query(query::ChildKey),
     Onion(onion::OnionPurpose),
     Sync(MapName),
+    /// A PBFT message (answered by an empty acknowledgement).
+    Pbft,
+    /// A proof request of client slot `.0` for its request with timestamp `.1`.
+    Proof(u16, u64),
 }
 
 pub(crate) struct Pending {
@@ -198,6 +202,16 @@ impl Peer {
             .find(|s| &s.id == id)
     }
 
+    /// The current outbound session's handshake session.
+    pub(crate) fn out_session_ref(&self) -> Option<&Session> {
+        self.out.as_ref().map(|s| &*s.session)
+    }
+
+    /// The current inbound session's handshake session.
+    pub(crate) fn in_session_ref(&self) -> Option<&Session> {
+        self.inb.as_ref().map(|s| &*s.session)
+    }
+
     fn in_session(&mut self, id: &[u8; SESSION_ID_LEN]) -> Option<&mut InSession> {
         [self.inb.as_mut(), self.inb_prev.as_mut()]
             .into_iter()
@@ -250,6 +264,7 @@ fn capability_for(protocol: Protocol) -> Capability {
         Protocol::Handshake | Protocol::Query => Capability::Query,
         Protocol::Onion => Capability::Relay,
         Protocol::Sync => Capability::CrdtSync,
+        Protocol::Pbft => Capability::Vote,
     }
 }
 
@@ -776,6 +791,7 @@ impl Core {
         let queued = std::mem::take(&mut p.queued);
         self.by_node.insert(node, peer);
         self.stats.handshakes_completed += 1;
+        self.commit_out_session(peer, node);
         for j in joiners {
             self.complete(j, Completion::Joined(Ok(token.clone())));
         }
@@ -954,6 +970,7 @@ impl Core {
                 });
                 self.by_node.insert(node, peer);
                 self.stats.handshakes_completed += 1;
+                self.commit_in_session(peer, node);
                 if !renewal {
                     self.event(MeshEvent::PeerJoined {
                         node,
@@ -1055,11 +1072,16 @@ impl Core {
             self.refuse(id, refusal, now);
             return;
         }
+        // The voting members' consensus traffic is paced by the protocol (batches,
+        // windows, retransmission timers), not by the session's rate.
+        let exempt = protocol == Protocol::Pbft && self.is_voter_peer(&peer);
         let limited = {
             let Some(s) = self.peers.get_mut(&peer).and_then(|p| p.in_session(&sid)) else {
                 return;
             };
-            if !s.bucket.take(now) {
+            if exempt {
+                None
+            } else if !s.bucket.take(now) {
                 Some(Refusal::RateLimited)
             } else if s.in_flight >= max_in_flight {
                 Some(Refusal::TooManyInFlight)
@@ -1072,13 +1094,14 @@ impl Core {
             self.refuse(id, refusal, now);
             return;
         }
-        if let Some(ctx) = self.inbound.get_mut(&id) {
+        if !exempt && let Some(ctx) = self.inbound.get_mut(&id) {
             ctx.counted = true;
         }
         match protocol {
             Protocol::Query => self.on_query_request(peer, id, plaintext, now),
             Protocol::Onion => self.on_onion_request(peer, id, plaintext, now),
             Protocol::Sync => self.on_sync_request(peer, id, plaintext, now),
+            Protocol::Pbft => self.on_pbft_request(peer, id, plaintext, now),
             Protocol::Handshake => {}
         }
     }
@@ -1249,6 +1272,7 @@ impl Core {
         purpose: Purpose,
         now: u64,
     ) {
+        let exempt = protocol == Protocol::Pbft && self.is_voter_peer(&self.local_peer);
         let sealed = match self.peers.get_mut(&peer).and_then(|p| p.out.as_mut()) {
             None => Err(Failure::Unreachable),
             Some(s) => {
@@ -1258,9 +1282,9 @@ impl Core {
                     Err(Failure::Refused(Refusal::TokenExpired))
                 } else if !body.capabilities.allows(capability_for(protocol)) {
                     Err(Failure::Refused(Refusal::CapabilityDenied))
-                } else if s.in_flight >= limits.max_in_flight {
+                } else if !exempt && s.in_flight >= limits.max_in_flight {
                     Err(Failure::Refused(Refusal::TooManyInFlight))
-                } else if !s.bucket.take(now) {
+                } else if !exempt && !s.bucket.take(now) {
                     Err(Failure::Refused(Refusal::RateLimited))
                 } else {
                     match s.session.channel.seal(plaintext) {
@@ -1407,6 +1431,9 @@ impl Core {
             Purpose::Query(child) => self.on_query_response(peer, child, &plaintext, now),
             Purpose::Onion(o) => self.on_onion_response(peer, o, &plaintext, now),
             Purpose::Sync(map) => self.on_sync_response(peer, map, &plaintext, now),
+            ref p @ (Purpose::Pbft | Purpose::Proof(..)) => {
+                self.on_pbft_response(p, &plaintext, now);
+            }
             Purpose::Hello(_) | Purpose::Finish(_) => {}
         }
     }
@@ -1496,6 +1523,7 @@ impl Core {
             Purpose::Query(child) => self.on_query_child_failed(child, failure, now),
             Purpose::Onion(o) => self.on_onion_failed(peer, o, failure, now),
             Purpose::Sync(map) => self.on_sync_failed(peer, map, now),
+            ref p @ (Purpose::Pbft | Purpose::Proof(..)) => self.on_pbft_failed(p, failure, now),
         }
     }
 

@@ -66,6 +66,7 @@ pub(crate) struct Behaviour {
     query: request_response::Behaviour<FrameCodec>,
     onion: request_response::Behaviour<FrameCodec>,
     sync: request_response::Behaviour<FrameCodec>,
+    pbft: request_response::Behaviour<FrameCodec>,
 }
 
 /// Transport settings of the libp2p layer.
@@ -195,6 +196,7 @@ pub(crate) fn build_swarm(
                 query: rr(Protocol::Query, max_frame, max_frame, timeout),
                 onion: rr(Protocol::Onion, onion_max, onion_max, timeout),
                 sync: rr(Protocol::Sync, max_frame, max_frame, timeout),
+                pbft: rr(Protocol::Pbft, max_frame, max_frame, timeout),
             })
         })
         .map_err(|e| Error::Transport(format!("behaviours: {e}")))?
@@ -210,6 +212,7 @@ pub(crate) enum Request {
     Stats(oneshot::Sender<Stats>),
     PeerCount(oneshot::Sender<usize>),
     SharedEntries(oneshot::Sender<Vec<(Vec<u8>, Vec<u8>)>>),
+    Consensus(oneshot::Sender<Option<crate::types::ConsensusStatus>>),
     Revoke([u8; 32]),
     /// Test hook: stop processing for a while, as a hung node would.
     Pause(Duration, oneshot::Sender<()>),
@@ -241,9 +244,16 @@ pub(crate) struct Driver {
     next_command: u64,
     /// The audit log and the identity that signs it, with a data directory.
     audit: Option<(crate::store::AuditLog, Arc<fed_crypto::Identity>)>,
+    /// The replica's durable state, with a data directory.
+    pbft_store: Option<crate::store::PbftStore>,
+    /// Committed batches, in order, to the task that applies them to the substrate.
+    apply_tx: mpsc::UnboundedSender<Arc<crate::core::commit::CommittedBatch>>,
+    /// A durable write failed: the node stops rather than send what depends on it.
+    failed: bool,
 }
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)] // the parts a node is made of
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         core: Core,
@@ -252,8 +262,22 @@ impl Driver {
         events: broadcast::Sender<MeshEvent>,
         bootstrap: &[crate::PeerAddress],
         audit: Option<(crate::store::AuditLog, Arc<fed_crypto::Identity>)>,
+        pbft_store: Option<crate::store::PbftStore>,
     ) -> Self {
         let (searches_tx, searches_rx) = mpsc::channel(1024);
+        let (apply_tx, mut apply_rx) =
+            mpsc::unbounded_channel::<Arc<crate::core::commit::CommittedBatch>>();
+        // Committed updates reach the substrate one at a time, in commit order.
+        let applier = substrate.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = apply_rx.recv().await {
+                for (_, _, update) in &batch.updates {
+                    if let Err(e) = applier.apply(update).await {
+                        tracing::warn!(seq = batch.seq, error = %e, "the substrate refused a committed update");
+                    }
+                }
+            }
+        });
         let mut driver = Self {
             swarm,
             core,
@@ -272,6 +296,9 @@ impl Driver {
             next_inbound: 1,
             next_command: 1,
             audit,
+            pbft_store,
+            apply_tx,
+            failed: false,
         };
         for b in bootstrap {
             if let Ok(peer) = b.peer_id() {
@@ -318,6 +345,10 @@ impl Driver {
                 }
             }
             self.drain();
+            if self.failed {
+                self.fail_waiting();
+                break;
+            }
         }
     }
 
@@ -350,6 +381,9 @@ impl Driver {
             }
             Request::SharedEntries(reply) => {
                 let _ = reply.send(self.core.shared_entries());
+            }
+            Request::Consensus(reply) => {
+                let _ = reply.send(self.core.consensus_status());
             }
             Request::Revoke(id) => self.core.revoke_token(id),
             Request::Pause(..) | Request::Shutdown(_) => {}
@@ -429,6 +463,7 @@ impl Driver {
             BehaviourEvent::Query(e) => self.on_rr(Protocol::Query, e, now),
             BehaviourEvent::Onion(e) => self.on_rr(Protocol::Onion, e, now),
             BehaviourEvent::Sync(e) => self.on_rr(Protocol::Sync, e, now),
+            BehaviourEvent::Pbft(e) => self.on_rr(Protocol::Pbft, e, now),
             _ => {}
         }
     }
@@ -517,12 +552,25 @@ impl Driver {
             Protocol::Query => &mut b.query,
             Protocol::Onion => &mut b.onion,
             Protocol::Sync => &mut b.sync,
+            Protocol::Pbft => &mut b.pbft,
         }
     }
 
     fn drain(&mut self) {
-        while let Some(action) = self.core.poll_action() {
+        while !self.failed
+            && let Some(action) = self.core.poll_action()
+        {
             match action {
+                Action::Persist(writes) => {
+                    // Synced before the actions after it (the messages that
+                    // depend on it) are carried out.
+                    if let Some(store) = self.pbft_store.as_mut()
+                        && let Err(e) = store.persist_all(&writes)
+                    {
+                        tracing::error!(error = %e, "cannot persist the replica's state; the node stops");
+                        self.failed = true;
+                    }
+                }
                 Action::Send {
                     peer,
                     protocol,
@@ -589,6 +637,9 @@ impl Driver {
                 }
                 Action::Event(event) => {
                     self.audit(&event);
+                    if let MeshEvent::Committed(batch) = &event {
+                        let _ = self.apply_tx.send(batch.clone());
+                    }
                     let _ = self.events.send(event);
                 }
             }
@@ -608,6 +659,11 @@ impl Driver {
                 peer: node.map_or([0; 32], |n| n.0),
                 reason: format!("{reason:?}"),
             },
+            MeshEvent::Committed(batch) => AuditEvent::Committed {
+                seq: batch.seq,
+                digest: batch.digest,
+            },
+            MeshEvent::ViewChanged { view } => AuditEvent::ViewChanged { view: *view },
             _ => return,
         };
         let (log, identity) = (log.clone(), identity.clone());

@@ -88,6 +88,19 @@ pub enum StoreError {
         /// The owner recorded in the file.
         found: NodeId,
     },
+    /// The store holds the consensus state of another federation (another
+    /// genesis, so another membership).
+    #[error(
+        "{path}: the store holds the consensus state of membership {found}, not of this genesis's membership {expected}"
+    )]
+    OtherFederation {
+        /// The database file.
+        path: PathBuf,
+        /// This configuration's membership id (hex).
+        expected: String,
+        /// The membership id recorded in the file (hex).
+        found: String,
+    },
     /// A read or a write failed after the store was opened.
     #[error("{path}: {detail}")]
     Io {

@@ -31,6 +31,7 @@ const SEQ_TABLES: [(&str, TableDefinition<'static, u64, &'static [u8]>); 4] = [
 ];
 
 const VIEW_KEY: &str = "pbft.view";
+const MEMBERSHIP_KEY: &str = "pbft.membership";
 const STABLE_KEY: &str = "pbft.stable";
 
 #[derive(Serialize, Deserialize)]
@@ -79,6 +80,42 @@ pub struct PbftStore {
 impl PbftStore {
     pub(super) fn new(store: Store) -> Self {
         Self { store }
+    }
+
+    /// Binds the store to the membership `id` (the genesis's): the first call
+    /// records it, later calls check it, so that a replica never recovers the
+    /// votes it cast in another federation. Fails with
+    /// [`StoreError::OtherFederation`] naming the file.
+    pub fn bind_membership(&mut self, id: &[u8; 32]) -> Result<(), StoreError> {
+        let s = &self.store;
+        let read = s.db_read()?;
+        if let Some(meta) = s.table_if_any(&read, META)?
+            && let Some(v) = meta.get(MEMBERSHIP_KEY).map_err(|e| s.io(e))?
+        {
+            let body = s.open_record("meta", MEMBERSHIP_KEY.as_bytes(), v.value())?;
+            let found: [u8; 32] = decode_body(body)
+                .ok_or_else(|| s.corrupt(format!("record `{MEMBERSHIP_KEY}` does not decode")))?;
+            if &found == id {
+                return Ok(());
+            }
+            return Err(StoreError::OtherFederation {
+                path: s.path().to_path_buf(),
+                expected: hex::encode(id),
+                found: hex::encode(found),
+            });
+        }
+        drop(read);
+        let txn = s.db_write()?;
+        {
+            let body = s.body(id)?;
+            let mut t = txn.open_table(META).map_err(|e| s.io(e))?;
+            t.insert(
+                MEMBERSHIP_KEY,
+                s.seal("meta", MEMBERSHIP_KEY.as_bytes(), &body)?.as_slice(),
+            )
+            .map_err(|e| s.io(e))?;
+        }
+        txn.commit().map_err(|e| s.io(e))
     }
 
     /// Makes every write of `ops` durable in one transaction (one fsync): the

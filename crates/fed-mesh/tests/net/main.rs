@@ -5,6 +5,7 @@
 mod abuse;
 mod access;
 mod basics;
+mod commit;
 mod interop;
 mod join;
 mod onion;

@@ -1,0 +1,1144 @@
+//! Byzantine commits: fed-pbft among the federation's voting members, carried
+//! sealed in the mesh's sessions on `/exo-fed/pbft/1` (docs/protocol/mesh.md §9).
+//!
+//! - **Replicas.** A node listed in the genesis runs a [`Replica`] whose
+//!   application is the [`Ledger`]: a hash chain of every executed update. The
+//!   replica's messages go to the other replicas' peers; its writes leave as
+//!   [`Action::Persist`] *before* the sends that depend on them, so a host that
+//!   carries actions out in order stores each vote before anyone can see it.
+//! - **Clients.** Every node (voting or not) submits through a few PBFT
+//!   [`Client`]s, its *slots*, each with one request outstanding. Slot `s` of
+//!   node `N` is the client `hash(PBFT_CLIENT_ID, [N, be16(s)])`; the MAC key it
+//!   shares with replica `R` is exported from the session `N` initiated with
+//!   `R` (`Session::export(PBFT_CLIENT_KEY, be16(s))`), so both ends derive it
+//!   and nobody else can. A renewed session re-keys both ends.
+//! - **Proofs.** After `f + 1` matching replies the client asks the replicas, one
+//!   at a time, for the batch that holds its request and the batch's commit
+//!   proof, checks both against the membership, and hands the user a
+//!   [`CommitReceipt`] anyone can check offline against the genesis.
+//!
+//! What executing an update does beyond the ledger (storing a pattern in the
+//! substrate) is the host's: it gets every executed batch as
+//! [`MeshEvent::Committed`], in sequence order.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+};
+
+use fed_crypto::{NodeId, hash};
+use fed_pbft::{
+    Application, Client, ClientEvent, ClientId, ClientKey, CommitProof, Config as PbftConfig,
+    DurableState, Event as PbftEvent, Membership, Message, Outcome, Persist, Replica, ReplicaIndex,
+    decode_batch,
+};
+use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CommandId, Completion, Core, InboundId, labels, peer_id_of_identity,
+    peers::{Failure, Purpose},
+};
+use crate::{
+    error::{Error, Result},
+    substrate::StateUpdate,
+    types::MeshEvent,
+    wire::{self, Kind, Protocol},
+};
+
+/// Most commits waiting for a free client slot.
+const MAX_QUEUED_COMMITS: usize = 4096;
+/// Executed batches kept to answer proof requests.
+const PROOF_CACHE_BATCHES: usize = 1024;
+/// Bytes of executed batches kept to answer proof requests.
+const PROOF_CACHE_BYTES: usize = 64 << 20;
+/// How long a client waits for one replica's proof before asking the next.
+const PROOF_RETRY_MS: u64 = 500;
+
+/// The consensus a node takes part in: from the genesis, plus its own settings.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ConsensusConfig {
+    /// The federation (the genesis's).
+    pub federation: fed_handshake::FederationId,
+    /// The genesis hash (the membership's context).
+    pub genesis_hash: [u8; 32],
+    /// The voting members, bound to the genesis hash.
+    pub membership: Arc<Membership>,
+    /// fed-pbft's parameters (the genesis's, this node's timeouts).
+    pub pbft: PbftConfig,
+    /// Where each replica listens, in replica order (from the genesis).
+    pub addresses: Vec<Vec<Multiaddr>>,
+    /// Client slots of this node: commits it can have ordered at once.
+    pub client_slots: u16,
+    /// How long `byzantine_commit` waits before failing with a timeout.
+    pub commit_timeout_ms: u64,
+    /// The replica's durable state, read from the store at start.
+    pub recovered: Option<Arc<DurableState>>,
+    /// Test hook: this replica signs PREPAREs and COMMITs for digests other than
+    /// the batches' (a Byzantine voter). Never set it in production.
+    #[doc(hidden)]
+    pub byzantine_votes: bool,
+}
+
+impl ConsensusConfig {
+    /// The consensus of `genesis` with fed-pbft's default timeouts, 16 client
+    /// slots and a 30 s commit timeout.
+    #[cfg(feature = "genesis")]
+    pub fn from_genesis(genesis: &crate::genesis::Genesis) -> Result<Self> {
+        let membership = genesis
+            .membership()
+            .map_err(|e| Error::Config(format!("genesis membership: {e}")))?;
+        let mut pbft = genesis
+            .pbft_config()
+            .map_err(|e| Error::Config(format!("genesis consensus parameters: {e}")))?;
+        pbft.validate(&membership)
+            .map_err(|e| Error::Config(format!("genesis consensus parameters: {e}")))?;
+        pbft.max_clients = pbft.max_clients.max(64 * 1024);
+        Ok(Self {
+            federation: genesis.federation,
+            genesis_hash: genesis.hash(),
+            membership: Arc::new(membership),
+            pbft,
+            addresses: genesis
+                .members
+                .iter()
+                .map(|m| m.addresses.clone())
+                .collect(),
+            client_slots: 16,
+            commit_timeout_ms: 30_000,
+            recovered: None,
+            byzantine_votes: false,
+        })
+    }
+}
+
+impl std::fmt::Debug for ConsensusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsensusConfig")
+            .field("genesis_hash", &crate::types::hex32(&self.genesis_hash))
+            .field("replicas", &self.membership.len())
+            .field("client_slots", &self.client_slots)
+            .field("commit_timeout_ms", &self.commit_timeout_ms)
+            .field("recovered", &self.recovered.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The replicated application: a hash chain over every executed update.
+///
+/// `head' = hash(COMMIT_LEDGER, [head, be64(index), client, operation])` for the
+/// update with 0-based `index`; a replica's snapshot is `be64(count) ‖ head`, so
+/// two replicas that executed different sequences have different checkpoint
+/// digests. An operation that is not a valid `StateUpdate` is executed as a
+/// no-op (not chained) with result `[1]`; a valid one answers `[0] ‖ be64(index)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// Updates executed.
+    pub count: u64,
+    /// The chain's head (all zeros before the first update).
+    pub head: [u8; 32],
+}
+
+impl Application for Ledger {
+    fn execute(&mut self, client: &ClientId, operation: &[u8]) -> Vec<u8> {
+        if decode_update(operation).is_none() {
+            return vec![1];
+        }
+        let index = self.count;
+        self.head = hash(
+            labels::COMMIT_LEDGER,
+            &[&self.head, &index.to_be_bytes(), &client.0, operation],
+        );
+        self.count += 1;
+        let mut out = vec![0];
+        out.extend_from_slice(&index.to_be_bytes());
+        out
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = self.count.to_be_bytes().to_vec();
+        out.extend_from_slice(&self.head);
+        out
+    }
+
+    fn restore(
+        &mut self,
+        s: &[u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if s.len() != 40 {
+            return Err("a ledger snapshot is 40 bytes".into());
+        }
+        let (count, head) = s.split_at(8);
+        self.count = u64::from_be_bytes(count.try_into()?);
+        self.head.copy_from_slice(head);
+        Ok(())
+    }
+}
+
+/// The operation bytes of an update: `postcard(StateUpdate)`.
+pub fn encode_update(update: &StateUpdate) -> Vec<u8> {
+    wire::encode(update)
+}
+
+/// Decodes an operation; `None` if it is not exactly one `StateUpdate`.
+pub fn decode_update(operation: &[u8]) -> Option<StateUpdate> {
+    wire::decode(operation, "state update").ok()
+}
+
+/// What a committed update's submitter gets: the update, where it committed,
+/// and the evidence. [`verify`](Self::verify) checks it offline against the
+/// federation's membership (from its genesis).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommitReceipt {
+    /// The PBFT client that submitted it (one of the node's slots).
+    pub client: ClientId,
+    /// The client's timestamp of the request.
+    pub timestamp: u64,
+    /// The update.
+    pub update: StateUpdate,
+    /// Its 0-based position in the federation's ledger.
+    pub index: u64,
+    /// The commit proof of the batch that holds it.
+    pub proof: CommitProof,
+    /// The encoded batch (fed-pbft's encoding): the proof's digest is its digest.
+    #[serde(with = "serde_bytes")]
+    pub batch: Vec<u8>,
+}
+
+impl CommitReceipt {
+    /// Checks, offline, that the update committed in the federation of
+    /// `membership`: the proof verifies (a quorum of the members' COMMIT
+    /// signatures, under this membership's id and so its genesis), the batch
+    /// has the proof's digest, and the batch holds the request
+    /// `(client, timestamp, postcard(update))`.
+    pub fn verify(&self, membership: &Membership) -> Result<()> {
+        self.proof
+            .verify_batch(membership, &self.batch)
+            .map_err(|e| Error::Pbft(Arc::new(e)))?;
+        let operation = encode_update(&self.update);
+        let requests = decode_batch(&self.batch).map_err(|e| Error::Pbft(Arc::new(e)))?;
+        if requests.iter().any(|r| {
+            r.client == self.client && r.timestamp == self.timestamp && r.operation == operation
+        }) {
+            Ok(())
+        } else {
+            Err(Error::Consensus(
+                "the batch does not hold the update".into(),
+            ))
+        }
+    }
+
+    /// The receipt's encoding: postcard (docs/protocol/mesh.md §9).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Decodes [`to_bytes`](Self::to_bytes)' output, refusing more than
+    /// [`MAX_RECEIPT_LEN`] bytes and trailing bytes; does not verify.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_RECEIPT_LEN {
+            return Err(Error::Consensus(format!(
+                "a commit receipt of {} bytes exceeds {MAX_RECEIPT_LEN}",
+                bytes.len()
+            )));
+        }
+        wire::decode(bytes, "commit receipt").map_err(|e| Error::Consensus(e.to_string()))
+    }
+}
+
+/// Largest [`CommitReceipt`] encoding accepted.
+pub const MAX_RECEIPT_LEN: usize =
+    fed_pbft::MAX_BATCH_LEN + fed_pbft::MAX_COMMIT_PROOF_LEN + fed_pbft::MAX_OPERATION_LEN + 1024;
+
+/// A batch the federation committed, as subscribers see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommittedBatch {
+    /// Sequence number.
+    pub seq: u64,
+    /// The view it committed in.
+    pub view: u64,
+    /// Its digest (the proof's).
+    pub digest: [u8; 32],
+    /// The updates executed, in order: `(client, timestamp, update)`.
+    pub updates: Vec<(ClientId, u64, StateUpdate)>,
+    /// The ledger after the batch.
+    pub ledger: Ledger,
+}
+
+/// A proof request: the batch and proof that hold `(client, timestamp)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofRequest {
+    /// The client.
+    pub client: [u8; 32],
+    /// Its timestamp.
+    pub timestamp: u64,
+}
+
+/// The answer to a [`ProofRequest`]: the proof (fed-pbft's canonical encoding)
+/// and the batch, or nothing if this replica does not (yet, or any more) hold it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofResponse {
+    /// `(proof, batch)`, if found.
+    pub found: Option<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+}
+
+/// A commit in a slot, from submission to its receipt.
+struct InFlight {
+    command: CommandId,
+    update: StateUpdate,
+    timestamp: u64,
+    deadline: u64,
+    /// After `f + 1` replies: the index, and the replicas asked for the proof.
+    proof: Option<ProofHunt>,
+}
+
+struct ProofHunt {
+    index: u64,
+    asked: usize,
+    next_at: u64,
+    waiting: bool,
+}
+
+struct Slot {
+    id: ClientId,
+    client: Client,
+    busy: Option<InFlight>,
+}
+
+struct Queued {
+    command: CommandId,
+    update: StateUpdate,
+    deadline: u64,
+}
+
+/// The node's part in the consensus.
+pub(crate) struct CommitState {
+    config: ConsensusConfig,
+    replica: Option<Replica<Ledger>>,
+    slots: Vec<Slot>,
+    queue: VecDeque<Queued>,
+    /// The node and slot of each client a replica knows, for its replies.
+    clients: HashMap<ClientId, NodeId>,
+    /// Executed batches for proof requests: seq → (proof, batch).
+    recent: BTreeMap<u64, (CommitProof, Arc<[u8]>)>,
+    recent_bytes: usize,
+    by_request: HashMap<(ClientId, u64), u64>,
+    pub(crate) committed: u64,
+}
+
+/// `hash(PBFT_CLIENT_ID, [node, be16(slot)])`.
+pub fn client_id(node: &NodeId, slot: u16) -> ClientId {
+    ClientId(hash(
+        labels::PBFT_CLIENT_ID,
+        &[&node.0, &slot.to_be_bytes()],
+    ))
+}
+
+impl CommitState {
+    pub(crate) fn new(
+        config: ConsensusConfig,
+        identity: &Arc<fed_crypto::Identity>,
+        rng: &mut impl rand_chacha::rand_core::Rng,
+        now: u64,
+    ) -> Result<Self> {
+        let m = config.membership.clone();
+        let node = identity.node_id();
+        let pbft_err = |e: fed_pbft::Error| Error::Pbft(Arc::new(e));
+        let mut replica = match m.index_of(&node) {
+            None => None,
+            Some(_) => Some(match &config.recovered {
+                Some(state) => Replica::recover(
+                    identity.clone(),
+                    m.clone(),
+                    config.pbft.clone(),
+                    Ledger::default(),
+                    (**state).clone(),
+                    now,
+                )
+                .map_err(pbft_err)?,
+                None => Replica::new(
+                    identity.clone(),
+                    m.clone(),
+                    config.pbft.clone(),
+                    Ledger::default(),
+                    now,
+                )
+                .map_err(pbft_err)?,
+            }),
+        };
+        // Until a session with a replica exists, a slot's key for it is random:
+        // that replica refuses the slot's requests, the others do not.
+        let mut slots = Vec::with_capacity(usize::from(config.client_slots));
+        for s in 0..config.client_slots {
+            let keys = (0..m.len())
+                .map(|_| {
+                    let mut k = [0u8; 32];
+                    rng.fill_bytes(&mut k);
+                    ClientKey::new(&k)
+                })
+                .collect();
+            let id = client_id(&node, s);
+            // Timestamps start at the wall clock, so that a restarted node's
+            // new requests are newer than those it sent before.
+            let client = Client::new(
+                id,
+                keys,
+                m.clone(),
+                now.max(1),
+                config.pbft.retransmit_ms.max(1) * 5,
+            )
+            .map_err(pbft_err)?;
+            slots.push(Slot {
+                id,
+                client,
+                busy: None,
+            });
+        }
+        // This node's own replica shares a fresh random key with each slot.
+        let mut clients = HashMap::new();
+        if let Some(r) = replica.as_mut() {
+            let me = r.index();
+            for slot in &mut slots {
+                let mut k = [0u8; 32];
+                rng.fill_bytes(&mut k);
+                let key = ClientKey::new(&k);
+                k.fill(0);
+                slot.client.set_key(me, &key).map_err(pbft_err)?;
+                r.add_client(slot.id, key).map_err(pbft_err)?;
+                clients.insert(slot.id, node);
+            }
+        }
+        Ok(Self {
+            config,
+            replica,
+            slots,
+            queue: VecDeque::new(),
+            clients,
+            recent: BTreeMap::new(),
+            recent_bytes: 0,
+            by_request: HashMap::new(),
+            committed: 0,
+        })
+    }
+
+    pub(crate) fn next_timeout(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut consider = |t: Option<u64>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        consider(self.replica.as_ref().and_then(Replica::poll_timeout));
+        for s in &self.slots {
+            consider(s.client.poll_timeout());
+            if let Some(f) = &s.busy {
+                consider(Some(f.deadline));
+                if let Some(h) = &f.proof {
+                    consider(Some(h.next_at));
+                }
+            }
+        }
+        consider(self.queue.iter().map(|q| q.deadline).min());
+        next
+    }
+
+    fn remember(
+        &mut self,
+        seq: u64,
+        proof: CommitProof,
+        batch: Arc<[u8]>,
+        requests: &[(ClientId, u64)],
+    ) {
+        self.recent_bytes += batch.len();
+        for r in requests {
+            self.by_request.insert(*r, seq);
+        }
+        self.recent.insert(seq, (proof, batch));
+        while self.recent.len() > PROOF_CACHE_BATCHES || self.recent_bytes > PROOF_CACHE_BYTES {
+            let Some((_, (_, batch))) = self.recent.pop_first() else {
+                break;
+            };
+            self.recent_bytes -= batch.len();
+        }
+        if self.by_request.len() > 4 * PROOF_CACHE_BATCHES * 64 {
+            let oldest = self.recent.keys().next().copied().unwrap_or(0);
+            self.by_request.retain(|_, s| *s >= oldest);
+        }
+    }
+}
+
+/// A PBFT message's kind byte (fed-pbft envelope: magic 4, version 1, kind 1).
+fn pbft_kind(bytes: &[u8]) -> Option<u8> {
+    bytes.get(5).copied()
+}
+const PBFT_REQUEST: u8 = 1;
+const PBFT_REPLY: u8 = 13;
+
+impl Core {
+    /// Whether `peer` (or this node) is a voting member of the consensus.
+    pub(super) fn is_voter_peer(&self, peer: &PeerId) -> bool {
+        let Some(c) = self.commit.as_ref() else {
+            return false;
+        };
+        if *peer == self.local_peer {
+            return c.replica.is_some();
+        }
+        self.peers
+            .get(peer)
+            .and_then(|p| p.node)
+            .is_some_and(|n| c.config.membership.index_of(&n).is_some())
+    }
+
+    /// The replica's view, last executed sequence number and ledger, if this
+    /// node is a voting member.
+    pub fn consensus_status(&self) -> Option<crate::types::ConsensusStatus> {
+        let c = self.commit.as_ref()?;
+        let replica = c.replica.as_ref();
+        Some(crate::types::ConsensusStatus {
+            replica: replica.map(Replica::index),
+            view: replica.map_or_else(
+                || c.slots.first().map_or(0, |s| s.client.view()),
+                Replica::view,
+            ),
+            last_executed: replica.map_or(0, Replica::last_executed),
+            stable_checkpoint: replica.map_or(0, |r| r.stable_checkpoint().seq),
+            ledger_count: replica.map_or(0, |r| r.app().count),
+            ledger_head: replica.map_or([0; 32], |r| r.app().head),
+            committed_here: c.committed,
+        })
+    }
+
+    /// [`Command::Commit`](super::Command::Commit).
+    pub(super) fn start_commit(&mut self, id: CommandId, update: StateUpdate, now: u64) {
+        let Some(c) = self.commit.as_mut() else {
+            self.complete(
+                id,
+                Completion::Committed(Err(Error::Consensus(
+                    "this node has no genesis: it takes part in no consensus".into(),
+                ))),
+            );
+            return;
+        };
+        let op_len = encode_update(&update).len();
+        let max = c.config.pbft.max_operation_len;
+        let refusal = if op_len > max {
+            Some(Error::Consensus(format!(
+                "the update is {op_len} bytes; the federation's max_operation_len is {max}"
+            )))
+        } else if c.queue.len() >= MAX_QUEUED_COMMITS {
+            Some(Error::Busy("commit queue"))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            self.complete(id, Completion::Committed(Err(e)));
+            return;
+        }
+        let deadline = now.saturating_add(c.config.commit_timeout_ms);
+        c.queue.push_back(Queued {
+            command: id,
+            update,
+            deadline,
+        });
+        self.pump_commits(now);
+    }
+
+    /// Moves queued commits into free slots.
+    fn pump_commits(&mut self, now: u64) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        while !c.queue.is_empty() {
+            let Some(slot) = c.slots.iter_mut().find(|s| s.busy.is_none()) else {
+                break;
+            };
+            let Some(q) = c.queue.pop_front() else {
+                break;
+            };
+            match slot.client.submit(encode_update(&q.update), now) {
+                Ok(timestamp) => {
+                    slot.busy = Some(InFlight {
+                        command: q.command,
+                        update: q.update,
+                        timestamp,
+                        deadline: q.deadline,
+                        proof: None,
+                    });
+                }
+                Err(e) => {
+                    self.actions.push_back(super::Action::Complete {
+                        command: q.command,
+                        completion: Completion::Committed(Err(Error::Pbft(Arc::new(e)))),
+                    });
+                }
+            }
+        }
+        self.flush_clients(now);
+    }
+
+    /// Sends what the slots' clients want sent.
+    fn flush_clients(&mut self, now: u64) {
+        let mut out = Vec::new();
+        if let Some(c) = self.commit.as_mut() {
+            for s in &mut c.slots {
+                while let Some(t) = s.client.poll_transmit() {
+                    out.push(t);
+                }
+            }
+        }
+        for (to, bytes) in out {
+            self.pbft_send(to, &bytes, now);
+        }
+        self.client_events(now);
+    }
+
+    /// Sends a PBFT message to replica `to` (delivered here if it is this node).
+    fn pbft_send(&mut self, to: ReplicaIndex, bytes: &[u8], now: u64) {
+        let Some(c) = self.commit.as_ref() else {
+            return;
+        };
+        let local = c.replica.as_ref().is_some_and(|r| r.index() == to);
+        if local {
+            self.pbft_deliver(None, bytes, now);
+            return;
+        }
+        let Some(identity) = c.config.membership.member(to) else {
+            return;
+        };
+        let Some(peer) = peer_id_of_identity(identity) else {
+            return;
+        };
+        let addrs = c
+            .config
+            .addresses
+            .get(usize::from(to))
+            .cloned()
+            .unwrap_or_default();
+        let expires = now.saturating_add(c.config.pbft.request_timeout_ms.max(1000));
+        self.send_or_queue(
+            peer,
+            Protocol::Pbft,
+            wire::envelope(Kind::Pbft, bytes),
+            Purpose::Pbft,
+            addrs,
+            expires,
+            now,
+        );
+    }
+
+    /// Sends a reply to the node of its client.
+    fn pbft_reply(&mut self, reply: &fed_pbft::Reply, now: u64) {
+        let Ok(bytes) = reply.to_bytes() else {
+            return;
+        };
+        let Some(c) = self.commit.as_ref() else {
+            return;
+        };
+        if c.slots.iter().any(|s| s.id == reply.client) {
+            self.pbft_deliver(None, &bytes, now);
+            return;
+        }
+        let Some(node) = c.clients.get(&reply.client).copied() else {
+            return;
+        };
+        let Some(peer) = self.peer_of(&node) else {
+            return;
+        };
+        let expires = now.saturating_add(5_000);
+        self.send_or_queue(
+            peer,
+            Protocol::Pbft,
+            wire::envelope(Kind::Pbft, &bytes),
+            Purpose::Pbft,
+            Vec::new(),
+            expires,
+            now,
+        );
+    }
+
+    /// A PBFT message from `from` (a peer, or this node itself when `None`).
+    fn pbft_deliver(&mut self, from: Option<PeerId>, bytes: &[u8], now: u64) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        match pbft_kind(bytes) {
+            Some(PBFT_REPLY) => {
+                let Ok(Message::Reply(reply)) = Message::decode(bytes) else {
+                    self.stats.pbft_rejected += 1;
+                    return;
+                };
+                if let Some(s) = c.slots.iter_mut().find(|s| s.id == reply.client)
+                    && s.client.handle_reply(bytes, now).is_err()
+                {
+                    self.stats.pbft_rejected += 1;
+                }
+                self.client_events(now);
+            }
+            Some(PBFT_REQUEST) => {
+                let Some(r) = c.replica.as_mut() else {
+                    return;
+                };
+                if let Err(e) = r.handle_request(bytes, now) {
+                    tracing::debug!(error = %e, "pbft request refused");
+                    self.stats.pbft_rejected += 1;
+                }
+                self.drain_replica(now);
+            }
+            Some(_) => {
+                let Some(r) = c.replica.as_mut() else {
+                    return;
+                };
+                // Replica-to-replica messages: only from the replica's own peer.
+                let sender = from.and_then(|p| {
+                    let node = self.peers.get(&p)?.node?;
+                    c.config.membership.index_of(&node)
+                });
+                let Some(index) = sender else {
+                    self.stats.pbft_rejected += 1;
+                    return;
+                };
+                if let Err(e) = r.handle_message(index, bytes, now) {
+                    tracing::debug!(error = %e, from = index, "pbft message refused");
+                    self.stats.pbft_rejected += 1;
+                }
+                self.drain_replica(now);
+            }
+            None => self.stats.pbft_rejected += 1,
+        }
+    }
+
+    /// Carries out what the replica produced: writes first, then messages, then events.
+    fn drain_replica(&mut self, now: u64) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let Some(r) = c.replica.as_mut() else {
+            return;
+        };
+        let mut writes: Vec<Persist> = Vec::new();
+        while let Some(w) = r.poll_persist() {
+            writes.push(w);
+        }
+        let mut transmits = Vec::new();
+        while let Some(t) = r.poll_transmit() {
+            transmits.push(t);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = r.poll_event() {
+            events.push(e);
+        }
+        if c.config.byzantine_votes {
+            let identity = self.config.identity.clone();
+            let m = c.config.membership.clone();
+            for t in &mut transmits {
+                if let Some(bytes) = forge_vote(&identity, &m, &t.payload) {
+                    t.payload = bytes.into();
+                }
+            }
+        }
+        if !writes.is_empty() {
+            self.push(super::Action::Persist(writes));
+        }
+        for t in transmits {
+            self.pbft_send(t.to, &t.payload, now);
+        }
+        for e in events {
+            match e {
+                PbftEvent::Reply(reply) => self.pbft_reply(&reply, now),
+                PbftEvent::Executed(x) => self.on_executed(x),
+                PbftEvent::ViewChanged { view, .. } => {
+                    self.event(MeshEvent::ViewChanged { view });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_executed(&mut self, x: fed_pbft::Executed) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let requests = decode_batch(&x.batch).unwrap_or_default();
+        let mut updates = Vec::with_capacity(x.requests.len());
+        for id in &x.requests {
+            if let Some(r) = requests.iter().find(|r| r.id() == *id)
+                && let Some(u) = decode_update(&r.operation)
+            {
+                updates.push((r.client, r.timestamp, u));
+            }
+        }
+        c.remember(x.seq, x.proof.clone(), x.batch.clone(), &x.requests);
+        c.committed += 1;
+        let ledger = c
+            .replica
+            .as_ref()
+            .map(|r| r.app().clone())
+            .unwrap_or_default();
+        self.event(MeshEvent::Committed(Arc::new(CommittedBatch {
+            seq: x.seq,
+            view: x.view,
+            digest: x.digest,
+            updates,
+            ledger,
+        })));
+    }
+
+    /// Completions of the slots' clients: ask for proofs.
+    fn client_events(&mut self, now: u64) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let mut hunts = Vec::new();
+        for (i, s) in c.slots.iter_mut().enumerate() {
+            while let Some(ClientEvent::Completed { timestamp, outcome }) = s.client.poll_event() {
+                let Some(f) = s.busy.as_mut() else {
+                    continue;
+                };
+                if f.timestamp != timestamp {
+                    continue;
+                }
+                match outcome {
+                    Outcome::Executed(result) if result.len() == 9 && result[0] == 0 => {
+                        let mut index = [0u8; 8];
+                        index.copy_from_slice(&result[1..]);
+                        f.proof = Some(ProofHunt {
+                            index: u64::from_be_bytes(index),
+                            asked: 0,
+                            next_at: now,
+                            waiting: false,
+                        });
+                        hunts.push(i);
+                    }
+                    other => {
+                        let command = f.command;
+                        s.busy = None;
+                        let why = match other {
+                            Outcome::Refused => "the replicas' client table is full".to_string(),
+                            _ => "the replicas did not accept the update".to_string(),
+                        };
+                        self.actions.push_back(super::Action::Complete {
+                            command,
+                            completion: Completion::Committed(Err(Error::Consensus(why))),
+                        });
+                    }
+                }
+            }
+        }
+        for i in hunts {
+            self.hunt_proof(i, now);
+        }
+    }
+
+    /// Looks for slot `i`'s proof: here if this replica has it, else at the next replica.
+    fn hunt_proof(&mut self, i: usize, now: u64) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let n = c.config.membership.len();
+        let Some(s) = c.slots.get_mut(i) else {
+            return;
+        };
+        let Some(f) = s.busy.as_mut() else {
+            return;
+        };
+        let Some(h) = f.proof.as_mut() else {
+            return;
+        };
+        let key = (s.id, f.timestamp);
+        if let Some(seq) = c.by_request.get(&key)
+            && let Some((proof, batch)) = c.recent.get(seq)
+        {
+            let (proof, batch) = (proof.clone(), batch.to_vec());
+            self.finish_commit(i, proof, batch);
+            return;
+        }
+        if h.waiting && now < h.next_at {
+            return;
+        }
+        let me = c.replica.as_ref().map(Replica::index);
+        let mut target = None;
+        for _ in 0..n {
+            let r = (h.asked % n) as ReplicaIndex;
+            h.asked += 1;
+            if Some(r) != me {
+                target = Some(r);
+                break;
+            }
+        }
+        let Some(r) = target else {
+            // A one-replica federation: this replica will execute it.
+            h.waiting = true;
+            h.next_at = now.saturating_add(PROOF_RETRY_MS);
+            return;
+        };
+        h.waiting = true;
+        h.next_at = now.saturating_add(PROOF_RETRY_MS);
+        let request = ProofRequest {
+            client: key.0.0,
+            timestamp: key.1,
+        };
+        let Some(peer) = c.config.membership.member(r).and_then(peer_id_of_identity) else {
+            return;
+        };
+        let addrs = c
+            .config
+            .addresses
+            .get(usize::from(r))
+            .cloned()
+            .unwrap_or_default();
+        self.send_or_queue(
+            peer,
+            Protocol::Pbft,
+            wire::envelope(Kind::ProofRequest, &wire::encode(&request)),
+            Purpose::Proof(i as u16, key.1),
+            addrs,
+            now.saturating_add(PROOF_RETRY_MS),
+            now,
+        );
+    }
+
+    /// Slot `i` has its proof: check it, then answer the command.
+    fn finish_commit(&mut self, i: usize, proof: CommitProof, batch: Vec<u8>) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let m = c.config.membership.clone();
+        let Some(s) = c.slots.get_mut(i) else {
+            return;
+        };
+        let Some(f) = s.busy.as_ref() else {
+            return;
+        };
+        let Some(h) = f.proof.as_ref() else {
+            return;
+        };
+        let receipt = CommitReceipt {
+            client: s.id,
+            timestamp: f.timestamp,
+            update: f.update.clone(),
+            index: h.index,
+            proof,
+            batch,
+        };
+        if let Err(e) = receipt.verify(&m) {
+            // A lying or confused replica: ask the next one.
+            tracing::warn!(error = %e, "a replica answered with a proof that does not verify");
+            self.stats.pbft_rejected += 1;
+            return;
+        }
+        let command = f.command;
+        s.busy = None;
+        self.actions.push_back(super::Action::Complete {
+            command,
+            completion: Completion::Committed(Ok(Box::new(receipt))),
+        });
+    }
+
+    /// Time passed for the consensus.
+    pub(super) fn commit_timeout(&mut self, now: u64) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        if let Some(r) = c.replica.as_mut()
+            && r.poll_timeout().is_some_and(|t| t <= now)
+        {
+            if let Err(e) = r.handle_timeout(now) {
+                tracing::debug!(error = %e, "pbft timeout");
+            }
+            self.drain_replica(now);
+        }
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let mut failed = Vec::new();
+        let mut hunts = Vec::new();
+        for (i, s) in c.slots.iter_mut().enumerate() {
+            if s.client.poll_timeout().is_some_and(|t| t <= now) {
+                s.client.handle_timeout(now);
+            }
+            if let Some(f) = &s.busy {
+                if f.deadline <= now {
+                    failed.push(f.command);
+                    s.busy = None;
+                    s.client.abandon();
+                } else if f.proof.as_ref().is_some_and(|h| h.next_at <= now) {
+                    hunts.push(i);
+                }
+            }
+        }
+        while c.queue.front().is_some_and(|q| q.deadline <= now) {
+            if let Some(q) = c.queue.pop_front() {
+                failed.push(q.command);
+            }
+        }
+        for command in failed {
+            self.complete(command, Completion::Committed(Err(Error::Timeout)));
+        }
+        for i in hunts {
+            if let Some(h) = self
+                .commit
+                .as_mut()
+                .and_then(|c| c.slots.get_mut(i))
+                .and_then(|s| s.busy.as_mut())
+                .and_then(|f| f.proof.as_mut())
+            {
+                h.waiting = false;
+            }
+            self.hunt_proof(i, now);
+        }
+        self.pump_commits(now);
+    }
+
+    /// An outbound session with `node` (at `peer`) was established or renewed:
+    /// re-key every slot for that replica.
+    pub(super) fn commit_out_session(&mut self, peer: PeerId, node: NodeId) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let Some(index) = c.config.membership.index_of(&node) else {
+            return;
+        };
+        let Some(session) = self.peers.get(&peer).and_then(|p| p.out_session_ref()) else {
+            return;
+        };
+        for (s, slot) in c.slots.iter_mut().enumerate() {
+            let key = session.export(labels::PBFT_CLIENT_KEY, &(s as u16).to_be_bytes());
+            let _ = slot.client.set_key(index, &ClientKey::new(key.as_bytes()));
+        }
+    }
+
+    /// An inbound session from `node` (at `peer`) was established or renewed:
+    /// this replica learns (again) the keys of its client slots.
+    pub(super) fn commit_in_session(&mut self, peer: PeerId, node: NodeId) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let Some(r) = c.replica.as_mut() else {
+            return;
+        };
+        let Some(session) = self.peers.get(&peer).and_then(|p| p.in_session_ref()) else {
+            return;
+        };
+        for s in 0..c.config.client_slots {
+            let key = session.export(labels::PBFT_CLIENT_KEY, &s.to_be_bytes());
+            let id = client_id(&node, s);
+            if let Err(e) = r.add_client(id, ClientKey::new(key.as_bytes())) {
+                tracing::warn!(error = %e, "no room for a client's key");
+                break;
+            }
+            c.clients.insert(id, node);
+        }
+    }
+
+    /// A request on `/exo-fed/pbft/1`.
+    pub(super) fn on_pbft_request(
+        &mut self,
+        peer: PeerId,
+        id: InboundId,
+        plaintext: &[u8],
+        now: u64,
+    ) {
+        let Ok((kind, body)) = wire::open_envelope(plaintext) else {
+            self.malformed_request(id, now);
+            return;
+        };
+        match kind {
+            Kind::Pbft => {
+                self.respond_sealed(id, Kind::PbftAck, &[]);
+                self.pbft_deliver(Some(peer), body, now);
+            }
+            Kind::ProofRequest => {
+                let Ok(request) = wire::decode::<ProofRequest>(body, "proof request") else {
+                    self.malformed_request(id, now);
+                    return;
+                };
+                let found = self.commit.as_ref().and_then(|c| {
+                    let seq = c
+                        .by_request
+                        .get(&(ClientId(request.client), request.timestamp))?;
+                    let (proof, batch) = c.recent.get(seq)?;
+                    Some((
+                        serde_bytes::ByteBuf::from(proof.to_bytes()),
+                        serde_bytes::ByteBuf::from(batch.to_vec()),
+                    ))
+                });
+                let response = ProofResponse { found };
+                self.respond_sealed(id, Kind::ProofResponse, &wire::encode(&response));
+            }
+            _ => self.malformed_request(id, now),
+        }
+    }
+
+    /// The answer to a message on `/exo-fed/pbft/1`.
+    pub(super) fn on_pbft_response(&mut self, purpose: &Purpose, plaintext: &[u8], now: u64) {
+        let Purpose::Proof(slot, timestamp) = *purpose else {
+            return;
+        };
+        let response =
+            wire::decode_body::<ProofResponse>(plaintext, Kind::ProofResponse, "proof response");
+        let i = usize::from(slot);
+        let current = self
+            .commit
+            .as_ref()
+            .and_then(|c| c.slots.get(i))
+            .and_then(|s| s.busy.as_ref())
+            .is_some_and(|f| f.timestamp == timestamp && f.proof.is_some());
+        if !current {
+            return;
+        }
+        if let Ok(ProofResponse {
+            found: Some((proof, batch)),
+        }) = response
+            && let Ok(proof) = CommitProof::from_bytes(&proof)
+        {
+            self.finish_commit(i, proof, batch.into_vec());
+        }
+        // Not found, or it did not verify: the next replica, at once.
+        self.retry_proof(i, now);
+    }
+
+    /// A proof request failed: ask the next replica.
+    pub(super) fn on_pbft_failed(&mut self, purpose: &Purpose, _failure: Failure, now: u64) {
+        if let Purpose::Proof(slot, _) = *purpose {
+            self.retry_proof(usize::from(slot), now);
+        }
+    }
+
+    fn retry_proof(&mut self, i: usize, now: u64) {
+        if let Some(h) = self
+            .commit
+            .as_mut()
+            .and_then(|c| c.slots.get_mut(i))
+            .and_then(|s| s.busy.as_mut())
+            .and_then(|f| f.proof.as_mut())
+        {
+            h.waiting = false;
+            h.next_at = now;
+        } else {
+            return;
+        }
+        self.hunt_proof(i, now);
+    }
+}
+
+/// The Byzantine test hook: a PREPARE or COMMIT re-signed for another digest.
+fn forge_vote(identity: &fed_crypto::Identity, m: &Membership, bytes: &[u8]) -> Option<Vec<u8>> {
+    let flip = |d: [u8; 32]| hash(labels::COMMIT_LEDGER, &[&d, b"forged"]);
+    match Message::decode(bytes).ok()? {
+        Message::Prepare(p) => {
+            let forged =
+                fed_pbft::Prepare::new(identity, m, p.view, p.seq, flip(p.digest), p.replica)
+                    .ok()?;
+            Message::Prepare(forged).encode().ok()
+        }
+        Message::Commit(c) => {
+            let forged =
+                fed_pbft::Commit::new(identity, m, c.view, c.seq, flip(c.digest), c.replica)
+                    .ok()?;
+            Message::Commit(forged).encode().ok()
+        }
+        _ => None,
+    }
+}
