@@ -1,0 +1,265 @@
+//! The node's local control interface: JSON lines over a Unix socket that only
+//! the node's user can open (the socket is mode 0600 in the data directory,
+//! which is 0700). One request per line, one answer per line.
+
+use std::path::Path;
+
+use fed_mesh::{
+    FederatedMesh,
+    substrate::{Pattern, PatternId, StateUpdate},
+};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::watch,
+};
+
+use crate::Failure;
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 1 << 20;
+
+/// A control request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) enum ControlRequest {
+    /// The node's state.
+    Status,
+    /// Commit an opaque update (`kind`, `data` in hex) through the consensus.
+    Commit { kind: String, data: String },
+    /// Store a pattern in the substrate.
+    AddPattern { id: u64, embedding: Vec<f32> },
+    /// Write to the shared map.
+    Put { key: String, value: String },
+    /// Read the shared map.
+    Get { key: String },
+    /// Stop the node.
+    Shutdown,
+}
+
+/// The node's state, as `fedmesh status --json` prints it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Status {
+    pub(crate) node_id: String,
+    pub(crate) peer_id: String,
+    /// Listen addresses with `/p2p/<peer id>`, each followed by `#<node id>`:
+    /// what `--bootstrap` takes.
+    pub(crate) addresses: Vec<String>,
+    pub(crate) peers: usize,
+    pub(crate) patterns: usize,
+    pub(crate) consensus: Option<ConsensusJson>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ConsensusJson {
+    pub(crate) replica: Option<u16>,
+    pub(crate) view: u64,
+    pub(crate) last_executed: u64,
+    pub(crate) stable_checkpoint: u64,
+    pub(crate) ledger_count: u64,
+    pub(crate) ledger_head: String,
+}
+
+pub(crate) async fn status(mesh: &FederatedMesh) -> Result<Status, String> {
+    let e = |e: fed_mesh::Error| e.to_string();
+    let node = hex::encode(mesh.node_id().0);
+    let addresses = mesh
+        .listen_addrs()
+        .await
+        .map_err(e)?
+        .into_iter()
+        .map(|a| format!("{a}/p2p/{}#{node}", mesh.peer_id()))
+        .collect();
+    let consensus = mesh
+        .consensus_status()
+        .await
+        .map_err(e)?
+        .map(|c| ConsensusJson {
+            replica: c.replica,
+            view: c.view,
+            last_executed: c.last_executed,
+            stable_checkpoint: c.stable_checkpoint,
+            ledger_count: c.ledger_count,
+            ledger_head: hex::encode(c.ledger_head),
+        });
+    Ok(Status {
+        node_id: node,
+        peer_id: mesh.peer_id().to_string(),
+        addresses,
+        peers: mesh.peer_count().await.map_err(e)?,
+        patterns: mesh.substrate().len().await,
+        consensus,
+    })
+}
+
+async fn answer(
+    mesh: &FederatedMesh,
+    request: ControlRequest,
+    stop: &watch::Sender<bool>,
+) -> Result<serde_json::Value, String> {
+    let e = |e: fed_mesh::Error| e.to_string();
+    Ok(match request {
+        ControlRequest::Status => {
+            serde_json::to_value(status(mesh).await?).map_err(|e| e.to_string())?
+        }
+        ControlRequest::Commit { kind, data } => {
+            let bytes = hex::decode(&data).map_err(|e| format!("data: {e}"))?;
+            let receipt = mesh
+                .byzantine_commit(StateUpdate::Opaque { kind, bytes })
+                .await
+                .map_err(e)?;
+            serde_json::json!({
+                "index": receipt.index,
+                "seq": receipt.proof.seq,
+                "view": receipt.proof.view,
+                "digest": hex::encode(receipt.proof.digest),
+                "receipt": hex::encode(receipt.to_bytes()),
+            })
+        }
+        ControlRequest::AddPattern { id, embedding } => {
+            let pattern = Pattern {
+                id: PatternId::from_u64(id),
+                embedding,
+                metadata: Default::default(),
+                timestamp_ms: now_ms(),
+            };
+            let stored = mesh.store_pattern(pattern).await.map_err(e)?;
+            serde_json::json!({ "stored": stored })
+        }
+        ControlRequest::Put { key, value } => {
+            mesh.put(key, value).await.map_err(e)?;
+            serde_json::json!({})
+        }
+        ControlRequest::Get { key } => {
+            let v = mesh.get(key).await.map_err(e)?;
+            serde_json::json!({ "value": v.map(|v| String::from_utf8_lossy(&v).into_owned()) })
+        }
+        ControlRequest::Shutdown => {
+            let _ = stop.send(true);
+            serde_json::json!({})
+        }
+    })
+}
+
+#[allow(clippy::disallowed_methods)] // the command is where time enters
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Binds the control socket at `path` (mode 0600), replacing a stale one.
+pub(crate) async fn bind(path: &Path) -> Result<UnixListener, Failure> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(Failure::config(format!(
+                "{}: another node is running on this control socket",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path).map_err(|e| {
+        Failure::config(format!(
+            "{}: cannot bind the control socket: {e}",
+            path.display()
+        ))
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
+    }
+    Ok(listener)
+}
+
+/// Serves the control socket until `stop` is set.
+pub(crate) async fn serve(listener: UnixListener, mesh: FederatedMesh, stop: watch::Sender<bool>) {
+    let mut stopped = stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let mesh = mesh.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move { connection(stream, mesh, stop).await });
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, mesh: FederatedMesh, stop: watch::Sender<bool>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = match (&mut lines)
+            .take(MAX_LINE as u64 + 1)
+            .read_line(&mut line)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let reply = if line.len() > MAX_LINE {
+            serde_json::json!({ "ok": false, "error": format!("request longer than {MAX_LINE} bytes") })
+        } else {
+            match serde_json::from_str::<ControlRequest>(&line) {
+                Err(e) => serde_json::json!({ "ok": false, "error": format!("bad request: {e}") }),
+                Ok(request) => match answer(&mesh, request, &stop).await {
+                    Ok(v) => serde_json::json!({ "ok": true, "result": v }),
+                    Err(e) => serde_json::json!({ "ok": false, "error": e }),
+                },
+            }
+        };
+        let mut out = reply.to_string();
+        out.push('\n');
+        if write.write_all(out.as_bytes()).await.is_err() || line.len() > MAX_LINE {
+            return;
+        }
+    }
+}
+
+/// Sends one request to the node at `socket` and returns its result.
+pub(crate) async fn call(
+    socket: &Path,
+    request: &ControlRequest,
+) -> Result<serde_json::Value, Failure> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        Failure::unreachable(format!("{}: cannot reach the node: {e}", socket.display()))
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(request).map_err(|e| Failure::runtime(e.to_string()))?;
+    line.push('\n');
+    write
+        .write_all(line.as_bytes())
+        .await
+        .map_err(|e| Failure::unreachable(format!("{}: {e}", socket.display())))?;
+    let mut reply = String::new();
+    BufReader::new(read)
+        .take(64 << 20)
+        .read_line(&mut reply)
+        .await
+        .map_err(|e| Failure::unreachable(format!("{}: {e}", socket.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&reply).map_err(|e| {
+        Failure::unreachable(format!(
+            "{}: the node's answer does not parse: {e}",
+            socket.display()
+        ))
+    })?;
+    if value["ok"] == serde_json::Value::Bool(true) {
+        Ok(value["result"].clone())
+    } else {
+        Err(Failure::runtime(format!(
+            "the node refused: {}",
+            value["error"].as_str().unwrap_or("no reason given")
+        )))
+    }
+}

@@ -1,0 +1,296 @@
+//! `fedmesh`: the exo-federation node command.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (the node refused, a write
+//! failed); 2 bad usage (clap); 3 a bad file, field or flag; 4 the node is
+//! unreachable; 5 a proof or log that does not verify.
+
+mod control;
+mod keys;
+mod node;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn runtime(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self {
+            code: 3,
+            message: message.into(),
+        }
+    }
+    pub(crate) fn unreachable(message: impl Into<String>) -> Self {
+        Self {
+            code: 4,
+            message: message.into(),
+        }
+    }
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            code: 5,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "fedmesh",
+    version,
+    about = "exo-federation node: keys, genesis, node, control, proofs"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text (the filter is RUST_LOG).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Writes a new identity key (mode 0600) and its public half (`<out>.pub`).
+    Keygen {
+        /// The secret key file to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Add an ML-DSA-65 key (post-quantum signatures).
+        #[arg(long)]
+        post_quantum: bool,
+        /// Print the public identity as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes the genesis file of a new federation.
+    Init {
+        /// The genesis file to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// A voting member: a `.pub` file or a public identity in hex, with
+        /// `@addr1,addr2` listen addresses optionally. Repeat, in replica order.
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// The federation id (64 hex digits); random if absent.
+        #[arg(long)]
+        federation: Option<String>,
+    },
+    /// Runs a node.
+    Node(node::NodeArgs),
+    /// Shows a running node's state.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commits an opaque update through the federation's consensus.
+    Commit {
+        #[command(flatten)]
+        target: Target,
+        /// The update's kind.
+        #[arg(long, default_value = "opaque")]
+        kind: String,
+        /// The update's bytes, as text.
+        data: String,
+        /// Also write the receipt (for `verify-proof`) to this file.
+        #[arg(long)]
+        receipt: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes to the shared map.
+    Put {
+        #[command(flatten)]
+        target: Target,
+        key: String,
+        value: String,
+    },
+    /// Reads the shared map.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        key: String,
+    },
+    /// Stops a running node.
+    Shutdown {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Verifies a node's audit log offline (the node must be stopped).
+    AuditVerify {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The node's key file (the log's head is signed by it).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Verifies a commit receipt offline against a genesis.
+    VerifyProof {
+        /// The receipt file (`fedmesh commit --receipt`).
+        receipt: PathBuf,
+        /// The federation's genesis file.
+        #[arg(long)]
+        genesis: PathBuf,
+    },
+}
+
+/// Which running node to talk to.
+#[derive(clap::Args)]
+struct Target {
+    /// The node's control socket.
+    #[arg(long)]
+    control: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("fedmesh: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("tokio runtime: {e}")))
+}
+
+fn print(json: bool, value: &serde_json::Value, text: impl FnOnce() -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn run(command: Cmd) -> Result<(), Failure> {
+    match command {
+        Cmd::Keygen {
+            out,
+            post_quantum,
+            json,
+        } => {
+            let identity = keys::generate(&out, post_quantum)?;
+            let public = keys::public_file(identity.public());
+            let value = serde_json::json!({
+                "node_id": public.node_id,
+                "identity": public.identity,
+                "key": out.display().to_string(),
+                "public": keys::public_path(&out).display().to_string(),
+            });
+            print(json, &value, || {
+                format!(
+                    "wrote {} (secret, mode 0600) and {}\nnode id {}",
+                    out.display(),
+                    keys::public_path(&out).display(),
+                    public.node_id
+                )
+            });
+            Ok(())
+        }
+        Cmd::Init {
+            out,
+            members,
+            federation,
+        } => node::init(&out, &members, federation.as_deref()),
+        Cmd::Node(args) => runtime()?.block_on(node::run(args)),
+        Cmd::Status { target, json } => {
+            let v = runtime()?.block_on(control::call(
+                &target.control,
+                &control::ControlRequest::Status,
+            ))?;
+            print(json, &v, || {
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            });
+            Ok(())
+        }
+        Cmd::Commit {
+            target,
+            kind,
+            data,
+            receipt,
+            json,
+        } => {
+            let request = control::ControlRequest::Commit {
+                kind,
+                data: hex::encode(data.as_bytes()),
+            };
+            let v = runtime()?.block_on(control::call(&target.control, &request))?;
+            if let Some(path) = receipt {
+                let bytes = hex::decode(v["receipt"].as_str().unwrap_or_default())
+                    .map_err(|e| Failure::runtime(format!("the node's receipt: {e}")))?;
+                std::fs::write(&path, bytes)
+                    .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
+            }
+            print(json, &v, || {
+                format!(
+                    "committed at ledger index {} (sequence {}, view {})",
+                    v["index"], v["seq"], v["view"]
+                )
+            });
+            Ok(())
+        }
+        Cmd::Put { target, key, value } => {
+            runtime()?.block_on(control::call(
+                &target.control,
+                &control::ControlRequest::Put { key, value },
+            ))?;
+            Ok(())
+        }
+        Cmd::Get { target, key } => {
+            let v = runtime()?.block_on(control::call(
+                &target.control,
+                &control::ControlRequest::Get { key },
+            ))?;
+            match v["value"].as_str() {
+                Some(s) => println!("{s}"),
+                None => return Err(Failure::runtime("no such key")),
+            }
+            Ok(())
+        }
+        Cmd::Shutdown { target } => {
+            runtime()?.block_on(control::call(
+                &target.control,
+                &control::ControlRequest::Shutdown,
+            ))?;
+            Ok(())
+        }
+        Cmd::AuditVerify { data_dir, key } => node::audit_verify(&data_dir, &key),
+        Cmd::VerifyProof { receipt, genesis } => node::verify_proof(&receipt, &genesis),
+    }
+}
