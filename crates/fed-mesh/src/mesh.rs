@@ -516,6 +516,20 @@ impl FederatedMesh {
         self.ask(Request::Shutdown).await
     }
 
+    /// Test hook: a partition at the transport. The node closes its
+    /// connections to `peers` and refuses new ones until
+    /// [`debug_heal`](Self::debug_heal); the peers see the connections close.
+    #[doc(hidden)]
+    pub async fn debug_partition(&self, peers: Vec<PeerId>) -> Result<()> {
+        self.ask(|tx| Request::Partition(peers, true, tx)).await
+    }
+
+    /// Test hook: lifts [`debug_partition`](Self::debug_partition) for `peers`.
+    #[doc(hidden)]
+    pub async fn debug_heal(&self, peers: Vec<PeerId>) -> Result<()> {
+        self.ask(|tx| Request::Partition(peers, false, tx)).await
+    }
+
     /// Test hook: the node stops processing anything for `duration`, as a hung
     /// process would (its connections stay open, nothing is answered).
     #[doc(hidden)]

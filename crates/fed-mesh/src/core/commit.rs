@@ -77,7 +77,8 @@ pub struct ConsensusConfig {
     /// The replica's durable state, read from the store at start.
     pub recovered: Option<Arc<DurableState>>,
     /// Test hook: this replica signs PREPAREs and COMMITs for digests other than
-    /// the batches' (a Byzantine voter). Never set it in production.
+    /// the batches' and answers proof requests with a forged signature (a
+    /// Byzantine voter). Never set it in production.
     #[doc(hidden)]
     pub byzantine_votes: bool,
 }
@@ -803,9 +804,11 @@ impl Core {
                     Outcome::Executed(result) if result.len() == 9 && result[0] == 0 => {
                         let mut index = [0u8; 8];
                         index.copy_from_slice(&result[1..]);
+                        // Slots start at different replicas, spreading the load
+                        // (and meeting a lying one early if there is one).
                         f.proof = Some(ProofHunt {
                             index: u64::from_be_bytes(index),
-                            asked: 0,
+                            asked: i,
                             next_at: now,
                             waiting: false,
                         });
@@ -1059,6 +1062,13 @@ impl Core {
                         .by_request
                         .get(&(ClientId(request.client), request.timestamp))?;
                     let (proof, batch) = c.recent.get(seq)?;
+                    let mut proof = proof.clone();
+                    if c.config.byzantine_votes
+                        && let Some((_, sig)) = proof.signatures.first_mut()
+                    {
+                        // The Byzantine hook lies about proofs too.
+                        sig.0[0] ^= 1;
+                    }
                     Some((
                         serde_bytes::ByteBuf::from(proof.to_bytes()),
                         serde_bytes::ByteBuf::from(batch.to_vec()),

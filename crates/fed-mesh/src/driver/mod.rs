@@ -216,6 +216,8 @@ pub(crate) enum Request {
     Revoke([u8; 32]),
     /// Test hook: stop processing for a while, as a hung node would.
     Pause(Duration, oneshot::Sender<()>),
+    /// Test hook: a partition at the transport (block or unblock these peers).
+    Partition(Vec<PeerId>, bool, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -250,6 +252,8 @@ pub(crate) struct Driver {
     apply_tx: mpsc::UnboundedSender<Arc<crate::core::commit::CommittedBatch>>,
     /// A durable write failed: the node stops rather than send what depends on it.
     failed: bool,
+    /// Peers a test partitioned away (the core's bans never lift these).
+    partitioned: std::collections::HashSet<PeerId>,
 }
 
 impl Driver {
@@ -299,6 +303,7 @@ impl Driver {
             pbft_store,
             apply_tx,
             failed: false,
+            partitioned: Default::default(),
         };
         for b in bootstrap {
             if let Ok(peer) = b.peer_id() {
@@ -386,6 +391,18 @@ impl Driver {
                 let _ = reply.send(self.core.consensus_status());
             }
             Request::Revoke(id) => self.core.revoke_token(id),
+            Request::Partition(peers, block, done) => {
+                for peer in peers {
+                    if block {
+                        self.partitioned.insert(peer);
+                        self.swarm.behaviour_mut().blocked.block_peer(peer);
+                    } else {
+                        self.partitioned.remove(&peer);
+                        self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                    }
+                }
+                let _ = done.send(());
+            }
             Request::Pause(..) | Request::Shutdown(_) => {}
         }
     }
@@ -603,7 +620,9 @@ impl Driver {
                     self.swarm.behaviour_mut().blocked.block_peer(peer);
                 }
                 Action::Unban { peer } => {
-                    self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                    if !self.partitioned.contains(&peer) {
+                        self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                    }
                 }
                 Action::Search { id, query } => {
                     // A search is CPU work (an exact scan for the memory

@@ -135,3 +135,155 @@ async fn commits_without_a_genesis_or_over_the_limit_are_refused() {
     r.verify(&g.membership().unwrap()).unwrap();
     shutdown(&[plain, solo]).await;
 }
+
+/// Splits the nodes into two sides at the transport: each side closes its
+/// connections to the other and refuses new ones.
+async fn partition(nodes: &[FederatedMesh], left: &[usize], right: &[usize], heal: bool) {
+    for (from, to) in [(left, right), (right, left)] {
+        let peers: Vec<_> = to.iter().map(|&j| nodes[j].peer_id()).collect();
+        for &i in from {
+            if heal {
+                nodes[i].debug_heal(peers.clone()).await.unwrap();
+            } else {
+                nodes[i].debug_partition(peers.clone()).await.unwrap();
+            }
+        }
+    }
+}
+
+async fn ledger(node: &FederatedMesh) -> (u64, [u8; 32]) {
+    let s = node.consensus_status().await.unwrap().unwrap();
+    (s.ledger_count, s.ledger_head)
+}
+
+/// Waits until the voting nodes agree on one ledger of at least `min` updates.
+async fn agree(voters: &[FederatedMesh], min: u64) -> (u64, [u8; 32]) {
+    eventually(60, "the voters agree on one ledger", || async {
+        let mut all = BTreeSet::new();
+        for v in voters {
+            all.insert(ledger(v).await);
+        }
+        all.len() == 1 && all.first().is_some_and(|l| l.0 >= min)
+    })
+    .await;
+    ledger(&voters[0]).await
+}
+
+/// Test 3, 2+2: with the voters split in halves, neither side commits, nor does
+/// either diverge; after healing, commits resume and every node converges,
+/// the shared map included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_two_partition_commits_nothing_and_heals() {
+    let g = genesis(40..44, 1);
+    let nodes = full_mesh(40, 4, |_, c| {
+        with_genesis(c, &g);
+        c.consensus.as_mut().unwrap().commit_timeout_ms = 3_000;
+    })
+    .await;
+    commit_many(&nodes[1], 0, 5).await;
+    let before = agree(&nodes, 5).await;
+    partition(&nodes, &[0, 1], &[2, 3], false).await;
+    for n in &nodes {
+        eventually(10, "the partition is seen", || async {
+            n.peer_count().await.unwrap() == 1
+        })
+        .await;
+    }
+    let (left, right) = tokio::join!(
+        nodes[0].byzantine_commit(update(100)),
+        nodes[2].byzantine_commit(update(200))
+    );
+    assert!(matches!(left, Err(Error::Timeout)), "{left:?}");
+    assert!(matches!(right, Err(Error::Timeout)), "{right:?}");
+    nodes[0].put("left", "L").await.unwrap();
+    nodes[3].put("right", "R").await.unwrap();
+    for n in &nodes {
+        assert_eq!(ledger(n).await, before, "a minority executed something");
+    }
+    partition(&nodes, &[0, 1], &[2, 3], true).await;
+    let receipt = nodes[3].byzantine_commit(update(300)).await.unwrap();
+    receipt.verify(&g.membership().unwrap()).unwrap();
+    agree(&nodes, 6).await;
+    for n in &nodes {
+        eventually(20, "the shared map converges", || async {
+            n.get("left").await.unwrap().as_deref() == Some(&b"L"[..])
+                && n.get("right").await.unwrap().as_deref() == Some(&b"R"[..])
+        })
+        .await;
+    }
+    shutdown(&nodes).await;
+}
+
+/// Test 3, 4+2: four voters and two non-voting members, split 3 voters and a
+/// member against 1 voter and a member. The majority commits (its non-voter
+/// too); the minority cannot; after healing, the lone voter catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_with_non_voters_commits_on_the_majority_side_only() {
+    let g = genesis(50..54, 1);
+    let nodes = full_mesh(50, 6, |_, c| {
+        with_genesis(c, &g);
+        c.consensus.as_mut().unwrap().commit_timeout_ms = 3_000;
+    })
+    .await;
+    let major = [0, 1, 2, 4];
+    let minor = [3, 5];
+    partition(&nodes, &major, &minor, false).await;
+    eventually(10, "the partition is seen", || async {
+        nodes[5].peer_count().await.unwrap() == 1
+    })
+    .await;
+    let (ok, refused) = tokio::join!(
+        commit_many(&nodes[4], 0, 10),
+        nodes[5].byzantine_commit(update(500))
+    );
+    assert_eq!(ok.len(), 10);
+    assert!(matches!(refused, Err(Error::Timeout)), "{refused:?}");
+    assert_eq!(
+        ledger(&nodes[3]).await.0,
+        0,
+        "the lone voter executed alone"
+    );
+    nodes[4].put("major", "M").await.unwrap();
+    nodes[5].put("minor", "m").await.unwrap();
+    partition(&nodes, &major, &minor, true).await;
+    commit_many(&nodes[5], 600, 3).await;
+    agree(&nodes[..4], 13).await;
+    for n in &nodes {
+        eventually(20, "the shared map converges", || async {
+            n.get("major").await.unwrap().is_some() && n.get("minor").await.unwrap().is_some()
+        })
+        .await;
+    }
+    shutdown(&nodes).await;
+}
+
+/// A voter's data directory holds the votes it cast in one federation: started
+/// with another genesis, the node refuses it, naming the file, instead of
+/// recovering foreign votes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_another_federation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(73);
+    c.data_dir = Some(dir.path().join("d"));
+    let mut first = c.clone();
+    with_genesis(&mut first, &genesis([73], 1));
+    let node = FederatedMesh::builder(first).start().await.unwrap();
+    node.byzantine_commit(update(1)).await.unwrap();
+    node.shutdown().await.unwrap();
+    drop(node);
+    let mut other = c.clone();
+    with_genesis(&mut other, &genesis([73], 2));
+    let mut last = None;
+    for _ in 0..100 {
+        match FederatedMesh::builder(other.clone()).start().await {
+            Ok(_) => panic!("started on another federation's store"),
+            Err(e @ Error::Store(fed_mesh::store::StoreError::OtherFederation { .. })) => {
+                assert!(e.to_string().contains("node.redb"), "{e}");
+                return;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("never refused as another federation's: {last:?}");
+}
