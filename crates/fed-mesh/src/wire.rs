@@ -127,7 +127,8 @@ pub enum Kind {
     SyncChunk = 6,
     /// [`Refusal`], as the response to any request.
     Refused = 7,
-    /// A fed-pbft message (fed-pbft's encoding, not postcard).
+    /// fed-pbft messages: postcard of a list of byte strings, each one
+    /// message in fed-pbft's encoding.
     Pbft = 8,
     /// The empty answer to [`Kind::Pbft`].
     PbftAck = 9,
@@ -135,6 +136,8 @@ pub enum Kind {
     ProofRequest = 10,
     /// [`ProofResponse`](crate::core::commit::ProofResponse).
     ProofResponse = 11,
+    /// A proof a replica pushes to a client's node (a `ProofResponse` body).
+    ProofPush = 12,
 }
 
 impl Kind {
@@ -151,6 +154,7 @@ impl Kind {
             9 => Kind::PbftAck,
             10 => Kind::ProofRequest,
             11 => Kind::ProofResponse,
+            12 => Kind::ProofPush,
             _ => return None,
         })
     }

@@ -4,6 +4,7 @@
 //! failed); 2 bad usage (clap); 3 a bad file, field or flag; 4 the node is
 //! unreachable; 5 a proof or log that does not verify.
 
+mod bench;
 mod control;
 mod keys;
 mod node;
@@ -140,6 +141,9 @@ enum Cmd {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Measures commits per second and latency of a local federation of
+    /// voting processes (docs/BENCHMARKS.md).
+    BenchCommit(bench::BenchArgs),
     /// Verifies a commit receipt offline against a genesis.
     VerifyProof {
         /// The receipt file (`fedmesh commit --receipt`).
@@ -290,6 +294,7 @@ fn run(command: Cmd) -> Result<(), Failure> {
             ))?;
             Ok(())
         }
+        Cmd::BenchCommit(args) => runtime()?.block_on(bench::run(args)),
         Cmd::AuditVerify { data_dir, key } => node::audit_verify(&data_dir, &key),
         Cmd::VerifyProof { receipt, genesis } => node::verify_proof(&receipt, &genesis),
     }

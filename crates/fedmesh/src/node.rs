@@ -47,6 +47,12 @@ pub(crate) struct NodeArgs {
     /// PBFT client slots: commits this node can have ordered at once.
     #[arg(long)]
     client_slots: Option<u16>,
+    /// Requests per second a member may send this node (and this node asks for).
+    #[arg(long)]
+    requests_per_second: Option<u32>,
+    /// Requests a member may have outstanding with this node.
+    #[arg(long)]
+    max_in_flight: Option<u32>,
 }
 
 /// The configuration file.
@@ -63,6 +69,18 @@ struct FileConfig {
     bootstrap: Vec<String>,
     control: Option<PathBuf>,
     client_slots: Option<u16>,
+    #[serde(default)]
+    limits: LimitsConfig,
+}
+
+/// What this node grants members at most, and asks for (`[limits]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsConfig {
+    /// Requests per second a member may send (default 100).
+    requests_per_second: Option<u32>,
+    /// Requests a member may have outstanding (default 64).
+    max_in_flight: Option<u32>,
 }
 
 fn load_file_config(path: &Path) -> Result<FileConfig, Failure> {
@@ -126,7 +144,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<(), Failure> {
         config.consensus.as_mut(),
         args.client_slots.or(file.client_slots),
     ) {
-        c.client_slots = slots.max(1);
+        c.client_slots = slots.clamp(1, fed_mesh::core::commit::MAX_CLIENT_SLOTS);
     }
     let listen: Vec<String> = if args.listen.is_empty() {
         file.listen
@@ -157,6 +175,12 @@ pub(crate) async fn run(args: NodeArgs) -> Result<(), Failure> {
         })
         .collect::<Result<_, _>>()?;
     config.data_dir = Some(data_dir.clone());
+    if let Some(r) = args.requests_per_second.or(file.limits.requests_per_second) {
+        config.capabilities.limits.requests_per_second = r.max(1);
+    }
+    if let Some(m) = args.max_in_flight.or(file.limits.max_in_flight) {
+        config.capabilities.limits.max_in_flight = m.max(1);
+    }
     let mesh = FederatedMesh::builder(config)
         .start()
         .await

@@ -47,6 +47,13 @@ use crate::{
     wire::{self, Kind, Protocol},
 };
 
+/// Client slots a node may use, each a PBFT client with one request
+/// outstanding. A replica registers the keys of all of them when a node's
+/// session is established (it cannot know how many the node uses, and its
+/// backups must authenticate the requests a pre-prepare carries), so it is a
+/// protocol constant (mesh.md §9).
+pub const MAX_CLIENT_SLOTS: u16 = 256;
+
 /// Most commits waiting for a free client slot.
 const MAX_QUEUED_COMMITS: usize = 4096;
 /// Executed batches kept to answer proof requests.
@@ -70,7 +77,8 @@ pub struct ConsensusConfig {
     pub pbft: PbftConfig,
     /// Where each replica listens, in replica order (from the genesis).
     pub addresses: Vec<Vec<Multiaddr>>,
-    /// Client slots of this node: commits it can have ordered at once.
+    /// Client slots of this node: commits it can have ordered at once
+    /// (1 to [`MAX_CLIENT_SLOTS`]).
     pub client_slots: u16,
     /// How long `byzantine_commit` waits before failing with a timeout.
     pub commit_timeout_ms: u64,
@@ -327,6 +335,10 @@ pub(crate) struct CommitState {
     recent_bytes: usize,
     by_request: HashMap<(ClientId, u64), u64>,
     pub(crate) committed: u64,
+    /// PBFT messages produced by one input, coalesced per peer: one envelope each.
+    outbox: BTreeMap<PeerId, (Vec<Multiaddr>, Vec<Vec<u8>>)>,
+    /// Inputs are being fed in a group; [`Core::drain_replica`] runs once after.
+    defer_drain: bool,
 }
 
 /// `hash(PBFT_CLIENT_ID, [node, be16(slot)])`.
@@ -344,6 +356,12 @@ impl CommitState {
         rng: &mut impl rand_chacha::rand_core::Rng,
         now: u64,
     ) -> Result<Self> {
+        if config.client_slots == 0 || config.client_slots > MAX_CLIENT_SLOTS {
+            return Err(Error::Config(format!(
+                "consensus.client_slots is {}; it must be 1 to {MAX_CLIENT_SLOTS}",
+                config.client_slots
+            )));
+        }
         let m = config.membership.clone();
         let node = identity.node_id();
         let pbft_err = |e: fed_pbft::Error| Error::Pbft(Arc::new(e));
@@ -421,6 +439,8 @@ impl CommitState {
             recent_bytes: 0,
             by_request: HashMap::new(),
             committed: 0,
+            outbox: BTreeMap::new(),
+            defer_drain: false,
         })
     }
 
@@ -577,6 +597,7 @@ impl Core {
             }
         }
         self.flush_clients(now);
+        self.flush_outbox(now);
     }
 
     /// Sends what the slots' clients want sent.
@@ -617,18 +638,43 @@ impl Core {
             .get(usize::from(to))
             .cloned()
             .unwrap_or_default();
-        let expires = now.saturating_add(c.config.pbft.request_timeout_ms.max(1000));
-        self.send_or_queue(
-            peer,
-            Protocol::Pbft,
-            wire::envelope(Kind::Pbft, bytes),
-            Purpose::Pbft,
-            addrs,
-            expires,
-            now,
-        );
+        self.enqueue(peer, addrs, bytes);
     }
 
+    /// Adds a message for `peer` to the outbox.
+    fn enqueue(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, bytes: &[u8]) {
+        if let Some(c) = self.commit.as_mut() {
+            let entry = c.outbox.entry(peer).or_insert_with(|| (addrs, Vec::new()));
+            entry.1.push(bytes.to_vec());
+        }
+    }
+
+    /// Sends the outbox: one sealed envelope per peer, its messages in order.
+    fn flush_outbox(&mut self, now: u64) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        if c.outbox.is_empty() {
+            return;
+        }
+        let expires = now.saturating_add(c.config.pbft.request_timeout_ms.max(1000));
+        let outbox = std::mem::take(&mut c.outbox);
+        for (peer, (addrs, messages)) in outbox {
+            let body: Vec<serde_bytes::ByteBuf> = messages
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect();
+            self.send_or_queue(
+                peer,
+                Protocol::Pbft,
+                wire::envelope(Kind::Pbft, &wire::encode(&body)),
+                Purpose::Pbft,
+                addrs,
+                expires,
+                now,
+            );
+        }
+    }
     /// Sends a reply to the node of its client.
     fn pbft_reply(&mut self, reply: &fed_pbft::Reply, now: u64) {
         let Ok(bytes) = reply.to_bytes() else {
@@ -647,16 +693,8 @@ impl Core {
         let Some(peer) = self.peer_of(&node) else {
             return;
         };
-        let expires = now.saturating_add(5_000);
-        self.send_or_queue(
-            peer,
-            Protocol::Pbft,
-            wire::envelope(Kind::Pbft, &bytes),
-            Purpose::Pbft,
-            Vec::new(),
-            expires,
-            now,
-        );
+        let _ = now;
+        self.enqueue(peer, Vec::new(), &bytes);
     }
 
     /// A PBFT message from `from` (a peer, or this node itself when `None`).
@@ -715,6 +753,9 @@ impl Core {
         let Some(c) = self.commit.as_mut() else {
             return;
         };
+        if c.defer_drain {
+            return;
+        }
         let Some(r) = c.replica.as_mut() else {
             return;
         };
@@ -748,7 +789,7 @@ impl Core {
         for e in events {
             match e {
                 PbftEvent::Reply(reply) => self.pbft_reply(&reply, now),
-                PbftEvent::Executed(x) => self.on_executed(x),
+                PbftEvent::Executed(x) => self.on_executed(x, now),
                 PbftEvent::ViewChanged { view, .. } => {
                     self.event(MeshEvent::ViewChanged { view });
                 }
@@ -757,10 +798,27 @@ impl Core {
         }
     }
 
-    fn on_executed(&mut self, x: fed_pbft::Executed) {
+    fn on_executed(&mut self, x: fed_pbft::Executed, now: u64) {
         let Some(c) = self.commit.as_mut() else {
             return;
         };
+        // The replica `seq mod n` pushes the proof and batch to every other
+        // node with a request in it, so that clients need not ask (they still
+        // do if it does not come, or does not verify).
+        let n = c.config.membership.len() as u64;
+        let me = c.replica.as_ref().map(Replica::index);
+        let mut push_to = Vec::new();
+        if me == Some((x.seq % n) as ReplicaIndex) {
+            let mut nodes: Vec<NodeId> = x
+                .requests
+                .iter()
+                .filter_map(|(client, _)| c.clients.get(client).copied())
+                .filter(|node| *node != self.local_node)
+                .collect();
+            nodes.sort();
+            nodes.dedup();
+            push_to = nodes;
+        }
         let requests = decode_batch(&x.batch).unwrap_or_default();
         let mut updates = Vec::with_capacity(x.requests.len());
         for id in &x.requests {
@@ -777,6 +835,30 @@ impl Core {
             .as_ref()
             .map(|r| r.app().clone())
             .unwrap_or_default();
+        if !push_to.is_empty() {
+            let push = wire::envelope(
+                Kind::ProofPush,
+                &wire::encode(&ProofResponse {
+                    found: Some((
+                        serde_bytes::ByteBuf::from(x.proof.to_bytes()),
+                        serde_bytes::ByteBuf::from(x.batch.to_vec()),
+                    )),
+                }),
+            );
+            for node in push_to {
+                if let Some(peer) = self.peer_of(&node) {
+                    self.send_or_queue(
+                        peer,
+                        Protocol::Pbft,
+                        push.clone(),
+                        Purpose::Pbft,
+                        Vec::new(),
+                        now.saturating_add(PROOF_RETRY_MS),
+                        now,
+                    );
+                }
+            }
+        }
         self.event(MeshEvent::Committed(Arc::new(CommittedBatch {
             seq: x.seq,
             view: x.view,
@@ -784,6 +866,45 @@ impl Core {
             updates,
             ledger,
         })));
+    }
+
+    /// A replica pushed a proof: keep it for this node's requests in its batch
+    /// (checked when used), and finish the commits waiting for it.
+    fn on_proof_push(&mut self, proof: &[u8], batch: Vec<u8>, now: u64) {
+        let Ok(proof) = CommitProof::from_bytes(proof) else {
+            self.stats.pbft_rejected += 1;
+            return;
+        };
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let Ok(requests) = decode_batch(&batch) else {
+            self.stats.pbft_rejected += 1;
+            return;
+        };
+        let ours: Vec<(ClientId, u64)> = requests
+            .iter()
+            .filter(|r| c.slots.iter().any(|s| s.id == r.client))
+            .map(|r| r.id())
+            .collect();
+        if ours.is_empty() {
+            return;
+        }
+        let waiting: Vec<usize> = c
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.busy
+                    .as_ref()
+                    .is_some_and(|f| f.proof.is_some() && ours.contains(&(s.id, f.timestamp)))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        c.remember(proof.seq, proof, batch.into(), &ours);
+        for i in waiting {
+            self.hunt_proof(i, now);
+        }
     }
 
     /// Completions of the slots' clients: ask for proofs.
@@ -854,8 +975,14 @@ impl Core {
             && let Some((proof, batch)) = c.recent.get(seq)
         {
             let (proof, batch) = (proof.clone(), batch.to_vec());
-            self.finish_commit(i, proof, batch);
-            return;
+            if self.finish_commit(i, proof, batch) {
+                return;
+            }
+            // A pushed proof that does not verify: forget it, ask the replicas.
+            if let Some(c) = self.commit.as_mut() {
+                c.by_request.remove(&key);
+            }
+            return self.hunt_proof(i, now);
         }
         if h.waiting && now < h.next_at {
             return;
@@ -903,19 +1030,20 @@ impl Core {
     }
 
     /// Slot `i` has its proof: check it, then answer the command.
-    fn finish_commit(&mut self, i: usize, proof: CommitProof, batch: Vec<u8>) {
+    /// Whether the proof verified (and the command was answered).
+    fn finish_commit(&mut self, i: usize, proof: CommitProof, batch: Vec<u8>) -> bool {
         let Some(c) = self.commit.as_mut() else {
-            return;
+            return false;
         };
         let m = c.config.membership.clone();
         let Some(s) = c.slots.get_mut(i) else {
-            return;
+            return false;
         };
         let Some(f) = s.busy.as_ref() else {
-            return;
+            return false;
         };
         let Some(h) = f.proof.as_ref() else {
-            return;
+            return false;
         };
         let receipt = CommitReceipt {
             client: s.id,
@@ -929,7 +1057,7 @@ impl Core {
             // A lying or confused replica: ask the next one.
             tracing::warn!(error = %e, "a replica answered with a proof that does not verify");
             self.stats.pbft_rejected += 1;
-            return;
+            return false;
         }
         let command = f.command;
         s.busy = None;
@@ -937,6 +1065,7 @@ impl Core {
             command,
             completion: Completion::Committed(Ok(Box::new(receipt))),
         });
+        true
     }
 
     /// Time passed for the consensus.
@@ -992,6 +1121,7 @@ impl Core {
             self.hunt_proof(i, now);
         }
         self.pump_commits(now);
+        self.flush_outbox(now);
     }
 
     /// An outbound session with `node` (at `peer`) was established or renewed:
@@ -1024,7 +1154,7 @@ impl Core {
         let Some(session) = self.peers.get(&peer).and_then(|p| p.in_session_ref()) else {
             return;
         };
-        for s in 0..c.config.client_slots {
+        for s in 0..MAX_CLIENT_SLOTS {
             let key = session.export(labels::PBFT_CLIENT_KEY, &s.to_be_bytes());
             let id = client_id(&node, s);
             if let Err(e) = r.add_client(id, ClientKey::new(key.as_bytes())) {
@@ -1049,8 +1179,37 @@ impl Core {
         };
         match kind {
             Kind::Pbft => {
+                let Ok(messages) = wire::decode::<Vec<serde_bytes::ByteBuf>>(body, "pbft messages")
+                else {
+                    self.malformed_request(id, now);
+                    return;
+                };
                 self.respond_sealed(id, Kind::PbftAck, &[]);
-                self.pbft_deliver(Some(peer), body, now);
+                // One drain for the whole envelope: its writes in one group
+                // (one fsync), its messages in one envelope per peer.
+                if let Some(c) = self.commit.as_mut() {
+                    c.defer_drain = true;
+                }
+                for m in &messages {
+                    self.pbft_deliver(Some(peer), m, now);
+                }
+                if let Some(c) = self.commit.as_mut() {
+                    c.defer_drain = false;
+                }
+                self.drain_replica(now);
+                self.flush_outbox(now);
+            }
+            Kind::ProofPush => {
+                let Ok(push) = wire::decode::<ProofResponse>(body, "proof push") else {
+                    self.malformed_request(id, now);
+                    return;
+                };
+                self.respond_sealed(id, Kind::PbftAck, &[]);
+                if self.is_voter_peer(&peer)
+                    && let Some((proof, batch)) = push.found
+                {
+                    self.on_proof_push(&proof, batch.into_vec(), now);
+                }
             }
             Kind::ProofRequest => {
                 let Ok(request) = wire::decode::<ProofRequest>(body, "proof request") else {
@@ -1102,8 +1261,9 @@ impl Core {
             found: Some((proof, batch)),
         }) = response
             && let Ok(proof) = CommitProof::from_bytes(&proof)
+            && self.finish_commit(i, proof, batch.into_vec())
         {
-            self.finish_commit(i, proof, batch.into_vec());
+            return;
         }
         // Not found, or it did not verify: the next replica, at once.
         self.retry_proof(i, now);

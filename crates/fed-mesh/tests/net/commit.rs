@@ -287,3 +287,48 @@ async fn a_data_directory_of_another_federation_is_refused() {
     }
     panic!("never refused as another federation's: {last:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn adhoc_latency() {
+    let g = genesis(30..34, 1);
+    let nodes = full_mesh(30, 5, |_, c| {
+        with_genesis(c, &g);
+        c.capabilities.limits.requests_per_second = 1_000_000;
+        c.capabilities.limits.max_in_flight = 100_000;
+        c.consensus.as_mut().unwrap().client_slots = 64;
+        c.consensus.as_mut().unwrap().commit_timeout_ms = 8_000;
+    })
+    .await;
+    for i in 0..20 {
+        nodes[4].byzantine_commit(update(i)).await.unwrap();
+    }
+    let t = std::time::Instant::now();
+    for i in 0..200 {
+        nodes[4].byzantine_commit(update(100 + i)).await.unwrap();
+    }
+    eprintln!("mean {:?}", t.elapsed() / 200);
+    let t = std::time::Instant::now();
+    let calls = (0..3000u64).map(|i| nodes[4].byzantine_commit(update(10_000 + i)));
+    let results = futures::future::join_all(calls).await;
+    let failed: Vec<_> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .map(|(i, r)| (i, format!("{:?}", r.as_ref().err())))
+        .collect();
+    eprintln!(
+        "3000 concurrent: {:?}, {} failed {:?}",
+        t.elapsed(),
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    for n in &nodes[..4] {
+        eprintln!(
+            "{:?} {:?}",
+            n.consensus_status().await.unwrap().unwrap().ledger_count,
+            n.stats().await.unwrap().pbft_rejected
+        );
+    }
+    shutdown(&nodes).await;
+}

@@ -1,0 +1,266 @@
+//! `fedmesh bench-commit`: committed operations per second and latency of a
+//! federation of voting members, each a `fedmesh node` process on 127.0.0.1,
+//! driven by a non-voting node in this process. Also the time to the first
+//! commit after the primary's process is SIGKILLed.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use fed_mesh::{
+    FederatedMesh, MeshConfig, PeerAddress,
+    crypto::Identity,
+    genesis::{ConsensusParameters, Genesis, GenesisMember},
+    handshake::Open,
+    substrate::StateUpdate,
+};
+use futures::StreamExt;
+
+use crate::{Failure, control, keys};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// Voting members (processes).
+    #[arg(long, default_value_t = 4)]
+    voters: usize,
+    /// Commits in the throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    commits: usize,
+    /// Commits outstanding at once in the throughput run.
+    #[arg(long, default_value_t = 512)]
+    concurrency: usize,
+    /// Bytes of each update.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Sequential commits for the unloaded latency.
+    #[arg(long, default_value_t = 300)]
+    sequential: usize,
+}
+
+struct Voter {
+    socket: PathBuf,
+    child: Child,
+}
+
+impl Drop for Voter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+async fn wait_socket(socket: &Path) -> Result<serde_json::Value, Failure> {
+    for _ in 0..400 {
+        if let Ok(v) = control::call(socket, &control::ControlRequest::Status).await {
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(Failure::runtime(format!(
+        "{}: the voter did not start",
+        socket.display()
+    )))
+}
+
+fn update(i: usize, size: usize) -> StateUpdate {
+    let mut bytes = vec![0u8; size];
+    let tag = (i as u64).to_be_bytes();
+    let n = tag.len().min(size);
+    bytes[..n].copy_from_slice(&tag[..n]);
+    StateUpdate::Opaque {
+        kind: String::new(),
+        bytes,
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // a benchmark measures wall-clock time
+pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
+    let dir = tempfile::tempdir().map_err(|e| Failure::runtime(e.to_string()))?;
+    let exe = std::env::current_exe().map_err(|e| Failure::runtime(e.to_string()))?;
+    let mut members = Vec::new();
+    let mut key_paths = Vec::new();
+    for i in 0..args.voters {
+        let key = dir.path().join(format!("v{i}.key"));
+        let id = keys::generate(&key, false)?;
+        members.push(GenesisMember {
+            identity: id.public().clone(),
+            addresses: Vec::new(),
+        });
+        key_paths.push(key);
+    }
+    let genesis = Genesis {
+        federation: fed_mesh::handshake::FederationId([0xbe; 32]),
+        created_ms: 1,
+        consensus: ConsensusParameters::default(),
+        members,
+    };
+    let genesis_path = dir.path().join("genesis.toml");
+    std::fs::write(&genesis_path, genesis.to_toml())
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+
+    let mut voters: Vec<Voter> = Vec::new();
+    let mut addrs: Vec<String> = Vec::new();
+    for (i, key) in key_paths.iter().enumerate() {
+        let data = dir.path().join(format!("d{i}"));
+        let socket = data.join("control.sock");
+        let mut cmd = Command::new(&exe);
+        cmd.arg("node")
+            .arg("--key")
+            .arg(key)
+            .arg("--genesis")
+            .arg(&genesis_path)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args([
+                "--requests-per-second",
+                "1000000",
+                "--max-in-flight",
+                "100000",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for a in &addrs {
+            cmd.args(["--bootstrap", a]);
+        }
+        let child = cmd.spawn().map_err(|e| Failure::runtime(e.to_string()))?;
+        voters.push(Voter {
+            socket: socket.clone(),
+            child,
+        });
+        let status = wait_socket(&socket).await?;
+        addrs.push(
+            status["addresses"][0]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut seed[..])
+        .map_err(|e| Failure::runtime(format!("no OS randomness: {e}")))?;
+    let identity = Arc::new(Identity::from_seeds(&seed, None));
+    let mut config = MeshConfig::new(identity, genesis.federation, Arc::new(Open))
+        .with_genesis(&genesis)
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    config.capabilities.limits.requests_per_second = 1_000_000;
+    config.capabilities.limits.max_in_flight = 100_000;
+    config.bootstrap = addrs
+        .iter()
+        .map(|a| a.parse::<PeerAddress>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    if let Some(c) = config.consensus.as_mut() {
+        c.client_slots = u16::try_from(args.concurrency.max(1))
+            .unwrap_or(u16::MAX)
+            .min(fed_mesh::core::commit::MAX_CLIENT_SLOTS);
+    }
+    let client = FederatedMesh::builder(config)
+        .start()
+        .await
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    for _ in 0..400 {
+        if client.peer_count().await.unwrap_or(0) == args.voters {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let every voter's sessions settle (each joins each).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let commit = |i: usize| {
+        let client = client.clone();
+        let u = update(i, args.size);
+        async move {
+            let t = Instant::now();
+            client.byzantine_commit(u).await.map(|_| t.elapsed())
+        }
+    };
+    // Warm-up.
+    for i in 0..50 {
+        commit(i)
+            .await
+            .map_err(|e| Failure::runtime(format!("warm-up: {e}")))?;
+    }
+    // Unloaded latency.
+    let mut lat = Vec::with_capacity(args.sequential);
+    for i in 0..args.sequential {
+        lat.push(
+            commit(1_000_000 + i)
+                .await
+                .map_err(|e| Failure::runtime(e.to_string()))?,
+        );
+    }
+    lat.sort();
+    println!(
+        "unloaded ({} sequential commits, {} B): p50 {:.2} ms, p99 {:.2} ms",
+        args.sequential,
+        args.size,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    // Throughput.
+    let started = Instant::now();
+    let results: Vec<_> = futures::stream::iter((0..args.commits).map(|i| commit(2_000_000 + i)))
+        .buffer_unordered(args.concurrency.max(1))
+        .map(|r| (r, started.elapsed()))
+        .collect()
+        .await;
+    let mut errors = std::collections::BTreeMap::<String, usize>::new();
+    for (r, _) in &results {
+        if let Err(e) = r {
+            *errors.entry(e.to_string()).or_default() += 1;
+        }
+    }
+    if !errors.is_empty() {
+        println!("failed commits: {errors:?}");
+    }
+    let elapsed = results
+        .iter()
+        .filter(|(r, _)| r.is_ok())
+        .map(|(_, at)| *at)
+        .max()
+        .unwrap_or_default();
+    let mut lat: Vec<Duration> = results.into_iter().filter_map(|(r, _)| r.ok()).collect();
+    lat.sort();
+    println!(
+        "throughput ({} commits, {} outstanding, {} B): {:.0} ops/s over {:.2} s to the last success ({} failed); latency p50 {:.2} ms, p99 {:.2} ms",
+        args.commits,
+        args.concurrency,
+        args.size,
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        args.commits - lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    // Recovery: SIGKILL the primary, time the next commit.
+    let status = control::call(&voters[0].socket, &control::ControlRequest::Status).await?;
+    let view = status["consensus"]["view"].as_u64().unwrap_or(0);
+    let primary = (view % args.voters as u64) as usize;
+    let t = Instant::now();
+    let _ = voters[primary].child.kill();
+    let _ = voters[primary].child.wait();
+    let killed = t.elapsed();
+    let first = commit(3_000_000)
+        .await
+        .map_err(|e| Failure::runtime(format!("after the kill: {e}")))?;
+    println!(
+        "recovery: first commit completed {:.0} ms after the primary (replica {primary}) was SIGKILLed",
+        (killed + first).as_secs_f64() * 1e3
+    );
+    let _ = client.shutdown().await;
+    drop(voters);
+    Ok(())
+}
