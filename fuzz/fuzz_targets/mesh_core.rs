@@ -1,7 +1,8 @@
 //! A node core fed arbitrary requests from a member it holds sessions with (so
 //! that the bytes reach authorisation, the decoders and the handlers of the
-//! query, onion and sync protocols), and arbitrary raw requests and responses
-//! on every protocol. Nothing may panic; afterwards the core still has a
+//! query, onion, sync and pbft protocols; both cores are voting members of a
+//! two-member genesis), and arbitrary raw requests and responses on every
+//! protocol. Nothing may panic; afterwards the core still has a
 //! timer armed and runs its timers without panicking.
 #![no_main]
 
@@ -10,7 +11,9 @@ use std::sync::Arc;
 use fed_crypto::Identity;
 use fed_handshake::{FederationId, Open};
 use fed_mesh::{
+    ConsensusConfig,
     core::{Action, Core, CoreConfig, InboundId, OutboundId},
+    genesis::{ConsensusParameters, Genesis, GenesisMember},
     wire::Protocol,
 };
 use libfuzzer_sys::fuzz_target;
@@ -20,9 +23,23 @@ const NOW: u64 = 1_800_000_000_000;
 /// Two cores, connected, each holding a session with the other.
 fn pair() -> (Core, Core) {
     let fed = FederationId([3; 32]);
+    let genesis = Genesis {
+        federation: fed,
+        created_ms: 1,
+        consensus: ConsensusParameters::default(),
+        members: [1u8, 2]
+            .iter()
+            .map(|s| GenesisMember {
+                identity: Identity::from_seeds(&[*s; 32], None).public().clone(),
+                addresses: Vec::new(),
+            })
+            .collect(),
+    };
     let core = |seed: u8| {
         let id = Arc::new(Identity::from_seeds(&[seed; 32], None));
-        Core::new(CoreConfig::new(id, fed, Arc::new(Open)), [seed; 32], NOW).expect("core")
+        let mut config = CoreConfig::new(id, fed, Arc::new(Open));
+        config.consensus = Some(ConsensusConfig::from_genesis(&genesis).expect("consensus"));
+        Core::new(config, [seed; 32], NOW).expect("core")
     };
     let (mut a, mut b) = (core(1), core(2));
     let (pa, pb) = (a.peer_id(), b.peer_id());
@@ -82,14 +99,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (a, mut b) = pair();
-    let protocol = match selector % 4 {
+    let protocol = match selector % 5 {
         0 => Protocol::Query,
         1 => Protocol::Onion,
         2 => Protocol::Sync,
+        3 => Protocol::Pbft,
         _ => Protocol::Handshake,
     };
     let from = a.peer_id();
-    match selector / 4 % 3 {
+    match selector / 5 % 3 {
         // As if the bytes had arrived sealed in the member's session.
         0 => b.handle_opened_request(from, protocol, InboundId(1_000_000), body, NOW),
         // As the raw bytes of a request on the stream.

@@ -5,12 +5,20 @@
 #![no_main]
 
 use fed_crdt::{Codec, Limits, MapDelta, SyncRequest};
-use fed_mesh::wire::{
-    self, Kind, MemberRecord, OnionResponse, QueryRequest, QueryResponse, Refusal, SharedValue,
-    SyncChunk, SyncPull,
+use fed_mesh::{
+    CommitReceipt,
+    core::commit::{ProofRequest, ProofResponse},
+    wire::{
+        self, Kind, MemberRecord, OnionResponse, QueryRequest, QueryResponse, Refusal,
+        SharedValue, SyncChunk, SyncPull,
+    },
 };
 use libfuzzer_sys::fuzz_target;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// A byte string, as the PBFT envelope's list holds them.
+#[derive(Serialize, Deserialize)]
+struct Bytes(#[serde(with = "serde_bytes")] Vec<u8>);
 
 /// What decodes re-encodes to bytes that decode to the same encoding again
 /// (compared as bytes: a NaN score is not equal to itself as a value).
@@ -33,8 +41,16 @@ fuzz_target!(|data: &[u8]| {
             Kind::SyncPull => round_trip::<SyncPull>(body),
             Kind::SyncChunk => round_trip::<SyncChunk>(body),
             Kind::Refused => round_trip::<Refusal>(body),
-            Kind::OnionPacket => {}
+            Kind::Pbft => round_trip::<Vec<Bytes>>(body),
+            Kind::ProofRequest => round_trip::<ProofRequest>(body),
+            Kind::ProofResponse | Kind::ProofPush => round_trip::<ProofResponse>(body),
+            Kind::OnionPacket | Kind::PbftAck => {}
         }
+    }
+    // A commit receipt file, as `fedmesh verify-proof` reads it.
+    if let Ok(r) = CommitReceipt::from_bytes(data) {
+        let again = r.to_bytes();
+        assert_eq!(CommitReceipt::from_bytes(&again).expect("decodes").to_bytes(), again);
     }
     // The same bytes as each body without an envelope.
     round_trip::<QueryRequest>(data);
