@@ -4,7 +4,7 @@
 //! - **Replicas.** A node listed in the genesis runs a [`Replica`] whose
 //!   application is the [`Ledger`]: a hash chain of every executed update. The
 //!   replica's messages go to the other replicas' peers; its writes leave as
-//!   [`Action::Persist`] *before* the sends that depend on them, so a host that
+//!   [`Action::Persist`](super::Action::Persist) *before* the sends that depend on them, so a host that
 //!   carries actions out in order stores each vote before anyone can see it.
 //! - **Clients.** Every node (voting or not) submits through a few PBFT
 //!   [`Client`]s, its *slots*, each with one request outstanding. Slot `s` of
