@@ -10,6 +10,7 @@
 )]
 // A test harness of processes and sockets: blocking and clocks are its job.
 
+mod cli;
 mod commit;
 
 use std::{
