@@ -418,7 +418,24 @@ impl FederatedMesh {
         &self,
         update: crate::substrate::StateUpdate,
     ) -> Result<CommitReceipt> {
-        match self.command(Command::Commit(update)).await? {
+        self.commit_operation(crate::core::commit::Operation::Update(update))
+            .await
+    }
+
+    /// Commits a revocation: once it commits, every member refuses requests
+    /// under the token, or every request and handshake of the member (voting
+    /// members execute it; each tells the members that do not vote, with the
+    /// batch's proof). Only a voting member may revoke: from another node the
+    /// operation commits as a no-op and this fails with [`Error::Consensus`].
+    pub async fn commit_revocation(
+        &self,
+        revocation: crate::core::commit::Revocation,
+    ) -> Result<CommitReceipt> {
+        self.commit_operation(revocation.into()).await
+    }
+
+    async fn commit_operation(&self, op: crate::core::commit::Operation) -> Result<CommitReceipt> {
+        match self.command(Command::Commit(op)).await? {
             Completion::Committed(r) => r.map(|b| *b),
             _ => Err(Error::ShutDown),
         }

@@ -327,6 +327,8 @@ pub enum MeshEvent {
     /// sequence order; a replica restarted from disk executes again from its
     /// last stable checkpoint).
     Committed(std::sync::Arc<crate::core::commit::CommittedBatch>),
+    /// A committed revocation took effect on this node.
+    Revoked(crate::core::commit::Revocation),
     /// This replica moved to a new view (a new primary).
     ViewChanged {
         /// The view.

@@ -135,25 +135,76 @@ impl std::fmt::Debug for ConsensusConfig {
     }
 }
 
-/// The replicated application: a hash chain over every executed update.
+/// The replicated application: a hash chain over every executed operation,
+/// and the revocations committed so far.
 ///
 /// `head' = hash(COMMIT_LEDGER, [head, be64(index), client, operation])` for the
-/// update with 0-based `index`; a replica's snapshot is `be64(count) ‖ head`, so
-/// two replicas that executed different sequences have different checkpoint
-/// digests. An operation that is not a valid `StateUpdate` is executed as a
-/// no-op (not chained) with result `[1]`; a valid one answers `[0] ‖ be64(index)`.
+/// operation with 0-based `index`; a replica's snapshot is `be64(count) ‖ head ‖
+/// postcard((revoked tokens, revoked members))` (each a sorted list), so two
+/// replicas that executed different sequences have different checkpoint
+/// digests. An operation that is not exactly one [`Operation`] is a no-op (not
+/// chained) with result `[1]`; a revocation from a client that is not one of a
+/// voting member's slots is a no-op with result `[2]`; anything else is
+/// chained and answers `[0] ‖ be64(index)`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
-    /// Updates executed.
+    /// Operations executed.
     pub count: u64,
-    /// The chain's head (all zeros before the first update).
+    /// The chain's head (all zeros before the first operation).
     pub head: [u8; 32],
+    /// Token ids revoked by committed operations.
+    pub revoked_tokens: std::collections::BTreeSet<[u8; 32]>,
+    /// Members (node ids) revoked by committed operations.
+    pub revoked_members: std::collections::BTreeSet<[u8; 32]>,
+    /// The client ids of the voting members' slots: who may revoke.
+    voters: std::collections::HashSet<ClientId>,
+}
+
+impl Ledger {
+    /// An empty ledger for `membership`.
+    pub fn new(membership: &Membership) -> Self {
+        Self {
+            voters: voter_clients(membership),
+            ..Self::default()
+        }
+    }
+}
+
+/// The client ids of every slot of every voting member.
+pub fn voter_clients(membership: &Membership) -> std::collections::HashSet<ClientId> {
+    membership
+        .members()
+        .iter()
+        .flat_map(|m| {
+            let node = m.node_id();
+            (0..MAX_CLIENT_SLOTS).map(move |s| client_id(&node, s))
+        })
+        .collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Revoked {
+    tokens: Vec<[u8; 32]>,
+    members: Vec<[u8; 32]>,
 }
 
 impl Application for Ledger {
     fn execute(&mut self, client: &ClientId, operation: &[u8]) -> Vec<u8> {
-        if decode_update(operation).is_none() {
+        let Some(op) = decode_operation(operation) else {
             return vec![1];
+        };
+        match op {
+            Operation::Update(_) => {}
+            Operation::RevokeToken(id) | Operation::RevokeMember(id) => {
+                if !self.voters.contains(client) {
+                    return vec![2];
+                }
+                if matches!(op, Operation::RevokeToken(_)) {
+                    self.revoked_tokens.insert(id);
+                } else {
+                    self.revoked_members.insert(id);
+                }
+            }
         }
         let index = self.count;
         self.head = hash(
@@ -169,6 +220,10 @@ impl Application for Ledger {
     fn snapshot(&self) -> Vec<u8> {
         let mut out = self.count.to_be_bytes().to_vec();
         out.extend_from_slice(&self.head);
+        out.extend_from_slice(&wire::encode(&Revoked {
+            tokens: self.revoked_tokens.iter().copied().collect(),
+            members: self.revoked_members.iter().copied().collect(),
+        }));
         out
     }
 
@@ -176,24 +231,62 @@ impl Application for Ledger {
         &mut self,
         s: &[u8],
     ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        if s.len() != 40 {
-            return Err("a ledger snapshot is 40 bytes".into());
+        if s.len() < 40 {
+            return Err("a ledger snapshot is at least 40 bytes".into());
         }
-        let (count, head) = s.split_at(8);
+        let (count, rest) = s.split_at(8);
+        let (head, rest) = rest.split_at(32);
+        let revoked: Revoked = wire::decode(rest, "ledger revocations")?;
+        let sorted = |v: &[[u8; 32]]| v.windows(2).all(|w| w[0] < w[1]);
+        if !sorted(&revoked.tokens) || !sorted(&revoked.members) {
+            return Err("a ledger snapshot's revocations are not sorted".into());
+        }
         self.count = u64::from_be_bytes(count.try_into()?);
         self.head.copy_from_slice(head);
+        self.revoked_tokens = revoked.tokens.into_iter().collect();
+        self.revoked_members = revoked.members.into_iter().collect();
         Ok(())
     }
 }
 
-/// The operation bytes of an update: `postcard(StateUpdate)`.
-pub fn encode_update(update: &StateUpdate) -> Vec<u8> {
-    wire::encode(update)
+/// What a commit asks the federation to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Operation {
+    /// An update of the application's state (applied to every member's substrate).
+    Update(StateUpdate),
+    /// Refuse, on every member, requests under the token with this id.
+    RevokeToken([u8; 32]),
+    /// Refuse, on every member, every request and handshake of this member
+    /// (by node id). Only voting members may commit it.
+    RevokeMember([u8; 32]),
 }
 
-/// Decodes an operation; `None` if it is not exactly one `StateUpdate`.
-pub fn decode_update(operation: &[u8]) -> Option<StateUpdate> {
-    wire::decode(operation, "state update").ok()
+/// A revocation, as [`FederatedMesh::commit_revocation`](crate::FederatedMesh::commit_revocation) takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// A token, by id.
+    Token([u8; 32]),
+    /// A member, by node id: all its tokens, and its handshakes from now on.
+    Member(NodeId),
+}
+
+impl From<Revocation> for Operation {
+    fn from(r: Revocation) -> Self {
+        match r {
+            Revocation::Token(id) => Operation::RevokeToken(id),
+            Revocation::Member(node) => Operation::RevokeMember(node.0),
+        }
+    }
+}
+
+/// The operation bytes: `postcard(Operation)`.
+pub fn encode_operation(op: &Operation) -> Vec<u8> {
+    wire::encode(op)
+}
+
+/// Decodes an operation; `None` if it is not exactly one `Operation`.
+pub fn decode_operation(operation: &[u8]) -> Option<Operation> {
+    wire::decode(operation, "operation").ok()
 }
 
 /// What a committed update's submitter gets: the update, where it committed,
@@ -205,8 +298,8 @@ pub struct CommitReceipt {
     pub client: ClientId,
     /// The client's timestamp of the request.
     pub timestamp: u64,
-    /// The update.
-    pub update: StateUpdate,
+    /// The operation.
+    pub operation: Operation,
     /// Its 0-based position in the federation's ledger.
     pub index: u64,
     /// The commit proof of the batch that holds it.
@@ -221,12 +314,12 @@ impl CommitReceipt {
     /// `membership`: the proof verifies (a quorum of the members' COMMIT
     /// signatures, under this membership's id and so its genesis), the batch
     /// has the proof's digest, and the batch holds the request
-    /// `(client, timestamp, postcard(update))`.
+    /// `(client, timestamp, postcard(operation))`.
     pub fn verify(&self, membership: &Membership) -> Result<()> {
         self.proof
             .verify_batch(membership, &self.batch)
             .map_err(|e| Error::Pbft(Arc::new(e)))?;
-        let operation = encode_update(&self.update);
+        let operation = encode_operation(&self.operation);
         let requests = decode_batch(&self.batch).map_err(|e| Error::Pbft(Arc::new(e)))?;
         if requests.iter().any(|r| {
             r.client == self.client && r.timestamp == self.timestamp && r.operation == operation
@@ -272,8 +365,12 @@ pub struct CommittedBatch {
     pub digest: [u8; 32],
     /// The updates executed, in order: `(client, timestamp, update)`.
     pub updates: Vec<(ClientId, u64, StateUpdate)>,
-    /// The ledger after the batch.
-    pub ledger: Ledger,
+    /// The revocations executed, in order.
+    pub revocations: Vec<Revocation>,
+    /// The ledger's count after the batch (0 on a node that does not vote).
+    pub ledger_count: u64,
+    /// The ledger's head after the batch.
+    pub ledger_head: [u8; 32],
 }
 
 /// A proof request: the batch and proof that hold `(client, timestamp)`.
@@ -296,7 +393,7 @@ pub struct ProofResponse {
 /// A commit in a slot, from submission to its receipt.
 struct InFlight {
     command: CommandId,
-    update: StateUpdate,
+    update: Operation,
     timestamp: u64,
     deadline: u64,
     /// After `f + 1` replies: the index, and the replicas asked for the proof.
@@ -318,7 +415,7 @@ struct Slot {
 
 struct Queued {
     command: CommandId,
-    update: StateUpdate,
+    update: Operation,
     deadline: u64,
 }
 
@@ -339,6 +436,8 @@ pub(crate) struct CommitState {
     outbox: BTreeMap<PeerId, (Vec<Multiaddr>, Vec<Vec<u8>>)>,
     /// Inputs are being fed in a group; [`Core::drain_replica`] runs once after.
     defer_drain: bool,
+    /// The client ids of the voting members' slots (who may revoke).
+    voters: std::collections::HashSet<ClientId>,
 }
 
 /// `hash(PBFT_CLIENT_ID, [node, be16(slot)])`.
@@ -372,7 +471,7 @@ impl CommitState {
                     identity.clone(),
                     m.clone(),
                     config.pbft.clone(),
-                    Ledger::default(),
+                    Ledger::new(&m),
                     (**state).clone(),
                     now,
                 )
@@ -381,7 +480,7 @@ impl CommitState {
                     identity.clone(),
                     m.clone(),
                     config.pbft.clone(),
-                    Ledger::default(),
+                    Ledger::new(&m),
                     now,
                 )
                 .map_err(pbft_err)?,
@@ -441,6 +540,7 @@ impl CommitState {
             committed: 0,
             outbox: BTreeMap::new(),
             defer_drain: false,
+            voters: voter_clients(&m),
         })
     }
 
@@ -532,7 +632,7 @@ impl Core {
     }
 
     /// [`Command::Commit`](super::Command::Commit).
-    pub(super) fn start_commit(&mut self, id: CommandId, update: StateUpdate, now: u64) {
+    pub(super) fn start_commit(&mut self, id: CommandId, update: Operation, now: u64) {
         let Some(c) = self.commit.as_mut() else {
             self.complete(
                 id,
@@ -542,7 +642,7 @@ impl Core {
             );
             return;
         };
-        let op_len = encode_update(&update).len();
+        let op_len = encode_operation(&update).len();
         let max = c.config.pbft.max_operation_len;
         let refusal = if op_len > max {
             Some(Error::Consensus(format!(
@@ -578,7 +678,7 @@ impl Core {
             let Some(q) = c.queue.pop_front() else {
                 break;
             };
-            match slot.client.submit(encode_update(&q.update), now) {
+            match slot.client.submit(encode_operation(&q.update), now) {
                 Ok(timestamp) => {
                     slot.busy = Some(InFlight {
                         command: q.command,
@@ -796,6 +896,7 @@ impl Core {
                 _ => {}
             }
         }
+        self.sync_revocations();
     }
 
     fn on_executed(&mut self, x: fed_pbft::Executed, now: u64) {
@@ -821,30 +922,52 @@ impl Core {
         }
         let requests = decode_batch(&x.batch).unwrap_or_default();
         let mut updates = Vec::with_capacity(x.requests.len());
+        let mut revocations = Vec::new();
         for id in &x.requests {
-            if let Some(r) = requests.iter().find(|r| r.id() == *id)
-                && let Some(u) = decode_update(&r.operation)
-            {
-                updates.push((r.client, r.timestamp, u));
+            let Some(r) = requests.iter().find(|r| r.id() == *id) else {
+                continue;
+            };
+            match decode_operation(&r.operation) {
+                Some(Operation::Update(u)) => updates.push((r.client, r.timestamp, u)),
+                Some(op) if c.voters.contains(&r.client) => {
+                    revocations.extend(revocation_of(&op));
+                }
+                _ => {}
             }
         }
         c.remember(x.seq, x.proof.clone(), x.batch.clone(), &x.requests);
         c.committed += 1;
-        let ledger = c
+        let (ledger_count, ledger_head) = c
             .replica
             .as_ref()
-            .map(|r| r.app().clone())
-            .unwrap_or_default();
+            .map_or((0, [0; 32]), |r| (r.app().count, r.app().head));
+        if !revocations.is_empty() {
+            // Every replica tells the members that do not vote (they execute
+            // nothing), so that f silent replicas cannot keep it from them.
+            let voters: Vec<PeerId> = self
+                .session_peers()
+                .into_iter()
+                .filter(|p| !self.is_voter_peer(p))
+                .collect();
+            for peer in voters {
+                if !push_to.iter().any(|n| self.peer_of(n) == Some(peer)) {
+                    self.send_or_queue(
+                        peer,
+                        Protocol::Pbft,
+                        proof_push(&x),
+                        Purpose::Pbft,
+                        Vec::new(),
+                        now.saturating_add(PROOF_RETRY_MS),
+                        now,
+                    );
+                }
+            }
+            for r in &revocations {
+                self.apply_revocation(*r);
+            }
+        }
         if !push_to.is_empty() {
-            let push = wire::envelope(
-                Kind::ProofPush,
-                &wire::encode(&ProofResponse {
-                    found: Some((
-                        serde_bytes::ByteBuf::from(x.proof.to_bytes()),
-                        serde_bytes::ByteBuf::from(x.batch.to_vec()),
-                    )),
-                }),
-            );
+            let push = proof_push(&x);
             for node in push_to {
                 if let Some(peer) = self.peer_of(&node) {
                     self.send_or_queue(
@@ -864,8 +987,48 @@ impl Core {
             view: x.view,
             digest: x.digest,
             updates,
-            ledger,
+            revocations,
+            ledger_count,
+            ledger_head,
         })));
+    }
+
+    /// A committed revocation takes effect here: requests under the token, or
+    /// of the member, are refused from now on, and the member's handshakes.
+    fn apply_revocation(&mut self, r: Revocation) {
+        let new = match r {
+            Revocation::Token(id) => self.revoked.insert(id),
+            Revocation::Member(node) => self.revoked_members.insert(node.0),
+        };
+        if new {
+            self.event(MeshEvent::Revoked(r));
+        }
+    }
+
+    /// After a state transfer the ledger may hold revocations this node never
+    /// executed: take them over.
+    fn sync_revocations(&mut self) {
+        let Some(ledger) = self
+            .commit
+            .as_ref()
+            .and_then(|c| c.replica.as_ref())
+            .map(Replica::app)
+        else {
+            return;
+        };
+        if ledger.revoked_tokens.is_subset(&self.revoked)
+            && ledger.revoked_members.is_subset(&self.revoked_members)
+        {
+            return;
+        }
+        let tokens: Vec<[u8; 32]> = ledger.revoked_tokens.iter().copied().collect();
+        let members: Vec<[u8; 32]> = ledger.revoked_members.iter().copied().collect();
+        for t in tokens {
+            self.apply_revocation(Revocation::Token(t));
+        }
+        for m in members {
+            self.apply_revocation(Revocation::Member(NodeId(m)));
+        }
     }
 
     /// A replica pushed a proof: keep it for this node's requests in its batch
@@ -880,6 +1043,25 @@ impl Core {
         };
         let Ok(requests) = decode_batch(&batch) else {
             self.stats.pbft_rejected += 1;
+            return;
+        };
+        // Revocations a voting member committed: checked against the
+        // membership before this node applies them.
+        let revocations: Vec<Revocation> = requests
+            .iter()
+            .filter(|r| c.voters.contains(&r.client))
+            .filter_map(|r| revocation_of(&decode_operation(&r.operation)?))
+            .collect();
+        if !revocations.is_empty() && c.replica.is_none() {
+            if proof.verify_batch(&c.config.membership, &batch).is_err() {
+                self.stats.pbft_rejected += 1;
+                return;
+            }
+            for r in revocations {
+                self.apply_revocation(r);
+            }
+        }
+        let Some(c) = self.commit.as_mut() else {
             return;
         };
         let ours: Vec<(ClientId, u64)> = requests
@@ -1048,7 +1230,7 @@ impl Core {
         let receipt = CommitReceipt {
             client: s.id,
             timestamp: f.timestamp,
-            update: f.update.clone(),
+            operation: f.update.clone(),
             index: h.index,
             proof,
             batch,
@@ -1293,6 +1475,27 @@ impl Core {
     }
 }
 
+/// A kind-12 envelope with an executed batch and its proof.
+fn proof_push(x: &fed_pbft::Executed) -> Vec<u8> {
+    wire::envelope(
+        Kind::ProofPush,
+        &wire::encode(&ProofResponse {
+            found: Some((
+                serde_bytes::ByteBuf::from(x.proof.to_bytes()),
+                serde_bytes::ByteBuf::from(x.batch.to_vec()),
+            )),
+        }),
+    )
+}
+
+fn revocation_of(op: &Operation) -> Option<Revocation> {
+    match op {
+        Operation::RevokeMember(node) => Some(Revocation::Member(NodeId(*node))),
+        Operation::RevokeToken(id) => Some(Revocation::Token(*id)),
+        Operation::Update(_) => None,
+    }
+}
+
 /// The Byzantine test hook: a PREPARE or COMMIT re-signed for another digest.
 fn forge_vote(identity: &fed_crypto::Identity, m: &Membership, bytes: &[u8]) -> Option<Vec<u8>> {
     let flip = |d: [u8; 32]| hash(labels::COMMIT_LEDGER, &[&d, b"forged"]);
@@ -1310,5 +1513,58 @@ fn forge_vote(identity: &fed_crypto::Identity, m: &Membership, bytes: &[u8]) -> 
             Message::Commit(forged).encode().ok()
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fed_crypto::Identity;
+
+    use super::*;
+
+    fn membership() -> Membership {
+        Membership::new(
+            (1..=4u8)
+                .map(|i| Identity::from_seeds(&[i; 32], None).public().clone())
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_ledger_chains_authorised_operations_and_round_trips() {
+        let m = membership();
+        let voter = client_id(&m.members()[2].node_id(), 7);
+        let outsider = client_id(&NodeId([9; 32]), 0);
+        let mut l = Ledger::new(&m);
+        let revoke = encode_operation(&Operation::RevokeMember([5; 32]));
+        assert_eq!(l.execute(&outsider, &revoke), vec![2], "only voters revoke");
+        assert_eq!((l.count, l.revoked_members.len()), (0, 0));
+        assert_eq!(l.execute(&outsider, b"\xff garbage"), vec![1]);
+        let update = encode_operation(&Operation::Update(StateUpdate::Opaque {
+            kind: "k".into(),
+            bytes: vec![1],
+        }));
+        assert_eq!(l.execute(&outsider, &update)[..1], [0]);
+        assert_eq!(l.execute(&voter, &revoke)[1..], 1u64.to_be_bytes());
+        let token = encode_operation(&Operation::RevokeToken([6; 32]));
+        l.execute(&voter, &token);
+        assert_eq!(l.count, 3);
+        assert!(l.revoked_members.contains(&[5; 32]) && l.revoked_tokens.contains(&[6; 32]));
+        let snap = l.snapshot();
+        let mut back = Ledger::new(&m);
+        back.restore(&snap).unwrap();
+        assert_eq!(back, l);
+        assert!(back.restore(&snap[..39]).is_err());
+        assert!(back.restore(&[snap.as_slice(), &[0]].concat()).is_err());
+        // Two members out of order is not a snapshot this code writes.
+        let mut l2 = Ledger::new(&m);
+        l2.execute(&voter, &encode_operation(&Operation::RevokeMember([7; 32])));
+        let mut bad = l2.snapshot()[..40].to_vec();
+        bad.extend_from_slice(&wire::encode(&Revoked {
+            tokens: vec![],
+            members: vec![[7; 32], [5; 32]],
+        }));
+        assert!(Ledger::new(&m).restore(&bad).is_err());
     }
 }

@@ -239,8 +239,8 @@ pub enum Command {
     },
     /// List the peers.
     Peers,
-    /// Commit an update through the federation's consensus.
-    Commit(crate::substrate::StateUpdate),
+    /// Commit an operation through the federation's consensus.
+    Commit(commit::Operation),
 }
 
 /// The result of a [`Command`].
@@ -355,6 +355,8 @@ pub struct Core {
     bans: BTreeMap<PeerId, u64>,
     /// Revoked token ids (fed by committed revocations).
     revoked: std::collections::BTreeSet<[u8; 32]>,
+    /// Revoked members (node ids), fed by committed revocations.
+    revoked_members: std::collections::BTreeSet<[u8; 32]>,
     listen_addrs: Vec<Multiaddr>,
     next_sync_at: u64,
     next_redial_at: u64,
@@ -405,6 +407,7 @@ impl Core {
             shared: SharedMap::default(),
             bans: BTreeMap::new(),
             revoked: Default::default(),
+            revoked_members: Default::default(),
             listen_addrs: Vec::new(),
             next_sync_at: now,
             next_redial_at: now,
@@ -552,7 +555,7 @@ impl Core {
                 let peers = self.peers();
                 self.complete(id, Completion::Peers(peers));
             }
-            Command::Commit(update) => self.start_commit(id, update, now),
+            Command::Commit(op) => self.start_commit(id, op, now),
         }
     }
 

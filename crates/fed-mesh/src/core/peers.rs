@@ -276,9 +276,10 @@ fn check_token(
     capability: Capability,
     now: u64,
     revoked: &std::collections::BTreeSet<[u8; 32]>,
+    revoked_members: &std::collections::BTreeSet<[u8; 32]>,
 ) -> Result<(), Refusal> {
     let body = token.body();
-    if revoked.contains(&body.id) {
+    if revoked.contains(&body.id) || revoked_members.contains(&body.subject) {
         return Err(Refusal::TokenRevoked);
     }
     if now >= body.expires_at {
@@ -651,6 +652,9 @@ impl Core {
     /// Whether this node's admission policy admits `identity` (with the
     /// admission proof of its directory record, if the directory has one).
     fn admits(&self, identity: &PublicIdentity, now: u64) -> bool {
+        if self.revoked_members.contains(&identity.node_id().0) {
+            return false;
+        }
         let proof = self.directory.admission_proof(&identity.node_id());
         self.config
             .admission
@@ -1026,6 +1030,7 @@ impl Core {
                         capability_for(protocol),
                         now,
                         &self.revoked,
+                        &self.revoked_members,
                     ),
                 )),
             }
@@ -1129,6 +1134,7 @@ impl Core {
             capability_for(protocol),
             now,
             &self.revoked,
+            &self.revoked_members,
         );
         self.after_open(
             peer,

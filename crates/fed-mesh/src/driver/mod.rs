@@ -683,6 +683,9 @@ impl Driver {
                 digest: batch.digest,
             },
             MeshEvent::ViewChanged { view } => AuditEvent::ViewChanged { view: *view },
+            MeshEvent::Revoked(crate::core::commit::Revocation::Member(node)) => {
+                AuditEvent::Revoked { peer: node.0 }
+            }
             _ => return,
         };
         let (log, identity) = (log.clone(), identity.clone());

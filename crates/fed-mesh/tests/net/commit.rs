@@ -3,9 +3,11 @@
 use std::collections::BTreeSet;
 
 use fed_mesh::{
-    CommitReceipt, Error, FederatedMesh, MeshConfig,
+    CommitReceipt, Error, FederatedMesh, FederationScope, MeshConfig, PeerStatus, QueryOptions,
+    core::commit::Revocation,
     genesis::{ConsensusParameters, Genesis, GenesisMember},
-    substrate::StateUpdate,
+    substrate::{PatternQuery, StateUpdate},
+    wire::Refusal,
 };
 
 use crate::*;
@@ -286,4 +288,88 @@ async fn a_data_directory_of_another_federation_is_refused() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("never refused as another federation's: {last:?}");
+}
+
+/// The statuses of `victim`'s `Direct` query, by the nodes that answered it.
+async fn direct_statuses(victim: &FederatedMesh) -> Vec<(fed_mesh::crypto::NodeId, PeerStatus)> {
+    let q = victim
+        .federated_query(
+            PatternQuery::new(embedding(1, DIM), 3),
+            FederationScope::Direct,
+            QueryOptions::default(),
+        )
+        .await
+        .unwrap();
+    q.peers
+        .into_iter()
+        .filter(|p| p.reported_by.is_none())
+        .map(|p| (p.node, p.status))
+        .collect()
+}
+
+/// Test 5, revocation: a voting member commits the revocation of a member; from
+/// then on every member, voting or not, refuses that member's requests, and its
+/// commits. A node that does not vote cannot revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_member_revocation_is_enforced_by_every_member() {
+    let g = genesis(20..24, 1);
+    let nodes = full_mesh(20, 6, |_, c| {
+        with_genesis(c, &g);
+        c.consensus.as_mut().unwrap().commit_timeout_ms = 5_000;
+    })
+    .await;
+    let victim = &nodes[5];
+    let before = direct_statuses(victim).await;
+    assert_eq!(before.len(), 5);
+    assert!(
+        before
+            .iter()
+            .all(|(_, s)| matches!(s, PeerStatus::Answered { .. })),
+        "{before:?}"
+    );
+    // Not from a node that does not vote.
+    let refused = nodes[4]
+        .commit_revocation(Revocation::Member(victim.node_id()))
+        .await;
+    assert!(matches!(refused, Err(Error::Consensus(_))), "{refused:?}");
+    assert_eq!(direct_statuses(victim).await, before);
+
+    let r = nodes[1]
+        .commit_revocation(Revocation::Member(victim.node_id()))
+        .await
+        .unwrap();
+    r.verify(&g.membership().unwrap()).unwrap();
+    // Each member refuses the victim's next request under its token; the
+    // victim then loses that session, and its handshakes are refused too.
+    let mut refused = BTreeSet::new();
+    for _ in 0..100 {
+        for (node, status) in direct_statuses(victim).await {
+            if status == PeerStatus::Refused(Refusal::TokenRevoked) {
+                refused.insert(node);
+            }
+        }
+        if refused.len() == 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(refused.len(), 5, "members that refused: {refused:?}");
+    let after = direct_statuses(victim).await;
+    assert!(
+        after
+            .iter()
+            .all(|(_, s)| !matches!(s, PeerStatus::Answered { .. })),
+        "{after:?}"
+    );
+    assert!(victim.byzantine_commit(update(1)).await.is_err());
+    // The other non-voter is still served.
+    let other = direct_statuses(&nodes[4]).await;
+    assert!(
+        other
+            .iter()
+            .filter(|(n, _)| *n != victim.node_id())
+            .all(|(_, s)| matches!(s, PeerStatus::Answered { .. })),
+        "{other:?}"
+    );
+    shutdown(&nodes).await;
 }
