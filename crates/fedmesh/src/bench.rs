@@ -4,22 +4,17 @@
 //! commit after the primary's process is SIGKILLed.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use fed_mesh::{
-    FederatedMesh, MeshConfig, PeerAddress,
-    crypto::Identity,
-    genesis::{ConsensusParameters, Genesis, GenesisMember},
-    handshake::Open,
+    FederatedMesh, MeshConfig, PeerAddress, crypto::Identity, handshake::Open,
     substrate::StateUpdate,
 };
 use futures::StreamExt;
 
-use crate::{Failure, control, keys};
+use crate::{Failure, local::LocalFederation};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -40,37 +35,12 @@ pub(crate) struct BenchArgs {
     sequential: usize,
 }
 
-struct Voter {
-    socket: PathBuf,
-    child: Child,
-}
-
-impl Drop for Voter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i].as_secs_f64() * 1e3
-}
-
-async fn wait_socket(socket: &Path) -> Result<serde_json::Value, Failure> {
-    for _ in 0..400 {
-        if let Ok(v) = control::call(socket, &control::ControlRequest::Status).await {
-            return Ok(v);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(Failure::runtime(format!(
-        "{}: the voter did not start",
-        socket.display()
-    )))
 }
 
 fn update(i: usize, size: usize) -> StateUpdate {
@@ -86,60 +56,20 @@ fn update(i: usize, size: usize) -> StateUpdate {
 
 #[allow(clippy::disallowed_methods)] // a benchmark measures wall-clock time
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
-    let dir = tempfile::tempdir().map_err(|e| Failure::runtime(e.to_string()))?;
-    let exe = std::env::current_exe().map_err(|e| Failure::runtime(e.to_string()))?;
-    let mut members = Vec::new();
-    let mut key_paths = Vec::new();
-    for i in 0..args.voters {
-        let key = dir.path().join(format!("v{i}.key"));
-        let id = keys::generate(&key, false)?;
-        members.push(GenesisMember {
-            identity: id.public().clone(),
-            addresses: Vec::new(),
-        });
-        key_paths.push(key);
-    }
-    let genesis = Genesis {
-        federation: fed_mesh::handshake::FederationId([0xbe; 32]),
-        created_ms: 1,
-        consensus: ConsensusParameters::default(),
-        members,
-    };
-    let genesis_path = dir.path().join("genesis.toml");
-    std::fs::write(&genesis_path, genesis.to_toml())
-        .map_err(|e| Failure::runtime(e.to_string()))?;
-
-    let mut voters: Vec<Voter> = Vec::new();
+    let mut fed = LocalFederation::create(
+        args.voters,
+        0,
+        &[
+            "--requests-per-second",
+            "1000000",
+            "--max-in-flight",
+            "100000",
+        ],
+    )?;
     let mut addrs: Vec<String> = Vec::new();
-    for (i, key) in key_paths.iter().enumerate() {
-        let data = dir.path().join(format!("d{i}"));
-        let socket = data.join("control.sock");
-        let mut cmd = Command::new(&exe);
-        cmd.arg("node")
-            .arg("--key")
-            .arg(key)
-            .arg("--genesis")
-            .arg(&genesis_path)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
-            .args([
-                "--requests-per-second",
-                "1000000",
-                "--max-in-flight",
-                "100000",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for a in &addrs {
-            cmd.args(["--bootstrap", a]);
-        }
-        let child = cmd.spawn().map_err(|e| Failure::runtime(e.to_string()))?;
-        voters.push(Voter {
-            socket: socket.clone(),
-            child,
-        });
-        let status = wait_socket(&socket).await?;
+    for i in 0..args.voters {
+        fed.start(i).await?;
+        let status = fed.status(i).await?;
         addrs.push(
             status["addresses"][0]
                 .as_str()
@@ -147,6 +77,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
                 .to_string(),
         );
     }
+    let genesis = fed.genesis.clone();
 
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
     getrandom::fill(&mut seed[..])
@@ -246,12 +177,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         percentile(&lat, 0.99)
     );
     // Recovery: SIGKILL the primary, time the next commit.
-    let status = control::call(&voters[0].socket, &control::ControlRequest::Status).await?;
-    let view = status["consensus"]["view"].as_u64().unwrap_or(0);
-    let primary = (view % args.voters as u64) as usize;
+    let primary = fed.primary(0).await?;
     let t = Instant::now();
-    let _ = voters[primary].child.kill();
-    let _ = voters[primary].child.wait();
+    fed.kill(primary);
     let killed = t.elapsed();
     let first = commit(3_000_000)
         .await
@@ -261,6 +189,6 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         (killed + first).as_secs_f64() * 1e3
     );
     let _ = client.shutdown().await;
-    drop(voters);
+    drop(fed);
     Ok(())
 }

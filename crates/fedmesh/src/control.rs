@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use fed_mesh::{
-    FederatedMesh,
-    substrate::{Pattern, PatternId, StateUpdate},
+    FederatedMesh, FederationScope, OnionRouting, QueryOptions,
+    substrate::{Pattern, PatternId, PatternQuery, StateUpdate},
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -30,6 +30,15 @@ pub(crate) enum ControlRequest {
     Commit { kind: String, data: String },
     /// Store a pattern in the substrate.
     AddPattern { id: u64, embedding: Vec<f32> },
+    /// Run a federated query: `scope` is `local`, `direct` or `global`;
+    /// `onion_relays` routes it through that many onion relays per path.
+    Query {
+        embedding: Vec<f32>,
+        top_k: usize,
+        scope: String,
+        #[serde(default)]
+        onion_relays: Option<u8>,
+    },
     /// Write to the shared map.
     Put { key: String, value: String },
     /// Read the shared map.
@@ -126,6 +135,47 @@ async fn answer(
             };
             let stored = mesh.store_pattern(pattern).await.map_err(e)?;
             serde_json::json!({ "stored": stored })
+        }
+        ControlRequest::Query {
+            embedding,
+            top_k,
+            scope,
+            onion_relays,
+        } => {
+            let scope = match scope.as_str() {
+                "local" => FederationScope::Local,
+                "direct" => FederationScope::Direct,
+                "global" => FederationScope::Global { max_hops: 3 },
+                other => return Err(format!("scope `{other}`: local, direct or global")),
+            };
+            let options = QueryOptions {
+                onion: onion_relays.map(|relays| OnionRouting {
+                    relays,
+                    ..OnionRouting::default()
+                }),
+                ..QueryOptions::default()
+            };
+            let outcome = mesh
+                .federated_query(PatternQuery::new(embedding, top_k), scope, options)
+                .await
+                .map_err(e)?;
+            let results: Vec<_> = outcome
+                .results
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "pattern": hex::encode(r.pattern.as_bytes()),
+                        "score": r.score,
+                        "provenance": r.provenance.iter().map(|n| hex::encode(n.0)).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let peers: Vec<_> = outcome
+                .peers
+                .iter()
+                .map(|p| serde_json::json!({ "node": hex::encode(p.node.0), "status": format!("{:?}", p.status) }))
+                .collect();
+            serde_json::json!({ "results": results, "peers": peers, "complete": outcome.complete })
         }
         ControlRequest::Put { key, value } => {
             mesh.put(key, value).await.map_err(e)?;

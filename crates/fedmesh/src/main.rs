@@ -6,7 +6,9 @@
 
 mod bench;
 mod control;
+mod demo;
 mod keys;
+mod local;
 mod node;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -17,7 +19,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug)]
 pub(crate) struct Failure {
     code: u8,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl Failure {
@@ -141,6 +143,11 @@ enum Cmd {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Runs a local federation of node processes and shows what it does:
+    /// joins, patterns, an onion-routed query, the shared map, commits with
+    /// proofs checked offline, the primary killed, its restart. Exits non-zero
+    /// if a step fails; removes its processes and directories, also on Ctrl-C.
+    Demo(demo::DemoArgs),
     /// Measures commits per second and latency of a local federation of
     /// voting processes (docs/BENCHMARKS.md).
     BenchCommit(bench::BenchArgs),
@@ -294,6 +301,7 @@ fn run(command: Cmd) -> Result<(), Failure> {
             ))?;
             Ok(())
         }
+        Cmd::Demo(args) => runtime()?.block_on(demo::run(args)),
         Cmd::BenchCommit(args) => runtime()?.block_on(bench::run(args)),
         Cmd::AuditVerify { data_dir, key } => node::audit_verify(&data_dir, &key),
         Cmd::VerifyProof { receipt, genesis } => node::verify_proof(&receipt, &genesis),

@@ -12,6 +12,7 @@
 
 mod cli;
 mod commit;
+mod demo;
 
 use std::{
     io::{BufRead, BufReader, Write},
