@@ -53,8 +53,6 @@ fn update(i: usize, size: usize) -> StateUpdate {
         bytes,
     }
 }
-
-#[allow(clippy::disallowed_methods)] // a benchmark measures wall-clock time
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     let mut fed = LocalFederation::create(
         args.voters,

@@ -191,8 +191,6 @@ async fn answer(
         }
     })
 }
-
-#[allow(clippy::disallowed_methods)] // the command is where time enters
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

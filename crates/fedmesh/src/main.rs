@@ -4,6 +4,10 @@
 //! failed); 2 bad usage (clap); 3 a bad file, field or flag; 4 the node is
 //! unreachable; 5 a proof or log that does not verify.
 
+// The command is the IO layer: clocks, sleeps and blocking calls are its job
+// (the workspace's `disallowed_methods` guard the sans-IO crates).
+#![allow(clippy::disallowed_methods)]
+
 mod bench;
 mod control;
 mod demo;

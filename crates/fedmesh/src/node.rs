@@ -247,7 +247,6 @@ pub(crate) fn init(
             addresses,
         });
     }
-    #[allow(clippy::disallowed_methods)] // the command is where time enters
     let created_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
