@@ -67,9 +67,21 @@ impl MeshConfig {
     /// Takes part in the consensus of `genesis`: sets the federation id to the
     /// genesis's and the consensus from it (defaults: 16 client slots, 30 s
     /// commit timeout; fields of [`consensus`](Self::consensus) to change them).
+    ///
+    /// Session messages must hold a whole batch: the capabilities' message size
+    /// is raised to the genesis's `max_batch_bytes` plus 256 KiB (at most 16 MiB),
+    /// and the frame limit with it.
     pub fn with_genesis(mut self, genesis: &crate::genesis::Genesis) -> Result<Self> {
         self.federation = genesis.federation;
-        self.consensus = Some(ConsensusConfig::from_genesis(genesis)?);
+        let consensus = ConsensusConfig::from_genesis(genesis)?;
+        let need = (consensus.pbft.max_batch_bytes + (256 << 10)).min(16 << 20) as u32;
+        let limits = &mut self.capabilities.limits;
+        limits.max_message_bytes = limits.max_message_bytes.max(need);
+        self.limits.max_frame_bytes = self
+            .limits
+            .max_frame_bytes
+            .max(limits.max_message_bytes as usize + 4096);
+        self.consensus = Some(consensus);
         Ok(self)
     }
 
@@ -167,6 +179,20 @@ impl MeshBuilder {
         let mut consensus = config.consensus.clone();
         let mut pbft_store = None;
         if let Some(c) = consensus.as_mut() {
+            let message = config.capabilities.limits.max_message_bytes as usize;
+            if c.pbft.max_batch_bytes + (128 << 10) > message {
+                return Err(Error::Config(format!(
+                    "capabilities.limits.max_message_bytes ({message}) cannot carry a batch of the genesis's max_batch_bytes ({}) with its framing: raise it to at least {}",
+                    c.pbft.max_batch_bytes,
+                    c.pbft.max_batch_bytes + (128 << 10)
+                )));
+            }
+            let voting = c.membership.index_of(&config.identity.node_id()).is_some();
+            if voting && store.is_none() && !c.volatile_replica {
+                return Err(Error::Config(
+                    "a voting member needs a data directory (data_dir): a replica that forgets its votes at a restart can contradict them".into(),
+                ));
+            }
             if c.federation != config.federation {
                 return Err(Error::Config(
                     "the consensus (genesis) is for another federation than `federation`".into(),

@@ -255,6 +255,8 @@ pub enum CutOffReason {
     Abuse,
     /// It authenticated as another identity than its libp2p peer id.
     IdentityMismatch,
+    /// The federation committed its revocation.
+    Revoked,
 }
 
 impl CutOffReason {
@@ -265,6 +267,7 @@ impl CutOffReason {
             CutOffReason::Malformed => "malformed",
             CutOffReason::Abuse => "abuse",
             CutOffReason::IdentityMismatch => "identity_mismatch",
+            CutOffReason::Revoked => "revoked",
         }
     }
 }

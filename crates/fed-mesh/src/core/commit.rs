@@ -56,10 +56,17 @@ pub const MAX_CLIENT_SLOTS: u16 = 256;
 
 /// Most commits waiting for a free client slot.
 const MAX_QUEUED_COMMITS: usize = 4096;
+/// Most revocations a ledger holds (tokens and members together): beyond it a
+/// revocation is refused, so that the snapshot stays bounded.
+pub const MAX_REVOCATIONS: usize = 65_536;
+
 /// Executed batches kept to answer proof requests.
 const PROOF_CACHE_BATCHES: usize = 1024;
 /// Bytes of executed batches kept to answer proof requests.
 const PROOF_CACHE_BYTES: usize = 64 << 20;
+/// Room left in a session message for the envelope and the channel's framing.
+const ENVELOPE_SLACK: usize = 64 * 1024;
+
 /// How long a client waits for one replica's proof before asking the next.
 const PROOF_RETRY_MS: u64 = 500;
 
@@ -84,6 +91,11 @@ pub struct ConsensusConfig {
     pub commit_timeout_ms: u64,
     /// The replica's durable state, read from the store at start.
     pub recovered: Option<Arc<DurableState>>,
+    /// Lets a voting member run without a data directory. Such a replica
+    /// forgets its votes when it stops and may then contradict them, which
+    /// breaks the fault bound; for tests and experiments only. Default false:
+    /// a voting member without a store does not start.
+    pub volatile_replica: bool,
     /// Test hook: this replica signs PREPAREs and COMMITs for digests other than
     /// the batches' and answers proof requests with a forged signature (a
     /// Byzantine voter). Never set it in production.
@@ -118,6 +130,7 @@ impl ConsensusConfig {
             client_slots: 16,
             commit_timeout_ms: 30_000,
             recovered: None,
+            volatile_replica: false,
             byzantine_votes: false,
         })
     }
@@ -144,8 +157,9 @@ impl std::fmt::Debug for ConsensusConfig {
 /// replicas that executed different sequences have different checkpoint
 /// digests. An operation that is not exactly one [`Operation`] is a no-op (not
 /// chained) with result `[1]`; a revocation from a client that is not one of a
-/// voting member's slots is a no-op with result `[2]`; anything else is
-/// chained and answers `[0] ‖ be64(index)`.
+/// voting member's slots, of a voting member, or beyond [`MAX_REVOCATIONS`], is
+/// a no-op with result `[2]`; anything else is chained and answers
+/// `[0] ‖ be64(index)`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     /// Operations executed.
@@ -158,6 +172,9 @@ pub struct Ledger {
     pub revoked_members: std::collections::BTreeSet<[u8; 32]>,
     /// The client ids of the voting members' slots: who may revoke.
     voters: std::collections::HashSet<ClientId>,
+    /// The voting members' node ids: who may not be revoked (removing a voter
+    /// is a membership change).
+    voter_nodes: std::collections::HashSet<[u8; 32]>,
 }
 
 impl Ledger {
@@ -165,7 +182,22 @@ impl Ledger {
     pub fn new(membership: &Membership) -> Self {
         Self {
             voters: voter_clients(membership),
+            voter_nodes: membership.members().iter().map(|m| m.node_id().0).collect(),
             ..Self::default()
+        }
+    }
+
+    /// Whether `client` may commit `op`: updates from anyone; revocations only
+    /// from a voting member's slot, never of a voting member, and not beyond
+    /// [`MAX_REVOCATIONS`].
+    fn allows(&self, client: &ClientId, op: &Operation) -> bool {
+        match op {
+            Operation::Update(_) => true,
+            Operation::RevokeToken(_) | Operation::RevokeMember(_) => {
+                self.voters.contains(client)
+                    && !matches!(op, Operation::RevokeMember(n) if self.voter_nodes.contains(n))
+                    && self.revoked_tokens.len() + self.revoked_members.len() < MAX_REVOCATIONS
+            }
         }
     }
 }
@@ -193,17 +225,16 @@ impl Application for Ledger {
         let Some(op) = decode_operation(operation) else {
             return vec![1];
         };
+        if !self.allows(client, &op) {
+            return vec![2];
+        }
         match op {
             Operation::Update(_) => {}
-            Operation::RevokeToken(id) | Operation::RevokeMember(id) => {
-                if !self.voters.contains(client) {
-                    return vec![2];
-                }
-                if matches!(op, Operation::RevokeToken(_)) {
-                    self.revoked_tokens.insert(id);
-                } else {
-                    self.revoked_members.insert(id);
-                }
+            Operation::RevokeToken(id) => {
+                self.revoked_tokens.insert(id);
+            }
+            Operation::RevokeMember(id) => {
+                self.revoked_members.insert(id);
             }
         }
         let index = self.count;
@@ -252,7 +283,7 @@ impl Application for Ledger {
 /// What a commit asks the federation to do.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Operation {
-    /// An update of the application's state (applied to every member's substrate).
+    /// An update of the application's state (applied to every voting member's substrate).
     Update(StateUpdate),
     /// Refuse, on every member, requests under the token with this id.
     RevokeToken([u8; 32]),
@@ -319,6 +350,16 @@ impl CommitReceipt {
         self.proof
             .verify_batch(membership, &self.batch)
             .map_err(|e| Error::Pbft(Arc::new(e)))?;
+        if let Operation::RevokeToken(_) | Operation::RevokeMember(_) = &self.operation {
+            let ledger = Ledger::new(membership);
+            if !ledger.voters.contains(&self.client)
+                || matches!(&self.operation, Operation::RevokeMember(n) if ledger.voter_nodes.contains(n))
+            {
+                return Err(Error::Consensus(
+                    "a revocation by a client that may not revoke executes as a no-op".into(),
+                ));
+            }
+        }
         let operation = encode_operation(&self.operation);
         let requests = decode_batch(&self.batch).map_err(|e| Error::Pbft(Arc::new(e)))?;
         if requests.iter().any(|r| {
@@ -419,6 +460,9 @@ struct Queued {
     deadline: u64,
 }
 
+/// An executed batch kept for proof requests: its proof, the batch, its requests.
+type Remembered = (CommitProof, Arc<[u8]>, Vec<(ClientId, u64)>);
+
 /// The node's part in the consensus.
 pub(crate) struct CommitState {
     config: ConsensusConfig,
@@ -427,8 +471,8 @@ pub(crate) struct CommitState {
     queue: VecDeque<Queued>,
     /// The node and slot of each client a replica knows, for its replies.
     clients: HashMap<ClientId, NodeId>,
-    /// Executed batches for proof requests: seq → (proof, batch).
-    recent: BTreeMap<u64, (CommitProof, Arc<[u8]>)>,
+    /// Executed batches for proof requests: seq → (proof, batch, its requests).
+    recent: BTreeMap<u64, Remembered>,
     recent_bytes: usize,
     by_request: HashMap<(ClientId, u64), u64>,
     pub(crate) committed: u64,
@@ -436,8 +480,8 @@ pub(crate) struct CommitState {
     outbox: BTreeMap<PeerId, (Vec<Multiaddr>, Vec<Vec<u8>>)>,
     /// Inputs are being fed in a group; [`Core::drain_replica`] runs once after.
     defer_drain: bool,
-    /// The client ids of the voting members' slots (who may revoke).
-    voters: std::collections::HashSet<ClientId>,
+    /// An empty ledger of this membership: the rule of who may revoke what.
+    rule: Ledger,
 }
 
 /// `hash(PBFT_CLIENT_ID, [node, be16(slot)])`.
@@ -540,7 +584,7 @@ impl CommitState {
             committed: 0,
             outbox: BTreeMap::new(),
             defer_drain: false,
-            voters: voter_clients(&m),
+            rule: Ledger::new(&m),
         })
     }
 
@@ -565,6 +609,8 @@ impl CommitState {
         next
     }
 
+    /// Keeps an executed (or pushed and verified) batch for proof requests. A
+    /// sequence number already held is kept as it is.
     fn remember(
         &mut self,
         seq: u64,
@@ -572,20 +618,24 @@ impl CommitState {
         batch: Arc<[u8]>,
         requests: &[(ClientId, u64)],
     ) {
+        if self.recent.contains_key(&seq) {
+            return;
+        }
         self.recent_bytes += batch.len();
         for r in requests {
             self.by_request.insert(*r, seq);
         }
-        self.recent.insert(seq, (proof, batch));
+        self.recent.insert(seq, (proof, batch, requests.to_vec()));
         while self.recent.len() > PROOF_CACHE_BATCHES || self.recent_bytes > PROOF_CACHE_BYTES {
-            let Some((_, (_, batch))) = self.recent.pop_first() else {
+            let Some((old, (_, batch, requests))) = self.recent.pop_first() else {
                 break;
             };
             self.recent_bytes -= batch.len();
-        }
-        if self.by_request.len() > 4 * PROOF_CACHE_BATCHES * 64 {
-            let oldest = self.recent.keys().next().copied().unwrap_or(0);
-            self.by_request.retain(|_, s| *s >= oldest);
+            for r in requests {
+                if self.by_request.get(&r) == Some(&old) {
+                    self.by_request.remove(&r);
+                }
+            }
         }
     }
 }
@@ -759,22 +809,38 @@ impl Core {
         }
         let expires = now.saturating_add(c.config.pbft.request_timeout_ms.max(1000));
         let outbox = std::mem::take(&mut c.outbox);
+        // One envelope per peer, split where it would outgrow the session's
+        // messages (a message alone larger than that goes alone, and fails to seal).
+        let limit = (self.config.capabilities.limits.max_message_bytes as usize)
+            .saturating_sub(ENVELOPE_SLACK);
         for (peer, (addrs, messages)) in outbox {
-            let body: Vec<serde_bytes::ByteBuf> = messages
-                .into_iter()
-                .map(serde_bytes::ByteBuf::from)
-                .collect();
-            self.send_or_queue(
-                peer,
-                Protocol::Pbft,
-                wire::envelope(Kind::Pbft, &wire::encode(&body)),
-                Purpose::Pbft,
-                addrs,
-                expires,
-                now,
-            );
+            let mut groups: Vec<Vec<serde_bytes::ByteBuf>> = vec![Vec::new()];
+            let mut size = 0usize;
+            for m in messages {
+                let len = m.len() + 10;
+                if size + len > limit && groups.last().is_some_and(|g| !g.is_empty()) {
+                    groups.push(Vec::new());
+                    size = 0;
+                }
+                size += len;
+                if let Some(g) = groups.last_mut() {
+                    g.push(serde_bytes::ByteBuf::from(m));
+                }
+            }
+            for body in groups {
+                self.send_or_queue(
+                    peer,
+                    Protocol::Pbft,
+                    wire::envelope(Kind::Pbft, &wire::encode(&body)),
+                    Purpose::Pbft,
+                    addrs.clone(),
+                    expires,
+                    now,
+                );
+            }
         }
     }
+
     /// Sends a reply to the node of its client.
     fn pbft_reply(&mut self, reply: &fed_pbft::Reply, now: u64) {
         let Ok(bytes) = reply.to_bytes() else {
@@ -896,7 +962,7 @@ impl Core {
                 _ => {}
             }
         }
-        self.sync_revocations();
+        self.sync_revocations(now);
     }
 
     fn on_executed(&mut self, x: fed_pbft::Executed, now: u64) {
@@ -929,10 +995,21 @@ impl Core {
             };
             match decode_operation(&r.operation) {
                 Some(Operation::Update(u)) => updates.push((r.client, r.timestamp, u)),
-                Some(op) if c.voters.contains(&r.client) => {
-                    revocations.extend(revocation_of(&op));
+                Some(op) => {
+                    // As the ledger decided: its revoked sets hold the ones it took.
+                    if let (Some(rv), Some(ledger)) =
+                        (revocation_of(&op), c.replica.as_ref().map(Replica::app))
+                    {
+                        let taken = match rv {
+                            Revocation::Token(t) => ledger.revoked_tokens.contains(&t),
+                            Revocation::Member(m) => ledger.revoked_members.contains(&m.0),
+                        };
+                        if taken {
+                            revocations.push(rv);
+                        }
+                    }
                 }
-                _ => {}
+                None => {}
             }
         }
         c.remember(x.seq, x.proof.clone(), x.batch.clone(), &x.requests);
@@ -963,7 +1040,7 @@ impl Core {
                 }
             }
             for r in &revocations {
-                self.apply_revocation(*r);
+                self.apply_revocation(*r, now);
             }
         }
         if !push_to.is_empty() {
@@ -995,19 +1072,26 @@ impl Core {
 
     /// A committed revocation takes effect here: requests under the token, or
     /// of the member, are refused from now on, and the member's handshakes.
-    fn apply_revocation(&mut self, r: Revocation) {
+    fn apply_revocation(&mut self, r: Revocation, now: u64) {
         let new = match r {
             Revocation::Token(id) => self.revoked.insert(id),
             Revocation::Member(node) => self.revoked_members.insert(node.0),
         };
         if new {
             self.event(MeshEvent::Revoked(r));
+            // A revoked member's connections close too: nothing it sends or
+            // answers counts any more.
+            if let Revocation::Member(node) = r
+                && let Some(peer) = self.peer_of(&node)
+            {
+                self.cut_off(peer, crate::types::CutOffReason::Revoked, now);
+            }
         }
     }
 
     /// After a state transfer the ledger may hold revocations this node never
     /// executed: take them over.
-    fn sync_revocations(&mut self) {
+    pub(super) fn sync_revocations(&mut self, now: u64) {
         let Some(ledger) = self
             .commit
             .as_ref()
@@ -1024,10 +1108,10 @@ impl Core {
         let tokens: Vec<[u8; 32]> = ledger.revoked_tokens.iter().copied().collect();
         let members: Vec<[u8; 32]> = ledger.revoked_members.iter().copied().collect();
         for t in tokens {
-            self.apply_revocation(Revocation::Token(t));
+            self.apply_revocation(Revocation::Token(t), now);
         }
         for m in members {
-            self.apply_revocation(Revocation::Member(NodeId(m)));
+            self.apply_revocation(Revocation::Member(NodeId(m)), now);
         }
     }
 
@@ -1049,26 +1133,37 @@ impl Core {
         // membership before this node applies them.
         let revocations: Vec<Revocation> = requests
             .iter()
-            .filter(|r| c.voters.contains(&r.client))
-            .filter_map(|r| revocation_of(&decode_operation(&r.operation)?))
+            .filter_map(|r| {
+                let op = decode_operation(&r.operation)?;
+                if !c.rule.allows(&r.client, &op) {
+                    return None;
+                }
+                revocation_of(&op)
+            })
             .collect();
-        if !revocations.is_empty() && c.replica.is_none() {
-            if proof.verify_batch(&c.config.membership, &batch).is_err() {
-                self.stats.pbft_rejected += 1;
-                return;
-            }
-            for r in revocations {
-                self.apply_revocation(r);
-            }
-        }
-        let Some(c) = self.commit.as_mut() else {
-            return;
-        };
         let ours: Vec<(ClientId, u64)> = requests
             .iter()
             .filter(|r| c.slots.iter().any(|s| s.id == r.client))
             .map(|r| r.id())
             .collect();
+        let apply = !revocations.is_empty() && c.replica.is_none();
+        if !apply && ours.is_empty() {
+            return;
+        }
+        // Checked before anything is kept or applied: a quorum of the
+        // membership signed this batch.
+        if proof.verify_batch(&c.config.membership, &batch).is_err() {
+            self.stats.pbft_rejected += 1;
+            return;
+        }
+        if apply {
+            for r in revocations {
+                self.apply_revocation(r, now);
+            }
+        }
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
         if ours.is_empty() {
             return;
         }
@@ -1154,7 +1249,7 @@ impl Core {
         };
         let key = (s.id, f.timestamp);
         if let Some(seq) = c.by_request.get(&key)
-            && let Some((proof, batch)) = c.recent.get(seq)
+            && let Some((proof, batch, _)) = c.recent.get(seq)
         {
             let (proof, batch) = (proof.clone(), batch.to_vec());
             if self.finish_commit(i, proof, batch) {
@@ -1347,6 +1442,23 @@ impl Core {
         }
     }
 
+    /// Every session with `node` ended: its slots' keys leave the replica's
+    /// table (its replicated client records stay), so that nodes that come
+    /// and go do not fill it. They are registered again at its next session.
+    pub(super) fn commit_peer_gone(&mut self, node: NodeId) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let Some(r) = c.replica.as_mut() else {
+            return;
+        };
+        for s in 0..MAX_CLIENT_SLOTS {
+            let id = client_id(&node, s);
+            r.remove_client(&id);
+            c.clients.remove(&id);
+        }
+    }
+
     /// A request on `/exo-fed/pbft/1`.
     pub(super) fn on_pbft_request(
         &mut self,
@@ -1402,7 +1514,7 @@ impl Core {
                     let seq = c
                         .by_request
                         .get(&(ClientId(request.client), request.timestamp))?;
-                    let (proof, batch) = c.recent.get(seq)?;
+                    let (proof, batch, _) = c.recent.get(seq)?;
                     let mut proof = proof.clone();
                     if c.config.byzantine_votes
                         && let Some((_, sig)) = proof.signatures.first_mut()
@@ -1566,5 +1678,26 @@ mod tests {
             members: vec![[7; 32], [5; 32]],
         }));
         assert!(Ledger::new(&m).restore(&bad).is_err());
+        // A voting member cannot be revoked, even by a voter.
+        let voter_node = m.members()[0].node_id().0;
+        let before = l.clone();
+        let revoke_voter = encode_operation(&Operation::RevokeMember(voter_node));
+        assert_eq!(l.execute(&voter, &revoke_voter), vec![2]);
+        assert_eq!(l, before);
+    }
+
+    #[test]
+    fn revocations_stop_at_the_cap() {
+        let m = membership();
+        let voter = client_id(&m.members()[1].node_id(), 0);
+        let mut l = Ledger::new(&m);
+        for i in 0..MAX_REVOCATIONS as u64 {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            l.revoked_tokens.insert(id);
+        }
+        let op = encode_operation(&Operation::RevokeToken([0xff; 32]));
+        assert_eq!(l.execute(&voter, &op), vec![2]);
+        assert_eq!(l.revoked_tokens.len(), MAX_REVOCATIONS);
     }
 }

@@ -419,6 +419,9 @@ impl Core {
             config,
         };
         core.publish_record(now)?;
+        // A replica recovered from disk enforces the revocations of its ledger
+        // from the start.
+        core.sync_revocations(now);
         Ok(core)
     }
 

@@ -344,6 +344,9 @@ impl Core {
         if !keep {
             self.forget_peer(peer);
         }
+        if let Some(node) = node {
+            self.commit_peer_gone(node);
+        }
         for j in joiners {
             self.complete(j, Completion::Joined(Err(Error::Disconnected(peer))));
         }
@@ -754,7 +757,9 @@ impl Core {
         // This node's policy decides whom it takes as a member in this direction
         // too: a peer the user pinned (a join target or bootstrap node), or one
         // the policy admits. Anyone else gets no session from this node.
-        if expected != Some(node) && !self.admits(&session.peer, now) {
+        if (expected != Some(node) && !self.admits(&session.peer, now))
+            || self.revoked_members.contains(&node.0)
+        {
             self.handshake_failed(
                 peer,
                 Direction::Outbound,
