@@ -133,6 +133,30 @@ enum Cmd {
         target: Target,
         key: String,
     },
+    /// Runs a federated query: the embedding as comma-separated numbers.
+    Query {
+        #[command(flatten)]
+        target: Target,
+        /// The query embedding, e.g. `0.1,0.7,0.2`.
+        embedding: String,
+        /// Results wanted.
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// `local`, `direct` or `global`.
+        #[arg(long, default_value = "global")]
+        scope: String,
+        /// Route through this many onion relays per path (1 to 5).
+        #[arg(long)]
+        onion_relays: Option<u8>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stores patterns in a running node's substrate.
+    Patterns {
+        #[command(subcommand)]
+        command: PatternsCmd,
+    },
     /// Stops a running node.
     Shutdown {
         #[command(flatten)]
@@ -163,6 +187,30 @@ enum Cmd {
         #[arg(long)]
         genesis: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PatternsCmd {
+    /// Adds one pattern: its id and its embedding (comma-separated numbers).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// The pattern's id (a number).
+        id: u64,
+        /// The embedding, e.g. `0.1,0.7,0.2`.
+        embedding: String,
+    },
+}
+
+/// Parses `0.1,0.7,0.2`.
+fn parse_embedding(s: &str) -> Result<Vec<f32>, Failure> {
+    s.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f32>()
+                .map_err(|e| Failure::config(format!("embedding value `{v}`: {e}")))
+        })
+        .collect()
 }
 
 /// Which running node to talk to.
@@ -285,6 +333,57 @@ fn run(command: Cmd) -> Result<(), Failure> {
                 &target.control,
                 &control::ControlRequest::Put { key, value },
             ))?;
+            Ok(())
+        }
+        Cmd::Query {
+            target,
+            embedding,
+            top_k,
+            scope,
+            onion_relays,
+            json,
+        } => {
+            let request = control::ControlRequest::Query {
+                embedding: parse_embedding(&embedding)?,
+                top_k,
+                scope,
+                onion_relays,
+            };
+            let v = runtime()?.block_on(control::call(&target.control, &request))?;
+            print(json, &v, || {
+                let mut out = String::new();
+                for r in v["results"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{:.4}  {}  from {}\n",
+                        r["score"].as_f64().unwrap_or(f64::NAN),
+                        r["pattern"].as_str().unwrap_or_default(),
+                        r["provenance"][0].as_str().unwrap_or_default(),
+                    ));
+                }
+                for p in v["peers"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "peer {}: {}\n",
+                        p["node"].as_str().unwrap_or_default(),
+                        p["status"].as_str().unwrap_or_default()
+                    ));
+                }
+                out.trim_end().to_string()
+            });
+            Ok(())
+        }
+        Cmd::Patterns {
+            command:
+                PatternsCmd::Add {
+                    target,
+                    id,
+                    embedding,
+                },
+        } => {
+            let request = control::ControlRequest::AddPattern {
+                id,
+                embedding: parse_embedding(&embedding)?,
+            };
+            runtime()?.block_on(control::call(&target.control, &request))?;
             Ok(())
         }
         Cmd::Get { target, key } => {

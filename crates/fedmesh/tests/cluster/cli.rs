@@ -112,3 +112,40 @@ fn receipts_verify_against_their_genesis_only() {
     let (code, _, err) = fedmesh(&["verify-proof", &genesis, "--genesis", &genesis]);
     assert_eq!(code, 5, "{err}");
 }
+
+#[test]
+fn patterns_added_by_command_are_found_by_a_query() {
+    let mut c = Cluster::new(1);
+    c.start(0);
+    let socket = c.nodes[0].socket();
+    let socket = socket.to_str().unwrap();
+    for (id, e) in [(1, "1,0,0"), (2, "0,1,0"), (3, "0.9,0.1,0")] {
+        let (code, _, err) = fedmesh(&["patterns", "add", "--control", socket, &id.to_string(), e]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = fedmesh(&[
+        "query",
+        "--control",
+        socket,
+        "1,0,0",
+        "--top-k",
+        "2",
+        "--scope",
+        "local",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["pattern"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{out}");
+    assert!(ids[0].ends_with("01") && ids[1].ends_with("03"), "{out}");
+    // A bad embedding names the value at fault.
+    let (code, _, err) = fedmesh(&["query", "--control", socket, "1,x,0"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("`x`"), "{err}");
+}
