@@ -92,6 +92,8 @@ mod error;
 pub mod genesis;
 #[cfg(feature = "node")]
 mod mesh;
+#[cfg(feature = "node")]
+mod metrics;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod substrate;
@@ -110,6 +112,9 @@ pub use fed_onion as onion;
 pub use fed_pbft as pbft;
 pub use libp2p_identity::PeerId;
 pub use multiaddr::Multiaddr;
+#[cfg(feature = "node")]
+#[doc(inline)]
+pub use prometheus_client;
 
 pub use crate::{
     core::{

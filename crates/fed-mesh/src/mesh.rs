@@ -144,9 +144,35 @@ impl std::fmt::Debug for MeshConfig {
 pub struct MeshBuilder {
     config: MeshConfig,
     substrate: Option<Arc<dyn Substrate>>,
+    metrics: Option<crate::metrics::NodeMetrics>,
 }
 
 impl MeshBuilder {
+    /// Registers the node's Prometheus metrics into `registry`: libp2p's
+    /// (prefix `libp2p_`: connections, identify, ping, Kademlia) and the
+    /// federation's (prefix `exo_fed_`: handshakes, queries and their latency,
+    /// onion packets, refusals and cut-offs by reason, commits, view changes,
+    /// checkpoint height). Encode the registry with
+    /// [`prometheus_client::encoding::text::encode`] to serve it; values are at
+    /// most a second old.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use fed_mesh::{FederatedMesh, MeshConfig, crypto::Identity, handshake::{FederationId, Open}};
+    /// use fed_mesh::prometheus_client::registry::Registry;
+    ///
+    /// let identity = Arc::new(Identity::generate(&mut rand::rng(), false));
+    /// let mut registry = Registry::default();
+    /// let builder = FederatedMesh::builder(MeshConfig::new(identity, FederationId([7; 32]), Arc::new(Open)))
+    ///     .metrics(&mut registry);
+    /// // builder.start().await? runs the node; scrape `registry` from then on.
+    /// # drop(builder);
+    /// ```
+    pub fn metrics(mut self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.metrics = Some(crate::metrics::NodeMetrics::register(registry));
+        self
+    }
+
     /// The substrate the node searches and stores in (default: an empty
     /// [`MemorySubstrate`]).
     pub fn substrate(mut self, substrate: impl Substrate) -> Self {
@@ -251,6 +277,7 @@ impl MeshBuilder {
             &config.bootstrap,
             audit,
             pbft_store,
+            self.metrics,
         );
         let peer_id = driver.local_peer();
         tokio::spawn(driver.run());
@@ -336,6 +363,7 @@ impl FederatedMesh {
         MeshBuilder {
             config,
             substrate: None,
+            metrics: None,
         }
     }
 

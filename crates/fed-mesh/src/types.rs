@@ -411,4 +411,62 @@ pub struct Stats {
     pub requests_sent: u64,
     /// PBFT messages, replies and proofs refused (bad MAC, signature, sender, shape).
     pub pbft_rejected: u64,
+    /// Committed batches this node executed or was shown with a proof.
+    pub committed_batches: u64,
+    /// Updates in those batches.
+    pub committed_updates: u64,
+    /// View changes this replica went through.
+    pub view_changes: u64,
+    /// How long queries from members took to answer, from request to response.
+    pub query_served_ms: LatencyHistogram,
+    /// How long queries this node started took, from command to outcome.
+    pub query_ms: LatencyHistogram,
+}
+
+/// The upper bounds, in milliseconds, of [`LatencyHistogram`]'s buckets (the
+/// last bucket holds the rest).
+pub const LATENCY_BOUNDS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 10_000];
+
+/// A latency histogram with the fixed buckets of [`LATENCY_BOUNDS_MS`], in
+/// whole milliseconds (the core's clock).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative): `buckets[i]` counts those at
+    /// most `LATENCY_BOUNDS_MS[i]` and above the bound before it; the last
+    /// counts those above every bound.
+    pub buckets: [u64; LATENCY_BOUNDS_MS.len() + 1],
+    /// Observations.
+    pub count: u64,
+    /// Their sum, in milliseconds.
+    pub sum_ms: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&mut self, ms: u64) {
+        let i = LATENCY_BOUNDS_MS.partition_point(|&b| b < ms);
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_latency_falls_in_the_first_bucket_whose_bound_holds_it() {
+        let mut h = LatencyHistogram::default();
+        for ms in [0, 1, 2, 3, 10_000, 10_001, u64::MAX] {
+            h.observe(ms);
+        }
+        assert_eq!(h.buckets[0], 2); // 0 and 1: at most 1 ms
+        assert_eq!(h.buckets[1], 1); // 2
+        assert_eq!(h.buckets[2], 1); // 3: at most 5
+        assert_eq!(h.buckets[LATENCY_BOUNDS_MS.len() - 1], 1); // 10 000
+        assert_eq!(h.buckets[LATENCY_BOUNDS_MS.len()], 2); // above every bound
+        assert_eq!(h.count, 7);
+        assert_eq!(h.sum_ms, u64::MAX);
+    }
 }

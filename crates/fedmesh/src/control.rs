@@ -2,10 +2,10 @@
 //! the node's user can open (the socket is mode 0600 in the data directory,
 //! which is 0700). One request per line, one answer per line.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use fed_mesh::{
-    FederatedMesh, FederationScope, OnionRouting, QueryOptions,
+    FederationScope, OnionRouting, QueryOptions,
     substrate::{Pattern, PatternId, PatternQuery, StateUpdate},
 };
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use tokio::{
     sync::watch,
 };
 
-use crate::Failure;
+use crate::{Failure, status::Observer};
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 1 << 20;
@@ -47,70 +47,16 @@ pub(crate) enum ControlRequest {
     Shutdown,
 }
 
-/// The node's state, as `fedmesh status --json` prints it.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Status {
-    pub(crate) node_id: String,
-    pub(crate) peer_id: String,
-    /// Listen addresses with `/p2p/<peer id>`, each followed by `#<node id>`:
-    /// what `--bootstrap` takes.
-    pub(crate) addresses: Vec<String>,
-    pub(crate) peers: usize,
-    pub(crate) patterns: usize,
-    pub(crate) consensus: Option<ConsensusJson>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ConsensusJson {
-    pub(crate) replica: Option<u16>,
-    pub(crate) view: u64,
-    pub(crate) last_executed: u64,
-    pub(crate) stable_checkpoint: u64,
-    pub(crate) ledger_count: u64,
-    pub(crate) ledger_head: String,
-}
-
-pub(crate) async fn status(mesh: &FederatedMesh) -> Result<Status, String> {
-    let e = |e: fed_mesh::Error| e.to_string();
-    let node = hex::encode(mesh.node_id().0);
-    let addresses = mesh
-        .listen_addrs()
-        .await
-        .map_err(e)?
-        .into_iter()
-        .map(|a| format!("{a}/p2p/{}#{node}", mesh.peer_id()))
-        .collect();
-    let consensus = mesh
-        .consensus_status()
-        .await
-        .map_err(e)?
-        .map(|c| ConsensusJson {
-            replica: c.replica,
-            view: c.view,
-            last_executed: c.last_executed,
-            stable_checkpoint: c.stable_checkpoint,
-            ledger_count: c.ledger_count,
-            ledger_head: hex::encode(c.ledger_head),
-        });
-    Ok(Status {
-        node_id: node,
-        peer_id: mesh.peer_id().to_string(),
-        addresses,
-        peers: mesh.peer_count().await.map_err(e)?,
-        patterns: mesh.substrate().len().await,
-        consensus,
-    })
-}
-
 async fn answer(
-    mesh: &FederatedMesh,
+    observer: &Observer,
     request: ControlRequest,
     stop: &watch::Sender<bool>,
 ) -> Result<serde_json::Value, String> {
+    let mesh = observer.mesh();
     let e = |e: fed_mesh::Error| e.to_string();
     Ok(match request {
         ControlRequest::Status => {
-            serde_json::to_value(status(mesh).await?).map_err(|e| e.to_string())?
+            serde_json::to_value(observer.status().await?).map_err(|e| e.to_string())?
         }
         ControlRequest::Commit { kind, data } => {
             let bytes = hex::decode(&data).map_err(|e| format!("data: {e}"))?;
@@ -191,7 +137,7 @@ async fn answer(
         }
     })
 }
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -224,22 +170,26 @@ pub(crate) async fn bind(path: &Path) -> Result<UnixListener, Failure> {
 }
 
 /// Serves the control socket until `stop` is set.
-pub(crate) async fn serve(listener: UnixListener, mesh: FederatedMesh, stop: watch::Sender<bool>) {
+pub(crate) async fn serve(
+    listener: UnixListener,
+    observer: Arc<Observer>,
+    stop: watch::Sender<bool>,
+) {
     let mut stopped = stop.subscribe();
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let mesh = mesh.clone();
+                let observer = observer.clone();
                 let stop = stop.clone();
-                tokio::spawn(async move { connection(stream, mesh, stop).await });
+                tokio::spawn(async move { connection(stream, observer, stop).await });
             }
         }
     }
 }
 
-async fn connection(stream: UnixStream, mesh: FederatedMesh, stop: watch::Sender<bool>) {
+async fn connection(stream: UnixStream, observer: Arc<Observer>, stop: watch::Sender<bool>) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
@@ -261,7 +211,7 @@ async fn connection(stream: UnixStream, mesh: FederatedMesh, stop: watch::Sender
         } else {
             match serde_json::from_str::<ControlRequest>(&line) {
                 Err(e) => serde_json::json!({ "ok": false, "error": format!("bad request: {e}") }),
-                Ok(request) => match answer(&mesh, request, &stop).await {
+                Ok(request) => match answer(&observer, request, &stop).await {
                     Ok(v) => serde_json::json!({ "ok": true, "result": v }),
                     Err(e) => serde_json::json!({ "ok": false, "error": e }),
                 },

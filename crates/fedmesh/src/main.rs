@@ -14,6 +14,8 @@ mod demo;
 mod keys;
 mod local;
 mod node;
+mod status;
+mod web;
 
 use std::{path::PathBuf, process::ExitCode};
 

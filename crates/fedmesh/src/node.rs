@@ -14,7 +14,8 @@ use fed_mesh::{
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::{Failure, control, keys};
+use crate::{Failure, control, keys, status::Observer, web};
+use fed_mesh::prometheus_client::registry::Registry;
 
 /// `fedmesh node`: every field of the config file can be given (or
 /// overridden) by a flag.
@@ -53,6 +54,10 @@ pub(crate) struct NodeArgs {
     /// Requests a member may have outstanding with this node.
     #[arg(long)]
     max_in_flight: Option<u32>,
+    /// Serve Prometheus metrics (`/metrics`) and the status page (`/`,
+    /// `/status`) on this address, e.g. `127.0.0.1:9464` (port 0: any).
+    #[arg(long)]
+    metrics: Option<String>,
 }
 
 /// The configuration file.
@@ -69,6 +74,7 @@ struct FileConfig {
     bootstrap: Vec<String>,
     control: Option<PathBuf>,
     client_slots: Option<u16>,
+    metrics: Option<String>,
     #[serde(default)]
     limits: LimitsConfig,
 }
@@ -181,18 +187,32 @@ pub(crate) async fn run(args: NodeArgs) -> Result<(), Failure> {
     if let Some(m) = args.max_in_flight.or(file.limits.max_in_flight) {
         config.capabilities.limits.max_in_flight = m.max(1);
     }
+    let web = match args.metrics.or(file.metrics) {
+        Some(addr) => Some(web::bind(&addr).await?),
+        None => None,
+    };
+    let mut registry = Registry::default();
     let mesh = FederatedMesh::builder(config)
+        .metrics(&mut registry)
         .start()
         .await
         .map_err(|e| Failure::config(e.to_string()))?;
+    let http = web.as_ref().and_then(|l| l.local_addr().ok());
+    let observer = Observer::start(mesh.clone(), genesis, registry, http);
     let socket = args
         .control
         .or_else(|| file.control.map(|p| relative_to(base, p)))
         .unwrap_or_else(|| data_dir.join("control.sock"));
     let listener = control::bind(&socket).await?;
     let (stop, mut stopped) = watch::channel(false);
-    let server = tokio::spawn(control::serve(listener, mesh.clone(), stop.clone()));
-    tracing::info!(node = %hex::encode(mesh.node_id().0), control = %socket.display(), "node running");
+    let server = tokio::spawn(control::serve(listener, observer.clone(), stop.clone()));
+    let web_server = web.map(|l| tokio::spawn(web::serve(l, observer.clone(), stop.clone())));
+    tracing::info!(
+        node = %hex::encode(mesh.node_id().0),
+        control = %socket.display(),
+        http = ?http,
+        "node running"
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Failure::runtime(format!("signals: {e}")))?;
     tokio::select! {
@@ -202,6 +222,9 @@ pub(crate) async fn run(args: NodeArgs) -> Result<(), Failure> {
     }
     let _ = stop.send(true);
     let _ = server.await;
+    if let Some(w) = web_server {
+        let _ = w.await;
+    }
     let _ = mesh.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())

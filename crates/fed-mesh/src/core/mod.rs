@@ -604,6 +604,14 @@ impl Core {
     }
 
     fn event(&mut self, event: MeshEvent) {
+        match &event {
+            MeshEvent::Committed(batch) => {
+                self.stats.committed_batches += 1;
+                self.stats.committed_updates += batch.updates.len() as u64;
+            }
+            MeshEvent::ViewChanged { .. } => self.stats.view_changes += 1,
+            _ => {}
+        }
         self.push(Action::Event(event));
     }
 

@@ -108,6 +108,8 @@ struct Query {
     duplicates: Vec<InboundId>,
     /// The peers that sent it (never forwarded back to).
     asked_by: Vec<PeerId>,
+    /// When it started here (the command, or the request from a member).
+    started: u64,
 }
 
 /// Duplicates of one query a node holds open until its own answer is ready.
@@ -445,6 +447,7 @@ impl Core {
                 reports: Vec::new(),
                 duplicates: Vec::new(),
                 asked_by: Vec::new(),
+                started: now,
             },
         );
         match (scope, onion) {
@@ -670,6 +673,7 @@ impl Core {
                 reports: Vec::new(),
                 duplicates: Vec::new(),
                 asked_by: vec![peer],
+                started: now,
             },
         );
         if forward {
@@ -948,8 +952,10 @@ impl Core {
         let Some(q) = self.queries.active.remove(&qid) else {
             return;
         };
+        let took = now.saturating_sub(q.started);
         match q.origin {
             Origin::Remote { inbound, .. } => {
+                self.stats.query_served_ms.observe(took);
                 if let Some(own) = q.responses.get(&self.local_node.0) {
                     self.queries.remember_answer(qid, own.clone());
                 }
@@ -959,6 +965,7 @@ impl Core {
                 command,
                 ref options,
             } => {
+                self.stats.query_ms.observe(took);
                 let options = options.clone();
                 let outcome = self.reconcile_local(q, &options, now);
                 self.complete(command, Completion::Queried(outcome));

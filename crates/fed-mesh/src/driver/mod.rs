@@ -254,6 +254,8 @@ pub(crate) struct Driver {
     failed: bool,
     /// Peers a test partitioned away (the core's bans never lift these).
     partitioned: std::collections::HashSet<PeerId>,
+    /// Prometheus metrics, when the builder registered them.
+    metrics: Option<crate::metrics::NodeMetrics>,
 }
 
 impl Driver {
@@ -267,6 +269,7 @@ impl Driver {
         bootstrap: &[crate::PeerAddress],
         audit: Option<(crate::store::AuditLog, Arc<fed_crypto::Identity>)>,
         pbft_store: Option<crate::store::PbftStore>,
+        metrics: Option<crate::metrics::NodeMetrics>,
     ) -> Self {
         let (searches_tx, searches_rx) = mpsc::channel(1024);
         let (apply_tx, mut apply_rx) =
@@ -304,7 +307,9 @@ impl Driver {
             apply_tx,
             failed: false,
             partitioned: Default::default(),
+            metrics,
         };
+        driver.refresh_metrics();
         for b in bootstrap {
             if let Ok(peer) = b.peer_id() {
                 driver
@@ -320,6 +325,8 @@ impl Driver {
     /// Runs until a shutdown request or until every handle is dropped.
     pub(crate) async fn run(mut self) {
         let mut kad_bootstrap = tokio::time::interval(Duration::from_secs(300));
+        let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
+        metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = now_ms();
             let wait = self
@@ -348,12 +355,25 @@ impl Driver {
                 _ = kad_bootstrap.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
+                _ = metrics_tick.tick(), if self.metrics.is_some() => self.refresh_metrics(),
             }
             self.drain();
             if self.failed {
                 self.fail_waiting();
                 break;
             }
+        }
+    }
+
+    /// Copies the core's counters and consensus status for the metrics.
+    fn refresh_metrics(&self) {
+        if let Some(m) = &self.metrics {
+            m.update(crate::metrics::Snapshot {
+                stats: self.core.stats().clone(),
+                consensus: self.core.consensus_status(),
+                connected: self.swarm.connected_peers().count(),
+                members: self.core.peer_count(),
+            });
         }
     }
 
@@ -409,6 +429,16 @@ impl Driver {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         let now = now_ms();
+        if let Some(m) = &self.metrics {
+            use libp2p::metrics::Recorder;
+            m.libp2p.record(&event);
+            match &event {
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.libp2p.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => m.libp2p.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => m.libp2p.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id,

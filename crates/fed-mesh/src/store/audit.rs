@@ -223,6 +223,26 @@ impl AuditLog {
         Ok(out)
     }
 
+    /// The last `n` entries with their indexes, oldest first (for status pages).
+    pub fn tail(&self, n: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        let s = &self.store;
+        let read = s.db_read()?;
+        let mut out = Vec::with_capacity(n.min(1024));
+        if let Some(t) = s.table_if_any(&read, AUDIT)? {
+            for entry in t.iter().map_err(|e| s.io(e))?.rev().take(n) {
+                let (k, v) = entry.map_err(|e| s.corrupt(e))?;
+                let index = k.value();
+                let body = s.open_record("audit", &index.to_be_bytes(), v.value())?;
+                let entry = super::decode_body(body).ok_or_else(|| {
+                    s.corrupt(format!("record {index} of table audit does not decode"))
+                })?;
+                out.push((index, entry));
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// Checks the whole log against the node's public identity: every entry in
     /// its place and following the one before, the head naming the last one and
     /// their count, signed by the node (one read transaction: a consistent

@@ -592,6 +592,22 @@ mod audit {
         assert!(reason.len() <= fed_mesh::store::MAX_CUT_OFF_REASON_LEN && !reason.is_empty());
     }
 
+    #[test]
+    fn the_tail_is_the_last_entries_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let id = identity(1);
+        log(&path, &id);
+        let store = Store::open(&path, &id.node_id()).unwrap();
+        let all = store.audit().entries().unwrap();
+        let tail = store.audit().tail(5).unwrap();
+        let indexes: Vec<u64> = tail.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indexes, vec![45, 46, 47, 48, 49]);
+        let entries: Vec<_> = tail.into_iter().map(|(_, e)| e).collect();
+        assert_eq!(entries, all[45..].to_vec());
+        assert_eq!(store.audit().tail(500).unwrap().len(), 50);
+    }
+
     /// A log of 50 entries by node `id`, closed.
     fn log(path: &std::path::Path, id: &Identity) {
         let store = Store::open(path, &id.node_id()).unwrap();

@@ -13,6 +13,7 @@
 mod cli;
 mod commit;
 mod demo;
+mod web;
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -95,6 +96,11 @@ impl Cluster {
     /// Starts node `i`, bootstrapping to every running node, and waits until
     /// its control socket answers.
     pub(crate) fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    /// [`Cluster::start`] with more flags for `fedmesh node`.
+    pub(crate) fn start_with(&mut self, i: usize, extra: &[&str]) {
         let mut boot = Vec::new();
         for (j, other) in self.nodes.iter().enumerate() {
             if j != i && other.running() {
@@ -118,7 +124,8 @@ impl Cluster {
             .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
             .stdout(Stdio::null())
             .stderr(log)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .args(extra);
         for b in &boot {
             cmd.args(["--bootstrap", b]);
         }
@@ -141,6 +148,11 @@ impl Cluster {
         for i in 0..self.nodes.len() {
             self.start(i);
         }
+        self.wait_connected();
+    }
+
+    /// Waits until every node has a session with every other.
+    pub(crate) fn wait_connected(&mut self) {
         let n = self.nodes.len();
         for node in &self.nodes {
             let socket = node.socket();
