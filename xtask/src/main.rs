@@ -21,8 +21,10 @@ cargo xtask <command>
 Commands:
   ci [--keep-going]          every check CI runs, in order (fmt, clippy, test, the
                              fast-kem backend's clippy and tests, bench build, doc,
-                             deps, sim, mesh sim, deny, fuzz build and smoke run)
+                             publish dry run, deps, sim, mesh sim, deny, fuzz build
+                             and smoke run)
   deps                       check the crate stack: no crate depends on one above it
+  publish-dry-run            cargo publish --dry-run of every library crate, in order
   test                       cargo test --workspace --locked
   fast-kem                   clippy and tests with fed-crypto's libcrux ML-KEM backend
   bench [CRATE..] [-- ARGS]  criterion benches (CRATE: crypto, crdt, ...; default all),
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cmd {
         "ci" => ci(rest.iter().any(|a| a == "--keep-going")),
         "deps" => deps::check_workspace(&root()).map_err(|e| vec![e]),
+        "publish-dry-run" => publish_dry_run().map_err(|e| vec![e]),
         "test" => run_step(&test_step()).map_err(|e| vec![e]),
         "fast-kem" => fast_kem().map_err(|e| vec![e]),
         "bench" => bench(rest).map_err(|e| vec![e]),
@@ -419,10 +422,12 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
             Box::new(|| {
                 run_step(
                     &Step::cargo("doc", &["doc", "--workspace", "--no-deps", "--locked"])
-                        .env("RUSTDOCFLAGS", "-D warnings"),
+                        // docs.rs's setting: `docsrs` is set for the crates' docs.
+                        .env("RUSTDOCFLAGS", "-D warnings --cfg docsrs"),
                 )
             }),
         ),
+        ("publish-dry-run", Box::new(publish_dry_run)),
         ("deps", Box::new(|| deps::check_workspace(&root()))),
         ("sim", Box::new(|| sim_run(CI_SIM_SEEDS, None, None))),
         ("mesh-sim", Box::new(|| mesh_sim_run(false))),
@@ -441,6 +446,29 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
     } else {
         Err(failures)
     }
+}
+
+/// `cargo publish --dry-run` of every library crate, in dependency order: each
+/// is packaged and built from its package alone, against its siblings'
+/// packages (cargo resolves unpublished workspace members through a local
+/// registry of the packages it just made). The binary and xtask are not
+/// published.
+fn publish_dry_run() -> Result<(), String> {
+    run_step(&Step::cargo(
+        "publish-dry-run",
+        &[
+            "publish",
+            "--workspace",
+            "--exclude",
+            "fedmesh",
+            "--exclude",
+            "xtask",
+            "--dry-run",
+            "--locked",
+            // A CI checkout may hold files the tests wrote; nothing is uploaded.
+            "--allow-dirty",
+        ],
+    ))
 }
 
 fn deny() -> Result<(), String> {

@@ -138,3 +138,10 @@ pub(crate) fn test_cases(default: u32) -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The workspace README's examples, one per crate, compiled and run as
+/// doctests (in the repository only: the package does not carry the README
+/// of the workspace, and this item exists only under `cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct WorkspaceReadme;

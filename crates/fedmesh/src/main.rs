@@ -272,15 +272,19 @@ fn run(command: Cmd) -> Result<(), Failure> {
         } => {
             let identity = keys::generate(&out, post_quantum)?;
             let public = keys::public_file(identity.public());
+            let peer_id = fed_mesh::core::peer_id_of_identity(identity.public())
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             let value = serde_json::json!({
                 "node_id": public.node_id,
+                "peer_id": peer_id,
                 "identity": public.identity,
                 "key": out.display().to_string(),
                 "public": keys::public_path(&out).display().to_string(),
             });
             print(json, &value, || {
                 format!(
-                    "wrote {} (secret, mode 0600) and {}\nnode id {}",
+                    "wrote {} (secret, mode 0600) and {}\nnode id {}\npeer id {peer_id}",
                     out.display(),
                     keys::public_path(&out).display(),
                     public.node_id
