@@ -164,15 +164,14 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Verifies a node's audit log offline (the node must be stopped).
-    AuditVerify {
-        /// The node's data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The node's key file (the log's head is signed by it).
-        #[arg(long)]
-        key: PathBuf,
+    /// The node's audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
     },
+    /// `fedmesh audit verify` (the earlier spelling).
+    #[command(hide = true)]
+    AuditVerify(AuditArgs),
     /// Runs a local federation of node processes and shows what it does:
     /// joins, patterns, an onion-routed query, the shared map, commits with
     /// proofs checked offline, the primary killed, its restart. Exits non-zero
@@ -189,6 +188,24 @@ enum Cmd {
         #[arg(long)]
         genesis: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verifies a node's audit log offline (the node must be stopped): every
+    /// entry follows the one before, and the head, signed by the node, names
+    /// the last. Exit code 5 if it does not verify.
+    Verify(AuditArgs),
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// The node's data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The node's key file (the log's head is signed by it).
+    #[arg(long)]
+    key: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -412,7 +429,10 @@ fn run(command: Cmd) -> Result<(), Failure> {
         }
         Cmd::Demo(args) => runtime()?.block_on(demo::run(args)),
         Cmd::BenchCommit(args) => runtime()?.block_on(bench::run(args)),
-        Cmd::AuditVerify { data_dir, key } => node::audit_verify(&data_dir, &key),
+        Cmd::Audit {
+            command: AuditCmd::Verify(a),
+        }
+        | Cmd::AuditVerify(a) => node::audit_verify(&a.data_dir, &a.key),
         Cmd::VerifyProof { receipt, genesis } => node::verify_proof(&receipt, &genesis),
     }
 }

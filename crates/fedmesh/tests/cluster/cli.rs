@@ -149,3 +149,29 @@ fn patterns_added_by_command_are_found_by_a_query() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("`x`"), "{err}");
 }
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        &["keygen"][..],
+        &["init"],
+        &["node"],
+        &["status"],
+        &["commit"],
+        &["put"],
+        &["get"],
+        &["query"],
+        &["patterns", "add"],
+        &["shutdown"],
+        &["audit", "verify"],
+        &["demo"],
+        &["bench-commit"],
+        &["verify-proof"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let (code, out, err) = fedmesh(&args);
+        assert_eq!(code, 0, "{cmd:?}: {err}");
+        assert!(out.contains("Usage: fedmesh"), "{cmd:?}: {out}");
+    }
+}

@@ -106,7 +106,8 @@ fn a_voter_killed_during_commits_loses_nothing_and_an_edited_byte_is_refused() {
     c.stop(victim);
     let node = &c.nodes[victim];
     let (code, out, err) = fedmesh(&[
-        "audit-verify",
+        "audit",
+        "verify",
         "--data-dir",
         node.data.to_str().unwrap(),
         "--key",
