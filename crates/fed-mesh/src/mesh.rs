@@ -261,6 +261,9 @@ impl MeshBuilder {
         core_config.limits = config.limits.clone();
         core_config.timing = config.timing.clone();
         core_config.consensus = consensus;
+        if let Some(store) = &store {
+            core_config.state = Some(store.state().load()?);
+        }
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| Error::Config(format!("no OS randomness: {e}")))?;
         let core = Core::new(core_config, seed, driver::now_ms())?;
@@ -277,6 +280,7 @@ impl MeshBuilder {
             &config.bootstrap,
             audit,
             pbft_store,
+            store.as_ref().map(Store::state),
             self.metrics,
         );
         let peer_id = driver.local_peer();

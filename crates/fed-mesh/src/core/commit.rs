@@ -1078,6 +1078,7 @@ impl Core {
             Revocation::Member(node) => self.revoked_members.insert(node.0),
         };
         if new {
+            self.store_state(vec![super::StateWrite::Revoked(r)]);
             self.event(MeshEvent::Revoked(r));
             // A revoked member's connections close too: nothing it sends or
             // answers counts any more.

@@ -203,6 +203,59 @@ pub enum Action {
     /// action that follows (the messages that depend on it). A host without
     /// storage loses the replica's votes at a crash.
     Persist(Vec<fed_pbft::Persist>),
+    /// Write the node's own durable state, synced, before carrying out any
+    /// action that follows (a `put` completes, and peers hear of it, only once
+    /// it is on disk). Only with [`CoreConfig::state`] set.
+    Store(Vec<StateWrite>),
+}
+
+/// A piece of the node's durable state (docs/protocol/store.md §6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StateWrite {
+    /// An entry of a replicated map as it now stands: `entry` is the postcard
+    /// encoding of its `fed_crdt::Entry` (stamp, then the value or a tombstone).
+    MapEntry {
+        /// Which map.
+        map: crate::wire::MapName,
+        /// The entry's key, as the map's codec encodes it (a directory key is
+        /// the member's 32-byte node id; a shared-map key is its bytes).
+        key: Vec<u8>,
+        /// The entry.
+        entry: Vec<u8>,
+    },
+    /// A revocation this node enforces (a committed one, or its own).
+    Revoked(commit::Revocation),
+    /// A token this node issued (written before the handshake message that
+    /// carries it leaves).
+    TokenIssued(IssuedToken),
+}
+
+/// A token this node issued, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IssuedToken {
+    /// The token's id (the handle for revocation).
+    pub id: [u8; 32],
+    /// The member it was issued to.
+    pub subject: [u8; 32],
+    /// When it was issued (Unix milliseconds, this node's clock).
+    pub issued_at: u64,
+    /// When it expires (Unix milliseconds).
+    pub expires_at: u64,
+}
+
+/// The node's durable state as stored: what a core starts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeState {
+    /// The directory's entries: (node id, postcard `Entry<MemberRecord>`).
+    pub directory: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The shared map's entries: (key, postcard `Entry<SharedValue>`).
+    pub shared: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The revocations this node enforces.
+    pub revoked: Vec<commit::Revocation>,
+    /// The tokens this node issued that had not expired when it stored them
+    /// (expired ones may be gone).
+    pub issued: Vec<IssuedToken>,
 }
 
 /// A request from the node's user.
@@ -286,6 +339,10 @@ pub struct CoreConfig {
     pub timing: Timing,
     /// The consensus this node takes part in (from the genesis), if any.
     pub consensus: Option<commit::ConsensusConfig>,
+    /// The node's durable state (the replicated maps, the revocations it
+    /// enforces) as stored, if it keeps one: the core starts from it and emits
+    /// [`Action::Store`] for every change. `None`: nothing is kept.
+    pub state: Option<NodeState>,
 }
 
 impl CoreConfig {
@@ -310,6 +367,7 @@ impl CoreConfig {
             limits: Limits::default(),
             timing: Timing::default(),
             consensus: None,
+            state: None,
         }
     }
 }
@@ -418,6 +476,10 @@ impl Core {
             commit,
             config,
         };
+        if let Some(state) = core.config.state.take() {
+            core.restore(state, now)?;
+            core.config.state = Some(NodeState::default());
+        }
         core.publish_record(now)?;
         // A replica recovered from disk enforces the revocations of its ledger
         // from the start.
@@ -564,7 +626,23 @@ impl Core {
 
     /// Marks a token id revoked: requests under it are refused from now on.
     pub fn revoke_token(&mut self, token_id: [u8; 32]) {
-        self.revoked.insert(token_id);
+        if self.revoked.insert(token_id) {
+            self.store_state(vec![StateWrite::Revoked(commit::Revocation::Token(
+                token_id,
+            ))]);
+        }
+    }
+
+    /// Whether the node keeps durable state.
+    fn keeps_state(&self) -> bool {
+        self.config.state.is_some()
+    }
+
+    /// Asks the host to write `writes` durably (if the node keeps state).
+    pub(crate) fn store_state(&mut self, writes: Vec<StateWrite>) {
+        if self.keeps_state() && !writes.is_empty() {
+            self.push(Action::Store(writes));
+        }
     }
 
     // --- Outputs ---

@@ -943,7 +943,34 @@ impl Core {
             Some(HsEvent::Established(session)) => Some(session),
             _ => None,
         };
+        if let Some(session) = &established
+            && self.revoked_members.contains(&session.peer.node_id().0)
+        {
+            // A revoked member gets no token: the final message (which carries
+            // it) never leaves.
+            self.push(Action::Respond {
+                id,
+                payload: Vec::new(),
+            });
+            self.handshake_failed(
+                peer,
+                Direction::Inbound,
+                fed_handshake::Error::NotAdmitted("the member is revoked"),
+                now,
+            );
+            return;
+        }
         let answer = r.poll_transmit().unwrap_or_default();
+        if let Some(session) = &established {
+            // The token is on disk before the message that carries it leaves.
+            let body = session.token.body();
+            self.store_state(vec![super::StateWrite::TokenIssued(super::IssuedToken {
+                id: body.id,
+                subject: body.subject,
+                issued_at: now,
+                expires_at: body.expires_at,
+            })]);
+        }
         self.push(Action::Respond {
             id,
             payload: answer,

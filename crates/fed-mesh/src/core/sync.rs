@@ -359,6 +359,7 @@ impl Core {
         if let Some(e) = failure {
             return Err(e.into());
         }
+        self.store_entries(MapName::Directory, vec![self.local_node.0.to_vec()]);
         // This node is a member of its own directory, whatever its policy says.
         if let Some(entry) = self.directory.map.entry(&self.local_node.0)
             && let Some(record) = entry.value()
@@ -406,6 +407,7 @@ impl Core {
         let federation = self.config.federation;
         let identity = self.config.identity.clone();
         let mut failure = None;
+        let stored_key = key.clone();
         self.shared.map.write_with(
             key,
             |key, stamp| {
@@ -428,7 +430,87 @@ impl Core {
         if let Some(e) = failure {
             return Err(e.into());
         }
+        // On disk before the write completes and before peers hear of it.
+        self.store_entries(MapName::Shared, vec![stored_key]);
         self.start_sync_round(now, true);
+        Ok(())
+    }
+
+    /// The entries of `map` under `keys` as they now stand, for the store.
+    fn store_entries(&mut self, map: MapName, keys: Vec<Vec<u8>>) {
+        if !self.keeps_state() {
+            return;
+        }
+        let writes = keys
+            .into_iter()
+            .filter_map(|key| {
+                let entry = match map {
+                    MapName::Directory => {
+                        let k: [u8; 32] = key.as_slice().try_into().ok()?;
+                        wire::encode(self.directory.map.entry(&k)?)
+                    }
+                    MapName::Shared => wire::encode(self.shared.map.entry(&key)?),
+                };
+                Some(super::StateWrite::MapEntry { map, key, entry })
+            })
+            .collect();
+        self.store_state(writes);
+    }
+
+    /// Starts from the stored state: the maps' entries (each directory record
+    /// checked again, as it was when it arrived) and the revocations. The
+    /// clock moves past every stored stamp, so that this node's next writes
+    /// win over its writes before the restart even if the wall clock went
+    /// back.
+    pub(super) fn restore(&mut self, state: super::NodeState, now: u64) -> Result<()> {
+        let corrupt = |what: &str, key: &[u8]| {
+            Error::Config(format!(
+                "the stored {what} {} does not decode",
+                hex_short(key)
+            ))
+        };
+        let federation = self.config.federation;
+        let mut checked = Vec::new();
+        for (key, bytes) in &state.directory {
+            let k: [u8; 32] = key
+                .as_slice()
+                .try_into()
+                .map_err(|_| corrupt("directory key", key))?;
+            let entry =
+                wire::decode::<fed_crdt::Entry<MemberRecord>>(bytes, "stored directory entry")
+                    .map_err(|_| corrupt("directory entry", key))?;
+            let _ = self.clock.observe(&entry.stamp(), now);
+            let Some(record) = entry.value() else {
+                continue;
+            };
+            match fresh(&federation, &k, entry.stamp(), record) {
+                Ok(f) => checked.push(f),
+                Err(reason) => {
+                    tracing::warn!(node = %hex_short(key), reason, "a stored directory record is no longer valid; dropped");
+                    continue;
+                }
+            }
+            self.directory
+                .map
+                .write_at(k, Some(record.clone()), entry.stamp());
+        }
+        self.directory
+            .adopt(checked, &federation, self.config.admission.as_ref(), now);
+        for (key, bytes) in &state.shared {
+            let entry = wire::decode::<fed_crdt::Entry<SharedValue>>(bytes, "stored shared entry")
+                .map_err(|_| corrupt("shared-map entry", key))?;
+            let _ = self.clock.observe(&entry.stamp(), now);
+            let stamp = entry.stamp();
+            self.shared
+                .map
+                .write_at(key.clone(), entry.value().cloned(), stamp);
+        }
+        for r in state.revoked {
+            match r {
+                super::commit::Revocation::Token(id) => self.revoked.insert(id),
+                super::commit::Revocation::Member(node) => self.revoked_members.insert(node.0),
+            };
+        }
         Ok(())
     }
 
@@ -677,6 +759,8 @@ impl Core {
             .map
             .ingest_trusted_delta(delta, &mut self.clock, now)
             .map_err(|_| Rejected::Unusable("clock skew"))?;
+        let keys = checked.iter().map(|f| f.key.to_vec()).collect();
+        self.store_entries(MapName::Directory, keys);
         self.directory
             .adopt(checked, &federation, self.config.admission.as_ref(), now);
         let next = match applied.next {
@@ -714,10 +798,12 @@ impl Core {
             return Err(Rejected::Unusable("a frontier origin without a record"));
         }
         let federation = self.config.federation;
+        let mut arriving = Vec::new();
         for (key, entry) in delta.entries() {
             if self.shared.map.entry(key).map(|e| e.stamp()) == Some(entry.stamp()) {
                 continue;
             }
+            arriving.push(key.clone());
             let value = entry
                 .value()
                 .ok_or(Rejected::Forged("shared-map tombstone"))?;
@@ -766,6 +852,7 @@ impl Core {
             .map
             .ingest_trusted_delta(delta, &mut self.clock, now)
             .map_err(|_| Rejected::Unusable("clock skew"))?;
+        self.store_entries(MapName::Shared, arriving);
         let next = match applied.next {
             Some(r) => Some(
                 r.encode(limits)
@@ -775,6 +862,11 @@ impl Core {
         };
         Ok((applied.outcome.changed, next))
     }
+}
+
+/// The first bytes of a key, in hex, for messages.
+fn hex_short(key: &[u8]) -> String {
+    key.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 enum Rejected {

@@ -256,6 +256,8 @@ pub(crate) struct Driver {
     partitioned: std::collections::HashSet<PeerId>,
     /// Prometheus metrics, when the builder registered them.
     metrics: Option<crate::metrics::NodeMetrics>,
+    /// The node's own durable state, with a data directory.
+    state_store: Option<crate::store::StateStore>,
 }
 
 impl Driver {
@@ -269,6 +271,7 @@ impl Driver {
         bootstrap: &[crate::PeerAddress],
         audit: Option<(crate::store::AuditLog, Arc<fed_crypto::Identity>)>,
         pbft_store: Option<crate::store::PbftStore>,
+        state_store: Option<crate::store::StateStore>,
         metrics: Option<crate::metrics::NodeMetrics>,
     ) -> Self {
         let (searches_tx, searches_rx) = mpsc::channel(1024);
@@ -308,6 +311,7 @@ impl Driver {
             failed: false,
             partitioned: Default::default(),
             metrics,
+            state_store,
         };
         driver.refresh_metrics();
         for b in bootstrap {
@@ -615,6 +619,16 @@ impl Driver {
                         && let Err(e) = store.persist_all(&writes)
                     {
                         tracing::error!(error = %e, "cannot persist the replica's state; the node stops");
+                        self.failed = true;
+                    }
+                }
+                Action::Store(writes) => {
+                    // Synced before the actions after it (the write's
+                    // completion, the messages that tell peers).
+                    if let Some(store) = &self.state_store
+                        && let Err(e) = store.write(&writes)
+                    {
+                        tracing::error!(error = %e, "cannot store the node's state; the node stops");
                         self.failed = true;
                     }
                 }

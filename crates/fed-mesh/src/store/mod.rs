@@ -8,14 +8,14 @@
 //!
 //! What is stored, and every record's bytes: `docs/protocol/store.md`. This
 //! release stores the replica state of `fed-pbft` ([`PbftStore`]), the
-//! hash-chained, signed audit log ([`AuditLog`]) and the substrate's patterns
-//! ([`PersistentSubstrate`]); the other durable state of the node (CRDT state,
-//! directory, tokens) is the subject of the next steps of issue 11 and is not
-//! stored yet.
+//! hash-chained, signed audit log ([`AuditLog`]), the substrate's patterns
+//! ([`PersistentSubstrate`]), and the node's replicated maps (the directory
+//! and the shared map) with the revocations it enforces ([`StateStore`]).
 
 mod audit;
 mod patterns;
 mod pbft;
+mod state;
 
 use std::{
     path::{Path, PathBuf},
@@ -32,6 +32,7 @@ use serde::Serialize;
 pub use audit::{AuditEntry, AuditError, AuditEvent, AuditLog, MAX_CUT_OFF_REASON_LEN};
 pub use patterns::PersistentSubstrate;
 pub use pbft::PbftStore;
+pub use state::StateStore;
 
 /// The first bytes of the format record.
 const MAGIC: &[u8; 14] = b"exo-fed-store\0";
@@ -204,6 +205,11 @@ impl Store {
         AuditLog::new(self.clone())
     }
 
+    /// The node's replicated maps and the revocations it enforces.
+    pub fn state(&self) -> StateStore {
+        StateStore::new(self.clone())
+    }
+
     fn check_owner(&self, node: &NodeId, existed: bool) -> Result<(), StoreError> {
         let read = self.db_read()?;
         let format = match read.open_table(META) {
@@ -281,6 +287,7 @@ impl Store {
         patterns::verify_table(self, &read)?;
         audit::verify_records(self, &read)?;
         drop(read);
+        state::verify_tables(self)?;
         pbft::verify_tables(self)
     }
 
@@ -431,6 +438,8 @@ pub fn fuzz_decoders(data: &[u8]) {
     pbft::fuzz_bodies(data);
     audit::fuzz_bodies(data);
     round_trip::<crate::substrate::Pattern>(data);
+    round_trip::<fed_crdt::Entry<crate::wire::MemberRecord>>(data);
+    round_trip::<fed_crdt::Entry<crate::wire::SharedValue>>(data);
 }
 
 /// Decodes `data` as a `T`; if it decodes, its encoding must decode to the same

@@ -332,11 +332,17 @@ async fn direct_statuses(victim: &FederatedMesh) -> Vec<(fed_mesh::crypto::NodeI
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_member_revocation_is_enforced_by_every_member() {
     let g = genesis(20..24, 1);
-    let nodes = full_mesh(20, 6, |_, c| {
+    // The non-voter 24 keeps its state on disk: it must still enforce the
+    // revocation after a restart (nobody tells it again).
+    let dir = tempfile::tempdir().unwrap();
+    let configure = |seed: u8, c: &mut MeshConfig| {
         with_genesis(c, &g);
         c.consensus.as_mut().unwrap().commit_timeout_ms = 5_000;
-    })
-    .await;
+        if seed == 24 {
+            c.data_dir = Some(dir.path().join("n24"));
+        }
+    };
+    let mut nodes = full_mesh(20, 6, configure).await;
     let victim = &nodes[5];
     let before = direct_statuses(victim).await;
     assert_eq!(before.len(), 5);
@@ -390,6 +396,40 @@ async fn a_committed_member_revocation_is_enforced_by_every_member() {
             .filter(|(n, _)| *n != victim.node_id())
             .all(|(_, s)| matches!(s, PeerStatus::Answered { .. })),
         "{other:?}"
+    );
+
+    // The non-voter restarts from its data directory and still refuses the
+    // revoked member's handshake.
+    // (Every handle holds the store open: all of the old node's go.)
+    let old = nodes.remove(4);
+    old.shutdown().await.unwrap();
+    drop(old);
+    let mut c = config(24);
+    configure(24, &mut c);
+    let mut last = None;
+    for _ in 0..100 {
+        match FederatedMesh::builder(c.clone())
+            .substrate(MemorySubstrate::new())
+            .start()
+            .await
+        {
+            Ok(n) => {
+                last = None;
+                nodes.push(n);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(last.is_none(), "the non-voter does not restart: {last:?}");
+    // nodes[4] is the revoked member now, nodes[5] the restarted non-voter.
+    let joined = nodes[4]
+        .join_federation(&nodes[5].address().await.unwrap())
+        .await;
+    assert!(
+        joined.is_err(),
+        "the revoked member joined a restarted member: {joined:?}"
     );
     shutdown(&nodes).await;
 }

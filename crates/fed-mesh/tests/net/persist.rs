@@ -112,3 +112,75 @@ async fn another_nodes_data_directory_is_refused_naming_the_file() {
     }
     assert_eq!(refused, Some(dir.path().join("node.redb")));
 }
+
+/// The shared map (this node's writes and others', removals too) and the
+/// revocations it enforces outlive a restart, with nobody to sync from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_map_and_revocations_outlive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(87);
+    c.data_dir = Some(dir.path().join("a"));
+    let a = start_default(c.clone()).await;
+    let b = start(config(88)).await;
+    b.join_federation(&a.address().await.unwrap())
+        .await
+        .unwrap();
+    eventually(5, "both sessions", || async {
+        a.peer_count().await.unwrap() == 1 && b.peer_count().await.unwrap() == 1
+    })
+    .await;
+    a.put("colour", "blue").await.unwrap();
+    a.put("gone", "soon").await.unwrap();
+    a.remove("gone").await.unwrap();
+    b.put("shape", "round").await.unwrap();
+    eventually(10, "A has B's write", || async {
+        a.get("shape").await.unwrap().is_some()
+    })
+    .await;
+    a.revoke_token([9; 32]).await.unwrap();
+    let before = a.entries().await.unwrap();
+    assert_eq!(before.len(), 2, "{before:?}");
+    a.shutdown().await.unwrap();
+    drop(a);
+    b.shutdown().await.unwrap();
+    drop(b);
+
+    let a = start_default(c.clone()).await;
+    assert_eq!(a.entries().await.unwrap(), before);
+    assert_eq!(a.get("shape").await.unwrap(), Some(b"round".to_vec()));
+    assert_eq!(a.get("gone").await.unwrap(), None);
+    // Its next write wins over the one before the restart.
+    a.put("colour", "green").await.unwrap();
+    assert_eq!(a.get("colour").await.unwrap(), Some(b"green".to_vec()));
+    a.shutdown().await.unwrap();
+    drop(a);
+
+    // Stored state is checked: the revocation and the entries are records of
+    // the store, read back by an independent handle.
+    let path = dir.path().join("a").join("node.redb");
+    let mut opened = fed_mesh::store::Store::open(&path, &identity(87).node_id());
+    for _ in 0..100 {
+        if opened.is_ok() {
+            break;
+        }
+        // The node's task may hold the file a moment after shutdown.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        opened = fed_mesh::store::Store::open(&path, &identity(87).node_id());
+    }
+    let store = opened.unwrap();
+    let state = store.state().load().unwrap();
+    assert_eq!(
+        state.revoked,
+        vec![fed_mesh::core::commit::Revocation::Token([9; 32])]
+    );
+    assert_eq!(state.shared.len(), 3, "two values and a tombstone");
+    assert!(state.directory.len() >= 2, "A's and B's records");
+    assert!(
+        state
+            .issued
+            .iter()
+            .any(|t| t.subject == identity(88).node_id().0 && t.expires_at > t.issued_at),
+        "the token A issued to B: {:?}",
+        state.issued
+    );
+}
