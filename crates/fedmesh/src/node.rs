@@ -7,8 +7,9 @@ use std::{
 
 use fed_mesh::{
     CommitReceipt, FederatedMesh, MeshConfig, Multiaddr, PeerAddress,
+    crypto::NodeId,
     genesis::{ConsensusParameters, Genesis, GenesisMember},
-    handshake::{FederationId, Open},
+    handshake::{AdmissionPolicy, Allowlist, FederationId, Open},
     store::Store,
 };
 use serde::Deserialize;
@@ -58,6 +59,15 @@ pub(crate) struct NodeArgs {
     /// `/status`) on this address, e.g. `127.0.0.1:9464` (port 0: any).
     #[arg(long)]
     metrics: Option<String>,
+    /// Who may join through this node: `open` (anyone who proves the
+    /// federation id), `allowlist` (only `--allow`), or `genesis` (the
+    /// genesis's members and `--allow`). Default: open.
+    #[arg(long)]
+    admission: Option<String>,
+    /// A member to admit: its node id (64 hex digits), public identity (hex)
+    /// or `.pub` file (repeat).
+    #[arg(long = "allow")]
+    allow: Vec<String>,
 }
 
 /// The configuration file.
@@ -76,7 +86,68 @@ struct FileConfig {
     client_slots: Option<u16>,
     metrics: Option<String>,
     #[serde(default)]
+    admission: AdmissionConfig,
+    #[serde(default)]
     limits: LimitsConfig,
+}
+
+/// Who may join through this node (`[admission]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdmissionConfig {
+    /// `open`, `allowlist` or `genesis`.
+    policy: Option<String>,
+    /// Node ids, public identities or `.pub` files.
+    #[serde(default)]
+    allow: Vec<String>,
+}
+
+fn is_node_id(spec: &str) -> bool {
+    let spec = spec.trim();
+    spec.len() == 64 && spec.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The admission policy from `policy` and `allow`.
+fn admission_policy(
+    policy: Option<&str>,
+    allow: &[String],
+    genesis: Option<&Genesis>,
+) -> Result<Arc<dyn AdmissionPolicy>, Failure> {
+    let mut ids = Vec::with_capacity(allow.len());
+    for (i, spec) in allow.iter().enumerate() {
+        let spec = spec.trim();
+        let id = if is_node_id(spec) {
+            let mut id = [0u8; 32];
+            hex::decode_to_slice(spec, &mut id)
+                .map_err(|e| Failure::config(format!("allow[{i}] `{spec}`: {e}")))?;
+            NodeId(id)
+        } else {
+            keys::load_public(spec)
+                .map_err(|f| Failure::config(format!("allow[{i}]: {}", f.message)))?
+                .node_id()
+        };
+        ids.push(id);
+    }
+    match policy.unwrap_or("open") {
+        "open" if ids.is_empty() => Ok(Arc::new(Open)),
+        "open" => Err(Failure::config(
+            "admission: `allow` is given but the policy is `open` (choose `allowlist` or `genesis`)",
+        )),
+        "allowlist" if ids.is_empty() => Err(Failure::config(
+            "admission: policy `allowlist` with nobody in `allow`",
+        )),
+        "allowlist" => Ok(Arc::new(Allowlist::new(ids))),
+        "genesis" => {
+            let g = genesis.ok_or_else(|| {
+                Failure::config("admission: policy `genesis` needs a genesis file")
+            })?;
+            ids.extend(g.members.iter().map(|m| m.identity.node_id()));
+            Ok(Arc::new(Allowlist::new(ids)))
+        }
+        other => Err(Failure::config(format!(
+            "admission: policy `{other}`: open, allowlist or genesis"
+        ))),
+    }
 }
 
 /// What this node grants members at most, and asks for (`[limits]`).
@@ -128,11 +199,34 @@ pub(crate) async fn run(args: NodeArgs) -> Result<(), Failure> {
         .genesis
         .or_else(|| file.genesis.map(|p| relative_to(base, p)));
     let identity = keys::load(&key)?;
-    let mut config = MeshConfig::new(identity, FederationId([0; 32]), Arc::new(Open));
     let genesis = match &genesis_path {
         Some(p) => Some(Genesis::load(p).map_err(|e| Failure::config(e.to_string()))?),
         None => None,
     };
+    // Files named in the config are relative to it; on the command line, to
+    // the working directory.
+    let allow = if args.allow.is_empty() {
+        file.admission
+            .allow
+            .into_iter()
+            .map(|a| match Path::new(&a).is_relative() && !is_node_id(&a) {
+                true => relative_to(base, PathBuf::from(a))
+                    .to_string_lossy()
+                    .into_owned(),
+                false => a,
+            })
+            .collect()
+    } else {
+        args.allow
+    };
+    let admission = admission_policy(
+        args.admission
+            .as_deref()
+            .or(file.admission.policy.as_deref()),
+        &allow,
+        genesis.as_ref(),
+    )?;
+    let mut config = MeshConfig::new(identity, FederationId([0; 32]), admission);
     match (&genesis, args.federation.or(file.federation)) {
         (Some(g), _) => {
             config = config

@@ -175,3 +175,67 @@ fn every_command_has_help() {
         assert!(out.contains("Usage: fedmesh"), "{cmd:?}: {out}");
     }
 }
+
+#[test]
+fn an_allowlist_admits_only_its_members() {
+    let mut c = crate::Cluster::new(3);
+    let allowed = format!("{}.pub", c.nodes[1].key.display());
+    c.start_with(0, &["--admission", "allowlist", "--allow", &allowed]);
+    c.start(1);
+    c.start(2);
+    let peers =
+        |c: &crate::Cluster, i: usize| crate::status(&c.nodes[i].socket())["peers"].as_u64();
+    let ok = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // (Node 2 may count node 0: node 0 dialled it, and node 2's open
+        // policy gave it a session that node 0 then dropped.)
+        peers(&c, 0) == Some(1) && peers(&c, 1) == Some(2) && peers(&c, 2) >= Some(1)
+    });
+    assert!(
+        ok,
+        "peers: {:?} {:?} {:?}\n{}",
+        peers(&c, 0),
+        peers(&c, 1),
+        peers(&c, 2),
+        std::fs::read_to_string(&c.nodes[0].log).unwrap_or_default()
+    );
+    // Node 2 keeps trying (it bootstrapped to node 0); node 0 keeps refusing.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(peers(&c, 0), Some(1));
+    let members = crate::status(&c.nodes[0].socket())["members"].clone();
+    let node2 = crate::status(&c.nodes[2].socket())["node_id"].clone();
+    assert!(
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["node_id"] != node2 || m["session"] == false),
+        "{members}"
+    );
+
+    // Mistakes are named.
+    let node = &c.nodes[2];
+    for (args, expect) in [
+        (&["--admission", "allowlist"][..], "nobody in `allow`"),
+        (&["--admission", "everyone"][..], "policy `everyone`"),
+        (&["--allow", "zz"][..], "allow[0]"),
+        (
+            &["--admission", "open", "--allow", &allowed][..],
+            "policy is `open`",
+        ),
+    ] {
+        let mut all = vec![
+            "node",
+            "--key",
+            node.key.to_str().unwrap(),
+            "--genesis",
+            c.genesis.to_str().unwrap(),
+            "--data-dir",
+            node.data.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let (code, _, err) = fedmesh(&all);
+        assert_eq!(code, 3, "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+}
