@@ -14,6 +14,10 @@ pub(crate) struct DemoArgs {
     /// Members that do not vote.
     #[arg(long, default_value_t = 1)]
     others: usize,
+    /// After the steps, keep the federation running (each node's status page
+    /// and metrics are printed) until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
 }
 
 const DIM: usize = 16;
@@ -89,7 +93,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             "--voters must be at least 4: the demo kills the primary",
         ));
     }
-    let mut fed = LocalFederation::create(args.voters, args.others, &[])?;
+    // Every node serves its status page and metrics on a loopback port.
+    let mut fed = LocalFederation::create(args.voters, args.others, &["--metrics", "127.0.0.1:0"])?;
     println!(
         "exo-federation demo: {} voting members and {} other, processes on 127.0.0.1, data in {}",
         args.voters,
@@ -103,6 +108,17 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             return Err(Failure::runtime("interrupted; the nodes were stopped and their directories removed"));
         }
     };
+    let pages = status_pages(&fed).await;
+    if !pages.is_empty() {
+        println!("\nstatus pages (Prometheus metrics at /metrics):");
+        for (i, url) in &pages {
+            println!("  node {i}: {url}");
+        }
+    }
+    if args.keep {
+        println!("\nthe federation keeps running; Ctrl-C stops it and removes its directories");
+        let _ = tokio::signal::ctrl_c().await;
+    }
     drop(fed);
     println!("\n{:<62} {:<7} {:>8}", "step", "result", "time");
     let mut failed = false;
@@ -127,6 +143,19 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         println!("\nall steps passed; the nodes were stopped and their directories removed");
         Ok(())
     }
+}
+
+/// Each running node's status page address.
+async fn status_pages(fed: &LocalFederation) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for i in 0..fed.nodes.len() {
+        if let Ok(s) = fed.status(i).await
+            && let Some(addr) = s["http"].as_str()
+        {
+            out.push((i, format!("http://{addr}/")));
+        }
+    }
+    out
 }
 
 /// Runs the steps in order, stopping at the first failure.

@@ -39,6 +39,12 @@ fn the_demo_runs_every_step_and_cleans_up() {
         .filter(|l| l.starts_with('[') && l.contains(" ... ok ("))
         .count();
     assert_eq!(passed, 8, "{stdout}");
+    // Every node served its status page.
+    let pages = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("node ") && l.contains(": http://127.0.0.1:"))
+        .count();
+    assert_eq!(pages, 5, "{stdout}");
     let dir = data_dir_of(stdout.lines().next().unwrap());
     assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
     assert_eq!(processes_mentioning(&dir), 0, "node processes left behind");
