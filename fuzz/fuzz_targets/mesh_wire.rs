@@ -7,7 +7,7 @@
 use fed_crdt::{Codec, Limits, MapDelta, SyncRequest};
 use fed_mesh::{
     CommitReceipt,
-    core::commit::{ProofRequest, ProofResponse},
+    core::commit::{CertifiedState, ProofRequest, ProofResponse},
     wire::{
         self, Kind, MemberRecord, OnionResponse, QueryRequest, QueryResponse, Refusal,
         SharedValue, SyncChunk, SyncPull,
@@ -44,6 +44,13 @@ fuzz_target!(|data: &[u8]| {
             Kind::Pbft => round_trip::<Vec<Bytes>>(body),
             Kind::ProofRequest => round_trip::<ProofRequest>(body),
             Kind::ProofResponse | Kind::ProofPush => round_trip::<ProofResponse>(body),
+            Kind::CertifiedState => {
+                round_trip::<CertifiedState>(body);
+                // Its certificate, as a member that does not vote decodes it.
+                if let Ok(s) = postcard::from_bytes::<CertifiedState>(body) {
+                    round_trip::<fed_mesh::pbft::CheckpointCert>(&s.cert);
+                }
+            }
             Kind::OnionPacket | Kind::PbftAck => {}
         }
     }

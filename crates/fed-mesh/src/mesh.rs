@@ -577,13 +577,18 @@ impl FederatedMesh {
         self.ask(Request::Stats).await
     }
 
-    /// Refuses, from now on, requests under the token with this id.
+    /// Refuses, from now on, requests under the token with this id (this
+    /// node only; [`commit_revocation`](Self::commit_revocation) revokes it
+    /// everywhere). With a data directory the revocation is on disk when this
+    /// returns.
     pub async fn revoke_token(&self, token_id: [u8; 32]) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
         self.inner
             .tx
-            .send(Request::Revoke(token_id))
+            .send(Request::Revoke(token_id, tx))
             .await
-            .map_err(|_| Error::ShutDown)
+            .map_err(|_| Error::ShutDown)?;
+        rx.await.map_err(|_| Error::ShutDown)
     }
 
     /// Stops the node: pending calls fail with [`Error::ShutDown`], connections close.

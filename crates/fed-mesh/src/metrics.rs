@@ -249,7 +249,7 @@ impl Collector for FederationCollector {
         counter(
             e,
             "committed_batches",
-            "Committed batches this node executed or was shown with a proof",
+            "Committed batches this replica executed",
             st.committed_batches,
         )?;
         counter(

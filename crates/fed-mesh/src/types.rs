@@ -411,7 +411,7 @@ pub struct Stats {
     pub requests_sent: u64,
     /// PBFT messages, replies and proofs refused (bad MAC, signature, sender, shape).
     pub pbft_rejected: u64,
-    /// Committed batches this node executed or was shown with a proof.
+    /// Committed batches this replica executed (0 on a node that does not vote).
     pub committed_batches: u64,
     /// Updates in those batches.
     pub committed_updates: u64,

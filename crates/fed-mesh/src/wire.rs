@@ -138,6 +138,10 @@ pub enum Kind {
     ProofResponse = 11,
     /// A proof a replica pushes to a client's node (a `ProofResponse` body).
     ProofPush = 12,
+    /// [`CertifiedState`](crate::core::commit::CertifiedState): a replica's
+    /// stable checkpoint and the state it certifies, pushed to a member that
+    /// does not vote so that it takes over the committed revocations.
+    CertifiedState = 13,
 }
 
 impl Kind {
@@ -155,6 +159,7 @@ impl Kind {
             10 => Kind::ProofRequest,
             11 => Kind::ProofResponse,
             12 => Kind::ProofPush,
+            13 => Kind::CertifiedState,
             _ => return None,
         })
     }

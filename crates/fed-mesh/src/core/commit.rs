@@ -431,6 +431,17 @@ pub struct ProofResponse {
     pub found: Option<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
 }
 
+/// A replica's latest stable checkpoint and the replica state it certifies
+/// (mesh.md §9): a member that does not vote checks it against the membership
+/// and takes over the revocations of the ledger within.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertifiedState {
+    /// The `CheckpointCert`, postcard (pbft.md §6).
+    pub cert: serde_bytes::ByteBuf,
+    /// The replica state at its sequence number (pbft.md §6).
+    pub state: serde_bytes::ByteBuf,
+}
+
 /// A commit in a slot, from submission to its receipt.
 struct InFlight {
     command: CommandId,
@@ -466,6 +477,9 @@ type Remembered = (CommitProof, Arc<[u8]>, Vec<(ClientId, u64)>);
 /// The node's part in the consensus.
 pub(crate) struct CommitState {
     config: ConsensusConfig,
+    /// Revocations in the last certified state pushed to every member that
+    /// does not vote.
+    pushed_revocations: usize,
     replica: Option<Replica<Ledger>>,
     slots: Vec<Slot>,
     queue: VecDeque<Queued>,
@@ -573,6 +587,7 @@ impl CommitState {
             }
         }
         Ok(Self {
+            pushed_revocations: 0,
             config,
             replica,
             slots,
@@ -959,6 +974,7 @@ impl Core {
                 PbftEvent::ViewChanged { view, .. } => {
                     self.event(MeshEvent::ViewChanged { view });
                 }
+                PbftEvent::StableCheckpoint { .. } => self.on_stable_checkpoint(now),
                 _ => {}
             }
         }
@@ -1422,7 +1438,8 @@ impl Core {
 
     /// An inbound session from `node` (at `peer`) was established or renewed:
     /// this replica learns (again) the keys of its client slots.
-    pub(super) fn commit_in_session(&mut self, peer: PeerId, node: NodeId) {
+    pub(super) fn commit_in_session(&mut self, peer: PeerId, node: NodeId, now: u64) {
+        self.push_certified_state(peer, node, now);
         let Some(c) = self.commit.as_mut() else {
             return;
         };
@@ -1441,6 +1458,116 @@ impl Core {
             }
             c.clients.insert(id, node);
         }
+    }
+
+    /// The replica's stable checkpoint and certified state as a kind-13
+    /// message, with the number of revocations of the ledger there; `None`
+    /// without a certified state or without revocations in it.
+    fn certified_state_message(&self) -> Option<(Vec<u8>, usize)> {
+        let c = self.commit.as_ref()?;
+        let (cert, state) = c.replica.as_ref()?.stable_state()?;
+        let app = fed_pbft::certified_app_state(&c.config.membership, cert, &state).ok()?;
+        let mut ledger = Ledger::default();
+        fed_pbft::Application::restore(&mut ledger, &app).ok()?;
+        let count = ledger.revoked_tokens.len() + ledger.revoked_members.len();
+        if count == 0 {
+            return None;
+        }
+        let body = wire::encode(&CertifiedState {
+            cert: serde_bytes::ByteBuf::from(wire::encode(cert)),
+            state: serde_bytes::ByteBuf::from(state.to_vec()),
+        });
+        Some((wire::envelope(Kind::CertifiedState, &body), count))
+    }
+
+    /// Sends `message` (kind 13) to `peer`, queued until this node's session
+    /// with it is up.
+    fn send_certified_state(&mut self, peer: PeerId, message: Vec<u8>, now: u64) {
+        self.send_or_queue(
+            peer,
+            Protocol::Pbft,
+            message,
+            Purpose::Pbft,
+            Vec::new(),
+            now.saturating_add(PROOF_RETRY_MS),
+            now,
+        );
+    }
+
+    /// When a session with a member that does not vote starts, a replica tells
+    /// it its stable checkpoint and the state it certifies, if the ledger there
+    /// holds revocations: a member that was away when a revocation committed
+    /// learns it (it executes nothing itself).
+    fn push_certified_state(&mut self, peer: PeerId, node: NodeId, now: u64) {
+        let voter = self
+            .commit
+            .as_ref()
+            .is_none_or(|c| c.config.membership.index_of(&node).is_some());
+        if voter {
+            return;
+        }
+        if let Some((message, _)) = self.certified_state_message() {
+            self.send_certified_state(peer, message, now);
+        }
+    }
+
+    /// A checkpoint became stable: if its ledger holds more revocations than
+    /// the last state pushed, every member that does not vote gets it (a
+    /// member that missed a revocation's push learns it within a checkpoint
+    /// interval).
+    fn on_stable_checkpoint(&mut self, now: u64) {
+        let Some((message, count)) = self.certified_state_message() else {
+            return;
+        };
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        if count <= c.pushed_revocations {
+            return;
+        }
+        c.pushed_revocations = count;
+        let others: Vec<PeerId> = self
+            .session_peers()
+            .into_iter()
+            .filter(|p| !self.is_voter_peer(p))
+            .collect();
+        for peer in others {
+            self.send_certified_state(peer, message.clone(), now);
+        }
+    }
+
+    /// A replica's certified state, at a member that does not vote: checked
+    /// against the membership (a quorum's checkpoint signatures over the
+    /// state's digest), then the ledger's revocations within are enforced.
+    fn on_certified_state(
+        &mut self,
+        body: &[u8],
+        now: u64,
+    ) -> std::result::Result<(), &'static str> {
+        let Some(c) = self.commit.as_ref() else {
+            return Err("no consensus");
+        };
+        if c.replica.is_some() {
+            // A replica has its own ledger.
+            return Ok(());
+        }
+        let pushed: CertifiedState =
+            wire::decode(body, "certified state").map_err(|_| "malformed")?;
+        let cert: fed_pbft::CheckpointCert = wire::decode(&pushed.cert, "checkpoint certificate")
+            .map_err(|_| "malformed certificate")?;
+        let app = fed_pbft::certified_app_state(&c.config.membership, &cert, &pushed.state)
+            .map_err(|_| "does not verify")?;
+        let mut ledger = Ledger::default();
+        fed_pbft::Application::restore(&mut ledger, &app).map_err(|_| "not a ledger")?;
+        let tokens: Vec<[u8; 32]> = ledger.revoked_tokens.iter().copied().collect();
+        let members: Vec<[u8; 32]> = ledger.revoked_members.iter().copied().collect();
+        for t in tokens {
+            self.apply_revocation(Revocation::Token(t), now);
+        }
+        for m in members {
+            self.apply_revocation(Revocation::Member(NodeId(m)), now);
+        }
+        Ok(())
     }
 
     /// Every session with `node` ended: its slots' keys leave the replica's
@@ -1493,6 +1620,15 @@ impl Core {
                 }
                 self.drain_replica(now);
                 self.flush_outbox(now);
+            }
+            Kind::CertifiedState => {
+                self.respond_sealed(id, Kind::PbftAck, &[]);
+                if self.is_voter_peer(&peer)
+                    && let Err(reason) = self.on_certified_state(body, now)
+                {
+                    tracing::warn!(%peer, reason, "a certified state refused");
+                    self.stats.pbft_rejected += 1;
+                }
             }
             Kind::ProofPush => {
                 let Ok(push) = wire::decode::<ProofResponse>(body, "proof push") else {

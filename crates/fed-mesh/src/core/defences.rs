@@ -733,3 +733,51 @@ fn hellos_that_are_never_finished_cannot_lock_members_out() {
     assert_eq!(net.cores[0].peer_count(), 1);
     assert_eq!(net.cores[1].peer_count(), 1);
 }
+
+/// A node restarted with a wall clock an hour behind its stored writes still
+/// stamps its next write (to a new key) above all of them: peers whose
+/// frontier covers its old writes would otherwise never take the new one.
+#[test]
+fn a_restarted_node_writes_above_its_stored_stamps_whatever_its_clock() {
+    let id = identity(1);
+    let own = fed_crdt::ReplicaId::new(id.node_id().0);
+    let ahead = fed_crdt::Hlc::new(T0 + 3_600_000, 7, own);
+    let stored = fed_crdt::Entry::new(
+        ahead,
+        Some(SharedValue {
+            value: Some(serde_bytes::ByteBuf::from(b"old".to_vec())),
+            signature: Vec::new(),
+        }),
+    );
+    let mut c = config(1);
+    c.state = Some(NodeState {
+        shared: vec![(b"old key".to_vec(), wire::encode(&stored))],
+        ..NodeState::default()
+    });
+    let mut core = Core::new(c, [1; 32], T0).unwrap();
+    assert_eq!(core.shared.get(b"old key"), Some(b"old".to_vec()));
+    while core.poll_action().is_some() {}
+    core.command(
+        CommandId(1),
+        Command::Put {
+            key: b"new key".to_vec(),
+            value: b"new".to_vec(),
+        },
+        T0,
+    );
+    let mut stamp = None;
+    while let Some(a) = core.poll_action() {
+        if let Action::Store(writes) = a {
+            for w in writes {
+                if let StateWrite::MapEntry { key, entry, .. } = w
+                    && key == b"new key"
+                {
+                    let e: fed_crdt::Entry<SharedValue> = wire::decode(&entry, "entry").unwrap();
+                    stamp = Some(e.stamp());
+                }
+            }
+        }
+    }
+    let stamp = stamp.expect("the write is stored");
+    assert!(stamp > ahead, "{stamp:?} is not above {ahead:?}");
+}

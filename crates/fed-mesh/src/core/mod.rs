@@ -226,22 +226,6 @@ pub enum StateWrite {
     },
     /// A revocation this node enforces (a committed one, or its own).
     Revoked(commit::Revocation),
-    /// A token this node issued (written before the handshake message that
-    /// carries it leaves).
-    TokenIssued(IssuedToken),
-}
-
-/// A token this node issued, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct IssuedToken {
-    /// The token's id (the handle for revocation).
-    pub id: [u8; 32],
-    /// The member it was issued to.
-    pub subject: [u8; 32],
-    /// When it was issued (Unix milliseconds, this node's clock).
-    pub issued_at: u64,
-    /// When it expires (Unix milliseconds).
-    pub expires_at: u64,
 }
 
 /// The node's durable state as stored: what a core starts from.
@@ -253,9 +237,6 @@ pub struct NodeState {
     pub shared: Vec<(Vec<u8>, Vec<u8>)>,
     /// The revocations this node enforces.
     pub revoked: Vec<commit::Revocation>,
-    /// The tokens this node issued that had not expired when it stored them
-    /// (expired ones may be gone).
-    pub issued: Vec<IssuedToken>,
 }
 
 /// A request from the node's user.

@@ -961,16 +961,6 @@ impl Core {
             return;
         }
         let answer = r.poll_transmit().unwrap_or_default();
-        if let Some(session) = &established {
-            // The token is on disk before the message that carries it leaves.
-            let body = session.token.body();
-            self.store_state(vec![super::StateWrite::TokenIssued(super::IssuedToken {
-                id: body.id,
-                subject: body.subject,
-                issued_at: now,
-                expires_at: body.expires_at,
-            })]);
-        }
         self.push(Action::Respond {
             id,
             payload: answer,
@@ -1006,7 +996,7 @@ impl Core {
                 });
                 self.by_node.insert(node, peer);
                 self.stats.handshakes_completed += 1;
-                self.commit_in_session(peer, node);
+                self.commit_in_session(peer, node, now);
                 if !renewal {
                     self.event(MeshEvent::PeerJoined {
                         node,

@@ -471,6 +471,8 @@ impl Core {
         };
         let federation = self.config.federation;
         let mut checked = Vec::new();
+        // The latest stamp stored, whoever wrote it: the clock resumes past it.
+        let mut latest = self.clock.last();
         for (key, bytes) in &state.directory {
             let k: [u8; 32] = key
                 .as_slice()
@@ -479,7 +481,7 @@ impl Core {
             let entry =
                 wire::decode::<fed_crdt::Entry<MemberRecord>>(bytes, "stored directory entry")
                     .map_err(|_| corrupt("directory entry", key))?;
-            let _ = self.clock.observe(&entry.stamp(), now);
+            latest = latest.max(entry.stamp());
             let Some(record) = entry.value() else {
                 continue;
             };
@@ -499,11 +501,22 @@ impl Core {
         for (key, bytes) in &state.shared {
             let entry = wire::decode::<fed_crdt::Entry<SharedValue>>(bytes, "stored shared entry")
                 .map_err(|_| corrupt("shared-map entry", key))?;
-            let _ = self.clock.observe(&entry.stamp(), now);
+            latest = latest.max(entry.stamp());
             let stamp = entry.stamp();
             self.shared
                 .map
                 .write_at(key.clone(), entry.value().cloned(), stamp);
+        }
+        // Past every stored stamp even if the wall clock went back across the
+        // restart (observing them would refuse those far ahead of it): this
+        // node's next writes are newer than everything it held, so peers whose
+        // frontier covers its old writes still take them.
+        if latest > self.clock.last() {
+            let own = self.clock.node();
+            self.clock = fed_crdt::HlcClock::resume(
+                Hlc::new(latest.physical_ms(), latest.logical(), own),
+                self.clock.max_forward_skew_ms(),
+            );
         }
         for r in state.revoked {
             match r {

@@ -213,7 +213,8 @@ pub(crate) enum Request {
     PeerCount(oneshot::Sender<usize>),
     SharedEntries(oneshot::Sender<Vec<(Vec<u8>, Vec<u8>)>>),
     Consensus(oneshot::Sender<Option<crate::types::ConsensusStatus>>),
-    Revoke([u8; 32]),
+    /// Revoke a token here; answered once the revocation is stored.
+    Revoke([u8; 32], oneshot::Sender<()>),
     /// Test hook: stop processing for a while, as a hung node would.
     Pause(Duration, oneshot::Sender<()>),
     /// Test hook: a partition at the transport (block or unblock these peers).
@@ -414,7 +415,13 @@ impl Driver {
             Request::Consensus(reply) => {
                 let _ = reply.send(self.core.consensus_status());
             }
-            Request::Revoke(id) => self.core.revoke_token(id),
+            Request::Revoke(id, done) => {
+                self.core.revoke_token(id);
+                self.drain();
+                if !self.failed {
+                    let _ = done.send(());
+                }
+            }
             Request::Partition(peers, block, done) => {
                 for peer in peers {
                     if block {

@@ -3,12 +3,12 @@
 //! the node enforces. The core says what to write ([`StateWrite`]); each call
 //! of [`StateStore::write`] is one durable transaction.
 
-use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::{Store, StoreError};
 use crate::{
-    core::{IssuedToken, NodeState, StateWrite, commit::Revocation},
-    wire::MapName,
+    core::{NodeState, StateWrite, commit::Revocation},
+    wire::{MapName, MemberRecord, SharedValue},
 };
 
 /// Directory entries by member node id.
@@ -20,12 +20,6 @@ const SHARED: TableDefinition<'static, &'static [u8], &'static [u8]> =
 /// Revocations: `kind (1) ‖ id (32)`, with an empty body.
 const REVOKED: TableDefinition<'static, &'static [u8], &'static [u8]> =
     TableDefinition::new("revoked");
-/// Tokens this node issued, by token id.
-const TOKENS: TableDefinition<'static, &'static [u8], &'static [u8]> =
-    TableDefinition::new("tokens");
-/// Expired tokens are removed when this many more are stored (bounds the table
-/// by the tokens alive at once plus this).
-const TOKEN_SWEEP_EVERY: u64 = 1024;
 
 fn table_of(
     map: MapName,
@@ -87,41 +81,19 @@ impl StateStore {
                     let record = s.seal("revoked", &key, &[])?;
                     records.push((REVOKED, key, record));
                 }
-                StateWrite::TokenIssued(t) => {
-                    let key = t.id.to_vec();
-                    let body = s.body(&(t.subject, t.issued_at, t.expires_at))?;
-                    records.push((TOKENS, key.clone(), s.seal("tokens", &key, &body)?));
-                }
             }
         }
-        let tokens = writes
-            .iter()
-            .filter(|w| matches!(w, StateWrite::TokenIssued(_)))
-            .count() as u64;
-        // Tokens that had expired when the newest one was issued go.
-        let sweep_before = writes.iter().find_map(|w| match w {
-            StateWrite::TokenIssued(t) => Some(t.issued_at),
-            _ => None,
-        });
         let txn = s.db_write()?;
         for (def, key, record) in &records {
             let mut t = txn.open_table(*def).map_err(|e| s.io(e))?;
             t.insert(key.as_slice(), record.as_slice())
                 .map_err(|e| s.io(e))?;
         }
-        if tokens > 0
-            && let Some(floor) = sweep_before
-        {
-            let mut t = txn.open_table(TOKENS).map_err(|e| s.io(e))?;
-            if t.len().map_err(|e| s.io(e))? % TOKEN_SWEEP_EVERY < tokens {
-                t.retain(|k, v| open_token(k, v).is_none_or(|token| token.expires_at >= floor))
-                    .map_err(|e| s.io(e))?;
-            }
-        }
         txn.commit().map_err(|e| s.io(e))
     }
 
-    /// Everything stored, each record's checksum checked.
+    /// Everything stored, each record's checksum checked and each entry
+    /// decoded (a record that fails either is corruption, naming the file).
     pub fn load(&self) -> Result<NodeState, StoreError> {
         let s = &self.store;
         let read = s.db_read()?;
@@ -134,8 +106,26 @@ impl StateStore {
             if let Some(t) = s.table_if_any(&read, def)? {
                 for entry in t.iter().map_err(|e| s.io(e))? {
                     let (k, v) = entry.map_err(|e| s.corrupt(e))?;
-                    let body = s.open_record(name, k.value(), v.value())?;
-                    out.push((k.value().to_vec(), body.to_vec()));
+                    let key = k.value();
+                    let body = s.open_record(name, key, v.value())?;
+                    let decodes = match map {
+                        MapName::Directory => {
+                            key.len() == 32
+                                && super::decode_body::<fed_crdt::Entry<MemberRecord>>(body)
+                                    .is_some()
+                        }
+                        MapName::Shared => {
+                            !key.is_empty()
+                                && super::decode_body::<fed_crdt::Entry<SharedValue>>(body)
+                                    .is_some()
+                        }
+                    };
+                    if !decodes {
+                        return Err(s.corrupt(format!(
+                            "an entry of table {name} does not decode under its key"
+                        )));
+                    }
+                    out.push((key.to_vec(), body.to_vec()));
                 }
             }
         }
@@ -149,29 +139,8 @@ impl StateStore {
                 state.revoked.push(r);
             }
         }
-        if let Some(t) = s.table_if_any(&read, TOKENS)? {
-            for entry in t.iter().map_err(|e| s.io(e))? {
-                let (k, v) = entry.map_err(|e| s.corrupt(e))?;
-                let token = open_token(k.value(), v.value())
-                    .ok_or_else(|| s.corrupt("a token record that does not decode"))?;
-                state.issued.push(token);
-            }
-        }
         Ok(state)
     }
-}
-
-/// A token record: its checksum, then `postcard((subject, issued_at, expires_at))`.
-fn open_token(key: &[u8], record: &[u8]) -> Option<IssuedToken> {
-    let id: [u8; 32] = key.try_into().ok()?;
-    let body = super::open_record("tokens", key, record)?;
-    let (subject, issued_at, expires_at): ([u8; 32], u64, u64) = super::decode_body(body)?;
-    Some(IssuedToken {
-        id,
-        subject,
-        issued_at,
-        expires_at,
-    })
 }
 
 /// Checks every record of the state tables (at open).

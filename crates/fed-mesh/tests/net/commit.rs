@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 
 use fed_mesh::{
-    CommitReceipt, Error, FederatedMesh, FederationScope, MeshConfig, PeerStatus, QueryOptions,
+    CommitReceipt, Error, FederatedMesh, FederationScope, MeshConfig, MeshEvent, PeerStatus,
+    QueryOptions,
     core::commit::Revocation,
     genesis::{ConsensusParameters, Genesis, GenesisMember},
     substrate::{PatternQuery, StateUpdate},
@@ -424,6 +425,7 @@ async fn a_committed_member_revocation_is_enforced_by_every_member() {
     }
     assert!(last.is_none(), "the non-voter does not restart: {last:?}");
     // nodes[4] is the revoked member now, nodes[5] the restarted non-voter.
+    let failed_before = nodes[5].stats().await.unwrap().handshakes_failed;
     let joined = nodes[4]
         .join_federation(&nodes[5].address().await.unwrap())
         .await;
@@ -431,5 +433,79 @@ async fn a_committed_member_revocation_is_enforced_by_every_member() {
         joined.is_err(),
         "the revoked member joined a restarted member: {joined:?}"
     );
+    // Refused by the restarted member's handshake, not lost on the way...
+    assert!(nodes[5].stats().await.unwrap().handshakes_failed > failed_before);
+    // ...while a member that is not revoked joins it.
+    nodes[0]
+        .join_federation(&nodes[5].address().await.unwrap())
+        .await
+        .unwrap();
+    shutdown(&nodes).await;
+}
+
+/// A member that does not vote and was away when a revocation committed (here:
+/// not yet started) learns it from the replicas' certified state when it
+/// joins: a stable checkpoint signed by a quorum over a ledger that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_away_when_a_revocation_committed_learns_it_on_return() {
+    let g = genesis(30..34, 1);
+    let configure = |_: u8, c: &mut MeshConfig| {
+        with_genesis(c, &g);
+        c.consensus.as_mut().unwrap().commit_timeout_ms = 5_000;
+    };
+    // Voters 30 to 33 and the member to revoke, 34.
+    let mut nodes = full_mesh(30, 5, configure).await;
+    nodes[0]
+        .commit_revocation(Revocation::Member(nodes[4].node_id()))
+        .await
+        .unwrap();
+    // Past the next checkpoint (every 16 sequence numbers).
+    for i in 0..20 {
+        nodes[1].byzantine_commit(update(i)).await.unwrap();
+    }
+    for n in &nodes[..4] {
+        eventually(10, "a stable checkpoint after the revocation", || async {
+            n.consensus_status()
+                .await
+                .unwrap()
+                .unwrap()
+                .stable_checkpoint
+                >= 16
+        })
+        .await;
+    }
+
+    // The member that was away joins every voter.
+    let mut c = config(35);
+    configure(35, &mut c);
+    let late = start(c).await;
+    let mut events = late.events();
+    for v in &nodes[..4] {
+        late.join_federation(&v.address().await.unwrap())
+            .await
+            .unwrap();
+    }
+    let revoked = nodes[4].node_id();
+    let learnt = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(MeshEvent::Revoked(Revocation::Member(m))) if m == revoked => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        learnt,
+        Ok(true),
+        "the late member never learnt the revocation"
+    );
+    let joined = nodes[4]
+        .join_federation(&late.address().await.unwrap())
+        .await;
+    assert!(joined.is_err(), "the revoked member joined: {joined:?}");
+    assert_eq!(late.stats().await.unwrap().pbft_rejected, 0);
+    nodes.push(late);
     shutdown(&nodes).await;
 }

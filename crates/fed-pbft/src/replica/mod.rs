@@ -127,6 +127,33 @@ pub(crate) fn state_digest(seq: u64, snapshot: &[u8]) -> Digest {
     fed_crypto::hash(labels::STATE, &[&seq.to_be_bytes(), snapshot])
 }
 
+/// Checks a certified replicated state, as a node that does not replicate it
+/// receives one: `cert` is a stable checkpoint above sequence 0 signed by a
+/// quorum of `membership`, and `snapshot` (the replica state, pbft.md §6) hashes
+/// to its state digest and decodes. Returns the application's snapshot within it.
+///
+/// The initial checkpoint is refused: it is stable by definition, without
+/// signatures, so it would vouch for any bytes.
+pub fn certified_app_state(
+    membership: &Membership,
+    cert: &CheckpointCert,
+    snapshot: &[u8],
+) -> Result<Vec<u8>> {
+    if cert.seq == 0 {
+        return Err(Error::InvalidCertificate(
+            "the initial checkpoint certifies no state",
+        ));
+    }
+    cert.verify(membership)?;
+    if state_digest(cert.seq, snapshot) != cert.state {
+        return Err(Error::InvalidCertificate(
+            "the state does not hash to the certificate's digest",
+        ));
+    }
+    let snap: ReplicaSnapshot = wire::decode(snapshot, "snapshot")?;
+    Ok(snap.app)
+}
+
 /// Which vote table of a [`Slot`] a PREPARE or COMMIT goes to.
 #[derive(Clone, Copy)]
 enum Phase {
@@ -613,6 +640,19 @@ impl<A: Application> Replica<A> {
     /// The latest stable checkpoint (the low watermark).
     pub fn stable_checkpoint(&self) -> &CheckpointCert {
         &self.stable
+    }
+
+    /// The latest stable checkpoint with the replica state it certifies (the
+    /// bytes its state digest covers), while the replica holds them: for
+    /// nodes that do not replicate the state ([`certified_app_state`] checks
+    /// it). `None` at the initial checkpoint, or after a restart until the
+    /// next checkpoint is taken.
+    pub fn stable_state(&self) -> Option<(&CheckpointCert, Arc<[u8]>)> {
+        if self.stable.seq == 0 {
+            return None;
+        }
+        let (state, snapshot) = self.own_checkpoints.get(&self.stable.seq)?;
+        (*state == self.stable.state).then(|| (&self.stable, snapshot.clone()))
     }
 
     /// The application.

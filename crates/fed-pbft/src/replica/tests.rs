@@ -904,3 +904,45 @@ fn a_replica_fetches_what_it_refused_beyond_its_window() {
         "the replica stayed behind its peers after its window moved"
     );
 }
+
+/// The stable checkpoint's state, handed to a node that does not replicate it,
+/// checks against the membership alone; a forged or misattributed one does not.
+#[test]
+fn a_certified_state_checks_against_the_membership_only() {
+    let id = Arc::new(Identity::from_seeds(&[9; 32], None));
+    let m = Arc::new(Membership::new(vec![id.public().clone()]).unwrap());
+    let config = Config {
+        max_batch_requests: 1,
+        checkpoint_interval: 2,
+        window: 4,
+        ..Config::default()
+    };
+    let client = ClientId([3; 32]);
+    let key = ClientKey::new(&[3; 32]);
+    let keys = crate::ClientKeys::new(&m, client, std::slice::from_ref(&key)).unwrap();
+    let mut r = Replica::new(id, m.clone(), config, Tally::default(), 0).unwrap();
+    assert!(r.stable_state().is_none(), "nothing certified at the start");
+    r.add_client(client, key).unwrap();
+    for ts in 1..=5u64 {
+        let request = keys.request(ts, vec![0; ts as usize]);
+        r.handle_request(&Message::Request(request).encode().unwrap(), ts)
+            .unwrap();
+        while r.poll_event().is_some() {}
+    }
+    let (cert, snapshot) = r.stable_state().map(|(c, s)| (c.clone(), s)).unwrap();
+    assert_eq!(cert.seq, 4);
+    // 1 + 2 + 3 + 4 bytes executed by the checkpoint.
+    let app = certified_app_state(&m, &cert, &snapshot).unwrap();
+    assert_eq!(app, 10u64.to_be_bytes().to_vec());
+
+    let mut forged = snapshot.to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert!(certified_app_state(&m, &cert, &forged).is_err());
+    let other = Arc::new(Identity::from_seeds(&[8; 32], None));
+    let other_m = Membership::new(vec![other.public().clone()]).unwrap();
+    assert!(certified_app_state(&other_m, &cert, &snapshot).is_err());
+    // The initial checkpoint has no signatures: it vouches for nothing.
+    let initial = CheckpointCert::genesis(state_digest(0, &snapshot));
+    assert!(certified_app_state(&m, &initial, &snapshot).is_err());
+}
