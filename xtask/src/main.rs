@@ -454,6 +454,49 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
 /// registry of the packages it just made). The binary and xtask are not
 /// published.
 fn publish_dry_run() -> Result<(), String> {
+    // Cargo unpacks the packages of its temporary registry under
+    // `$CARGO_HOME/registry/src/-<hash>/` and reuses an unpacked copy of the same
+    // name and version: after a change, a second run would build against the
+    // first run's sources. Remove our crates' copies first.
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(src) = cargo_home.map(|h| h.join("registry").join("src"))
+        && let Ok(dirs) = std::fs::read_dir(&src)
+    {
+        for dir in dirs.flatten() {
+            if !dir.file_name().to_string_lossy().starts_with('-') {
+                continue; // a real registry's sources
+            }
+            for krate in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = krate.file_name().to_string_lossy().into_owned();
+                if name.starts_with("fed-") {
+                    std::fs::remove_dir_all(krate.path())
+                        .map_err(|e| format!("{}: {e}", krate.path().display()))?;
+                }
+            }
+        }
+    }
+    // Cargo also never rebuilds a registry crate it has built (registry
+    // sources are immutable), and the temporary registry's crates keep their
+    // name and version across changes: drop our crates' fingerprints so that
+    // they are rebuilt from the packages just made.
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let fingerprints = target.join("debug").join(".fingerprint");
+    if let Ok(dirs) = std::fs::read_dir(&fingerprints) {
+        for dir in dirs.flatten() {
+            if dir.file_name().to_string_lossy().starts_with("fed-") {
+                std::fs::remove_dir_all(dir.path())
+                    .map_err(|e| format!("{}: {e}", dir.path().display()))?;
+            }
+        }
+    }
     run_step(&Step::cargo(
         "publish-dry-run",
         &[
