@@ -266,6 +266,18 @@ impl Collector for FederationCollector {
         )?;
         gauge(
             e,
+            "shared_entries",
+            "Keys of the shared map with a value",
+            st.shared_entries as i64,
+        )?;
+        gauge(
+            e,
+            "directory_members",
+            "Members in the directory this node admits, itself included",
+            st.directory_members as i64,
+        )?;
+        gauge(
+            e,
             "peers_connected",
             "Peers with an open libp2p connection",
             s.connected as i64,

@@ -421,6 +421,10 @@ pub struct Stats {
     pub query_served_ms: LatencyHistogram,
     /// How long queries this node started took, from command to outcome.
     pub query_ms: LatencyHistogram,
+    /// Keys of the shared map with a value, now.
+    pub shared_entries: u64,
+    /// Members in the directory this node admits (itself included), now.
+    pub directory_members: u64,
 }
 
 /// The upper bounds, in milliseconds, of [`LatencyHistogram`]'s buckets (the

@@ -52,6 +52,21 @@ pub(crate) struct Status {
     /// The metrics and status page address, if the node serves one.
     #[serde(default)]
     pub(crate) http: Option<String>,
+    /// The replicated maps' state.
+    #[serde(default)]
+    pub(crate) sync: Option<SyncJson>,
+}
+
+/// Where the replicated maps stand.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SyncJson {
+    /// Keys of the shared map with a value.
+    pub(crate) shared_entries: u64,
+    /// Members in the directory this node admits (itself included).
+    pub(crate) directory_members: u64,
+    /// Anti-entropy chunks applied and refused since the node started.
+    pub(crate) chunks_applied: u64,
+    pub(crate) chunks_rejected: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -302,6 +317,13 @@ impl Observer {
                 .collect(),
             None => Vec::new(),
         };
+        let stats = mesh.stats().await.map_err(e)?;
+        let sync = SyncJson {
+            shared_entries: stats.shared_entries,
+            directory_members: stats.directory_members,
+            chunks_applied: stats.sync_chunks,
+            chunks_rejected: stats.sync_rejected,
+        };
         let commits = self
             .commits
             .lock()
@@ -323,6 +345,7 @@ impl Observer {
             audit_tail,
             uptime_s: self.started.elapsed().as_secs(),
             http: self.http.map(|a| a.to_string()),
+            sync: Some(sync),
         })
     }
 }

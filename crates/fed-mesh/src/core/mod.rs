@@ -498,8 +498,11 @@ impl Core {
     }
 
     /// The counters.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.shared_entries = self.shared.len() as u64;
+        s.directory_members = self.directory.members().len() as u64;
+        s
     }
 
     /// A value of the shared map.

@@ -60,6 +60,8 @@ struct Handshaking {
 
 /// How long a peer's strikes are remembered without a new one.
 const STRIKE_MEMORY_MS: u64 = 60_000;
+/// Times a waiting join's handshake is started again after a transport failure.
+const MAX_JOIN_RETRIES: u8 = 2;
 /// How long before a peer this node's policy refused is asked again.
 const NOT_ADMITTED_BACKOFF_MS: u64 = 10 * 60_000;
 
@@ -130,6 +132,8 @@ pub(crate) struct Peer {
     dial_after: u64,
     /// No new outbound handshake before this time (after a failure).
     handshake_after: u64,
+    /// Handshakes restarted for a waiting join after a transport failure.
+    join_retries: u8,
     pub(crate) sync: sync::SyncPeer,
 }
 
@@ -152,6 +156,7 @@ impl Peer {
             strikes: 0,
             last_strike: 0,
             joiners: Vec::new(),
+            join_retries: 0,
             queued: VecDeque::new(),
             dial_after: 0,
             handshake_after: 0,
@@ -338,7 +343,18 @@ impl Core {
         p.inb = None;
         p.inb_prev = None;
         p.sync = sync::SyncPeer::default();
-        let joiners = std::mem::take(&mut p.joiners);
+        // A join waits: the connection may have been the loser of two that
+        // crossed (each side dialling the other): dial again, twice at most,
+        // before failing it.
+        let retry_join = !p.joiners.is_empty() && p.join_retries < MAX_JOIN_RETRIES;
+        let joiners = if retry_join {
+            p.join_retries += 1;
+            Vec::new()
+        } else {
+            p.join_retries = 0;
+            std::mem::take(&mut p.joiners)
+        };
+        let redial = retry_join.then(|| p.addrs.clone());
         let queued = std::mem::take(&mut p.queued);
         let keep = p.bootstrap || p.expected.is_some();
         if !keep {
@@ -352,6 +368,10 @@ impl Core {
         }
         for q in queued {
             self.fail_purpose(peer, q.purpose, Failure::Unreachable, now);
+        }
+        if let Some(addrs) = redial {
+            tracing::debug!(%peer, "a join's connection closed; dialling again");
+            self.push(Action::Dial { peer, addrs });
         }
         if was_member {
             self.event(MeshEvent::PeerLeft { peer, node });
@@ -376,6 +396,17 @@ impl Core {
         if p.connected {
             return;
         }
+        // A join waits: dial again at once, twice at most, before failing it
+        // (the other side may have been dialling this node at the same moment
+        // and refused the crossing connection).
+        if !p.joiners.is_empty() && p.join_retries < MAX_JOIN_RETRIES {
+            p.join_retries += 1;
+            let addrs = p.addrs.clone();
+            tracing::debug!(%peer, %reason, "a join's dial failed; dialling again");
+            self.push(Action::Dial { peer, addrs });
+            return;
+        }
+        p.join_retries = 0;
         let joiners = std::mem::take(&mut p.joiners);
         let queued = std::mem::take(&mut p.queued);
         p.dial_after = now.saturating_add(self.config.timing.redial_interval_ms);
@@ -789,6 +820,7 @@ impl Core {
         let previous = p.out.take();
         let renewal = previous.is_some();
         p.out_prev = previous;
+        p.join_retries = 0;
         p.out = Some(OutSession {
             session,
             id,
@@ -839,6 +871,7 @@ impl Core {
             match direction {
                 Direction::Outbound => {
                     p.initiator = None;
+                    p.join_retries = 0;
                     p.handshake_after = now.saturating_add(self.config.timing.redial_interval_ms);
                     joiners = std::mem::take(&mut p.joiners);
                     queued = std::mem::take(&mut p.queued);
@@ -1503,6 +1536,23 @@ impl Core {
                     .and_then(|p| p.initiator.as_ref())
                     .is_some_and(|hs| hs.attempt == attempt);
                 if !current {
+                    return;
+                }
+                // The connection closed under the exchange, or its stream
+                // broke (both sides dialling at once, say), while a join
+                // waits: start again at once, twice at most, rather than fail
+                // the join on a race.
+                let transient =
+                    matches!(failure, SendFailure::ConnectionClosed | SendFailure::Io(_));
+                if transient
+                    && let Some(p) = self.peers.get_mut(&peer)
+                    && !p.joiners.is_empty()
+                    && p.join_retries < MAX_JOIN_RETRIES
+                {
+                    p.join_retries += 1;
+                    p.initiator = None;
+                    tracing::debug!(%peer, ?failure, "a join's handshake broke; starting again");
+                    self.start_handshake(peer, now);
                     return;
                 }
                 let error = fed_handshake::Error::Malformed(match failure {

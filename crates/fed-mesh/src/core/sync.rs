@@ -287,6 +287,11 @@ impl SharedMap {
             .map(serde_bytes::ByteBuf::into_vec)
     }
 
+    /// Keys with a value (removed keys not counted).
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
     #[cfg(test)]
     pub(crate) fn frontier_len(&self) -> usize {
         self.map.frontier().len()

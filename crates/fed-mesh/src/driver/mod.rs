@@ -374,7 +374,7 @@ impl Driver {
     fn refresh_metrics(&self) {
         if let Some(m) = &self.metrics {
             m.update(crate::metrics::Snapshot {
-                stats: self.core.stats().clone(),
+                stats: self.core.stats(),
                 consensus: self.core.consensus_status(),
                 connected: self.swarm.connected_peers().count(),
                 members: self.core.peer_count(),
@@ -404,7 +404,7 @@ impl Driver {
                 }
             }
             Request::Stats(reply) => {
-                let _ = reply.send(self.core.stats().clone());
+                let _ = reply.send(self.core.stats());
             }
             Request::PeerCount(reply) => {
                 let _ = reply.send(self.core.peer_count());

@@ -122,6 +122,11 @@ fn the_status_page_and_metrics_show_the_federation() {
         audit.iter().any(|e| e.starts_with("committed")),
         "{audit:?}"
     );
+    assert!(s["sync"]["directory_members"].as_u64().unwrap() >= 1, "{s}");
+    assert!(
+        metric(&text, "exo_fed_directory_members").unwrap() >= 1.0,
+        "{text}"
+    );
     // The control socket tells the same story.
     assert_eq!(status(&socket)["members"], s["members"]);
 
