@@ -1122,14 +1122,8 @@ impl Core {
         {
             return;
         }
-        let tokens: Vec<[u8; 32]> = ledger.revoked_tokens.iter().copied().collect();
-        let members: Vec<[u8; 32]> = ledger.revoked_members.iter().copied().collect();
-        for t in tokens {
-            self.apply_revocation(Revocation::Token(t), now);
-        }
-        for m in members {
-            self.apply_revocation(Revocation::Member(NodeId(m)), now);
-        }
+        let ledger = ledger.clone();
+        self.apply_ledger_revocations(&ledger, now);
     }
 
     /// A replica pushed a proof: keep it for this node's requests in its batch
@@ -1559,6 +1553,13 @@ impl Core {
             .map_err(|_| "does not verify")?;
         let mut ledger = Ledger::default();
         fed_pbft::Application::restore(&mut ledger, &app).map_err(|_| "not a ledger")?;
+        self.apply_ledger_revocations(&ledger, now);
+        Ok(())
+    }
+
+    /// Enforces every revocation of `ledger` (those already enforced change
+    /// nothing).
+    fn apply_ledger_revocations(&mut self, ledger: &Ledger, now: u64) {
         let tokens: Vec<[u8; 32]> = ledger.revoked_tokens.iter().copied().collect();
         let members: Vec<[u8; 32]> = ledger.revoked_members.iter().copied().collect();
         for t in tokens {
@@ -1567,7 +1568,6 @@ impl Core {
         for m in members {
             self.apply_revocation(Revocation::Member(NodeId(m)), now);
         }
-        Ok(())
     }
 
     /// Every session with `node` ended: its slots' keys leave the replica's

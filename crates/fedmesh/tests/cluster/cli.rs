@@ -214,7 +214,6 @@ fn an_allowlist_admits_only_its_members() {
     );
 
     // Mistakes are named.
-    let node = &c.nodes[2];
     for (args, expect) in [
         (&["--admission", "allowlist"][..], "nobody in `allow`"),
         (&["--admission", "everyone"][..], "policy `everyone`"),
@@ -224,17 +223,8 @@ fn an_allowlist_admits_only_its_members() {
             "policy is `open`",
         ),
     ] {
-        let mut all = vec![
-            "node",
-            "--key",
-            node.key.to_str().unwrap(),
-            "--genesis",
-            c.genesis.to_str().unwrap(),
-            "--data-dir",
-            node.data.to_str().unwrap(),
-        ];
-        all.extend_from_slice(args);
-        let (code, _, err) = fedmesh(&all);
+        let all = c.node_args(2, args);
+        let (code, _, err) = fedmesh(&all.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(code, 3, "{args:?}: {err}");
         assert!(err.contains(expect), "{args:?}: {err}");
     }

@@ -123,17 +123,8 @@ fn a_voter_killed_during_commits_loses_nothing_and_an_edited_byte_is_refused() {
         .expect("the marker update is in the victim's store");
     bytes[at + 3] ^= 0x01;
     std::fs::write(&db, bytes).unwrap();
-    let (code, _, err) = fedmesh(&[
-        "node",
-        "--key",
-        node.key.to_str().unwrap(),
-        "--genesis",
-        c.genesis.to_str().unwrap(),
-        "--data-dir",
-        node.data.to_str().unwrap(),
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-    ]);
+    let args = c.node_args(victim, &["--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let (code, _, err) = fedmesh(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 3, "{err}");
     assert!(err.contains(&db.display().to_string()), "{err}");
     assert!(err.contains("corrupt"), "{err}");

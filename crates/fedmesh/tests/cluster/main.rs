@@ -162,6 +162,23 @@ impl Cluster {
         }
     }
 
+    /// `fedmesh node` with node `i`'s key, the genesis and its data directory,
+    /// then `extra`: for runs expected to fail (nothing waits for it).
+    pub(crate) fn node_args(&self, i: usize, extra: &[&str]) -> Vec<String> {
+        let node = &self.nodes[i];
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "--key".into(),
+            node.key.display().to_string(),
+            "--genesis".into(),
+            self.genesis.display().to_string(),
+            "--data-dir".into(),
+            node.data.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
     /// SIGKILL.
     pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
