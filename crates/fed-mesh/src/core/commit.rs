@@ -442,6 +442,9 @@ pub struct CertifiedState {
     pub state: serde_bytes::ByteBuf,
 }
 
+/// A kind-13 message and the revocation count of the ledger in it.
+type CertifiedMessage = (Arc<Vec<u8>>, usize);
+
 /// A commit in a slot, from submission to its receipt.
 struct InFlight {
     command: CommandId,
@@ -480,6 +483,13 @@ pub(crate) struct CommitState {
     /// Revocations in the last certified state pushed to every member that
     /// does not vote.
     pushed_revocations: usize,
+    /// The kind-13 message of a stable checkpoint (by its sequence number),
+    /// with its ledger's revocation count; `None` if it has none or is too
+    /// large.
+    certified: Option<(u64, Option<CertifiedMessage>)>,
+    /// The sequence number of the last certified state taken (a member that
+    /// does not vote).
+    certified_taken: u64,
     replica: Option<Replica<Ledger>>,
     slots: Vec<Slot>,
     queue: VecDeque<Queued>,
@@ -588,6 +598,8 @@ impl CommitState {
         }
         Ok(Self {
             pushed_revocations: 0,
+            certified: None,
+            certified_taken: 0,
             config,
             replica,
             slots,
@@ -974,7 +986,9 @@ impl Core {
                 PbftEvent::ViewChanged { view, .. } => {
                     self.event(MeshEvent::ViewChanged { view });
                 }
-                PbftEvent::StableCheckpoint { .. } => self.on_stable_checkpoint(now),
+                PbftEvent::StableCheckpoint { .. } | PbftEvent::StateTransferred { .. } => {
+                    self.on_stable_checkpoint(now);
+                }
                 _ => {}
             }
         }
@@ -1432,8 +1446,16 @@ impl Core {
 
     /// An inbound session from `node` (at `peer`) was established or renewed:
     /// this replica learns (again) the keys of its client slots.
-    pub(super) fn commit_in_session(&mut self, peer: PeerId, node: NodeId, now: u64) {
-        self.push_certified_state(peer, node, now);
+    pub(super) fn commit_in_session(
+        &mut self,
+        peer: PeerId,
+        node: NodeId,
+        renewal: bool,
+        now: u64,
+    ) {
+        if !renewal {
+            self.push_certified_state(peer, node, now);
+        }
         let Some(c) = self.commit.as_mut() else {
             return;
         };
@@ -1456,31 +1478,55 @@ impl Core {
 
     /// The replica's stable checkpoint and certified state as a kind-13
     /// message, with the number of revocations of the ledger there; `None`
-    /// without a certified state or without revocations in it.
-    fn certified_state_message(&self) -> Option<(Vec<u8>, usize)> {
-        let c = self.commit.as_ref()?;
+    /// without a certified state, without revocations in it, or when the
+    /// message would not fit a session message (warned once per checkpoint).
+    /// Built once per stable checkpoint and cached.
+    fn certified_state_message(&mut self) -> Option<CertifiedMessage> {
+        let limit = (self.config.capabilities.limits.max_message_bytes as usize)
+            .saturating_sub(ENVELOPE_SLACK);
+        let c = self.commit.as_mut()?;
         let (cert, state) = c.replica.as_ref()?.stable_state()?;
-        let app = fed_pbft::certified_app_state(&c.config.membership, cert, &state).ok()?;
-        let mut ledger = Ledger::default();
-        fed_pbft::Application::restore(&mut ledger, &app).ok()?;
-        let count = ledger.revoked_tokens.len() + ledger.revoked_members.len();
-        if count == 0 {
-            return None;
+        if let Some((seq, cached)) = &c.certified
+            && *seq == cert.seq
+        {
+            return cached.clone();
         }
-        let body = wire::encode(&CertifiedState {
-            cert: serde_bytes::ByteBuf::from(wire::encode(cert)),
-            state: serde_bytes::ByteBuf::from(state.to_vec()),
-        });
-        Some((wire::envelope(Kind::CertifiedState, &body), count))
+        let seq = cert.seq;
+        let built = (|| {
+            let app = fed_pbft::certified_app_state(&c.config.membership, cert, &state).ok()?;
+            let mut ledger = Ledger::default();
+            fed_pbft::Application::restore(&mut ledger, &app).ok()?;
+            let count = ledger.revoked_tokens.len() + ledger.revoked_members.len();
+            if count == 0 {
+                return None;
+            }
+            let body = wire::encode(&CertifiedState {
+                cert: serde_bytes::ByteBuf::from(wire::encode(cert)),
+                state: serde_bytes::ByteBuf::from(state.to_vec()),
+            });
+            let message = wire::envelope(Kind::CertifiedState, &body);
+            if message.len() > limit {
+                tracing::warn!(
+                    seq,
+                    len = message.len(),
+                    limit,
+                    "the certified state does not fit a session message: members that do not vote will not get it"
+                );
+                return None;
+            }
+            Some((Arc::new(message), count))
+        })();
+        c.certified = Some((seq, built.clone()));
+        built
     }
 
     /// Sends `message` (kind 13) to `peer`, queued until this node's session
     /// with it is up.
-    fn send_certified_state(&mut self, peer: PeerId, message: Vec<u8>, now: u64) {
+    fn send_certified_state(&mut self, peer: PeerId, message: &[u8], now: u64) {
         self.send_or_queue(
             peer,
             Protocol::Pbft,
-            message,
+            message.to_vec(),
             Purpose::Pbft,
             Vec::new(),
             now.saturating_add(PROOF_RETRY_MS),
@@ -1488,10 +1534,11 @@ impl Core {
         );
     }
 
-    /// When a session with a member that does not vote starts, a replica tells
-    /// it its stable checkpoint and the state it certifies, if the ledger there
-    /// holds revocations: a member that was away when a revocation committed
-    /// learns it (it executes nothing itself).
+    /// When a session with a member that does not vote starts (not at a
+    /// renewal), a replica tells it its stable checkpoint and the state it
+    /// certifies, if the ledger there holds revocations: a member that was
+    /// away when a revocation committed learns it (it executes nothing
+    /// itself).
     fn push_certified_state(&mut self, peer: PeerId, node: NodeId, now: u64) {
         let voter = self
             .commit
@@ -1501,14 +1548,13 @@ impl Core {
             return;
         }
         if let Some((message, _)) = self.certified_state_message() {
-            self.send_certified_state(peer, message, now);
+            self.send_certified_state(peer, &message, now);
         }
     }
 
-    /// A checkpoint became stable: if its ledger holds more revocations than
-    /// the last state pushed, every member that does not vote gets it (a
-    /// member that missed a revocation's push learns it within a checkpoint
-    /// interval).
+    /// A checkpoint became stable (or was installed by a state transfer): if
+    /// its ledger holds more revocations than the last state pushed, every
+    /// member that does not vote gets it.
     fn on_stable_checkpoint(&mut self, now: u64) {
         let Some((message, count)) = self.certified_state_message() else {
             return;
@@ -1526,7 +1572,7 @@ impl Core {
             .filter(|p| !self.is_voter_peer(p))
             .collect();
         for peer in others {
-            self.send_certified_state(peer, message.clone(), now);
+            self.send_certified_state(peer, &message, now);
         }
     }
 
@@ -1549,10 +1595,19 @@ impl Core {
             wire::decode(body, "certified state").map_err(|_| "malformed")?;
         let cert: fed_pbft::CheckpointCert = wire::decode(&pushed.cert, "checkpoint certificate")
             .map_err(|_| "malformed certificate")?;
+        // Revocations only grow: a state at or below one already taken adds
+        // nothing, and is not checked again (a voter replaying one in a loop
+        // costs a decode, not signatures and hashes).
+        if cert.seq <= c.certified_taken {
+            return Ok(());
+        }
         let app = fed_pbft::certified_app_state(&c.config.membership, &cert, &pushed.state)
             .map_err(|_| "does not verify")?;
         let mut ledger = Ledger::default();
         fed_pbft::Application::restore(&mut ledger, &app).map_err(|_| "not a ledger")?;
+        if let Some(c) = self.commit.as_mut() {
+            c.certified_taken = cert.seq;
+        }
         self.apply_ledger_revocations(&ledger, now);
         Ok(())
     }

@@ -330,6 +330,7 @@ impl Core {
 
     /// The last connection to `peer` closed.
     pub fn handle_disconnected(&mut self, peer: PeerId, now: u64) {
+        let banned = self.bans.contains_key(&peer);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -346,7 +347,7 @@ impl Core {
         // A join waits: the connection may have been the loser of two that
         // crossed (each side dialling the other): dial again, twice at most,
         // before failing it.
-        let retry_join = !p.joiners.is_empty() && p.join_retries < MAX_JOIN_RETRIES;
+        let retry_join = !p.joiners.is_empty() && p.join_retries < MAX_JOIN_RETRIES && !banned;
         let joiners = if retry_join {
             p.join_retries += 1;
             Vec::new()
@@ -390,6 +391,7 @@ impl Core {
 
     /// A dial to `peer` failed.
     pub fn handle_dial_failed(&mut self, peer: PeerId, reason: String, now: u64) {
+        let banned = self.bans.contains_key(&peer);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -399,7 +401,7 @@ impl Core {
         // A join waits: dial again at once, twice at most, before failing it
         // (the other side may have been dialling this node at the same moment
         // and refused the crossing connection).
-        if !p.joiners.is_empty() && p.join_retries < MAX_JOIN_RETRIES {
+        if !p.joiners.is_empty() && p.join_retries < MAX_JOIN_RETRIES && !banned {
             p.join_retries += 1;
             let addrs = p.addrs.clone();
             tracing::debug!(%peer, %reason, "a join's dial failed; dialling again");
@@ -1029,7 +1031,7 @@ impl Core {
                 });
                 self.by_node.insert(node, peer);
                 self.stats.handshakes_completed += 1;
-                self.commit_in_session(peer, node, now);
+                self.commit_in_session(peer, node, renewal, now);
                 if !renewal {
                     self.event(MeshEvent::PeerJoined {
                         node,
@@ -1542,9 +1544,14 @@ impl Core {
                 // broke (both sides dialling at once, say), while a join
                 // waits: start again at once, twice at most, rather than fail
                 // the join on a race.
-                let transient =
-                    matches!(failure, SendFailure::ConnectionClosed | SendFailure::Io(_));
+                // (A responder that refuses a `finish` closes the stream: a
+                // broken stream then is a refusal, not a race.)
+                let transient = matches!(
+                    (&failure, &pending.purpose),
+                    (SendFailure::ConnectionClosed, _) | (SendFailure::Io(_), Purpose::Hello(_))
+                );
                 if transient
+                    && !self.bans.contains_key(&peer)
                     && let Some(p) = self.peers.get_mut(&peer)
                     && !p.joiners.is_empty()
                     && p.join_retries < MAX_JOIN_RETRIES
