@@ -330,8 +330,19 @@ pub enum MeshEvent {
     /// sequence order; a replica restarted from disk executes again from its
     /// last stable checkpoint).
     Committed(std::sync::Arc<crate::core::commit::CommittedBatch>),
-    /// A committed revocation took effect on this node.
+    /// A revocation took effect on this node: a committed one, or (a token)
+    /// this node's own [`revoke_token`](crate::FederatedMesh::revoke_token).
     Revoked(crate::core::commit::Revocation),
+    /// This node issued a token to a member (at each handshake it answers,
+    /// renewals included).
+    TokenIssued {
+        /// The member.
+        node: NodeId,
+        /// The token's id.
+        token: [u8; 32],
+        /// When it expires (Unix milliseconds).
+        expires_at: u64,
+    },
     /// This replica moved to a new view (a new primary).
     ViewChanged {
         /// The view.

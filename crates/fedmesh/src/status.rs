@@ -367,6 +367,7 @@ fn describe(event: &AuditEvent) -> String {
             format!("membership changed: {}", short(membership))
         }
         AuditEvent::CutOff { peer, reason } => format!("cut off {}: {reason}", short(peer)),
+        AuditEvent::TokenRevoked { token } => format!("token revoked: {}", short(token)),
         other => format!("{other:?}"),
     }
 }

@@ -611,9 +611,9 @@ impl Core {
     /// Marks a token id revoked: requests under it are refused from now on.
     pub fn revoke_token(&mut self, token_id: [u8; 32]) {
         if self.revoked.insert(token_id) {
-            self.store_state(vec![StateWrite::Revoked(commit::Revocation::Token(
-                token_id,
-            ))]);
+            let r = commit::Revocation::Token(token_id);
+            self.store_state(vec![StateWrite::Revoked(r)]);
+            self.event(MeshEvent::Revoked(r));
         }
     }
 

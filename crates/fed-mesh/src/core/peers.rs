@@ -1032,6 +1032,15 @@ impl Core {
                 self.by_node.insert(node, peer);
                 self.stats.handshakes_completed += 1;
                 self.commit_in_session(peer, node, renewal, now);
+                if let Some(s) = self.peers.get(&peer).and_then(|p| p.inb.as_ref()) {
+                    let body = s.session.token.body();
+                    let (token, expires_at) = (body.id, body.expires_at);
+                    self.event(MeshEvent::TokenIssued {
+                        node,
+                        token,
+                        expires_at,
+                    });
+                }
                 if !renewal {
                     self.event(MeshEvent::PeerJoined {
                         node,

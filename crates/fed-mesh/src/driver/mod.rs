@@ -716,7 +716,8 @@ impl Driver {
         }
     }
 
-    /// Records the events the audit log keeps (joins, cut-offs), off the
+    /// Records the events the audit log keeps (joins, tokens issued,
+    /// revocations, commits, view changes, cut-offs), off the
     /// node's task: each append is an fsync.
     fn audit(&self, event: &MeshEvent) {
         use crate::store::AuditEvent;
@@ -737,6 +738,15 @@ impl Driver {
             MeshEvent::Revoked(crate::core::commit::Revocation::Member(node)) => {
                 AuditEvent::Revoked { peer: node.0 }
             }
+            MeshEvent::Revoked(crate::core::commit::Revocation::Token(token)) => {
+                AuditEvent::TokenRevoked { token: *token }
+            }
+            MeshEvent::TokenIssued {
+                node, expires_at, ..
+            } => AuditEvent::TokenIssued {
+                peer: node.0,
+                expires_at: *expires_at,
+            },
             _ => return,
         };
         let (log, identity) = (log.clone(), identity.clone());

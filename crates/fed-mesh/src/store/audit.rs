@@ -71,6 +71,11 @@ pub enum AuditEvent {
         /// Why.
         reason: String,
     },
+    /// A token was revoked (by a committed update, or by this node alone).
+    TokenRevoked {
+        /// The token's id.
+        token: [u8; 32],
+    },
 }
 
 /// One entry as stored.

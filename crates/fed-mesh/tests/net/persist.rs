@@ -169,6 +169,21 @@ async fn the_shared_map_and_revocations_outlive_a_restart() {
     }
     let store = opened.unwrap();
     let state = store.state().load().unwrap();
+    // The audit log has the token A issued to B and the revocation.
+    let audit = store.audit().entries().unwrap();
+    assert!(
+        audit.iter().any(|e| matches!(
+            e.event,
+            AuditEvent::TokenIssued { peer, expires_at } if peer == identity(88).node_id().0 && expires_at > e.time_ms
+        )),
+        "{audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.event == AuditEvent::TokenRevoked { token: [9; 32] }),
+        "{audit:?}"
+    );
     assert_eq!(
         state.revoked,
         vec![fed_mesh::core::commit::Revocation::Token([9; 32])]
