@@ -119,7 +119,8 @@ pub use prometheus_client;
 pub use crate::{
     core::{
         Limits, Timing,
-        commit::{CommitReceipt, CommittedBatch, ConsensusConfig, Ledger},
+        commit::{CommitReceipt, CommittedBatch, ConsensusConfig, Ledger, MembershipChange, Voter},
+        epoch::Epoch,
     },
     error::{Error, Result},
     types::*,

@@ -227,10 +227,23 @@ impl MeshBuilder {
             if let Some(store) = &store {
                 let mut pbft = store.pbft();
                 pbft.bind_membership(c.membership.id())?;
-                if c.membership.index_of(&config.identity.node_id()).is_some() {
-                    c.recovered = Some(Arc::new(pbft.load_state()?));
-                    pbft_store = Some(pbft);
-                }
+                // The epochs entered, and the replica state of the last one
+                // (empty unless this node votes in it); checked by the core.
+                c.epochs = pbft
+                    .load_epochs()?
+                    .iter()
+                    .map(|link| {
+                        crate::wire::decode(link, "epoch link").map_err(|e| {
+                            Error::Store(crate::store::StoreError::Corrupted {
+                                path: store.path().to_path_buf(),
+                                detail: format!("an epoch link does not decode: {e}"),
+                            })
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                c.recovered = Some(Arc::new(pbft.load_state()?));
+                c.durable = true;
+                pbft_store = Some(pbft);
             }
         }
         let substrate: Arc<dyn Substrate> = match (self.substrate, &store) {
@@ -490,6 +503,24 @@ impl FederatedMesh {
         revocation: crate::core::commit::Revocation,
     ) -> Result<CommitReceipt> {
         self.commit_operation(revocation.into()).await
+    }
+
+    /// Commits a change of the voting membership: adding a member (with the
+    /// addresses the voters will dial) or removing a voting member. It takes
+    /// effect at the first checkpoint at or after the batch that holds it,
+    /// where a new configuration epoch begins (mesh.md §9): from then on the
+    /// new voters order commits, and proofs verify against the new
+    /// membership only ([`CommitReceipt::verify`] follows the chain of epochs
+    /// from the genesis). Commits submitted meanwhile wait for the new epoch
+    /// and are submitted again there. Only a voting member may change the
+    /// membership; the result must be a valid membership (1 to 64 voters, no
+    /// one twice, no revoked member added). Otherwise the operation commits
+    /// as a no-op and this fails with [`Error::Consensus`].
+    pub async fn commit_membership_change(
+        &self,
+        change: crate::core::commit::MembershipChange,
+    ) -> Result<CommitReceipt> {
+        self.commit_operation(change.into()).await
     }
 
     async fn commit_operation(&self, op: crate::core::commit::Operation) -> Result<CommitReceipt> {

@@ -338,6 +338,8 @@ mod tests {
                 ledger_count: 130,
                 ledger_head: [0; 32],
                 committed_here: 130,
+                epoch: 0,
+                voters: Vec::new(),
             }),
             connected: 5,
             members: 4,

@@ -276,6 +276,16 @@ impl CutOffReason {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum MeshEvent {
+    /// The federation entered a new configuration epoch: its voting members
+    /// changed (mesh.md §9).
+    EpochChanged {
+        /// The epoch's number.
+        epoch: u64,
+        /// The new membership's id.
+        membership: [u8; 32],
+        /// The voting members, in replica order.
+        voters: Vec<NodeId>,
+    },
     /// A session with a member was established.
     PeerJoined {
         /// The member.
@@ -368,6 +378,10 @@ pub struct ConsensusStatus {
     pub ledger_head: [u8; 32],
     /// Batches this replica executed since it started.
     pub committed_here: u64,
+    /// The configuration epoch (0: the genesis's).
+    pub epoch: u64,
+    /// The epoch's voting members, in replica order.
+    pub voters: Vec<NodeId>,
 }
 
 /// A member as the node sees it now.

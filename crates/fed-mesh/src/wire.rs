@@ -142,6 +142,10 @@ pub enum Kind {
     /// stable checkpoint and the state it certifies, pushed to a member that
     /// does not vote so that it takes over the committed revocations.
     CertifiedState = 13,
+    /// [`EpochChain`](crate::core::commit::EpochChain): the links of every
+    /// configuration epoch after the genesis, pushed so that a member that
+    /// was away learns the voting membership (mesh.md §9).
+    EpochChain = 14,
 }
 
 impl Kind {
@@ -160,6 +164,7 @@ impl Kind {
             11 => Kind::ProofResponse,
             12 => Kind::ProofPush,
             13 => Kind::CertifiedState,
+            14 => Kind::EpochChain,
             _ => return None,
         })
     }

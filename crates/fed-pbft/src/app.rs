@@ -11,6 +11,16 @@ pub trait Application {
     /// Applies one operation of `client` and returns its result (sent back in replies).
     fn execute(&mut self, client: &ClientId, operation: &[u8]) -> Vec<u8>;
 
+    /// Called before the operations of the batch with sequence number `seq` are
+    /// executed (also for a batch whose requests all turn out to be
+    /// retransmissions, and again for batches a recovering replica executes
+    /// again). An application whose rules depend on the position in the
+    /// sequence (fed-mesh ends a configuration epoch at a checkpoint) reads it
+    /// here; it must be as deterministic as `execute`. Does nothing by default.
+    fn begin_batch(&mut self, seq: u64) {
+        let _ = seq;
+    }
+
     /// A canonical, deterministic encoding of the whole state: equal states must
     /// give equal bytes. Checkpoint digests hash it, and state transfer moves it.
     fn snapshot(&self) -> Vec<u8>;

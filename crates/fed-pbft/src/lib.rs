@@ -116,7 +116,9 @@ pub use message::{
     ViewChange, batch_digest, decode_batch,
 };
 pub use proof::{CheckpointCert, CommitProof, MAX_COMMIT_PROOF_LEN, PreparedCert};
-pub use replica::{Event, Executed, Replica, Transmit, certified_app_state};
+pub use replica::{
+    CertifiedState, Event, Executed, Replica, Transmit, certified_app_state, certified_state,
+};
 pub use storage::{
     DurableState, MemoryStorage, Persist, PrePrepareRecord, PreparedRecord, Storage,
 };

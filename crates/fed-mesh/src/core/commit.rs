@@ -37,7 +37,9 @@ use multiaddr::Multiaddr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CommandId, Completion, Core, InboundId, labels, peer_id_of_identity,
+    CommandId, Completion, Core, InboundId,
+    epoch::Epoch,
+    labels, peer_id_of_identity,
     peers::{Failure, Purpose},
 };
 use crate::{
@@ -65,10 +67,10 @@ const PROOF_CACHE_BATCHES: usize = 1024;
 /// Bytes of executed batches kept to answer proof requests.
 const PROOF_CACHE_BYTES: usize = 64 << 20;
 /// Room left in a session message for the envelope and the channel's framing.
-const ENVELOPE_SLACK: usize = 64 * 1024;
+pub(super) const ENVELOPE_SLACK: usize = 64 * 1024;
 
 /// How long a client waits for one replica's proof before asking the next.
-const PROOF_RETRY_MS: u64 = 500;
+pub(super) const PROOF_RETRY_MS: u64 = 500;
 
 /// The consensus a node takes part in: from the genesis, plus its own settings.
 #[derive(Clone)]
@@ -91,6 +93,14 @@ pub struct ConsensusConfig {
     pub commit_timeout_ms: u64,
     /// The replica's durable state, read from the store at start.
     pub recovered: Option<Arc<DurableState>>,
+    /// The links of the configuration epochs after the genesis, read from the
+    /// store at start (checked again by the core).
+    pub epochs: Vec<CertifiedState>,
+    /// Whether the host persists the replica's writes ([`Action::Persist`](super::Action::Persist)
+    /// and [`Action::EnterEpoch`](super::Action::EnterEpoch)). A node without
+    /// storage that becomes a voting member at an epoch change runs no replica
+    /// unless `volatile_replica` is set.
+    pub durable: bool,
     /// Lets a voting member run without a data directory. Such a replica
     /// forgets its votes when it stops and may then contradict them, which
     /// breaks the fault bound; for tests and experiments only. Default false:
@@ -130,6 +140,8 @@ impl ConsensusConfig {
             client_slots: 16,
             commit_timeout_ms: 30_000,
             recovered: None,
+            epochs: Vec::new(),
+            durable: false,
             volatile_replica: false,
             byzantine_votes: false,
         })
@@ -148,18 +160,76 @@ impl std::fmt::Debug for ConsensusConfig {
     }
 }
 
+/// Most addresses a voting member may list in the ledger.
+pub const MAX_VOTER_ADDRESSES: usize = 8;
+/// Longest address (its text form) of a voting member in the ledger.
+pub const MAX_VOTER_ADDRESS_LEN: usize = 256;
+
+/// A voting member as the ledger holds it: its public identity (crypto.md §3
+/// encoding) and the addresses it listens on (multiaddr text), as the genesis
+/// lists them or as the [`Operation::AddVoter`] that added it gave them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voter {
+    /// The public identity's encoding.
+    #[serde(with = "serde_bytes")]
+    pub identity: Vec<u8>,
+    /// Its listen addresses (at most [`MAX_VOTER_ADDRESSES`], each at most
+    /// [`MAX_VOTER_ADDRESS_LEN`] bytes, each a multiaddr).
+    pub addresses: Vec<String>,
+}
+
+impl Voter {
+    /// A voter from its identity and addresses.
+    pub fn new(identity: &fed_crypto::PublicIdentity, addresses: &[Multiaddr]) -> Self {
+        Self {
+            identity: identity.as_bytes().to_vec(),
+            addresses: addresses.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Its identity, if it decodes and its addresses are within bounds and parse.
+    fn check(&self) -> Option<fed_crypto::PublicIdentity> {
+        if self.addresses.len() > MAX_VOTER_ADDRESSES
+            || self
+                .addresses
+                .iter()
+                .any(|a| a.len() > MAX_VOTER_ADDRESS_LEN || a.parse::<Multiaddr>().is_err())
+        {
+            return None;
+        }
+        fed_crypto::PublicIdentity::from_bytes(&self.identity).ok()
+    }
+
+    /// The parsed addresses (those that do not parse left out).
+    pub fn multiaddrs(&self) -> Vec<Multiaddr> {
+        self.addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+}
+
+/// The identities of `voters` if they form a valid membership (fed-pbft's
+/// rules: 1 to 64 members, no Ed25519 key twice) and every voter is well
+/// formed.
+fn voter_identities(voters: &[Voter]) -> Option<Vec<fed_crypto::PublicIdentity>> {
+    let ids: Vec<_> = voters.iter().map(Voter::check).collect::<Option<_>>()?;
+    Membership::new(ids.clone()).ok()?;
+    Some(ids)
+}
+
 /// The replicated application: a hash chain over every executed operation,
-/// and the revocations committed so far.
+/// the revocations committed so far, and the configuration: the epoch, its
+/// voting members, and the next epoch's once a membership change committed.
 ///
 /// `head' = hash(COMMIT_LEDGER, [head, be64(index), client, operation])` for the
 /// operation with 0-based `index`; a replica's snapshot is `be64(count) ‖ head ‖
-/// postcard((revoked tokens, revoked members))` (each a sorted list), so two
-/// replicas that executed different sequences have different checkpoint
-/// digests. An operation that is not exactly one [`Operation`] is a no-op (not
-/// chained) with result `[1]`; a revocation from a client that is not one of a
-/// voting member's slots, of a voting member, or beyond [`MAX_REVOCATIONS`], is
-/// a no-op with result `[2]`; anything else is chained and answers
-/// `[0] ‖ be64(index)`.
+/// postcard(LedgerState)` (mesh.md §9), so two replicas that executed different
+/// sequences have different checkpoint digests. Results: `[0] ‖ be64(index)`
+/// for a chained operation; `[1]` for bytes that are not exactly one
+/// [`Operation`]; `[2]` for an operation the rules refuse; `[3]` for anything
+/// in a batch after the epoch's end (the submitter submits it again in the
+/// next epoch). Only `[0]` changes the ledger.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     /// Operations executed.
@@ -170,33 +240,155 @@ pub struct Ledger {
     pub revoked_tokens: std::collections::BTreeSet<[u8; 32]>,
     /// Members (node ids) revoked by committed operations.
     pub revoked_members: std::collections::BTreeSet<[u8; 32]>,
-    /// The client ids of the voting members' slots: who may revoke.
-    voters: std::collections::HashSet<ClientId>,
-    /// The voting members' node ids: who may not be revoked (removing a voter
-    /// is a membership change).
+    /// The configuration epoch (0: the genesis's).
+    pub epoch: u64,
+    /// This epoch's voting members, in replica order.
+    pub voters: Vec<Voter>,
+    /// The next epoch's voting members, once a membership change committed.
+    pub next: Option<Vec<Voter>>,
+    /// The last sequence number of this epoch: the first checkpoint at or
+    /// after the batch of its first membership change.
+    pub end: Option<u64>,
+    /// The checkpoint interval (configuration, not replicated state).
+    interval: u64,
+    /// The sequence number of the batch executing.
+    seq: u64,
+    /// The client ids of this epoch's voting members' slots: who may revoke
+    /// and change the membership.
+    voter_clients: std::collections::HashSet<ClientId>,
+    /// The node ids of this epoch's and the next's voting members: who may not
+    /// be revoked (removing a voter is a membership change).
     voter_nodes: std::collections::HashSet<[u8; 32]>,
 }
 
+/// The ledger's replicated state after `count ‖ head` (mesh.md §9).
+#[derive(Serialize, Deserialize)]
+struct LedgerState {
+    tokens: Vec<[u8; 32]>,
+    members: Vec<[u8; 32]>,
+    epoch: u64,
+    voters: Vec<Voter>,
+    next: Option<Vec<Voter>>,
+    end: Option<u64>,
+}
+
 impl Ledger {
-    /// An empty ledger for `membership`.
-    pub fn new(membership: &Membership) -> Self {
-        Self {
-            voters: voter_clients(membership),
-            voter_nodes: membership.members().iter().map(|m| m.node_id().0).collect(),
+    /// The genesis's ledger: epoch 0, its members (with their addresses) voting.
+    /// `checkpoint_interval` is fed-pbft's (an epoch ends at a checkpoint).
+    pub fn genesis(
+        membership: &Membership,
+        addresses: &[Vec<Multiaddr>],
+        checkpoint_interval: u64,
+    ) -> Self {
+        let voters = membership
+            .members()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Voter::new(m, addresses.get(i).map_or(&[][..], Vec::as_slice)))
+            .collect();
+        let mut ledger = Self {
+            voters,
+            interval: checkpoint_interval,
             ..Self::default()
+        };
+        ledger.derive();
+        ledger
+    }
+
+    /// The ledger a replica restored from `snapshot` would hold.
+    pub fn from_snapshot(
+        snapshot: &[u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let mut ledger = Self::default();
+        Application::restore(&mut ledger, snapshot)?;
+        Ok(ledger)
+    }
+
+    /// The ledger the next epoch starts from: this one's chain and
+    /// revocations, the next voting members, no change pending. `None` if no
+    /// change committed.
+    pub fn next_epoch(&self) -> Option<Self> {
+        let mut next = Self {
+            count: self.count,
+            head: self.head,
+            revoked_tokens: self.revoked_tokens.clone(),
+            revoked_members: self.revoked_members.clone(),
+            epoch: self.epoch.checked_add(1)?,
+            voters: self.next.clone()?,
+            interval: self.interval,
+            ..Self::default()
+        };
+        next.derive();
+        Some(next)
+    }
+
+    /// The checkpoint interval the epoch's end is computed with.
+    pub(crate) fn interval(&self) -> u64 {
+        self.interval
+    }
+
+    /// Sets the checkpoint interval (configuration, not replicated state).
+    pub(crate) fn set_interval(&mut self, interval: u64) {
+        self.interval = interval;
+    }
+
+    /// Recomputes the sets derived from the voters.
+    fn derive(&mut self) {
+        let nodes = |v: &[Voter]| -> Vec<NodeId> {
+            v.iter()
+                .filter_map(|v| fed_crypto::PublicIdentity::from_bytes(&v.identity).ok())
+                .map(|i| i.node_id())
+                .collect()
+        };
+        let current = nodes(&self.voters);
+        self.voter_clients = current
+            .iter()
+            .flat_map(|n| (0..MAX_CLIENT_SLOTS).map(move |s| client_id(n, s)))
+            .collect();
+        self.voter_nodes = current.iter().map(|n| n.0).collect();
+        if let Some(next) = &self.next {
+            self.voter_nodes.extend(nodes(next).iter().map(|n| n.0));
         }
     }
 
-    /// Whether `client` may commit `op`: updates from anyone; revocations only
-    /// from a voting member's slot, never of a voting member, and not beyond
-    /// [`MAX_REVOCATIONS`].
+    /// The voting members the next change applies to: the next epoch's if a
+    /// change committed, else this one's.
+    fn upcoming(&self) -> &[Voter] {
+        self.next.as_deref().unwrap_or(&self.voters)
+    }
+
+    /// Whether `client` may commit `op` (before the epoch's end): updates from
+    /// anyone; revocations and membership changes only from a voting member's
+    /// slot. A revocation never of a voting member (this epoch's or the
+    /// next's) and not beyond [`MAX_REVOCATIONS`]; an added voter well formed,
+    /// not revoked, not voting already, and the next membership valid; a
+    /// removed voter voting, and not the last.
     fn allows(&self, client: &ClientId, op: &Operation) -> bool {
         match op {
             Operation::Update(_) => true,
+            _ if !self.voter_clients.contains(client) => false,
             Operation::RevokeToken(_) | Operation::RevokeMember(_) => {
-                self.voters.contains(client)
-                    && !matches!(op, Operation::RevokeMember(n) if self.voter_nodes.contains(n))
+                !matches!(op, Operation::RevokeMember(n) if self.voter_nodes.contains(n))
                     && self.revoked_tokens.len() + self.revoked_members.len() < MAX_REVOCATIONS
+            }
+            Operation::AddVoter(v) => {
+                let Some(identity) = v.check() else {
+                    return false;
+                };
+                if self.revoked_members.contains(&identity.node_id().0) {
+                    return false;
+                }
+                let mut next = self.upcoming().to_vec();
+                next.push(v.clone());
+                voter_identities(&next).is_some()
+            }
+            Operation::RemoveVoter(node) => {
+                let upcoming = self.upcoming();
+                upcoming.len() > 1
+                    && upcoming.iter().any(|v| {
+                        fed_crypto::PublicIdentity::from_bytes(&v.identity)
+                            .is_ok_and(|i| i.node_id().0 == *node)
+                    })
             }
         }
     }
@@ -214,28 +406,52 @@ pub fn voter_clients(membership: &Membership) -> std::collections::HashSet<Clien
         .collect()
 }
 
-#[derive(Serialize, Deserialize)]
-struct Revoked {
-    tokens: Vec<[u8; 32]>,
-    members: Vec<[u8; 32]>,
-}
-
 impl Application for Ledger {
+    fn begin_batch(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
     fn execute(&mut self, client: &ClientId, operation: &[u8]) -> Vec<u8> {
+        if self.end.is_some_and(|end| self.seq > end) {
+            return vec![3];
+        }
         let Some(op) = decode_operation(operation) else {
             return vec![1];
         };
         if !self.allows(client, &op) {
             return vec![2];
         }
-        match op {
-            Operation::Update(_) => {}
+        let next = match op {
+            Operation::Update(_) => None,
             Operation::RevokeToken(id) => {
                 self.revoked_tokens.insert(id);
+                None
             }
             Operation::RevokeMember(id) => {
                 self.revoked_members.insert(id);
+                None
             }
+            Operation::AddVoter(v) => {
+                let mut next = self.upcoming().to_vec();
+                next.push(v);
+                Some(next)
+            }
+            Operation::RemoveVoter(node) => {
+                let mut next = self.upcoming().to_vec();
+                next.retain(|v| {
+                    fed_crypto::PublicIdentity::from_bytes(&v.identity)
+                        .is_ok_and(|i| i.node_id().0 != node)
+                });
+                Some(next)
+            }
+        };
+        if let Some(next) = next {
+            // The epoch ends at the first checkpoint at or after this batch.
+            let k = self.interval.max(1);
+            self.end
+                .get_or_insert(self.seq.max(1).div_ceil(k).saturating_mul(k));
+            self.next = Some(next);
+            self.derive();
         }
         let index = self.count;
         self.head = hash(
@@ -251,9 +467,13 @@ impl Application for Ledger {
     fn snapshot(&self) -> Vec<u8> {
         let mut out = self.count.to_be_bytes().to_vec();
         out.extend_from_slice(&self.head);
-        out.extend_from_slice(&wire::encode(&Revoked {
+        out.extend_from_slice(&wire::encode(&LedgerState {
             tokens: self.revoked_tokens.iter().copied().collect(),
             members: self.revoked_members.iter().copied().collect(),
+            epoch: self.epoch,
+            voters: self.voters.clone(),
+            next: self.next.clone(),
+            end: self.end,
         }));
         out
     }
@@ -267,15 +487,33 @@ impl Application for Ledger {
         }
         let (count, rest) = s.split_at(8);
         let (head, rest) = rest.split_at(32);
-        let revoked: Revoked = wire::decode(rest, "ledger revocations")?;
+        let state: LedgerState = wire::decode(rest, "ledger state")?;
         let sorted = |v: &[[u8; 32]]| v.windows(2).all(|w| w[0] < w[1]);
-        if !sorted(&revoked.tokens) || !sorted(&revoked.members) {
+        if !sorted(&state.tokens) || !sorted(&state.members) {
             return Err("a ledger snapshot's revocations are not sorted".into());
+        }
+        if voter_identities(&state.voters).is_none()
+            || state
+                .next
+                .as_deref()
+                .is_some_and(|n| voter_identities(n).is_none())
+        {
+            return Err("a ledger snapshot's voting members are not a valid membership".into());
+        }
+        if state.next.is_some() != state.end.is_some() {
+            return Err(
+                "a ledger snapshot has a next membership without an end, or the reverse".into(),
+            );
         }
         self.count = u64::from_be_bytes(count.try_into()?);
         self.head.copy_from_slice(head);
-        self.revoked_tokens = revoked.tokens.into_iter().collect();
-        self.revoked_members = revoked.members.into_iter().collect();
+        self.revoked_tokens = state.tokens.into_iter().collect();
+        self.revoked_members = state.members.into_iter().collect();
+        self.epoch = state.epoch;
+        self.voters = state.voters;
+        self.next = state.next;
+        self.end = state.end;
+        self.derive();
         Ok(())
     }
 }
@@ -290,6 +528,41 @@ pub enum Operation {
     /// Refuse, on every member, every request and handshake of this member
     /// (by node id). Only voting members may commit it.
     RevokeMember([u8; 32]),
+    /// Make this member a voting member from the next configuration epoch on
+    /// (mesh.md §9). Only voting members may commit it.
+    AddVoter(Voter),
+    /// Remove this voting member (by node id) from the next configuration
+    /// epoch on. Only voting members may commit it.
+    RemoveVoter([u8; 32]),
+}
+
+/// A change of the voting membership, as
+/// [`FederatedMesh::commit_membership_change`](crate::FederatedMesh::commit_membership_change)
+/// takes it. It takes effect at the next checkpoint, in a new configuration
+/// epoch (mesh.md §9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Make a member a voting member.
+    Add {
+        /// Its public identity.
+        identity: Box<fed_crypto::PublicIdentity>,
+        /// Where it listens (at most [`MAX_VOTER_ADDRESSES`]).
+        addresses: Vec<Multiaddr>,
+    },
+    /// Remove a voting member (by node id); it stays a member.
+    Remove(NodeId),
+}
+
+impl From<MembershipChange> for Operation {
+    fn from(c: MembershipChange) -> Self {
+        match c {
+            MembershipChange::Add {
+                identity,
+                addresses,
+            } => Operation::AddVoter(Voter::new(&identity, &addresses)),
+            MembershipChange::Remove(node) => Operation::RemoveVoter(node.0),
+        }
+    }
 }
 
 /// A revocation, as [`FederatedMesh::commit_revocation`](crate::FederatedMesh::commit_revocation) takes it.
@@ -338,25 +611,35 @@ pub struct CommitReceipt {
     /// The encoded batch (fed-pbft's encoding): the proof's digest is its digest.
     #[serde(with = "serde_bytes")]
     pub batch: Vec<u8>,
+    /// The links from the genesis to the configuration epoch the proof was
+    /// made in (empty for epoch 0): `epochs[i]` leads from epoch `i` to `i + 1`.
+    pub epochs: Vec<CertifiedState>,
 }
 
 impl CommitReceipt {
-    /// Checks, offline, that the update committed in the federation of
-    /// `membership`: the proof verifies (a quorum of the members' COMMIT
-    /// signatures, under this membership's id and so its genesis), the batch
+    /// Checks, offline, that the update committed in the federation whose
+    /// genesis membership is `membership`: every link of [`epochs`](Self::epochs)
+    /// checks against the epoch before it (from the genesis), the proof
+    /// verifies against the last epoch's membership (a quorum of its members'
+    /// COMMIT signatures, under its id and so its genesis and chain), the batch
     /// has the proof's digest, and the batch holds the request
-    /// `(client, timestamp, postcard(operation))`.
+    /// `(client, timestamp, postcard(operation))`. An operation only voting
+    /// members may commit must come from one of that epoch's voters' slots.
     pub fn verify(&self, membership: &Membership) -> Result<()> {
+        let genesis = Epoch::genesis(Arc::new(membership.clone()), Vec::new(), 0);
+        let epoch = genesis.follow_all(&self.epochs)?;
+        let m = &epoch.membership;
         self.proof
-            .verify_batch(membership, &self.batch)
+            .verify_batch(m, &self.batch)
             .map_err(|e| Error::Pbft(Arc::new(e)))?;
-        if let Operation::RevokeToken(_) | Operation::RevokeMember(_) = &self.operation {
-            let ledger = Ledger::new(membership);
-            if !ledger.voters.contains(&self.client)
-                || matches!(&self.operation, Operation::RevokeMember(n) if ledger.voter_nodes.contains(n))
+        if !matches!(self.operation, Operation::Update(_)) {
+            let voters = voter_clients(m);
+            let of_voter = |n: &[u8; 32]| m.members().iter().any(|v| v.node_id().0 == *n);
+            if !voters.contains(&self.client)
+                || matches!(&self.operation, Operation::RevokeMember(n) if of_voter(n))
             {
                 return Err(Error::Consensus(
-                    "a revocation by a client that may not revoke executes as a no-op".into(),
+                    "an operation that a client may not commit executes as a no-op".into(),
                 ));
             }
         }
@@ -442,70 +725,92 @@ pub struct CertifiedState {
     pub state: serde_bytes::ByteBuf,
 }
 
+/// The links of every configuration epoch after the genesis, in order
+/// (kind 14, mesh.md §9): each a stable checkpoint of the epoch before it at or
+/// after its end, with the state it certifies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochChain {
+    /// Link `i` leads from epoch `i` to epoch `i + 1`.
+    pub links: Vec<CertifiedState>,
+}
+
 /// A kind-13 message and the revocation count of the ledger in it.
 type CertifiedMessage = (Arc<Vec<u8>>, usize);
 
 /// A commit in a slot, from submission to its receipt.
-struct InFlight {
-    command: CommandId,
-    update: Operation,
-    timestamp: u64,
-    deadline: u64,
+pub(super) struct InFlight {
+    pub(super) command: CommandId,
+    pub(super) update: Operation,
+    pub(super) timestamp: u64,
+    /// The configuration epoch it was submitted in.
+    pub(super) epoch: u64,
+    pub(super) deadline: u64,
     /// After `f + 1` replies: the index, and the replicas asked for the proof.
-    proof: Option<ProofHunt>,
+    pub(super) proof: Option<ProofHunt>,
 }
 
-struct ProofHunt {
-    index: u64,
-    asked: usize,
-    next_at: u64,
-    waiting: bool,
+pub(super) struct ProofHunt {
+    pub(super) index: u64,
+    pub(super) asked: usize,
+    pub(super) next_at: u64,
+    pub(super) waiting: bool,
 }
 
-struct Slot {
-    id: ClientId,
-    client: Client,
-    busy: Option<InFlight>,
+pub(super) struct Slot {
+    pub(super) id: ClientId,
+    pub(super) client: Client,
+    pub(super) busy: Option<InFlight>,
+    /// The latest timestamp submitted (a new epoch's client starts above it).
+    pub(super) last_timestamp: u64,
 }
 
-struct Queued {
-    command: CommandId,
-    update: Operation,
-    deadline: u64,
+pub(super) struct Queued {
+    pub(super) command: CommandId,
+    pub(super) update: Operation,
+    pub(super) deadline: u64,
 }
 
 /// An executed batch kept for proof requests: its proof, the batch, its requests.
 type Remembered = (CommitProof, Arc<[u8]>, Vec<(ClientId, u64)>);
 
+/// Where a batch executed: its configuration epoch and sequence number.
+type Position = (u64, u64);
+
 /// The node's part in the consensus.
 pub(crate) struct CommitState {
-    config: ConsensusConfig,
+    pub(super) config: ConsensusConfig,
     /// Revocations in the last certified state pushed to every member that
     /// does not vote.
-    pushed_revocations: usize,
+    pub(super) pushed_revocations: usize,
     /// The kind-13 message of a stable checkpoint (by its sequence number),
     /// with its ledger's revocation count; `None` if it has none or is too
     /// large.
-    certified: Option<(u64, Option<CertifiedMessage>)>,
+    pub(super) certified: Option<(u64, Option<CertifiedMessage>)>,
     /// The sequence number of the last certified state taken (a member that
     /// does not vote).
-    certified_taken: u64,
-    replica: Option<Replica<Ledger>>,
-    slots: Vec<Slot>,
-    queue: VecDeque<Queued>,
+    pub(super) certified_taken: u64,
+    pub(super) replica: Option<Replica<Ledger>>,
+    /// Every configuration epoch so far, from the genesis's (never empty).
+    pub(super) epochs: Vec<Epoch>,
+    /// The links between them: `chain[i]` leads from epoch `i` to `i + 1`.
+    pub(super) chain: Vec<CertifiedState>,
+    /// A reply said this epoch is over (`[3]`): commits wait for the next.
+    pub(super) epoch_over: bool,
+    /// Commits to submit again in the next epoch.
+    pub(super) deferred: Vec<Queued>,
+    pub(super) slots: Vec<Slot>,
+    pub(super) queue: VecDeque<Queued>,
     /// The node and slot of each client a replica knows, for its replies.
-    clients: HashMap<ClientId, NodeId>,
-    /// Executed batches for proof requests: seq → (proof, batch, its requests).
-    recent: BTreeMap<u64, Remembered>,
-    recent_bytes: usize,
-    by_request: HashMap<(ClientId, u64), u64>,
+    pub(super) clients: HashMap<ClientId, NodeId>,
+    /// Executed batches for proof requests: (epoch, seq) → (proof, batch, its requests).
+    pub(super) recent: BTreeMap<Position, Remembered>,
+    pub(super) recent_bytes: usize,
+    pub(super) by_request: HashMap<(ClientId, u64), Position>,
     pub(crate) committed: u64,
     /// PBFT messages produced by one input, coalesced per peer: one envelope each.
-    outbox: BTreeMap<PeerId, (Vec<Multiaddr>, Vec<Vec<u8>>)>,
+    pub(super) outbox: BTreeMap<PeerId, (Vec<Multiaddr>, Vec<Vec<u8>>)>,
     /// Inputs are being fed in a group; [`Core::drain_replica`] runs once after.
-    defer_drain: bool,
-    /// An empty ledger of this membership: the rule of who may revoke what.
-    rule: Ledger,
+    pub(super) defer_drain: bool,
 }
 
 /// `hash(PBFT_CLIENT_ID, [node, be16(slot)])`.
@@ -529,35 +834,74 @@ impl CommitState {
                 config.client_slots
             )));
         }
-        let m = config.membership.clone();
+        let genesis = Epoch::genesis(
+            config.membership.clone(),
+            config.addresses.clone(),
+            config.pbft.checkpoint_interval,
+        );
+        let mut epochs = vec![genesis];
+        for link in &config.epochs {
+            let next = epochs[epochs.len() - 1].follow(link)?.0;
+            epochs.push(next);
+        }
+        let chain = config.epochs.clone();
+        let epoch = epochs[epochs.len() - 1].clone();
         let node = identity.node_id();
-        let pbft_err = |e: fed_pbft::Error| Error::Pbft(Arc::new(e));
-        let mut replica = match m.index_of(&node) {
+        let replica = match epoch.membership.index_of(&node) {
             None => None,
-            Some(_) => Some(match &config.recovered {
-                Some(state) => Replica::recover(
-                    identity.clone(),
-                    m.clone(),
-                    config.pbft.clone(),
-                    Ledger::new(&m),
-                    (**state).clone(),
-                    now,
-                )
-                .map_err(pbft_err)?,
-                None => Replica::new(
-                    identity.clone(),
-                    m.clone(),
-                    config.pbft.clone(),
-                    Ledger::new(&m),
-                    now,
-                )
-                .map_err(pbft_err)?,
-            }),
+            Some(_) => new_replica(&config, identity, &epoch, config.recovered.as_deref(), now)?,
         };
-        // Until a session with a replica exists, a slot's key for it is random:
-        // that replica refuses the slot's requests, the others do not.
-        let mut slots = Vec::with_capacity(usize::from(config.client_slots));
-        for s in 0..config.client_slots {
+        let mut state = Self {
+            pushed_revocations: 0,
+            certified: None,
+            certified_taken: 0,
+            replica,
+            epochs,
+            chain,
+            epoch_over: false,
+            deferred: Vec::new(),
+            slots: Vec::new(),
+            queue: VecDeque::new(),
+            clients: HashMap::new(),
+            recent: BTreeMap::new(),
+            recent_bytes: 0,
+            by_request: HashMap::new(),
+            committed: 0,
+            outbox: BTreeMap::new(),
+            defer_drain: false,
+            config,
+        };
+        // Timestamps start at the wall clock, so that a restarted node's
+        // new requests are newer than those it sent before.
+        state.new_clients(&node, rng, now)?;
+        Ok(state)
+    }
+
+    /// The current configuration epoch.
+    pub(super) fn cur(&self) -> &Epoch {
+        &self.epochs[self.epochs.len() - 1]
+    }
+
+    /// The epoch numbered `number`, if known.
+    pub(super) fn epoch(&self, number: u64) -> Option<&Epoch> {
+        self.epochs.get(usize::try_from(number).ok()?)
+    }
+
+    /// (Re)creates every slot's client for the current epoch (keeping what
+    /// the slots have in flight), each starting above the timestamps it used,
+    /// and registers their keys with this node's own replica. Until a session
+    /// with a replica exists, a slot's key for it is random: that replica
+    /// refuses the slot's requests, the others do not.
+    pub(super) fn new_clients(
+        &mut self,
+        node: &NodeId,
+        rng: &mut impl rand_chacha::rand_core::Rng,
+        now: u64,
+    ) -> Result<()> {
+        let pbft_err = |e: fed_pbft::Error| Error::Pbft(Arc::new(e));
+        let m = self.cur().membership.clone();
+        let retransmit = self.config.pbft.retransmit_ms.max(1) * 5;
+        for s in 0..self.config.client_slots {
             let keys = (0..m.len())
                 .map(|_| {
                     let mut k = [0u8; 32];
@@ -565,54 +909,38 @@ impl CommitState {
                     ClientKey::new(&k)
                 })
                 .collect();
-            let id = client_id(&node, s);
-            // Timestamps start at the wall clock, so that a restarted node's
-            // new requests are newer than those it sent before.
-            let client = Client::new(
-                id,
-                keys,
-                m.clone(),
-                now.max(1),
-                config.pbft.retransmit_ms.max(1) * 5,
-            )
-            .map_err(pbft_err)?;
-            slots.push(Slot {
-                id,
-                client,
-                busy: None,
-            });
+            let id = client_id(node, s);
+            let i = usize::from(s);
+            let first = self
+                .slots
+                .get(i)
+                .map_or(now, |slot| now.max(slot.last_timestamp + 1))
+                .max(1);
+            let client = Client::new(id, keys, m.clone(), first, retransmit).map_err(pbft_err)?;
+            match self.slots.get_mut(i) {
+                Some(slot) => slot.client = client,
+                None => self.slots.push(Slot {
+                    id,
+                    client,
+                    busy: None,
+                    last_timestamp: 0,
+                }),
+            }
         }
         // This node's own replica shares a fresh random key with each slot.
-        let mut clients = HashMap::new();
-        if let Some(r) = replica.as_mut() {
+        if let Some(r) = self.replica.as_mut() {
             let me = r.index();
-            for slot in &mut slots {
+            for slot in &mut self.slots {
                 let mut k = [0u8; 32];
                 rng.fill_bytes(&mut k);
                 let key = ClientKey::new(&k);
                 k.fill(0);
                 slot.client.set_key(me, &key).map_err(pbft_err)?;
                 r.add_client(slot.id, key).map_err(pbft_err)?;
-                clients.insert(slot.id, node);
+                self.clients.insert(slot.id, *node);
             }
         }
-        Ok(Self {
-            pushed_revocations: 0,
-            certified: None,
-            certified_taken: 0,
-            config,
-            replica,
-            slots,
-            queue: VecDeque::new(),
-            clients,
-            recent: BTreeMap::new(),
-            recent_bytes: 0,
-            by_request: HashMap::new(),
-            committed: 0,
-            outbox: BTreeMap::new(),
-            defer_drain: false,
-            rule: Ledger::new(&m),
-        })
+        Ok(())
     }
 
     pub(crate) fn next_timeout(&self) -> Option<u64> {
@@ -640,7 +968,7 @@ impl CommitState {
     /// sequence number already held is kept as it is.
     fn remember(
         &mut self,
-        seq: u64,
+        seq: Position,
         proof: CommitProof,
         batch: Arc<[u8]>,
         requests: &[(ClientId, u64)],
@@ -667,6 +995,47 @@ impl CommitState {
     }
 }
 
+/// The replica of `epoch` for this node: recovered from `recovered` (the
+/// store's, which holds the current epoch's votes) or new, from the ledger
+/// the epoch starts with. `None` for a node without storage (unless
+/// `volatile_replica`), which then takes part as a member that does not vote.
+pub(super) fn new_replica(
+    config: &ConsensusConfig,
+    identity: &Arc<fed_crypto::Identity>,
+    epoch: &Epoch,
+    recovered: Option<&DurableState>,
+    now: u64,
+) -> Result<Option<Replica<Ledger>>> {
+    let pbft_err = |e: fed_pbft::Error| Error::Pbft(Arc::new(e));
+    if epoch.number > 0 && !config.durable && !config.volatile_replica {
+        tracing::error!(
+            epoch = epoch.number,
+            "this node became a voting member but has no data directory: it runs no replica"
+        );
+        return Ok(None);
+    }
+    let m = epoch.membership.clone();
+    let replica = match recovered {
+        Some(state) => Replica::recover(
+            identity.clone(),
+            m,
+            config.pbft.clone(),
+            epoch.ledger.clone(),
+            state.clone(),
+            now,
+        ),
+        None => Replica::new(
+            identity.clone(),
+            m,
+            config.pbft.clone(),
+            epoch.ledger.clone(),
+            now,
+        ),
+    }
+    .map_err(pbft_err)?;
+    Ok(Some(replica))
+}
+
 /// A PBFT message's kind byte (fed-pbft envelope: magic 4, version 1, kind 1).
 fn pbft_kind(bytes: &[u8]) -> Option<u8> {
     bytes.get(5).copied()
@@ -686,7 +1055,7 @@ impl Core {
         self.peers
             .get(peer)
             .and_then(|p| p.node)
-            .is_some_and(|n| c.config.membership.index_of(&n).is_some())
+            .is_some_and(|n| c.cur().membership.index_of(&n).is_some())
     }
 
     /// The replica's view, last executed sequence number and ledger, if this
@@ -705,6 +1074,14 @@ impl Core {
             ledger_count: replica.map_or(0, |r| r.app().count),
             ledger_head: replica.map_or([0; 32], |r| r.app().head),
             committed_here: c.committed,
+            epoch: c.cur().number,
+            voters: c
+                .cur()
+                .membership
+                .members()
+                .iter()
+                .map(|m| m.node_id())
+                .collect(),
         })
     }
 
@@ -744,11 +1121,12 @@ impl Core {
     }
 
     /// Moves queued commits into free slots.
-    fn pump_commits(&mut self, now: u64) {
+    pub(super) fn pump_commits(&mut self, now: u64) {
         let Some(c) = self.commit.as_mut() else {
             return;
         };
-        while !c.queue.is_empty() {
+        let epoch = c.cur().number;
+        while !c.queue.is_empty() && !c.epoch_over {
             let Some(slot) = c.slots.iter_mut().find(|s| s.busy.is_none()) else {
                 break;
             };
@@ -757,10 +1135,12 @@ impl Core {
             };
             match slot.client.submit(encode_operation(&q.update), now) {
                 Ok(timestamp) => {
+                    slot.last_timestamp = timestamp;
                     slot.busy = Some(InFlight {
                         command: q.command,
                         update: q.update,
                         timestamp,
+                        epoch,
                         deadline: q.deadline,
                         proof: None,
                     });
@@ -803,14 +1183,14 @@ impl Core {
             self.pbft_deliver(None, bytes, now);
             return;
         }
-        let Some(identity) = c.config.membership.member(to) else {
+        let Some(identity) = c.cur().membership.member(to) else {
             return;
         };
         let Some(peer) = peer_id_of_identity(identity) else {
             return;
         };
         let addrs = c
-            .config
+            .cur()
             .addresses
             .get(usize::from(to))
             .cloned()
@@ -923,9 +1303,10 @@ impl Core {
                     return;
                 };
                 // Replica-to-replica messages: only from the replica's own peer.
+                let m = r.membership();
                 let sender = from.and_then(|p| {
                     let node = self.peers.get(&p)?.node?;
-                    c.config.membership.index_of(&node)
+                    m.index_of(&node)
                 });
                 let Some(index) = sender else {
                     self.stats.pbft_rejected += 1;
@@ -966,7 +1347,7 @@ impl Core {
         }
         if c.config.byzantine_votes {
             let identity = self.config.identity.clone();
-            let m = c.config.membership.clone();
+            let m = c.cur().membership.clone();
             for t in &mut transmits {
                 if let Some(bytes) = forge_vote(&identity, &m, &t.payload) {
                     t.payload = bytes.into();
@@ -988,6 +1369,7 @@ impl Core {
                 }
                 PbftEvent::StableCheckpoint { .. } | PbftEvent::StateTransferred { .. } => {
                     self.on_stable_checkpoint(now);
+                    self.check_epoch_end(now);
                 }
                 _ => {}
             }
@@ -1002,7 +1384,7 @@ impl Core {
         // The replica `seq mod n` pushes the proof and batch to every other
         // node with a request in it, so that clients need not ask (they still
         // do if it does not come, or does not verify).
-        let n = c.config.membership.len() as u64;
+        let n = c.cur().membership.len() as u64;
         let me = c.replica.as_ref().map(Replica::index);
         let mut push_to = Vec::new();
         if me == Some((x.seq % n) as ReplicaIndex) {
@@ -1042,7 +1424,13 @@ impl Core {
                 None => {}
             }
         }
-        c.remember(x.seq, x.proof.clone(), x.batch.clone(), &x.requests);
+        let epoch = c.cur().number;
+        c.remember(
+            (epoch, x.seq),
+            x.proof.clone(),
+            x.batch.clone(),
+            &x.requests,
+        );
         c.committed += 1;
         let (ledger_count, ledger_head) = c
             .replica
@@ -1150,6 +1538,17 @@ impl Core {
         let Some(c) = self.commit.as_mut() else {
             return;
         };
+        // The epoch whose membership the proof names.
+        let Some(epoch) = c
+            .epochs
+            .iter()
+            .rev()
+            .find(|e| e.membership.id() == &proof.membership)
+            .cloned()
+        else {
+            self.stats.pbft_rejected += 1;
+            return;
+        };
         let Ok(requests) = decode_batch(&batch) else {
             self.stats.pbft_rejected += 1;
             return;
@@ -1160,7 +1559,7 @@ impl Core {
             .iter()
             .filter_map(|r| {
                 let op = decode_operation(&r.operation)?;
-                if !c.rule.allows(&r.client, &op) {
+                if !epoch.ledger.allows(&r.client, &op) {
                     return None;
                 }
                 revocation_of(&op)
@@ -1177,7 +1576,7 @@ impl Core {
         }
         // Checked before anything is kept or applied: a quorum of the
         // membership signed this batch.
-        if proof.verify_batch(&c.config.membership, &batch).is_err() {
+        if proof.verify_batch(&epoch.membership, &batch).is_err() {
             self.stats.pbft_rejected += 1;
             return;
         }
@@ -1203,7 +1602,7 @@ impl Core {
             })
             .map(|(i, _)| i)
             .collect();
-        c.remember(proof.seq, proof, batch.into(), &ours);
+        c.remember((epoch.number, proof.seq), proof, batch.into(), &ours);
         for i in waiting {
             self.hunt_proof(i, now);
         }
@@ -1224,6 +1623,17 @@ impl Core {
                     continue;
                 }
                 match outcome {
+                    Outcome::Executed(result) if result.as_slice() == [3] => {
+                        // The epoch ended before it: again in the next one
+                        // (where nothing is submitted until then).
+                        c.deferred.push(Queued {
+                            command: f.command,
+                            update: f.update.clone(),
+                            deadline: f.deadline,
+                        });
+                        s.busy = None;
+                        c.epoch_over = true;
+                    }
                     Outcome::Executed(result) if result.len() == 9 && result[0] == 0 => {
                         let mut index = [0u8; 8];
                         index.copy_from_slice(&result[1..]);
@@ -1258,11 +1668,21 @@ impl Core {
     }
 
     /// Looks for slot `i`'s proof: here if this replica has it, else at the next replica.
-    fn hunt_proof(&mut self, i: usize, now: u64) {
+    pub(super) fn hunt_proof(&mut self, i: usize, now: u64) {
         let Some(c) = self.commit.as_mut() else {
             return;
         };
-        let n = c.config.membership.len();
+        // The proof is made by the replicas of the epoch the request executed in.
+        let Some(epoch) = c
+            .slots
+            .get(i)
+            .and_then(|s| s.busy.as_ref())
+            .and_then(|f| c.epoch(f.epoch))
+            .cloned()
+        else {
+            return;
+        };
+        let n = epoch.membership.len();
         let Some(s) = c.slots.get_mut(i) else {
             return;
         };
@@ -1289,7 +1709,11 @@ impl Core {
         if h.waiting && now < h.next_at {
             return;
         }
-        let me = c.replica.as_ref().map(Replica::index);
+        let me = c
+            .replica
+            .as_ref()
+            .filter(|r| r.membership().id() == epoch.membership.id())
+            .map(Replica::index);
         let mut target = None;
         for _ in 0..n {
             let r = (h.asked % n) as ReplicaIndex;
@@ -1311,11 +1735,10 @@ impl Core {
             client: key.0.0,
             timestamp: key.1,
         };
-        let Some(peer) = c.config.membership.member(r).and_then(peer_id_of_identity) else {
+        let Some(peer) = epoch.membership.member(r).and_then(peer_id_of_identity) else {
             return;
         };
-        let addrs = c
-            .config
+        let addrs = epoch
             .addresses
             .get(usize::from(r))
             .cloned()
@@ -1337,7 +1760,7 @@ impl Core {
         let Some(c) = self.commit.as_mut() else {
             return false;
         };
-        let m = c.config.membership.clone();
+        let genesis = c.config.membership.clone();
         let Some(s) = c.slots.get_mut(i) else {
             return false;
         };
@@ -1354,8 +1777,13 @@ impl Core {
             index: h.index,
             proof,
             batch,
+            epochs: c
+                .chain
+                .get(..usize::try_from(f.epoch).unwrap_or(usize::MAX))
+                .map(<[CertifiedState]>::to_vec)
+                .unwrap_or_default(),
         };
-        if let Err(e) = receipt.verify(&m) {
+        if let Err(e) = receipt.verify(&genesis) {
             // A lying or confused replica: ask the next one.
             tracing::warn!(error = %e, "a replica answered with a proof that does not verify");
             self.stats.pbft_rejected += 1;
@@ -1427,12 +1855,28 @@ impl Core {
     }
 
     /// An outbound session with `node` (at `peer`) was established or renewed:
-    /// re-key every slot for that replica.
-    pub(super) fn commit_out_session(&mut self, peer: PeerId, node: NodeId) {
+    /// re-key every slot for that replica; a new session hears of the
+    /// configuration epochs after the genesis (kind 14).
+    pub(super) fn commit_out_session(
+        &mut self,
+        peer: PeerId,
+        node: NodeId,
+        renewal: bool,
+        now: u64,
+    ) {
+        if !renewal {
+            self.push_epoch_chain(peer, now);
+        }
+        self.rekey_slots(peer, node);
+    }
+
+    /// Re-keys every slot for `node`'s replica from the session this node
+    /// initiated with it (at `peer`).
+    pub(super) fn rekey_slots(&mut self, peer: PeerId, node: NodeId) {
         let Some(c) = self.commit.as_mut() else {
             return;
         };
-        let Some(index) = c.config.membership.index_of(&node) else {
+        let Some(index) = c.cur().membership.index_of(&node) else {
             return;
         };
         let Some(session) = self.peers.get(&peer).and_then(|p| p.out_session_ref()) else {
@@ -1455,7 +1899,14 @@ impl Core {
     ) {
         if !renewal {
             self.push_certified_state(peer, node, now);
+            self.push_epoch_chain(peer, now);
         }
+        self.register_client_keys(peer, node);
+    }
+
+    /// This replica learns the keys of `node`'s client slots from the session
+    /// `node` initiated (at `peer`).
+    pub(super) fn register_client_keys(&mut self, peer: PeerId, node: NodeId) {
         let Some(c) = self.commit.as_mut() else {
             return;
         };
@@ -1493,7 +1944,7 @@ impl Core {
         }
         let seq = cert.seq;
         let built = (|| {
-            let app = fed_pbft::certified_app_state(&c.config.membership, cert, &state).ok()?;
+            let app = fed_pbft::certified_app_state(&c.cur().membership, cert, &state).ok()?;
             let mut ledger = Ledger::default();
             fed_pbft::Application::restore(&mut ledger, &app).ok()?;
             let count = ledger.revoked_tokens.len() + ledger.revoked_members.len();
@@ -1543,7 +1994,7 @@ impl Core {
         let voter = self
             .commit
             .as_ref()
-            .is_none_or(|c| c.config.membership.index_of(&node).is_some());
+            .is_none_or(|c| c.cur().membership.index_of(&node).is_some());
         if voter {
             return;
         }
@@ -1601,7 +2052,7 @@ impl Core {
         if cert.seq <= c.certified_taken {
             return Ok(());
         }
-        let app = fed_pbft::certified_app_state(&c.config.membership, &cert, &pushed.state)
+        let app = fed_pbft::certified_app_state(&c.cur().membership, &cert, &pushed.state)
             .map_err(|_| "does not verify")?;
         let mut ledger = Ledger::default();
         fed_pbft::Application::restore(&mut ledger, &app).map_err(|_| "not a ledger")?;
@@ -1675,6 +2126,13 @@ impl Core {
                 }
                 self.drain_replica(now);
                 self.flush_outbox(now);
+            }
+            Kind::EpochChain => {
+                self.respond_sealed(id, Kind::PbftAck, &[]);
+                if let Err(e) = self.on_epoch_chain(body, now) {
+                    tracing::warn!(%peer, error = %e, "an epoch chain refused");
+                    self.stats.pbft_rejected += 1;
+                }
             }
             Kind::CertifiedState => {
                 self.respond_sealed(id, Kind::PbftAck, &[]);
@@ -1796,7 +2254,7 @@ fn revocation_of(op: &Operation) -> Option<Revocation> {
     match op {
         Operation::RevokeMember(node) => Some(Revocation::Member(NodeId(*node))),
         Operation::RevokeToken(id) => Some(Revocation::Token(*id)),
-        Operation::Update(_) => None,
+        Operation::Update(_) | Operation::AddVoter(_) | Operation::RemoveVoter(_) => None,
     }
 }
 
@@ -1840,7 +2298,7 @@ mod tests {
         let m = membership();
         let voter = client_id(&m.members()[2].node_id(), 7);
         let outsider = client_id(&NodeId([9; 32]), 0);
-        let mut l = Ledger::new(&m);
+        let mut l = Ledger::genesis(&m, &[], 4);
         let revoke = encode_operation(&Operation::RevokeMember([5; 32]));
         assert_eq!(l.execute(&outsider, &revoke), vec![2], "only voters revoke");
         assert_eq!((l.count, l.revoked_members.len()), (0, 0));
@@ -1856,20 +2314,24 @@ mod tests {
         assert_eq!(l.count, 3);
         assert!(l.revoked_members.contains(&[5; 32]) && l.revoked_tokens.contains(&[6; 32]));
         let snap = l.snapshot();
-        let mut back = Ledger::new(&m);
+        let mut back = Ledger::genesis(&m, &[], 4);
         back.restore(&snap).unwrap();
         assert_eq!(back, l);
         assert!(back.restore(&snap[..39]).is_err());
         assert!(back.restore(&[snap.as_slice(), &[0]].concat()).is_err());
         // Two members out of order is not a snapshot this code writes.
-        let mut l2 = Ledger::new(&m);
+        let mut l2 = Ledger::genesis(&m, &[], 4);
         l2.execute(&voter, &encode_operation(&Operation::RevokeMember([7; 32])));
         let mut bad = l2.snapshot()[..40].to_vec();
-        bad.extend_from_slice(&wire::encode(&Revoked {
+        bad.extend_from_slice(&wire::encode(&LedgerState {
             tokens: vec![],
             members: vec![[7; 32], [5; 32]],
+            epoch: 0,
+            voters: l2.voters.clone(),
+            next: None,
+            end: None,
         }));
-        assert!(Ledger::new(&m).restore(&bad).is_err());
+        assert!(Ledger::genesis(&m, &[], 4).restore(&bad).is_err());
         // A voting member cannot be revoked, even by a voter.
         let voter_node = m.members()[0].node_id().0;
         let before = l.clone();
@@ -1882,7 +2344,7 @@ mod tests {
     fn revocations_stop_at_the_cap() {
         let m = membership();
         let voter = client_id(&m.members()[1].node_id(), 0);
-        let mut l = Ledger::new(&m);
+        let mut l = Ledger::genesis(&m, &[], 4);
         for i in 0..MAX_REVOCATIONS as u64 {
             let mut id = [0u8; 32];
             id[..8].copy_from_slice(&i.to_be_bytes());
@@ -1891,5 +2353,104 @@ mod tests {
         let op = encode_operation(&Operation::RevokeToken([0xff; 32]));
         assert_eq!(l.execute(&voter, &op), vec![2]);
         assert_eq!(l.revoked_tokens.len(), MAX_REVOCATIONS);
+    }
+
+    fn voter(seed: u8) -> Voter {
+        Voter::new(
+            Identity::from_seeds(&[seed; 32], None).public(),
+            &["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
+        )
+    }
+
+    /// A membership change from a voter's slot records the next epoch's voters
+    /// and ends the epoch at the next checkpoint; everything after the end is
+    /// a no-op; the rules refuse what would make an invalid membership.
+    #[test]
+    fn membership_changes_end_the_epoch_at_the_next_checkpoint() {
+        let m = membership();
+        let voter_client = client_id(&m.members()[1].node_id(), 3);
+        let outsider = client_id(&NodeId([9; 32]), 0);
+        let mut l = Ledger::genesis(&m, &[], 4);
+        l.begin_batch(5);
+        let add = encode_operation(&Operation::AddVoter(voter(5)));
+        assert_eq!(
+            l.execute(&outsider, &add),
+            vec![2],
+            "only voters change the membership"
+        );
+        assert_eq!((l.next.clone(), l.end), (None, None));
+        assert_eq!(l.execute(&voter_client, &add)[..1], [0]);
+        assert_eq!(l.end, Some(8), "the first checkpoint at or after batch 5");
+        assert_eq!(l.next.as_ref().map(Vec::len), Some(5));
+        // Twice the same voter, a revoked member, a malformed address, the
+        // revocation of a voter to be: refused, nothing changes.
+        let before = l.clone();
+        assert_eq!(l.execute(&voter_client, &add), vec![2]);
+        let mut bad_addr = voter(6);
+        bad_addr.addresses = vec!["not an address".into()];
+        assert_eq!(
+            l.execute(
+                &voter_client,
+                &encode_operation(&Operation::AddVoter(bad_addr))
+            ),
+            vec![2]
+        );
+        let new_node = Identity::from_seeds(&[5; 32], None).node_id().0;
+        assert_eq!(
+            l.execute(
+                &voter_client,
+                &encode_operation(&Operation::RevokeMember(new_node))
+            ),
+            vec![2]
+        );
+        assert_eq!(l, before);
+        l.execute(
+            &voter_client,
+            &encode_operation(&Operation::RevokeMember([6; 32])),
+        );
+        let revoked = Voter::new(Identity::from_seeds(&[6; 32], None).public(), &[]);
+        let six = Identity::from_seeds(&[6; 32], None).node_id().0;
+        l.revoked_members.insert(six);
+        assert_eq!(
+            l.execute(
+                &voter_client,
+                &encode_operation(&Operation::AddVoter(revoked))
+            ),
+            vec![2],
+            "a revoked member does not become a voter"
+        );
+        // A second change in the epoch applies to the next voters, same end.
+        l.begin_batch(7);
+        let remove = encode_operation(&Operation::RemoveVoter(m.members()[0].node_id().0));
+        assert_eq!(l.execute(&voter_client, &remove)[..1], [0]);
+        assert_eq!((l.end, l.next.as_ref().map(Vec::len)), (Some(8), Some(4)));
+        let not_voter = encode_operation(&Operation::RemoveVoter([7; 32]));
+        assert_eq!(l.execute(&voter_client, &not_voter), vec![2]);
+        // The snapshot carries it all.
+        let mut back = Ledger::genesis(&m, &[], 4);
+        back.restore(&l.snapshot()).unwrap();
+        assert_eq!((back.next.clone(), back.end), (l.next.clone(), l.end));
+        // After the end, every operation is a no-op answering [3].
+        l.begin_batch(9);
+        let count = l.count;
+        let update = encode_operation(&Operation::Update(StateUpdate::Opaque {
+            kind: "k".into(),
+            bytes: vec![2],
+        }));
+        assert_eq!(l.execute(&outsider, &update), vec![3]);
+        assert_eq!(l.execute(&voter_client, &add), vec![3]);
+        assert_eq!(l.count, count);
+        // The next epoch: its voters, the chain and revocations carried over.
+        let next = l.next_epoch().unwrap();
+        assert_eq!(next.epoch, 1);
+        assert_eq!(next.voters, l.next.clone().unwrap());
+        assert_eq!((next.count, next.head), (l.count, l.head));
+        assert_eq!((next.next.clone(), next.end), (None, None));
+        // The last voter cannot be removed.
+        let single = Membership::new(vec![m.members()[0].clone()]).unwrap();
+        let only = client_id(&m.members()[0].node_id(), 0);
+        let mut alone = Ledger::genesis(&single, &[], 4);
+        let remove_self = encode_operation(&Operation::RemoveVoter(m.members()[0].node_id().0));
+        assert_eq!(alone.execute(&only, &remove_self), vec![2]);
     }
 }

@@ -181,7 +181,11 @@ impl Net {
                     self.cores[j].handle_disconnected(me, now);
                 }
             }
-            Action::Dial { .. } | Action::Unban { .. } | Action::Persist(_) | Action::Store(_) => {}
+            Action::Dial { .. }
+            | Action::Unban { .. }
+            | Action::Persist(_)
+            | Action::Store(_)
+            | Action::EnterEpoch { .. } => {}
         }
     }
 

@@ -24,6 +24,7 @@
 pub mod commit;
 #[cfg(test)]
 mod defences;
+pub mod epoch;
 mod limits;
 mod onion;
 mod peers;
@@ -86,6 +87,8 @@ pub mod labels {
     pub const PBFT_CLIENT_KEY: &str = "exo-federation v1 mesh pbft client key";
     /// The ledger's hash chain of executed updates.
     pub const COMMIT_LEDGER: &str = "exo-federation v1 mesh commit ledger";
+    /// The context of a configuration epoch's membership (mesh.md §9).
+    pub const EPOCH_CONTEXT: &str = "exo-federation v1 mesh epoch context";
     /// Every label above.
     pub const ALL: &[&str] = &[
         CHANNEL_BINDING,
@@ -101,6 +104,7 @@ pub mod labels {
         PBFT_CLIENT_ID,
         PBFT_CLIENT_KEY,
         COMMIT_LEDGER,
+        EPOCH_CONTEXT,
     ];
 }
 
@@ -207,6 +211,17 @@ pub enum Action {
     /// action that follows (a `put` completes, and peers hear of it, only once
     /// it is on disk). Only with [`CoreConfig::state`] set.
     Store(Vec<StateWrite>),
+    /// A configuration epoch began (mesh.md §9): store `link` (postcard of a
+    /// [`CertifiedState`](commit::CertifiedState)) as the link to `epoch`, and
+    /// drop the replica state of the epoch before, in one synced write, before
+    /// carrying out any action that follows (the new replica's writes and
+    /// messages).
+    EnterEpoch {
+        /// The new epoch's number.
+        epoch: u64,
+        /// Its link, encoded.
+        link: Vec<u8>,
+    },
 }
 
 /// A piece of the node's durable state (docs/protocol/store.md §6).
@@ -463,8 +478,10 @@ impl Core {
         }
         core.publish_record(now)?;
         // A replica recovered from disk enforces the revocations of its ledger
-        // from the start.
+        // from the start; one that stopped after its epoch ended, but before
+        // it entered the next, enters it now.
         core.sync_revocations(now);
+        core.check_epoch_end(now);
         Ok(core)
     }
 

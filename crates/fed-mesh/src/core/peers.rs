@@ -834,7 +834,7 @@ impl Core {
         let queued = std::mem::take(&mut p.queued);
         self.by_node.insert(node, peer);
         self.stats.handshakes_completed += 1;
-        self.commit_out_session(peer, node);
+        self.commit_out_session(peer, node, renewal, now);
         for j in joiners {
             self.complete(j, Completion::Joined(Ok(token.clone())));
         }

@@ -629,6 +629,15 @@ impl Driver {
                         self.failed = true;
                     }
                 }
+                Action::EnterEpoch { epoch, link } => {
+                    // Synced before the new epoch's writes and messages.
+                    if let Some(store) = self.pbft_store.as_mut()
+                        && let Err(e) = store.enter_epoch(epoch, &link)
+                    {
+                        tracing::error!(error = %e, "cannot store the new configuration epoch; the node stops");
+                        self.failed = true;
+                    }
+                }
                 Action::Store(writes) => {
                     // Synced before the actions after it (the write's
                     // completion, the messages that tell peers).
@@ -735,6 +744,9 @@ impl Driver {
                 digest: batch.digest,
             },
             MeshEvent::ViewChanged { view } => AuditEvent::ViewChanged { view: *view },
+            MeshEvent::EpochChanged { membership, .. } => AuditEvent::MembershipChanged {
+                membership: *membership,
+            },
             MeshEvent::Revoked(crate::core::commit::Revocation::Member(node)) => {
                 AuditEvent::Revoked { peer: node.0 }
             }

@@ -21,6 +21,7 @@ const COMMITTED: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("pbft_committed");
 const CHECKPOINTS: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("pbft_checkpoints");
+const EPOCHS: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("pbft_epochs");
 
 /// The tables keyed by sequence number, with their names for checksums.
 const SEQ_TABLES: [(&str, TableDefinition<'static, u64, &'static [u8]>); 4] = [
@@ -61,6 +62,12 @@ struct CommittedBody {
     proof: CommitProof,
     #[serde(with = "serde_bytes")]
     batch: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EpochBody {
+    #[serde(with = "serde_bytes")]
+    link: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -249,6 +256,46 @@ impl PbftStore {
         Ok(())
     }
 
+    /// Enters configuration epoch `epoch` (mesh.md §9): stores its link
+    /// (`link`, the encoded `CertifiedState`) and drops the replica state of
+    /// the epoch before (every table of §3, the view and the stable
+    /// checkpoint), in one transaction, durable before it returns. A crash
+    /// leaves the node in the old epoch with its state, or in the new one
+    /// without.
+    pub fn enter_epoch(&mut self, epoch: u64, link: &[u8]) -> Result<(), StoreError> {
+        let s = &self.store;
+        let io = |e: redb::Error| s.io(e);
+        let txn = s.db_write()?;
+        {
+            let mut t = txn.open_table(EPOCHS).map_err(|e| io(e.into()))?;
+            let body = s.body(&EpochBody {
+                link: link.to_vec(),
+            })?;
+            insert_seq(s, &mut t, "pbft_epochs", epoch, &body)?;
+            for (_, def) in SEQ_TABLES {
+                let mut t = txn.open_table(def).map_err(|e| io(e.into()))?;
+                t.retain(|_, _| false).map_err(|e| io(e.into()))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| io(e.into()))?;
+            meta.remove(VIEW_KEY).map_err(|e| io(e.into()))?;
+            meta.remove(STABLE_KEY).map_err(|e| io(e.into()))?;
+        }
+        txn.commit().map_err(|e| s.io(e))
+    }
+
+    /// The links of the configuration epochs entered, in order (link `i`
+    /// leads to epoch `i + 1`); a gap in their numbers is corruption.
+    pub fn load_epochs(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let read = self.store.db_read()?;
+        let links = self.load_table(&read, "pbft_epochs", EPOCHS, |b: EpochBody| b.link)?;
+        if links.keys().copied().ne(1..=links.len() as u64) {
+            return Err(self
+                .store
+                .corrupt("table pbft_epochs: the epochs are not numbered 1, 2, 3, …"));
+        }
+        Ok(links.into_values().collect())
+    }
+
     fn decode<T: for<'de> Deserialize<'de>>(
         &self,
         table: &str,
@@ -347,7 +394,9 @@ impl Storage for PbftStore {
 /// Checks every record of the PBFT tables (at open).
 pub(super) fn verify_tables(store: &Store) -> Result<(), StoreError> {
     // Decoding everything checks every checksum and every encoding.
-    PbftStore::new(store.clone()).load_state().map(|_| ())
+    let pbft = PbftStore::new(store.clone());
+    pbft.load_state()?;
+    pbft.load_epochs().map(|_| ())
 }
 
 fn insert_seq(
@@ -370,5 +419,6 @@ pub(super) fn fuzz_bodies(data: &[u8]) {
     round_trip::<PreparedBody>(data);
     round_trip::<CommittedBody>(data);
     round_trip::<CheckpointBody>(data);
+    round_trip::<EpochBody>(data);
     round_trip::<CheckpointCert>(data);
 }

@@ -127,6 +127,18 @@ pub(crate) fn state_digest(seq: u64, snapshot: &[u8]) -> Digest {
     fed_crypto::hash(labels::STATE, &[&seq.to_be_bytes(), snapshot])
 }
 
+/// A replicated state a checkpoint certificate vouches for, taken apart
+/// ([`certified_state`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CertifiedState {
+    /// The application's snapshot ([`Application::snapshot`]).
+    pub app: Vec<u8>,
+    /// The replicated client table: each client's latest executed timestamp
+    /// and its outcome, in the snapshot's order.
+    pub clients: Vec<(ClientId, u64, Outcome)>,
+}
+
 /// Checks a certified replicated state, as a node that does not replicate it
 /// receives one: `cert` is a stable checkpoint above sequence 0 signed by a
 /// quorum of `membership`, and `snapshot` (the replica state, pbft.md §6) hashes
@@ -139,6 +151,18 @@ pub fn certified_app_state(
     cert: &CheckpointCert,
     snapshot: &[u8],
 ) -> Result<Vec<u8>> {
+    certified_state(membership, cert, snapshot).map(|s| s.app)
+}
+
+/// [`certified_app_state`], with the replicated client table too: who had
+/// which request executed by the certified sequence number, and with what
+/// outcome (a client that outlives a configuration reads there whether its
+/// outstanding request executed).
+pub fn certified_state(
+    membership: &Membership,
+    cert: &CheckpointCert,
+    snapshot: &[u8],
+) -> Result<CertifiedState> {
     if cert.seq == 0 {
         return Err(Error::InvalidCertificate(
             "the initial checkpoint certifies no state",
@@ -151,7 +175,14 @@ pub fn certified_app_state(
         ));
     }
     let snap: ReplicaSnapshot = wire::decode(snapshot, "snapshot")?;
-    Ok(snap.app)
+    Ok(CertifiedState {
+        app: snap.app,
+        clients: snap
+            .clients
+            .into_iter()
+            .map(|(id, r)| (id, r.timestamp, r.outcome))
+            .collect(),
+    })
 }
 
 /// Which vote table of a [`Slot`] a PREPARE or COMMIT goes to.

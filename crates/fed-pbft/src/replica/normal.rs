@@ -597,6 +597,7 @@ impl<A: Application> Replica<A> {
         requests: &[Request],
     ) -> Result<()> {
         let mut executed = Vec::with_capacity(requests.len());
+        self.app.begin_batch(seq);
         for r in requests {
             let id = r.id();
             self.forget_pending(&id);

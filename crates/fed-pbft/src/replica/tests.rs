@@ -934,6 +934,13 @@ fn a_certified_state_checks_against_the_membership_only() {
     // 1 + 2 + 3 + 4 bytes executed by the checkpoint.
     let app = certified_app_state(&m, &cert, &snapshot).unwrap();
     assert_eq!(app, 10u64.to_be_bytes().to_vec());
+    // The client table too: the client's request 4 executed by the checkpoint.
+    let state = certified_state(&m, &cert, &snapshot).unwrap();
+    assert_eq!(state.app, app);
+    assert_eq!(
+        state.clients,
+        vec![(client, 4, Outcome::Executed(Vec::new()))]
+    );
 
     let mut forged = snapshot.to_vec();
     let last = forged.len() - 1;
@@ -945,4 +952,57 @@ fn a_certified_state_checks_against_the_membership_only() {
     // The initial checkpoint has no signatures: it vouches for nothing.
     let initial = CheckpointCert::genesis(state_digest(0, &snapshot));
     assert!(certified_app_state(&m, &initial, &snapshot).is_err());
+}
+
+/// Records the sequence numbers `begin_batch` announces, and which one each
+/// operation executed under.
+#[derive(Default)]
+struct Sequenced {
+    current: u64,
+    executed: Vec<(u64, Vec<u8>)>,
+}
+impl Application for Sequenced {
+    fn begin_batch(&mut self, seq: u64) {
+        self.current = seq;
+    }
+    fn execute(&mut self, _: &ClientId, op: &[u8]) -> Vec<u8> {
+        self.executed.push((self.current, op.to_vec()));
+        Vec::new()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(
+        &mut self,
+        _: &[u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(())
+    }
+}
+
+/// The application learns each batch's sequence number before its operations
+/// execute (fed-mesh's ledger ends a configuration epoch by it).
+#[test]
+fn the_application_learns_each_batch_s_sequence_number() {
+    let id = Arc::new(Identity::from_seeds(&[9; 32], None));
+    let m = Arc::new(Membership::new(vec![id.public().clone()]).unwrap());
+    let config = Config {
+        max_batch_requests: 1,
+        ..Config::default()
+    };
+    let client = ClientId([3; 32]);
+    let key = ClientKey::new(&[3; 32]);
+    let keys = crate::ClientKeys::new(&m, client, std::slice::from_ref(&key)).unwrap();
+    let mut r = Replica::new(id, m, config, Sequenced::default(), 0).unwrap();
+    r.add_client(client, key).unwrap();
+    for ts in 1..=3u64 {
+        let request = keys.request(ts, vec![ts as u8]);
+        r.handle_request(&Message::Request(request).encode().unwrap(), ts)
+            .unwrap();
+        while r.poll_event().is_some() {}
+    }
+    assert_eq!(
+        r.app().executed,
+        vec![(1, vec![1]), (2, vec![2]), (3, vec![3])]
+    );
 }

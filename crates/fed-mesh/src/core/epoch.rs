@@ -1,0 +1,575 @@
+//! Configuration epochs (mesh.md §9): the voting membership changes only at a
+//! checkpoint, by committed [`Operation::AddVoter`](super::commit::Operation::AddVoter)
+//! and [`Operation::RemoveVoter`](super::commit::Operation::RemoveVoter).
+//!
+//! Epoch 0 is the genesis's: its members, bound to the genesis hash. When a
+//! change commits, the ledger records the next epoch's voters and the epoch's
+//! last sequence number `end` (the first checkpoint at or after the change);
+//! every operation in a later batch of the epoch is a no-op with result `[3]`.
+//! Once a checkpoint at or above `end` is stable, its certificate and the
+//! replica state it certifies are the epoch's **link**: anyone who holds the
+//! epoch's membership checks it (a quorum of CHECKPOINT signatures, the state's
+//! digest) and derives the next epoch from the ledger in it, whose membership
+//! is bound to the context
+//! `hash(EPOCH_CONTEXT, [previous membership id, be64(epoch), ledger head])`.
+//! The chain of links from the genesis is therefore verifiable offline, and a
+//! proof made in one epoch verifies against that epoch's membership only.
+
+use std::sync::Arc;
+
+use fed_crypto::hash;
+use fed_pbft::{CheckpointCert, Membership};
+use multiaddr::Multiaddr;
+
+use super::{
+    commit::{CertifiedState, Ledger},
+    labels,
+};
+use crate::{
+    error::{Error, Result},
+    wire,
+};
+
+/// Most links a chain (in a receipt, a message or the store) may hold.
+pub const MAX_EPOCHS: usize = 1024;
+
+/// A configuration epoch: its number, its voting membership and where its
+/// voters listen, and the ledger its replicas start from.
+#[derive(Clone, Debug)]
+pub struct Epoch {
+    /// 0 for the genesis's, then one more per link.
+    pub number: u64,
+    /// The voting members, bound to the epoch's context.
+    pub membership: Arc<Membership>,
+    /// Where each voter listens, in replica order.
+    pub addresses: Vec<Vec<Multiaddr>>,
+    /// The ledger at the epoch's start: its replicas' initial application state.
+    pub ledger: Ledger,
+}
+
+/// What checking a link gives, besides the next epoch.
+#[derive(Clone, Debug)]
+pub struct LinkFacts {
+    /// The certified checkpoint's sequence number (in the epoch that ended).
+    pub seq: u64,
+    /// The replicated client table there: whose requests the epoch executed.
+    pub clients: Vec<(fed_pbft::ClientId, u64, fed_pbft::Outcome)>,
+}
+
+/// The membership context of epoch `number` following a membership `previous`
+/// whose ledger ended with `head`.
+pub fn epoch_context(previous: &Membership, number: u64, head: &[u8; 32]) -> [u8; 32] {
+    hash(
+        labels::EPOCH_CONTEXT,
+        &[previous.id(), &number.to_be_bytes(), head],
+    )
+}
+
+impl Epoch {
+    /// Epoch 0: the genesis's membership (bound to the genesis hash) and addresses.
+    pub fn genesis(
+        membership: Arc<Membership>,
+        addresses: Vec<Vec<Multiaddr>>,
+        checkpoint_interval: u64,
+    ) -> Self {
+        let ledger = Ledger::genesis(&membership, &addresses, checkpoint_interval);
+        Self {
+            number: 0,
+            membership,
+            addresses,
+            ledger,
+        }
+    }
+
+    /// Checks `link` against this epoch and returns the next epoch.
+    ///
+    /// The link must be a checkpoint certificate of this epoch's membership
+    /// above sequence 0 with the replica state it certifies (fed-pbft's
+    /// [`certified_state`](fed_pbft::certified_state)), whose ledger is in this
+    /// epoch, has a membership change committed, and whose `end` is at or below
+    /// the certificate's sequence number.
+    pub fn follow(&self, link: &CertifiedState) -> Result<(Epoch, LinkFacts)> {
+        let bad = |why: String| Error::Consensus(format!("epoch {} link: {why}", self.number + 1));
+        let cert: CheckpointCert =
+            wire::decode(&link.cert, "checkpoint certificate").map_err(|e| bad(e.to_string()))?;
+        let state = fed_pbft::certified_state(&self.membership, &cert, &link.state)
+            .map_err(|e| bad(e.to_string()))?;
+        let ledger = Ledger::from_snapshot(&state.app).map_err(|e| bad(e.to_string()))?;
+        if ledger.epoch != self.number {
+            return Err(bad(format!("the ledger is in epoch {}", ledger.epoch)));
+        }
+        match ledger.end {
+            Some(end) if end <= cert.seq => {}
+            _ => return Err(bad("the epoch has not ended at this checkpoint".into())),
+        }
+        let mut next = ledger
+            .next_epoch()
+            .ok_or_else(|| bad("no membership change".into()))?;
+        next.set_interval(self.ledger.interval());
+        let identities = next
+            .voters
+            .iter()
+            .map(|v| fed_crypto::PublicIdentity::from_bytes(&v.identity))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        let number = self.number + 1;
+        let context = epoch_context(&self.membership, number, &next.head);
+        let membership =
+            Membership::with_context(identities, context).map_err(|e| bad(e.to_string()))?;
+        let addresses = next.voters.iter().map(|v| v.multiaddrs()).collect();
+        Ok((
+            Epoch {
+                number,
+                membership: Arc::new(membership),
+                addresses,
+                ledger: next,
+            },
+            LinkFacts {
+                seq: cert.seq,
+                clients: state.clients,
+            },
+        ))
+    }
+
+    /// Follows every link of `chain` from this epoch; the epoch at its end.
+    pub fn follow_all(&self, chain: &[CertifiedState]) -> Result<Epoch> {
+        if chain.len() > MAX_EPOCHS {
+            return Err(Error::Consensus(format!(
+                "a chain of {} epochs exceeds {MAX_EPOCHS}",
+                chain.len()
+            )));
+        }
+        let mut epoch = self.clone();
+        for link in chain {
+            epoch = epoch.follow(link)?.0;
+        }
+        Ok(epoch)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The node's side: entering the next epoch.
+// ---------------------------------------------------------------------------
+
+use fed_pbft::Outcome;
+use libp2p_identity::PeerId;
+
+use super::{
+    Action, Completion, Core,
+    commit::{ENVELOPE_SLACK, EpochChain, PROOF_RETRY_MS, ProofHunt, Queued, new_replica},
+    peers::Purpose,
+};
+use crate::{
+    types::MeshEvent,
+    wire::{Kind, Protocol},
+};
+
+impl Core {
+    /// The replica's stable checkpoint moved (or a state transfer installed
+    /// one): if its epoch ended at or below it, the checkpoint and its state
+    /// are the epoch's link, and the node enters the next epoch.
+    pub(super) fn check_epoch_end(&mut self, now: u64) {
+        let Some(r) = self.commit.as_ref().and_then(|c| c.replica.as_ref()) else {
+            return;
+        };
+        let Some((cert, state)) = r.stable_state() else {
+            return;
+        };
+        // The replica's ledger is at or after the checkpoint; its `end` is set
+        // once a change executed in this epoch.
+        if r.app().end.is_none_or(|end| end > cert.seq) {
+            return;
+        }
+        let link = CertifiedState {
+            cert: serde_bytes::ByteBuf::from(wire::encode(cert)),
+            state: serde_bytes::ByteBuf::from(state.to_vec()),
+        };
+        if let Err(e) = self.follow_link(link, now) {
+            // Our own certified state: only a fault gets here.
+            tracing::error!(error = %e, "this replica's own epoch link does not check");
+        }
+    }
+
+    /// Checks `link` against the current epoch and enters the next.
+    fn follow_link(&mut self, link: CertifiedState, now: u64) -> Result<()> {
+        let Some(c) = self.commit.as_ref() else {
+            return Ok(());
+        };
+        let (next, facts) = c.cur().follow(&link)?;
+        self.enter_epoch(next, link, &facts, now);
+        Ok(())
+    }
+
+    /// A kind-14 message: the links of the epochs after the genesis. Those
+    /// beyond this node's epoch are checked in order and followed; links it
+    /// has already are skipped unchecked.
+    pub(super) fn on_epoch_chain(&mut self, body: &[u8], now: u64) -> Result<()> {
+        let chain: EpochChain =
+            wire::decode(body, "epoch chain").map_err(|e| Error::Consensus(e.to_string()))?;
+        if chain.links.len() > MAX_EPOCHS {
+            return Err(Error::Consensus("an epoch chain that is too long".into()));
+        }
+        let Some(have) = self.commit.as_ref().map(|c| c.chain.len()) else {
+            return Ok(());
+        };
+        for link in chain.links.into_iter().skip(have) {
+            self.follow_link(link, now)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the chain of links (kind 14) to `peer`, if there is one, queued
+    /// until this node's session with it is up.
+    pub(super) fn push_epoch_chain(&mut self, peer: PeerId, now: u64) {
+        let limit = (self.config.capabilities.limits.max_message_bytes as usize)
+            .saturating_sub(ENVELOPE_SLACK);
+        let Some(c) = self.commit.as_ref() else {
+            return;
+        };
+        if c.chain.is_empty() {
+            return;
+        }
+        let message = wire::envelope(
+            Kind::EpochChain,
+            &wire::encode(&EpochChain {
+                links: c.chain.clone(),
+            }),
+        );
+        if message.len() > limit {
+            tracing::warn!(
+                len = message.len(),
+                limit,
+                "the epoch chain does not fit a session message: members that missed an epoch change will not learn it"
+            );
+            return;
+        }
+        self.send_or_queue(
+            peer,
+            Protocol::Pbft,
+            message,
+            Purpose::Pbft,
+            Vec::new(),
+            now.saturating_add(PROOF_RETRY_MS),
+            now,
+        );
+    }
+
+    /// Enters `next`, reached by `link` (already checked): stores the link and
+    /// drops the old replica's state (one synced write, before anything the
+    /// new epoch sends), starts this node's replica if it votes in `next`,
+    /// rebuilds the client slots for the new membership, settles the commits
+    /// in flight by the link's client table (executed: its proof is fetched
+    /// from the old epoch's replicas; not executed, or after the epoch's end:
+    /// submitted again), and tells every peer.
+    fn enter_epoch(&mut self, next: Epoch, link: CertifiedState, facts: &LinkFacts, now: u64) {
+        let identity = self.config.identity.clone();
+        let node = self.local_node;
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let ended = c.cur().number;
+        let number = next.number;
+        tracing::info!(
+            epoch = number,
+            voters = next.membership.len(),
+            at = facts.seq,
+            "entering configuration epoch"
+        );
+        self.actions.push_back(Action::EnterEpoch {
+            epoch: number,
+            link: wire::encode(&link),
+        });
+        c.chain.push(link);
+        c.epochs.push(next.clone());
+        c.epoch_over = false;
+        c.certified = None;
+        c.certified_taken = 0;
+        c.clients.clear();
+        c.replica = match next.membership.index_of(&node) {
+            None => None,
+            Some(_) => match new_replica(&c.config, &identity, &next, None, now) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start this node's replica in the new epoch");
+                    None
+                }
+            },
+        };
+        // Commits in flight in the epoch that ended.
+        let mut requeue: Vec<Queued> = std::mem::take(&mut c.deferred);
+        let mut failed = Vec::new();
+        let mut hunts = Vec::new();
+        for (i, s) in c.slots.iter_mut().enumerate() {
+            let Some(f) = s.busy.as_mut() else {
+                continue;
+            };
+            if f.proof.is_some() && f.epoch < number {
+                // Executed in its epoch: its proof comes from that epoch's replicas.
+                continue;
+            }
+            let record = facts
+                .clients
+                .iter()
+                .find(|(id, _, _)| *id == s.id)
+                .filter(|(_, ts, _)| f.epoch == ended && *ts == f.timestamp);
+            match record.map(|(_, _, o)| o) {
+                Some(Outcome::Executed(result)) if result.len() == 9 && result[0] == 0 => {
+                    let mut index = [0u8; 8];
+                    index.copy_from_slice(&result[1..]);
+                    f.proof = Some(ProofHunt {
+                        index: u64::from_be_bytes(index),
+                        asked: i,
+                        next_at: now,
+                        waiting: false,
+                    });
+                    hunts.push(i);
+                }
+                Some(Outcome::Executed(result)) if result.as_slice() != [3] => {
+                    failed.push(f.command);
+                    s.busy = None;
+                }
+                Some(Outcome::Refused) => {
+                    failed.push(f.command);
+                    s.busy = None;
+                }
+                // Not executed, or after the epoch's end: in the next epoch.
+                _ => {
+                    requeue.push(Queued {
+                        command: f.command,
+                        update: f.update.clone(),
+                        deadline: f.deadline,
+                    });
+                    s.busy = None;
+                }
+            }
+        }
+        for q in requeue.into_iter().rev() {
+            c.queue.push_front(q);
+        }
+        if let Err(e) = c.new_clients(&node, &mut self.rng, now) {
+            tracing::error!(error = %e, "cannot rebuild the client slots in the new epoch");
+        }
+        for command in failed {
+            self.complete(
+                command,
+                Completion::Committed(Err(Error::Consensus(
+                    "the replicas did not accept the update".into(),
+                ))),
+            );
+        }
+        // Keys from the sessions there are: slots' keys for the new voters,
+        // the new replica's keys for every member's slots.
+        let peers: Vec<(PeerId, fed_crypto::NodeId, bool, bool)> = self
+            .peers
+            .values()
+            .filter_map(|p| {
+                Some((
+                    p.peer,
+                    p.node?,
+                    p.out_session_ref().is_some(),
+                    p.in_session_ref().is_some(),
+                ))
+            })
+            .collect();
+        for (peer, node, out, inb) in &peers {
+            if *out {
+                self.rekey_slots(*peer, *node);
+            }
+            if *inb {
+                self.register_client_keys(*peer, *node);
+            }
+        }
+        let voters = next
+            .membership
+            .members()
+            .iter()
+            .map(|m| m.node_id())
+            .collect();
+        self.event(MeshEvent::EpochChanged {
+            epoch: number,
+            membership: *next.membership.id(),
+            voters,
+        });
+        for (peer, ..) in peers {
+            self.push_epoch_chain(peer, now);
+        }
+        for i in hunts {
+            self.hunt_proof(i, now);
+        }
+        self.pump_commits(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fed_crypto::Identity;
+    use fed_pbft::{ClientKey, ClientKeys, Config, Event, Message, Replica};
+
+    use super::*;
+    use crate::{
+        core::commit::{CommitReceipt, Operation, Voter, client_id, encode_operation},
+        substrate::StateUpdate,
+    };
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.max_batch_requests = 1;
+        c.checkpoint_interval = 2;
+        c.window = 4;
+        c
+    }
+
+    /// An executed batch: its proof, the batch, the request's timestamp.
+    type Ran = (fed_pbft::CommitProof, Vec<u8>, u64);
+
+    /// Runs `ops` through `replica` as `client` (one batch each); returns the
+    /// executed batches, and the replies' results.
+    fn run(
+        replica: &mut Replica<Ledger>,
+        keys: &ClientKeys,
+        first_ts: u64,
+        ops: &[Operation],
+    ) -> (Vec<Ran>, Vec<Vec<u8>>) {
+        let mut executed = Vec::new();
+        let mut results = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let ts = first_ts + i as u64;
+            let request = keys.request(ts, encode_operation(op));
+            replica
+                .handle_request(&Message::Request(request).encode().unwrap(), ts)
+                .unwrap();
+            while let Some(e) = replica.poll_event() {
+                match e {
+                    Event::Executed(x) => executed.push((x.proof, x.batch.to_vec(), ts)),
+                    Event::Reply(r) => match r.outcome {
+                        fed_pbft::Outcome::Executed(v) => results.push(v),
+                        fed_pbft::Outcome::Refused => results.push(Vec::new()),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        (executed, results)
+    }
+
+    fn update(i: u8) -> Operation {
+        Operation::Update(StateUpdate::Opaque {
+            kind: "test".into(),
+            bytes: vec![i],
+        })
+    }
+
+    /// A federation of one voter, A, that adds B and removes itself: the
+    /// checkpoint at the epoch's end is the link to epoch 1, whose only voter
+    /// is B. B's proofs verify through the chain from the genesis, and
+    /// against nothing else; a link that is forged, early, or checked against
+    /// another membership leads nowhere.
+    #[test]
+    fn an_epoch_link_leads_to_the_new_membership_only() {
+        let a = std::sync::Arc::new(Identity::from_seeds(&[1; 32], None));
+        let b = std::sync::Arc::new(Identity::from_seeds(&[2; 32], None));
+        let m0 = Arc::new(Membership::with_context(vec![a.public().clone()], [7; 32]).unwrap());
+        let genesis = Epoch::genesis(m0.clone(), vec![Vec::new()], 2);
+        let mut ra =
+            Replica::new(a.clone(), m0.clone(), config(), genesis.ledger.clone(), 0).unwrap();
+        let ca = client_id(&a.node_id(), 0);
+        let key = ClientKey::new(&[3; 32]);
+        let ka = ClientKeys::new(&m0, ca, std::slice::from_ref(&key)).unwrap();
+        ra.add_client(ca, key.clone()).unwrap();
+        // Batch 1: an update; batch 2 checkpoints before any change: no link.
+        run(&mut ra, &ka, 1, &[update(1), update(2)]);
+        let (cert, state) = ra.stable_state().map(|(c, s)| (c.clone(), s)).unwrap();
+        let early = CertifiedState {
+            cert: serde_bytes::ByteBuf::from(wire::encode(&cert)),
+            state: serde_bytes::ByteBuf::from(state.to_vec()),
+        };
+        assert!(genesis.follow(&early).is_err(), "no change: not a link");
+        // Batch 3 adds B (the epoch ends at 4), batch 4 removes A, batch 5 is
+        // after the end: a no-op answering [3].
+        let add = Operation::AddVoter(Voter::new(b.public(), &[]));
+        let remove = Operation::RemoveVoter(a.node_id().0);
+        let (_, results) = run(&mut ra, &ka, 3, &[add, remove, update(5)]);
+        assert_eq!(results[0][0], 0);
+        assert_eq!(results[1][0], 0);
+        assert_eq!(
+            results[2],
+            vec![3],
+            "after the epoch's end nothing executes"
+        );
+        let (cert, state) = ra.stable_state().map(|(c, s)| (c.clone(), s)).unwrap();
+        assert_eq!(cert.seq, 4);
+        let link = CertifiedState {
+            cert: serde_bytes::ByteBuf::from(wire::encode(&cert)),
+            state: serde_bytes::ByteBuf::from(state.to_vec()),
+        };
+        let (e1, facts) = genesis.follow(&link).unwrap();
+        assert_eq!(e1.number, 1);
+        assert_eq!(facts.seq, 4);
+        assert_eq!(e1.membership.members(), &[b.public().clone()][..]);
+        assert_ne!(e1.membership.id(), m0.id());
+        assert_eq!(
+            e1.membership.id(),
+            Membership::with_context(
+                vec![b.public().clone()],
+                epoch_context(&m0, 1, &e1.ledger.head)
+            )
+            .unwrap()
+            .id()
+        );
+        // The client table tells A's client that request 4 executed.
+        assert!(
+            facts
+                .clients
+                .iter()
+                .any(|(id, ts, _)| *id == ca && *ts == 4)
+        );
+
+        // A forged state, another genesis's membership: refused.
+        let mut forged = link.clone();
+        let last = forged.state.len() - 1;
+        forged.state[last] ^= 1;
+        assert!(genesis.follow(&forged).is_err());
+        let other = Epoch::genesis(
+            Arc::new(Membership::with_context(vec![a.public().clone()], [8; 32]).unwrap()),
+            vec![Vec::new()],
+            2,
+        );
+        assert!(other.follow(&link).is_err());
+
+        // Epoch 1: B alone, from the ledger the link gives.
+        let mut rb = Replica::new(
+            b.clone(),
+            e1.membership.clone(),
+            config(),
+            e1.ledger.clone(),
+            0,
+        )
+        .unwrap();
+        let cb = client_id(&b.node_id(), 0);
+        let kb = ClientKeys::new(&e1.membership, cb, std::slice::from_ref(&key)).unwrap();
+        rb.add_client(cb, key).unwrap();
+        let (executed, results) = run(&mut rb, &kb, 10, &[update(9)]);
+        assert_eq!(results[0][0], 0);
+        assert_eq!(rb.app().count, e1.ledger.count + 1, "the chain goes on");
+        let (proof, batch, ts) = executed.into_iter().next().unwrap();
+        let receipt = CommitReceipt {
+            client: cb,
+            timestamp: ts,
+            operation: update(9),
+            index: e1.ledger.count,
+            proof,
+            batch,
+            epochs: vec![link.clone()],
+        };
+        receipt.verify(&m0).unwrap();
+        // Without the chain, or with a forged link, it does not verify: the
+        // proof is of epoch 1's membership only.
+        let mut bare = receipt.clone();
+        bare.epochs.clear();
+        assert!(bare.verify(&m0).is_err());
+        let mut bad = receipt.clone();
+        bad.epochs = vec![forged];
+        assert!(bad.verify(&m0).is_err());
+        assert!(receipt.verify(other.membership.as_ref()).is_err());
+    }
+}
