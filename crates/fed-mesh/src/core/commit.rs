@@ -365,7 +365,7 @@ impl Ledger {
     /// removed voter voting, and not the last.
     fn allows(&self, client: &ClientId, op: &Operation) -> bool {
         match op {
-            Operation::Update(_) => true,
+            Operation::Update(_) | Operation::Tick => true,
             _ if !self.voter_clients.contains(client) => false,
             Operation::RevokeToken(_) | Operation::RevokeMember(_) => {
                 !matches!(op, Operation::RevokeMember(n) if self.voter_nodes.contains(n))
@@ -422,6 +422,7 @@ impl Application for Ledger {
             return vec![2];
         }
         let next = match op {
+            Operation::Tick => return vec![4],
             Operation::Update(_) => None,
             Operation::RevokeToken(id) => {
                 self.revoked_tokens.insert(id);
@@ -534,6 +535,9 @@ pub enum Operation {
     /// Remove this voting member (by node id) from the next configuration
     /// epoch on. Only voting members may commit it.
     RemoveVoter([u8; 32]),
+    /// Nothing: a voting member submits it to move the sequence to the end
+    /// of an epoch whose membership changed. Never chained; result `[4]`.
+    Tick,
 }
 
 /// A change of the voting membership, as
@@ -739,7 +743,7 @@ type CertifiedMessage = (Arc<Vec<u8>>, usize);
 
 /// A commit in a slot, from submission to its receipt.
 pub(super) struct InFlight {
-    pub(super) command: CommandId,
+    pub(super) command: Option<CommandId>,
     pub(super) update: Operation,
     pub(super) timestamp: u64,
     /// The configuration epoch it was submitted in.
@@ -765,7 +769,7 @@ pub(super) struct Slot {
 }
 
 pub(super) struct Queued {
-    pub(super) command: CommandId,
+    pub(super) command: Option<CommandId>,
     pub(super) update: Operation,
     pub(super) deadline: u64,
 }
@@ -1113,7 +1117,7 @@ impl Core {
         }
         let deadline = now.saturating_add(c.config.commit_timeout_ms);
         c.queue.push_back(Queued {
-            command: id,
+            command: Some(id),
             update,
             deadline,
         });
@@ -1146,10 +1150,12 @@ impl Core {
                     });
                 }
                 Err(e) => {
-                    self.actions.push_back(super::Action::Complete {
-                        command: q.command,
-                        completion: Completion::Committed(Err(Error::Pbft(Arc::new(e)))),
-                    });
+                    if let Some(command) = q.command {
+                        self.actions.push_back(super::Action::Complete {
+                            command,
+                            completion: Completion::Committed(Err(Error::Pbft(Arc::new(e)))),
+                        });
+                    }
                 }
             }
         }
@@ -1375,6 +1381,36 @@ impl Core {
             }
         }
         self.sync_revocations(now);
+        self.tick_epoch(now);
+    }
+
+    /// While this replica's epoch has an end it has not reached, and this node
+    /// has no request waiting to be ordered, it submits a tick: a no-op that
+    /// makes the primary order one more batch, so that the epoch reaches its
+    /// end without other traffic.
+    fn tick_epoch(&mut self, now: u64) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        let Some(r) = c.replica.as_ref() else {
+            return;
+        };
+        if c.epoch_over || r.app().end.is_none_or(|end| r.last_executed() >= end) {
+            return;
+        }
+        let ordering = c
+            .slots
+            .iter()
+            .any(|s| s.busy.as_ref().is_some_and(|f| f.proof.is_none()));
+        if ordering || !c.queue.is_empty() {
+            return;
+        }
+        c.queue.push_back(Queued {
+            command: None,
+            update: Operation::Tick,
+            deadline: now.saturating_add(c.config.commit_timeout_ms),
+        });
+        self.pump_commits(now);
     }
 
     fn on_executed(&mut self, x: fed_pbft::Executed, now: u64) {
@@ -1625,12 +1661,15 @@ impl Core {
                 match outcome {
                     Outcome::Executed(result) if result.as_slice() == [3] => {
                         // The epoch ended before it: again in the next one
-                        // (where nothing is submitted until then).
-                        c.deferred.push(Queued {
-                            command: f.command,
-                            update: f.update.clone(),
-                            deadline: f.deadline,
-                        });
+                        // (where nothing is submitted until then); a tick
+                        // is done.
+                        if f.command.is_some() {
+                            c.deferred.push(Queued {
+                                command: f.command,
+                                update: f.update.clone(),
+                                deadline: f.deadline,
+                            });
+                        }
                         s.busy = None;
                         c.epoch_over = true;
                     }
@@ -1654,10 +1693,12 @@ impl Core {
                             Outcome::Refused => "the replicas' client table is full".to_string(),
                             _ => "the replicas did not accept the update".to_string(),
                         };
-                        self.actions.push_back(super::Action::Complete {
-                            command,
-                            completion: Completion::Committed(Err(Error::Consensus(why))),
-                        });
+                        if let Some(command) = command {
+                            self.actions.push_back(super::Action::Complete {
+                                command,
+                                completion: Completion::Committed(Err(Error::Consensus(why))),
+                            });
+                        }
                     }
                 }
             }
@@ -1791,10 +1832,12 @@ impl Core {
         }
         let command = f.command;
         s.busy = None;
-        self.actions.push_back(super::Action::Complete {
-            command,
-            completion: Completion::Committed(Ok(Box::new(receipt))),
-        });
+        if let Some(command) = command {
+            self.actions.push_back(super::Action::Complete {
+                command,
+                completion: Completion::Committed(Ok(Box::new(receipt))),
+            });
+        }
         true
     }
 
@@ -1835,7 +1878,7 @@ impl Core {
                 failed.push(q.command);
             }
         }
-        for command in failed {
+        for command in failed.into_iter().flatten() {
             self.complete(command, Completion::Committed(Err(Error::Timeout)));
         }
         for i in hunts {
@@ -2254,7 +2297,10 @@ fn revocation_of(op: &Operation) -> Option<Revocation> {
     match op {
         Operation::RevokeMember(node) => Some(Revocation::Member(NodeId(*node))),
         Operation::RevokeToken(id) => Some(Revocation::Token(*id)),
-        Operation::Update(_) | Operation::AddVoter(_) | Operation::RemoveVoter(_) => None,
+        Operation::Update(_)
+        | Operation::AddVoter(_)
+        | Operation::RemoveVoter(_)
+        | Operation::Tick => None,
     }
 }
 

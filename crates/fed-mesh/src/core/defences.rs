@@ -209,6 +209,38 @@ impl Net {
         }
     }
 
+    /// Breaks the connection between `a` and `b` (their sessions end).
+    fn disconnect(&mut self, a: usize, b: usize) {
+        let (pa, pb, now) = (self.peer(a), self.peer(b), self.now);
+        self.cores[a].handle_disconnected(pb, now);
+        self.cores[b].handle_disconnected(pa, now);
+        self.run();
+    }
+
+    /// Lets `ms` milliseconds pass, 5 at a time: every core's timers fire and
+    /// the network settles after each step.
+    fn advance(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now = (self.now + 5).min(end);
+            let now = self.now;
+            for i in 0..self.cores.len() {
+                self.cores[i].handle_timeout(now);
+            }
+            self.run();
+        }
+    }
+
+    /// Starts `command` at core `i`; its completion lands in `completions`.
+    fn submit(&mut self, i: usize, command: Command) -> CommandId {
+        let id = CommandId(self.next_command);
+        self.next_command += 1;
+        let now = self.now;
+        self.cores[i].command(id, command, now);
+        self.run();
+        id
+    }
+
     fn command(&mut self, i: usize, command: Command) -> Completion {
         let id = CommandId(self.next_command);
         self.next_command += 1;
@@ -784,4 +816,97 @@ fn a_restarted_node_writes_above_its_stored_stamps_whatever_its_clock() {
     }
     let stamp = stamp.expect("the write is stored");
     assert!(stamp > ahead, "{stamp:?} is not above {ahead:?}");
+}
+
+/// A federation whose genesis lists the cores of `voters` (seeds) as voting
+/// members, checkpointing every 4 batches; replicas in memory.
+fn consensus(seed: u8, voters: &[u8]) -> CoreConfig {
+    let genesis_hash = [0x6e; 32];
+    let m = fed_pbft::Membership::with_context(
+        voters
+            .iter()
+            .map(|s| identity(*s).public().clone())
+            .collect(),
+        genesis_hash,
+    )
+    .unwrap();
+    let mut pbft = fed_pbft::Config::default();
+    pbft.checkpoint_interval = 4;
+    pbft.window = 8;
+    pbft.max_clients = 65_536;
+    let mut c = config(seed);
+    c.consensus = Some(commit::ConsensusConfig {
+        federation: FED,
+        genesis_hash,
+        membership: Arc::new(m),
+        pbft,
+        addresses: vec![Vec::new(); voters.len()],
+        client_slots: 4,
+        commit_timeout_ms: 600_000,
+        recovered: None,
+        epochs: Vec::new(),
+        durable: false,
+        volatile_replica: true,
+        byzantine_votes: false,
+    });
+    c
+}
+
+fn committed(net: &mut Net, id: CommandId) -> commit::CommitReceipt {
+    match net.completions.remove(&id) {
+        Some(Completion::Committed(Ok(r))) => *r,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A commit in flight when the epoch changes executes once: B's update
+/// reaches A (the only voter) and executes, but B loses A before the replies
+/// arrive. A commits a membership change, and its ticks take the epoch to its
+/// end. When B meets A again it learns the new epoch from A's chain, reads in
+/// the link's client table that its update executed, and fetches the proof
+/// from the old epoch, instead of submitting it again.
+#[test]
+fn a_commit_in_flight_when_the_epoch_changes_executes_once() {
+    use commit::{Operation, Voter};
+    let mut net = Net::new(vec![consensus(1, &[1]), consensus(2, &[1])]);
+    net.connect(0, 1);
+    let update = Operation::Update(crate::substrate::StateUpdate::Opaque {
+        kind: "test".into(),
+        bytes: vec![1],
+    });
+    let id = net.submit(1, Command::Commit(update));
+    // B's request waits in A's batch; B and A lose each other.
+    net.disconnect(0, 1);
+    net.advance(20);
+    // The epoch changes: the voters become [A] again, under a new membership
+    // (C is added and removed again).
+    let c = Voter::new(identity(3).public(), &[]);
+    let add = net.submit(0, Command::Commit(Operation::AddVoter(c)));
+    let remove = net.submit(
+        0,
+        Command::Commit(Operation::RemoveVoter(identity(3).node_id().0)),
+    );
+    net.advance(1_000);
+    committed(&mut net, add);
+    committed(&mut net, remove);
+    let status = net.cores[0].consensus_status().unwrap();
+    assert_eq!(status.epoch, 1, "A entered the next epoch");
+    assert!(!net.completions.contains_key(&id), "B heard nothing yet");
+    // Long after A's replies to B expired, they meet again.
+    net.advance(5_000);
+    net.connect(0, 1);
+    net.advance(2_000);
+    let receipt = committed(&mut net, id);
+    // Exactly once: the update and the two changes, nothing twice.
+    assert_eq!(net.cores[0].consensus_status().unwrap().ledger_count, 3);
+    assert_eq!(net.cores[1].consensus_status().unwrap().epoch, 1);
+    assert!(receipt.epochs.is_empty(), "it executed in epoch 0");
+    let m0 = net.cores[0]
+        .commit
+        .as_ref()
+        .unwrap()
+        .config
+        .membership
+        .clone();
+    receipt.verify(&m0).unwrap();
 }

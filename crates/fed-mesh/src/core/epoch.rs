@@ -332,13 +332,16 @@ impl Core {
                     failed.push(f.command);
                     s.busy = None;
                 }
-                // Not executed, or after the epoch's end: in the next epoch.
+                // Not executed, or after the epoch's end: in the next epoch
+                // (a tick is done with).
                 _ => {
-                    requeue.push(Queued {
-                        command: f.command,
-                        update: f.update.clone(),
-                        deadline: f.deadline,
-                    });
+                    if f.command.is_some() {
+                        requeue.push(Queued {
+                            command: f.command,
+                            update: f.update.clone(),
+                            deadline: f.deadline,
+                        });
+                    }
                     s.busy = None;
                 }
             }
@@ -349,7 +352,7 @@ impl Core {
         if let Err(e) = c.new_clients(&node, &mut self.rng, now) {
             tracing::error!(error = %e, "cannot rebuild the client slots in the new epoch");
         }
-        for command in failed {
+        for command in failed.into_iter().flatten() {
             self.complete(
                 command,
                 Completion::Committed(Err(Error::Consensus(
@@ -477,7 +480,7 @@ mod tests {
         let ka = ClientKeys::new(&m0, ca, std::slice::from_ref(&key)).unwrap();
         ra.add_client(ca, key.clone()).unwrap();
         // Batch 1: an update; batch 2 checkpoints before any change: no link.
-        run(&mut ra, &ka, 1, &[update(1), update(2)]);
+        let (_, first) = run(&mut ra, &ka, 1, &[update(1), update(2)]);
         let (cert, state) = ra.stable_state().map(|(c, s)| (c.clone(), s)).unwrap();
         let early = CertifiedState {
             cert: serde_bytes::ByteBuf::from(wire::encode(&cert)),
@@ -491,11 +494,6 @@ mod tests {
         let (_, results) = run(&mut ra, &ka, 3, &[add, remove, update(5)]);
         assert_eq!(results[0][0], 0);
         assert_eq!(results[1][0], 0);
-        assert_eq!(
-            results[2],
-            vec![3],
-            "after the epoch's end nothing executes"
-        );
         let (cert, state) = ra.stable_state().map(|(c, s)| (c.clone(), s)).unwrap();
         assert_eq!(cert.seq, 4);
         let link = CertifiedState {
@@ -504,6 +502,19 @@ mod tests {
         };
         let (e1, facts) = genesis.follow(&link).unwrap();
         assert_eq!(e1.number, 1);
+        // Every operation answered as chained in epoch 0 (two updates, the
+        // two changes) is in the ledger epoch 1 starts from: nothing
+        // executed after the link is lost.
+        let chained = first
+            .iter()
+            .chain(&results)
+            .filter(|r| r.first() == Some(&0));
+        assert_eq!(e1.ledger.count, chained.count() as u64);
+        assert_eq!(
+            results[2],
+            vec![3],
+            "after the epoch's end nothing executes"
+        );
         assert_eq!(facts.seq, 4);
         assert_eq!(e1.membership.members(), &[b.public().clone()][..]);
         assert_ne!(e1.membership.id(), m0.id());

@@ -46,7 +46,11 @@ fn update(i: u64) -> StateUpdate {
 }
 
 /// Submits `count` updates from `node`, numbered from `first`, all at once.
-async fn commit_many(node: &FederatedMesh, first: u64, count: u64) -> Vec<CommitReceipt> {
+pub(crate) async fn commit_many(
+    node: &FederatedMesh,
+    first: u64,
+    count: u64,
+) -> Vec<CommitReceipt> {
     let calls = (first..first + count).map(|i| node.byzantine_commit(update(i)));
     futures::future::join_all(calls)
         .await

@@ -6,6 +6,7 @@ mod abuse;
 mod access;
 mod basics;
 mod commit;
+mod epoch;
 mod interop;
 mod join;
 mod onion;
