@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use fed_mesh::{
-    CommitReceipt, Epoch, Error, FederatedMesh, MembershipChange, MeshEvent,
+    CommitReceipt, Epoch, Error, FederatedMesh, MembershipChange, MeshConfig, MeshEvent,
     pbft::{CheckpointCert, Membership},
 };
 
@@ -177,5 +177,111 @@ async fn a_membership_change_moves_the_voting_set_at_a_checkpoint() {
         }
         assert!(seen, "a node did not report the new epoch");
     }
+    shutdown(&nodes).await;
+}
+
+/// Starts a node from `config` (a data directory's); the previous instance
+/// may hold the file a moment after it shut down.
+async fn restart(config: &MeshConfig) -> FederatedMesh {
+    let mut last = None;
+    for _ in 0..100 {
+        match FederatedMesh::builder(config.clone())
+            .substrate(fed_mesh::substrate::MemorySubstrate::new())
+            .start()
+            .await
+        {
+            Ok(node) => return node,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("node does not start: {last:?}");
+}
+
+/// The epochs are stored: after a change, the removed voter (still a voter
+/// in the genesis) and the new one (not a voter in the genesis) restart from
+/// their data directories in the new epoch, the first without a replica, the
+/// second with its replica's state; commits go on, and the new voter's audit
+/// log records the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epochs_outlive_a_restart() {
+    let g = genesis(90..94, 1);
+    let m0 = g.membership().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let configure = |seed: u8, c: &mut MeshConfig| {
+        with_genesis(c, &g);
+        c.consensus.as_mut().unwrap().volatile_replica = false;
+        c.data_dir = Some(dir.path().join(seed.to_string()));
+    };
+    let configs: Vec<MeshConfig> = (90..95)
+        .map(|seed| {
+            let mut c = config(seed);
+            configure(seed, &mut c);
+            c
+        })
+        .collect();
+    let nodes = full_mesh(90, 5, configure).await;
+    let mut nodes = nodes;
+    nodes[0]
+        .commit_membership_change(MembershipChange::Add {
+            identity: Box::new(identity(94).public().clone()),
+            addresses: nodes[4].listen_addrs().await.unwrap(),
+        })
+        .await
+        .unwrap();
+    nodes[1]
+        .commit_membership_change(MembershipChange::Remove(nodes[3].node_id()))
+        .await
+        .unwrap();
+    for node in &nodes {
+        eventually(30, "every node enters epoch 1", || async {
+            status(node).await.epoch == 1
+        })
+        .await;
+    }
+    let first = commit_many(&nodes[2], 0, 3).await;
+    eventually(20, "the new voter executed them", || async {
+        status(&nodes[4]).await.ledger_count == 5
+    })
+    .await;
+    let voters = status(&nodes[4]).await.voters;
+
+    for i in [3, 4] {
+        nodes[i].shutdown().await.unwrap();
+    }
+    nodes.truncate(3);
+    let removed = restart(&configs[3]).await;
+    let added = restart(&configs[4]).await;
+    let (s3, s4) = (status(&removed).await, status(&added).await);
+    assert_eq!((s3.epoch, s3.replica), (1, None), "93 votes no more");
+    assert_eq!((s4.epoch, s4.replica), (1, Some(3)), "94 votes");
+    assert_eq!(s4.voters, voters);
+    assert_eq!(s4.ledger_count, 5, "the new voter's replica state is back");
+    nodes.push(removed);
+    nodes.push(added);
+    for i in [0, 1, 2] {
+        eventually(10, "the restarted nodes are back", || async {
+            nodes[i].peer_count().await.unwrap() == 4
+        })
+        .await;
+    }
+    let more = commit_many(&nodes[3], 10, 3).await;
+    for r in first.iter().chain(&more) {
+        assert_eq!(r.epochs.len(), 1);
+        r.verify(&m0).unwrap();
+    }
+    eventually(20, "the new voter executes after its restart", || async {
+        status(&nodes[4]).await.ledger_count == 8
+    })
+    .await;
+    let e1 = epoch_of(&m0, &more[0]);
+    let audit = nodes[4].store().unwrap().audit().entries().unwrap();
+    assert!(
+        audit.iter().any(|e| e.event
+            == fed_mesh::store::AuditEvent::MembershipChanged {
+                membership: *e1.membership.id()
+            }),
+        "{audit:?}"
+    );
     shutdown(&nodes).await;
 }
