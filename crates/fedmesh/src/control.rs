@@ -5,7 +5,7 @@
 use std::{path::Path, sync::Arc};
 
 use fed_mesh::{
-    FederationScope, OnionRouting, QueryOptions,
+    FederationScope, MembershipChange, OnionRouting, QueryOptions,
     substrate::{Pattern, PatternId, PatternQuery, StateUpdate},
 };
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,14 @@ pub(crate) enum ControlRequest {
     Status,
     /// Commit an opaque update (`kind`, `data` in hex) through the consensus.
     Commit { kind: String, data: String },
+    /// Make a member a voting member: its public identity (hex of its
+    /// encoding) and listen addresses.
+    AddVoter {
+        identity: String,
+        addresses: Vec<String>,
+    },
+    /// Remove a voting member, by node id (hex).
+    RemoveVoter { node: String },
     /// Store a pattern in the substrate.
     AddPattern { id: u64, embedding: Vec<f32> },
     /// Run a federated query: `scope` is `local`, `direct` or `global`;
@@ -64,13 +72,31 @@ async fn answer(
                 .byzantine_commit(StateUpdate::Opaque { kind, bytes })
                 .await
                 .map_err(e)?;
-            serde_json::json!({
-                "index": receipt.index,
-                "seq": receipt.proof.seq,
-                "view": receipt.proof.view,
-                "digest": hex::encode(receipt.proof.digest),
-                "receipt": hex::encode(receipt.to_bytes()),
-            })
+            receipt_json(&receipt)
+        }
+        ControlRequest::AddVoter {
+            identity,
+            addresses,
+        } => {
+            let bytes = hex::decode(&identity).map_err(|e| format!("identity: {e}"))?;
+            let identity = fed_mesh::crypto::PublicIdentity::from_bytes(&bytes)
+                .map_err(|e| format!("identity: {e}"))?;
+            let addresses = addresses
+                .iter()
+                .map(|a| a.parse().map_err(|e| format!("address `{a}`: {e}")))
+                .collect::<Result<_, _>>()?;
+            let change = MembershipChange::Add {
+                identity: Box::new(identity),
+                addresses,
+            };
+            receipt_json(&mesh.commit_membership_change(change).await.map_err(e)?)
+        }
+        ControlRequest::RemoveVoter { node } => {
+            let mut id = [0u8; 32];
+            hex::decode_to_slice(node.trim(), &mut id)
+                .map_err(|e| format!("node: {e} (64 hex digits expected)"))?;
+            let change = MembershipChange::Remove(fed_mesh::crypto::NodeId(id));
+            receipt_json(&mesh.commit_membership_change(change).await.map_err(e)?)
         }
         ControlRequest::AddPattern { id, embedding } => {
             let pattern = Pattern {
@@ -137,6 +163,19 @@ async fn answer(
         }
     })
 }
+/// A commit's answer: where it committed, its proof's digest and epoch, and
+/// the receipt.
+fn receipt_json(receipt: &fed_mesh::CommitReceipt) -> serde_json::Value {
+    serde_json::json!({
+        "index": receipt.index,
+        "seq": receipt.proof.seq,
+        "view": receipt.proof.view,
+        "epoch": receipt.epochs.len(),
+        "digest": hex::encode(receipt.proof.digest),
+        "receipt": hex::encode(receipt.to_bytes()),
+    })
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

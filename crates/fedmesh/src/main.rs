@@ -122,6 +122,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Changes the voting membership through the consensus. It takes
+    /// effect at the next checkpoint, where a new configuration epoch begins;
+    /// only a voting member may change it.
+    Voters {
+        #[command(subcommand)]
+        command: VotersCmd,
+    },
     /// Writes to the shared map.
     Put {
         #[command(flatten)]
@@ -187,6 +194,36 @@ enum Cmd {
         /// The federation's genesis file.
         #[arg(long)]
         genesis: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum VotersCmd {
+    /// Makes a member a voting member: a `.pub` file or a public identity in
+    /// hex, with `@addr1,addr2` the addresses the voters will dial.
+    Add {
+        #[command(flatten)]
+        target: Target,
+        member: String,
+        /// Also write the receipt (for `verify-proof`) to this file.
+        #[arg(long)]
+        receipt: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes a voting member (it stays a member), by node id.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        /// The member's node id (64 hex digits).
+        node: String,
+        /// Also write the receipt (for `verify-proof`) to this file.
+        #[arg(long)]
+        receipt: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -280,6 +317,30 @@ fn print(json: bool, value: &serde_json::Value, text: impl FnOnce() -> String) {
     }
 }
 
+/// Sends a commit `request` to the node, writes the receipt to `receipt` if
+/// asked, and reports where it committed.
+fn committed(
+    target: &Target,
+    request: &control::ControlRequest,
+    receipt: Option<&std::path::Path>,
+    json: bool,
+) -> Result<(), Failure> {
+    let v = runtime()?.block_on(control::call(&target.control, request))?;
+    if let Some(path) = receipt {
+        let bytes = hex::decode(v["receipt"].as_str().unwrap_or_default())
+            .map_err(|e| Failure::runtime(format!("the node's receipt: {e}")))?;
+        std::fs::write(path, bytes)
+            .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
+    }
+    print(json, &v, || {
+        format!(
+            "committed at ledger index {} (epoch {}, sequence {}, view {})",
+            v["index"], v["epoch"], v["seq"], v["view"]
+        )
+    });
+    Ok(())
+}
+
 fn run(command: Cmd) -> Result<(), Failure> {
     match command {
         Cmd::Keygen {
@@ -336,20 +397,35 @@ fn run(command: Cmd) -> Result<(), Failure> {
                 kind,
                 data: hex::encode(data.as_bytes()),
             };
-            let v = runtime()?.block_on(control::call(&target.control, &request))?;
-            if let Some(path) = receipt {
-                let bytes = hex::decode(v["receipt"].as_str().unwrap_or_default())
-                    .map_err(|e| Failure::runtime(format!("the node's receipt: {e}")))?;
-                std::fs::write(&path, bytes)
-                    .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
-            }
-            print(json, &v, || {
-                format!(
-                    "committed at ledger index {} (sequence {}, view {})",
-                    v["index"], v["seq"], v["view"]
-                )
-            });
-            Ok(())
+            committed(&target, &request, receipt.as_deref(), json)
+        }
+        Cmd::Voters {
+            command:
+                VotersCmd::Add {
+                    target,
+                    member,
+                    receipt,
+                    json,
+                },
+        } => {
+            let (identity, addresses) = node::member_spec(&member)?;
+            let request = control::ControlRequest::AddVoter {
+                identity: hex::encode(identity.as_bytes()),
+                addresses: addresses.iter().map(ToString::to_string).collect(),
+            };
+            committed(&target, &request, receipt.as_deref(), json)
+        }
+        Cmd::Voters {
+            command:
+                VotersCmd::Remove {
+                    target,
+                    node,
+                    receipt,
+                    json,
+                },
+        } => {
+            let request = control::ControlRequest::RemoveVoter { node };
+            committed(&target, &request, receipt.as_deref(), json)
         }
         Cmd::Put { target, key, value } => {
             runtime()?.block_on(control::call(

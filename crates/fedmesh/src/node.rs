@@ -7,7 +7,7 @@ use std::{
 
 use fed_mesh::{
     CommitReceipt, FederatedMesh, MeshConfig, Multiaddr, PeerAddress,
-    crypto::NodeId,
+    crypto::{NodeId, PublicIdentity},
     genesis::{ConsensusParameters, Genesis, GenesisMember},
     handshake::{AdmissionPolicy, Allowlist, FederationId, Open},
     store::Store,
@@ -325,6 +325,24 @@ pub(crate) async fn run(args: NodeArgs) -> Result<(), Failure> {
 }
 
 /// `fedmesh init`.
+/// A member given as a `.pub` file or a public identity in hex, with
+/// `@addr1,addr2` its listen addresses optionally.
+pub(crate) fn member_spec(spec: &str) -> Result<(PublicIdentity, Vec<Multiaddr>), Failure> {
+    let (id, addrs): (&str, Vec<&str>) = match spec.split_once('@') {
+        Some((id, addrs)) => (id, addrs.split(',').filter(|a| !a.is_empty()).collect()),
+        None => (spec, Vec::new()),
+    };
+    let identity = keys::load_public(id)?;
+    let addresses = addrs
+        .iter()
+        .map(|a| {
+            a.parse::<Multiaddr>()
+                .map_err(|e| Failure::config(format!("address `{a}`: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((identity, addresses))
+}
+
 pub(crate) fn init(
     out: &Path,
     members: &[String],
@@ -347,18 +365,8 @@ pub(crate) fn init(
     };
     let mut list = Vec::with_capacity(members.len());
     for (i, spec) in members.iter().enumerate() {
-        let (id, addrs) = match spec.split_once('@') {
-            Some((id, addrs)) => (id, addrs.split(',').filter(|a| !a.is_empty()).collect()),
-            None => (spec.as_str(), Vec::new()),
-        };
-        let identity = keys::load_public(id)?;
-        let addresses = addrs
-            .iter()
-            .map(|a| {
-                a.parse::<Multiaddr>()
-                    .map_err(|e| Failure::config(format!("member {i}: address `{a}`: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+        let (identity, addresses) =
+            member_spec(spec).map_err(|e| Failure::config(format!("member {i}: {}", e.message)))?;
         list.push(GenesisMember {
             identity,
             addresses,

@@ -72,6 +72,9 @@ pub(crate) struct SyncJson {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ConsensusJson {
     pub(crate) replica: Option<u16>,
+    /// The configuration epoch (0: the genesis's voters).
+    #[serde(default)]
+    pub(crate) epoch: u64,
     pub(crate) view: u64,
     /// The primary's replica index in this view (`view mod n`).
     #[serde(default)]
@@ -207,7 +210,7 @@ impl Observer {
             .into_iter()
             .map(|a| format!("{a}/p2p/{}#{node}", mesh.peer_id()))
             .collect();
-        let voters: Vec<(String, Vec<String>)> = self
+        let genesis_voters: Vec<(String, Vec<String>)> = self
             .genesis
             .iter()
             .flat_map(|g| &g.members)
@@ -218,10 +221,30 @@ impl Observer {
                 )
             })
             .collect();
-        let consensus = mesh.consensus_status().await.map_err(e)?.map(|c| {
+        let consensus_status = mesh.consensus_status().await.map_err(e)?;
+        // The current epoch's voters (the genesis's until the membership
+        // changes), with the genesis's addresses where it lists them.
+        let voters: Vec<(String, Vec<String>)> = match &consensus_status {
+            Some(c) => c
+                .voters
+                .iter()
+                .map(|n| {
+                    let id = hex::encode(n.0);
+                    let addrs = genesis_voters
+                        .iter()
+                        .find(|(g, _)| *g == id)
+                        .map(|(_, a)| a.clone())
+                        .unwrap_or_default();
+                    (id, addrs)
+                })
+                .collect(),
+            None => genesis_voters,
+        };
+        let consensus = consensus_status.map(|c| {
             let primary = (!voters.is_empty()).then(|| (c.view % voters.len() as u64) as u16);
             ConsensusJson {
                 replica: c.replica,
+                epoch: c.epoch,
                 view: c.view,
                 primary,
                 primary_node: primary.map(|p| voters[usize::from(p)].0.clone()),

@@ -129,3 +129,81 @@ fn a_voter_killed_during_commits_loses_nothing_and_an_edited_byte_is_refused() {
     assert!(err.contains(&db.display().to_string()), "{err}");
     assert!(err.contains("corrupt"), "{err}");
 }
+
+/// Test 5's second half with processes: 4 voting processes and a fifth that
+/// does not vote. `fedmesh voters add` makes the fifth a voter and `voters
+/// remove` takes the fourth out; at the next checkpoint every process enters
+/// epoch 1. The new voter's process is SIGKILLed and restarted from its data
+/// directory: it comes back voting in epoch 1, and executes what the others
+/// commit. A receipt made after the change verifies with `fedmesh
+/// verify-proof` against the genesis alone.
+#[test]
+fn the_voters_change_at_a_checkpoint_and_the_new_voter_survives_a_kill() {
+    let mut c = Cluster::with_members(4, 1);
+    c.start_all();
+    let node_id = |c: &Cluster, i: usize| {
+        status(&c.nodes[i].socket())["node_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let address = status(&c.nodes[4].socket())["addresses"][0]
+        .as_str()
+        .unwrap()
+        .split('#')
+        .next()
+        .unwrap()
+        .to_string();
+    let member = format!("{}.pub@{address}", c.nodes[4].key.display());
+    let control = |c: &Cluster, i: usize| c.nodes[i].socket().display().to_string();
+    let (code, out, err) = fedmesh(&["voters", "add", "--control", &control(&c, 0), &member]);
+    assert_eq!(code, 0, "{out}{err}");
+    let removed = node_id(&c, 3);
+    let (code, out, err) = fedmesh(&["voters", "remove", "--control", &control(&c, 1), &removed]);
+    assert_eq!(code, 0, "{out}{err}");
+    for i in 0..5 {
+        wait_for(60, &format!("node {i} in epoch 1"), || {
+            c.consensus(i)["epoch"].as_u64() == Some(1)
+        });
+    }
+    assert!(c.consensus(3)["replica"].is_null(), "node 3 votes no more");
+    assert_eq!(c.consensus(4)["replica"].as_u64(), Some(3), "node 4 votes");
+
+    // The new voter's process is killed and restarted from its directory.
+    c.kill(4);
+    c.start(4);
+    assert_eq!(c.consensus(4)["epoch"].as_u64(), Some(1));
+    assert_eq!(c.consensus(4)["replica"].as_u64(), Some(3));
+    let receipt = c._dir.path().join("after.receipt");
+    let (code, out, err) = fedmesh(&[
+        "commit",
+        "--control",
+        &control(&c, 3),
+        "--receipt",
+        receipt.to_str().unwrap(),
+        "after the change",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("epoch 1"), "{out}");
+    for i in 0..5 {
+        commit(&c.nodes[i].socket(), format!("u{i}").as_bytes()).unwrap();
+    }
+    // Every voter of epoch 1 executed the same 2 changes and 6 updates.
+    let heads: BTreeSet<String> = [0, 1, 2, 4]
+        .iter()
+        .map(|&i| {
+            wait_for(60, &format!("node {i} executed everything"), || {
+                c.consensus(i)["ledger_count"].as_u64() == Some(8)
+            });
+            c.consensus(i)["ledger_head"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(heads.len(), 1, "the voters disagree: {heads:?}");
+    let (code, out, err) = fedmesh(&[
+        "verify-proof",
+        receipt.to_str().unwrap(),
+        "--genesis",
+        c.genesis.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}

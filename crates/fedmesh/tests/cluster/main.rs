@@ -64,10 +64,16 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Keys and a genesis for `n` voters (nothing started).
     pub(crate) fn new(n: usize) -> Self {
+        Self::with_members(n, 0)
+    }
+
+    /// Keys for `voters + others` nodes and a genesis whose voting members
+    /// are the first `voters` (nothing started).
+    pub(crate) fn with_members(voters: usize, others: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         let mut members = Vec::new();
-        for i in 0..n {
+        for i in 0..voters + others {
             let key = dir.path().join(format!("n{i}.key"));
             let (code, _, err) = fedmesh(&["keygen", "--out", key.to_str().unwrap()]);
             assert_eq!(code, 0, "{err}");
@@ -81,7 +87,7 @@ impl Cluster {
         }
         let genesis = dir.path().join("genesis.toml");
         let mut args = vec!["init", "--out", genesis.to_str().unwrap()];
-        for m in &members {
+        for m in &members[..voters] {
             args.extend(["--member", m.as_str()]);
         }
         let (code, _, err) = fedmesh(&args);
