@@ -7,7 +7,8 @@
 use fed_crdt::{Codec, Limits, MapDelta, SyncRequest};
 use fed_mesh::{
     CommitReceipt,
-    core::commit::{CertifiedState, ProofRequest, ProofResponse},
+    Ledger,
+    core::commit::{CertifiedState, EpochChain, ProofRequest, ProofResponse},
     wire::{
         self, Kind, MemberRecord, OnionResponse, QueryRequest, QueryResponse, Refusal,
         SharedValue, SyncChunk, SyncPull,
@@ -51,6 +52,14 @@ fuzz_target!(|data: &[u8]| {
                     round_trip::<fed_mesh::pbft::CheckpointCert>(&s.cert);
                 }
             }
+            Kind::EpochChain => {
+                round_trip::<EpochChain>(body);
+                if let Ok(chain) = postcard::from_bytes::<EpochChain>(body) {
+                    for link in &chain.links {
+                        round_trip::<fed_mesh::pbft::CheckpointCert>(&link.cert);
+                    }
+                }
+            }
             Kind::OnionPacket | Kind::PbftAck => {}
         }
     }
@@ -58,6 +67,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = CommitReceipt::from_bytes(data) {
         let again = r.to_bytes();
         assert_eq!(CommitReceipt::from_bytes(&again).expect("decodes").to_bytes(), again);
+    }
+    // A ledger snapshot, as a link's replica state holds it: what decodes
+    // encodes to a snapshot that decodes to the same ledger.
+    if let Ok(ledger) = Ledger::from_snapshot(data) {
+        let again = fed_mesh::pbft::Application::snapshot(&ledger);
+        let back = Ledger::from_snapshot(&again).expect("a snapshot decodes");
+        assert_eq!(back, ledger);
     }
     // The same bytes as each body without an envelope.
     round_trip::<QueryRequest>(data);

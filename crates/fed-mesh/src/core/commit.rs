@@ -678,9 +678,16 @@ impl CommitReceipt {
     }
 }
 
+/// Most bytes of epoch links a [`CommitReceipt`] may carry (a chain larger
+/// than a session message is never sent either).
+pub const MAX_RECEIPT_CHAIN_LEN: usize = 16 << 20;
+
 /// Largest [`CommitReceipt`] encoding accepted.
-pub const MAX_RECEIPT_LEN: usize =
-    fed_pbft::MAX_BATCH_LEN + fed_pbft::MAX_COMMIT_PROOF_LEN + fed_pbft::MAX_OPERATION_LEN + 1024;
+pub const MAX_RECEIPT_LEN: usize = fed_pbft::MAX_BATCH_LEN
+    + fed_pbft::MAX_COMMIT_PROOF_LEN
+    + fed_pbft::MAX_OPERATION_LEN
+    + MAX_RECEIPT_CHAIN_LEN
+    + 1024;
 
 /// A batch the federation committed, as subscribers see it.
 #[derive(Clone, Debug, PartialEq)]
