@@ -292,6 +292,18 @@ impl Collector for FederationCollector {
             gauge(e, "view", "The current PBFT view", c.view as i64)?;
             gauge(
                 e,
+                "epoch",
+                "The configuration epoch (0: the genesis's voting members)",
+                c.epoch as i64,
+            )?;
+            gauge(
+                e,
+                "voters",
+                "Voting members in the configuration epoch",
+                c.voters.len() as i64,
+            )?;
+            gauge(
+                e,
                 "checkpoint_height",
                 "The replica's last stable checkpoint (sequence number)",
                 c.stable_checkpoint as i64,
@@ -338,8 +350,8 @@ mod tests {
                 ledger_count: 130,
                 ledger_head: [0; 32],
                 committed_here: 130,
-                epoch: 0,
-                voters: Vec::new(),
+                epoch: 2,
+                voters: vec![fed_crypto::NodeId([1; 32]), fed_crypto::NodeId([2; 32])],
             }),
             connected: 5,
             members: 4,
@@ -355,6 +367,8 @@ mod tests {
             "exo_fed_query_served_duration_seconds_bucket{le=\"+Inf\"} 2",
             "exo_fed_checkpoint_height 128",
             "exo_fed_view 4",
+            "exo_fed_epoch 2",
+            "exo_fed_voters 2",
             "exo_fed_peers_connected 5",
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");

@@ -162,20 +162,24 @@ impl std::fmt::Debug for ConsensusConfig {
 
 /// Most addresses a voting member may list in the ledger.
 pub const MAX_VOTER_ADDRESSES: usize = 8;
-/// Longest address (its text form) of a voting member in the ledger.
+/// Longest address (its binary multiaddr encoding) of a voting member in the
+/// ledger, as the genesis bounds them.
 pub const MAX_VOTER_ADDRESS_LEN: usize = 256;
+/// Most membership changes proposed and not yet approved in one epoch.
+pub const MAX_PROPOSALS: usize = 16;
 
 /// A voting member as the ledger holds it: its public identity (crypto.md §3
-/// encoding) and the addresses it listens on (multiaddr text), as the genesis
-/// lists them or as the [`Operation::AddVoter`] that added it gave them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// encoding) and the addresses it listens on (binary multiaddrs), as the
+/// [`Operation::AddVoter`] that added it gave them. The genesis's voters have
+/// none here: their addresses are the genesis's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Voter {
     /// The public identity's encoding.
     #[serde(with = "serde_bytes")]
     pub identity: Vec<u8>,
-    /// Its listen addresses (at most [`MAX_VOTER_ADDRESSES`], each at most
-    /// [`MAX_VOTER_ADDRESS_LEN`] bytes, each a multiaddr).
-    pub addresses: Vec<String>,
+    /// Its listen addresses, each a binary multiaddr (at most
+    /// [`MAX_VOTER_ADDRESSES`], each at most [`MAX_VOTER_ADDRESS_LEN`] bytes).
+    pub addresses: Vec<serde_bytes::ByteBuf>,
 }
 
 impl Voter {
@@ -183,28 +187,40 @@ impl Voter {
     pub fn new(identity: &fed_crypto::PublicIdentity, addresses: &[Multiaddr]) -> Self {
         Self {
             identity: identity.as_bytes().to_vec(),
-            addresses: addresses.iter().map(ToString::to_string).collect(),
+            addresses: addresses
+                .iter()
+                .map(|a| serde_bytes::ByteBuf::from(a.to_vec()))
+                .collect(),
         }
     }
 
-    /// Its identity, if it decodes and its addresses are within bounds and parse.
+    /// Its identity, if it decodes and its addresses are within the bounds
+    /// (their contents are not checked: the rule must not depend on which
+    /// multiaddr protocols a build knows).
     fn check(&self) -> Option<fed_crypto::PublicIdentity> {
         if self.addresses.len() > MAX_VOTER_ADDRESSES
             || self
                 .addresses
                 .iter()
-                .any(|a| a.len() > MAX_VOTER_ADDRESS_LEN || a.parse::<Multiaddr>().is_err())
+                .any(|a| a.len() > MAX_VOTER_ADDRESS_LEN)
         {
             return None;
         }
         fed_crypto::PublicIdentity::from_bytes(&self.identity).ok()
     }
 
-    /// The parsed addresses (those that do not parse left out).
+    /// Its node id, if its identity decodes.
+    fn node(&self) -> Option<[u8; 32]> {
+        fed_crypto::PublicIdentity::from_bytes(&self.identity)
+            .ok()
+            .map(|i| i.node_id().0)
+    }
+
+    /// The addresses this build can parse (the others left out).
     pub fn multiaddrs(&self) -> Vec<Multiaddr> {
         self.addresses
             .iter()
-            .filter_map(|a| a.parse().ok())
+            .filter_map(|a| Multiaddr::try_from(a.to_vec()).ok())
             .collect()
     }
 }
@@ -218,9 +234,35 @@ fn voter_identities(voters: &[Voter]) -> Option<Vec<fed_crypto::PublicIdentity>>
     Some(ids)
 }
 
+/// fed-pbft's quorum for `n` replicas: `⌈(n + f + 1) / 2⌉`, `f = ⌊(n − 1) / 3⌋`.
+fn quorum(n: usize) -> usize {
+    let f = n.saturating_sub(1) / 3;
+    (n + f + 1).div_ceil(2)
+}
+
+/// A change of the voting members, as proposed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Add this voter.
+    Add(Voter),
+    /// Remove the voter with this node id.
+    Remove([u8; 32]),
+}
+
+/// A membership change proposed in this epoch, with the voting members (node
+/// ids, increasing) that proposed it; it takes effect once they are a quorum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The change.
+    pub change: Change,
+    /// Who proposed it.
+    pub approvals: Vec<[u8; 32]>,
+}
+
 /// The replicated application: a hash chain over every executed operation,
 /// the revocations committed so far, and the configuration: the epoch, its
-/// voting members, and the next epoch's once a membership change committed.
+/// voting members, the membership changes proposed, and the next epoch's
+/// voters once a change has a quorum.
 ///
 /// `head' = hash(COMMIT_LEDGER, [head, be64(index), client, operation])` for the
 /// operation with 0-based `index`; a replica's snapshot is `be64(count) ‖ head ‖
@@ -229,7 +271,7 @@ fn voter_identities(voters: &[Voter]) -> Option<Vec<fed_crypto::PublicIdentity>>
 /// for a chained operation; `[1]` for bytes that are not exactly one
 /// [`Operation`]; `[2]` for an operation the rules refuse; `[3]` for anything
 /// in a batch after the epoch's end (the submitter submits it again in the
-/// next epoch). Only `[0]` changes the ledger.
+/// next epoch); `[4]` for a [`Operation::Tick`]. Only `[0]` changes the ledger.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     /// Operations executed.
@@ -244,18 +286,24 @@ pub struct Ledger {
     pub epoch: u64,
     /// This epoch's voting members, in replica order.
     pub voters: Vec<Voter>,
-    /// The next epoch's voting members, once a membership change committed.
+    /// Membership changes proposed in this epoch without a quorum yet, in the
+    /// order first proposed.
+    pub proposals: Vec<Proposal>,
+    /// The next epoch's voting members, once a change has a quorum.
     pub next: Option<Vec<Voter>>,
     /// The last sequence number of this epoch: the first checkpoint at or
-    /// after the batch of its first membership change.
+    /// after the batch in which a change reached its quorum.
     pub end: Option<u64>,
     /// The checkpoint interval (configuration, not replicated state).
     interval: u64,
+    /// Most voters the next epoch may have (configuration: the largest
+    /// membership fed-pbft's parameters allow; 0 means 64).
+    max_voters: usize,
     /// The sequence number of the batch executing.
     seq: u64,
-    /// The client ids of this epoch's voting members' slots: who may revoke
-    /// and change the membership.
-    voter_clients: std::collections::HashSet<ClientId>,
+    /// This epoch's voting members' slots, and whose they are: who may
+    /// revoke and propose changes.
+    voter_clients: HashMap<ClientId, [u8; 32]>,
     /// The node ids of this epoch's and the next's voting members: who may not
     /// be revoked (removing a voter is a membership change).
     voter_nodes: std::collections::HashSet<[u8; 32]>,
@@ -268,27 +316,26 @@ struct LedgerState {
     members: Vec<[u8; 32]>,
     epoch: u64,
     voters: Vec<Voter>,
+    proposals: Vec<Proposal>,
     next: Option<Vec<Voter>>,
     end: Option<u64>,
 }
 
 impl Ledger {
-    /// The genesis's ledger: epoch 0, its members (with their addresses) voting.
-    /// `checkpoint_interval` is fed-pbft's (an epoch ends at a checkpoint).
-    pub fn genesis(
-        membership: &Membership,
-        addresses: &[Vec<Multiaddr>],
-        checkpoint_interval: u64,
-    ) -> Self {
+    /// The genesis's ledger: epoch 0, its members voting (without addresses:
+    /// theirs are the genesis's). `checkpoint_interval` and `max_voters` are
+    /// from fed-pbft's parameters (an epoch ends at a checkpoint; a next
+    /// membership larger than `max_voters` would not run, 0 means 64).
+    pub fn genesis(membership: &Membership, checkpoint_interval: u64, max_voters: usize) -> Self {
         let voters = membership
             .members()
             .iter()
-            .enumerate()
-            .map(|(i, m)| Voter::new(m, addresses.get(i).map_or(&[][..], Vec::as_slice)))
+            .map(|m| Voter::new(m, &[]))
             .collect();
         let mut ledger = Self {
             voters,
             interval: checkpoint_interval,
+            max_voters,
             ..Self::default()
         };
         ledger.derive();
@@ -305,8 +352,8 @@ impl Ledger {
     }
 
     /// The ledger the next epoch starts from: this one's chain and
-    /// revocations, the next voting members, no change pending. `None` if no
-    /// change committed.
+    /// revocations, the next voting members, nothing proposed. `None` if no
+    /// change took effect.
     pub fn next_epoch(&self) -> Option<Self> {
         let mut next = Self {
             count: self.count,
@@ -316,6 +363,7 @@ impl Ledger {
             epoch: self.epoch.checked_add(1)?,
             voters: self.next.clone()?,
             interval: self.interval,
+            max_voters: self.max_voters,
             ..Self::default()
         };
         next.derive();
@@ -327,70 +375,131 @@ impl Ledger {
         self.interval
     }
 
-    /// Sets the checkpoint interval (configuration, not replicated state).
-    pub(crate) fn set_interval(&mut self, interval: u64) {
+    /// Sets the configuration (not replicated state): the checkpoint interval
+    /// and the largest next membership.
+    pub(crate) fn configure(&mut self, interval: u64, max_voters: usize) {
         self.interval = interval;
+        self.max_voters = max_voters;
+    }
+
+    /// The largest next membership allowed.
+    pub(crate) fn max_voters(&self) -> usize {
+        self.max_voters
     }
 
     /// Recomputes the sets derived from the voters.
     fn derive(&mut self) {
-        let nodes = |v: &[Voter]| -> Vec<NodeId> {
-            v.iter()
-                .filter_map(|v| fed_crypto::PublicIdentity::from_bytes(&v.identity).ok())
-                .map(|i| i.node_id())
-                .collect()
-        };
-        let current = nodes(&self.voters);
+        let current: Vec<[u8; 32]> = self.voters.iter().filter_map(Voter::node).collect();
         self.voter_clients = current
             .iter()
-            .flat_map(|n| (0..MAX_CLIENT_SLOTS).map(move |s| client_id(n, s)))
+            .flat_map(|n| (0..MAX_CLIENT_SLOTS).map(move |s| (client_id(&NodeId(*n), s), *n)))
             .collect();
-        self.voter_nodes = current.iter().map(|n| n.0).collect();
+        self.voter_nodes = current.into_iter().collect();
         if let Some(next) = &self.next {
-            self.voter_nodes.extend(nodes(next).iter().map(|n| n.0));
+            self.voter_nodes.extend(next.iter().filter_map(Voter::node));
         }
     }
 
     /// The voting members the next change applies to: the next epoch's if a
-    /// change committed, else this one's.
+    /// change took effect, else this one's.
     fn upcoming(&self) -> &[Voter] {
         self.next.as_deref().unwrap_or(&self.voters)
     }
 
-    /// Whether `client` may commit `op` (before the epoch's end): updates from
-    /// anyone; revocations and membership changes only from a voting member's
-    /// slot. A revocation never of a voting member (this epoch's or the
-    /// next's) and not beyond [`MAX_REVOCATIONS`]; an added voter well formed,
-    /// not revoked, not voting already, and the next membership valid; a
-    /// removed voter voting, and not the last.
+    /// The voters after `change` is applied to `upcoming()`, if they are a
+    /// valid next membership: an added voter well formed, not revoked, not
+    /// voting already, at most `max_voters` voters; a removed voter voting,
+    /// and not the last.
+    fn after(&self, change: &Change) -> Option<Vec<Voter>> {
+        let mut next = self.upcoming().to_vec();
+        match change {
+            Change::Add(v) => {
+                let identity = v.check()?;
+                if self.revoked_members.contains(&identity.node_id().0) {
+                    return None;
+                }
+                next.push(v.clone());
+            }
+            Change::Remove(node) => {
+                let before = next.len();
+                next.retain(|v| v.node().as_ref() != Some(node));
+                if next.len() == before || next.is_empty() {
+                    return None;
+                }
+            }
+        }
+        let max = if self.max_voters == 0 {
+            fed_pbft::MAX_REPLICAS
+        } else {
+            self.max_voters
+        };
+        (next.len() <= max && voter_identities(&next).is_some()).then_some(next)
+    }
+
+    /// Whether `client` may commit `op` (before the epoch's end): updates and
+    /// ticks from anyone; revocations and membership changes only from a
+    /// voting member's slot. A revocation never of a voting member (this
+    /// epoch's or the next's) and not beyond [`MAX_REVOCATIONS`]; a change
+    /// only if it would apply now ([`after`](Self::after)) and, if new, within
+    /// [`MAX_PROPOSALS`].
     fn allows(&self, client: &ClientId, op: &Operation) -> bool {
         match op {
             Operation::Update(_) | Operation::Tick => true,
-            _ if !self.voter_clients.contains(client) => false,
+            _ if !self.voter_clients.contains_key(client) => false,
             Operation::RevokeToken(_) | Operation::RevokeMember(_) => {
                 !matches!(op, Operation::RevokeMember(n) if self.voter_nodes.contains(n))
                     && self.revoked_tokens.len() + self.revoked_members.len() < MAX_REVOCATIONS
             }
-            Operation::AddVoter(v) => {
-                let Some(identity) = v.check() else {
+            Operation::AddVoter(_) | Operation::RemoveVoter(_) => {
+                let Some(change) = change_of(op) else {
                     return false;
                 };
-                if self.revoked_members.contains(&identity.node_id().0) {
-                    return false;
-                }
-                let mut next = self.upcoming().to_vec();
-                next.push(v.clone());
-                voter_identities(&next).is_some()
-            }
-            Operation::RemoveVoter(node) => {
-                let upcoming = self.upcoming();
-                upcoming.len() > 1
-                    && upcoming.iter().any(|v| {
-                        fed_crypto::PublicIdentity::from_bytes(&v.identity)
-                            .is_ok_and(|i| i.node_id().0 == *node)
-                    })
+                self.after(&change).is_some()
+                    && (self.proposals.len() < MAX_PROPOSALS
+                        || self.proposals.iter().any(|p| p.change == change))
             }
         }
+    }
+
+    /// Records `node`'s proposal of `change`; once a quorum of this epoch's
+    /// voters proposed it, it applies to the next epoch's voters (if it still
+    /// does) and the epoch gets its end.
+    fn propose(&mut self, node: [u8; 32], change: Change) {
+        let i = match self.proposals.iter().position(|p| p.change == change) {
+            Some(i) => i,
+            None => {
+                self.proposals.push(Proposal {
+                    change,
+                    approvals: Vec::new(),
+                });
+                self.proposals.len() - 1
+            }
+        };
+        let p = &mut self.proposals[i];
+        if let Err(at) = p.approvals.binary_search(&node) {
+            p.approvals.insert(at, node);
+        }
+        if p.approvals.len() < quorum(self.voters.len()) {
+            return;
+        }
+        let p = self.proposals.remove(i);
+        if let Some(next) = self.after(&p.change) {
+            // The epoch ends at the first checkpoint at or after this batch.
+            let k = self.interval.max(1);
+            self.end
+                .get_or_insert(self.seq.max(1).div_ceil(k).saturating_mul(k));
+            self.next = Some(next);
+            self.derive();
+        }
+    }
+}
+
+/// The change an operation proposes, if it is one.
+fn change_of(op: &Operation) -> Option<Change> {
+    match op {
+        Operation::AddVoter(v) => Some(Change::Add(v.clone())),
+        Operation::RemoveVoter(n) => Some(Change::Remove(*n)),
+        _ => None,
     }
 }
 
@@ -421,38 +530,22 @@ impl Application for Ledger {
         if !self.allows(client, &op) {
             return vec![2];
         }
-        let next = match op {
+        match op {
             Operation::Tick => return vec![4],
-            Operation::Update(_) => None,
+            Operation::Update(_) => {}
             Operation::RevokeToken(id) => {
                 self.revoked_tokens.insert(id);
-                None
             }
             Operation::RevokeMember(id) => {
                 self.revoked_members.insert(id);
-                None
             }
-            Operation::AddVoter(v) => {
-                let mut next = self.upcoming().to_vec();
-                next.push(v);
-                Some(next)
+            Operation::AddVoter(_) | Operation::RemoveVoter(_) => {
+                if let (Some(change), Some(node)) =
+                    (change_of(&op), self.voter_clients.get(client).copied())
+                {
+                    self.propose(node, change);
+                }
             }
-            Operation::RemoveVoter(node) => {
-                let mut next = self.upcoming().to_vec();
-                next.retain(|v| {
-                    fed_crypto::PublicIdentity::from_bytes(&v.identity)
-                        .is_ok_and(|i| i.node_id().0 != node)
-                });
-                Some(next)
-            }
-        };
-        if let Some(next) = next {
-            // The epoch ends at the first checkpoint at or after this batch.
-            let k = self.interval.max(1);
-            self.end
-                .get_or_insert(self.seq.max(1).div_ceil(k).saturating_mul(k));
-            self.next = Some(next);
-            self.derive();
         }
         let index = self.count;
         self.head = hash(
@@ -473,6 +566,7 @@ impl Application for Ledger {
             members: self.revoked_members.iter().copied().collect(),
             epoch: self.epoch,
             voters: self.voters.clone(),
+            proposals: self.proposals.clone(),
             next: self.next.clone(),
             end: self.end,
         }));
@@ -506,12 +600,22 @@ impl Application for Ledger {
                 "a ledger snapshot has a next membership without an end, or the reverse".into(),
             );
         }
+        if state.proposals.len() > MAX_PROPOSALS
+            || state.proposals.iter().any(|p| {
+                !sorted(&p.approvals)
+                    || p.approvals.is_empty()
+                    || p.approvals.len() > state.voters.len()
+            })
+        {
+            return Err("a ledger snapshot's proposals break their bounds".into());
+        }
         self.count = u64::from_be_bytes(count.try_into()?);
         self.head.copy_from_slice(head);
         self.revoked_tokens = state.tokens.into_iter().collect();
         self.revoked_members = state.members.into_iter().collect();
         self.epoch = state.epoch;
         self.voters = state.voters;
+        self.proposals = state.proposals;
         self.next = state.next;
         self.end = state.end;
         self.derive();
@@ -630,7 +734,7 @@ impl CommitReceipt {
     /// `(client, timestamp, postcard(operation))`. An operation only voting
     /// members may commit must come from one of that epoch's voters' slots.
     pub fn verify(&self, membership: &Membership) -> Result<()> {
-        let genesis = Epoch::genesis(Arc::new(membership.clone()), Vec::new(), 0);
+        let genesis = Epoch::genesis(Arc::new(membership.clone()), Vec::new(), 0, 0);
         let epoch = genesis.follow_all(&self.epochs)?;
         let m = &epoch.membership;
         self.proof
@@ -849,6 +953,7 @@ impl CommitState {
             config.membership.clone(),
             config.addresses.clone(),
             config.pbft.checkpoint_interval,
+            super::epoch::max_voters(&config.pbft),
         );
         let mut epochs = vec![genesis];
         for link in &config.epochs {
@@ -1948,8 +2053,10 @@ impl Core {
         now: u64,
     ) {
         if !renewal {
-            self.push_certified_state(peer, node, now);
+            // The chain first: a certified state of a later epoch checks
+            // only once the member has followed it.
             self.push_epoch_chain(peer, now);
+            self.push_certified_state(peer, node, now);
         }
         self.register_client_keys(peer, node);
     }
@@ -2351,7 +2458,7 @@ mod tests {
         let m = membership();
         let voter = client_id(&m.members()[2].node_id(), 7);
         let outsider = client_id(&NodeId([9; 32]), 0);
-        let mut l = Ledger::genesis(&m, &[], 4);
+        let mut l = Ledger::genesis(&m, 4, 0);
         let revoke = encode_operation(&Operation::RevokeMember([5; 32]));
         assert_eq!(l.execute(&outsider, &revoke), vec![2], "only voters revoke");
         assert_eq!((l.count, l.revoked_members.len()), (0, 0));
@@ -2367,13 +2474,13 @@ mod tests {
         assert_eq!(l.count, 3);
         assert!(l.revoked_members.contains(&[5; 32]) && l.revoked_tokens.contains(&[6; 32]));
         let snap = l.snapshot();
-        let mut back = Ledger::genesis(&m, &[], 4);
+        let mut back = Ledger::genesis(&m, 4, 0);
         back.restore(&snap).unwrap();
         assert_eq!(back, l);
         assert!(back.restore(&snap[..39]).is_err());
         assert!(back.restore(&[snap.as_slice(), &[0]].concat()).is_err());
         // Two members out of order is not a snapshot this code writes.
-        let mut l2 = Ledger::genesis(&m, &[], 4);
+        let mut l2 = Ledger::genesis(&m, 4, 0);
         l2.execute(&voter, &encode_operation(&Operation::RevokeMember([7; 32])));
         let mut bad = l2.snapshot()[..40].to_vec();
         bad.extend_from_slice(&wire::encode(&LedgerState {
@@ -2381,10 +2488,11 @@ mod tests {
             members: vec![[7; 32], [5; 32]],
             epoch: 0,
             voters: l2.voters.clone(),
+            proposals: Vec::new(),
             next: None,
             end: None,
         }));
-        assert!(Ledger::genesis(&m, &[], 4).restore(&bad).is_err());
+        assert!(Ledger::genesis(&m, 4, 0).restore(&bad).is_err());
         // A voting member cannot be revoked, even by a voter.
         let voter_node = m.members()[0].node_id().0;
         let before = l.clone();
@@ -2397,7 +2505,7 @@ mod tests {
     fn revocations_stop_at_the_cap() {
         let m = membership();
         let voter = client_id(&m.members()[1].node_id(), 0);
-        let mut l = Ledger::genesis(&m, &[], 4);
+        let mut l = Ledger::genesis(&m, 4, 0);
         for i in 0..MAX_REVOCATIONS as u64 {
             let mut id = [0u8; 32];
             id[..8].copy_from_slice(&i.to_be_bytes());
@@ -2415,35 +2523,46 @@ mod tests {
         )
     }
 
-    /// A membership change from a voter's slot records the next epoch's voters
-    /// and ends the epoch at the next checkpoint; everything after the end is
-    /// a no-op; the rules refuse what would make an invalid membership.
+    /// A membership change takes effect once a quorum of the epoch's voters
+    /// (3 of 4) proposed it, not before, whoever repeats it; then it records
+    /// the next epoch's voters and ends the epoch at the next checkpoint, and
+    /// everything after the end is a no-op. The rules refuse what would make
+    /// an invalid or oversized membership.
     #[test]
-    fn membership_changes_end_the_epoch_at_the_next_checkpoint() {
+    fn membership_changes_need_a_quorum_and_end_the_epoch_at_the_next_checkpoint() {
         let m = membership();
-        let voter_client = client_id(&m.members()[1].node_id(), 3);
+        let slot = |i: usize, s: u16| client_id(&m.members()[i].node_id(), s);
         let outsider = client_id(&NodeId([9; 32]), 0);
-        let mut l = Ledger::genesis(&m, &[], 4);
+        let mut l = Ledger::genesis(&m, 4, 0);
         l.begin_batch(5);
         let add = encode_operation(&Operation::AddVoter(voter(5)));
-        assert_eq!(
-            l.execute(&outsider, &add),
-            vec![2],
-            "only voters change the membership"
-        );
-        assert_eq!((l.next.clone(), l.end), (None, None));
-        assert_eq!(l.execute(&voter_client, &add)[..1], [0]);
-        assert_eq!(l.end, Some(8), "the first checkpoint at or after batch 5");
+        assert_eq!(l.execute(&outsider, &add), vec![2], "only voters propose");
+        // One voter, even from several slots, and then a second: no change.
+        for client in [slot(1, 3), slot(1, 4), slot(2, 0)] {
+            assert_eq!(l.execute(&client, &add)[..1], [0]);
+            assert_eq!(
+                (l.next.clone(), l.end),
+                (None, None),
+                "changed without a quorum"
+            );
+        }
+        assert_eq!(l.proposals.len(), 1);
+        assert_eq!(l.proposals[0].approvals.len(), 2);
+        // The third voter makes the quorum, in batch 6: the epoch ends at 8.
+        l.begin_batch(6);
+        assert_eq!(l.execute(&slot(3, 0), &add)[..1], [0]);
+        assert_eq!(l.end, Some(8), "the first checkpoint at or after batch 6");
         assert_eq!(l.next.as_ref().map(Vec::len), Some(5));
-        // Twice the same voter, a revoked member, a malformed address, the
-        // revocation of a voter to be: refused, nothing changes.
+        assert!(l.proposals.is_empty());
+        // The same voter again, an oversized address, the revocation of a voter
+        // to be: refused, nothing changes.
         let before = l.clone();
-        assert_eq!(l.execute(&voter_client, &add), vec![2]);
+        assert_eq!(l.execute(&slot(0, 0), &add), vec![2]);
         let mut bad_addr = voter(6);
-        bad_addr.addresses = vec!["not an address".into()];
+        bad_addr.addresses = vec![serde_bytes::ByteBuf::from(vec![0; 257])];
         assert_eq!(
             l.execute(
-                &voter_client,
+                &slot(0, 0),
                 &encode_operation(&Operation::AddVoter(bad_addr))
             ),
             vec![2]
@@ -2451,38 +2570,44 @@ mod tests {
         let new_node = Identity::from_seeds(&[5; 32], None).node_id().0;
         assert_eq!(
             l.execute(
-                &voter_client,
+                &slot(0, 0),
                 &encode_operation(&Operation::RevokeMember(new_node))
             ),
             vec![2]
         );
         assert_eq!(l, before);
+        // A revoked member does not become a voter.
+        let six = Identity::from_seeds(&[6; 32], None).node_id().0;
         l.execute(
-            &voter_client,
-            &encode_operation(&Operation::RevokeMember([6; 32])),
+            &slot(0, 0),
+            &encode_operation(&Operation::RevokeMember(six)),
         );
         let revoked = Voter::new(Identity::from_seeds(&[6; 32], None).public(), &[]);
-        let six = Identity::from_seeds(&[6; 32], None).node_id().0;
-        l.revoked_members.insert(six);
         assert_eq!(
             l.execute(
-                &voter_client,
+                &slot(0, 0),
                 &encode_operation(&Operation::AddVoter(revoked))
             ),
-            vec![2],
-            "a revoked member does not become a voter"
+            vec![2]
         );
         // A second change in the epoch applies to the next voters, same end.
         l.begin_batch(7);
         let remove = encode_operation(&Operation::RemoveVoter(m.members()[0].node_id().0));
-        assert_eq!(l.execute(&voter_client, &remove)[..1], [0]);
+        for i in 0..3 {
+            assert_eq!(l.execute(&slot(i, 1), &remove)[..1], [0]);
+        }
         assert_eq!((l.end, l.next.as_ref().map(Vec::len)), (Some(8), Some(4)));
         let not_voter = encode_operation(&Operation::RemoveVoter([7; 32]));
-        assert_eq!(l.execute(&voter_client, &not_voter), vec![2]);
-        // The snapshot carries it all.
-        let mut back = Ledger::genesis(&m, &[], 4);
+        assert_eq!(l.execute(&slot(1, 0), &not_voter), vec![2]);
+        // A pending proposal, and the rest, survive a snapshot.
+        let add7 = encode_operation(&Operation::AddVoter(voter(7)));
+        l.execute(&slot(2, 2), &add7);
+        let mut back = Ledger::genesis(&m, 4, 0);
         back.restore(&l.snapshot()).unwrap();
-        assert_eq!((back.next.clone(), back.end), (l.next.clone(), l.end));
+        assert_eq!(
+            (&back.next, back.end, &back.proposals),
+            (&l.next, l.end, &l.proposals)
+        );
         // After the end, every operation is a no-op answering [3].
         l.begin_batch(9);
         let count = l.count;
@@ -2491,19 +2616,22 @@ mod tests {
             bytes: vec![2],
         }));
         assert_eq!(l.execute(&outsider, &update), vec![3]);
-        assert_eq!(l.execute(&voter_client, &add), vec![3]);
+        assert_eq!(l.execute(&slot(1, 0), &add7), vec![3]);
         assert_eq!(l.count, count);
-        // The next epoch: its voters, the chain and revocations carried over.
+        // The next epoch: its voters, the chain and revocations carried over,
+        // the unapproved proposal dropped.
         let next = l.next_epoch().unwrap();
         assert_eq!(next.epoch, 1);
         assert_eq!(next.voters, l.next.clone().unwrap());
         assert_eq!((next.count, next.head), (l.count, l.head));
-        assert_eq!((next.next.clone(), next.end), (None, None));
+        assert!(next.proposals.is_empty() && next.next.is_none() && next.end.is_none());
+        // No more voters than fed-pbft's parameters allow.
+        let mut capped = Ledger::genesis(&m, 4, 4);
+        assert_eq!(capped.execute(&slot(0, 0), &add), vec![2]);
         // The last voter cannot be removed.
         let single = Membership::new(vec![m.members()[0].clone()]).unwrap();
-        let only = client_id(&m.members()[0].node_id(), 0);
-        let mut alone = Ledger::genesis(&single, &[], 4);
+        let mut alone = Ledger::genesis(&single, 4, 0);
         let remove_self = encode_operation(&Operation::RemoveVoter(m.members()[0].node_id().0));
-        assert_eq!(alone.execute(&only, &remove_self), vec![2]);
+        assert_eq!(alone.execute(&slot(0, 0), &remove_self), vec![2]);
     }
 }

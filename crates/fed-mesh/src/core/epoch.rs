@@ -56,6 +56,25 @@ pub struct LinkFacts {
     pub clients: Vec<(fed_pbft::ClientId, u64, fed_pbft::Outcome)>,
 }
 
+/// The largest membership fed-pbft's `config` allows (its worst-case
+/// messages and operations must fit), at most 64: the ledger refuses a change
+/// beyond it, which would leave the next epoch without replicas.
+pub fn max_voters(config: &fed_pbft::Config) -> usize {
+    let ids: Vec<_> = (0..fed_pbft::MAX_REPLICAS)
+        .map(|i| {
+            let mut seed = [0x4d; 32];
+            seed[0] = i as u8;
+            fed_crypto::Identity::from_seeds(&seed, None)
+                .public()
+                .clone()
+        })
+        .collect();
+    (1..=ids.len())
+        .rev()
+        .find(|&n| Membership::new(ids[..n].to_vec()).is_ok_and(|m| config.validate(&m).is_ok()))
+        .unwrap_or(1)
+}
+
 /// The membership context of epoch `number` following a membership `previous`
 /// whose ledger ended with `head`.
 pub fn epoch_context(previous: &Membership, number: u64, head: &[u8; 32]) -> [u8; 32] {
@@ -66,13 +85,16 @@ pub fn epoch_context(previous: &Membership, number: u64, head: &[u8; 32]) -> [u8
 }
 
 impl Epoch {
-    /// Epoch 0: the genesis's membership (bound to the genesis hash) and addresses.
+    /// Epoch 0: the genesis's membership (bound to the genesis hash) and
+    /// addresses. `checkpoint_interval` and `max_voters` are the ledger's
+    /// configuration ([`Ledger::genesis`]; both only matter to replicas).
     pub fn genesis(
         membership: Arc<Membership>,
         addresses: Vec<Vec<Multiaddr>>,
         checkpoint_interval: u64,
+        max_voters: usize,
     ) -> Self {
-        let ledger = Ledger::genesis(&membership, &addresses, checkpoint_interval);
+        let ledger = Ledger::genesis(&membership, checkpoint_interval, max_voters);
         Self {
             number: 0,
             membership,
@@ -105,7 +127,7 @@ impl Epoch {
         let mut next = ledger
             .next_epoch()
             .ok_or_else(|| bad("no membership change".into()))?;
-        next.set_interval(self.ledger.interval());
+        next.configure(self.ledger.interval(), self.ledger.max_voters());
         let identities = next
             .voters
             .iter()
@@ -114,9 +136,25 @@ impl Epoch {
             .map_err(|e| bad(e.to_string()))?;
         let number = self.number + 1;
         let context = epoch_context(&self.membership, number, &next.head);
-        let membership =
-            Membership::with_context(identities, context).map_err(|e| bad(e.to_string()))?;
-        let addresses = next.voters.iter().map(|v| v.multiaddrs()).collect();
+        let membership = Membership::with_context(identities.clone(), context)
+            .map_err(|e| bad(e.to_string()))?;
+        // A voter's addresses: the ones its addition gave, else those it had
+        // in this epoch (the genesis's voters keep the genesis's).
+        let addresses = next
+            .voters
+            .iter()
+            .zip(&identities)
+            .map(|(v, id)| {
+                let given = v.multiaddrs();
+                if !given.is_empty() {
+                    return given;
+                }
+                self.membership
+                    .index_of(&id.node_id())
+                    .and_then(|i| self.addresses.get(usize::from(i)).cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
         Ok((
             Epoch {
                 number,
@@ -472,7 +510,7 @@ mod tests {
         let a = std::sync::Arc::new(Identity::from_seeds(&[1; 32], None));
         let b = std::sync::Arc::new(Identity::from_seeds(&[2; 32], None));
         let m0 = Arc::new(Membership::with_context(vec![a.public().clone()], [7; 32]).unwrap());
-        let genesis = Epoch::genesis(m0.clone(), vec![Vec::new()], 2);
+        let genesis = Epoch::genesis(m0.clone(), vec![Vec::new()], 2, 0);
         let mut ra =
             Replica::new(a.clone(), m0.clone(), config(), genesis.ledger.clone(), 0).unwrap();
         let ca = client_id(&a.node_id(), 0);
@@ -544,6 +582,7 @@ mod tests {
             Arc::new(Membership::with_context(vec![a.public().clone()], [8; 32]).unwrap()),
             vec![Vec::new()],
             2,
+            0,
         );
         assert!(other.follow(&link).is_err());
 

@@ -245,8 +245,9 @@ pub(crate) struct Driver {
     search_permits: Arc<tokio::sync::Semaphore>,
     next_inbound: u64,
     next_command: u64,
-    /// The audit log and the identity that signs it, with a data directory.
-    audit: Option<(crate::store::AuditLog, Arc<fed_crypto::Identity>)>,
+    /// Events for the audit log's writer (with a data directory), in the
+    /// order they happened.
+    audit: Option<mpsc::UnboundedSender<(u64, crate::store::AuditEvent)>>,
     /// The replica's durable state, with a data directory.
     pbft_store: Option<crate::store::PbftStore>,
     /// Committed batches, in order, to the task that applies them to the substrate.
@@ -288,6 +289,26 @@ impl Driver {
                     }
                 }
             }
+        });
+        // Audit entries are appended by one task, one after the other, in the
+        // order the events happened (each append is an fsync, off the node's
+        // task).
+        let audit = audit.map(|(log, identity)| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<(u64, crate::store::AuditEvent)>();
+            tokio::spawn(async move {
+                while let Some((time, entry)) = rx.recv().await {
+                    let (log, identity) = (log.clone(), identity.clone());
+                    let appended =
+                        tokio::task::spawn_blocking(move || log.append(&identity, time, entry))
+                            .await;
+                    match appended {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "audit log"),
+                        Err(e) => tracing::error!(error = %e, "audit log writer"),
+                    }
+                }
+            });
+            tx
         });
         let mut driver = Self {
             swarm,
@@ -726,11 +747,11 @@ impl Driver {
     }
 
     /// Records the events the audit log keeps (joins, tokens issued,
-    /// revocations, commits, view changes, cut-offs), off the
-    /// node's task: each append is an fsync.
+    /// revocations, commits, view changes, membership changes, cut-offs),
+    /// through the writer task, in order.
     fn audit(&self, event: &MeshEvent) {
         use crate::store::AuditEvent;
-        let Some((log, identity)) = &self.audit else {
+        let Some(audit) = &self.audit else {
             return;
         };
         let entry = match event {
@@ -761,13 +782,7 @@ impl Driver {
             },
             _ => return,
         };
-        let (log, identity) = (log.clone(), identity.clone());
-        let now = now_ms();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = log.append(&identity, now, entry) {
-                tracing::error!(error = %e, "audit log");
-            }
-        });
+        let _ = audit.send((now_ms(), entry));
     }
 
     pub(crate) fn local_peer(&self) -> PeerId {

@@ -131,12 +131,12 @@ fn a_voter_killed_during_commits_loses_nothing_and_an_edited_byte_is_refused() {
 }
 
 /// Test 5's second half with processes: 4 voting processes and a fifth that
-/// does not vote. `fedmesh voters add` makes the fifth a voter and `voters
-/// remove` takes the fourth out; at the next checkpoint every process enters
-/// epoch 1. The new voter's process is SIGKILLed and restarted from its data
-/// directory: it comes back voting in epoch 1, and executes what the others
-/// commit. A receipt made after the change verifies with `fedmesh
-/// verify-proof` against the genesis alone.
+/// does not vote. Three voters (a quorum) run `fedmesh voters add` for the
+/// fifth: at the next checkpoint every process enters epoch 1. Four of the
+/// five run `voters remove` for the fourth: epoch 2. The new voter's process
+/// is SIGKILLed and restarted from its data directory: it comes back voting in
+/// epoch 2, and executes what the others commit. A receipt made after the
+/// changes verifies with `fedmesh verify-proof` against the genesis alone.
 #[test]
 fn the_voters_change_at_a_checkpoint_and_the_new_voter_survives_a_kill() {
     let mut c = Cluster::with_members(4, 1);
@@ -156,23 +156,62 @@ fn the_voters_change_at_a_checkpoint_and_the_new_voter_survives_a_kill() {
         .to_string();
     let member = format!("{}.pub@{address}", c.nodes[4].key.display());
     let control = |c: &Cluster, i: usize| c.nodes[i].socket().display().to_string();
-    let (code, out, err) = fedmesh(&["voters", "add", "--control", &control(&c, 0), &member]);
-    assert_eq!(code, 0, "{out}{err}");
-    let removed = node_id(&c, 3);
-    let (code, out, err) = fedmesh(&["voters", "remove", "--control", &control(&c, 1), &removed]);
-    assert_eq!(code, 0, "{out}{err}");
-    for i in 0..5 {
-        wait_for(60, &format!("node {i} in epoch 1"), || {
-            c.consensus(i)["epoch"].as_u64() == Some(1)
-        });
+    let run = |args: Vec<String>| {
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            fedmesh(&args)
+        })
+    };
+    let in_epoch = |c: &Cluster, epoch: u64| {
+        for i in 0..5 {
+            wait_for(60, &format!("node {i} in epoch {epoch}"), || {
+                c.consensus(i)["epoch"].as_u64() == Some(epoch)
+            });
+        }
+    };
+    let adds: Vec<_> = [0, 1, 2]
+        .map(|i| {
+            run(vec![
+                "voters".into(),
+                "add".into(),
+                "--control".into(),
+                control(&c, i),
+                member.clone(),
+            ])
+        })
+        .into_iter()
+        .collect();
+    for h in adds {
+        let (code, out, err) = h.join().unwrap();
+        assert_eq!(code, 0, "{out}{err}");
     }
+    in_epoch(&c, 1);
+    assert_eq!(c.consensus(4)["replica"].as_u64(), Some(4), "node 4 votes");
+    let removed = node_id(&c, 3);
+    let removes: Vec<_> = [0, 1, 2, 4]
+        .map(|i| {
+            run(vec![
+                "voters".into(),
+                "remove".into(),
+                "--control".into(),
+                control(&c, i),
+                removed.clone(),
+            ])
+        })
+        .into_iter()
+        .collect();
+    for h in removes {
+        let (code, out, err) = h.join().unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    in_epoch(&c, 2);
     assert!(c.consensus(3)["replica"].is_null(), "node 3 votes no more");
     assert_eq!(c.consensus(4)["replica"].as_u64(), Some(3), "node 4 votes");
 
     // The new voter's process is killed and restarted from its directory.
     c.kill(4);
     c.start(4);
-    assert_eq!(c.consensus(4)["epoch"].as_u64(), Some(1));
+    assert_eq!(c.consensus(4)["epoch"].as_u64(), Some(2));
     assert_eq!(c.consensus(4)["replica"].as_u64(), Some(3));
     let receipt = c._dir.path().join("after.receipt");
     let (code, out, err) = fedmesh(&[
@@ -184,16 +223,16 @@ fn the_voters_change_at_a_checkpoint_and_the_new_voter_survives_a_kill() {
         "after the change",
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("epoch 1"), "{out}");
+    assert!(out.contains("epoch 2"), "{out}");
     for i in 0..5 {
         commit(&c.nodes[i].socket(), format!("u{i}").as_bytes()).unwrap();
     }
-    // Every voter of epoch 1 executed the same 2 changes and 6 updates.
+    // Every voter of epoch 2 executed the same 7 proposals and 6 updates.
     let heads: BTreeSet<String> = [0, 1, 2, 4]
         .iter()
         .map(|&i| {
             wait_for(60, &format!("node {i} executed everything"), || {
-                c.consensus(i)["ledger_count"].as_u64() == Some(8)
+                c.consensus(i)["ledger_count"].as_u64() == Some(13)
             });
             c.consensus(i)["ledger_head"].as_str().unwrap().to_string()
         })
