@@ -241,6 +241,18 @@ impl MeshBuilder {
                         })
                     })
                     .collect::<Result<_>>()?;
+                // Links that do not check from this genesis: not a state
+                // this node can resume, and not one to overwrite.
+                crate::core::epoch::Epoch::genesis(c.membership.clone(), Vec::new(), 0, 0)
+                    .follow_all(&c.epochs)
+                    .map_err(|e| {
+                        Error::Store(crate::store::StoreError::Corrupted {
+                            path: store.path().to_path_buf(),
+                            detail: format!(
+                                "the stored configuration epochs do not check against the genesis: {e}"
+                            ),
+                        })
+                    })?;
                 c.recovered = Some(Arc::new(pbft.load_state()?));
                 c.durable = true;
                 pbft_store = Some(pbft);

@@ -734,9 +734,24 @@ impl CommitReceipt {
     /// `(client, timestamp, postcard(operation))`. An operation only voting
     /// members may commit must come from one of that epoch's voters' slots.
     pub fn verify(&self, membership: &Membership) -> Result<()> {
+        let chain_len: usize = self
+            .epochs
+            .iter()
+            .map(|l| l.cert.len() + l.state.len())
+            .sum();
+        if chain_len > MAX_RECEIPT_CHAIN_LEN {
+            return Err(Error::Consensus(format!(
+                "a receipt's chain of {chain_len} bytes exceeds {MAX_RECEIPT_CHAIN_LEN}"
+            )));
+        }
         let genesis = Epoch::genesis(Arc::new(membership.clone()), Vec::new(), 0, 0);
         let epoch = genesis.follow_all(&self.epochs)?;
-        let m = &epoch.membership;
+        self.verify_in(&epoch.membership)
+    }
+
+    /// [`verify`](Self::verify) against the membership of the receipt's
+    /// epoch, known to be reached by its chain (the chain is not checked).
+    pub(crate) fn verify_in(&self, m: &Membership) -> Result<()> {
         self.proof
             .verify_batch(m, &self.batch)
             .map_err(|e| Error::Pbft(Arc::new(e)))?;
@@ -796,6 +811,9 @@ pub const MAX_RECEIPT_LEN: usize = fed_pbft::MAX_BATCH_LEN
 /// A batch the federation committed, as subscribers see it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CommittedBatch {
+    /// The configuration epoch it committed in (sequence numbers start again
+    /// at each).
+    pub epoch: u64,
     /// Sequence number.
     pub seq: u64,
     /// The view it committed in.
@@ -845,7 +863,9 @@ pub struct CertifiedState {
 /// after its end, with the state it certifies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochChain {
-    /// Link `i` leads from epoch `i` to epoch `i + 1`.
+    /// The epoch the first link leads from.
+    pub first: u64,
+    /// Link `i` leads from epoch `first + i` to epoch `first + i + 1`.
     pub links: Vec<CertifiedState>,
 }
 
@@ -906,11 +926,17 @@ pub(crate) struct CommitState {
     pub(super) certified_taken: u64,
     pub(super) replica: Option<Replica<Ledger>>,
     /// Every configuration epoch so far, from the genesis's (never empty).
-    pub(super) epochs: Vec<Epoch>,
+    pub(super) epochs: Vec<Arc<Epoch>>,
     /// The links between them: `chain[i]` leads from epoch `i` to `i + 1`.
     pub(super) chain: Vec<CertifiedState>,
     /// A reply said this epoch is over (`[3]`): commits wait for the next.
     pub(super) epoch_over: bool,
+    /// Links refused, by their certificate's `(seq, state)`: a peer replaying
+    /// one costs a decode, not its checks.
+    pub(super) refused_links: VecDeque<(u64, [u8; 32])>,
+    /// When each peer was last sent the chain because it sent something of
+    /// an older epoch.
+    pub(super) nudged: HashMap<PeerId, u64>,
     /// Commits to submit again in the next epoch.
     pub(super) deferred: Vec<Queued>,
     pub(super) slots: Vec<Slot>,
@@ -955,10 +981,10 @@ impl CommitState {
             config.pbft.checkpoint_interval,
             super::epoch::max_voters(&config.pbft),
         );
-        let mut epochs = vec![genesis];
+        let mut epochs = vec![Arc::new(genesis)];
         for link in &config.epochs {
             let next = epochs[epochs.len() - 1].follow(link)?.0;
-            epochs.push(next);
+            epochs.push(Arc::new(next));
         }
         let chain = config.epochs.clone();
         let epoch = epochs[epochs.len() - 1].clone();
@@ -975,6 +1001,8 @@ impl CommitState {
             epochs,
             chain,
             epoch_over: false,
+            refused_links: VecDeque::new(),
+            nudged: HashMap::new(),
             deferred: Vec::new(),
             slots: Vec::new(),
             queue: VecDeque::new(),
@@ -999,7 +1027,7 @@ impl CommitState {
     }
 
     /// The epoch numbered `number`, if known.
-    pub(super) fn epoch(&self, number: u64) -> Option<&Epoch> {
+    pub(super) fn epoch(&self, number: u64) -> Option<&Arc<Epoch>> {
         self.epochs.get(usize::try_from(number).ok()?)
     }
 
@@ -1077,6 +1105,7 @@ impl CommitState {
             }
         }
         consider(self.queue.iter().map(|q| q.deadline).min());
+        consider(self.deferred.iter().map(|q| q.deadline).min());
         next
     }
 
@@ -1408,16 +1437,27 @@ impl Core {
             }
             Some(PBFT_REQUEST) => {
                 let Some(r) = c.replica.as_mut() else {
+                    // Sent to a voter this node no longer is?
+                    if let Some(peer) = from {
+                        self.nudge_epoch(peer, now);
+                    }
                     return;
                 };
                 if let Err(e) = r.handle_request(bytes, now) {
                     tracing::debug!(error = %e, "pbft request refused");
                     self.stats.pbft_rejected += 1;
+                    // Perhaps a client of an epoch that ended.
+                    if let Some(peer) = from {
+                        self.nudge_epoch(peer, now);
+                    }
                 }
                 self.drain_replica(now);
             }
             Some(_) => {
                 let Some(r) = c.replica.as_mut() else {
+                    if let Some(peer) = from {
+                        self.nudge_epoch(peer, now);
+                    }
                     return;
                 };
                 // Replica-to-replica messages: only from the replica's own peer.
@@ -1428,11 +1468,18 @@ impl Core {
                 });
                 let Some(index) = sender else {
                     self.stats.pbft_rejected += 1;
+                    // Perhaps a replica of an epoch that ended.
+                    if let Some(peer) = from {
+                        self.nudge_epoch(peer, now);
+                    }
                     return;
                 };
                 if let Err(e) = r.handle_message(index, bytes, now) {
                     tracing::debug!(error = %e, from = index, "pbft message refused");
                     self.stats.pbft_rejected += 1;
+                    if let Some(peer) = from {
+                        self.nudge_epoch(peer, now);
+                    }
                 }
                 self.drain_replica(now);
             }
@@ -1478,6 +1525,9 @@ impl Core {
         for t in transmits {
             self.pbft_send(t.to, &t.payload, now);
         }
+        // Every event of this replica is handled before the node may enter
+        // the next epoch (and replace the replica).
+        let mut stable = false;
         for e in events {
             match e {
                 PbftEvent::Reply(reply) => self.pbft_reply(&reply, now),
@@ -1487,12 +1537,15 @@ impl Core {
                 }
                 PbftEvent::StableCheckpoint { .. } | PbftEvent::StateTransferred { .. } => {
                     self.on_stable_checkpoint(now);
-                    self.check_epoch_end(now);
+                    stable = true;
                 }
                 _ => {}
             }
         }
         self.sync_revocations(now);
+        if stable {
+            self.check_epoch_end(now);
+        }
         self.tick_epoch(now);
     }
 
@@ -1549,7 +1602,14 @@ impl Core {
         let requests = decode_batch(&x.batch).unwrap_or_default();
         let mut updates = Vec::with_capacity(x.requests.len());
         let mut revocations = Vec::new();
-        for id in &x.requests {
+        // A batch after the epoch's end executed nothing (every operation
+        // answered 0x03 and is submitted again in the next epoch).
+        let after_end = c
+            .replica
+            .as_ref()
+            .and_then(|r| r.app().end)
+            .is_some_and(|end| x.seq > end);
+        for id in x.requests.iter().filter(|_| !after_end) {
             let Some(r) = requests.iter().find(|r| r.id() == *id) else {
                 continue;
             };
@@ -1625,7 +1685,9 @@ impl Core {
                 }
             }
         }
+        let epoch = self.commit.as_ref().map_or(0, |c| c.cur().number);
         self.event(MeshEvent::Committed(Arc::new(CommittedBatch {
+            epoch,
             seq: x.seq,
             view: x.view,
             digest: x.digest,
@@ -1862,11 +1924,8 @@ impl Core {
         if h.waiting && now < h.next_at {
             return;
         }
-        let me = c
-            .replica
-            .as_ref()
-            .filter(|r| r.membership().id() == epoch.membership.id())
-            .map(Replica::index);
+        // This node itself is not asked (a proof it holds was found above).
+        let me = epoch.membership.index_of(&self.local_node);
         let mut target = None;
         for _ in 0..n {
             let r = (h.asked % n) as ReplicaIndex;
@@ -1913,7 +1972,15 @@ impl Core {
         let Some(c) = self.commit.as_mut() else {
             return false;
         };
-        let genesis = c.config.membership.clone();
+        let Some(epoch) = c
+            .slots
+            .get(i)
+            .and_then(|s| s.busy.as_ref())
+            .and_then(|f| c.epoch(f.epoch))
+            .cloned()
+        else {
+            return false;
+        };
         let Some(s) = c.slots.get_mut(i) else {
             return false;
         };
@@ -1936,7 +2003,9 @@ impl Core {
                 .map(<[CertifiedState]>::to_vec)
                 .unwrap_or_default(),
         };
-        if let Err(e) = receipt.verify(&genesis) {
+        // Checked against its epoch's membership, which this node reached
+        // through the chain it checked link by link.
+        if let Err(e) = receipt.verify_in(&epoch.membership) {
             // A lying or confused replica: ask the next one.
             tracing::warn!(error = %e, "a replica answered with a proof that does not verify");
             self.stats.pbft_rejected += 1;
@@ -1990,6 +2059,14 @@ impl Core {
                 failed.push(q.command);
             }
         }
+        // Commits waiting for the next epoch time out too.
+        c.deferred.retain(|q| {
+            let expired = q.deadline <= now;
+            if expired {
+                failed.push(q.command);
+            }
+            !expired
+        });
         for command in failed.into_iter().flatten() {
             self.complete(command, Completion::Committed(Err(Error::Timeout)));
         }
@@ -2222,7 +2299,7 @@ impl Core {
 
     /// Enforces every revocation of `ledger` (those already enforced change
     /// nothing).
-    fn apply_ledger_revocations(&mut self, ledger: &Ledger, now: u64) {
+    pub(super) fn apply_ledger_revocations(&mut self, ledger: &Ledger, now: u64) {
         let tokens: Vec<[u8; 32]> = ledger.revoked_tokens.iter().copied().collect();
         let members: Vec<[u8; 32]> = ledger.revoked_members.iter().copied().collect();
         for t in tokens {

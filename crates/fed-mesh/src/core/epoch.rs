@@ -32,6 +32,13 @@ use crate::{
 
 /// Most links a chain (in a receipt, a message or the store) may hold.
 pub const MAX_EPOCHS: usize = 1024;
+/// Refused links remembered.
+const REFUSED_LINKS: usize = 64;
+/// How often at most a peer that sends something of an older epoch is sent
+/// the chain.
+const NUDGE_INTERVAL_MS: u64 = 5_000;
+/// How long a chain push waits for a session with its peer.
+const CHAIN_PUSH_EXPIRY_MS: u64 = 10_000;
 
 /// A configuration epoch: its number, its voting membership and where its
 /// voters listen, and the ledger its replicas start from.
@@ -194,7 +201,7 @@ use libp2p_identity::PeerId;
 
 use super::{
     Action, Completion, Core,
-    commit::{ENVELOPE_SLACK, EpochChain, PROOF_RETRY_MS, ProofHunt, Queued, new_replica},
+    commit::{ENVELOPE_SLACK, EpochChain, ProofHunt, Queued, new_replica},
     peers::Purpose,
 };
 use crate::{
@@ -247,30 +254,76 @@ impl Core {
         if chain.links.len() > MAX_EPOCHS {
             return Err(Error::Consensus("an epoch chain that is too long".into()));
         }
-        let Some(have) = self.commit.as_ref().map(|c| c.chain.len()) else {
-            return Ok(());
-        };
-        for link in chain.links.into_iter().skip(have) {
-            self.follow_link(link, now)?;
+        for (i, link) in chain.links.into_iter().enumerate() {
+            let Some(have) = self.commit.as_ref().map(|c| c.chain.len() as u64) else {
+                return Ok(());
+            };
+            let from = chain.first.saturating_add(i as u64);
+            if from < have {
+                continue;
+            }
+            if from > have {
+                // Links this node cannot check yet: it gets the whole chain
+                // at its next session, or when it sends something stale.
+                return Ok(());
+            }
+            let cert: CheckpointCert = wire::decode(&link.cert, "checkpoint certificate")
+                .map_err(|e| Error::Consensus(e.to_string()))?;
+            let key = (cert.seq, cert.state);
+            if self
+                .commit
+                .as_ref()
+                .is_some_and(|c| c.refused_links.contains(&key))
+            {
+                return Err(Error::Consensus("a link refused before".into()));
+            }
+            if let Err(e) = self.follow_link(link, now) {
+                if let Some(c) = self.commit.as_mut() {
+                    if c.refused_links.len() >= REFUSED_LINKS {
+                        c.refused_links.pop_front();
+                    }
+                    c.refused_links.push_back(key);
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
 
-    /// Sends the chain of links (kind 14) to `peer`, if there is one, queued
-    /// until this node's session with it is up.
-    pub(super) fn push_epoch_chain(&mut self, peer: PeerId, now: u64) {
-        let limit = (self.config.capabilities.limits.max_message_bytes as usize)
-            .saturating_sub(ENVELOPE_SLACK);
-        let Some(c) = self.commit.as_ref() else {
+    /// `peer` sent PBFT input this node refused: it may be in an older epoch,
+    /// so it gets the chain (at most once per [`NUDGE_INTERVAL_MS`]).
+    pub(super) fn nudge_epoch(&mut self, peer: PeerId, now: u64) {
+        let Some(c) = self.commit.as_mut() else {
             return;
         };
-        if c.chain.is_empty() {
+        if c.chain.is_empty()
+            || c.nudged
+                .get(&peer)
+                .is_some_and(|t| now < t.saturating_add(NUDGE_INTERVAL_MS))
+        {
             return;
         }
+        if c.nudged.len() >= 4096 {
+            c.nudged.clear();
+        }
+        c.nudged.insert(peer, now);
+        if let Some(message) = self.chain_message(0) {
+            self.send_chain(peer, message, now);
+        }
+    }
+
+    /// The links from epoch `from` on as a kind-14 message; `None` if there
+    /// are none, or if they do not fit a session message (warned).
+    fn chain_message(&self, from: usize) -> Option<Vec<u8>> {
+        let limit = (self.config.capabilities.limits.max_message_bytes as usize)
+            .saturating_sub(ENVELOPE_SLACK);
+        let c = self.commit.as_ref()?;
+        let links = c.chain.get(from..).filter(|l| !l.is_empty())?;
         let message = wire::envelope(
             Kind::EpochChain,
             &wire::encode(&EpochChain {
-                links: c.chain.clone(),
+                first: from as u64,
+                links: links.to_vec(),
             }),
         );
         if message.len() > limit {
@@ -279,17 +332,30 @@ impl Core {
                 limit,
                 "the epoch chain does not fit a session message: members that missed an epoch change will not learn it"
             );
-            return;
+            return None;
         }
+        Some(message)
+    }
+
+    /// Sends a kind-14 message to `peer`, queued until this node's session
+    /// with it is up (for [`CHAIN_PUSH_EXPIRY_MS`]).
+    fn send_chain(&mut self, peer: PeerId, message: Vec<u8>, now: u64) {
         self.send_or_queue(
             peer,
             Protocol::Pbft,
             message,
             Purpose::Pbft,
             Vec::new(),
-            now.saturating_add(PROOF_RETRY_MS),
+            now.saturating_add(CHAIN_PUSH_EXPIRY_MS),
             now,
         );
+    }
+
+    /// Sends the whole chain of links (kind 14) to `peer`, if there is one.
+    pub(super) fn push_epoch_chain(&mut self, peer: PeerId, now: u64) {
+        if let Some(message) = self.chain_message(0) {
+            self.send_chain(peer, message, now);
+        }
     }
 
     /// Enters `next`, reached by `link` (already checked): stores the link and
@@ -318,7 +384,17 @@ impl Core {
             link: wire::encode(&link),
         });
         c.chain.push(link);
-        c.epochs.push(next.clone());
+        // An ended epoch is kept for its proofs and its rule of who may
+        // revoke; not its revocations (the next epoch's ledger has them).
+        if let Some(last) = c.epochs.last_mut() {
+            let mut old = (**last).clone();
+            old.ledger.revoked_tokens.clear();
+            old.ledger.revoked_members.clear();
+            *last = Arc::new(old);
+        }
+        c.epochs.push(Arc::new(next.clone()));
+        // Ticks of the epoch that ended are done with.
+        c.queue.retain(|q| q.command.is_some());
         c.epoch_over = false;
         c.certified = None;
         c.certified_taken = 0;
@@ -431,9 +507,15 @@ impl Core {
             membership: *next.membership.id(),
             voters,
         });
-        for (peer, ..) in peers {
-            self.push_epoch_chain(peer, now);
+        // Peers in the epoch that ended need the new link only.
+        if let Some(message) = self.chain_message(usize::try_from(ended).unwrap_or(usize::MAX)) {
+            for (peer, ..) in peers {
+                self.send_chain(peer, message.clone(), now);
+            }
         }
+        // The link's ledger is certified: its revocations hold on every
+        // member, those that do not vote included.
+        self.apply_ledger_revocations(&next.ledger, now);
         for i in hunts {
             self.hunt_proof(i, now);
         }
