@@ -5,6 +5,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use fed_mesh::{
     CommitReceipt, Epoch, Error, FederatedMesh, MembershipChange, MeshConfig, MeshEvent,
     pbft::{CheckpointCert, Membership},
+    substrate::StateUpdate,
 };
 
 use crate::{
@@ -202,15 +203,24 @@ async fn a_membership_change_moves_the_voting_set_at_a_checkpoint() {
             .map(|s| s.ledger_head)
             .collect();
     assert_eq!(heads.len(), 1, "the voters disagree on the ledger");
-    // Every node saw both changes as events.
+    // Every node saw both changes as events, and no update executed twice
+    // (one answered as after an epoch's end is not applied there).
     for rx in &mut events {
         let mut seen = Vec::new();
+        let mut applied = BTreeSet::new();
         while let Ok(e) = rx.try_recv() {
-            if let MeshEvent::EpochChanged {
-                epoch, voters: v, ..
-            } = e
-            {
-                seen.push((epoch, v));
+            match e {
+                MeshEvent::EpochChanged {
+                    epoch, voters: v, ..
+                } => seen.push((epoch, v)),
+                MeshEvent::Committed(b) => {
+                    for (_, _, u) in &b.updates {
+                        if let StateUpdate::StorePattern(p) = u {
+                            assert!(applied.insert(p.id), "{:?} applied twice", p.id);
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         assert_eq!(seen, vec![(1, e1_voters.clone()), (2, voters.clone())]);
