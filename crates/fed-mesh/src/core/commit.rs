@@ -1599,39 +1599,8 @@ impl Core {
             nodes.dedup();
             push_to = nodes;
         }
-        let requests = decode_batch(&x.batch).unwrap_or_default();
-        let mut updates = Vec::with_capacity(x.requests.len());
-        let mut revocations = Vec::new();
-        // A batch after the epoch's end executed nothing (every operation
-        // answered 0x03 and is submitted again in the next epoch).
-        let after_end = c
-            .replica
-            .as_ref()
-            .and_then(|r| r.app().end)
-            .is_some_and(|end| x.seq > end);
-        for id in x.requests.iter().filter(|_| !after_end) {
-            let Some(r) = requests.iter().find(|r| r.id() == *id) else {
-                continue;
-            };
-            match decode_operation(&r.operation) {
-                Some(Operation::Update(u)) => updates.push((r.client, r.timestamp, u)),
-                Some(op) => {
-                    // As the ledger decided: its revoked sets hold the ones it took.
-                    if let (Some(rv), Some(ledger)) =
-                        (revocation_of(&op), c.replica.as_ref().map(Replica::app))
-                    {
-                        let taken = match rv {
-                            Revocation::Token(t) => ledger.revoked_tokens.contains(&t),
-                            Revocation::Member(m) => ledger.revoked_members.contains(&m.0),
-                        };
-                        if taken {
-                            revocations.push(rv);
-                        }
-                    }
-                }
-                None => {}
-            }
-        }
+        let ledger = c.replica.as_ref().map(Replica::app);
+        let (updates, revocations) = batch_effects(&x, ledger);
         let epoch = c.cur().number;
         c.remember(
             (epoch, x.seq),
@@ -2469,6 +2438,44 @@ impl Core {
         }
         self.hunt_proof(i, now);
     }
+}
+
+/// What an executed batch did, as `ledger` (the replica's, after it) shows:
+/// its updates, in order, and the revocations the ledger took. A batch after
+/// the epoch's end did nothing (every operation answered `0x03`, submitted
+/// again in the next epoch).
+pub(crate) fn batch_effects(
+    x: &fed_pbft::Executed,
+    ledger: Option<&Ledger>,
+) -> (Vec<(ClientId, u64, StateUpdate)>, Vec<Revocation>) {
+    let mut updates = Vec::with_capacity(x.requests.len());
+    let mut revocations = Vec::new();
+    if ledger.and_then(|l| l.end).is_some_and(|end| x.seq > end) {
+        return (updates, revocations);
+    }
+    let requests = decode_batch(&x.batch).unwrap_or_default();
+    for id in &x.requests {
+        let Some(r) = requests.iter().find(|r| r.id() == *id) else {
+            continue;
+        };
+        match decode_operation(&r.operation) {
+            Some(Operation::Update(u)) => updates.push((r.client, r.timestamp, u)),
+            Some(op) => {
+                // As the ledger decided: its revoked sets hold the ones it took.
+                if let (Some(rv), Some(ledger)) = (revocation_of(&op), ledger) {
+                    let taken = match rv {
+                        Revocation::Token(t) => ledger.revoked_tokens.contains(&t),
+                        Revocation::Member(m) => ledger.revoked_members.contains(&m.0),
+                    };
+                    if taken {
+                        revocations.push(rv);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    (updates, revocations)
 }
 
 /// A kind-12 envelope with an executed batch and its proof.

@@ -542,8 +542,8 @@ mod tests {
         c
     }
 
-    /// An executed batch: its proof, the batch, the request's timestamp.
-    type Ran = (fed_pbft::CommitProof, Vec<u8>, u64);
+    /// An executed batch, and the request's timestamp.
+    type Ran = (fed_pbft::Executed, u64);
 
     /// Runs `ops` through `replica` as `client` (one batch each); returns the
     /// executed batches, and the replies' results.
@@ -563,7 +563,7 @@ mod tests {
                 .unwrap();
             while let Some(e) = replica.poll_event() {
                 match e {
-                    Event::Executed(x) => executed.push((x.proof, x.batch.to_vec(), ts)),
+                    Event::Executed(x) => executed.push((x, ts)),
                     Event::Reply(r) => match r.outcome {
                         fed_pbft::Outcome::Executed(v) => results.push(v),
                         fed_pbft::Outcome::Refused => results.push(Vec::new()),
@@ -600,7 +600,7 @@ mod tests {
         let ka = ClientKeys::new(&m0, ca, std::slice::from_ref(&key)).unwrap();
         ra.add_client(ca, key.clone()).unwrap();
         // Batch 1: an update; batch 2 checkpoints before any change: no link.
-        let (_, first) = run(&mut ra, &ka, 1, &[update(1), update(2)]);
+        let (ran0, first) = run(&mut ra, &ka, 1, &[update(1), update(2)]);
         let (cert, state) = ra.stable_state().map(|(c, s)| (c.clone(), s)).unwrap();
         let early = CertifiedState {
             cert: serde_bytes::ByteBuf::from(wire::encode(&cert)),
@@ -611,7 +611,18 @@ mod tests {
         // after the end: a no-op answering [3].
         let add = Operation::AddVoter(Voter::new(b.public(), &[]));
         let remove = Operation::RemoveVoter(a.node_id().0);
-        let (_, results) = run(&mut ra, &ka, 3, &[add, remove, update(5)]);
+        let (ran, results) = run(&mut ra, &ka, 3, &[add, remove, update(5)]);
+        // The batch after the end did nothing: no update reaches a substrate
+        // (its submitter submits it again in the next epoch).
+        let (after, _) = &ran[2];
+        assert_eq!(after.seq, 5);
+        assert!(crate::core::commit::batch_effects(after, Some(ra.app())).0.is_empty());
+        let (before_end, _) = &ran0[0];
+        assert_eq!(before_end.seq, 1);
+        assert_eq!(
+            crate::core::commit::batch_effects(before_end, Some(ra.app())).0.len(),
+            1
+        );
         assert_eq!(results[0][0], 0);
         assert_eq!(results[1][0], 0);
         let (cert, state) = ra.stable_state().map(|(c, s)| (c.clone(), s)).unwrap();
@@ -683,7 +694,8 @@ mod tests {
         let (executed, results) = run(&mut rb, &kb, 10, &[update(9)]);
         assert_eq!(results[0][0], 0);
         assert_eq!(rb.app().count, e1.ledger.count + 1, "the chain goes on");
-        let (proof, batch, ts) = executed.into_iter().next().unwrap();
+        let (x, ts) = executed.into_iter().next().unwrap();
+        let (proof, batch) = (x.proof, x.batch.to_vec());
         let receipt = CommitReceipt {
             client: cb,
             timestamp: ts,
