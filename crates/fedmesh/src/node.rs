@@ -324,7 +324,6 @@ pub(crate) async fn run(args: NodeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `fedmesh init`.
 /// A member given as a `.pub` file or a public identity in hex, with
 /// `@addr1,addr2` its listen addresses optionally.
 pub(crate) fn member_spec(spec: &str) -> Result<(PublicIdentity, Vec<Multiaddr>), Failure> {
@@ -343,6 +342,7 @@ pub(crate) fn member_spec(spec: &str) -> Result<(PublicIdentity, Vec<Multiaddr>)
     Ok((identity, addresses))
 }
 
+/// `fedmesh init`.
 pub(crate) fn init(
     out: &Path,
     members: &[String],

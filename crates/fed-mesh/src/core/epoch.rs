@@ -616,11 +616,17 @@ mod tests {
         // (its submitter submits it again in the next epoch).
         let (after, _) = &ran[2];
         assert_eq!(after.seq, 5);
-        assert!(crate::core::commit::batch_effects(after, Some(ra.app())).0.is_empty());
+        assert!(
+            crate::core::commit::batch_effects(after, Some(ra.app()))
+                .0
+                .is_empty()
+        );
         let (before_end, _) = &ran0[0];
         assert_eq!(before_end.seq, 1);
         assert_eq!(
-            crate::core::commit::batch_effects(before_end, Some(ra.app())).0.len(),
+            crate::core::commit::batch_effects(before_end, Some(ra.app()))
+                .0
+                .len(),
             1
         );
         assert_eq!(results[0][0], 0);
