@@ -165,8 +165,10 @@ pub const MAX_VOTER_ADDRESSES: usize = 8;
 /// Longest address (its binary multiaddr encoding) of a voting member in the
 /// ledger, as the genesis bounds them.
 pub const MAX_VOTER_ADDRESS_LEN: usize = 256;
-/// Most membership changes proposed and not yet approved in one epoch.
-pub const MAX_PROPOSALS: usize = 16;
+/// Most pending membership changes one voting member approves at once: a
+/// further approval withdraws its oldest (so no member fills the ledger's
+/// proposals, and none is locked out by its own stale ones).
+pub const MAX_PROPOSALS_PER_VOTER: usize = 4;
 
 /// A voting member as the ledger holds it: its public identity (crypto.md §3
 /// encoding) and the addresses it listens on (binary multiaddrs), as the
@@ -440,8 +442,7 @@ impl Ledger {
     /// ticks from anyone; revocations and membership changes only from a
     /// voting member's slot. A revocation never of a voting member (this
     /// epoch's or the next's) and not beyond [`MAX_REVOCATIONS`]; a change
-    /// only if it would apply now ([`after`](Self::after)) and, if new, within
-    /// [`MAX_PROPOSALS`].
+    /// only if it would apply now ([`after`](Self::after)).
     fn allows(&self, client: &ClientId, op: &Operation) -> bool {
         match op {
             Operation::Update(_) | Operation::Tick => true,
@@ -455,8 +456,6 @@ impl Ledger {
                     return false;
                 };
                 self.after(&change).is_some()
-                    && (self.proposals.len() < MAX_PROPOSALS
-                        || self.proposals.iter().any(|p| p.change == change))
             }
         }
     }
@@ -476,14 +475,34 @@ impl Ledger {
             }
         };
         let p = &mut self.proposals[i];
-        if let Err(at) = p.approvals.binary_search(&node) {
-            p.approvals.insert(at, node);
-        }
-        if p.approvals.len() < quorum(self.voters.len()) {
+        let Err(at) = p.approvals.binary_search(&node) else {
+            return;
+        };
+        p.approvals.insert(at, node);
+        if p.approvals.len() >= quorum(self.voters.len()) {
+            let p = self.proposals.remove(i);
+            self.take(&p.change);
             return;
         }
-        let p = self.proposals.remove(i);
-        if let Some(next) = self.after(&p.change) {
+        // Over its share, the voter's oldest other approval is withdrawn.
+        let approving: Vec<usize> = (0..self.proposals.len())
+            .filter(|&j| self.proposals[j].approvals.binary_search(&node).is_ok())
+            .collect();
+        if approving.len() > MAX_PROPOSALS_PER_VOTER
+            && let Some(&oldest) = approving.iter().find(|&&j| j != i)
+        {
+            let q = &mut self.proposals[oldest];
+            q.approvals.retain(|n| *n != node);
+            if q.approvals.is_empty() {
+                self.proposals.remove(oldest);
+            }
+        }
+    }
+
+    /// A change with its quorum: it applies to the next epoch's voters if it
+    /// still does, and the epoch gets its end.
+    fn take(&mut self, change: &Change) {
+        if let Some(next) = self.after(change) {
             // The epoch ends at the first checkpoint at or after this batch.
             let k = self.interval.max(1);
             self.end
@@ -600,14 +619,26 @@ impl Application for Ledger {
                 "a ledger snapshot has a next membership without an end, or the reverse".into(),
             );
         }
-        if state.proposals.len() > MAX_PROPOSALS
-            || state.proposals.iter().any(|p| {
-                !sorted(&p.approvals)
-                    || p.approvals.is_empty()
-                    || p.approvals.len() > state.voters.len()
-            })
-        {
-            return Err("a ledger snapshot's proposals break their bounds".into());
+        let voter_nodes: std::collections::BTreeSet<[u8; 32]> =
+            state.voters.iter().filter_map(Voter::node).collect();
+        let mut approved: HashMap<[u8; 32], usize> = HashMap::new();
+        for (i, p) in state.proposals.iter().enumerate() {
+            if state.proposals[..i].iter().any(|q| q.change == p.change) {
+                return Err("a ledger snapshot proposes one change twice".into());
+            }
+            if !sorted(&p.approvals)
+                || p.approvals.is_empty()
+                || p.approvals.iter().any(|n| !voter_nodes.contains(n))
+            {
+                return Err("a ledger snapshot's proposal has approvals of no voters".into());
+            }
+            for n in &p.approvals {
+                let count = approved.entry(*n).or_default();
+                *count += 1;
+                if *count > MAX_PROPOSALS_PER_VOTER {
+                    return Err("a ledger snapshot's voter approves too many proposals".into());
+                }
+            }
         }
         self.count = u64::from_be_bytes(count.try_into()?);
         self.head.copy_from_slice(head);
@@ -931,12 +962,15 @@ pub(crate) struct CommitState {
     pub(super) chain: Vec<CertifiedState>,
     /// A reply said this epoch is over (`[3]`): commits wait for the next.
     pub(super) epoch_over: bool,
-    /// Links refused, by their certificate's `(seq, state)`: a peer replaying
-    /// one costs a decode, not its checks.
-    pub(super) refused_links: VecDeque<(u64, [u8; 32])>,
-    /// When each peer was last sent the chain because it sent something of
-    /// an older epoch.
-    pub(super) nudged: HashMap<PeerId, u64>,
+    /// Links refused, by the hash of their bytes: a peer replaying one costs a
+    /// decode, not its checks.
+    pub(super) refused_links: VecDeque<[u8; 32]>,
+    /// When each peer was last sent the whole chain, and its length then.
+    pub(super) nudged: HashMap<PeerId, (u64, usize)>,
+    /// While the epoch is over, when this node next asks for the chain.
+    pub(super) ask_chain_at: u64,
+    /// The whole chain's kind-14 message, by the chain's length.
+    pub(super) chain_cache: Option<(usize, Arc<Vec<u8>>)>,
     /// Commits to submit again in the next epoch.
     pub(super) deferred: Vec<Queued>,
     pub(super) slots: Vec<Slot>,
@@ -1003,6 +1037,8 @@ impl CommitState {
             epoch_over: false,
             refused_links: VecDeque::new(),
             nudged: HashMap::new(),
+            ask_chain_at: 0,
+            chain_cache: None,
             deferred: Vec::new(),
             slots: Vec::new(),
             queue: VecDeque::new(),
@@ -1106,6 +1142,9 @@ impl CommitState {
         }
         consider(self.queue.iter().map(|q| q.deadline).min());
         consider(self.deferred.iter().map(|q| q.deadline).min());
+        if self.epoch_over {
+            consider(Some(self.ask_chain_at));
+        }
         next
     }
 
@@ -1439,7 +1478,7 @@ impl Core {
                 let Some(r) = c.replica.as_mut() else {
                     // Sent to a voter this node no longer is?
                     if let Some(peer) = from {
-                        self.nudge_epoch(peer, now);
+                        self.nudge_epoch(peer, false, now);
                     }
                     return;
                 };
@@ -1447,8 +1486,10 @@ impl Core {
                     tracing::debug!(error = %e, "pbft request refused");
                     self.stats.pbft_rejected += 1;
                     // Perhaps a client of an epoch that ended.
-                    if let Some(peer) = from {
-                        self.nudge_epoch(peer, now);
+                    if let Some(peer) = from
+                        && of_another_membership(&e)
+                    {
+                        self.nudge_epoch(peer, false, now);
                     }
                 }
                 self.drain_replica(now);
@@ -1456,7 +1497,7 @@ impl Core {
             Some(_) => {
                 let Some(r) = c.replica.as_mut() else {
                     if let Some(peer) = from {
-                        self.nudge_epoch(peer, now);
+                        self.nudge_epoch(peer, false, now);
                     }
                     return;
                 };
@@ -1470,15 +1511,17 @@ impl Core {
                     self.stats.pbft_rejected += 1;
                     // Perhaps a replica of an epoch that ended.
                     if let Some(peer) = from {
-                        self.nudge_epoch(peer, now);
+                        self.nudge_epoch(peer, false, now);
                     }
                     return;
                 };
                 if let Err(e) = r.handle_message(index, bytes, now) {
                     tracing::debug!(error = %e, from = index, "pbft message refused");
                     self.stats.pbft_rejected += 1;
-                    if let Some(peer) = from {
-                        self.nudge_epoch(peer, now);
+                    if let Some(peer) = from
+                        && of_another_membership(&e)
+                    {
+                        self.nudge_epoch(peer, false, now);
                     }
                 }
                 self.drain_replica(now);
@@ -1814,7 +1857,10 @@ impl Core {
                             });
                         }
                         s.busy = None;
-                        c.epoch_over = true;
+                        if !c.epoch_over {
+                            c.epoch_over = true;
+                            c.ask_chain_at = now.saturating_add(5_000);
+                        }
                     }
                     Outcome::Executed(result) if result.len() == 9 && result[0] == 0 => {
                         let mut index = [0u8; 8];
@@ -2004,6 +2050,7 @@ impl Core {
             }
             self.drain_replica(now);
         }
+        self.ask_for_chain(now);
         let Some(c) = self.commit.as_mut() else {
             return;
         };
@@ -2332,7 +2379,7 @@ impl Core {
             }
             Kind::EpochChain => {
                 self.respond_sealed(id, Kind::PbftAck, &[]);
-                if let Err(e) = self.on_epoch_chain(body, now) {
+                if let Err(e) = self.on_epoch_chain(peer, body, now) {
                     tracing::warn!(%peer, error = %e, "an epoch chain refused");
                     self.stats.pbft_rejected += 1;
                 }
@@ -2478,6 +2525,20 @@ pub(crate) fn batch_effects(
     (updates, revocations)
 }
 
+/// Whether fed-pbft refused an input as one of another membership would be
+/// refused (a MAC or signature under another membership id, an authenticator
+/// of another size, an index not in this one): its sender may be in an older
+/// configuration epoch.
+fn of_another_membership(e: &fed_pbft::Error) -> bool {
+    matches!(
+        e,
+        fed_pbft::Error::BadRequestAuth
+            | fed_pbft::Error::BadSignature(_)
+            | fed_pbft::Error::NotMember(_)
+            | fed_pbft::Error::Malformed(_)
+    )
+}
+
 /// A kind-12 envelope with an executed batch and its proof.
 fn proof_push(x: &fed_pbft::Executed) -> Vec<u8> {
     wire::envelope(
@@ -2605,6 +2666,41 @@ mod tests {
             Identity::from_seeds(&[seed; 32], None).public(),
             &["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
         )
+    }
+
+    /// A voter that floods proposals nobody else wants blocks no one, itself
+    /// included: it holds at most its share, and the others' change passes.
+    #[test]
+    fn one_voter_cannot_block_the_others_proposals() {
+        let m = membership();
+        let slot = |i: usize| client_id(&m.members()[i].node_id(), 0);
+        let add = |seed: u8| encode_operation(&Operation::AddVoter(voter(seed)));
+        let mut l = Ledger::genesis(&m, 4, 0);
+        l.begin_batch(1);
+        for seed in 10..10 + MAX_PROPOSALS_PER_VOTER as u8 {
+            assert_eq!(l.execute(&slot(0), &add(seed))[..1], [0]);
+        }
+        assert_eq!(l.proposals.len(), MAX_PROPOSALS_PER_VOTER);
+        // Over its share, its oldest approval is withdrawn: it is never
+        // locked out by its own stale proposals.
+        assert_eq!(l.execute(&slot(0), &add(20))[..1], [0]);
+        assert_eq!(l.proposals.len(), MAX_PROPOSALS_PER_VOTER);
+        assert!(
+            !l.proposals
+                .iter()
+                .any(|p| p.change == Change::Add(voter(10)))
+        );
+        for i in 1..3 {
+            assert_eq!(l.execute(&slot(i), &add(20))[..1], [0]);
+        }
+        assert_eq!(
+            l.next.as_ref().map(Vec::len),
+            Some(5),
+            "the others' change passed"
+        );
+        let mut back = Ledger::genesis(&m, 4, 0);
+        back.restore(&l.snapshot()).unwrap();
+        assert_eq!(back.proposals, l.proposals);
     }
 
     /// A membership change takes effect once a quorum of the epoch's voters

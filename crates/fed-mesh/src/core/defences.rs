@@ -910,3 +910,72 @@ fn a_commit_in_flight_when_the_epoch_changes_executes_once() {
         .clone();
     receipt.verify(&m0).unwrap();
 }
+
+/// A member away for two epoch changes catches up through both links at
+/// once; a forged link naming the genuine link's checkpoint, sent to it first
+/// by another member, is refused and does not get the genuine one refused.
+#[test]
+fn a_member_away_catches_up_and_a_forged_link_blocks_nothing() {
+    use commit::{Operation, Voter};
+    // A votes; B does not; M, another member, is B's neighbour.
+    let mut net = Net::new(vec![
+        consensus(1, &[1]),
+        consensus(2, &[1]),
+        consensus(3, &[1]),
+    ]);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    net.disconnect(0, 1);
+    // Two changes while B is away: epochs 1 and 2, both with A alone.
+    for seed in [7u8, 8] {
+        let c = Voter::new(identity(seed).public(), &[]);
+        let add = net.submit(0, Command::Commit(Operation::AddVoter(c)));
+        let remove = net.submit(
+            0,
+            Command::Commit(Operation::RemoveVoter(identity(seed).node_id().0)),
+        );
+        net.advance(1_000);
+        committed(&mut net, add);
+        committed(&mut net, remove);
+    }
+    assert_eq!(net.cores[0].consensus_status().unwrap().epoch, 2);
+    assert_eq!(net.cores[1].consensus_status().unwrap().epoch, 0);
+    // M sends B the first link with its signatures garbled.
+    let chain = net.cores[0].commit.as_ref().unwrap().chain.clone();
+    let mut cert: fed_pbft::CheckpointCert =
+        wire::decode(&chain[0].cert, "checkpoint certificate").unwrap();
+    for (_, sig) in &mut cert.signatures {
+        sig.0[0] ^= 1;
+    }
+    let forged = commit::EpochChain {
+        first: 0,
+        links: vec![commit::CertifiedState {
+            cert: serde_bytes::ByteBuf::from(wire::encode(&cert)),
+            state: chain[0].state.clone(),
+        }],
+    };
+    let message = wire::envelope(Kind::EpochChain, &wire::encode(&forged));
+    net.forced_request(2, 1, Protocol::Pbft, &message);
+    net.run();
+    assert_eq!(
+        net.cores[1].consensus_status().unwrap().epoch,
+        0,
+        "forged link taken"
+    );
+    // B meets A again: A's chain at the session's start takes it to epoch 2.
+    net.connect(0, 1);
+    net.advance(100);
+    let status = net.cores[1].consensus_status().unwrap();
+    assert_eq!(status.epoch, 2, "the genuine chain was refused");
+    assert_eq!(status.voters, vec![identity(1).node_id()]);
+    let changes: Vec<u64> = net
+        .events
+        .iter()
+        .filter(|(i, _)| *i == 1)
+        .filter_map(|(_, e)| match e {
+            MeshEvent::EpochChanged { epoch, .. } => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes, vec![1, 2], "B reports each change once");
+}

@@ -34,9 +34,13 @@ use crate::{
 pub const MAX_EPOCHS: usize = 1024;
 /// Refused links remembered.
 const REFUSED_LINKS: usize = 64;
-/// How often at most a peer that sends something of an older epoch is sent
-/// the chain.
+/// How often at most a peer that seems to be in an older epoch is sent the
+/// chain, and how often a node whose epoch is over asks for it.
 const NUDGE_INTERVAL_MS: u64 = 5_000;
+/// After this long a peer is sent the chain again even if it did not grow.
+const NUDGE_AGAIN_MS: u64 = 30_000;
+/// Peers whose last chain push is remembered.
+const MAX_NUDGED: usize = 4096;
 /// How long a chain push waits for a session with its peer.
 const CHAIN_PUSH_EXPIRY_MS: u64 = 10_000;
 
@@ -64,9 +68,21 @@ pub struct LinkFacts {
 }
 
 /// The largest membership fed-pbft's `config` allows (its worst-case
-/// messages and operations must fit), at most 64: the ledger refuses a change
-/// beyond it, which would leave the next epoch without replicas.
+/// messages and operations must fit), at most 64, judged on the genesis's
+/// parameters only (checkpoint interval, window, batch and operation sizes,
+/// snapshot size) with fed-pbft's defaults for the rest: the ledger refuses a
+/// change beyond it, which would leave the next epoch without replicas.
 pub fn max_voters(config: &fed_pbft::Config) -> usize {
+    // Only the genesis's parameters count (every replica has the same); the
+    // rest are fed-pbft's defaults, whatever this node set locally.
+    let mut genesis = fed_pbft::Config::default();
+    genesis.checkpoint_interval = config.checkpoint_interval;
+    genesis.window = config.window;
+    genesis.max_batch_requests = config.max_batch_requests;
+    genesis.max_batch_bytes = config.max_batch_bytes;
+    genesis.max_operation_len = config.max_operation_len;
+    genesis.max_snapshot_len = config.max_snapshot_len;
+    let config = &genesis;
     let ids: Vec<_> = (0..fed_pbft::MAX_REPLICAS)
         .map(|i| {
             let mut seed = [0x4d; 32];
@@ -200,14 +216,17 @@ use fed_pbft::Outcome;
 use libp2p_identity::PeerId;
 
 use super::{
-    Action, Completion, Core,
-    commit::{ENVELOPE_SLACK, EpochChain, ProofHunt, Queued, new_replica},
+    Action, Completion, Core, StateWrite,
+    commit::{ENVELOPE_SLACK, EpochChain, ProofHunt, Queued, Revocation, new_replica},
     peers::Purpose,
 };
 use crate::{
     types::MeshEvent,
     wire::{Kind, Protocol},
 };
+
+/// One link followed: the epoch it leads to, the link, what it showed.
+type Step = (Epoch, CertifiedState, LinkFacts);
 
 impl Core {
     /// The replica's stable checkpoint moved (or a state transfer installed
@@ -221,7 +240,7 @@ impl Core {
             return;
         };
         // The replica's ledger is at or after the checkpoint; its `end` is set
-        // once a change executed in this epoch.
+        // once a change took effect in this epoch.
         if r.app().end.is_none_or(|end| end > cert.seq) {
             return;
         }
@@ -229,95 +248,156 @@ impl Core {
             cert: serde_bytes::ByteBuf::from(wire::encode(cert)),
             state: serde_bytes::ByteBuf::from(state.to_vec()),
         };
-        if let Err(e) = self.follow_link(link, now) {
+        let Some(c) = self.commit.as_ref() else {
+            return;
+        };
+        match c.cur().follow(&link) {
+            Ok((next, facts)) => self.enter_epochs(vec![(next, link, facts)], now),
             // Our own certified state: only a fault gets here.
-            tracing::error!(error = %e, "this replica's own epoch link does not check");
+            Err(e) => tracing::error!(error = %e, "this replica's own epoch link does not check"),
         }
     }
 
-    /// Checks `link` against the current epoch and enters the next.
-    fn follow_link(&mut self, link: CertifiedState, now: u64) -> Result<()> {
-        let Some(c) = self.commit.as_ref() else {
-            return Ok(());
-        };
-        let (next, facts) = c.cur().follow(&link)?;
-        self.enter_epoch(next, link, &facts, now);
-        Ok(())
-    }
-
-    /// A kind-14 message: the links of the epochs after the genesis. Those
-    /// beyond this node's epoch are checked in order and followed; links it
-    /// has already are skipped unchecked.
-    pub(super) fn on_epoch_chain(&mut self, body: &[u8], now: u64) -> Result<()> {
+    /// A kind-14 message from `peer`: links of the epochs after the genesis,
+    /// from epoch `first` on. Those beyond this node's epoch are checked in
+    /// order and the node enters the last one it reaches; links it has are
+    /// skipped unchecked. A peer whose chain is shorter than this node's (it
+    /// sent no links, or fewer) is sent this node's.
+    pub(super) fn on_epoch_chain(&mut self, peer: PeerId, body: &[u8], now: u64) -> Result<()> {
         let chain: EpochChain =
             wire::decode(body, "epoch chain").map_err(|e| Error::Consensus(e.to_string()))?;
         if chain.links.len() > MAX_EPOCHS {
             return Err(Error::Consensus("an epoch chain that is too long".into()));
         }
+        let Some(c) = self.commit.as_ref() else {
+            return Ok(());
+        };
+        let have = c.chain.len() as u64;
+        let theirs = chain.first.saturating_add(chain.links.len() as u64);
+        let mut epoch = c.cur().clone();
+        let mut steps: Vec<Step> = Vec::new();
+        let mut refused = None;
         for (i, link) in chain.links.into_iter().enumerate() {
-            let Some(have) = self.commit.as_ref().map(|c| c.chain.len() as u64) else {
-                return Ok(());
-            };
             let from = chain.first.saturating_add(i as u64);
             if from < have {
                 continue;
             }
-            if from > have {
+            if from > have + steps.len() as u64 {
                 // Links this node cannot check yet: it gets the whole chain
-                // at its next session, or when it sends something stale.
-                return Ok(());
+                // at its next session, or when it asks.
+                break;
             }
-            let cert: CheckpointCert = wire::decode(&link.cert, "checkpoint certificate")
-                .map_err(|e| Error::Consensus(e.to_string()))?;
-            let key = (cert.seq, cert.state);
-            if self
-                .commit
-                .as_ref()
-                .is_some_and(|c| c.refused_links.contains(&key))
-            {
-                return Err(Error::Consensus("a link refused before".into()));
+            // Remembered by the link's whole bytes: a forgery naming a
+            // genuine link's checkpoint cannot get the genuine one refused.
+            let key = hash(labels::REFUSED_LINK, &[&link.cert, &link.state]);
+            if c.refused_links.contains(&key) {
+                refused = Some(Error::Consensus("a link refused before".into()));
+                break;
             }
-            if let Err(e) = self.follow_link(link, now) {
-                if let Some(c) = self.commit.as_mut() {
-                    if c.refused_links.len() >= REFUSED_LINKS {
-                        c.refused_links.pop_front();
-                    }
-                    c.refused_links.push_back(key);
+            match epoch.follow(&link) {
+                Ok((next, facts)) => {
+                    epoch = next.clone();
+                    steps.push((next, link, facts));
                 }
-                return Err(e);
+                Err(e) => {
+                    refused = Some(e);
+                    if let Some(c) = self.commit.as_mut() {
+                        if c.refused_links.len() >= REFUSED_LINKS {
+                            c.refused_links.pop_front();
+                        }
+                        c.refused_links.push_back(key);
+                    }
+                    break;
+                }
             }
         }
-        Ok(())
+        if !steps.is_empty() {
+            self.enter_epochs(steps, now);
+        }
+        if theirs < self.commit.as_ref().map_or(0, |c| c.chain.len() as u64) {
+            self.nudge_epoch(peer, true, now);
+        }
+        refused.map_or(Ok(()), Err)
     }
 
-    /// `peer` sent PBFT input this node refused: it may be in an older epoch,
-    /// so it gets the chain (at most once per [`NUDGE_INTERVAL_MS`]).
-    pub(super) fn nudge_epoch(&mut self, peer: PeerId, now: u64) {
+    /// Sends `peer` this node's chain because it seems to be in an older
+    /// epoch (`asked`: it said so; otherwise it sent PBFT input that does not
+    /// authenticate here). At most once per [`NUDGE_INTERVAL_MS`] per peer,
+    /// and unasked only when the chain grew since the last one sent to it or
+    /// [`NUDGE_AGAIN_MS`] passed.
+    pub(super) fn nudge_epoch(&mut self, peer: PeerId, asked: bool, now: u64) {
         let Some(c) = self.commit.as_mut() else {
             return;
         };
-        if c.chain.is_empty()
-            || c.nudged
-                .get(&peer)
-                .is_some_and(|t| now < t.saturating_add(NUDGE_INTERVAL_MS))
-        {
+        let len = c.chain.len();
+        if len == 0 {
             return;
         }
-        if c.nudged.len() >= 4096 {
-            c.nudged.clear();
+        if let Some(&(at, sent)) = c.nudged.get(&peer) {
+            let soon = now < at.saturating_add(NUDGE_INTERVAL_MS);
+            let same = !asked && sent == len && now < at.saturating_add(NUDGE_AGAIN_MS);
+            if soon || same {
+                return;
+            }
         }
-        c.nudged.insert(peer, now);
+        if c.nudged.len() >= MAX_NUDGED && !c.nudged.contains_key(&peer) {
+            c.nudged
+                .retain(|_, (at, _)| now < at.saturating_add(NUDGE_AGAIN_MS));
+            if c.nudged.len() >= MAX_NUDGED {
+                return;
+            }
+        }
+        c.nudged.insert(peer, (now, len));
         if let Some(message) = self.chain_message(0) {
             self.send_chain(peer, message, now);
         }
     }
 
+    /// A client of this node was told its epoch is over and the node has not
+    /// entered the next one: it asks the voters of its epoch for the chain
+    /// (a kind 14 without links), every [`NUDGE_INTERVAL_MS`].
+    pub(super) fn ask_for_chain(&mut self, now: u64) {
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        if !c.epoch_over || c.ask_chain_at > now {
+            return;
+        }
+        c.ask_chain_at = now.saturating_add(NUDGE_INTERVAL_MS);
+        let epoch = c.cur().clone();
+        let message = wire::envelope(
+            Kind::EpochChain,
+            &wire::encode(&EpochChain {
+                first: epoch.number,
+                links: Vec::new(),
+            }),
+        );
+        let voters: Vec<PeerId> = epoch
+            .membership
+            .members()
+            .iter()
+            .filter(|m| m.node_id() != self.local_node)
+            .filter_map(|m| self.peer_of(&m.node_id()))
+            .collect();
+        for peer in voters {
+            self.send_chain(peer, message.clone(), now);
+        }
+    }
+
     /// The links from epoch `from` on as a kind-14 message; `None` if there
-    /// are none, or if they do not fit a session message (warned).
-    fn chain_message(&self, from: usize) -> Option<Vec<u8>> {
+    /// are none, or if they do not fit a session message (warned). The whole
+    /// chain's message is built once per chain length.
+    fn chain_message(&mut self, from: usize) -> Option<Vec<u8>> {
         let limit = (self.config.capabilities.limits.max_message_bytes as usize)
             .saturating_sub(ENVELOPE_SLACK);
-        let c = self.commit.as_ref()?;
+        let c = self.commit.as_mut()?;
+        let len = c.chain.len();
+        if from == 0
+            && let Some((cached, message)) = &c.chain_cache
+            && *cached == len
+        {
+            return Some(message.to_vec());
+        }
         let links = c.chain.get(from..).filter(|l| !l.is_empty())?;
         let message = wire::envelope(
             Kind::EpochChain,
@@ -333,6 +413,9 @@ impl Core {
                 "the epoch chain does not fit a session message: members that missed an epoch change will not learn it"
             );
             return None;
+        }
+        if from == 0 {
+            c.chain_cache = Some((len, Arc::new(message.clone())));
         }
         Some(message)
     }
@@ -354,51 +437,75 @@ impl Core {
     /// Sends the whole chain of links (kind 14) to `peer`, if there is one.
     pub(super) fn push_epoch_chain(&mut self, peer: PeerId, now: u64) {
         if let Some(message) = self.chain_message(0) {
+            if let Some(c) = self.commit.as_mut() {
+                let len = c.chain.len();
+                c.nudged.insert(peer, (now, len));
+            }
             self.send_chain(peer, message, now);
         }
     }
 
-    /// Enters `next`, reached by `link` (already checked): stores the link and
-    /// drops the old replica's state (one synced write, before anything the
-    /// new epoch sends), starts this node's replica if it votes in `next`,
-    /// rebuilds the client slots for the new membership, settles the commits
-    /// in flight by the link's client table (executed: its proof is fetched
-    /// from the old epoch's replicas; not executed, or after the epoch's end:
-    /// submitted again), and tells every peer.
-    fn enter_epoch(&mut self, next: Epoch, link: CertifiedState, facts: &LinkFacts, now: u64) {
+    /// Enters the epochs `steps` lead to, one link after the other (each
+    /// already checked): stores each link and drops the old replica's state
+    /// (one synced write per link, before anything the new epoch sends);
+    /// then, for the last epoch only, starts this node's replica if it votes
+    /// there, rebuilds the client slots for the new membership, settles the
+    /// commits in flight by the first link's client table (executed: its
+    /// proof is fetched from the old epoch's replicas; not executed, or after
+    /// the epoch's end: submitted again), enforces the last ledger's
+    /// revocations (and lifts those of its voters it enforced from pushed
+    /// batches), and tells every peer.
+    fn enter_epochs(&mut self, steps: Vec<Step>, now: u64) {
         let identity = self.config.identity.clone();
         let node = self.local_node;
         let Some(c) = self.commit.as_mut() else {
             return;
         };
+        let Some(first_facts) = steps.first().map(|(_, _, f)| f.clone()) else {
+            return;
+        };
         let ended = c.cur().number;
-        let number = next.number;
-        tracing::info!(
-            epoch = number,
-            voters = next.membership.len(),
-            at = facts.seq,
-            "entering configuration epoch"
-        );
-        self.actions.push_back(Action::EnterEpoch {
-            epoch: number,
-            link: wire::encode(&link),
-        });
-        c.chain.push(link);
-        // An ended epoch is kept for its proofs and its rule of who may
-        // revoke; not its revocations (the next epoch's ledger has them).
-        if let Some(last) = c.epochs.last_mut() {
-            let mut old = (**last).clone();
-            old.ledger.revoked_tokens.clear();
-            old.ledger.revoked_members.clear();
-            *last = Arc::new(old);
+        let mut changes = Vec::new();
+        for (next, link, facts) in steps {
+            tracing::info!(
+                epoch = next.number,
+                voters = next.membership.len(),
+                at = facts.seq,
+                "entering configuration epoch"
+            );
+            self.actions.push_back(Action::EnterEpoch {
+                epoch: next.number,
+                link: wire::encode(&link),
+            });
+            changes.push(MeshEvent::EpochChanged {
+                epoch: next.number,
+                membership: *next.membership.id(),
+                voters: next
+                    .membership
+                    .members()
+                    .iter()
+                    .map(|m| m.node_id())
+                    .collect(),
+            });
+            c.chain.push(link);
+            // An ended epoch is kept for its proofs and its rule of who may
+            // revoke; not its revocations (the next epoch's ledger has them).
+            if let Some(last) = c.epochs.last_mut() {
+                let mut old = (**last).clone();
+                old.ledger.revoked_tokens.clear();
+                old.ledger.revoked_members.clear();
+                *last = Arc::new(old);
+            }
+            c.epochs.push(Arc::new(next));
         }
-        c.epochs.push(Arc::new(next.clone()));
-        // Ticks of the epoch that ended are done with.
-        c.queue.retain(|q| q.command.is_some());
+        let next = c.cur().clone();
+        let number = next.number;
         c.epoch_over = false;
         c.certified = None;
         c.certified_taken = 0;
         c.clients.clear();
+        // Ticks of the epoch that ended are done with.
+        c.queue.retain(|q| q.command.is_some());
         c.replica = match next.membership.index_of(&node) {
             None => None,
             Some(_) => match new_replica(&c.config, &identity, &next, None, now) {
@@ -421,7 +528,7 @@ impl Core {
                 // Executed in its epoch: its proof comes from that epoch's replicas.
                 continue;
             }
-            let record = facts
+            let record = first_facts
                 .clients
                 .iter()
                 .find(|(id, _, _)| *id == s.id)
@@ -496,26 +603,42 @@ impl Core {
                 self.register_client_keys(*peer, *node);
             }
         }
-        let voters = next
+        let voters: Vec<fed_crypto::NodeId> = next
             .membership
             .members()
             .iter()
             .map(|m| m.node_id())
             .collect();
-        self.event(MeshEvent::EpochChanged {
-            epoch: number,
-            membership: *next.membership.id(),
-            voters,
-        });
-        // Peers in the epoch that ended need the new link only.
-        if let Some(message) = self.chain_message(usize::try_from(ended).unwrap_or(usize::MAX)) {
-            for (peer, ..) in peers {
-                self.send_chain(peer, message.clone(), now);
+        // The ledger is certified: its revocations hold on every member, and
+        // its voters are not revoked (a member that does not vote may have
+        // applied a revocation the ledger refused, from a pushed batch).
+        self.apply_ledger_revocations(&next.ledger, now);
+        let lifted: Vec<Revocation> = voters
+            .iter()
+            .filter(|n| self.revoked_members.contains(&n.0))
+            .filter(|n| !next.ledger.revoked_members.contains(&n.0))
+            .map(|n| Revocation::Member(*n))
+            .collect();
+        for r in &lifted {
+            if let Revocation::Member(n) = r {
+                self.revoked_members.remove(&n.0);
             }
         }
-        // The link's ledger is certified: its revocations hold on every
-        // member, those that do not vote included.
-        self.apply_ledger_revocations(&next.ledger, now);
+        if !lifted.is_empty() {
+            self.store_state(lifted.into_iter().map(StateWrite::Unrevoked).collect());
+        }
+        for change in changes {
+            self.event(change);
+        }
+        // Peers with a session: the new links (those in the epoch that ended
+        // need only them; others ask or get the chain at their next session).
+        if let Some(message) = self.chain_message(usize::try_from(ended).unwrap_or(usize::MAX)) {
+            for (peer, _, out, inb) in peers {
+                if out || inb {
+                    self.send_chain(peer, message.clone(), now);
+                }
+            }
+        }
         for i in hunts {
             self.hunt_proof(i, now);
         }

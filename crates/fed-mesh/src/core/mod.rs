@@ -89,6 +89,8 @@ pub mod labels {
     pub const COMMIT_LEDGER: &str = "exo-federation v1 mesh commit ledger";
     /// The context of a configuration epoch's membership (mesh.md §9).
     pub const EPOCH_CONTEXT: &str = "exo-federation v1 mesh epoch context";
+    /// Names a refused epoch link in a node's memory (never on the wire).
+    pub const REFUSED_LINK: &str = "exo-federation v1 mesh refused link";
     /// Every label above.
     pub const ALL: &[&str] = &[
         CHANNEL_BINDING,
@@ -105,6 +107,7 @@ pub mod labels {
         PBFT_CLIENT_KEY,
         COMMIT_LEDGER,
         EPOCH_CONTEXT,
+        REFUSED_LINK,
     ];
 }
 
@@ -241,6 +244,10 @@ pub enum StateWrite {
     },
     /// A revocation this node enforces (a committed one, or its own).
     Revoked(commit::Revocation),
+    /// A member revocation this node enforced and no longer does: the member
+    /// votes in a certified configuration epoch, so the ledger never revoked
+    /// it (the node had applied a revocation the ledger refused).
+    Unrevoked(commit::Revocation),
 }
 
 /// The node's durable state as stored: what a core starts from.

@@ -74,20 +74,30 @@ impl StateStore {
             match w {
                 StateWrite::MapEntry { map, key, entry } => {
                     let (def, name) = table_of(*map);
-                    records.push((def, key.clone(), s.seal(name, key, entry)?));
+                    records.push((def, key.clone(), Some(s.seal(name, key, entry)?)));
                 }
                 StateWrite::Revoked(r) => {
                     let key = revocation_key(r).to_vec();
                     let record = s.seal("revoked", &key, &[])?;
-                    records.push((REVOKED, key, record));
+                    records.push((REVOKED, key, Some(record)));
+                }
+                StateWrite::Unrevoked(r) => {
+                    records.push((REVOKED, revocation_key(r).to_vec(), None));
                 }
             }
         }
         let txn = s.db_write()?;
         for (def, key, record) in &records {
             let mut t = txn.open_table(*def).map_err(|e| s.io(e))?;
-            t.insert(key.as_slice(), record.as_slice())
-                .map_err(|e| s.io(e))?;
+            match record {
+                Some(record) => {
+                    t.insert(key.as_slice(), record.as_slice())
+                        .map_err(|e| s.io(e))?;
+                }
+                None => {
+                    t.remove(key.as_slice()).map_err(|e| s.io(e))?;
+                }
+            }
         }
         txn.commit().map_err(|e| s.io(e))
     }
