@@ -517,17 +517,22 @@ impl FederatedMesh {
         self.commit_operation(revocation.into()).await
     }
 
-    /// Commits a change of the voting membership: adding a member (with the
-    /// addresses the voters will dial) or removing a voting member. It takes
-    /// effect at the first checkpoint at or after the batch that holds it,
-    /// where a new configuration epoch begins (mesh.md §9): from then on the
-    /// new voters order commits, and proofs verify against the new
-    /// membership only ([`CommitReceipt::verify`] follows the chain of epochs
-    /// from the genesis). Commits submitted meanwhile wait for the new epoch
-    /// and are submitted again there. Only a voting member may change the
-    /// membership; the result must be a valid membership (1 to 64 voters, no
-    /// one twice, no revoked member added). Otherwise the operation commits
-    /// as a no-op and this fails with [`Error::Consensus`].
+    /// Proposes a change of the voting membership: adding a member (with the
+    /// addresses the voters will dial) or removing a voting member. The
+    /// proposal is committed (this returns its receipt); the change itself
+    /// takes effect once a quorum of the epoch's voters proposed the same
+    /// change (byte for byte: give every voter the same addresses in the same
+    /// order), at the first checkpoint at or after that, where a new
+    /// configuration epoch begins (mesh.md §9): from then on the new voters
+    /// order commits, and proofs verify against the new membership only
+    /// ([`CommitReceipt::verify`] follows the chain of epochs from the
+    /// genesis). Commits submitted meanwhile wait for the new epoch and are
+    /// submitted again there. Only a voting member may propose; the result
+    /// must be a valid membership (no one twice, no revoked member added, not
+    /// the last voter removed, no more voters than the genesis's parameters
+    /// allow), else the operation commits as a no-op and this fails with
+    /// [`Error::Consensus`]. A voter approves at most 4 pending changes; a
+    /// fifth withdraws its oldest.
     pub async fn commit_membership_change(
         &self,
         change: crate::core::commit::MembershipChange,
