@@ -915,6 +915,27 @@ pub(super) struct InFlight {
     pub(super) proof: Option<ProofHunt>,
 }
 
+/// The ledger index a chained operation's result `0x00 ‖ be64(index)` names.
+pub(super) fn chained_index(result: &[u8]) -> Option<u64> {
+    match result {
+        [0, index @ ..] => Some(u64::from_be_bytes(index.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+impl ProofHunt {
+    /// A hunt for the proof of ledger entry `index`, of slot `slot`: slots
+    /// start at different replicas.
+    pub(super) fn new(index: u64, slot: usize, now: u64) -> Self {
+        Self {
+            index,
+            asked: slot,
+            next_at: now,
+            waiting: false,
+        }
+    }
+}
+
 pub(super) struct ProofHunt {
     pub(super) index: u64,
     pub(super) asked: usize,
@@ -1862,17 +1883,10 @@ impl Core {
                             c.ask_chain_at = now.saturating_add(5_000);
                         }
                     }
-                    Outcome::Executed(result) if result.len() == 9 && result[0] == 0 => {
-                        let mut index = [0u8; 8];
-                        index.copy_from_slice(&result[1..]);
+                    Outcome::Executed(result) if chained_index(&result).is_some() => {
                         // Slots start at different replicas, spreading the load
                         // (and meeting a lying one early if there is one).
-                        f.proof = Some(ProofHunt {
-                            index: u64::from_be_bytes(index),
-                            asked: i,
-                            next_at: now,
-                            waiting: false,
-                        });
+                        f.proof = chained_index(&result).map(|index| ProofHunt::new(index, i, now));
                         hunts.push(i);
                     }
                     other => {

@@ -217,7 +217,9 @@ use libp2p_identity::PeerId;
 
 use super::{
     Action, Completion, Core, StateWrite,
-    commit::{ENVELOPE_SLACK, EpochChain, ProofHunt, Queued, Revocation, new_replica},
+    commit::{
+        ENVELOPE_SLACK, EpochChain, ProofHunt, Queued, Revocation, chained_index, new_replica,
+    },
     peers::Purpose,
 };
 use crate::{
@@ -534,15 +536,8 @@ impl Core {
                 .find(|(id, _, _)| *id == s.id)
                 .filter(|(_, ts, _)| f.epoch == ended && *ts == f.timestamp);
             match record.map(|(_, _, o)| o) {
-                Some(Outcome::Executed(result)) if result.len() == 9 && result[0] == 0 => {
-                    let mut index = [0u8; 8];
-                    index.copy_from_slice(&result[1..]);
-                    f.proof = Some(ProofHunt {
-                        index: u64::from_be_bytes(index),
-                        asked: i,
-                        next_at: now,
-                        waiting: false,
-                    });
+                Some(Outcome::Executed(result)) if chained_index(result).is_some() => {
+                    f.proof = chained_index(result).map(|index| ProofHunt::new(index, i, now));
                     hunts.push(i);
                 }
                 Some(Outcome::Executed(result)) if result.as_slice() != [3] => {
