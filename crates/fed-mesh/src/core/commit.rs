@@ -1007,6 +1007,9 @@ pub(crate) struct CommitState {
     pub(super) outbox: BTreeMap<PeerId, (Vec<Multiaddr>, Vec<Vec<u8>>)>,
     /// Inputs are being fed in a group; [`Core::drain_replica`] runs once after.
     pub(super) defer_drain: bool,
+    /// Commands are being fed in a group ([`Core::commands`]): the slots'
+    /// messages leave once, after the group, one envelope per replica.
+    pub(super) defer_flush: bool,
 }
 
 /// `hash(PBFT_CLIENT_ID, [node, be16(slot)])`.
@@ -1070,6 +1073,7 @@ impl CommitState {
             committed: 0,
             outbox: BTreeMap::new(),
             defer_drain: false,
+            defer_flush: false,
             config,
         };
         // Timestamps start at the wall clock, so that a restarted node's
@@ -1359,6 +1363,9 @@ impl Core {
                     }
                 }
             }
+        }
+        if self.commit.as_ref().is_some_and(|c| c.defer_flush) {
+            return;
         }
         self.flush_clients(now);
         self.flush_outbox(now);

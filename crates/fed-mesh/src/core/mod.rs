@@ -632,6 +632,22 @@ impl Core {
         }
     }
 
+    /// Several commands at once, in order, as [`command`](Self::command) each:
+    /// the commits among them leave together (one envelope per replica, not
+    /// one per commit).
+    pub fn commands(&mut self, commands: Vec<(CommandId, Command)>, now: u64) {
+        if let Some(c) = self.commit.as_mut() {
+            c.defer_flush = true;
+        }
+        for (id, command) in commands {
+            self.command(id, command, now);
+        }
+        if let Some(c) = self.commit.as_mut() {
+            c.defer_flush = false;
+        }
+        self.pump_commits(now);
+    }
+
     /// Marks a token id revoked: requests under it are refused from now on.
     pub fn revoke_token(&mut self, token_id: [u8; 32]) {
         if self.revoked.insert(token_id) {

@@ -108,6 +108,8 @@ impl Default for TransportConfig {
 const MAX_STREAMS_PER_CONNECTION: usize = 64;
 /// Substrate searches running at once.
 const MAX_SEARCHES: usize = 64;
+/// Most commands handled as one group (their commits leave together).
+const MAX_COMMAND_GROUP: usize = 256;
 
 fn rr(
     protocol: Protocol,
@@ -374,6 +376,38 @@ impl Driver {
                         let _ = done.send(());
                         tokio::time::sleep(d).await;
                     }
+                    Some(Request::Command(command, reply)) => {
+                        // Commands that are ready together are handled as a
+                        // group: their commits leave in one envelope.
+                        let mut group = vec![(command, reply)];
+                        let mut other = None;
+                        while group.len() < MAX_COMMAND_GROUP {
+                            match self.requests.try_recv() {
+                                Ok(Request::Command(c, r)) => group.push((c, r)),
+                                Ok(o) => {
+                                    other = Some(o);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.on_commands(group);
+                        match other {
+                            None => {}
+                            Some(Request::Shutdown(done)) => {
+                                self.drain();
+                                self.fail_waiting();
+                                let _ = done.send(());
+                                break;
+                            }
+                            Some(Request::Pause(d, done)) => {
+                                self.drain();
+                                let _ = done.send(());
+                                tokio::time::sleep(d).await;
+                            }
+                            Some(o) => self.on_request(o),
+                        }
+                    }
                     Some(request) => self.on_request(request),
                 },
                 Some((id, result)) = self.searches_rx.recv() => self.core.handle_search_done(id, result, now_ms()),
@@ -407,6 +441,18 @@ impl Driver {
         for (_, tx) in self.waiting.drain() {
             drop(tx);
         }
+    }
+
+    /// Commands received together, handed to the core as one group.
+    fn on_commands(&mut self, group: Vec<(Command, oneshot::Sender<Completion>)>) {
+        let mut commands = Vec::with_capacity(group.len());
+        for (command, reply) in group {
+            let id = CommandId(self.next_command);
+            self.next_command += 1;
+            self.waiting.insert(id, reply);
+            commands.push((id, command));
+        }
+        self.core.commands(commands, now_ms());
     }
 
     fn on_request(&mut self, request: Request) {
