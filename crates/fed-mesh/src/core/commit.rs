@@ -783,9 +783,14 @@ impl CommitReceipt {
     /// [`verify`](Self::verify) against the membership of the receipt's
     /// epoch, known to be reached by its chain (the chain is not checked).
     pub(crate) fn verify_in(&self, m: &Membership) -> Result<()> {
-        self.proof
-            .verify_batch(m, &self.batch)
-            .map_err(|e| Error::Pbft(Arc::new(e)))?;
+        let requests = checked_batch(m, &self.proof, &self.batch)?;
+        self.holds(m, &requests)
+    }
+
+    /// That the batch's decoded `requests` hold this receipt's request, and
+    /// that its client may commit its operation in the epoch of `m` (the
+    /// proof and batch checked already, [`checked_batch`]).
+    fn holds(&self, m: &Membership, requests: &[fed_pbft::Request]) -> Result<()> {
         if !matches!(self.operation, Operation::Update(_)) {
             let voters = voter_clients(m);
             let of_voter = |n: &[u8; 32]| m.members().iter().any(|v| v.node_id().0 == *n);
@@ -798,7 +803,6 @@ impl CommitReceipt {
             }
         }
         let operation = encode_operation(&self.operation);
-        let requests = decode_batch(&self.batch).map_err(|e| Error::Pbft(Arc::new(e)))?;
         if requests.iter().any(|r| {
             r.client == self.client && r.timestamp == self.timestamp && r.operation == operation
         }) {
@@ -831,6 +835,32 @@ impl CommitReceipt {
 /// Most bytes of epoch links a [`CommitReceipt`] may carry (a chain larger
 /// than a session message is never sent either).
 pub const MAX_RECEIPT_CHAIN_LEN: usize = 16 << 20;
+
+/// The requests of `batch`, once `proof` verifies against `m` and `batch`
+/// has its digest.
+fn checked_batch(
+    m: &Membership,
+    proof: &CommitProof,
+    batch: &[u8],
+) -> Result<Vec<fed_pbft::Request>> {
+    proof
+        .verify_batch(m, batch)
+        .map_err(|e| Error::Pbft(Arc::new(e)))?;
+    decode_batch(batch).map_err(|e| Error::Pbft(Arc::new(e)))
+}
+
+/// A proof and batch checked against a membership (by its id), with the
+/// batch's requests: the receipts of every slot with a request in that batch
+/// are checked against it without verifying the signatures again.
+type CheckedBatch = (
+    [u8; 32],
+    CommitProof,
+    Arc<[u8]>,
+    Arc<Vec<fed_pbft::Request>>,
+);
+
+/// Checked batches remembered.
+const CHECKED_BATCHES: usize = 16;
 
 /// Largest [`CommitReceipt`] encoding accepted.
 pub const MAX_RECEIPT_LEN: usize = fed_pbft::MAX_BATCH_LEN
@@ -992,6 +1022,8 @@ pub(crate) struct CommitState {
     pub(super) ask_chain_at: u64,
     /// The whole chain's kind-14 message, by the chain's length.
     pub(super) chain_cache: Option<(usize, Arc<Vec<u8>>)>,
+    /// Proofs and batches checked lately (for receipts).
+    checked: VecDeque<CheckedBatch>,
     /// Commits to submit again in the next epoch.
     pub(super) deferred: Vec<Queued>,
     pub(super) slots: Vec<Slot>,
@@ -1063,6 +1095,7 @@ impl CommitState {
             nudged: HashMap::new(),
             ask_chain_at: 0,
             chain_cache: None,
+            checked: VecDeque::new(),
             deferred: Vec::new(),
             slots: Vec::new(),
             queue: VecDeque::new(),
@@ -2017,7 +2050,7 @@ impl Core {
         else {
             return false;
         };
-        let Some(s) = c.slots.get_mut(i) else {
+        let Some(s) = c.slots.get(i) else {
             return false;
         };
         let Some(f) = s.busy.as_ref() else {
@@ -2039,16 +2072,41 @@ impl Core {
                 .map(<[CertifiedState]>::to_vec)
                 .unwrap_or_default(),
         };
+        let command = f.command;
         // Checked against its epoch's membership, which this node reached
-        // through the chain it checked link by link.
-        if let Err(e) = receipt.verify_in(&epoch.membership) {
+        // through the chain it checked link by link; a proof and batch
+        // checked for another slot's receipt are not checked again.
+        let m = &epoch.membership;
+        let known = c
+            .checked
+            .iter()
+            .find(|(id, p, b, _)| id == m.id() && *p == receipt.proof && **b == *receipt.batch)
+            .map(|(.., requests)| requests.clone());
+        let requests = match known {
+            Some(requests) => Ok(requests),
+            None => checked_batch(m, &receipt.proof, &receipt.batch).map(|requests| {
+                let requests = Arc::new(requests);
+                if c.checked.len() >= CHECKED_BATCHES {
+                    c.checked.pop_front();
+                }
+                c.checked.push_back((
+                    *m.id(),
+                    receipt.proof.clone(),
+                    Arc::from(receipt.batch.as_slice()),
+                    requests.clone(),
+                ));
+                requests
+            }),
+        };
+        if let Err(e) = requests.and_then(|r| receipt.holds(m, &r)) {
             // A lying or confused replica: ask the next one.
             tracing::warn!(error = %e, "a replica answered with a proof that does not verify");
             self.stats.pbft_rejected += 1;
             return false;
         }
-        let command = f.command;
-        s.busy = None;
+        if let Some(s) = c.slots.get_mut(i) {
+            s.busy = None;
+        }
         if let Some(command) = command {
             self.actions.push_back(super::Action::Complete {
                 command,
