@@ -862,6 +862,38 @@ type CheckedBatch = (
 /// Checked batches remembered.
 const CHECKED_BATCHES: usize = 16;
 
+/// The proofs and batches a client checked lately.
+#[derive(Default)]
+pub(super) struct CheckedBatches(VecDeque<CheckedBatch>);
+
+impl CheckedBatches {
+    /// The requests of `batch`, if `proof` verifies against `m` and `batch`
+    /// has its digest: from memory when this exact proof and batch were
+    /// checked against `m` before (so a different proof, a forged one say,
+    /// is always checked).
+    pub(super) fn check(
+        &mut self,
+        m: &Membership,
+        proof: &CommitProof,
+        batch: &[u8],
+    ) -> Result<Arc<Vec<fed_pbft::Request>>> {
+        if let Some((.., requests)) = self
+            .0
+            .iter()
+            .find(|(id, p, b, _)| id == m.id() && p == proof && **b == *batch)
+        {
+            return Ok(requests.clone());
+        }
+        let requests = Arc::new(checked_batch(m, proof, batch)?);
+        if self.0.len() >= CHECKED_BATCHES {
+            self.0.pop_front();
+        }
+        self.0
+            .push_back((*m.id(), proof.clone(), Arc::from(batch), requests.clone()));
+        Ok(requests)
+    }
+}
+
 /// Largest [`CommitReceipt`] encoding accepted.
 pub const MAX_RECEIPT_LEN: usize = fed_pbft::MAX_BATCH_LEN
     + fed_pbft::MAX_COMMIT_PROOF_LEN
@@ -1023,7 +1055,7 @@ pub(crate) struct CommitState {
     /// The whole chain's kind-14 message, by the chain's length.
     pub(super) chain_cache: Option<(usize, Arc<Vec<u8>>)>,
     /// Proofs and batches checked lately (for receipts).
-    checked: VecDeque<CheckedBatch>,
+    checked: CheckedBatches,
     /// Commits to submit again in the next epoch.
     pub(super) deferred: Vec<Queued>,
     pub(super) slots: Vec<Slot>,
@@ -1095,7 +1127,7 @@ impl CommitState {
             nudged: HashMap::new(),
             ask_chain_at: 0,
             chain_cache: None,
-            checked: VecDeque::new(),
+            checked: CheckedBatches::default(),
             deferred: Vec::new(),
             slots: Vec::new(),
             queue: VecDeque::new(),
@@ -2077,27 +2109,7 @@ impl Core {
         // through the chain it checked link by link; a proof and batch
         // checked for another slot's receipt are not checked again.
         let m = &epoch.membership;
-        let known = c
-            .checked
-            .iter()
-            .find(|(id, p, b, _)| id == m.id() && *p == receipt.proof && **b == *receipt.batch)
-            .map(|(.., requests)| requests.clone());
-        let requests = match known {
-            Some(requests) => Ok(requests),
-            None => checked_batch(m, &receipt.proof, &receipt.batch).map(|requests| {
-                let requests = Arc::new(requests);
-                if c.checked.len() >= CHECKED_BATCHES {
-                    c.checked.pop_front();
-                }
-                c.checked.push_back((
-                    *m.id(),
-                    receipt.proof.clone(),
-                    Arc::from(receipt.batch.as_slice()),
-                    requests.clone(),
-                ));
-                requests
-            }),
-        };
+        let requests = c.checked.check(m, &receipt.proof, &receipt.batch);
         if let Err(e) = requests.and_then(|r| receipt.holds(m, &r)) {
             // A lying or confused replica: ask the next one.
             tracing::warn!(error = %e, "a replica answered with a proof that does not verify");
@@ -2745,6 +2757,46 @@ mod tests {
             Identity::from_seeds(&[seed; 32], None).public(),
             &["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
         )
+    }
+
+    /// A client checks a batch's proof once for all its receipts, and never
+    /// takes another proof of the same batch on that account: a forged one
+    /// is refused after the genuine one was checked.
+    #[test]
+    fn a_checked_proof_vouches_for_itself_only() {
+        use fed_pbft::{ClientKeys, Config, Event, Message, Replica};
+        let id = Arc::new(Identity::from_seeds(&[9; 32], None));
+        let m = Arc::new(Membership::new(vec![id.public().clone()]).unwrap());
+        let mut config = Config::default();
+        config.max_batch_requests = 1;
+        let mut r =
+            Replica::new(id.clone(), m.clone(), config, Ledger::genesis(&m, 64, 0), 0).unwrap();
+        let client = client_id(&id.node_id(), 0);
+        let key = ClientKey::new(&[3; 32]);
+        let keys = ClientKeys::new(&m, client, std::slice::from_ref(&key)).unwrap();
+        r.add_client(client, key).unwrap();
+        let op = encode_operation(&Operation::Update(StateUpdate::Opaque {
+            kind: "k".into(),
+            bytes: vec![1],
+        }));
+        r.handle_request(&Message::Request(keys.request(1, op)).encode().unwrap(), 1)
+            .unwrap();
+        let mut executed = None;
+        while let Some(e) = r.poll_event() {
+            if let Event::Executed(x) = e {
+                executed = Some(x);
+            }
+        }
+        let x = executed.unwrap();
+        let mut checked = CheckedBatches::default();
+        assert_eq!(checked.check(&m, &x.proof, &x.batch).unwrap().len(), 1);
+        let mut forged = x.proof.clone();
+        forged.signatures[0].1.0[0] ^= 1;
+        assert!(
+            checked.check(&m, &forged, &x.batch).is_err(),
+            "a forged proof taken on the genuine one's account"
+        );
+        assert!(checked.check(&m, &x.proof, &x.batch).is_ok());
     }
 
     /// A voter that floods proposals nobody else wants blocks no one, itself
