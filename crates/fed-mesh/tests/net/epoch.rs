@@ -228,24 +228,6 @@ async fn a_membership_change_moves_the_voting_set_at_a_checkpoint() {
     shutdown(&nodes).await;
 }
 
-/// Starts a node from `config` (a data directory's); the previous instance
-/// may hold the file a moment after it shut down.
-async fn restart(config: &MeshConfig) -> FederatedMesh {
-    let mut last = None;
-    for _ in 0..100 {
-        match FederatedMesh::builder(config.clone())
-            .substrate(fed_mesh::substrate::MemorySubstrate::new())
-            .start()
-            .await
-        {
-            Ok(node) => return node,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("node does not start: {last:?}");
-}
-
 /// The epochs are stored: after a change, the removed voter (still a voter
 /// in the genesis) and the new one (not a voter in the genesis) restart from
 /// their data directories in the new epoch, the first without a replica, the
@@ -300,8 +282,8 @@ async fn the_epochs_outlive_a_restart() {
         nodes[i].shutdown().await.unwrap();
     }
     nodes.truncate(3);
-    let removed = restart(&configs[3]).await;
-    let added = restart(&configs[4]).await;
+    let removed = crate::persist::start_default(configs[3].clone()).await;
+    let added = crate::persist::start_default(configs[4].clone()).await;
     let (s3, s4) = (status(&removed).await, status(&added).await);
     assert_eq!((s3.epoch, s3.replica), (2, None), "93 votes no more");
     assert_eq!((s4.epoch, s4.replica), (2, Some(3)), "94 votes");

@@ -13,7 +13,7 @@ const DIM: usize = 16;
 /// Starts a node whose substrate is the default for its configuration (the
 /// store's, with a data directory). The previous instance's file may still be
 /// held for a moment after it shut down; the start is retried meanwhile.
-async fn start_default(config: MeshConfig) -> FederatedMesh {
+pub(crate) async fn start_default(config: MeshConfig) -> FederatedMesh {
     let mut last = None;
     for _ in 0..100 {
         match FederatedMesh::builder(config.clone()).start().await {
