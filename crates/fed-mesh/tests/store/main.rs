@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::Path,
     process::{Command, Stdio},
     sync::Arc,
@@ -416,15 +416,21 @@ fn a_byte_flipped_anywhere_is_refused_or_harmless() {
     );
 }
 
-/// The child side of the crash test: writes `FED_STORE_OPS` writes one by one,
-/// printing the count after each is durable, until killed.
+/// The child side of the crash test: writes `n` writes one by one, printing
+/// the count after each is durable and waiting for the parent's go-ahead (a
+/// line on stdin) before the next, until killed. So it is never more than one
+/// write ahead of what the parent read, whatever the machine's load.
 fn child(path: &str, seed: u64, n: usize) {
     let store = Store::open(path, &NODE).unwrap();
     let all = ops(seed, n);
     let mut pbft = store.pbft();
+    let mut go = std::io::stdin().lock().lines();
     for (i, op) in all.iter().enumerate() {
         pbft.persist_all(std::slice::from_ref(op)).unwrap();
         println!("durable {}", i + 1);
+        if go.next().is_none() {
+            return;
+        }
     }
     println!("done");
 }
@@ -451,17 +457,23 @@ fn a_process_killed_between_writes_loses_no_durable_write() {
             ])
             .env("FED_STORE_CHILD", &path)
             .env("FED_STORE_SEED", seed.to_string())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let kill_after = 1 + (rng.next_u32() % 300) as usize;
+        let mut go = child.stdin.take().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut acked = 0;
         for line in lines.by_ref() {
             let line = line.unwrap();
-            if let Some(n) = line.strip_prefix("durable ") {
-                acked = n.parse().unwrap();
+            // (The first one follows libtest's "test … ... " on its line.)
+            if let Some((_, n)) = line.split_once("durable ") {
+                acked = n.trim().parse().unwrap();
+                // The go-ahead for the next write, even the last time: the
+                // kill then lands during it, or just after it.
+                writeln!(go, "go").unwrap();
                 if acked >= kill_after {
                     break;
                 }
@@ -800,7 +812,7 @@ mod audit {
 mod patterns {
     use std::{
         collections::BTreeMap,
-        io::{BufRead, BufReader},
+        io::{BufRead, BufReader, Write},
         process::{Command, Stdio},
     };
 
@@ -984,9 +996,15 @@ mod patterns {
             let store = Store::open(&path, &NODE).unwrap();
             let sub = PersistentSubstrate::open(&store).unwrap();
             let mut rng = ChaCha20Rng::seed_from_u64(8);
+            // One write past what the parent read at most: each waits for
+            // its go-ahead.
+            let mut go = std::io::stdin().lock().lines();
             for i in 0..2_000u64 {
                 sub.insert(pattern(&mut rng, i, 1)).unwrap();
                 println!("durable {}", i + 1);
+                if go.next().is_none() {
+                    return;
+                }
             }
             return;
         }
@@ -1002,15 +1020,19 @@ mod patterns {
                     "1",
                 ])
                 .env("FED_PATTERNS_CHILD", &path)
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
             let stop = 20 + 90 * round as usize;
             let mut acked = 0usize;
+            let mut go = child.stdin.take().unwrap();
             for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-                if let Some(n) = line.unwrap().strip_prefix("durable ") {
-                    acked = n.parse().unwrap();
+                // The first follows libtest's "test … ... " on its line.
+                if let Some((_, n)) = line.unwrap().split_once("durable ") {
+                    acked = n.trim().parse().unwrap();
+                    writeln!(go, "go").unwrap();
                     if acked >= stop {
                         break;
                     }
