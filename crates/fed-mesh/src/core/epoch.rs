@@ -693,6 +693,20 @@ mod tests {
         (executed, results)
     }
 
+    /// The largest next membership follows the genesis's parameters, not
+    /// this node's local settings.
+    #[test]
+    fn the_largest_membership_is_the_genesis_parameters_one() {
+        let mut c = Config::default();
+        assert_eq!(max_voters(&c), fed_pbft::MAX_REPLICAS);
+        // Room in a batch for an operation and 10 authenticator tags only.
+        c.max_batch_bytes = c.max_operation_len + 64 + 16 * 10;
+        assert_eq!(max_voters(&c), 10);
+        // A local setting changes nothing (this one is invalid for any n).
+        c.max_fetch_entries = 0;
+        assert_eq!(max_voters(&c), 10);
+    }
+
     fn update(i: u8) -> Operation {
         Operation::Update(StateUpdate::Opaque {
             kind: "test".into(),
