@@ -156,11 +156,29 @@ fn the_voters_change_at_a_checkpoint_and_the_new_voter_survives_a_kill() {
         .to_string();
     let member = format!("{}.pub@{address}", c.nodes[4].key.display());
     let control = |c: &Cluster, i: usize| c.nodes[i].socket().display().to_string();
-    let run = |args: Vec<String>| {
-        std::thread::spawn(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            fedmesh(&args)
-        })
+    // `fedmesh voters <what> --control <node i's socket> <arg>` on each of
+    // `nodes` at once; each must succeed.
+    let voters = |c: &Cluster, nodes: &[usize], what: &str, arg: &str| {
+        let runs: Vec<_> = nodes
+            .iter()
+            .map(|&i| {
+                let args = [
+                    "voters".to_string(),
+                    what.into(),
+                    "--control".into(),
+                    control(c, i),
+                    arg.into(),
+                ];
+                std::thread::spawn(move || {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    fedmesh(&args)
+                })
+            })
+            .collect();
+        for h in runs {
+            let (code, out, err) = h.join().unwrap();
+            assert_eq!(code, 0, "{out}{err}");
+        }
     };
     let in_epoch = |c: &Cluster, epoch: u64| {
         for i in 0..5 {
@@ -169,41 +187,11 @@ fn the_voters_change_at_a_checkpoint_and_the_new_voter_survives_a_kill() {
             });
         }
     };
-    let adds: Vec<_> = [0, 1, 2]
-        .map(|i| {
-            run(vec![
-                "voters".into(),
-                "add".into(),
-                "--control".into(),
-                control(&c, i),
-                member.clone(),
-            ])
-        })
-        .into_iter()
-        .collect();
-    for h in adds {
-        let (code, out, err) = h.join().unwrap();
-        assert_eq!(code, 0, "{out}{err}");
-    }
+    voters(&c, &[0, 1, 2], "add", &member);
     in_epoch(&c, 1);
     assert_eq!(c.consensus(4)["replica"].as_u64(), Some(4), "node 4 votes");
     let removed = node_id(&c, 3);
-    let removes: Vec<_> = [0, 1, 2, 4]
-        .map(|i| {
-            run(vec![
-                "voters".into(),
-                "remove".into(),
-                "--control".into(),
-                control(&c, i),
-                removed.clone(),
-            ])
-        })
-        .into_iter()
-        .collect();
-    for h in removes {
-        let (code, out, err) = h.join().unwrap();
-        assert_eq!(code, 0, "{out}{err}");
-    }
+    voters(&c, &[0, 1, 2, 4], "remove", &removed);
     in_epoch(&c, 2);
     assert!(c.consensus(3)["replica"].is_null(), "node 3 votes no more");
     assert_eq!(c.consensus(4)["replica"].as_u64(), Some(3), "node 4 votes");
