@@ -18,6 +18,39 @@ use crate::{
 /// Upper bound on the size of a postcard varint (a `u64`).
 const MAX_VARINT_LEN: usize = 10;
 
+/// At most this many [`Fence`]s are kept; past it the oldest is forgotten.
+const MAX_FENCES: usize = 32;
+
+/// A key range in which this replica holds every write stamped below `below`:
+/// a trusted snapshot chunk from a sender whose horizon is `below` covered
+/// the range (and removed what the sender's collected tombstones removed).
+/// Until the series ends and this replica takes the horizon itself, entries
+/// for keys in the range stamped below `below` are ignored, as the horizon
+/// would ignore them; otherwise a late copy of a removed value (from a
+/// lagging peer, or a delayed message) arriving in the middle of the series
+/// would be merged back, and stay: once the series ends, this replica's
+/// frontier covers the sender's collected floors, so no later delta repairs
+/// it. Fences are local, in memory only (a restart forgets them; the periodic
+/// full sync repairs what a crash in the middle of a series lets through).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fence<K> {
+    /// The range `(after, until]`; open ends when `None`.
+    after: Option<K>,
+    until: Option<K>,
+    below: Hlc,
+}
+
+impl<K: Ord> Fence<K> {
+    fn covers(&self, key: &K) -> bool {
+        self.after.as_ref().is_none_or(|a| key > a) && self.until.as_ref().is_none_or(|u| key <= u)
+    }
+
+    /// Whether a write to `key` stamped `stamp` is stale by this fence.
+    fn holds(&self, key: &K, stamp: Hlc) -> bool {
+        stamp < self.below && self.covers(key)
+    }
+}
+
 /// One key's state in an [`LwwMap`]: the winning write's stamp and its value,
 /// or no value for a removal (a tombstone).
 ///
@@ -104,6 +137,8 @@ pub struct LwwMap<K, V> {
     frontier: Frontier,
     collected: Frontier,
     horizon: Option<Hlc>,
+    /// Ranges of snapshot series in progress (see [`Fence`]).
+    fences: Vec<Fence<K>>,
 }
 
 impl<K, V> Default for LwwMap<K, V> {
@@ -114,6 +149,7 @@ impl<K, V> Default for LwwMap<K, V> {
             frontier: Frontier::new(),
             collected: Frontier::new(),
             horizon: None,
+            fences: Vec::new(),
         }
     }
 }
@@ -224,6 +260,7 @@ impl<K: Ord, V> LwwMap<K, V> {
             _ => horizon,
         };
         self.horizon = Some(h);
+        self.fences.retain(|f| f.below > h);
         let collected = &mut self.collected;
         let before = self.entries.len();
         self.entries.retain(|_, e| {
@@ -309,8 +346,42 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
     fn next_stamp(&self, key: &K, clock: &mut HlcClock, now_ms: u64) -> Result<Hlc> {
         let own = self.frontier.get(&clock.node());
         let current = self.entries.get(key).map(|e| e.stamp);
-        let floor = own.max(current).max(self.horizon);
+        let fence = self.fence_floor(key);
+        let floor = own.max(current).max(self.horizon).max(fence);
         clock.issue_above(floor, now_ms)
+    }
+
+    /// The greatest stamp below which a fence ignores writes to `key`.
+    fn fence_floor(&self, key: &K) -> Option<Hlc> {
+        self.fences
+            .iter()
+            .filter(|f| f.covers(key))
+            .map(|f| f.below)
+            .max()
+    }
+
+    /// Records that `(after, until]` holds every write below `below`,
+    /// extending the fence of the same series' previous chunk.
+    fn fence(&mut self, after: Option<K>, until: Option<K>, below: Hlc) {
+        if self.horizon.is_some_and(|h| h >= below) {
+            return;
+        }
+        if let Some(f) = self
+            .fences
+            .iter_mut()
+            .find(|f| f.below == below && f.until.is_some() && f.until == after)
+        {
+            f.until = until;
+            return;
+        }
+        if self.fences.len() >= MAX_FENCES {
+            self.fences.remove(0);
+        }
+        self.fences.push(Fence {
+            after,
+            until,
+            below,
+        });
     }
 
     fn write_stamped(&mut self, key: K, value: Option<V>, stamp: Hlc) {
@@ -342,7 +413,9 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         // Below the horizon this replica holds the write or one that
         // superseded it (or collected the tombstone that did): whatever the
         // entry is, it can only be stale or forged.
-        if self.horizon.is_some_and(|h| incoming.stamp < h) {
+        if self.horizon.is_some_and(|h| incoming.stamp < h)
+            || self.fences.iter().any(|f| f.holds(&key, incoming.stamp))
+        {
             out.discarded += 1;
             return;
         }
@@ -652,6 +725,11 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
         if trusted {
             self.collected.join(&collected);
         }
+        if let (Some(h), Some(last)) = (sender_horizon, until.as_ref()) {
+            // The horizon is taken at the end of the series; until then the
+            // range this chunk covered keeps out what it would keep out.
+            self.fence(after.clone(), Some(last.clone()), h);
+        }
         let next = match until {
             None => {
                 if trusted {
@@ -727,6 +805,14 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
     ///
     /// A dishonest sender could make this replica drop live entries, skip
     /// writes in later deltas, or ignore writes below a horizon it made up.
+    ///
+    /// Every chunk of one series (a first chunk and the continuations its
+    /// [`Applied::next`] asks for) must go through the same path. The last
+    /// chunk's adoption of the horizon relies on the removals above having
+    /// run for every earlier chunk; a series begun on the
+    /// [`ingest_delta`](Self::ingest_delta) path and finished here would keep
+    /// values the sender's collected tombstones removed, for good. To change
+    /// the path, start a new series.
     ///
     /// # Errors
     ///
@@ -918,6 +1004,7 @@ where
             frontier,
             collected,
             horizon,
+            fences: Vec::new(),
         })
     }
 }

@@ -247,7 +247,9 @@ impl<K, V> MapDelta<K, V> {
 pub struct Applied<K> {
     /// What the merge did.
     pub outcome: MergeOutcome<K>,
-    /// The request for the next chunk; `None` after the last chunk.
+    /// The request for the next chunk; `None` after the last chunk. Its
+    /// answer must be applied on the same path (trusted or not) as this
+    /// chunk: see [`LwwMap::ingest_trusted_delta`](crate::LwwMap::ingest_trusted_delta).
     pub next: Option<SyncRequest<K>>,
 }
 

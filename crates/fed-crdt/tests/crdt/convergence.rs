@@ -29,7 +29,10 @@ enum SimOp {
         full: bool,
     },
     /// Delivers one in-flight message; keeps a copy in flight if
-    /// `duplicate`; a delta goes through the trusted ingest path if `trusted`.
+    /// `duplicate`; a delta that begins a series goes through the trusted
+    /// ingest path if `trusted`, and the rest of its series through the same
+    /// path (the API's contract: a replica decides per series, as a node
+    /// decides per peer).
     Deliver {
         pick: usize,
         duplicate: bool,
@@ -73,16 +76,21 @@ fn sim_op(with_gc: bool) -> impl Strategy<Value = SimOp> {
     ]
 }
 
+/// `series` is the ingest path of the series a continuation request (and the
+/// chunk answering it) belongs to: `None` for a series' first request.
+#[derive(Clone)]
 enum Msg {
     Request {
         from: usize,
         to: usize,
         bytes: Vec<u8>,
+        series: Option<bool>,
     },
     Delta {
         from: usize,
         to: usize,
         bytes: Vec<u8>,
+        series: Option<bool>,
     },
 }
 
@@ -128,9 +136,20 @@ impl Sim {
         self.now + self.offsets[r]
     }
 
-    fn send_request(&mut self, from: usize, to: usize, request: &SyncRequest<u8>) {
+    fn send_request(
+        &mut self,
+        from: usize,
+        to: usize,
+        request: &SyncRequest<u8>,
+        series: Option<bool>,
+    ) {
         let bytes = request.encode(&self.limits).unwrap();
-        self.net.push(Msg::Request { from, to, bytes });
+        self.net.push(Msg::Request {
+            from,
+            to,
+            bytes,
+            series,
+        });
     }
 
     fn step(&mut self, op: &SimOp) {
@@ -158,7 +177,7 @@ impl Sim {
                     } else {
                         m.sync_request()
                     };
-                    self.send_request(requester, responder, &req);
+                    self.send_request(requester, responder, &req, None);
                 }
             }
             SimOp::Deliver {
@@ -171,18 +190,7 @@ impl Sim {
                 }
                 let i = pick % self.net.len();
                 let msg = if duplicate {
-                    match &self.net[i] {
-                        Msg::Request { from, to, bytes } => Msg::Request {
-                            from: *from,
-                            to: *to,
-                            bytes: bytes.clone(),
-                        },
-                        Msg::Delta { from, to, bytes } => Msg::Delta {
-                            from: *from,
-                            to: *to,
-                            bytes: bytes.clone(),
-                        },
-                    }
+                    self.net[i].clone()
                 } else {
                     self.net.swap_remove(i)
                 };
@@ -235,7 +243,12 @@ impl Sim {
 
     fn deliver(&mut self, msg: Msg, trusted: bool) {
         match msg {
-            Msg::Request { from, to, bytes } => {
+            Msg::Request {
+                from,
+                to,
+                bytes,
+                series,
+            } => {
                 let req = SyncRequest::<u8>::decode(&bytes, &self.limits).unwrap();
                 let delta = self.maps[to].delta_for(&req, &self.limits).unwrap();
                 let bytes = delta.encode(&self.limits).unwrap();
@@ -243,13 +256,20 @@ impl Sim {
                     from: to,
                     to: from,
                     bytes,
+                    series,
                 });
             }
-            Msg::Delta { from, to, bytes } => {
+            Msg::Delta {
+                from,
+                to,
+                bytes,
+                series,
+            } => {
                 let delta = MapDelta::<u8, u16>::decode(&bytes, &self.limits).unwrap();
-                let applied = self.ingest(to, delta, trusted);
+                let path = series.unwrap_or(trusted);
+                let applied = self.ingest(to, delta, path);
                 if let Some(next) = applied.next {
-                    self.send_request(to, from, &next);
+                    self.send_request(to, from, &next, Some(path));
                 }
             }
         }

@@ -316,3 +316,59 @@ fn a_sender_collecting_in_the_middle_of_a_chunked_series_does_not_make_the_reque
         assert_eq!(p.get(&1), q.get(&1));
     }
 }
+
+/// Between the first chunk of a trusted snapshot series and the last (where
+/// P takes the sender's horizon), a late copy of a value the sender's
+/// collected tombstone removed (from a lagging peer, or a delayed message)
+/// must stay out of the range the first chunk covered; otherwise it stays
+/// for good: after the series P's frontier covers the sender's collected
+/// floors, so only deltas follow and nothing removes it again.
+#[test]
+fn a_late_copy_of_a_removed_value_cannot_return_in_the_middle_of_a_snapshot_series() {
+    let limits = Limits {
+        max_entries: 2,
+        ..Limits::default()
+    };
+    for late_trusted in [false, true] {
+        let (mut cq, mut cp) = (HlcClock::new(node(1), 1_000), HlcClock::new(node(2), 1_000));
+        let (mut q, mut p) = (Map::new(), Map::new());
+        for k in 1..=5 {
+            q.insert(k, k, &mut cq, 10 + k).unwrap();
+        }
+        p.insert(6, 6, &mut cp, 16).unwrap();
+        // R lags: it holds key 2's value and never hears of its removal.
+        let r = q.clone();
+        q.remove(2, &mut cq, 50).unwrap();
+        pull_trusted(&p, &mut q, 8);
+        assert_eq!(q.collect_garbage(Hlc::floor(200)), 1);
+        // P asks Q for a snapshot; the first chunk covers keys 1 and 3.
+        let full = p.full_sync_request();
+        let mut next = trusted_step(&q, &mut p, &full, &limits);
+        assert!(next.is_some());
+        assert_eq!(p.get(&2), None);
+        // R's copy of key 2 arrives in the middle of the series.
+        if late_trusted {
+            pull_trusted(&r, &mut p, 8);
+        } else {
+            pull(&r, &mut p, 8);
+        }
+        // A local write in the covered range still takes effect, though P's
+        // clock is behind Q's horizon.
+        p.insert(3, 33, &mut cp, 17).unwrap();
+        assert_eq!(p.get(&3), Some(&33));
+        while let Some(request) = next {
+            next = trusted_step(&q, &mut p, &request, &limits);
+        }
+        // Plain deltas both ways: the replicas must agree.
+        pull_trusted(&q, &mut p, 2);
+        pull_trusted(&p, &mut q, 2);
+        let lives = |m: &Map| m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>();
+        assert_eq!(
+            lives(&p),
+            lives(&q),
+            "removed value back (late copy trusted: {late_trusted})"
+        );
+        assert_eq!(p.get(&2), None);
+        assert_eq!(q.get(&3), Some(&33));
+    }
+}
