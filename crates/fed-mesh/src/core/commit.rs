@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     CommandId, Completion, Core, InboundId,
     epoch::Epoch,
-    labels, peer_id_of_identity,
+    labels,
     peers::{Failure, Purpose},
 };
 use crate::{
@@ -71,6 +71,11 @@ pub(super) const ENVELOPE_SLACK: usize = 64 * 1024;
 
 /// How long a client waits for one replica's proof before asking the next.
 pub(super) const PROOF_RETRY_MS: u64 = 500;
+/// How long a client waits for the pushed proof of its batch, after its
+/// replies, before it asks a replica (mesh.md §9). Without the wait, every
+/// commit whose replies beat the push asked for the proof and got the whole
+/// batch back: under load, most of them, one batch per commit.
+pub(super) const PUSH_WAIT_MS: u64 = 100;
 
 /// The consensus a node takes part in: from the genesis, plus its own settings.
 #[derive(Clone)]
@@ -748,8 +753,10 @@ pub struct CommitReceipt {
     /// The commit proof of the batch that holds it.
     pub proof: CommitProof,
     /// The encoded batch (fed-pbft's encoding): the proof's digest is its digest.
-    #[serde(with = "serde_bytes")]
-    pub batch: Vec<u8>,
+    /// Shared by the receipts of one batch (a batch of 1 000 requests is about
+    /// 200 KiB: a copy per receipt was most of a client's time under load).
+    #[serde(with = "shared_bytes")]
+    pub batch: Arc<[u8]>,
     /// The links from the genesis to the configuration epoch the proof was
     /// made in (empty for epoch 0): `epochs[i]` leads from epoch `i` to `i + 1`.
     pub epochs: Vec<CertifiedState>,
@@ -988,12 +995,23 @@ pub(super) fn chained_index(result: &[u8]) -> Option<u64> {
 impl ProofHunt {
     /// A hunt for the proof of ledger entry `index`, of slot `slot`: slots
     /// start at different replicas.
+    /// The first request waits [`PUSH_WAIT_MS`] for the push.
     pub(super) fn new(index: u64, slot: usize, now: u64) -> Self {
         Self {
             index,
             asked: slot,
+            next_at: now.saturating_add(PUSH_WAIT_MS),
+            waiting: true,
+        }
+    }
+
+    /// A hunt that asks at once: for a commit settled by an epoch's link,
+    /// whose batch's push went out (or not) long before.
+    pub(super) fn asking_now(index: u64, slot: usize, now: u64) -> Self {
+        Self {
             next_at: now,
             waiting: false,
+            ..Self::new(index, slot, now)
         }
     }
 }
@@ -1462,10 +1480,7 @@ impl Core {
             self.pbft_deliver(None, bytes, now);
             return;
         }
-        let Some(identity) = c.cur().membership.member(to) else {
-            return;
-        };
-        let Some(peer) = peer_id_of_identity(identity) else {
+        let Some(peer) = c.cur().peer(to) else {
             return;
         };
         let addrs = c
@@ -2012,7 +2027,7 @@ impl Core {
         if let Some(seq) = c.by_request.get(&key)
             && let Some((proof, batch, _)) = c.recent.get(seq)
         {
-            let (proof, batch) = (proof.clone(), batch.to_vec());
+            let (proof, batch) = (proof.clone(), batch.clone());
             if self.finish_commit(i, proof, batch) {
                 return;
             }
@@ -2048,7 +2063,7 @@ impl Core {
             client: key.0.0,
             timestamp: key.1,
         };
-        let Some(peer) = epoch.membership.member(r).and_then(peer_id_of_identity) else {
+        let Some(peer) = epoch.peer(r) else {
             return;
         };
         let addrs = epoch
@@ -2069,7 +2084,7 @@ impl Core {
 
     /// Slot `i` has its proof: check it, then answer the command.
     /// Whether the proof verified (and the command was answered).
-    fn finish_commit(&mut self, i: usize, proof: CommitProof, batch: Vec<u8>) -> bool {
+    fn finish_commit(&mut self, i: usize, proof: CommitProof, batch: Arc<[u8]>) -> bool {
         let Some(c) = self.commit.as_mut() else {
             return false;
         };
@@ -2546,7 +2561,7 @@ impl Core {
             found: Some((proof, batch)),
         }) = response
             && let Ok(proof) = CommitProof::from_bytes(&proof)
-            && self.finish_commit(i, proof, batch.into_vec())
+            && self.finish_commit(i, proof, Arc::from(batch.into_vec()))
         {
             return;
         }
@@ -2575,6 +2590,22 @@ impl Core {
             return;
         }
         self.hunt_proof(i, now);
+    }
+}
+
+/// Serde of a shared byte string as bytes (postcard: a length, then the bytes,
+/// as `serde_bytes` writes a `Vec<u8>`).
+mod shared_bytes {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &Arc<[u8]>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<[u8]>, D::Error> {
+        serde_bytes::ByteBuf::deserialize(d).map(|b| Arc::from(b.into_vec()))
     }
 }
 

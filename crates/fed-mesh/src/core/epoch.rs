@@ -18,7 +18,8 @@
 use std::sync::Arc;
 
 use fed_crypto::hash;
-use fed_pbft::{CheckpointCert, Membership};
+use fed_pbft::{CheckpointCert, Membership, ReplicaIndex};
+use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
 
 use super::{
@@ -56,6 +57,9 @@ pub struct Epoch {
     pub addresses: Vec<Vec<Multiaddr>>,
     /// The ledger at the epoch's start: its replicas' initial application state.
     pub ledger: Ledger,
+    /// Each voter's libp2p peer id, in replica order (made once: decoding an
+    /// Ed25519 key per message sent was a twentieth of a client's time).
+    peers: Vec<Option<PeerId>>,
 }
 
 /// What checking a link gives, besides the next epoch.
@@ -107,6 +111,17 @@ pub fn epoch_context(previous: &Membership, number: u64, head: &[u8; 32]) -> [u8
     )
 }
 
+fn peers_of(membership: &Membership) -> Vec<Option<PeerId>> {
+    (0..membership.len())
+        .map(|i| {
+            ReplicaIndex::try_from(i)
+                .ok()
+                .and_then(|i| membership.member(i))
+                .and_then(super::peer_id_of_identity)
+        })
+        .collect()
+}
+
 impl Epoch {
     /// Epoch 0: the genesis's membership (bound to the genesis hash) and
     /// addresses. `checkpoint_interval` and `max_voters` are the ledger's
@@ -120,10 +135,16 @@ impl Epoch {
         let ledger = Ledger::genesis(&membership, checkpoint_interval, max_voters);
         Self {
             number: 0,
+            peers: peers_of(&membership),
             membership,
             addresses,
             ledger,
         }
+    }
+
+    /// The peer id of voter `index`.
+    pub fn peer(&self, index: ReplicaIndex) -> Option<PeerId> {
+        self.peers.get(usize::from(index)).copied().flatten()
     }
 
     /// Checks `link` against this epoch and returns the next epoch.
@@ -181,6 +202,7 @@ impl Epoch {
         Ok((
             Epoch {
                 number,
+                peers: peers_of(&membership),
                 membership: Arc::new(membership),
                 addresses,
                 ledger: next,
@@ -213,7 +235,6 @@ impl Epoch {
 // ---------------------------------------------------------------------------
 
 use fed_pbft::Outcome;
-use libp2p_identity::PeerId;
 
 use super::{
     Action, Completion, Core, StateWrite,
@@ -537,7 +558,8 @@ impl Core {
                 .filter(|(_, ts, _)| f.epoch == ended && *ts == f.timestamp);
             match record.map(|(_, _, o)| o) {
                 Some(Outcome::Executed(result)) if chained_index(result).is_some() => {
-                    f.proof = chained_index(result).map(|index| ProofHunt::new(index, i, now));
+                    f.proof =
+                        chained_index(result).map(|index| ProofHunt::asking_now(index, i, now));
                     hunts.push(i);
                 }
                 Some(Outcome::Executed(result)) if result.as_slice() != [3] => {
@@ -833,7 +855,7 @@ mod tests {
         assert_eq!(results[0][0], 0);
         assert_eq!(rb.app().count, e1.ledger.count + 1, "the chain goes on");
         let (x, ts) = executed.into_iter().next().unwrap();
-        let (proof, batch) = (x.proof, x.batch.to_vec());
+        let (proof, batch) = (x.proof, x.batch.clone());
         let receipt = CommitReceipt {
             client: cb,
             timestamp: ts,
