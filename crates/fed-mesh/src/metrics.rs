@@ -248,6 +248,12 @@ impl Collector for FederationCollector {
         )?;
         counter(
             e,
+            "proofs_requested",
+            "Commit proofs asked of a replica because the push did not come in time",
+            st.proofs_requested,
+        )?;
+        counter(
+            e,
             "committed_batches",
             "Committed batches this replica executed",
             st.committed_batches,

@@ -436,6 +436,9 @@ pub struct Stats {
     pub requests_sent: u64,
     /// PBFT messages, replies and proofs refused (bad MAC, signature, sender, shape).
     pub pbft_rejected: u64,
+    /// Commit proofs this node asked a replica for (a pushed proof, the usual
+    /// way, is not counted).
+    pub proofs_requested: u64,
     /// Committed batches this replica executed (0 on a node that does not vote).
     pub committed_batches: u64,
     /// Updates in those batches.

@@ -2071,6 +2071,7 @@ impl Core {
             .get(usize::from(r))
             .cloned()
             .unwrap_or_default();
+        self.stats.proofs_requested += 1;
         self.send_or_queue(
             peer,
             Protocol::Pbft,
