@@ -30,8 +30,10 @@ const MAX_FENCES: usize = 32;
 /// lagging peer, or a delayed message) arriving in the middle of the series
 /// would be merged back, and stay: once the series ends, this replica's
 /// frontier covers the sender's collected floors, so no later delta repairs
-/// it. Fences are local, in memory only (a restart forgets them; the periodic
-/// full sync repairs what a crash in the middle of a series lets through).
+/// it. A fence stays until this replica's horizon reaches `below` (also when
+/// its series is abandoned or restarted: what it says stays true). Fences are
+/// local, in memory only (a restart forgets them; the periodic full sync
+/// repairs what a crash in the middle of a series lets through).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fence<K> {
     /// The range `(after, until]`; open ends when `None`.
@@ -129,7 +131,11 @@ impl<V> Entry<V> {
 ///
 /// Bounds: the map itself is local state and is not bounded; every message
 /// that carries it is (see [`Limits`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Equality compares the state: entries, frontier, collected floors and
+/// horizon, not the fences of a snapshot series in progress (local, transient
+/// and never encoded).
+#[derive(Debug, Clone)]
 pub struct LwwMap<K, V> {
     entries: BTreeMap<K, Entry<V>>,
     /// Number of entries that are not tombstones.
@@ -140,6 +146,18 @@ pub struct LwwMap<K, V> {
     /// Ranges of snapshot series in progress (see [`Fence`]).
     fences: Vec<Fence<K>>,
 }
+
+impl<K: PartialEq, V: PartialEq> PartialEq for LwwMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+            && self.live == other.live
+            && self.frontier == other.frontier
+            && self.collected == other.collected
+            && self.horizon == other.horizon
+    }
+}
+
+impl<K: Eq, V: Eq> Eq for LwwMap<K, V> {}
 
 impl<K, V> Default for LwwMap<K, V> {
     fn default() -> Self {
@@ -278,14 +296,15 @@ impl<K: Ord, V> LwwMap<K, V> {
 impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
     /// Writes `value` under `key` with a stamp from `clock` and returns that
     /// stamp. The stamp is greater than the key's current stamp, this node's
-    /// own frontier entry and the garbage-collection horizon, so the write
-    /// always takes effect, even when the wall clock is behind all three.
+    /// own frontier entry, the garbage-collection horizon and the horizon of a
+    /// trusted snapshot series in progress, so the write always takes effect,
+    /// even when the wall clock is behind all of them.
     ///
     /// # Errors
     ///
-    /// [`Error::ClockSaturated`] if no such stamp exists (one of the three is
-    /// at the top of the stamp range, which only a path without the skew
-    /// check lets in); nothing is then changed.
+    /// [`Error::ClockSaturated`] if no such stamp exists (one of them is at
+    /// the top of the stamp range, which only a path without the skew check
+    /// lets in); nothing is then changed.
     pub fn insert(&mut self, key: K, value: V, clock: &mut HlcClock, now_ms: u64) -> Result<Hlc> {
         self.write(key, Some(value), clock, now_ms)
     }
@@ -341,27 +360,28 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
     }
 
     /// The stamp of a local write to `key`: above this node's frontier entry, the
-    /// key's current stamp and the horizon (a write stamped below the horizon
-    /// would be ignored).
+    /// key's current stamp, the horizon and every fence (a write stamped below
+    /// the horizon or a fence would be ignored, or removed at the end of the
+    /// snapshot series that left the fence).
     fn next_stamp(&self, key: &K, clock: &mut HlcClock, now_ms: u64) -> Result<Hlc> {
         let own = self.frontier.get(&clock.node());
         let current = self.entries.get(key).map(|e| e.stamp);
-        let fence = self.fence_floor(key);
+        let fence = self.fence_floor();
         let floor = own.max(current).max(self.horizon).max(fence);
         clock.issue_above(floor, now_ms)
     }
 
-    /// The greatest stamp below which a fence ignores writes to `key`.
-    fn fence_floor(&self, key: &K) -> Option<Hlc> {
-        self.fences
-            .iter()
-            .filter(|f| f.covers(key))
-            .map(|f| f.below)
-            .max()
+    /// The greatest stamp below which a fence ignores writes, whatever their
+    /// key: a key no fence covers yet may be in the range of a later chunk of
+    /// the same series, whose end removes what is stamped below the sender's
+    /// horizon and then takes that horizon.
+    fn fence_floor(&self) -> Option<Hlc> {
+        self.fences.iter().map(|f| f.below).max()
     }
 
     /// Records that `(after, until]` holds every write below `below`,
-    /// extending the fence of the same series' previous chunk.
+    /// extending a fence with the same `below` that ends at `after` (the same
+    /// series' previous chunk).
     fn fence(&mut self, after: Option<K>, until: Option<K>, below: Hlc) {
         if self.horizon.is_some_and(|h| h >= below) {
             return;
@@ -475,8 +495,9 @@ impl<K: Ord + Clone, V: Serialize> LwwMap<K, V> {
     /// later delta repairs, since peers would then believe this replica had
     /// seen the tombstones.
     ///
-    /// Without horizons (no garbage collected on either side) this is the
-    /// plain per-key join: commutative, associative and idempotent.
+    /// Without horizons (no garbage collected on either side) and without
+    /// fences here (no trusted snapshot series in progress) this is the plain
+    /// per-key join: commutative, associative and idempotent.
     pub fn merge(&mut self, other: Self) -> MergeOutcome<K> {
         let mut out = MergeOutcome::new();
         if let Some(h) = other.horizon {

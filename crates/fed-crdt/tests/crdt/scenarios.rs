@@ -352,9 +352,11 @@ fn a_late_copy_of_a_removed_value_cannot_return_in_the_middle_of_a_snapshot_seri
         } else {
             pull(&r, &mut p, 8);
         }
-        // A local write in the covered range still takes effect, though P's
-        // clock is behind Q's horizon.
+        // Local writes take effect though P's clock is behind Q's horizon: in
+        // the range the first chunk covered, and in one the last chunk will
+        // cover (where it would be below the horizon P takes at the end).
         p.insert(3, 33, &mut cp, 17).unwrap();
+        p.insert(7, 77, &mut cp, 17).unwrap();
         assert_eq!(p.get(&3), Some(&33));
         while let Some(request) = next {
             next = trusted_step(&q, &mut p, &request, &limits);
@@ -370,5 +372,6 @@ fn a_late_copy_of_a_removed_value_cannot_return_in_the_middle_of_a_snapshot_seri
         );
         assert_eq!(p.get(&2), None);
         assert_eq!(q.get(&3), Some(&33));
+        assert_eq!(q.get(&7), Some(&77));
     }
 }
