@@ -353,10 +353,11 @@ fn a_late_copy_of_a_removed_value_cannot_return_in_the_middle_of_a_snapshot_seri
             pull(&r, &mut p, 8);
         }
         // Local writes take effect though P's clock is behind Q's horizon: in
-        // the range the first chunk covered, and in one the last chunk will
-        // cover (where it would be below the horizon P takes at the end).
-        p.insert(3, 33, &mut cp, 17).unwrap();
+        // a range the last chunk will cover (where it would be below the
+        // horizon P takes at the end), and in the range the first chunk
+        // covered (in this order: the clock never goes back).
         p.insert(7, 77, &mut cp, 17).unwrap();
+        p.insert(3, 33, &mut cp, 17).unwrap();
         assert_eq!(p.get(&3), Some(&33));
         while let Some(request) = next {
             next = trusted_step(&q, &mut p, &request, &limits);
