@@ -870,6 +870,17 @@ fn consensus(seed: u8, voters: &[u8]) -> CoreConfig {
     c
 }
 
+/// The genesis membership core `i` was configured with.
+fn genesis_membership(net: &Net, i: usize) -> Arc<fed_pbft::Membership> {
+    net.cores[i]
+        .commit
+        .as_ref()
+        .unwrap()
+        .config
+        .membership
+        .clone()
+}
+
 fn committed(net: &mut Net, id: CommandId) -> commit::CommitReceipt {
     match net.completions.remove(&id) {
         Some(Completion::Committed(Ok(r))) => *r,
@@ -919,14 +930,7 @@ fn a_commit_in_flight_when_the_epoch_changes_executes_once() {
     assert_eq!(net.cores[0].consensus_status().unwrap().ledger_count, 3);
     assert_eq!(net.cores[1].consensus_status().unwrap().epoch, 1);
     assert!(receipt.epochs.is_empty(), "it executed in epoch 0");
-    let m0 = net.cores[0]
-        .commit
-        .as_ref()
-        .unwrap()
-        .config
-        .membership
-        .clone();
-    receipt.verify(&m0).unwrap();
+    receipt.verify(&genesis_membership(&net, 0)).unwrap();
 }
 
 /// A member away for two epoch changes catches up through both links at
@@ -1014,13 +1018,7 @@ fn a_client_waits_for_the_pushed_proof_instead_of_asking_for_it() {
             net.connect(a, b);
         }
     }
-    let m = net.cores[0]
-        .commit
-        .as_ref()
-        .unwrap()
-        .config
-        .membership
-        .clone();
+    let m = genesis_membership(&net, 0);
     net.hold = Some((vec![2, 3], 4));
     let mut pushed_late = 0;
     for k in 0..12u8 {
