@@ -2624,8 +2624,14 @@ pub(crate) fn batch_effects(
         return (updates, revocations);
     }
     let requests = decode_batch(&x.batch).unwrap_or_default();
+    // Found by id, not by a scan per request; the first request with an id
+    // is the one that counts, as for the replica.
+    let mut by_id = std::collections::HashMap::with_capacity(requests.len());
+    for r in &requests {
+        by_id.entry(r.id()).or_insert(r);
+    }
     for id in &x.requests {
-        let Some(r) = requests.iter().find(|r| r.id() == *id) else {
+        let Some(r) = by_id.get(id) else {
             continue;
         };
         match decode_operation(&r.operation) {
