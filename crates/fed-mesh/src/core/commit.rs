@@ -1077,6 +1077,8 @@ pub(crate) struct CommitState {
     /// Commits to submit again in the next epoch.
     pub(super) deferred: Vec<Queued>,
     pub(super) slots: Vec<Slot>,
+    /// Each slot's index, by its client id (a reply names its client).
+    pub(super) slot_index: HashMap<ClientId, usize>,
     pub(super) queue: VecDeque<Queued>,
     /// The node and slot of each client a replica knows, for its replies.
     pub(super) clients: HashMap<ClientId, NodeId>,
@@ -1148,6 +1150,7 @@ impl CommitState {
             checked: CheckedBatches::default(),
             deferred: Vec::new(),
             slots: Vec::new(),
+            slot_index: HashMap::new(),
             queue: VecDeque::new(),
             clients: HashMap::new(),
             recent: BTreeMap::new(),
@@ -1207,12 +1210,15 @@ impl CommitState {
             let client = Client::new(id, keys, m.clone(), first, retransmit).map_err(pbft_err)?;
             match self.slots.get_mut(i) {
                 Some(slot) => slot.client = client,
-                None => self.slots.push(Slot {
-                    id,
-                    client,
-                    busy: None,
-                    last_timestamp: 0,
-                }),
+                None => {
+                    self.slot_index.insert(id, self.slots.len());
+                    self.slots.push(Slot {
+                        id,
+                        client,
+                        busy: None,
+                        last_timestamp: 0,
+                    });
+                }
             }
         }
         // This node's own replica shares a fresh random key with each slot.
@@ -1575,12 +1581,16 @@ impl Core {
                     self.stats.pbft_rejected += 1;
                     return;
                 };
-                if let Some(s) = c.slots.iter_mut().find(|s| s.id == reply.client)
+                let Some(&i) = c.slot_index.get(&reply.client) else {
+                    return;
+                };
+                if let Some(s) = c.slots.get_mut(i)
                     && s.client.handle_reply(bytes, now).is_err()
                 {
                     self.stats.pbft_rejected += 1;
                 }
-                self.client_events(now);
+                // Only this slot's client can have a new event.
+                self.slot_events(i..i + 1, now);
             }
             Some(PBFT_REQUEST) => {
                 let Some(r) = c.replica.as_mut() else {
@@ -1940,11 +1950,23 @@ impl Core {
 
     /// Completions of the slots' clients: ask for proofs.
     fn client_events(&mut self, now: u64) {
+        let n = self.commit.as_ref().map_or(0, |c| c.slots.len());
+        self.slot_events(0..n, now);
+    }
+
+    /// [`client_events`](Self::client_events) of the slots in `range`.
+    fn slot_events(&mut self, range: std::ops::Range<usize>, now: u64) {
         let Some(c) = self.commit.as_mut() else {
             return;
         };
         let mut hunts = Vec::new();
-        for (i, s) in c.slots.iter_mut().enumerate() {
+        for (i, s) in c
+            .slots
+            .iter_mut()
+            .enumerate()
+            .skip(range.start)
+            .take(range.len())
+        {
             while let Some(ClientEvent::Completed { timestamp, outcome }) = s.client.poll_event() {
                 let Some(f) = s.busy.as_mut() else {
                     continue;
