@@ -249,7 +249,7 @@ impl Collector for FederationCollector {
         counter(
             e,
             "proofs_requested",
-            "Commit proofs asked of a replica because the push did not come in time",
+            "Proof requests sent to replicas (the push did not come in time, retries, commits settled by an epoch link)",
             st.proofs_requested,
         )?;
         counter(

@@ -436,8 +436,9 @@ pub struct Stats {
     pub requests_sent: u64,
     /// PBFT messages, replies and proofs refused (bad MAC, signature, sender, shape).
     pub pbft_rejected: u64,
-    /// Commit proofs this node asked a replica for (a pushed proof, the usual
-    /// way, is not counted).
+    /// Proof requests this node sent to replicas: when a batch's pushed proof
+    /// did not come in time, each retry, and commits settled by an epoch's
+    /// link (a pushed proof, the usual way, needs none).
     pub proofs_requested: u64,
     /// Committed batches this replica executed (0 on a node that does not vote).
     pub committed_batches: u64,

@@ -1826,6 +1826,25 @@ impl Core {
             ledger_count,
             ledger_head,
         })));
+        // This node's own commits in the batch whose replies came first: their
+        // proof is here now (nobody pushes it to the node that pushes it).
+        let position = (epoch, x.seq);
+        let waiting: Vec<usize> = self.commit.as_ref().map_or_else(Vec::new, |c| {
+            c.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| {
+                    s.busy.as_ref().is_some_and(|f| {
+                        f.proof.is_some()
+                            && c.by_request.get(&(s.id, f.timestamp)) == Some(&position)
+                    })
+                })
+                .map(|(i, _)| i)
+                .collect()
+        });
+        for i in waiting {
+            self.hunt_proof(i, now);
+        }
     }
 
     /// A committed revocation takes effect here: requests under the token, or
@@ -1942,7 +1961,11 @@ impl Core {
             })
             .map(|(i, _)| i)
             .collect();
-        c.remember((epoch.number, proof.seq), proof, batch.into(), &ours);
+        // Every request of the batch, not only this node's: a voter pushed to
+        // before its own replica executes the batch answers others' proof
+        // requests from this entry (its own `remember` then finds it there).
+        let all: Vec<(ClientId, u64)> = requests.iter().map(|r| r.id()).collect();
+        c.remember((epoch.number, proof.seq), proof, batch.into(), &all);
         for i in waiting {
             self.hunt_proof(i, now);
         }

@@ -1040,3 +1040,38 @@ fn a_client_waits_for_the_pushed_proof_instead_of_asking_for_it() {
     assert_eq!(net.cores[4].stats().proofs_requested, 0);
     assert!(pushed_late > 0, "some proofs came from a late voter's push");
 }
+
+/// A voter that commits gets the proof of its own batches from its own
+/// replica: when it is the batch's pusher (nobody pushes to it) and its
+/// replica executes after the replies it needed, the commit completes then,
+/// not after the wait for a push that never comes (`PUSH_WAIT_MS`).
+#[test]
+fn a_voter_committing_does_not_wait_for_a_push_of_its_own_batches() {
+    let voters = [1, 2, 3, 4];
+    let configs = (1..=4).map(|seed| consensus(seed, &voters)).collect();
+    let mut net = Net::new(configs);
+    for a in 0..4 {
+        for b in a + 1..4 {
+            net.connect(a, b);
+        }
+    }
+    let m = genesis_membership(&net, 0);
+    for k in 0..12u8 {
+        for from in 0..4 {
+            let update = commit::Operation::Update(crate::substrate::StateUpdate::Opaque {
+                kind: "test".into(),
+                bytes: vec![k, from as u8],
+            });
+            let id = net.submit(from, Command::Commit(update));
+            net.advance(30);
+            assert!(
+                net.completions.contains_key(&id),
+                "voter {from}'s commit {k} waited"
+            );
+            committed(&mut net, id).verify(&m).unwrap();
+        }
+    }
+    for i in 0..4 {
+        assert_eq!(net.cores[i].stats().proofs_requested, 0, "voter {i} asked");
+    }
+}
