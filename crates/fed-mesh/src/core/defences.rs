@@ -1092,7 +1092,7 @@ fn a_voter_committing_does_not_wait_for_a_push_of_its_own_batches() {
         assert!(net.completions.contains_key(&id), "commit {k} waited");
         let receipt = committed(&mut net, id);
         receipt.verify(&m).unwrap();
-        if receipt.proof.seq % 4 == 0 {
+        if receipt.proof.seq.is_multiple_of(4) {
             own += 1;
         }
     }
