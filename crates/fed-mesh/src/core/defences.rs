@@ -1099,3 +1099,76 @@ fn a_voter_committing_does_not_wait_for_a_push_of_its_own_batches() {
     assert!(own > 0, "voter 0 pushed some of the batches");
     assert_eq!(net.cores[0].stats().proofs_requested, 0);
 }
+
+/// A voter whose batch's proof is pushed to it before its own replica
+/// executes the batch (the other voters' messages reach it late, the last
+/// first) keeps the batch under every request in it: another client that
+/// asks it for the proof of its own request in that batch gets it.
+#[test]
+fn a_voter_pushed_a_proof_before_it_executes_answers_for_every_request_in_the_batch() {
+    let voters = [1, 2, 3, 4];
+    let configs = (1..=5)
+        .map(|seed| {
+            let mut c = consensus(seed, &voters);
+            if let Some(cc) = c.consensus.as_mut() {
+                cc.pbft.checkpoint_interval = 64;
+                cc.pbft.window = 128;
+            }
+            c
+        })
+        .collect();
+    let mut net = Net::new(configs);
+    for a in 0..5 {
+        for b in a + 1..5 {
+            net.connect(a, b);
+        }
+    }
+    let update = |k: u8, who: u8| {
+        Command::Commit(commit::Operation::Update(
+            crate::substrate::StateUpdate::Opaque {
+                kind: "test".into(),
+                bytes: vec![k, who],
+            },
+        ))
+    };
+    let mut checked = 0;
+    for k in 0..8u8 {
+        // Voter 1 and the member that does not vote submit together: one batch.
+        net.hold = Some((vec![0, 2, 3], 1));
+        let mine = CommandId(10_000 + u64::from(k) * 2);
+        let theirs = CommandId(10_001 + u64::from(k) * 2);
+        let now = net.now;
+        net.cores[1].command(mine, update(k, 1), now);
+        net.cores[4].command(theirs, update(k, 4), now);
+        net.run();
+        // (When voter 1 is the batch's pusher, the member waits out the push
+        // it cannot make yet and asks another voter.)
+        net.advance(200);
+        assert!(net.completions.contains_key(&theirs), "commit {k}");
+        let receipt = committed(&mut net, theirs);
+        net.hold = None;
+        net.release_reversed();
+        net.advance(30);
+        committed(&mut net, mine);
+        if receipt.proof.seq % 4 == 1 {
+            continue; // voter 1 pushes this batch itself: nobody pushes to it
+        }
+        let ask = wire::envelope(
+            Kind::ProofRequest,
+            &wire::encode(&commit::ProofRequest {
+                client: receipt.client.0,
+                timestamp: receipt.timestamp,
+            }),
+        );
+        let answer = net.forced_request(4, 1, Protocol::Pbft, &ask);
+        let plaintext = net.open_answer(4, 1, &answer);
+        let response: commit::ProofResponse =
+            wire::decode_body(&plaintext, Kind::ProofResponse, "proof response").unwrap();
+        let (_, batch) = response
+            .found
+            .unwrap_or_else(|| panic!("voter 1 has no proof for batch {}", receipt.proof.seq));
+        assert_eq!(batch.as_slice(), &receipt.batch[..]);
+        checked += 1;
+    }
+    assert!(checked > 0, "some batches were pushed to voter 1");
+}
