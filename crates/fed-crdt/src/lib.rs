@@ -21,7 +21,8 @@
 //!   horizon, omissions); [`LwwMap::ingest_trusted_delta`], for a trusted
 //!   peer or certified snapshot, also adopts them, and applying all the
 //!   chunks of a snapshot gives exactly what a trusted merge of the full
-//!   state gives ([`LwwMap::ingest_trusted_state`]).
+//!   state gives ([`LwwMap::ingest_trusted_state`]). Every chunk of one
+//!   series goes through the same path.
 //! * [`reconcile`]: the order- and duplicate-independent merge of many peers'
 //!   query responses into one deduplicated top-k with provenance, each
 //!   response attributed to its authenticated sender and each sender
