@@ -1048,18 +1048,11 @@ fn a_client_waits_for_the_pushed_proof_instead_of_asking_for_it() {
     assert!(pushed_late > 0, "some proofs came from a late voter's push");
 }
 
-/// A voter that commits gets the proof of its own batches from its own
-/// replica: when it is the batch's pusher (nobody pushes to it) and the
-/// replies it needed overtake the COMMITs its replica needed, the commit
-/// completes when its replica executes, not after the wait for a push that
-/// never comes (`PUSH_WAIT_MS`).
-#[test]
-fn a_voter_committing_does_not_wait_for_a_push_of_its_own_batches() {
+/// Four voters (cores 0 to 3) and `nodes - 4` members that do not vote, all
+/// connected, with no checkpoint among the first 64 batches.
+fn four_voters_without_checkpoints(nodes: u8) -> Net {
     let voters = [1, 2, 3, 4];
-    // No checkpoint among these batches: a stable checkpoint overtaking the
-    // COMMITs would bring voter 0 the state without executing the batch
-    // (then it asks for the proof after the wait, as it must).
-    let configs = (1..=4)
+    let configs = (1..=nodes)
         .map(|seed| {
             let mut c = consensus(seed, &voters);
             if let Some(cc) = c.consensus.as_mut() {
@@ -1070,11 +1063,26 @@ fn a_voter_committing_does_not_wait_for_a_push_of_its_own_batches() {
         })
         .collect();
     let mut net = Net::new(configs);
-    for a in 0..4 {
-        for b in a + 1..4 {
+    let n = usize::from(nodes);
+    for a in 0..n {
+        for b in a + 1..n {
             net.connect(a, b);
         }
     }
+    net
+}
+
+/// A voter that commits gets the proof of its own batches from its own
+/// replica: when it is the batch's pusher (nobody pushes to it) and the
+/// replies it needed overtake the COMMITs its replica needed, the commit
+/// completes when its replica executes, not after the wait for a push that
+/// never comes (`PUSH_WAIT_MS`).
+#[test]
+fn a_voter_committing_does_not_wait_for_a_push_of_its_own_batches() {
+    // No checkpoint among these batches: a stable checkpoint overtaking the
+    // COMMITs would bring voter 0 the state without executing the batch
+    // (then it asks for the proof after the wait, as it must).
+    let mut net = four_voters_without_checkpoints(4);
     let m = genesis_membership(&net, 0);
     let mut own = 0;
     for k in 0..12u8 {
@@ -1106,23 +1114,7 @@ fn a_voter_committing_does_not_wait_for_a_push_of_its_own_batches() {
 /// asks it for the proof of its own request in that batch gets it.
 #[test]
 fn a_voter_pushed_a_proof_before_it_executes_answers_for_every_request_in_the_batch() {
-    let voters = [1, 2, 3, 4];
-    let configs = (1..=5)
-        .map(|seed| {
-            let mut c = consensus(seed, &voters);
-            if let Some(cc) = c.consensus.as_mut() {
-                cc.pbft.checkpoint_interval = 64;
-                cc.pbft.window = 128;
-            }
-            c
-        })
-        .collect();
-    let mut net = Net::new(configs);
-    for a in 0..5 {
-        for b in a + 1..5 {
-            net.connect(a, b);
-        }
-    }
+    let mut net = four_voters_without_checkpoints(5);
     let update = |k: u8, who: u8| {
         Command::Commit(commit::Operation::Update(
             crate::substrate::StateUpdate::Opaque {
