@@ -307,7 +307,9 @@ impl MeshBuilder {
             pbft_store,
             store.as_ref().map(Store::state),
             self.metrics,
-        );
+            &config.transport,
+            config.limits.max_frame_bytes,
+        )?;
         let peer_id = driver.local_peer();
         tokio::spawn(driver.run());
         Ok(FederatedMesh {

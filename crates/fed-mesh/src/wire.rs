@@ -14,8 +14,9 @@ pub const PROTOCOL_QUERY: &str = "/exo-fed/query/1";
 pub const PROTOCOL_ONION: &str = "/exo-fed/onion/1";
 /// CRDT anti-entropy (sealed).
 pub const PROTOCOL_SYNC: &str = "/exo-fed/sync/1";
-/// Byzantine consensus: fed-pbft messages and commit proofs (sealed).
-pub const PROTOCOL_PBFT: &str = "/exo-fed/pbft/1";
+/// Byzantine consensus: fed-pbft messages and commit proofs (sealed), as
+/// [`StreamFrame`]s on one long-lived stream per direction (mesh.md §3.1).
+pub const PROTOCOL_PBFT: &str = "/exo-fed/pbft/2";
 /// The Kademlia protocol name of the federation's own DHT.
 pub const PROTOCOL_KAD: &str = "/exo-fed/kad/1.0.0";
 /// The identify protocol version string the node announces.
@@ -229,6 +230,72 @@ pub fn split_sealed_request(bytes: &[u8]) -> Result<([u8; SESSION_ID_LEN], &[u8]
     let mut id = [0u8; SESSION_ID_LEN];
     id.copy_from_slice(&bytes[..SESSION_ID_LEN]);
     Ok((id, &bytes[SESSION_ID_LEN..]))
+}
+
+/// Header of a [`StreamFrame`] after its length prefix: the kind (1 byte) and
+/// the tag (8, big-endian).
+pub const STREAM_FRAME_HEADER_LEN: usize = 9;
+
+/// What a frame on a long-lived stream carries (mesh.md §3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamFrameKind {
+    /// A request, to be answered under its tag.
+    Request = 0,
+    /// The answer to the sender's peer's request with this tag.
+    Response = 1,
+    /// The request with this tag gets no answer (a stream per exchange would
+    /// have been closed without one).
+    NoAnswer = 2,
+}
+
+/// One frame on a long-lived stream, without its 4-byte length prefix
+/// (mesh.md §3.1): `kind ‖ be64(tag) ‖ payload`. The payload is what a stream
+/// per exchange would carry as its request or response frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StreamFrame<'a> {
+    /// What the frame is.
+    pub kind: StreamFrameKind,
+    /// The request's tag, chosen by the requester.
+    pub tag: u64,
+    /// The request or response (empty for [`StreamFrameKind::NoAnswer`]).
+    pub payload: &'a [u8],
+}
+
+impl<'a> StreamFrame<'a> {
+    /// Decodes a frame's body (the bytes after the length prefix).
+    pub fn decode(body: &'a [u8]) -> Result<Self, WireError> {
+        let Some((&kind, rest)) = body.split_first() else {
+            return Err(WireError::Truncated("stream frame"));
+        };
+        let kind = match kind {
+            0 => StreamFrameKind::Request,
+            1 => StreamFrameKind::Response,
+            2 => StreamFrameKind::NoAnswer,
+            _ => return Err(WireError::BadHeader("stream frame kind")),
+        };
+        let Some((tag, payload)) = rest.split_first_chunk::<8>() else {
+            return Err(WireError::Truncated("stream frame"));
+        };
+        let tag = u64::from_be_bytes(*tag);
+        match (kind, payload.is_empty()) {
+            (StreamFrameKind::NoAnswer, false) => Err(WireError::Malformed("stream frame")),
+            (StreamFrameKind::Request | StreamFrameKind::Response, true) => {
+                Err(WireError::Truncated("stream frame"))
+            }
+            _ => Ok(Self { kind, tag, payload }),
+        }
+    }
+
+    /// Appends the frame, with its length prefix, to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let len = STREAM_FRAME_HEADER_LEN + self.payload.len();
+        out.reserve(4 + len);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.tag.to_be_bytes());
+        out.extend_from_slice(self.payload);
+    }
 }
 
 /// The first byte of a response on a sealed protocol.
@@ -563,5 +630,34 @@ mod tests {
         assert_eq!(decode::<SyncPull>(&bytes, "pull"), Ok(pull));
         bytes.push(0);
         assert!(decode::<SyncPull>(&bytes, "pull").is_err());
+    }
+
+    #[test]
+    fn stream_frames_round_trip_and_bad_ones_are_refused() {
+        let mut out = Vec::new();
+        let frame = StreamFrame {
+            kind: StreamFrameKind::Response,
+            tag: 0x0102_0304_0506_0708,
+            payload: b"ack",
+        };
+        frame.encode_into(&mut out);
+        assert_eq!(out[..4], 12u32.to_be_bytes());
+        assert_eq!(out[4..13], [1, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(StreamFrame::decode(&out[4..]), Ok(frame));
+        let none = [2, 0, 0, 0, 0, 0, 0, 0, 9];
+        assert_eq!(
+            StreamFrame::decode(&none).map(|f| (f.kind, f.tag)),
+            Ok((StreamFrameKind::NoAnswer, 9))
+        );
+        // A request without a payload, an answerless frame with one, a short
+        // header, an unknown kind.
+        assert!(StreamFrame::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
+        assert!(StreamFrame::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 1, 7]).is_err());
+        assert!(StreamFrame::decode(&[1, 0, 0]).is_err());
+        assert!(StreamFrame::decode(&[]).is_err());
+        assert!(matches!(
+            StreamFrame::decode(&[3, 0, 0, 0, 0, 0, 0, 0, 1, 7]),
+            Err(WireError::BadHeader(_))
+        ));
     }
 }

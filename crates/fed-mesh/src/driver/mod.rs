@@ -8,6 +8,7 @@
 //! waiting callers and the event channel.
 
 pub(crate) mod codec;
+mod stream;
 
 use std::{
     collections::HashMap,
@@ -66,7 +67,8 @@ pub(crate) struct Behaviour {
     query: request_response::Behaviour<FrameCodec>,
     onion: request_response::Behaviour<FrameCodec>,
     sync: request_response::Behaviour<FrameCodec>,
-    pbft: request_response::Behaviour<FrameCodec>,
+    /// The long-lived streams of the streamed protocols (`/exo-fed/pbft/2`).
+    streams: libp2p_stream::Behaviour,
 }
 
 /// Transport settings of the libp2p layer.
@@ -198,7 +200,7 @@ pub(crate) fn build_swarm(
                 query: rr(Protocol::Query, max_frame, max_frame, timeout),
                 onion: rr(Protocol::Onion, onion_max, onion_max, timeout),
                 sync: rr(Protocol::Sync, max_frame, max_frame, timeout),
-                pbft: rr(Protocol::Pbft, max_frame, max_frame, timeout),
+                streams: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| Error::Transport(format!("behaviours: {e}")))?
@@ -262,6 +264,8 @@ pub(crate) struct Driver {
     metrics: Option<crate::metrics::NodeMetrics>,
     /// The node's own durable state, with a data directory.
     state_store: Option<crate::store::StateStore>,
+    /// The consensus protocol's long-lived streams.
+    streams: stream::Streams,
 }
 
 impl Driver {
@@ -277,7 +281,16 @@ impl Driver {
         pbft_store: Option<crate::store::PbftStore>,
         state_store: Option<crate::store::StateStore>,
         metrics: Option<crate::metrics::NodeMetrics>,
-    ) -> Self {
+        transport: &TransportConfig,
+        max_frame: usize,
+    ) -> Result<Self> {
+        let streams = stream::Streams::new(
+            swarm.behaviour().streams.new_control(),
+            StreamProtocol::new(Protocol::Pbft.name()),
+            max_frame,
+            transport.request_timeout,
+        )
+        .map_err(|_| Error::Transport("the consensus stream protocol is taken".into()))?;
         let (searches_tx, searches_rx) = mpsc::channel(1024);
         let (apply_tx, mut apply_rx) =
             mpsc::unbounded_channel::<Arc<crate::core::commit::CommittedBatch>>();
@@ -336,6 +349,7 @@ impl Driver {
             partitioned: Default::default(),
             metrics,
             state_store,
+            streams,
         };
         driver.refresh_metrics();
         for b in bootstrap {
@@ -347,13 +361,15 @@ impl Driver {
                     .add_address(&peer, b.addr.clone());
             }
         }
-        driver
+        Ok(driver)
     }
 
     /// Runs until a shutdown request or until every handle is dropped.
     pub(crate) async fn run(mut self) {
         let mut kad_bootstrap = tokio::time::interval(Duration::from_secs(300));
         let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
+        expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = now_ms();
@@ -411,6 +427,13 @@ impl Driver {
                     Some(request) => self.on_request(request),
                 },
                 Some((id, result)) = self.searches_rx.recv() => self.core.handle_search_done(id, result, now_ms()),
+                Some(event) = self.streams.events.recv() => self.on_stream_event(event, now_ms()),
+                _ = expiry_tick.tick() => {
+                    let now = now_ms();
+                    for id in self.streams.expired(now) {
+                        self.core.handle_send_failed(id, SendFailure::Timeout, now);
+                    }
+                }
                 _ = tokio::time::sleep(wait) => self.core.handle_timeout(now_ms()),
                 _ = kad_bootstrap.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
@@ -533,7 +556,13 @@ impl Driver {
                 peer_id,
                 num_established: 0,
                 ..
-            } => self.core.handle_disconnected(peer_id, now),
+            } => {
+                for id in self.streams.peer_gone(peer_id) {
+                    self.core
+                        .handle_send_failed(id, SendFailure::ConnectionClosed, now);
+                }
+                self.core.handle_disconnected(peer_id, now);
+            }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 error,
@@ -588,7 +617,6 @@ impl Driver {
             BehaviourEvent::Query(e) => self.on_rr(Protocol::Query, e, now),
             BehaviourEvent::Onion(e) => self.on_rr(Protocol::Onion, e, now),
             BehaviourEvent::Sync(e) => self.on_rr(Protocol::Sync, e, now),
-            BehaviourEvent::Pbft(e) => self.on_rr(Protocol::Pbft, e, now),
             _ => {}
         }
     }
@@ -667,17 +695,63 @@ impl Driver {
         }
     }
 
+    /// What the long-lived streams' tasks report.
+    fn on_stream_event(&mut self, event: stream::StreamEvent, now: u64) {
+        use stream::StreamEvent;
+        match event {
+            StreamEvent::Frame {
+                peer,
+                kind,
+                tag,
+                payload,
+            } => match kind {
+                wire::StreamFrameKind::Request => {
+                    let id = InboundId(self.next_inbound);
+                    self.next_inbound += 1;
+                    self.streams.register_inbound(id, peer, tag);
+                    self.core
+                        .handle_request(peer, Protocol::Pbft, id, payload, now);
+                }
+                wire::StreamFrameKind::Response => {
+                    if let Some(id) = self.streams.answered(peer, tag) {
+                        self.core.handle_response(id, payload, now);
+                    }
+                }
+                wire::StreamFrameKind::NoAnswer => {
+                    if let Some(id) = self.streams.answered(peer, tag) {
+                        let failure = SendFailure::Io("closed without an answer".into());
+                        self.core.handle_send_failed(id, failure, now);
+                    }
+                }
+            },
+            StreamEvent::Problem { peer, problem } => {
+                tracing::warn!(%peer, protocol = Protocol::Pbft.as_str(), ?problem, "bad inbound frame");
+                self.core.handle_inbound_problem(peer, problem, now);
+            }
+            StreamEvent::WriterFailed {
+                peer,
+                generation,
+                failure,
+            } => {
+                for id in self.streams.writer_failed(peer, generation) {
+                    self.core.handle_send_failed(id, failure.clone(), now);
+                }
+            }
+        }
+    }
+
+    /// The request-response behaviour of a protocol; none for a streamed one.
     fn behaviour_for(
         &mut self,
         protocol: Protocol,
-    ) -> &mut request_response::Behaviour<FrameCodec> {
+    ) -> Option<&mut request_response::Behaviour<FrameCodec>> {
         let b = self.swarm.behaviour_mut();
         match protocol {
-            Protocol::Handshake => &mut b.handshake,
-            Protocol::Query => &mut b.query,
-            Protocol::Onion => &mut b.onion,
-            Protocol::Sync => &mut b.sync,
-            Protocol::Pbft => &mut b.pbft,
+            Protocol::Handshake => Some(&mut b.handshake),
+            Protocol::Query => Some(&mut b.query),
+            Protocol::Onion => Some(&mut b.onion),
+            Protocol::Sync => Some(&mut b.sync),
+            Protocol::Pbft => None,
         }
     }
 
@@ -721,16 +795,24 @@ impl Driver {
                     id,
                     payload,
                 } => {
-                    let rid = self.behaviour_for(protocol).send_request(&peer, payload);
-                    self.outbound_ids.insert((protocol, rid), id);
+                    if let Some(b) = self.behaviour_for(protocol) {
+                        let rid = b.send_request(&peer, payload);
+                        self.outbound_ids.insert((protocol, rid), id);
+                    } else if let Err(failure) = self.streams.send(peer, id, &payload, now_ms()) {
+                        self.core.handle_send_failed(id, failure, now_ms());
+                    }
                 }
                 Action::Respond { id, payload } => {
-                    if let Some((protocol, channel)) = self.channels.remove(&id) {
+                    if self.streams.respond(id, &payload) {
+                        // Answered on the requester's stream.
+                    } else if let Some((protocol, channel)) = self.channels.remove(&id) {
                         if payload.is_empty() {
                             // Dropping the channel closes the stream without an answer.
                             drop(channel);
                         } else {
-                            let _ = self.behaviour_for(protocol).send_response(channel, payload);
+                            if let Some(b) = self.behaviour_for(protocol) {
+                                let _ = b.send_response(channel, payload);
+                            }
                         }
                     }
                 }

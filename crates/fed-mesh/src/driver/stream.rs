@@ -1,0 +1,453 @@
+//! Long-lived streams (mesh.md §3.1). On a protocol that carries many small
+//! messages between the same peers (`/exo-fed/pbft/2`), a node opens one stream
+//! to each peer and writes on it every request to that peer and every answer to
+//! that peer's requests, as tagged [`StreamFrame`]s; the peer's stream to this
+//! node carries the other direction. A message then costs a frame, not a new
+//! stream and its protocol negotiation.
+//!
+//! Tasks: one writer per peer (opens the stream, writes what is queued in
+//! batches, and notices when the stream dies), one accept loop, and one reader
+//! per inbound stream. They report to the driver over one bounded channel; the
+//! driver keeps the bookkeeping here: which tags await answers, which inbound
+//! requests await the core's answer.
+
+use std::{
+    collections::HashMap,
+    io,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use tokio::sync::mpsc;
+
+use crate::{
+    core::{InboundId, InboundProblem, OutboundId, SendFailure},
+    wire::{STREAM_FRAME_HEADER_LEN, StreamFrame, StreamFrameKind},
+};
+
+/// Inbound streams of one peer read at once; more are dropped. An honest peer
+/// has one, and for a moment two while it replaces a broken one.
+const MAX_INBOUND_PER_PEER: usize = 4;
+/// Bytes queued for one peer's writer at most: a frame beyond that fails at
+/// once, as a request to an unresponsive peer would.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// Frames queued for one peer's writer at most.
+const MAX_QUEUED_FRAMES: usize = 16 * 1024;
+/// Bytes gathered into one write.
+const WRITE_BATCH: usize = 256 * 1024;
+/// How long opening a stream (dialling the peer if need be) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reports from the tasks that wait for the driver.
+const EVENT_QUEUE: usize = 1024;
+/// A frame's first allocation; it grows with the bytes that arrive.
+const INITIAL_CAPACITY: usize = 16 * 1024;
+
+/// What the stream tasks report to the driver.
+#[derive(Debug)]
+pub(crate) enum StreamEvent {
+    /// A frame arrived from `peer`.
+    Frame {
+        peer: PeerId,
+        kind: StreamFrameKind,
+        tag: u64,
+        payload: Vec<u8>,
+    },
+    /// `peer` broke the framing; its stream was dropped.
+    Problem {
+        peer: PeerId,
+        problem: InboundProblem,
+    },
+    /// The writer to `peer` stopped: its stream could not be opened, or died.
+    WriterFailed {
+        peer: PeerId,
+        generation: u64,
+        failure: SendFailure,
+    },
+}
+
+struct Writer {
+    tx: mpsc::Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    generation: u64,
+}
+
+struct Pending {
+    id: OutboundId,
+    generation: u64,
+    deadline: u64,
+}
+
+/// The long-lived streams of one protocol, and their bookkeeping.
+pub(crate) struct Streams {
+    protocol: StreamProtocol,
+    control: libp2p_stream::Control,
+    timeout_ms: u64,
+    writers: HashMap<PeerId, Writer>,
+    /// Requests written (or queued) and not yet answered, by peer and tag.
+    pending: HashMap<(PeerId, u64), Pending>,
+    /// Requests handed to the core and not yet answered: where the answer goes.
+    inbound: HashMap<InboundId, (PeerId, u64)>,
+    next_tag: u64,
+    next_generation: u64,
+    events_tx: mpsc::Sender<StreamEvent>,
+    /// Reports of the stream tasks, for the driver's loop.
+    pub(crate) events: mpsc::Receiver<StreamEvent>,
+}
+
+impl Streams {
+    /// Starts accepting inbound streams of `protocol`, with frames of at most
+    /// `max_payload` bytes after the header. Must run inside the tokio runtime.
+    pub(crate) fn new(
+        mut control: libp2p_stream::Control,
+        protocol: StreamProtocol,
+        max_payload: usize,
+        timeout: Duration,
+    ) -> Result<Self, libp2p_stream::AlreadyRegistered> {
+        let incoming = control.accept(protocol.clone())?;
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(accept_loop(
+            incoming,
+            max_payload + STREAM_FRAME_HEADER_LEN,
+            events_tx.clone(),
+        ));
+        Ok(Self {
+            protocol,
+            control,
+            timeout_ms: timeout.as_millis() as u64,
+            writers: HashMap::new(),
+            pending: HashMap::new(),
+            inbound: HashMap::new(),
+            next_tag: 1,
+            next_generation: 1,
+            events_tx,
+            events,
+        })
+    }
+
+    /// Queues `payload` as a request to `peer`; its answer is reported under
+    /// `id` by [`answered`](Self::answered), or its failure by the methods
+    /// that return failed ids.
+    pub(crate) fn send(
+        &mut self,
+        peer: PeerId,
+        id: OutboundId,
+        payload: &[u8],
+        now: u64,
+    ) -> Result<(), SendFailure> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let generation = self.queue(peer, StreamFrameKind::Request, tag, payload)?;
+        self.pending.insert(
+            (peer, tag),
+            Pending {
+                id,
+                generation,
+                deadline: now.saturating_add(self.timeout_ms),
+            },
+        );
+        Ok(())
+    }
+
+    /// Notes that the core's inbound request `id` came from `peer` under `tag`.
+    pub(crate) fn register_inbound(&mut self, id: InboundId, peer: PeerId, tag: u64) {
+        self.inbound.insert(id, (peer, tag));
+    }
+
+    /// Answers the inbound request `id`, if it came on a stream (an empty
+    /// payload: no answer). Returns whether it did.
+    pub(crate) fn respond(&mut self, id: InboundId, payload: &[u8]) -> bool {
+        let Some((peer, tag)) = self.inbound.remove(&id) else {
+            return false;
+        };
+        let kind = if payload.is_empty() {
+            StreamFrameKind::NoAnswer
+        } else {
+            StreamFrameKind::Response
+        };
+        if let Err(failure) = self.queue(peer, kind, tag, payload) {
+            // The requester's own deadline covers a lost answer.
+            tracing::debug!(%peer, ?failure, "an answer on a stream was not queued");
+        }
+        true
+    }
+
+    /// The request `tag` to `peer` was answered: its id, if it was pending.
+    pub(crate) fn answered(&mut self, peer: PeerId, tag: u64) -> Option<OutboundId> {
+        self.pending.remove(&(peer, tag)).map(|p| p.id)
+    }
+
+    /// The writer of `generation` to `peer` stopped: the requests queued on it
+    /// fail.
+    pub(crate) fn writer_failed(&mut self, peer: PeerId, generation: u64) -> Vec<OutboundId> {
+        if self
+            .writers
+            .get(&peer)
+            .is_some_and(|w| w.generation == generation)
+        {
+            self.writers.remove(&peer);
+        }
+        self.fail_where(|(p, _), pending| *p == peer && pending.generation == generation)
+    }
+
+    /// The last connection to `peer` closed: its writer stops, every request
+    /// to it fails, and answers to its requests have nowhere to go.
+    pub(crate) fn peer_gone(&mut self, peer: PeerId) -> Vec<OutboundId> {
+        self.writers.remove(&peer);
+        self.inbound.retain(|_, (p, _)| *p != peer);
+        self.fail_where(|(p, _), _| *p == peer)
+    }
+
+    /// Requests unanswered past the timeout.
+    pub(crate) fn expired(&mut self, now: u64) -> Vec<OutboundId> {
+        self.fail_where(|_, pending| pending.deadline <= now)
+    }
+
+    fn fail_where(&mut self, f: impl Fn(&(PeerId, u64), &Pending) -> bool) -> Vec<OutboundId> {
+        let mut failed = Vec::new();
+        self.pending.retain(|key, pending| {
+            let fail = f(key, pending);
+            if fail {
+                failed.push(pending.id);
+            }
+            !fail
+        });
+        failed
+    }
+
+    /// Queues one frame for `peer`'s writer, starting the writer if there is
+    /// none. Returns the writer's generation.
+    fn queue(
+        &mut self,
+        peer: PeerId,
+        kind: StreamFrameKind,
+        tag: u64,
+        payload: &[u8],
+    ) -> Result<u64, SendFailure> {
+        let mut frame = Vec::with_capacity(4 + STREAM_FRAME_HEADER_LEN + payload.len());
+        StreamFrame { kind, tag, payload }.encode_into(&mut frame);
+        let writer = match self.writers.get(&peer) {
+            Some(w) if !w.tx.is_closed() => w,
+            _ => {
+                let w = self.spawn_writer(peer);
+                self.writers.insert(peer, w);
+                &self.writers[&peer]
+            }
+        };
+        let len = frame.len();
+        if writer.queued.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+            return Err(SendFailure::Io("the stream's queue is full".into()));
+        }
+        writer.queued.fetch_add(len, Ordering::Relaxed);
+        match writer.tx.try_send(frame) {
+            Ok(()) => Ok(writer.generation),
+            Err(e) => {
+                writer.queued.fetch_sub(len, Ordering::Relaxed);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        SendFailure::Io("the stream's queue is full".into())
+                    }
+                    mpsc::error::TrySendError::Closed(_) => SendFailure::ConnectionClosed,
+                })
+            }
+        }
+    }
+
+    fn spawn_writer(&mut self, peer: PeerId) -> Writer {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(write_loop(
+            self.control.clone(),
+            self.protocol.clone(),
+            peer,
+            generation,
+            rx,
+            queued.clone(),
+            self.events_tx.clone(),
+        ));
+        Writer {
+            tx,
+            queued,
+            generation,
+        }
+    }
+}
+
+/// Opens the stream to `peer` and writes what is queued, until the queue is
+/// dropped or the stream dies (then it reports and stops; what is still queued
+/// is lost, and the driver fails the requests among it).
+async fn write_loop(
+    mut control: libp2p_stream::Control,
+    protocol: StreamProtocol,
+    peer: PeerId,
+    generation: u64,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let failure = match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol))
+        .await
+    {
+        Err(_) => SendFailure::Timeout,
+        Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
+            SendFailure::UnsupportedProtocol
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "could not open a stream");
+            SendFailure::ConnectionClosed
+        }
+        Ok(Ok(stream)) => write_frames(stream, &mut rx, &queued).await,
+    };
+    rx.close();
+    let _ = events
+        .send(StreamEvent::WriterFailed {
+            peer,
+            generation,
+            failure,
+        })
+        .await;
+}
+
+/// Writes queued frames on `stream`, several to a write, until the queue is
+/// dropped (`Ok`) or the stream dies. The peer never writes on this stream, so
+/// a read that returns is the stream's end: the connection closed, or the
+/// peer dropped the stream.
+async fn write_frames(
+    stream: Stream,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    queued: &AtomicUsize,
+) -> SendFailure {
+    let (mut read, mut write) = stream.split();
+    let ended = async move {
+        let mut byte = [0u8; 1];
+        let _ = read.read(&mut byte).await;
+    };
+    tokio::pin!(ended);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let first = tokio::select! {
+            _ = &mut ended => return SendFailure::ConnectionClosed,
+            frame = rx.recv() => frame,
+        };
+        let Some(first) = first else {
+            let _ = write.close().await;
+            return SendFailure::ConnectionClosed;
+        };
+        batch.clear();
+        queued.fetch_sub(first.len(), Ordering::Relaxed);
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(frame) => {
+                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
+                    batch.extend_from_slice(&frame);
+                }
+                Err(_) => break,
+            }
+        }
+        let written: io::Result<()> = async {
+            write.write_all(&batch).await?;
+            write.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            return SendFailure::Io(e.to_string());
+        }
+    }
+}
+
+/// Streams of one peer being read, shared by the accept loop and the readers.
+type InboundCounts = Arc<Mutex<HashMap<PeerId, usize>>>;
+
+async fn accept_loop(
+    mut incoming: libp2p_stream::IncomingStreams,
+    max: usize,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let counts: InboundCounts = Arc::default();
+    while let Some((peer, stream)) = incoming.next().await {
+        {
+            let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+            let n = c.entry(peer).or_insert(0);
+            if *n >= MAX_INBOUND_PER_PEER {
+                tracing::debug!(%peer, "too many inbound streams; one dropped");
+                continue;
+            }
+            *n += 1;
+        }
+        let (events, counts) = (events.clone(), counts.clone());
+        tokio::spawn(async move {
+            read_frames(peer, stream, max, &events).await;
+            let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = c.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    c.remove(&peer);
+                }
+            }
+        });
+    }
+}
+
+/// Reads frames of at most `max` bytes from `peer`'s stream until it ends, the
+/// driver is gone, or the peer breaks the framing (reported; the stream is
+/// dropped: a stream of frames cannot be resynchronised).
+async fn read_frames(
+    peer: PeerId,
+    mut stream: Stream,
+    max: usize,
+    events: &mpsc::Sender<StreamEvent>,
+) {
+    loop {
+        let mut len = [0u8; 4];
+        if stream.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        let problem = if len > max {
+            Some(InboundProblem::Oversized)
+        } else if len < STREAM_FRAME_HEADER_LEN {
+            Some(InboundProblem::Malformed)
+        } else {
+            None
+        };
+        let event = match problem {
+            Some(problem) => StreamEvent::Problem { peer, problem },
+            None => {
+                // Memory grows with the bytes that arrive, not with the length
+                // announced.
+                let mut body = Vec::with_capacity(len.min(INITIAL_CAPACITY));
+                match (&mut stream).take(len as u64).read_to_end(&mut body).await {
+                    Ok(n) if n == len => {}
+                    _ => return,
+                }
+                match StreamFrame::decode(&body) {
+                    Ok(frame) => {
+                        let (kind, tag) = (frame.kind, frame.tag);
+                        body.drain(..STREAM_FRAME_HEADER_LEN);
+                        StreamEvent::Frame {
+                            peer,
+                            kind,
+                            tag,
+                            payload: body,
+                        }
+                    }
+                    Err(_) => StreamEvent::Problem {
+                        peer,
+                        problem: InboundProblem::Malformed,
+                    },
+                }
+            }
+        };
+        let stop = matches!(event, StreamEvent::Problem { .. });
+        if events.send(event).await.is_err() || stop {
+            return;
+        }
+    }
+}
