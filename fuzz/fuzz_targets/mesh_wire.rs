@@ -1,5 +1,6 @@
 //! Every fed-mesh wire decoder fed arbitrary bytes: the sealed-message envelope
-//! and each message body, the response and request splitters, and the CRDT
+//! and each message body, the response and request splitters, the frames of a
+//! long-lived stream, and the CRDT
 //! chunks of the directory and the shared map with the mesh's value types.
 //! Nothing may panic; a body that decodes re-encodes stably.
 #![no_main]
@@ -34,6 +35,12 @@ fn round_trip<T: Serialize + DeserializeOwned>(body: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     let _ = wire::parse_response(data);
     let _ = wire::split_sealed_request(data);
+    if let Ok(frame) = wire::StreamFrame::decode(data) {
+        let mut again = Vec::new();
+        frame.encode_into(&mut again);
+        assert_eq!(&again[4..], data, "a stream frame re-encodes to its bytes");
+        assert_eq!(wire::StreamFrame::decode(&again[4..]), Ok(frame));
+    }
     if let Ok((kind, body)) = wire::open_envelope(data) {
         match kind {
             Kind::QueryRequest => round_trip::<QueryRequest>(body),

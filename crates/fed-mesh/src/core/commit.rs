@@ -1,5 +1,5 @@
 //! Byzantine commits: fed-pbft among the federation's voting members, carried
-//! sealed in the mesh's sessions on `/exo-fed/pbft/1` (docs/protocol/mesh.md §9).
+//! sealed in the mesh's sessions on `/exo-fed/pbft/2` (docs/protocol/mesh.md §9).
 //!
 //! - **Replicas.** A node listed in the genesis runs a [`Replica`] whose
 //!   application is the [`Ledger`]: a hash chain of every executed update. The
@@ -2495,7 +2495,7 @@ impl Core {
         }
     }
 
-    /// A request on `/exo-fed/pbft/1`.
+    /// A request on `/exo-fed/pbft/2`.
     pub(super) fn on_pbft_request(
         &mut self,
         peer: PeerId,
@@ -2586,7 +2586,7 @@ impl Core {
         }
     }
 
-    /// The answer to a message on `/exo-fed/pbft/1`.
+    /// The answer to a message on `/exo-fed/pbft/2`.
     pub(super) fn on_pbft_response(&mut self, purpose: &Purpose, plaintext: &[u8], now: u64) {
         let Purpose::Proof(slot, timestamp) = *purpose else {
             return;

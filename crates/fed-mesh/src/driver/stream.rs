@@ -451,3 +451,78 @@ async fn read_frames(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Streams whose writers never get a stream (no swarm polls the
+    /// behaviour): the bookkeeping alone.
+    fn streams(behaviour: &libp2p_stream::Behaviour) -> Streams {
+        Streams::new(
+            behaviour.new_control(),
+            StreamProtocol::new("/test/1"),
+            1024,
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_counts_only_from_the_peer_asked_and_only_once() {
+        let behaviour = libp2p_stream::Behaviour::new();
+        let mut s = streams(&behaviour);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        s.send(a, OutboundId(1), b"to a", 0).unwrap();
+        s.send(b, OutboundId(2), b"to b", 0).unwrap();
+        // Tags count from 1 across peers: a's request is tag 1, b's tag 2.
+        assert_eq!(s.answered(b, 1), None, "b answered a's request");
+        assert_eq!(s.answered(a, 2), None, "a answered b's request");
+        assert_eq!(s.answered(a, 1), Some(OutboundId(1)));
+        assert_eq!(s.answered(a, 1), None, "answered twice");
+        assert_eq!(s.answered(b, 2), Some(OutboundId(2)));
+    }
+
+    #[tokio::test]
+    async fn requests_fail_with_their_peer_their_writer_or_their_deadline() {
+        let behaviour = libp2p_stream::Behaviour::new();
+        let mut s = streams(&behaviour);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        s.send(a, OutboundId(1), b"x", 0).unwrap();
+        s.send(b, OutboundId(2), b"x", 0).unwrap();
+        s.send(b, OutboundId(3), b"x", 30_000).unwrap();
+        assert_eq!(s.peer_gone(a), vec![OutboundId(1)]);
+        // A failed writer of an older generation fails nothing of the new one.
+        let generation = s.writers[&b].generation;
+        assert!(s.writer_failed(b, generation + 1).is_empty());
+        assert!(s.writers.contains_key(&b));
+        let mut expired = s.expired(60_000);
+        assert_eq!(expired, vec![OutboundId(2)]);
+        expired = s.writer_failed(b, generation);
+        assert_eq!(expired, vec![OutboundId(3)]);
+        assert!(!s.writers.contains_key(&b));
+        assert!(s.pending.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_reads_nothing_holds_a_bounded_queue() {
+        let behaviour = libp2p_stream::Behaviour::new();
+        let mut s = streams(&behaviour);
+        let a = PeerId::random();
+        let big = vec![0u8; 1 << 20];
+        let mut queued = 0;
+        let failure = loop {
+            match s.send(a, OutboundId(queued), &big, 0) {
+                Ok(()) => queued += 1,
+                Err(f) => break f,
+            }
+            assert!(queued <= 64, "queued {queued} MiB for a peer that reads nothing");
+        };
+        assert!(matches!(failure, SendFailure::Io(_)), "{failure:?}");
+        assert_eq!(queued, 63);
+        // An inbound answer to it is queued under the same bound, and dropped.
+        s.register_inbound(InboundId(9), a, 5);
+        assert!(s.respond(InboundId(9), &big));
+        assert!(!s.respond(InboundId(9), &big), "answered twice");
+    }
+}

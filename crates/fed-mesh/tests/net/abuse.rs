@@ -1,5 +1,6 @@
 //! A peer flooding oversized and malformed frames is cut off while honest
-//! queries keep being answered (test 6).
+//! queries keep being answered (test 6); so is one that breaks the framing of
+//! the consensus protocol's long-lived stream (mesh.md §3.1).
 
 use std::{io, time::Duration};
 
@@ -203,5 +204,101 @@ async fn a_flooding_peer_is_cut_off_while_honest_queries_are_answered() {
     assert!(stats.cut_off.values().sum::<u64>() >= 2, "{stats:?}");
     // The honest peer was never cut off and is still a member.
     assert_eq!(victim.peer_count().await.unwrap(), 1);
+    shutdown(&nodes).await;
+}
+
+/// Opens a `/exo-fed/pbft/2` stream to `target` and writes `bytes` on it, then
+/// keeps the connection up (for 10 s at most) until the target closes it.
+async fn stream_attack(target: &FederatedMesh, bytes: Vec<u8>) -> libp2p::PeerId {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .build();
+    let me = *swarm.local_peer_id();
+    let mut control = swarm.behaviour().new_control();
+    let tcp = target
+        .listen_addrs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| {
+            a.iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+        })
+        .unwrap();
+    swarm.dial(tcp).unwrap();
+    let peer = target.peer_id();
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some()).await {
+                Err(_)
+                | Ok(SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                }) => break,
+                Ok(SwarmEvent::ConnectionEstablished { .. }) => {
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    tokio::spawn(async move {
+        connected.await.unwrap();
+        let protocol = StreamProtocol::new("/exo-fed/pbft/2");
+        let mut stream = control.open_stream(peer, protocol).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        stream.flush().await.unwrap();
+        // Held open: the target must act on the frame, not on the stream's end.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    me
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_breaking_the_consensus_streams_framing_is_cut_off() {
+    let nodes = full_mesh(84, 2, |_, _| {}).await;
+    let victim = &nodes[0];
+    let mut events = victim.events();
+    let frame = |len: u32, body: &[u8]| {
+        let mut f = len.to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    let cases = [
+        // An announced 64 MiB frame: over the limit, never read.
+        (frame(64 << 20, &[0; 1024]), CutOffReason::Oversized),
+        // Shorter than the kind and tag.
+        (frame(3, &[0, 0, 0]), CutOffReason::Malformed),
+        // An unknown kind.
+        (frame(10, &[7, 0, 0, 0, 0, 0, 0, 0, 1, 0xAA]), CutOffReason::Malformed),
+        // An answerless frame that carries a payload.
+        (frame(10, &[2, 0, 0, 0, 0, 0, 0, 0, 1, 0xAA]), CutOffReason::Malformed),
+    ];
+    for (bytes, expected) in cases {
+        let who = stream_attack(victim, bytes).await;
+        assert_eq!(cut_off(&mut events, who).await, expected);
+    }
+    // The honest member is untouched and still answered.
+    assert_eq!(victim.peer_count().await.unwrap(), 1);
+    let outcome = nodes[1]
+        .federated_query(
+            PatternQuery::new(vec![0.0, 1.0], 1),
+            FederationScope::Direct,
+            QueryOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(outcome.complete, "{outcome:?}");
     shutdown(&nodes).await;
 }
