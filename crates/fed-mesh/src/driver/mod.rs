@@ -112,6 +112,8 @@ const MAX_STREAMS_PER_CONNECTION: usize = 64;
 const MAX_SEARCHES: usize = 64;
 /// Most commands handled as one group (their commits leave together).
 const MAX_COMMAND_GROUP: usize = 256;
+/// Most audit entries appended in one transaction.
+const MAX_AUDIT_GROUP: usize = 1024;
 
 fn rr(
     protocol: Protocol,
@@ -305,16 +307,22 @@ impl Driver {
                 }
             }
         });
-        // Audit entries are appended by one task, one after the other, in the
-        // order the events happened (each append is an fsync, off the node's
-        // task).
+        // Audit entries are appended by one task, in the order the events
+        // happened, off the node's task: the entries waiting when one append
+        // ends go together in the next (one sync, one signature of the head).
         let audit = audit.map(|(log, identity)| {
             let (tx, mut rx) = mpsc::unbounded_channel::<(u64, crate::store::AuditEvent)>();
             tokio::spawn(async move {
-                while let Some((time, entry)) = rx.recv().await {
+                while let Some(first) = rx.recv().await {
+                    let mut group = vec![first];
+                    while group.len() < MAX_AUDIT_GROUP
+                        && let Ok(next) = rx.try_recv()
+                    {
+                        group.push(next);
+                    }
                     let (log, identity) = (log.clone(), identity.clone());
                     let appended =
-                        tokio::task::spawn_blocking(move || log.append(&identity, time, entry))
+                        tokio::task::spawn_blocking(move || log.append_all(&identity, group))
                             .await;
                     match appended {
                         Ok(Ok(_)) => {}

@@ -149,54 +149,73 @@ impl AuditLog {
         time_ms: u64,
         event: AuditEvent,
     ) -> Result<u64, StoreError> {
+        self.append_all(identity, [(time_ms, event)])
+            .map(|next| next - 1)
+    }
+
+    /// Appends `events` in order and re-signs the head once, in one durable
+    /// transaction: one sync and one signature for the lot. Returns the number
+    /// of entries the log then holds (unchanged for no events).
+    pub fn append_all(
+        &self,
+        identity: &Identity,
+        events: impl IntoIterator<Item = (u64, AuditEvent)>,
+    ) -> Result<u64, StoreError> {
         let s = &self.store;
-        let event = match event {
-            AuditEvent::CutOff { peer, mut reason } => {
-                if reason.len() > MAX_CUT_OFF_REASON_LEN {
-                    let mut end = MAX_CUT_OFF_REASON_LEN;
-                    while !reason.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    reason.truncate(end);
-                }
-                AuditEvent::CutOff { peer, reason }
-            }
-            other => other,
-        };
         let txn = s.db_write()?;
         let count = {
             let mut m = txn.open_table(META).map_err(|e| s.io(e))?;
-            let (count, last) = match m.get(HEAD_KEY).map_err(|e| s.io(e))? {
+            let (start, mut last) = match m.get(HEAD_KEY).map_err(|e| s.io(e))? {
                 None => (0, [0u8; 32]),
                 Some(v) => {
                     let head = s.decode_head(v.value())?;
                     (head.count, head.last)
                 }
             };
-            let entry = AuditEntry {
-                prev: last,
-                time_ms,
-                event,
-            };
-            let body = s.body(&entry)?;
-            let hash = entry_hash(count, &body);
+            let mut count = start;
+            let mut t = txn.open_table(AUDIT).map_err(|e| s.io(e))?;
+            for (time_ms, event) in events {
+                let event = match event {
+                    AuditEvent::CutOff { peer, mut reason } => {
+                        if reason.len() > MAX_CUT_OFF_REASON_LEN {
+                            let mut end = MAX_CUT_OFF_REASON_LEN;
+                            while !reason.is_char_boundary(end) {
+                                end -= 1;
+                            }
+                            reason.truncate(end);
+                        }
+                        AuditEvent::CutOff { peer, reason }
+                    }
+                    other => other,
+                };
+                let entry = AuditEntry {
+                    prev: last,
+                    time_ms,
+                    event,
+                };
+                let body = s.body(&entry)?;
+                last = entry_hash(count, &body);
+                t.insert(
+                    count,
+                    s.seal("audit", &count.to_be_bytes(), &body)?.as_slice(),
+                )
+                .map_err(|e| s.io(e))?;
+                count += 1;
+            }
+            if count == start {
+                return Ok(count);
+            }
             let signature = identity
                 .sign_ed25519(
                     labels::AUDIT_HEAD,
-                    &head_statement(&identity.node_id(), count + 1, &hash),
+                    &head_statement(&identity.node_id(), count, &last),
                 )
                 .map_err(|e| s.io(e))?;
             let head = s.body(&Head {
-                count: count + 1,
-                last: hash,
+                count,
+                last,
                 signature: signature.to_bytes(),
             })?;
-            let mut t = txn.open_table(AUDIT).map_err(|e| s.io(e))?;
-            t.insert(
-                count,
-                s.seal("audit", &count.to_be_bytes(), &body)?.as_slice(),
-            )
-            .map_err(|e| s.io(e))?;
             m.insert(
                 HEAD_KEY,
                 s.seal("meta", HEAD_KEY.as_bytes(), &head)?.as_slice(),

@@ -580,6 +580,27 @@ mod audit {
         assert_eq!(verify(&path, &id), Ok(100));
     }
 
+    /// Entries appended as one group are the entries appended one at a time:
+    /// same chain, same head, and the log verifies.
+    #[test]
+    fn a_group_append_writes_the_log_one_at_a_time_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, group) = (dir.path().join("one.redb"), dir.path().join("group.redb"));
+        let id = identity(1);
+        log(&one, &id);
+        let store = Store::open(&group, &id.node_id()).unwrap();
+        assert_eq!(store.audit().append(&id, 1_000, event(0)).unwrap(), 0);
+        let rest = (1..50).map(|i| (1_000 + i, event(i)));
+        assert_eq!(store.audit().append_all(&id, rest).unwrap(), 50);
+        assert_eq!(store.audit().append_all(&id, []).unwrap(), 50);
+        let grouped = store.audit().entries().unwrap();
+        drop(store);
+        let store = Store::open(&one, &id.node_id()).unwrap();
+        assert_eq!(store.audit().entries().unwrap(), grouped);
+        drop(store);
+        assert_eq!(verify(&group, &id), Ok(50));
+    }
+
     #[test]
     fn a_long_cut_off_reason_is_kept_bounded() {
         let dir = tempfile::tempdir().unwrap();
