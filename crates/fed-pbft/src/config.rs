@@ -24,8 +24,10 @@ pub struct Config {
     pub max_batch_requests: usize,
     /// Most encoded bytes in one batch (at most 8 MiB). Default 1 MiB.
     pub max_batch_bytes: usize,
-    /// How long the primary waits to fill a batch before sending a partial one.
-    /// Default 2 ms.
+    /// How long the primary waits to fill a batch before sending a partial one,
+    /// while a batch it proposed is still to execute. With none, the batch is
+    /// due at once: it goes out at the host's next timeout check, with every
+    /// request handled until then. Default 2 ms.
     pub batch_delay_ms: u64,
     /// Largest client operation (at most 1 MiB). Default 64 KiB.
     pub max_operation_len: usize,

@@ -68,7 +68,8 @@
 //! client.submit(b"hello".to_vec(), 0)?;
 //! let (_, request) = client.poll_transmit().unwrap();
 //! replica.handle_request(&request, 0)?;
-//! // The batch waits `batch_delay_ms` for more requests, then goes out.
+//! // Nothing else is in flight, so the batch is due at once (with batches in
+//! // flight, it would wait up to `batch_delay_ms` for more requests).
 //! let at = replica.poll_timeout().unwrap();
 //! replica.handle_timeout(at)?;
 //! while let Some(_write) = replica.poll_persist() { /* storage.persist(&_write)? */ }

@@ -143,7 +143,16 @@ impl<A: Application> Replica<A> {
             let full = self.queue.len() >= self.config.max_batch_requests;
             if !full && !deadline_hit {
                 if self.batch_deadline.is_none() {
-                    self.batch_deadline = Some(now.saturating_add(self.config.batch_delay_ms));
+                    // With nothing of its own still to execute, the primary has
+                    // nothing to batch behind: the batch is due at once, that is
+                    // at the host's next timeout check, after the input being
+                    // handled (a group of requests goes out as one batch). Not
+                    // with the window full: that expiry could not cut, and an
+                    // immediate deadline re-armed at the same time would spin.
+                    let idle = self.next_seq <= self.last_executed + 1
+                        && self.next_seq <= self.high();
+                    let delay = if idle { 0 } else { self.config.batch_delay_ms };
+                    self.batch_deadline = Some(now.saturating_add(delay));
                 }
                 return Ok(());
             }

@@ -127,6 +127,50 @@ fn a_restarted_primary_retransmits_its_pre_prepare() {
 }
 
 #[test]
+fn an_idle_primary_cuts_at_once_and_a_busy_one_batches() {
+    let (ids, m) = setup();
+    let keys: Vec<ClientKey> = (0..4u8).map(|i| ClientKey::new(&[i; 32])).collect();
+    let mut p = Replica::new(ids[0].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    let mut requests = Vec::new();
+    for c in 4..7u8 {
+        let c = ClientId([c; 32]);
+        p.add_client(c, keys[0].clone()).unwrap();
+        let request = crate::ClientKeys::new(&m, c, &keys)
+            .unwrap()
+            .request(1, b"op".to_vec());
+        requests.push(Message::Request(request).encode().unwrap());
+    }
+    // The batches sent: (seq, requests in it).
+    let pre_prepares = |p: &mut Replica<Nop>| -> Vec<(u64, usize)> {
+        let mut sent: Vec<(u64, usize)> = std::iter::from_fn(|| p.poll_transmit())
+            .filter_map(|t| match Message::decode(&t.payload) {
+                Ok(Message::PrePrepare(pp)) => {
+                    Some((pp.seq, crate::decode_batch(&pp.batch).unwrap().len()))
+                }
+                _ => None,
+            })
+            .collect();
+        sent.dedup();
+        sent
+    };
+    // Nothing in flight: the batch is due at once, and takes every request
+    // handled before the host's next timeout check.
+    p.handle_request(&requests[0], 10).unwrap();
+    p.handle_request(&requests[1], 10).unwrap();
+    assert_eq!(p.poll_timeout(), Some(10), "an idle primary waits to batch");
+    p.handle_timeout(10).unwrap();
+    assert_eq!(pre_prepares(&mut p), vec![(1, 2)]);
+    // Batch 1 is still to execute: the next request waits for the delay.
+    p.handle_request(&requests[2], 11).unwrap();
+    let delay = Config::default().batch_delay_ms;
+    assert_eq!(p.poll_timeout(), Some(11 + delay), "a busy primary did not batch");
+    p.handle_timeout(11 + delay - 1).unwrap();
+    assert!(pre_prepares(&mut p).is_empty());
+    p.handle_timeout(11 + delay).unwrap();
+    assert_eq!(pre_prepares(&mut p), vec![(2, 1)]);
+}
+
+#[test]
 fn an_invalid_new_view_for_a_higher_view_moves_nobody() {
     let (ids, m) = setup();
     let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
