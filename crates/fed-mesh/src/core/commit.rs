@@ -882,13 +882,13 @@ impl CheckedBatches {
         &mut self,
         m: &Membership,
         proof: &CommitProof,
-        batch: &[u8],
+        batch: &Arc<[u8]>,
     ) -> Result<Arc<Vec<fed_pbft::Request>>> {
-        if let Some((.., requests)) = self
-            .0
-            .iter()
-            .find(|(id, p, b, _)| id == m.id() && p == proof && **b == *batch)
-        {
+        // The receipts of one batch share its bytes: the same allocation is
+        // the same batch, without comparing them.
+        if let Some((.., requests)) = self.0.iter().find(|(id, p, b, _)| {
+            id == m.id() && p == proof && (Arc::ptr_eq(b, batch) || **b == **batch)
+        }) {
             return Ok(requests.clone());
         }
         let requests = Arc::new(checked_batch(m, proof, batch)?);
@@ -896,7 +896,7 @@ impl CheckedBatches {
             self.0.pop_front();
         }
         self.0
-            .push_back((*m.id(), proof.clone(), Arc::from(batch), requests.clone()));
+            .push_back((*m.id(), proof.clone(), batch.clone(), requests.clone()));
         Ok(requests)
     }
 }
