@@ -352,10 +352,18 @@ fn fast_kem() -> Result<(), String> {
     )
 }
 
-/// `cargo test --workspace`, whose failures end the run's log.
+/// `cargo test --workspace`, whose failures end the run's log. The node
+/// simulator runs here in a debug build on a small federation (its overflow and
+/// debug checks), and in `mesh-sim` on 200 nodes in a release build: 60 nodes
+/// unoptimised took two minutes for nothing the other two runs miss.
 fn test_step() -> Step {
-    Step::cargo("test", &["test", "--workspace", "--locked"]).output(Output::ShownWithFailures)
+    Step::cargo("test", &["test", "--workspace", "--locked"])
+        .env("FED_SIM_NODES", DEBUG_SIM_NODES.to_string())
+        .output(Output::ShownWithFailures)
 }
+
+/// Nodes of the node simulator's federations in the debug test run.
+const DEBUG_SIM_NODES: u32 = 24;
 
 fn has_cargo_subcommand(name: &str) -> bool {
     Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
