@@ -1,7 +1,7 @@
 //! Every fed-mesh wire decoder fed arbitrary bytes: the sealed-message envelope
 //! and each message body, the response and request splitters, the frames of a
-//! long-lived stream, and the CRDT
-//! chunks of the directory and the shared map with the mesh's value types.
+//! long-lived stream, and the CRDT chunks of the directory and the shared map
+//! with the mesh's value types.
 //! Nothing may panic; a body that decodes re-encodes stably.
 #![no_main]
 
