@@ -112,6 +112,8 @@ const MAX_STREAMS_PER_CONNECTION: usize = 64;
 const MAX_SEARCHES: usize = 64;
 /// Most commands handled as one group (their commits leave together).
 const MAX_COMMAND_GROUP: usize = 256;
+/// Most frames from the long-lived streams handled before one drain.
+const MAX_FRAME_GROUP: usize = 64;
 /// Most audit entries appended in one transaction.
 const MAX_AUDIT_GROUP: usize = 1024;
 
@@ -322,8 +324,7 @@ impl Driver {
                     }
                     let (log, identity) = (log.clone(), identity.clone());
                     let appended =
-                        tokio::task::spawn_blocking(move || log.append_all(&identity, group))
-                            .await;
+                        tokio::task::spawn_blocking(move || log.append_all(&identity, group)).await;
                     match appended {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => tracing::error!(error = %e, "audit log"),
@@ -435,7 +436,18 @@ impl Driver {
                     Some(request) => self.on_request(request),
                 },
                 Some((id, result)) = self.searches_rx.recv() => self.core.handle_search_done(id, result, now_ms()),
-                Some(event) = self.streams.events.recv() => self.on_stream_event(event, now_ms()),
+                Some(event) = self.streams.events.recv() => {
+                    self.on_stream_event(event, now_ms());
+                    // Frames that arrived meanwhile (from other peers, while
+                    // this task synced a write, say) are handled before the
+                    // drain: their writes go in one synced transaction.
+                    for _ in 1..MAX_FRAME_GROUP {
+                        let Ok(event) = self.streams.events.try_recv() else {
+                            break;
+                        };
+                        self.on_stream_event(event, now_ms());
+                    }
+                }
                 _ = expiry_tick.tick() => {
                     let now = now_ms();
                     for id in self.streams.expired(now) {
@@ -763,121 +775,156 @@ impl Driver {
         }
     }
 
+    /// Carries out every action the core has. The replica's writes among them
+    /// go in one synced transaction, before any action that came after the
+    /// first of them (the messages that depend on them); the node's own
+    /// writes and an epoch's start, synced writes of their own, end such a run.
     fn drain(&mut self) {
-        while !self.failed
-            && let Some(action) = self.core.poll_action()
+        let mut writes: Vec<fed_pbft::Persist> = Vec::new();
+        let mut held: Vec<Action> = Vec::new();
+        while !self.failed {
+            match self.core.poll_action() {
+                Some(Action::Persist(w)) => writes.extend(w),
+                Some(barrier @ (Action::EnterEpoch { .. } | Action::Store(_))) => {
+                    self.persist(&mut writes);
+                    for action in held.drain(..) {
+                        self.carry_out(action);
+                    }
+                    self.carry_out(barrier);
+                }
+                Some(action) if writes.is_empty() => self.carry_out(action),
+                Some(action) => held.push(action),
+                None if writes.is_empty() && held.is_empty() => break,
+                None => {
+                    // What the held actions make the core do comes next.
+                    self.persist(&mut writes);
+                    for action in std::mem::take(&mut held) {
+                        self.carry_out(action);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the replica's state, synced; a failure stops the node.
+    fn persist(&mut self, writes: &mut Vec<fed_pbft::Persist>) {
+        if writes.is_empty() || self.failed {
+            return;
+        }
+        if let Some(store) = self.pbft_store.as_mut()
+            && let Err(e) = store.persist_all(writes)
         {
-            match action {
-                Action::Persist(writes) => {
-                    // Synced before the actions after it (the messages that
-                    // depend on it) are carried out.
-                    if let Some(store) = self.pbft_store.as_mut()
-                        && let Err(e) = store.persist_all(&writes)
-                    {
-                        tracing::error!(error = %e, "cannot persist the replica's state; the node stops");
-                        self.failed = true;
-                    }
+            tracing::error!(error = %e, "cannot persist the replica's state; the node stops");
+            self.failed = true;
+        }
+        writes.clear();
+    }
+
+    /// Carries out one action (never a replica write: [`drain`](Self::drain)
+    /// coalesces those).
+    fn carry_out(&mut self, action: Action) {
+        if self.failed {
+            return;
+        }
+        match action {
+            Action::Persist(mut writes) => self.persist(&mut writes),
+            Action::EnterEpoch { epoch, link } => {
+                // Synced before the new epoch's writes and messages.
+                if let Some(store) = self.pbft_store.as_mut()
+                    && let Err(e) = store.enter_epoch(epoch, &link)
+                {
+                    tracing::error!(error = %e, "cannot store the new configuration epoch; the node stops");
+                    self.failed = true;
                 }
-                Action::EnterEpoch { epoch, link } => {
-                    // Synced before the new epoch's writes and messages.
-                    if let Some(store) = self.pbft_store.as_mut()
-                        && let Err(e) = store.enter_epoch(epoch, &link)
-                    {
-                        tracing::error!(error = %e, "cannot store the new configuration epoch; the node stops");
-                        self.failed = true;
-                    }
+            }
+            Action::Store(writes) => {
+                // Synced before the actions after it (the write's
+                // completion, the messages that tell peers).
+                if let Some(store) = &self.state_store
+                    && let Err(e) = store.write(&writes)
+                {
+                    tracing::error!(error = %e, "cannot store the node's state; the node stops");
+                    self.failed = true;
                 }
-                Action::Store(writes) => {
-                    // Synced before the actions after it (the write's
-                    // completion, the messages that tell peers).
-                    if let Some(store) = &self.state_store
-                        && let Err(e) = store.write(&writes)
-                    {
-                        tracing::error!(error = %e, "cannot store the node's state; the node stops");
-                        self.failed = true;
-                    }
+            }
+            Action::Send {
+                peer,
+                protocol,
+                id,
+                payload,
+            } => {
+                if let Some(b) = self.behaviour_for(protocol) {
+                    let rid = b.send_request(&peer, payload);
+                    self.outbound_ids.insert((protocol, rid), id);
+                } else if let Err(failure) = self.streams.send(peer, id, &payload, now_ms()) {
+                    self.core.handle_send_failed(id, failure, now_ms());
                 }
-                Action::Send {
-                    peer,
-                    protocol,
-                    id,
-                    payload,
-                } => {
-                    if let Some(b) = self.behaviour_for(protocol) {
-                        let rid = b.send_request(&peer, payload);
-                        self.outbound_ids.insert((protocol, rid), id);
-                    } else if let Err(failure) = self.streams.send(peer, id, &payload, now_ms()) {
-                        self.core.handle_send_failed(id, failure, now_ms());
-                    }
-                }
-                Action::Respond { id, payload } => {
-                    if self.streams.respond(id, &payload) {
-                        // Answered on the requester's stream.
-                    } else if let Some((protocol, channel)) = self.channels.remove(&id) {
-                        if payload.is_empty() {
-                            // Dropping the channel closes the stream without an answer.
-                            drop(channel);
-                        } else {
-                            if let Some(b) = self.behaviour_for(protocol) {
-                                let _ = b.send_response(channel, payload);
-                            }
+            }
+            Action::Respond { id, payload } => {
+                if self.streams.respond(id, &payload) {
+                    // Answered on the requester's stream.
+                } else if let Some((protocol, channel)) = self.channels.remove(&id) {
+                    if payload.is_empty() {
+                        // Dropping the channel closes the stream without an answer.
+                        drop(channel);
+                    } else {
+                        if let Some(b) = self.behaviour_for(protocol) {
+                            let _ = b.send_response(channel, payload);
                         }
                     }
                 }
-                Action::Dial { peer, addrs } => {
-                    let opts = DialOpts::peer_id(peer).addresses(addrs).build();
-                    match self.swarm.dial(opts) {
-                        // Already connected or dialling: the core hears of that
-                        // connection (or of that dial failing) anyway.
-                        Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
-                        Err(e) => self.core.handle_dial_failed(peer, e.to_string(), now_ms()),
-                    }
+            }
+            Action::Dial { peer, addrs } => {
+                let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+                match self.swarm.dial(opts) {
+                    // Already connected or dialling: the core hears of that
+                    // connection (or of that dial failing) anyway.
+                    Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                    Err(e) => self.core.handle_dial_failed(peer, e.to_string(), now_ms()),
                 }
-                Action::Ban { peer } => {
-                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Action::Ban { peer } => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Action::Unban { peer } => {
+                if !self.partitioned.contains(&peer) {
+                    self.swarm.behaviour_mut().blocked.unblock_peer(peer);
                 }
-                Action::Unban { peer } => {
-                    if !self.partitioned.contains(&peer) {
-                        self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-                    }
+            }
+            Action::Search { id, query } => {
+                // A search is CPU work (an exact scan for the memory
+                // substrate): it runs on the blocking pool, at most
+                // MAX_SEARCHES at once, so it never stalls this task.
+                let substrate = self.substrate.clone();
+                let tx = self.searches_tx.clone();
+                let permits = self.search_permits.clone();
+                let runtime = tokio::runtime::Handle::current();
+                tokio::spawn(async move {
+                    let Ok(_permit) = permits.acquire_owned().await else {
+                        return;
+                    };
+                    let result = tokio::task::spawn_blocking(move || {
+                        runtime.block_on(substrate.search(&query))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(SubstrateError::Backend(format!("search task: {e}"))));
+                    let _ = tx.send((id, result)).await;
+                });
+            }
+            Action::Complete {
+                command,
+                completion,
+            } => {
+                if let Some(tx) = self.waiting.remove(&command) {
+                    let _ = tx.send(completion);
                 }
-                Action::Search { id, query } => {
-                    // A search is CPU work (an exact scan for the memory
-                    // substrate): it runs on the blocking pool, at most
-                    // MAX_SEARCHES at once, so it never stalls this task.
-                    let substrate = self.substrate.clone();
-                    let tx = self.searches_tx.clone();
-                    let permits = self.search_permits.clone();
-                    let runtime = tokio::runtime::Handle::current();
-                    tokio::spawn(async move {
-                        let Ok(_permit) = permits.acquire_owned().await else {
-                            return;
-                        };
-                        let result = tokio::task::spawn_blocking(move || {
-                            runtime.block_on(substrate.search(&query))
-                        })
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(SubstrateError::Backend(format!("search task: {e}")))
-                        });
-                        let _ = tx.send((id, result)).await;
-                    });
+            }
+            Action::Event(event) => {
+                self.audit(&event);
+                if let MeshEvent::Committed(batch) = &event {
+                    let _ = self.apply_tx.send(batch.clone());
                 }
-                Action::Complete {
-                    command,
-                    completion,
-                } => {
-                    if let Some(tx) = self.waiting.remove(&command) {
-                        let _ = tx.send(completion);
-                    }
-                }
-                Action::Event(event) => {
-                    self.audit(&event);
-                    if let MeshEvent::Committed(batch) = &event {
-                        let _ = self.apply_tx.send(batch.clone());
-                    }
-                    let _ = self.events.send(event);
-                }
+                let _ = self.events.send(event);
             }
         }
     }

@@ -291,19 +291,18 @@ async fn write_loop(
     queued: Arc<AtomicUsize>,
     events: mpsc::Sender<StreamEvent>,
 ) {
-    let failure = match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol))
-        .await
-    {
-        Err(_) => SendFailure::Timeout,
-        Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
-            SendFailure::UnsupportedProtocol
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "could not open a stream");
-            SendFailure::ConnectionClosed
-        }
-        Ok(Ok(stream)) => write_frames(stream, &mut rx, &queued).await,
-    };
+    let failure =
+        match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol)).await {
+            Err(_) => SendFailure::Timeout,
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
+                SendFailure::UnsupportedProtocol
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "could not open a stream");
+                SendFailure::ConnectionClosed
+            }
+            Ok(Ok(stream)) => write_frames(stream, &mut rx, &queued).await,
+        };
     rx.close();
     let _ = events
         .send(StreamEvent::WriterFailed {
@@ -516,7 +515,10 @@ mod tests {
                 Ok(()) => queued += 1,
                 Err(f) => break f,
             }
-            assert!(queued <= 64, "queued {queued} MiB for a peer that reads nothing");
+            assert!(
+                queued <= 64,
+                "queued {queued} MiB for a peer that reads nothing"
+            );
         };
         assert!(matches!(failure, SendFailure::Io(_)), "{failure:?}");
         assert_eq!(queued, 63);

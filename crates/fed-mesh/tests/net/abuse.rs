@@ -281,9 +281,15 @@ async fn a_peer_breaking_the_consensus_streams_framing_is_cut_off() {
         // Shorter than the kind and tag.
         (frame(3, &[0, 0, 0]), CutOffReason::Malformed),
         // An unknown kind.
-        (frame(10, &[7, 0, 0, 0, 0, 0, 0, 0, 1, 0xAA]), CutOffReason::Malformed),
+        (
+            frame(10, &[7, 0, 0, 0, 0, 0, 0, 0, 1, 0xAA]),
+            CutOffReason::Malformed,
+        ),
         // An answerless frame that carries a payload.
-        (frame(10, &[2, 0, 0, 0, 0, 0, 0, 0, 1, 0xAA]), CutOffReason::Malformed),
+        (
+            frame(10, &[2, 0, 0, 0, 0, 0, 0, 0, 1, 0xAA]),
+            CutOffReason::Malformed,
+        ),
     ];
     for (bytes, expected) in cases {
         let who = stream_attack(victim, bytes).await;
