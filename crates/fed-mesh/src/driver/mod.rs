@@ -270,6 +270,10 @@ pub(crate) struct Driver {
     state_store: Option<crate::store::StateStore>,
     /// The consensus protocol's long-lived streams.
     streams: stream::Streams,
+    /// Requests on the streams that failed as they were queued, reported to
+    /// the core on the loop's next turn (reported at once, a retry that fails
+    /// at once again would recurse without the loop ever turning).
+    failed_sends: Vec<(OutboundId, SendFailure)>,
 }
 
 impl Driver {
@@ -293,6 +297,12 @@ impl Driver {
             StreamProtocol::new(Protocol::Pbft.name()),
             max_frame,
             transport.request_timeout,
+            {
+                let mut tag = [0u8; 8];
+                getrandom::fill(&mut tag)
+                    .map_err(|e| Error::Config(format!("no OS randomness: {e}")))?;
+                u64::from_le_bytes(tag)
+            },
         )
         .map_err(|_| Error::Transport("the consensus stream protocol is taken".into()))?;
         let (searches_tx, searches_rx) = mpsc::channel(1024);
@@ -359,6 +369,7 @@ impl Driver {
             metrics,
             state_store,
             streams,
+            failed_sends: Vec::new(),
         };
         driver.refresh_metrics();
         for b in bootstrap {
@@ -436,6 +447,12 @@ impl Driver {
                     Some(request) => self.on_request(request),
                 },
                 Some((id, result)) = self.searches_rx.recv() => self.core.handle_search_done(id, result, now_ms()),
+                _ = std::future::ready(()), if !self.failed_sends.is_empty() => {
+                    let now = now_ms();
+                    for (id, failure) in std::mem::take(&mut self.failed_sends) {
+                        self.core.handle_send_failed(id, failure, now);
+                    }
+                }
                 Some(event) = self.streams.events.recv() => {
                     self.on_stream_event(event, now_ms());
                     // Frames that arrived meanwhile (from other peers, while
@@ -577,11 +594,11 @@ impl Driver {
                 num_established: 0,
                 ..
             } => {
+                self.core.handle_disconnected(peer_id, now);
                 for id in self.streams.peer_gone(peer_id) {
                     self.core
                         .handle_send_failed(id, SendFailure::ConnectionClosed, now);
                 }
-                self.core.handle_disconnected(peer_id, now);
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
@@ -719,6 +736,10 @@ impl Driver {
     fn on_stream_event(&mut self, event: stream::StreamEvent, now: u64) {
         use stream::StreamEvent;
         match event {
+            // A frame still queued when its peer's last connection closed:
+            // the core has let go of the peer (its answer would open a new
+            // connection, for a session the peer may no longer hold).
+            StreamEvent::Frame { peer, .. } if !self.swarm.is_connected(&peer) => {}
             StreamEvent::Frame {
                 peer,
                 kind,
@@ -755,6 +776,18 @@ impl Driver {
             } => {
                 for id in self.streams.writer_failed(peer, generation) {
                     self.core.handle_send_failed(id, failure.clone(), now);
+                }
+            }
+            StreamEvent::AnswerTooLarge { peer, tag } => {
+                if let Some(id) = self.streams.answered(peer, tag) {
+                    let failure = SendFailure::Io("an answer over the frame limit".into());
+                    self.core.handle_send_failed(id, failure, now);
+                }
+            }
+            StreamEvent::ReaderEnded { peer } => {
+                for id in self.streams.reader_ended(peer) {
+                    self.core
+                        .handle_send_failed(id, SendFailure::ConnectionClosed, now);
                 }
             }
         }
@@ -857,7 +890,7 @@ impl Driver {
                     let rid = b.send_request(&peer, payload);
                     self.outbound_ids.insert((protocol, rid), id);
                 } else if let Err(failure) = self.streams.send(peer, id, &payload, now_ms()) {
-                    self.core.handle_send_failed(id, failure, now_ms());
+                    self.failed_sends.push((id, failure));
                 }
             }
             Action::Respond { id, payload } => {

@@ -42,8 +42,16 @@ const MAX_QUEUED_FRAMES: usize = 16 * 1024;
 const WRITE_BATCH: usize = 256 * 1024;
 /// How long opening a stream (dialling the peer if need be) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reports from the tasks that wait for the driver.
-const EVENT_QUEUE: usize = 1024;
+/// Reports from the tasks that wait for the driver (each holds at most one
+/// frame: with the default frame limit, 256 MiB at worst, across all peers).
+const EVENT_QUEUE: usize = 256;
+/// A writer with nothing to write for this long closes its stream (so the
+/// connection can go idle) and stops; the next message opens a new one.
+const WRITER_IDLE: Duration = Duration::from_secs(600);
+/// A write buffer grown past this is given back after the write.
+const KEEP_BUFFER: usize = 1 << 20;
+/// How many bytes of an over-limit answer are read and dropped at a time.
+const SKIP_CHUNK: usize = 16 * 1024;
 /// A frame's first allocation; it grows with the bytes that arrive.
 const INITIAL_CAPACITY: usize = 16 * 1024;
 
@@ -62,6 +70,11 @@ pub(crate) enum StreamEvent {
         peer: PeerId,
         problem: InboundProblem,
     },
+    /// `peer` answered the request `tag` with a frame over the limit; it was
+    /// read past and dropped (as a stream per exchange fails the request).
+    AnswerTooLarge { peer: PeerId, tag: u64 },
+    /// An inbound stream of `peer` ended: answers it still carried are lost.
+    ReaderEnded { peer: PeerId },
     /// The writer to `peer` stopped: its stream could not be opened, or died.
     WriterFailed {
         peer: PeerId,
@@ -101,12 +114,15 @@ pub(crate) struct Streams {
 
 impl Streams {
     /// Starts accepting inbound streams of `protocol`, with frames of at most
-    /// `max_payload` bytes after the header. Must run inside the tokio runtime.
+    /// `max_payload` bytes after the header. Tags count up from half of
+    /// `first_tag` (random: a restarted node's tags are not its last run's,
+    /// and a node never runs out). Must run inside the tokio runtime.
     pub(crate) fn new(
         mut control: libp2p_stream::Control,
         protocol: StreamProtocol,
         max_payload: usize,
         timeout: Duration,
+        first_tag: u64,
     ) -> Result<Self, libp2p_stream::AlreadyRegistered> {
         let incoming = control.accept(protocol.clone())?;
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
@@ -122,7 +138,7 @@ impl Streams {
             writers: HashMap::new(),
             pending: HashMap::new(),
             inbound: HashMap::new(),
-            next_tag: 1,
+            next_tag: first_tag >> 1,
             next_generation: 1,
             events_tx,
             events,
@@ -199,6 +215,13 @@ impl Streams {
     pub(crate) fn peer_gone(&mut self, peer: PeerId) -> Vec<OutboundId> {
         self.writers.remove(&peer);
         self.inbound.retain(|_, (p, _)| *p != peer);
+        self.fail_where(|(p, _), _| *p == peer)
+    }
+
+    /// An inbound stream of `peer` ended, so answers it carried are lost:
+    /// every request to `peer` fails (an answer that comes later on the
+    /// peer's new stream is ignored).
+    pub(crate) fn reader_ended(&mut self, peer: PeerId) -> Vec<OutboundId> {
         self.fail_where(|(p, _), _| *p == peer)
     }
 
@@ -301,6 +324,9 @@ async fn write_loop(
                 tracing::debug!(%peer, error = %e, "could not open a stream");
                 SendFailure::ConnectionClosed
             }
+            // The driver gave up on this peer while the stream opened (its
+            // connection closed): what is queued was for a connection now gone.
+            Ok(Ok(_)) if rx.is_closed() => SendFailure::ConnectionClosed,
             Ok(Ok(stream)) => write_frames(stream, &mut rx, &queued).await,
         };
     rx.close();
@@ -314,9 +340,9 @@ async fn write_loop(
 }
 
 /// Writes queued frames on `stream`, several to a write, until the queue is
-/// dropped (`Ok`) or the stream dies. The peer never writes on this stream, so
-/// a read that returns is the stream's end: the connection closed, or the
-/// peer dropped the stream.
+/// dropped, the writer has been idle for [`WRITER_IDLE`], or the stream dies.
+/// The peer never writes on this stream, so a read that returns is the
+/// stream's end: the connection closed, or the peer dropped the stream.
 async fn write_frames(
     stream: Stream,
     rx: &mut mpsc::Receiver<Vec<u8>>,
@@ -328,13 +354,15 @@ async fn write_frames(
         let _ = read.read(&mut byte).await;
     };
     tokio::pin!(ended);
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut batch = Vec::new();
     loop {
         let first = tokio::select! {
             _ = &mut ended => return SendFailure::ConnectionClosed,
-            frame = rx.recv() => frame,
+            frame = tokio::time::timeout(WRITER_IDLE, rx.recv()) => frame,
         };
-        let Some(first) = first else {
+        let Ok(Some(first)) = first else {
+            // Dropped by the driver, or idle: a clean close.
+            rx.close();
             let _ = write.close().await;
             return SendFailure::ConnectionClosed;
         };
@@ -357,6 +385,9 @@ async fn write_frames(
         .await;
         if let Err(e) = written {
             return SendFailure::Io(e.to_string());
+        }
+        if batch.capacity() > KEEP_BUFFER {
+            batch = Vec::new();
         }
     }
 }
@@ -383,6 +414,7 @@ async fn accept_loop(
         let (events, counts) = (events.clone(), counts.clone());
         tokio::spawn(async move {
             read_frames(peer, stream, max, &events).await;
+            let _ = events.send(StreamEvent::ReaderEnded { peer }).await;
             let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = c.get_mut(&peer) {
                 *n -= 1;
@@ -396,7 +428,8 @@ async fn accept_loop(
 
 /// Reads frames of at most `max` bytes from `peer`'s stream until it ends, the
 /// driver is gone, or the peer breaks the framing (reported; the stream is
-/// dropped: a stream of frames cannot be resynchronised).
+/// dropped: a stream of frames cannot be resynchronised). An answer over the
+/// limit is read past in pieces and reported against its tag.
 async fn read_frames(
     peer: PeerId,
     mut stream: Stream,
@@ -409,10 +442,28 @@ async fn read_frames(
             return;
         }
         let len = u32::from_be_bytes(len) as usize;
-        let problem = if len > max {
-            Some(InboundProblem::Oversized)
-        } else if len < STREAM_FRAME_HEADER_LEN {
+        let problem = if len < STREAM_FRAME_HEADER_LEN {
             Some(InboundProblem::Malformed)
+        } else if len > max {
+            let mut header = [0u8; STREAM_FRAME_HEADER_LEN];
+            if stream.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            if header[0] == StreamFrameKind::Response as u8 {
+                let mut tag = [0u8; 8];
+                tag.copy_from_slice(&header[1..]);
+                let rest = (len - STREAM_FRAME_HEADER_LEN) as u64;
+                if !skip(&mut stream, rest).await {
+                    return;
+                }
+                let tag = u64::from_be_bytes(tag);
+                let event = StreamEvent::AnswerTooLarge { peer, tag };
+                if events.send(event).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(InboundProblem::Oversized)
         } else {
             None
         };
@@ -451,6 +502,21 @@ async fn read_frames(
     }
 }
 
+/// Reads and drops `n` bytes of `stream`, a piece at a time; false if the
+/// stream ended first.
+async fn skip(stream: &mut Stream, n: u64) -> bool {
+    let mut buf = vec![0u8; SKIP_CHUNK];
+    let mut left = n;
+    while left > 0 {
+        let want = usize::try_from(left).map_or(SKIP_CHUNK, |l| l.min(SKIP_CHUNK));
+        match stream.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(got) => left -= got as u64,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +529,7 @@ mod tests {
             StreamProtocol::new("/test/1"),
             1024,
             Duration::from_secs(60),
+            2,
         )
         .unwrap()
     }
@@ -501,6 +568,12 @@ mod tests {
         assert_eq!(expired, vec![OutboundId(3)]);
         assert!(!s.writers.contains_key(&b));
         assert!(s.pending.is_empty());
+        // One of a's streams to this node ended: the answers it carried are
+        // lost, so every request to a fails, and only those.
+        s.send(a, OutboundId(4), b"x", 0).unwrap();
+        s.send(b, OutboundId(5), b"x", 0).unwrap();
+        assert_eq!(s.reader_ended(a), vec![OutboundId(4)]);
+        assert_eq!(s.pending.len(), 1);
     }
 
     #[tokio::test]
