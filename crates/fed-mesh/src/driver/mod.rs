@@ -8,6 +8,7 @@
 //! waiting callers and the event channel.
 
 pub(crate) mod codec;
+mod link;
 mod stream;
 
 use std::{
@@ -67,8 +68,8 @@ pub(crate) struct Behaviour {
     query: request_response::Behaviour<FrameCodec>,
     onion: request_response::Behaviour<FrameCodec>,
     sync: request_response::Behaviour<FrameCodec>,
-    /// The long-lived streams of the streamed protocols (`/exo-fed/pbft/2`).
-    streams: libp2p_stream::Behaviour,
+    /// The long-lived streams of the consensus protocol (`/exo-fed/pbft/2`).
+    streams: link::Behaviour,
 }
 
 /// Transport settings of the libp2p layer.
@@ -204,7 +205,7 @@ pub(crate) fn build_swarm(
                 query: rr(Protocol::Query, max_frame, max_frame, timeout),
                 onion: rr(Protocol::Onion, onion_max, onion_max, timeout),
                 sync: rr(Protocol::Sync, max_frame, max_frame, timeout),
-                streams: libp2p_stream::Behaviour::new(),
+                streams: link::Behaviour::new(StreamProtocol::new(Protocol::Pbft.name())),
             })
         })
         .map_err(|e| Error::Transport(format!("behaviours: {e}")))?
@@ -292,19 +293,22 @@ impl Driver {
         transport: &TransportConfig,
         max_frame: usize,
     ) -> Result<Self> {
+        let mut swarm = swarm;
+        let incoming = swarm
+            .behaviour_mut()
+            .streams
+            .accept()
+            .ok_or_else(|| Error::Transport("the consensus streams are taken".into()))?;
+        let mut first_tag = [0u8; 8];
+        getrandom::fill(&mut first_tag)
+            .map_err(|e| Error::Config(format!("no OS randomness: {e}")))?;
         let streams = stream::Streams::new(
-            swarm.behaviour().streams.new_control(),
-            StreamProtocol::new(Protocol::Pbft.name()),
+            swarm.behaviour().streams.control(),
+            incoming,
             max_frame,
             transport.request_timeout,
-            {
-                let mut tag = [0u8; 8];
-                getrandom::fill(&mut tag)
-                    .map_err(|e| Error::Config(format!("no OS randomness: {e}")))?;
-                u64::from_le_bytes(tag)
-            },
-        )
-        .map_err(|_| Error::Transport("the consensus stream protocol is taken".into()))?;
+            u64::from_le_bytes(first_tag),
+        );
         let (searches_tx, searches_rx) = mpsc::channel(1024);
         let (apply_tx, mut apply_rx) =
             mpsc::unbounded_channel::<Arc<crate::core::commit::CommittedBatch>>();

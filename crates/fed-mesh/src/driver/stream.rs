@@ -22,9 +22,10 @@ use std::{
 };
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p::{PeerId, Stream};
 use tokio::sync::mpsc;
 
+use super::link;
 use crate::{
     core::{InboundId, InboundProblem, OutboundId, SendFailure},
     wire::{STREAM_FRAME_HEADER_LEN, StreamFrame, StreamFrameKind},
@@ -97,8 +98,7 @@ struct Pending {
 
 /// The long-lived streams of one protocol, and their bookkeeping.
 pub(crate) struct Streams {
-    protocol: StreamProtocol,
-    control: libp2p_stream::Control,
+    control: link::Control,
     timeout_ms: u64,
     writers: HashMap<PeerId, Writer>,
     /// Requests written (or queued) and not yet answered, by peer and tag.
@@ -118,21 +118,19 @@ impl Streams {
     /// `first_tag` (random: a restarted node's tags are not its last run's,
     /// and a node never runs out). Must run inside the tokio runtime.
     pub(crate) fn new(
-        mut control: libp2p_stream::Control,
-        protocol: StreamProtocol,
+        control: link::Control,
+        incoming: futures::channel::mpsc::Receiver<(PeerId, Stream)>,
         max_payload: usize,
         timeout: Duration,
         first_tag: u64,
-    ) -> Result<Self, libp2p_stream::AlreadyRegistered> {
-        let incoming = control.accept(protocol.clone())?;
+    ) -> Self {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         tokio::spawn(accept_loop(
             incoming,
             max_payload + STREAM_FRAME_HEADER_LEN,
             events_tx.clone(),
         ));
-        Ok(Self {
-            protocol,
+        Self {
             control,
             timeout_ms: timeout.as_millis() as u64,
             writers: HashMap::new(),
@@ -142,7 +140,7 @@ impl Streams {
             next_generation: 1,
             events_tx,
             events,
-        })
+        }
     }
 
     /// Queues `payload` as a request to `peer`; its answer is reported under
@@ -287,7 +285,6 @@ impl Streams {
         let queued = Arc::new(AtomicUsize::new(0));
         tokio::spawn(write_loop(
             self.control.clone(),
-            self.protocol.clone(),
             peer,
             generation,
             rx,
@@ -306,29 +303,25 @@ impl Streams {
 /// dropped or the stream dies (then it reports and stops; what is still queued
 /// is lost, and the driver fails the requests among it).
 async fn write_loop(
-    mut control: libp2p_stream::Control,
-    protocol: StreamProtocol,
+    control: link::Control,
     peer: PeerId,
     generation: u64,
     mut rx: mpsc::Receiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     events: mpsc::Sender<StreamEvent>,
 ) {
-    let failure =
-        match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol)).await {
-            Err(_) => SendFailure::Timeout,
-            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
-                SendFailure::UnsupportedProtocol
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "could not open a stream");
-                SendFailure::ConnectionClosed
-            }
-            // The driver gave up on this peer while the stream opened (its
-            // connection closed): what is queued was for a connection now gone.
-            Ok(Ok(_)) if rx.is_closed() => SendFailure::ConnectionClosed,
-            Ok(Ok(stream)) => write_frames(stream, &mut rx, &queued).await,
-        };
+    let failure = match tokio::time::timeout(OPEN_TIMEOUT, control.open(peer)).await {
+        Err(_) => SendFailure::Timeout,
+        Ok(Err(link::OpenError::Unsupported)) => SendFailure::UnsupportedProtocol,
+        Ok(Err(link::OpenError::Io(e))) => {
+            tracing::debug!(%peer, error = %e, "could not open a stream");
+            SendFailure::ConnectionClosed
+        }
+        // The driver gave up on this peer while the stream opened (its
+        // connection closed): what is queued was for a connection now gone.
+        Ok(Ok(_)) if rx.is_closed() => SendFailure::ConnectionClosed,
+        Ok(Ok(stream)) => write_frames(stream, &mut rx, &queued).await,
+    };
     rx.close();
     let _ = events
         .send(StreamEvent::WriterFailed {
@@ -396,7 +389,7 @@ async fn write_frames(
 type InboundCounts = Arc<Mutex<HashMap<PeerId, usize>>>;
 
 async fn accept_loop(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: futures::channel::mpsc::Receiver<(PeerId, Stream)>,
     max: usize,
     events: mpsc::Sender<StreamEvent>,
 ) {
@@ -523,21 +516,18 @@ mod tests {
 
     /// Streams whose writers never get a stream (no swarm polls the
     /// behaviour): the bookkeeping alone.
-    fn streams(behaviour: &libp2p_stream::Behaviour) -> Streams {
-        Streams::new(
-            behaviour.new_control(),
-            StreamProtocol::new("/test/1"),
-            1024,
-            Duration::from_secs(60),
-            2,
-        )
-        .unwrap()
+    fn streams(behaviour: &mut Option<link::Behaviour>) -> Streams {
+        let mut b = link::Behaviour::new(libp2p::StreamProtocol::new("/test/1"));
+        let incoming = b.accept().unwrap();
+        let s = Streams::new(b.control(), incoming, 1024, Duration::from_secs(60), 2);
+        *behaviour = Some(b);
+        s
     }
 
     #[tokio::test]
     async fn an_answer_counts_only_from_the_peer_asked_and_only_once() {
-        let behaviour = libp2p_stream::Behaviour::new();
-        let mut s = streams(&behaviour);
+        let mut behaviour = None;
+        let mut s = streams(&mut behaviour);
         let (a, b) = (PeerId::random(), PeerId::random());
         s.send(a, OutboundId(1), b"to a", 0).unwrap();
         s.send(b, OutboundId(2), b"to b", 0).unwrap();
@@ -551,8 +541,8 @@ mod tests {
 
     #[tokio::test]
     async fn requests_fail_with_their_peer_their_writer_or_their_deadline() {
-        let behaviour = libp2p_stream::Behaviour::new();
-        let mut s = streams(&behaviour);
+        let mut behaviour = None;
+        let mut s = streams(&mut behaviour);
         let (a, b) = (PeerId::random(), PeerId::random());
         s.send(a, OutboundId(1), b"x", 0).unwrap();
         s.send(b, OutboundId(2), b"x", 0).unwrap();
@@ -578,8 +568,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_reads_nothing_holds_a_bounded_queue() {
-        let behaviour = libp2p_stream::Behaviour::new();
-        let mut s = streams(&behaviour);
+        let mut behaviour = None;
+        let mut s = streams(&mut behaviour);
         let a = PeerId::random();
         let big = vec![0u8; 1 << 20];
         let mut queued = 0;
