@@ -89,12 +89,9 @@ fn attacker() -> Swarm<request_response::Behaviour<Raw>> {
         .build()
 }
 
-/// Runs an attacker that sends `frames` to `target` as fast as the streams
-/// allow, until its connection is closed.
-async fn flood(target: &FederatedMesh, frames: Vec<Vec<u8>>) -> libp2p::PeerId {
-    let mut swarm = attacker();
-    let me = *swarm.local_peer_id();
-    let tcp = target
+/// The TCP address `target` listens on.
+async fn tcp_addr(target: &FederatedMesh) -> libp2p::Multiaddr {
+    target
         .listen_addrs()
         .await
         .unwrap()
@@ -103,8 +100,15 @@ async fn flood(target: &FederatedMesh, frames: Vec<Vec<u8>>) -> libp2p::PeerId {
             a.iter()
                 .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
         })
-        .unwrap();
-    swarm.dial(tcp).unwrap();
+        .unwrap()
+}
+
+/// Runs an attacker that sends `frames` to `target` as fast as the streams
+/// allow, until its connection is closed.
+async fn flood(target: &FederatedMesh, frames: Vec<Vec<u8>>) -> libp2p::PeerId {
+    let mut swarm = attacker();
+    let me = *swarm.local_peer_id();
+    swarm.dial(tcp_addr(target).await).unwrap();
     let peer = target.peer_id();
     tokio::spawn(async move {
         let mut sent = 0;
@@ -223,17 +227,7 @@ async fn stream_attack(target: &FederatedMesh, bytes: Vec<u8>) -> libp2p::PeerId
         .build();
     let me = *swarm.local_peer_id();
     let mut control = swarm.behaviour().new_control();
-    let tcp = target
-        .listen_addrs()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|a| {
-            a.iter()
-                .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
-        })
-        .unwrap();
-    swarm.dial(tcp).unwrap();
+    swarm.dial(tcp_addr(target).await).unwrap();
     let peer = target.peer_id();
     let (connected_tx, connected) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {

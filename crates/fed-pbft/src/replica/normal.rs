@@ -149,8 +149,8 @@ impl<A: Application> Replica<A> {
                     // handled (a group of requests goes out as one batch). Not
                     // with the window full: that expiry could not cut, and an
                     // immediate deadline re-armed at the same time would spin.
-                    let idle = self.next_seq <= self.last_executed + 1
-                        && self.next_seq <= self.high();
+                    let idle =
+                        self.next_seq <= self.last_executed + 1 && self.next_seq <= self.high();
                     let delay = if idle { 0 } else { self.config.batch_delay_ms };
                     self.batch_deadline = Some(now.saturating_add(delay));
                 }

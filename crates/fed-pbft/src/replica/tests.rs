@@ -163,7 +163,11 @@ fn an_idle_primary_cuts_at_once_and_a_busy_one_batches() {
     // Batch 1 is still to execute: the next request waits for the delay.
     p.handle_request(&requests[2], 11).unwrap();
     let delay = Config::default().batch_delay_ms;
-    assert_eq!(p.poll_timeout(), Some(11 + delay), "a busy primary did not batch");
+    assert_eq!(
+        p.poll_timeout(),
+        Some(11 + delay),
+        "a busy primary did not batch"
+    );
     p.handle_timeout(11 + delay - 1).unwrap();
     assert!(pre_prepares(&mut p).is_empty());
     p.handle_timeout(11 + delay).unwrap();
