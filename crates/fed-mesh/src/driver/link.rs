@@ -34,8 +34,10 @@ use libp2p::{
     },
 };
 
-/// Inbound streams waiting for the accept loop; more are dropped (the loop
-/// only hands each to a task of its own, so this is a burst, not a backlog).
+/// Inbound streams waiting for the accept loop, plus one per connection (each
+/// connection's handler holds a sender, and each sender has a slot of its
+/// own); more are dropped. The loop only hands each to a task of its own, so
+/// this is a burst, not a backlog.
 pub(crate) const ACCEPT_QUEUE: usize = 64;
 
 /// Why a stream could not be opened.
@@ -129,7 +131,7 @@ impl Behaviour {
     }
 
     fn on_request(&mut self, OpenRequest { peer, reply }: OpenRequest) {
-        if let Some(&connection) = self.connections.get(&peer).and_then(|c| c.last()) {
+        if let Some(&connection) = self.connections.get(&peer).and_then(|c| c.first()) {
             self.out.push_back(ToSwarm::NotifyHandler {
                 peer_id: peer,
                 handler: NotifyHandler::One(connection),
@@ -271,12 +273,18 @@ impl ConnectionHandler for Handler {
         &mut self,
         _: &mut Context<'_>,
     ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, Reply, Self::ToBehaviour>> {
-        match self.pending.pop_front() {
-            Some(reply) => Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                protocol: SubstreamProtocol::new(ReadyUpgrade::new(self.protocol.clone()), reply),
-            }),
-            None => Poll::Pending,
+        // A writer that gave up (its open timed out) waits for nothing.
+        while let Some(reply) = self.pending.pop_front() {
+            if !reply.is_canceled() {
+                return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                    protocol: SubstreamProtocol::new(
+                        ReadyUpgrade::new(self.protocol.clone()),
+                        reply,
+                    ),
+                });
+            }
         }
+        Poll::Pending
     }
 
     fn on_behaviour_event(&mut self, reply: Reply) {

@@ -271,9 +271,10 @@ pub(crate) struct Driver {
     state_store: Option<crate::store::StateStore>,
     /// The consensus protocol's long-lived streams.
     streams: stream::Streams,
-    /// Requests on the streams that failed as they were queued, reported to
-    /// the core on the loop's next turn (reported at once, a retry that fails
-    /// at once again would recurse without the loop ever turning).
+    /// Requests on the streams that failed as they were queued (a full or
+    /// closed queue), reported to the core at the next expiry tick: reported
+    /// at once, a retry that fails at once again would recurse, or spin the
+    /// loop, while the peers' queues stay full.
     failed_sends: Vec<(OutboundId, SendFailure)>,
 }
 
@@ -451,12 +452,6 @@ impl Driver {
                     Some(request) => self.on_request(request),
                 },
                 Some((id, result)) = self.searches_rx.recv() => self.core.handle_search_done(id, result, now_ms()),
-                _ = std::future::ready(()), if !self.failed_sends.is_empty() => {
-                    let now = now_ms();
-                    for (id, failure) in std::mem::take(&mut self.failed_sends) {
-                        self.core.handle_send_failed(id, failure, now);
-                    }
-                }
                 Some(event) = self.streams.events.recv() => {
                     self.on_stream_event(event, now_ms());
                     // Frames that arrived meanwhile (from other peers, while
@@ -473,6 +468,9 @@ impl Driver {
                     let now = now_ms();
                     for id in self.streams.expired(now) {
                         self.core.handle_send_failed(id, SendFailure::Timeout, now);
+                    }
+                    for (id, failure) in std::mem::take(&mut self.failed_sends) {
+                        self.core.handle_send_failed(id, failure, now);
                     }
                 }
                 _ = tokio::time::sleep(wait) => self.core.handle_timeout(now_ms()),
@@ -786,10 +784,18 @@ impl Driver {
                 if let Some(id) = self.streams.answered(peer, tag) {
                     let failure = SendFailure::Io("an answer over the frame limit".into());
                     self.core.handle_send_failed(id, failure, now);
+                } else {
+                    // An answer to nothing asked: an oversized frame, as a
+                    // request over the limit is.
+                    self.core
+                        .handle_inbound_problem(peer, InboundProblem::Oversized, now);
                 }
             }
-            StreamEvent::ReaderEnded { peer } => {
-                for id in self.streams.reader_ended(peer) {
+            StreamEvent::WriterClosed { peer, generation } => {
+                self.streams.writer_closed(peer, generation);
+            }
+            StreamEvent::ReaderEnded { peer, below } => {
+                for id in self.streams.reader_ended(peer, below) {
                     self.core
                         .handle_send_failed(id, SendFailure::ConnectionClosed, now);
                 }

@@ -16,7 +16,7 @@ use std::{
     io,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -74,8 +74,12 @@ pub(crate) enum StreamEvent {
     /// `peer` answered the request `tag` with a frame over the limit; it was
     /// read past and dropped (as a stream per exchange fails the request).
     AnswerTooLarge { peer: PeerId, tag: u64 },
-    /// An inbound stream of `peer` ended: answers it still carried are lost.
-    ReaderEnded { peer: PeerId },
+    /// An inbound stream of `peer` ended when this node's next tag was
+    /// `below`: answers it still carried, to requests sent before, are lost.
+    ReaderEnded { peer: PeerId, below: u64 },
+    /// The writer to `peer` closed its stream cleanly (idle, or dropped by
+    /// the driver) after writing everything queued.
+    WriterClosed { peer: PeerId, generation: u64 },
     /// The writer to `peer` stopped: its stream could not be opened, or died.
     WriterFailed {
         peer: PeerId,
@@ -105,7 +109,8 @@ pub(crate) struct Streams {
     pending: HashMap<(PeerId, u64), Pending>,
     /// Requests handed to the core and not yet answered: where the answer goes.
     inbound: HashMap<InboundId, (PeerId, u64)>,
-    next_tag: u64,
+    /// The next tag, shared with the readers (see [`StreamEvent::ReaderEnded`]).
+    next_tag: Arc<AtomicU64>,
     next_generation: u64,
     events_tx: mpsc::Sender<StreamEvent>,
     /// Reports of the stream tasks, for the driver's loop.
@@ -125,10 +130,12 @@ impl Streams {
         first_tag: u64,
     ) -> Self {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let next_tag = Arc::new(AtomicU64::new(first_tag >> 1));
         tokio::spawn(accept_loop(
             incoming,
             max_payload + STREAM_FRAME_HEADER_LEN,
             events_tx.clone(),
+            next_tag.clone(),
         ));
         Self {
             control,
@@ -136,7 +143,7 @@ impl Streams {
             writers: HashMap::new(),
             pending: HashMap::new(),
             inbound: HashMap::new(),
-            next_tag: first_tag >> 1,
+            next_tag,
             next_generation: 1,
             events_tx,
             events,
@@ -153,8 +160,7 @@ impl Streams {
         payload: &[u8],
         now: u64,
     ) -> Result<(), SendFailure> {
-        let tag = self.next_tag;
-        self.next_tag += 1;
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let generation = self.queue(peer, StreamFrameKind::Request, tag, payload)?;
         self.pending.insert(
             (peer, tag),
@@ -216,11 +222,24 @@ impl Streams {
         self.fail_where(|(p, _), _| *p == peer)
     }
 
-    /// An inbound stream of `peer` ended, so answers it carried are lost:
-    /// every request to `peer` fails (an answer that comes later on the
-    /// peer's new stream is ignored).
-    pub(crate) fn reader_ended(&mut self, peer: PeerId) -> Vec<OutboundId> {
-        self.fail_where(|(p, _), _| *p == peer)
+    /// An inbound stream of `peer` ended when the next tag was `below`, so
+    /// answers it carried are lost: every request to `peer` sent before then
+    /// fails (an answer that comes later on the peer's new stream is
+    /// ignored). Requests sent since wait for their answers on that stream.
+    pub(crate) fn reader_ended(&mut self, peer: PeerId, below: u64) -> Vec<OutboundId> {
+        self.fail_where(|(p, tag), _| *p == peer && *tag < below)
+    }
+
+    /// The writer of `generation` to `peer` closed cleanly: what it wrote is
+    /// answered on the peer's stream, so nothing fails.
+    pub(crate) fn writer_closed(&mut self, peer: PeerId, generation: u64) {
+        if self
+            .writers
+            .get(&peer)
+            .is_some_and(|w| w.generation == generation)
+        {
+            self.writers.remove(&peer);
+        }
     }
 
     /// Requests unanswered past the timeout.
@@ -320,7 +339,15 @@ async fn write_loop(
         // The driver gave up on this peer while the stream opened (its
         // connection closed): what is queued was for a connection now gone.
         Ok(Ok(_)) if rx.is_closed() => SendFailure::ConnectionClosed,
-        Ok(Ok(stream)) => write_frames(stream, &mut rx, &queued).await,
+        Ok(Ok(stream)) => match write_frames(stream, &mut rx, &queued).await {
+            Some(failure) => failure,
+            None => {
+                let _ = events
+                    .send(StreamEvent::WriterClosed { peer, generation })
+                    .await;
+                return;
+            }
+        },
     };
     rx.close();
     let _ = events
@@ -340,7 +367,7 @@ async fn write_frames(
     stream: Stream,
     rx: &mut mpsc::Receiver<Vec<u8>>,
     queued: &AtomicUsize,
-) -> SendFailure {
+) -> Option<SendFailure> {
     let (mut read, mut write) = stream.split();
     let ended = async move {
         let mut byte = [0u8; 1];
@@ -350,14 +377,23 @@ async fn write_frames(
     let mut batch = Vec::new();
     loop {
         let first = tokio::select! {
-            _ = &mut ended => return SendFailure::ConnectionClosed,
+            _ = &mut ended => return Some(SendFailure::ConnectionClosed),
             frame = tokio::time::timeout(WRITER_IDLE, rx.recv()) => frame,
         };
         let Ok(Some(first)) = first else {
-            // Dropped by the driver, or idle: a clean close.
+            // Dropped by the driver, or idle: a clean close, after what the
+            // driver queued before it saw the queue closed.
             rx.close();
-            let _ = write.close().await;
-            return SendFailure::ConnectionClosed;
+            batch.clear();
+            while let Ok(frame) = rx.try_recv() {
+                batch.extend_from_slice(&frame);
+            }
+            let closed: io::Result<()> = async {
+                write.write_all(&batch).await?;
+                write.close().await
+            }
+            .await;
+            return closed.err().map(|e| SendFailure::Io(e.to_string()));
         };
         batch.clear();
         queued.fetch_sub(first.len(), Ordering::Relaxed);
@@ -377,7 +413,7 @@ async fn write_frames(
         }
         .await;
         if let Err(e) = written {
-            return SendFailure::Io(e.to_string());
+            return Some(SendFailure::Io(e.to_string()));
         }
         if batch.capacity() > KEEP_BUFFER {
             batch = Vec::new();
@@ -392,6 +428,7 @@ async fn accept_loop(
     mut incoming: futures::channel::mpsc::Receiver<(PeerId, Stream)>,
     max: usize,
     events: mpsc::Sender<StreamEvent>,
+    next_tag: Arc<AtomicU64>,
 ) {
     let counts: InboundCounts = Arc::default();
     while let Some((peer, stream)) = incoming.next().await {
@@ -404,10 +441,11 @@ async fn accept_loop(
             }
             *n += 1;
         }
-        let (events, counts) = (events.clone(), counts.clone());
+        let (events, counts, next_tag) = (events.clone(), counts.clone(), next_tag.clone());
         tokio::spawn(async move {
             read_frames(peer, stream, max, &events).await;
-            let _ = events.send(StreamEvent::ReaderEnded { peer }).await;
+            let below = next_tag.load(Ordering::Relaxed);
+            let _ = events.send(StreamEvent::ReaderEnded { peer, below }).await;
             let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = c.get_mut(&peer) {
                 *n -= 1;
@@ -445,13 +483,16 @@ async fn read_frames(
             if header[0] == StreamFrameKind::Response as u8 {
                 let mut tag = [0u8; 8];
                 tag.copy_from_slice(&header[1..]);
-                let rest = (len - STREAM_FRAME_HEADER_LEN) as u64;
-                if !skip(&mut stream, rest).await {
-                    return;
-                }
+                // Reported first: an answer to nothing asked gets the peer
+                // cut off, which ends the stream, without waiting for bytes
+                // it may never send.
                 let tag = u64::from_be_bytes(tag);
                 let event = StreamEvent::AnswerTooLarge { peer, tag };
                 if events.send(event).await.is_err() {
+                    return;
+                }
+                let rest = (len - STREAM_FRAME_HEADER_LEN) as u64;
+                if !skip(&mut stream, rest).await {
                     return;
                 }
                 continue;
@@ -559,11 +600,14 @@ mod tests {
         assert!(!s.writers.contains_key(&b));
         assert!(s.pending.is_empty());
         // One of a's streams to this node ended: the answers it carried are
-        // lost, so every request to a fails, and only those.
+        // lost, so every request sent to a before it ended fails, and only
+        // those (a request sent since waits for its answer on a's new stream).
         s.send(a, OutboundId(4), b"x", 0).unwrap();
         s.send(b, OutboundId(5), b"x", 0).unwrap();
-        assert_eq!(s.reader_ended(a), vec![OutboundId(4)]);
-        assert_eq!(s.pending.len(), 1);
+        let below = s.next_tag.load(Ordering::Relaxed);
+        s.send(a, OutboundId(6), b"x", 0).unwrap();
+        assert_eq!(s.reader_ended(a, below), vec![OutboundId(4)]);
+        assert_eq!(s.pending.len(), 2);
     }
 
     #[tokio::test]

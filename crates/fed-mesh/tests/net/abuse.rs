@@ -284,6 +284,14 @@ async fn a_peer_breaking_the_consensus_streams_framing_is_cut_off() {
             frame(10, &[2, 0, 0, 0, 0, 0, 0, 0, 1, 0xAA]),
             CutOffReason::Malformed,
         ),
+        // An answer over the limit to a request never sent.
+        (
+            frame(
+                64 << 20,
+                &[&[1, 0, 0, 0, 0, 0, 0, 0, 1][..], &[0; 1024]].concat(),
+            ),
+            CutOffReason::Oversized,
+        ),
     ];
     for (bytes, expected) in cases {
         let who = stream_attack(victim, bytes).await;
