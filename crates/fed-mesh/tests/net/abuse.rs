@@ -66,7 +66,8 @@ impl request_response::Codec for Raw {
     }
 }
 
-fn attacker() -> Swarm<request_response::Behaviour<Raw>> {
+/// An attacker's swarm: a new identity, TCP, Noise, Yamux and `behaviour`.
+fn attacker_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> Swarm<B> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -75,18 +76,20 @@ fn attacker() -> Swarm<request_response::Behaviour<Raw>> {
             yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                Raw,
-                [(
-                    StreamProtocol::new("/exo-fed/query/1"),
-                    ProtocolSupport::Full,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
-            )
-        })
+        .with_behaviour(|_| behaviour)
         .unwrap()
         .build()
+}
+
+fn attacker() -> Swarm<request_response::Behaviour<Raw>> {
+    attacker_swarm(request_response::Behaviour::with_codec(
+        Raw,
+        [(
+            StreamProtocol::new("/exo-fed/query/1"),
+            ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+    ))
 }
 
 /// The TCP address `target` listens on.
@@ -214,17 +217,7 @@ async fn a_flooding_peer_is_cut_off_while_honest_queries_are_answered() {
 /// Opens a `/exo-fed/pbft/2` stream to `target` and writes `bytes` on it, then
 /// keeps the connection up (for 10 s at most) until the target closes it.
 async fn stream_attack(target: &FederatedMesh, bytes: Vec<u8>) -> libp2p::PeerId {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .build();
+    let mut swarm = attacker_swarm(libp2p_stream::Behaviour::new());
     let me = *swarm.local_peer_id();
     let mut control = swarm.behaviour().new_control();
     swarm.dial(tcp_addr(target).await).unwrap();
