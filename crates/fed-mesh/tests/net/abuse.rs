@@ -303,3 +303,60 @@ async fn a_peer_breaking_the_consensus_streams_framing_is_cut_off() {
     assert!(outcome.complete, "{outcome:?}");
     shutdown(&nodes).await;
 }
+
+/// A peer that opens many consensus streams has at most 4 read at once (mesh.md
+/// §3.1): the rest are dropped at once, so it cannot hold a reader, and its
+/// frame buffer, per stream it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gets_at_most_four_consensus_streams_read() {
+    let nodes = full_mesh(90, 1, |_, _| {}).await;
+    let target = &nodes[0];
+    let mut swarm = attacker_swarm(libp2p_stream::Behaviour::new());
+    let mut control = swarm.behaviour().new_control();
+    swarm.dial(tcp_addr(target).await).unwrap();
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), swarm.select_next_some()).await {
+                Err(_)
+                | Ok(SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                }) => break,
+                Ok(SwarmEvent::ConnectionEstablished { .. }) => {
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    connected.await.unwrap();
+    let protocol = StreamProtocol::new("/exo-fed/pbft/2");
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let mut s = control
+            .open_stream(target.peer_id(), protocol.clone())
+            .await
+            .unwrap();
+        // Something on each, so the target has negotiated and placed it.
+        s.write_all(&[0, 0]).await.unwrap();
+        s.flush().await.unwrap();
+        streams.push(s);
+    }
+    // A dropped stream reads its end at once; one being read stays open (the
+    // target never writes on a stream it accepted).
+    let mut open = 0;
+    for s in &mut streams {
+        let mut byte = [0u8; 1];
+        if tokio::time::timeout(Duration::from_millis(500), s.read(&mut byte))
+            .await
+            .is_err()
+        {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 4, "streams of one peer read at once");
+    shutdown(&nodes).await;
+}
