@@ -4,6 +4,7 @@
 //! passes locally, CI passes. See `cargo xtask help`.
 
 mod deps;
+mod licenses;
 
 use std::{
     env,
@@ -21,9 +22,10 @@ cargo xtask <command>
 Commands:
   ci [--keep-going]          every check CI runs, in order (fmt, clippy, test, the
                              fast-kem backend's clippy and tests, bench build, doc,
-                             publish dry run, deps, sim, mesh sim, deny, fuzz build
-                             and smoke run)
+                             publish dry run, deps, sim, mesh sim, licences, fuzz
+                             build and smoke run)
   deps                       check the crate stack: no crate depends on one above it
+  licenses                   check every dependency's licence and source (crates.io)
   publish-dry-run            cargo publish --dry-run of every library crate, in order
   test                       cargo test --workspace --locked
   fast-kem                   clippy and tests with fed-crypto's libcrux ML-KEM backend
@@ -40,7 +42,7 @@ Commands:
   help                       this text
 
 Environment:
-  CI=true                    missing tools (cargo-deny, cargo-fuzz) fail instead of skip
+  CI=true                    a missing cargo-fuzz fails instead of skipping
   FED_PROPTEST_CASES=N       proptest cases per property (default: each suite's CI size)
 ";
 
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cmd {
         "ci" => ci(rest.iter().any(|a| a == "--keep-going")),
         "deps" => deps::check_workspace(&root()).map_err(|e| vec![e]),
+        "licenses" => licenses::check_workspace(&root()).map_err(|e| vec![e]),
         "publish-dry-run" => publish_dry_run().map_err(|e| vec![e]),
         "test" => run_step(&test_step()).map_err(|e| vec![e]),
         "fast-kem" => fast_kem().map_err(|e| vec![e]),
@@ -439,7 +442,7 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
         ("deps", Box::new(|| deps::check_workspace(&root()))),
         ("sim", Box::new(|| sim_run(CI_SIM_SEEDS, None, None))),
         ("mesh-sim", Box::new(|| mesh_sim_run(false))),
-        ("deny", Box::new(deny)),
+        ("licenses", Box::new(|| licenses::check_workspace(&root()))),
         ("fuzz", Box::new(|| fuzz_run(&[], CI_FUZZ_SECONDS))),
     ];
     for (name, step) in steps {
@@ -518,25 +521,6 @@ fn publish_dry_run() -> Result<(), String> {
             "--locked",
             // A CI checkout may hold files the tests wrote; nothing is uploaded.
             "--allow-dirty",
-        ],
-    ))
-}
-
-fn deny() -> Result<(), String> {
-    if !has_cargo_subcommand("deny") {
-        return missing_tool("cargo-deny", "cargo install --locked cargo-deny");
-    }
-    // `advisories` is left out: the advisory database cannot be fetched on these
-    // machines (see deny.toml).
-    run_step(&Step::cargo(
-        "deny",
-        &[
-            "deny",
-            "--all-features",
-            "check",
-            "licenses",
-            "bans",
-            "sources",
         ],
     ))
 }
