@@ -603,9 +603,9 @@ fn sim(args: &[String]) -> Result<(), String> {
     sim_run(seeds, scenario, seed)
 }
 
-/// Runs the node simulator (fed-mesh's `tests/sim`) in release with 200 nodes;
-/// `full` also sweeps fan-out and hops and prints the tables of
-/// docs/BENCHMARKS.md.
+/// Runs the node simulator (`crates/fed-mesh-sim`: fed-mesh's sans-IO core
+/// only, so the release build skips the transports) with 200 nodes; `full`
+/// also sweeps fan-out and hops and prints the tables of docs/BENCHMARKS.md.
 fn mesh_sim_run(full: bool) -> Result<(), String> {
     let mut step = Step::cargo(
         "mesh-sim",
@@ -614,7 +614,7 @@ fn mesh_sim_run(full: bool) -> Result<(), String> {
             "--release",
             "--locked",
             "-p",
-            "fed-mesh",
+            "fed-mesh-sim",
             "--test",
             "sim",
             "--",

@@ -31,7 +31,8 @@
 //!
 //! - [`core`]: the node's logic as a sans-IO state machine, in the manner of
 //!   quinn-proto: inputs with `now`, polled actions, a seeded RNG. The crate's
-//!   simulator (`tests/sim`) runs hundreds of cores under one virtual clock.
+//!   simulator (the `fed-mesh-sim` crate) runs hundreds of cores under one
+//!   virtual clock.
 //! - the driver (private): one tokio task that owns the libp2p `Swarm` and the
 //!   core and moves events between them, holding no federation logic.
 //! - [`FederatedMesh`]: a cheap, cloneable handle that talks to the driver.

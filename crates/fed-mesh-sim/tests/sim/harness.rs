@@ -17,7 +17,8 @@ use fed_mesh::{
     substrate::{MemorySubstrate, Pattern, PatternId, PatternQuery, ScoredPattern, SubstrateError},
     wire::Protocol,
 };
-use libp2p::{Multiaddr, PeerId};
+use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
 use rand_chacha::{
     ChaCha20Rng,
     rand_core::{Rng, SeedableRng},
