@@ -37,10 +37,16 @@ const ALLOWED: &[&str] = &[
 const CRATES_IO: &str = "registry+https://github.com/rust-lang/crates.io-index";
 
 /// Runs the check on the workspace at `root`.
-pub fn check_workspace(root: &Path) -> Result<(), String> {
+pub(crate) fn check_workspace(root: &Path) -> Result<(), String> {
     eprintln!("\n==> [licenses] cargo metadata --all-features, licences and sources");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["metadata", "--format-version", "1", "--locked", "--all-features"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--all-features",
+        ])
         .current_dir(root)
         .output()
         .map_err(|e| format!("[licenses] cannot run cargo metadata: {e}"))?;
@@ -54,7 +60,10 @@ pub fn check_workspace(root: &Path) -> Result<(), String> {
         .map_err(|e| format!("[licenses] cargo metadata output: {e}"))?;
     let report = check_metadata(&meta)?;
     for (name, versions) in &report.duplicates {
-        eprintln!("note: two or more versions of {name}: {}", versions.join(", "));
+        eprintln!(
+            "note: two or more versions of {name}: {}",
+            versions.join(", ")
+        );
     }
     if report.problems.is_empty() {
         eprintln!(
@@ -277,7 +286,14 @@ mod tests {
         ] {
             assert_eq!(allowed(refused), Ok(false), "{refused}");
         }
-        for malformed in ["", "MIT OR", "(MIT", "MIT AND AND ISC", "MIT WITH", "MIT, ISC"] {
+        for malformed in [
+            "",
+            "MIT OR",
+            "(MIT",
+            "MIT AND AND ISC",
+            "MIT WITH",
+            "MIT, ISC",
+        ] {
             assert!(allowed(malformed).is_err(), "{malformed}");
         }
     }
@@ -310,7 +326,12 @@ mod tests {
         let report = check_metadata(&meta).unwrap();
         let problems = report.problems.join("\n");
         assert_eq!(report.problems.len(), 4, "{problems}");
-        for what in ["git 1.0.0: comes from", "gpl 1.0.0: licence", "none 1.0.0: no SPDX", "depends on serde"] {
+        for what in [
+            "git 1.0.0: comes from",
+            "gpl 1.0.0: licence",
+            "none 1.0.0: no SPDX",
+            "depends on serde",
+        ] {
             assert!(problems.contains(what), "{what} in {problems}");
         }
     }

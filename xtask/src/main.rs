@@ -462,8 +462,8 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
 /// `cargo publish --dry-run` of every library crate, in dependency order: each
 /// is packaged and built from its package alone, against its siblings'
 /// packages (cargo resolves unpublished workspace members through a local
-/// registry of the packages it just made). The binary and xtask are not
-/// published.
+/// registry of the packages it just made). The binary, the node simulator and
+/// xtask are not published.
 fn publish_dry_run() -> Result<(), String> {
     // Cargo unpacks the packages of its temporary registry under
     // `$CARGO_HOME/registry/src/-<hash>/` and reuses an unpacked copy of the same
@@ -517,6 +517,8 @@ fn publish_dry_run() -> Result<(), String> {
             "fedmesh",
             "--exclude",
             "xtask",
+            "--exclude",
+            "fed-mesh-sim",
             "--dry-run",
             "--locked",
             // A CI checkout may hold files the tests wrote; nothing is uploaded.
