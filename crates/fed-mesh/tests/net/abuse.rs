@@ -78,6 +78,10 @@ fn attacker_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> Swarm<B> 
         .unwrap()
         .with_behaviour(|_| behaviour)
         .unwrap()
+        // libp2p's default closes a connection the moment no stream keeps it
+        // alive: between the dial and the first stream opened, on a loaded
+        // machine, the attacker's own swarm would close it.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
 }
 
@@ -301,5 +305,60 @@ async fn a_peer_breaking_the_consensus_streams_framing_is_cut_off() {
         .await
         .unwrap();
     assert!(outcome.complete, "{outcome:?}");
+    shutdown(&nodes).await;
+}
+
+/// A peer that opens many consensus streams has at most 4 read at once (mesh.md
+/// §3.1): the rest are dropped at once, so it cannot hold a reader, and its
+/// frame buffer, per stream it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gets_at_most_four_consensus_streams_read() {
+    let nodes = full_mesh(90, 1, |_, _| {}).await;
+    let target = &nodes[0];
+    let mut swarm = attacker_swarm(libp2p_stream::Behaviour::new());
+    let mut control = swarm.behaviour().new_control();
+    swarm.dial(tcp_addr(target).await).unwrap();
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    // The attacker's swarm runs until the test ends (its streams need it).
+    let attacker = tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
+        loop {
+            if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await
+                && let Some(tx) = connected_tx.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    connected.await.unwrap();
+    let protocol = StreamProtocol::new("/exo-fed/pbft/2");
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let mut s = control
+            .open_stream(target.peer_id(), protocol.clone())
+            .await
+            .unwrap();
+        // Something on each, so the target has negotiated and placed it. A
+        // write fails if the target already dropped the stream (yamux then
+        // says "connection is closed" of the stream): that one is not read.
+        if s.write_all(&[0, 0]).await.is_ok() && s.flush().await.is_ok() {
+            streams.push(s);
+        }
+    }
+    // A dropped stream reads its end at once; one being read stays open (the
+    // target never writes on a stream it accepted). All are watched at once.
+    let reads = streams.iter_mut().map(|s| async move {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(3), s.read(&mut byte))
+            .await
+            .is_err()
+    });
+    let open = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|&still_open| still_open)
+        .count();
+    assert_eq!(open, 4, "streams of one peer read at once");
+    attacker.abort();
     shutdown(&nodes).await;
 }
