@@ -78,9 +78,9 @@ fn attacker_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> Swarm<B> 
         .unwrap()
         .with_behaviour(|_| behaviour)
         .unwrap()
-        // libp2p's default closes a connection the moment no stream keeps it
-        // alive: between the dial and the first stream opened, on a loaded
-        // machine, the attacker's own swarm would close it.
+        // libp2p closes a connection no stream keeps alive after 10 s by
+        // default: on a loaded machine, the attacker's own swarm could close
+        // it between the dial and its first stream.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
 }
