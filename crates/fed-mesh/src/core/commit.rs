@@ -1560,13 +1560,35 @@ impl Core {
             self.pbft_deliver(None, &bytes, now);
             return;
         }
-        let Some(node) = c.clients.get(&reply.client).copied() else {
+        self.pbft_reply_remote(reply);
+    }
+
+    /// Whether `reply` is for another node's client (not one of this node's
+    /// slots).
+    fn pbft_reply_is_remote(&self, reply: &fed_pbft::Reply) -> bool {
+        self.commit
+            .as_ref()
+            .is_some_and(|c| !c.slots.iter().any(|s| s.id == reply.client))
+    }
+
+    /// Queues a reply for the node of its client, unless that is this node.
+    fn pbft_reply_remote(&mut self, reply: &fed_pbft::Reply) {
+        if !self.pbft_reply_is_remote(reply) {
+            return;
+        }
+        let Ok(bytes) = reply.to_bytes() else {
+            return;
+        };
+        let Some(node) = self
+            .commit
+            .as_ref()
+            .and_then(|c| c.clients.get(&reply.client).copied())
+        else {
             return;
         };
         let Some(peer) = self.peer_of(&node) else {
             return;
         };
-        let _ = now;
         self.enqueue(peer, Vec::new(), &bytes);
     }
 
@@ -1680,6 +1702,28 @@ impl Core {
                 }
             }
         }
+        // When this call's writes are only `Committed` records, kept for
+        // recovery and sent after nothing (pbft.md §5; the votes behind the
+        // batch were synced before they left), the replies to other nodes and
+        // the proof push go before the writes' sync: one synced write less on
+        // the way to every receipt. Anything else written holds them back.
+        let early = !writes.is_empty()
+            && writes.iter().all(|w| matches!(w, Persist::Committed { .. }));
+        if early {
+            for e in &events {
+                match e {
+                    PbftEvent::Reply(reply) => {
+                        self.pbft_reply_remote(reply);
+                    }
+                    PbftEvent::Executed(x) => {
+                        let to = self.push_targets(x);
+                        self.push_proof(x, to, now);
+                    }
+                    _ => {}
+                }
+            }
+            self.flush_outbox(now);
+        }
         if !writes.is_empty() {
             self.push(super::Action::Persist(writes));
         }
@@ -1691,8 +1735,9 @@ impl Core {
         let mut stable = false;
         for e in events {
             match e {
+                PbftEvent::Reply(reply) if early && self.pbft_reply_is_remote(&reply) => {}
                 PbftEvent::Reply(reply) => self.pbft_reply(&reply, now),
-                PbftEvent::Executed(x) => self.on_executed(x, now),
+                PbftEvent::Executed(x) => self.on_executed(x, early, now),
                 PbftEvent::ViewChanged { view, .. } => {
                     self.event(MeshEvent::ViewChanged { view });
                 }
@@ -1739,27 +1784,57 @@ impl Core {
         self.pump_commits(now);
     }
 
-    fn on_executed(&mut self, x: fed_pbft::Executed, now: u64) {
+    /// The nodes this replica pushes `x`'s proof and batch to: when it is
+    /// replica `seq mod n`, every other node with a request in the batch, so
+    /// that clients need not ask (they still do if it does not come, or does
+    /// not verify).
+    fn push_targets(&self, x: &fed_pbft::Executed) -> Vec<NodeId> {
+        let Some(c) = self.commit.as_ref() else {
+            return Vec::new();
+        };
+        let n = c.cur().membership.len() as u64;
+        let me = c.replica.as_ref().map(Replica::index);
+        if me != Some((x.seq % n) as ReplicaIndex) {
+            return Vec::new();
+        }
+        let mut nodes: Vec<NodeId> = x
+            .requests
+            .iter()
+            .filter_map(|(client, _)| c.clients.get(client).copied())
+            .filter(|node| *node != self.local_node)
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Sends `x`'s proof and batch to `nodes`.
+    fn push_proof(&mut self, x: &fed_pbft::Executed, nodes: Vec<NodeId>, now: u64) {
+        if nodes.is_empty() {
+            return;
+        }
+        let push = proof_push(x);
+        for node in nodes {
+            if let Some(peer) = self.peer_of(&node) {
+                self.send_or_queue(
+                    peer,
+                    Protocol::Pbft,
+                    push.clone(),
+                    Purpose::Pbft,
+                    Vec::new(),
+                    now.saturating_add(PROOF_RETRY_MS),
+                    now,
+                );
+            }
+        }
+    }
+
+    /// `x` executed here; `pushed`: its proof push has been sent already.
+    fn on_executed(&mut self, x: fed_pbft::Executed, pushed: bool, now: u64) {
+        let push_to = self.push_targets(&x);
         let Some(c) = self.commit.as_mut() else {
             return;
         };
-        // The replica `seq mod n` pushes the proof and batch to every other
-        // node with a request in it, so that clients need not ask (they still
-        // do if it does not come, or does not verify).
-        let n = c.cur().membership.len() as u64;
-        let me = c.replica.as_ref().map(Replica::index);
-        let mut push_to = Vec::new();
-        if me == Some((x.seq % n) as ReplicaIndex) {
-            let mut nodes: Vec<NodeId> = x
-                .requests
-                .iter()
-                .filter_map(|(client, _)| c.clients.get(client).copied())
-                .filter(|node| *node != self.local_node)
-                .collect();
-            nodes.sort();
-            nodes.dedup();
-            push_to = nodes;
-        }
         let ledger = c.replica.as_ref().map(Replica::app);
         let (updates, revocations) = batch_effects(&x, ledger);
         let epoch = c.cur().number;
@@ -1799,21 +1874,8 @@ impl Core {
                 self.apply_revocation(*r, now);
             }
         }
-        if !push_to.is_empty() {
-            let push = proof_push(&x);
-            for node in push_to {
-                if let Some(peer) = self.peer_of(&node) {
-                    self.send_or_queue(
-                        peer,
-                        Protocol::Pbft,
-                        push.clone(),
-                        Purpose::Pbft,
-                        Vec::new(),
-                        now.saturating_add(PROOF_RETRY_MS),
-                        now,
-                    );
-                }
-            }
+        if !pushed {
+            self.push_proof(&x, push_to, now);
         }
         let epoch = self.commit.as_ref().map_or(0, |c| c.cur().number);
         self.event(MeshEvent::Committed(Arc::new(CommittedBatch {

@@ -67,6 +67,19 @@ struct Net {
     /// [`release`](Self::release): a slow link.
     hold: Option<(Vec<usize>, usize)>,
     held: Vec<Msg>,
+    /// The actions of this core, in order, are noted in `watched`.
+    watch: Option<usize>,
+    watched: Vec<Watched>,
+}
+
+/// An action of the watched core.
+#[derive(Debug, PartialEq, Eq)]
+enum Watched {
+    /// A replica write: whether it holds a `Prepared` record, and whether it
+    /// is only `Committed` records.
+    Persist { prepared: bool, only_committed: bool },
+    /// A message on the consensus protocol, to this core.
+    Send { to: usize },
 }
 
 impl Net {
@@ -91,6 +104,8 @@ impl Net {
             tapped: Vec::new(),
             hold: None,
             held: Vec::new(),
+            watch: None,
+            watched: Vec::new(),
         };
         for i in 0..net.cores.len() {
             net.cores[i].handle_timeout(T0);
@@ -136,6 +151,28 @@ impl Net {
     }
 
     fn act(&mut self, i: usize, action: Action) {
+        if self.watch == Some(i) {
+            match &action {
+                Action::Persist(writes) => self.watched.push(Watched::Persist {
+                    prepared: writes
+                        .iter()
+                        .any(|w| matches!(w, fed_pbft::Persist::Prepared { .. })),
+                    only_committed: writes
+                        .iter()
+                        .all(|w| matches!(w, fed_pbft::Persist::Committed { .. })),
+                }),
+                Action::Send {
+                    peer,
+                    protocol: Protocol::Pbft,
+                    ..
+                } => {
+                    if let Some(to) = self.index(peer) {
+                        self.watched.push(Watched::Send { to });
+                    }
+                }
+                _ => {}
+            }
+        }
         match action {
             Action::Send {
                 peer,
@@ -1163,4 +1200,72 @@ fn a_voter_pushed_a_proof_before_it_executes_answers_for_every_request_in_the_ba
         checked += 1;
     }
     assert!(checked > 0, "some batches were pushed to voter 1");
+}
+
+/// A replica's replies (and its proof push) go before its write when that
+/// write is only the batch's `Committed` record (pbft.md §5: kept for
+/// recovery), and after it otherwise: when one input makes a replica accept
+/// the pre-prepare, prepare and commit at once, its reply rests on the
+/// PREPARE and COMMIT it is about to send, and must wait for their records to
+/// be synced, as those messages do. A client that took such a reply could
+/// otherwise count a vote the replica forgets in a crash.
+#[test]
+fn replies_overtake_a_write_only_when_it_records_commits_alone() {
+    let mut net = four_voters_without_checkpoints(5);
+    let update = |k: u8| {
+        Command::Commit(commit::Operation::Update(
+            crate::substrate::StateUpdate::Opaque {
+                kind: "test".into(),
+                bytes: vec![k],
+            },
+        ))
+    };
+    // Voter 1 hears everything in order: its reply to the client (member 4)
+    // leaves before the write of the batch's `Committed` record.
+    net.watch = Some(1);
+    let id = net.submit(4, update(0));
+    net.advance(20);
+    committed(&mut net, id);
+    let watched = std::mem::take(&mut net.watched);
+    let commit_write = watched
+        .iter()
+        .position(|w| {
+            *w == Watched::Persist {
+                prepared: false,
+                only_committed: true,
+            }
+        })
+        .expect("voter 1 recorded the commit on its own");
+    assert_eq!(
+        watched.get(commit_write.wrapping_sub(1)),
+        Some(&Watched::Send { to: 4 }),
+        "the reply went just before the commit's write: {watched:?}"
+    );
+    // Voter 1 hears the other voters late, the last message first: the
+    // pre-prepare comes after the PREPAREs and COMMITs it needs, so one input
+    // prepares, commits and executes the batch. Its reply waits behind the
+    // write that records the `Prepared` certificate.
+    for k in 1..4u8 {
+        net.hold = Some((vec![0, 2, 3], 1));
+        let id = net.submit(4, update(k));
+        net.advance(20);
+        committed(&mut net, id);
+        net.watched.clear();
+        net.hold = None;
+        net.release_reversed();
+        net.advance(20);
+        let watched = std::mem::take(&mut net.watched);
+        let write = watched
+            .iter()
+            .position(|w| matches!(w, Watched::Persist { prepared: true, .. }))
+            .unwrap_or_else(|| panic!("batch {k}: voter 1 prepared in one input: {watched:?}"));
+        let reply = watched
+            .iter()
+            .position(|w| *w == Watched::Send { to: 4 })
+            .unwrap_or_else(|| panic!("batch {k}: voter 1 replied: {watched:?}"));
+        assert!(
+            write < reply,
+            "batch {k}: the reply left before the write it rests on: {watched:?}"
+        );
+    }
 }
