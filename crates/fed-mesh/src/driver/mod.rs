@@ -396,14 +396,26 @@ impl Driver {
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
         expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The deadline last run at once (see below).
+        let mut ran_at_once = None;
         loop {
             let now = now_ms();
-            let wait = self
-                .core
-                .poll_timeout()
-                .map_or(Duration::from_secs(3600), |t| {
-                    Duration::from_millis(t.saturating_sub(now))
-                });
+            let deadline = self.core.poll_timeout();
+            let wait = deadline.map_or(Duration::from_secs(3600), |t| {
+                Duration::from_millis(t.saturating_sub(now))
+            });
+            // A deadline already due runs after a yield, not at tokio's next
+            // timer tick (up to a millisecond later: an idle primary's batch,
+            // due at once, waited for it). Once per deadline, so that a
+            // deadline the core does not move cannot spin the loop.
+            let at_once = wait.is_zero() && ran_at_once != deadline;
+            let timer = async move {
+                if at_once {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(wait).await;
+                }
+            };
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 request = self.requests.recv() => match request {
@@ -473,7 +485,12 @@ impl Driver {
                         self.core.handle_send_failed(id, failure, now);
                     }
                 }
-                _ = tokio::time::sleep(wait) => self.core.handle_timeout(now_ms()),
+                _ = timer => {
+                    if at_once {
+                        ran_at_once = deadline;
+                    }
+                    self.core.handle_timeout(now_ms());
+                }
                 _ = kad_bootstrap.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
@@ -855,7 +872,7 @@ impl Driver {
             return;
         }
         if let Some(store) = self.pbft_store.as_mut()
-            && let Err(e) = store.persist_all(writes)
+            && let Err(e) = blocking(|| store.persist_all(writes))
         {
             tracing::error!(error = %e, "cannot persist the replica's state; the node stops");
             self.failed = true;
@@ -884,7 +901,7 @@ impl Driver {
                 // Synced before the actions after it (the write's
                 // completion, the messages that tell peers).
                 if let Some(store) = &self.state_store
-                    && let Err(e) = store.write(&writes)
+                    && let Err(e) = blocking(|| store.write(&writes))
                 {
                     tracing::error!(error = %e, "cannot store the node's state; the node stops");
                     self.failed = true;
@@ -1013,5 +1030,19 @@ impl Driver {
 
     pub(crate) fn local_peer(&self) -> PeerId {
         *self.swarm.local_peer_id()
+    }
+}
+
+/// Runs `f`, a synced write, so that the runtime's other tasks go on meanwhile:
+/// on a multi-threaded runtime this worker hands its queued tasks to another
+/// thread while it waits for the disk. Among them are the stream writers of
+/// the messages that need not wait for the write (the replies and proof pushes
+/// of a batch whose only write is its `Committed` record), which would
+/// otherwise sit behind the driver until the sync ends. A single-threaded
+/// runtime cannot do that; there the write blocks it, as before.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
