@@ -33,6 +33,11 @@ pub(crate) struct BenchArgs {
     /// Sequential commits for the unloaded latency.
     #[arg(long, default_value_t = 300)]
     sequential: usize,
+    /// Idle milliseconds before each sequential commit, so that each starts on
+    /// a federation with nothing left to do from the one before (0: back to
+    /// back, the work each commit leaves behind overlapping the next).
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -125,6 +130,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     // Unloaded latency.
     let mut lat = Vec::with_capacity(args.sequential);
     for i in 0..args.sequential {
+        if args.pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
+        }
         lat.push(
             commit(1_000_000 + i)
                 .await
@@ -133,8 +141,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     lat.sort();
     println!(
-        "unloaded ({} sequential commits, {} B): p50 {:.2} ms, p99 {:.2} ms",
+        "unloaded ({} sequential commits, {} ms apart, {} B): p50 {:.2} ms, p99 {:.2} ms",
         args.sequential,
+        args.pause_ms,
         args.size,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
