@@ -1708,7 +1708,9 @@ impl Core {
         // the proof push go before the writes' sync: one synced write less on
         // the way to every receipt. Anything else written holds them back.
         let early = !writes.is_empty()
-            && writes.iter().all(|w| matches!(w, Persist::Committed { .. }));
+            && writes
+                .iter()
+                .all(|w| matches!(w, Persist::Committed { .. }));
         if early {
             for e in &events {
                 match e {

@@ -77,7 +77,10 @@ struct Net {
 enum Watched {
     /// A replica write: whether it holds a `Prepared` record, and whether it
     /// is only `Committed` records.
-    Persist { prepared: bool, only_committed: bool },
+    Persist {
+        prepared: bool,
+        only_committed: bool,
+    },
     /// A message on the consensus protocol, to this core.
     Send { to: usize },
 }
