@@ -49,22 +49,28 @@ pub(crate) struct Edge {
     pub(crate) kind: String,
 }
 
-/// Runs `cargo metadata` in `root` and checks every edge.
-pub(crate) fn check_workspace(root: &Path) -> Result<(), String> {
-    eprintln!("\n==> [deps] checking the crate stack from cargo metadata");
+/// `cargo metadata --format-version 1 --locked` with `extra` arguments, run in
+/// `root`, parsed; errors name the `step`.
+pub(crate) fn cargo_metadata(root: &Path, step: &str, extra: &[&str]) -> Result<Value, String> {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .args(extra)
         .current_dir(root)
         .output()
-        .map_err(|e| format!("[deps] could not run cargo metadata: {e}"))?;
+        .map_err(|e| format!("[{step}] could not run cargo metadata: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "[deps] cargo metadata failed: {}",
+            "[{step}] cargo metadata failed: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let meta: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("[deps] bad cargo metadata: {e}"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("[{step}] bad cargo metadata: {e}"))
+}
+
+/// Runs `cargo metadata` in `root` and checks every edge.
+pub(crate) fn check_workspace(root: &Path) -> Result<(), String> {
+    eprintln!("\n==> [deps] checking the crate stack from cargo metadata");
+    let meta = cargo_metadata(root, "deps", &["--no-deps"])?;
     let edges = edges_from_metadata(&meta)?;
     let violations = violations(&edges);
     if violations.is_empty() {

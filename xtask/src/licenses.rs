@@ -12,7 +12,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
-    process::Command,
 };
 
 use serde_json::Value;
@@ -39,25 +38,7 @@ const CRATES_IO: &str = "registry+https://github.com/rust-lang/crates.io-index";
 /// Runs the check on the workspace at `root`.
 pub(crate) fn check_workspace(root: &Path) -> Result<(), String> {
     eprintln!("\n==> [licenses] cargo metadata --all-features, licences and sources");
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--locked",
-            "--all-features",
-        ])
-        .current_dir(root)
-        .output()
-        .map_err(|e| format!("[licenses] cannot run cargo metadata: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "[licenses] cargo metadata failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let meta: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("[licenses] cargo metadata output: {e}"))?;
+    let meta = crate::deps::cargo_metadata(root, "licenses", &["--all-features"])?;
     let report = check_metadata(&meta)?;
     for (name, versions) in &report.duplicates {
         eprintln!(
