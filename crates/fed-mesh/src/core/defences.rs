@@ -75,10 +75,11 @@ struct Net {
 /// An action of the watched core.
 #[derive(Debug, PartialEq, Eq)]
 enum Watched {
-    /// A replica write: whether it holds a `Prepared` record, and whether it
-    /// is only `Committed` records.
+    /// A replica write: whether it holds a `Prepared` record, a `Committed`
+    /// record, and only `Committed` records.
     Persist {
         prepared: bool,
+        committed: bool,
         only_committed: bool,
     },
     /// A message on the consensus protocol, to this core.
@@ -160,6 +161,9 @@ impl Net {
                     prepared: writes
                         .iter()
                         .any(|w| matches!(w, fed_pbft::Persist::Prepared { .. })),
+                    committed: writes
+                        .iter()
+                        .any(|w| matches!(w, fed_pbft::Persist::Committed { .. })),
                     only_committed: writes
                         .iter()
                         .all(|w| matches!(w, fed_pbft::Persist::Committed { .. })),
@@ -1223,35 +1227,44 @@ fn replies_overtake_a_write_only_when_it_records_commits_alone() {
             },
         ))
     };
-    // Voter 1 hears everything in order: its reply to the client (member 4)
-    // leaves before the write of the batch's `Committed` record.
+    // Voter 1 hears everything in order: what it sends the client (member 4),
+    // its reply and, for one batch in four, its proof push, leaves before the
+    // write of the batch's `Committed` record, and nothing after it.
     net.watch = Some(1);
-    let id = net.submit(4, update(0));
-    net.advance(20);
-    committed(&mut net, id);
-    let watched = std::mem::take(&mut net.watched);
-    let commit_write = watched
-        .iter()
-        .position(|w| {
-            *w == Watched::Persist {
-                prepared: false,
-                only_committed: true,
-            }
-        })
-        .expect("voter 1 recorded the commit on its own");
-    assert_eq!(
-        watched.get(commit_write.wrapping_sub(1)),
-        Some(&Watched::Send { to: 4 }),
-        "the reply went just before the commit's write: {watched:?}"
-    );
+    for k in 0..4u8 {
+        let id = net.submit(4, update(k));
+        net.advance(200);
+        committed(&mut net, id);
+        let watched = std::mem::take(&mut net.watched);
+        let commit_write = watched
+            .iter()
+            .position(|w| {
+                matches!(
+                    w,
+                    Watched::Persist {
+                        only_committed: true,
+                        ..
+                    }
+                )
+            })
+            .unwrap_or_else(|| panic!("batch {k}: voter 1 recorded the commit alone: {watched:?}"));
+        let to_client = |w: &Watched| *w == Watched::Send { to: 4 };
+        assert!(
+            watched[..commit_write].iter().any(to_client)
+                && !watched[commit_write..].iter().any(to_client),
+            "batch {k}: what went to the client went before the commit's write: {watched:?}"
+        );
+    }
     // Voter 1 hears the other voters late, the last message first: the
     // pre-prepare comes after the PREPAREs and COMMITs it needs, so one input
-    // prepares, commits and executes the batch. Its reply waits behind the
-    // write that records the `Prepared` certificate.
-    for k in 1..4u8 {
+    // prepares, commits and executes the batch. What it sends the client waits
+    // behind the write that records the `Prepared` certificate.
+    for k in 4..8u8 {
         net.hold = Some((vec![0, 2, 3], 1));
         let id = net.submit(4, update(k));
-        net.advance(20);
+        // (When voter 1 pushes the batch, the client asks another voter for
+        // the proof after its wait for the push.)
+        net.advance(200);
         committed(&mut net, id);
         net.watched.clear();
         net.hold = None;
@@ -1260,8 +1273,19 @@ fn replies_overtake_a_write_only_when_it_records_commits_alone() {
         let watched = std::mem::take(&mut net.watched);
         let write = watched
             .iter()
-            .position(|w| matches!(w, Watched::Persist { prepared: true, .. }))
-            .unwrap_or_else(|| panic!("batch {k}: voter 1 prepared in one input: {watched:?}"));
+            .position(|w| {
+                matches!(
+                    w,
+                    Watched::Persist {
+                        prepared: true,
+                        committed: true,
+                        ..
+                    }
+                )
+            })
+            .unwrap_or_else(|| {
+                panic!("batch {k}: voter 1 prepared and committed in one input: {watched:?}")
+            });
         let reply = watched
             .iter()
             .position(|w| *w == Watched::Send { to: 4 })

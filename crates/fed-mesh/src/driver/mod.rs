@@ -891,7 +891,7 @@ impl Driver {
             Action::EnterEpoch { epoch, link } => {
                 // Synced before the new epoch's writes and messages.
                 if let Some(store) = self.pbft_store.as_mut()
-                    && let Err(e) = store.enter_epoch(epoch, &link)
+                    && let Err(e) = blocking(|| store.enter_epoch(epoch, &link))
                 {
                     tracing::error!(error = %e, "cannot store the new configuration epoch; the node stops");
                     self.failed = true;
