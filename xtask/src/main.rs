@@ -22,7 +22,7 @@ cargo xtask <command>
 Commands:
   ci [--keep-going]          every check CI runs, in order (fmt, clippy, test, the
                              fast-kem backend's clippy and tests, bench build, doc,
-                             publish dry run, deps, sim, mesh sim, licences, fuzz
+                             publish dry run, deps, both simulators, licences, fuzz
                              build and smoke run)
   deps                       check the crate stack: no crate depends on one above it
   licenses                   check every dependency's licence and source (crates.io)
@@ -355,18 +355,29 @@ fn fast_kem() -> Result<(), String> {
     )
 }
 
-/// `cargo test --workspace`, whose failures end the run's log. The node
-/// simulator runs here in a debug build on a small federation (its overflow and
-/// debug checks), and in `mesh-sim` on 200 nodes in a release build: 60 nodes
-/// unoptimised took two minutes for nothing the other two runs miss.
+/// `cargo test --workspace` (`cargo xtask test`), whose failures end the run's
+/// log. The node simulator runs on a small federation: 60 nodes unoptimised
+/// took two minutes.
 fn test_step() -> Step {
     Step::cargo("test", &["test", "--workspace", "--locked"])
         .env("FED_SIM_NODES", DEBUG_SIM_NODES.to_string())
         .output(Output::ShownWithFailures)
 }
 
-/// Nodes of the node simulator's federations in the debug test run.
+/// Nodes of the node simulator's federations in `cargo xtask test`.
 const DEBUG_SIM_NODES: u32 = 24;
+
+/// `ci`'s test step: the workspace's tests without the simulators' many-seed
+/// runs, which the `sims` step makes in the `sim` profile (release speed, the
+/// workspace's debug assertions and overflow checks on). The node simulator is
+/// left out; fed-pbft's runs one seed per scenario, so that its test binary is
+/// still built and run in debug.
+fn ci_test_step() -> Step {
+    let mut step = test_step().env("FED_SIM_SEEDS", "1");
+    step.args
+        .extend(["--exclude".to_string(), "fed-mesh-sim".to_string()]);
+    step
+}
 
 fn has_cargo_subcommand(name: &str) -> bool {
     Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -379,7 +390,7 @@ fn has_cargo_subcommand(name: &str) -> bool {
 type CheckFn = Box<dyn Fn() -> Result<(), String>>;
 
 /// Seconds each fuzz target runs during `ci`.
-const CI_FUZZ_SECONDS: u32 = 10;
+const CI_FUZZ_SECONDS: u32 = 5;
 
 fn ci(keep_going: bool) -> Result<(), Vec<String>> {
     let started = Instant::now();
@@ -417,7 +428,7 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
                 ))
             }),
         ),
-        ("test", Box::new(|| run_step(&test_step()))),
+        ("test", Box::new(|| run_step(&ci_test_step()))),
         ("fast-kem", Box::new(fast_kem)),
         (
             "bench-build",
@@ -440,8 +451,7 @@ fn ci(keep_going: bool) -> Result<(), Vec<String>> {
         ),
         ("publish-dry-run", Box::new(publish_dry_run)),
         ("deps", Box::new(|| deps::check_workspace(&root()))),
-        ("sim", Box::new(|| sim_run(CI_SIM_SEEDS, None, None))),
-        ("mesh-sim", Box::new(|| mesh_sim_run(false))),
+        ("sims", Box::new(ci_sims)),
         ("licenses", Box::new(|| licenses::check_workspace(&root()))),
         ("fuzz", Box::new(|| fuzz_run(&[], CI_FUZZ_SECONDS))),
     ];
@@ -573,8 +583,8 @@ fn bench_args(args: &[String]) -> Vec<String> {
     cargo_args
 }
 
-/// Seeds per scenario that `ci` runs in release (the debug `test` step runs the
-/// simulator's own default of 8 as well).
+/// Seeds per scenario that `ci` runs in the `sim` profile (its debug `test`
+/// step runs one).
 const CI_SIM_SEEDS: u32 = 32;
 
 /// Seeds per scenario of `sim --soak` (docs/TESTING.md records its runs).
@@ -613,7 +623,8 @@ fn mesh_sim_run(full: bool) -> Result<(), String> {
         "mesh-sim",
         &[
             "test",
-            "--release",
+            "--profile",
+            "sim",
             "--locked",
             "-p",
             "fed-mesh-sim",
@@ -625,7 +636,7 @@ fn mesh_sim_run(full: bool) -> Result<(), String> {
             "2",
         ],
     )
-    .env("FED_SIM_NODES", "200")
+    .env("FED_SIM_NODES", MESH_SIM_NODES.to_string())
     .output(Output::ShownWithFailures);
     if full {
         step = step.env("FED_SIM_FULL", "1").env("FED_SIM_REPORT", "1");
@@ -633,13 +644,50 @@ fn mesh_sim_run(full: bool) -> Result<(), String> {
     run_step(&step)
 }
 
-/// Runs the simulator test binary in release mode (signatures are slow in debug).
+/// Both simulators in the `sim` profile (release, with the workspace's debug
+/// assertions and overflow checks), as `ci` runs them: fed-pbft's with
+/// [`CI_SIM_SEEDS`] seeds per scenario and the node simulator with 200 nodes.
+/// One cargo invocation, so that their common dependencies are built with one
+/// feature set (two invocations resolve features per package and built many
+/// of them twice).
+fn ci_sims() -> Result<(), String> {
+    run_step(
+        &Step::cargo(
+            "sims",
+            &[
+                "test",
+                "--profile",
+                "sim",
+                "--locked",
+                "-p",
+                "fed-pbft",
+                "-p",
+                "fed-mesh-sim",
+                "--test",
+                "sim",
+                "--",
+                "--nocapture",
+                "--test-threads",
+                "2",
+            ],
+        )
+        .env("FED_SIM_SEEDS", CI_SIM_SEEDS.to_string())
+        .env("FED_SIM_NODES", MESH_SIM_NODES.to_string())
+        .output(Output::ShownWithFailures),
+    )
+}
+
+/// Nodes of the node simulator's federations in release runs.
+const MESH_SIM_NODES: u32 = 200;
+
+/// Runs fed-pbft's simulator in the `sim` profile (signatures are slow in debug).
 fn sim_run(seeds: u32, scenario: Option<String>, seed: Option<String>) -> Result<(), String> {
     let mut step = Step::cargo(
         "sim",
         &[
             "test",
-            "--release",
+            "--profile",
+            "sim",
             "--locked",
             "-p",
             "fed-pbft",
