@@ -1053,6 +1053,64 @@ fn a_member_away_catches_up_and_a_forged_link_blocks_nothing() {
     assert_eq!(changes, vec![1, 2], "B reports each change once");
 }
 
+/// A node that sends consensus input of an older epoch is sent the chain of
+/// links, but at most once per 5 s, and unasked only when the chain grew or
+/// 30 s passed: a peer replaying stale input cannot make a voter send its
+/// whole chain (up to a session message's size) once per message.
+#[test]
+fn stale_consensus_input_gets_the_chain_at_a_bounded_rate() {
+    use commit::{Operation, Voter};
+    // A votes alone; C is a member that does not vote.
+    let mut net = Net::new(vec![consensus(1, &[1]), consensus(3, &[1])]);
+    net.connect(0, 1);
+    for seed in [7u8, 8] {
+        let c = Voter::new(identity(seed).public(), &[]);
+        let add = net.submit(0, Command::Commit(Operation::AddVoter(c)));
+        let remove = net.submit(
+            0,
+            Command::Commit(Operation::RemoveVoter(identity(seed).node_id().0)),
+        );
+        net.advance(1_000);
+        committed(&mut net, add);
+        committed(&mut net, remove);
+    }
+    assert_eq!(net.cores[0].commit.as_ref().unwrap().chain.len(), 2);
+    // From here, A's requests to C wait in `held`: each is a chain sent.
+    net.hold = Some((vec![0], 1));
+    net.now += 31_000;
+    // Consensus input from a node that is not a replica of A's epoch (its
+    // kind, byte 5, is a PREPARE's; A refuses it before decoding more).
+    let stale = wire::envelope(
+        Kind::Pbft,
+        &wire::encode(&vec![serde_bytes::ByteBuf::from(vec![0, 0, 0, 0, 0, 3, 0])]),
+    );
+    let asked = wire::envelope(
+        Kind::EpochChain,
+        &wire::encode(&commit::EpochChain {
+            first: 0,
+            links: Vec::new(),
+        }),
+    );
+    let sent = |net: &mut Net, message: &[u8], after_ms: u64| {
+        net.now += after_ms;
+        let before = net.held.len();
+        for _ in 0..20 {
+            net.forced_request(1, 0, Protocol::Pbft, message);
+        }
+        net.held.len() - before
+    };
+    assert_eq!(sent(&mut net, &stale, 0), 1, "the first stale input");
+    assert_eq!(sent(&mut net, &stale, 4_000), 0, "again within 5 s");
+    assert_eq!(
+        sent(&mut net, &stale, 2_000),
+        0,
+        "unasked, within 30 s, the chain the same"
+    );
+    assert_eq!(sent(&mut net, &asked, 0), 1, "asked, 6 s after the last");
+    assert_eq!(sent(&mut net, &asked, 1_000), 0, "asked again within 5 s");
+    assert_eq!(sent(&mut net, &stale, 30_000), 1, "unasked, 30 s after");
+}
+
 /// A client whose replies come before its batch's pushed proof waits for the
 /// push instead of asking a replica for the proof, so a batch crosses the
 /// network once per client node, not once per commit (asking at once made
