@@ -8,6 +8,7 @@
 //! waiting callers and the event channel.
 
 pub(crate) mod codec;
+mod drain;
 mod link;
 mod stream;
 
@@ -40,6 +41,24 @@ use crate::{
     types::{MeshEvent, Stats},
     wire::{self, Protocol},
 };
+
+impl drain::ActionSink for Driver {
+    fn next_action(&mut self) -> Option<Action> {
+        self.core.poll_action()
+    }
+
+    fn sync(&mut self, writes: &mut Vec<fed_pbft::Persist>) {
+        self.persist(writes);
+    }
+
+    fn perform(&mut self, action: Action) {
+        self.carry_out(action);
+    }
+
+    fn stopped(&self) -> bool {
+        self.failed
+    }
+}
 
 /// Wall-clock time in Unix milliseconds: the `now` the core runs on.
 #[allow(clippy::disallowed_methods)] // the IO layer is where time enters
@@ -835,35 +854,10 @@ impl Driver {
         }
     }
 
-    /// Carries out every action the core has. The replica's writes among them
-    /// go in one synced transaction, before any action that came after the
-    /// first of them (the messages that depend on them); the node's own
-    /// writes and an epoch's start, synced writes of their own, end such a run.
+    /// Carries out every action the core has, each replica write synced
+    /// before what came after it ([`drain::drain`]).
     fn drain(&mut self) {
-        let mut writes: Vec<fed_pbft::Persist> = Vec::new();
-        let mut held: Vec<Action> = Vec::new();
-        while !self.failed {
-            match self.core.poll_action() {
-                Some(Action::Persist(w)) => writes.extend(w),
-                Some(barrier @ (Action::EnterEpoch { .. } | Action::Store(_))) => {
-                    self.persist(&mut writes);
-                    for action in held.drain(..) {
-                        self.carry_out(action);
-                    }
-                    self.carry_out(barrier);
-                }
-                Some(action) if writes.is_empty() => self.carry_out(action),
-                Some(action) => held.push(action),
-                None if writes.is_empty() && held.is_empty() => break,
-                None => {
-                    // What the held actions make the core do comes next.
-                    self.persist(&mut writes);
-                    for action in std::mem::take(&mut held) {
-                        self.carry_out(action);
-                    }
-                }
-            }
-        }
+        drain::drain(self);
     }
 
     /// Writes the replica's state, synced; a failure stops the node.
