@@ -149,6 +149,8 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         percentile(&lat, 0.99)
     );
     // Throughput.
+    let executed = |status: serde_json::Value| status["consensus"]["last_executed"].as_u64();
+    let first_seq = executed(fed.status(0).await?);
     let started = Instant::now();
     let results: Vec<_> = futures::stream::iter((0..args.commits).map(|i| commit(2_000_000 + i)))
         .buffer_unordered(args.concurrency.max(1))
@@ -183,6 +185,17 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
     );
+    // Batches (sequence numbers) voter 0 executed meanwhile, checkpoints'
+    // null batches included.
+    if let (Some(a), Some(b)) = (first_seq, executed(fed.status(0).await?))
+        && b > a
+    {
+        println!(
+            "batches: {} executed by voter 0 during the throughput run, {:.1} commits per batch",
+            b - a,
+            lat.len() as f64 / (b - a) as f64
+        );
+    }
     // Recovery: SIGKILL the primary, time the next commit.
     let primary = fed.primary(0).await?;
     let t = Instant::now();

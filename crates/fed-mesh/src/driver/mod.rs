@@ -42,6 +42,57 @@ use crate::{
     wire::{self, Protocol},
 };
 
+/// How the driver's loop waits for the core's next `deadline` at `now`: how
+/// long, and whether it only yields (`true`) instead of sleeping. A deadline
+/// already due runs after a yield, not at tokio's next timer tick (up to a
+/// millisecond later: an idle primary's batch, due at once, waited for it).
+/// Once per deadline (`ran_at_once`: the last run that way), so that a
+/// deadline the core does not move cannot spin the loop: it then waits for
+/// the timer's tick.
+fn timer_wait(now: u64, deadline: Option<u64>, ran_at_once: Option<u64>) -> (Duration, bool) {
+    let wait = deadline.map_or(Duration::from_secs(3600), |t| {
+        Duration::from_millis(t.saturating_sub(now))
+    });
+    (wait, wait.is_zero() && ran_at_once != deadline)
+}
+
+#[cfg(test)]
+mod timer_tests {
+    use super::*;
+
+    /// A core whose deadline stays due (it does not move it when its timeout
+    /// runs) gets one run after a yield, then waits for the timer's ticks:
+    /// the loop does not spin.
+    #[test]
+    fn a_deadline_that_does_not_move_runs_at_once_only_once() {
+        let due = Some(1_000);
+        let mut ran_at_once = None;
+        let mut at_once_runs = 0;
+        for now in [1_000, 1_000, 1_000, 1_001, 1_002] {
+            let (wait, at_once) = timer_wait(now, due, ran_at_once);
+            assert!(wait.is_zero());
+            if at_once {
+                at_once_runs += 1;
+                ran_at_once = due;
+            }
+        }
+        assert_eq!(at_once_runs, 1);
+        // A new deadline due at once runs at once again; a later one sleeps.
+        assert_eq!(
+            timer_wait(1_002, Some(1_001), ran_at_once),
+            (Duration::ZERO, true)
+        );
+        assert_eq!(
+            timer_wait(1_002, Some(1_010), ran_at_once),
+            (Duration::from_millis(8), false)
+        );
+        assert_eq!(
+            timer_wait(1_002, None, ran_at_once),
+            (Duration::from_secs(3600), false)
+        );
+    }
+}
+
 impl drain::ActionSink for Driver {
     fn next_action(&mut self) -> Option<Action> {
         self.core.poll_action()
@@ -418,16 +469,8 @@ impl Driver {
         // The deadline last run at once (see below).
         let mut ran_at_once = None;
         loop {
-            let now = now_ms();
             let deadline = self.core.poll_timeout();
-            let wait = deadline.map_or(Duration::from_secs(3600), |t| {
-                Duration::from_millis(t.saturating_sub(now))
-            });
-            // A deadline already due runs after a yield, not at tokio's next
-            // timer tick (up to a millisecond later: an idle primary's batch,
-            // due at once, waited for it). Once per deadline, so that a
-            // deadline the core does not move cannot spin the loop.
-            let at_once = wait.is_zero() && ran_at_once != deadline;
+            let (wait, at_once) = timer_wait(now_ms(), deadline, ran_at_once);
             let timer = async move {
                 if at_once {
                     tokio::task::yield_now().await;
