@@ -24,9 +24,17 @@ pub(crate) struct BenchArgs {
     /// Commits in the throughput run.
     #[arg(long, default_value_t = 20_000)]
     commits: usize,
-    /// Commits outstanding at once in the throughput run.
+    /// Commits outstanding at once in the throughput run (across all the
+    /// client nodes).
     #[arg(long, default_value_t = 512)]
     concurrency: usize,
+    /// Client nodes (non-voting members in this process, each with its own
+    /// identity, sessions and connections) that the throughput run's commits
+    /// are spread over in turn. One node has at most 256 commits outstanding
+    /// (its client slots, mesh.md §9), which bounds what one client can ask
+    /// of the federation.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
     /// Bytes of each update.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -82,39 +90,26 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     let genesis = fed.genesis.clone();
 
-    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-    getrandom::fill(&mut seed[..])
-        .map_err(|e| Failure::runtime(format!("no OS randomness: {e}")))?;
-    let identity = Arc::new(Identity::from_seeds(&seed, None));
-    let mut config = MeshConfig::new(identity, genesis.federation, Arc::new(Open))
-        .with_genesis(&genesis)
-        .map_err(|e| Failure::runtime(e.to_string()))?;
-    config.capabilities.limits.requests_per_second = 1_000_000;
-    config.capabilities.limits.max_in_flight = 100_000;
-    config.bootstrap = addrs
-        .iter()
-        .map(|a| a.parse::<PeerAddress>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| Failure::runtime(e.to_string()))?;
-    if let Some(c) = config.consensus.as_mut() {
-        c.client_slots = u16::try_from(args.concurrency.max(1))
-            .unwrap_or(u16::MAX)
-            .min(fed_mesh::core::commit::MAX_CLIENT_SLOTS);
+    let clients_n = args.clients.max(1);
+    let per_client = args.concurrency.max(1).div_ceil(clients_n);
+    let mut clients = Vec::with_capacity(clients_n);
+    for _ in 0..clients_n {
+        clients.push(start_client(&genesis, &addrs, per_client).await?);
     }
-    let client = FederatedMesh::builder(config)
-        .start()
-        .await
-        .map_err(|e| Failure::runtime(e.to_string()))?;
-    for _ in 0..400 {
-        if client.peer_count().await.unwrap_or(0) == args.voters {
-            break;
+    for client in &clients {
+        for _ in 0..400 {
+            if client.peer_count().await.unwrap_or(0) == args.voters {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let every voter's sessions settle (each joins each).
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Commit `i` goes through client `i mod clients` (the warm-up, the
+    // sequential ones and the one after the kill through the first).
     let commit = |i: usize| {
-        let client = client.clone();
+        let client = clients[i % clients_n].clone();
         let u = update(i, args.size);
         async move {
             let t = Instant::now();
@@ -123,7 +118,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     };
     // Warm-up.
     for i in 0..50 {
-        commit(i)
+        commit(i * clients_n)
             .await
             .map_err(|e| Failure::runtime(format!("warm-up: {e}")))?;
     }
@@ -134,7 +129,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
         }
         lat.push(
-            commit(1_000_000 + i)
+            commit((1_000_000 + i) * clients_n)
                 .await
                 .map_err(|e| Failure::runtime(e.to_string()))?,
         );
@@ -175,9 +170,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     let mut lat: Vec<Duration> = results.into_iter().filter_map(|(r, _)| r.ok()).collect();
     lat.sort();
     println!(
-        "throughput ({} commits, {} outstanding, {} B): {:.0} ops/s over {:.2} s to the last success ({} failed); latency p50 {:.2} ms, p99 {:.2} ms",
+        "throughput ({} commits, {} outstanding, {} client node(s), {} B): {:.0} ops/s over {:.2} s to the last success ({} failed); latency p50 {:.2} ms, p99 {:.2} ms",
         args.commits,
         args.concurrency,
+        clients_n,
         args.size,
         lat.len() as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
@@ -201,14 +197,48 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     let t = Instant::now();
     fed.kill(primary);
     let killed = t.elapsed();
-    let first = commit(3_000_000)
+    let first = commit(3_000_000 * clients_n)
         .await
         .map_err(|e| Failure::runtime(format!("after the kill: {e}")))?;
     println!(
         "recovery: first commit completed {:.0} ms after the primary (replica {primary}) was SIGKILLed",
         (killed + first).as_secs_f64() * 1e3
     );
-    let _ = client.shutdown().await;
+    for client in clients {
+        let _ = client.shutdown().await;
+    }
     drop(fed);
     Ok(())
+}
+
+/// A client node: a non-voting member of the federation with up to `slots`
+/// commits outstanding, bootstrapped from the voters' addresses.
+async fn start_client(
+    genesis: &fed_mesh::genesis::Genesis,
+    addrs: &[String],
+    slots: usize,
+) -> Result<FederatedMesh, Failure> {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut seed[..])
+        .map_err(|e| Failure::runtime(format!("no OS randomness: {e}")))?;
+    let identity = Arc::new(Identity::from_seeds(&seed, None));
+    let mut config = MeshConfig::new(identity, genesis.federation, Arc::new(Open))
+        .with_genesis(genesis)
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    config.capabilities.limits.requests_per_second = 1_000_000;
+    config.capabilities.limits.max_in_flight = 100_000;
+    config.bootstrap = addrs
+        .iter()
+        .map(|a| a.parse::<PeerAddress>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    if let Some(c) = config.consensus.as_mut() {
+        c.client_slots = u16::try_from(slots.max(1))
+            .unwrap_or(u16::MAX)
+            .min(fed_mesh::core::commit::MAX_CLIENT_SLOTS);
+    }
+    FederatedMesh::builder(config)
+        .start()
+        .await
+        .map_err(|e| Failure::runtime(e.to_string()))
 }

@@ -12,7 +12,8 @@ pub(super) trait ActionSink {
     fn next_action(&mut self) -> Option<Action>;
     /// Writes the replica's state and syncs it (clearing `writes`).
     fn sync(&mut self, writes: &mut Vec<fed_pbft::Persist>);
-    /// Carries out an action that is not a replica write.
+    /// Carries out an action that is not a replica write (the node's own
+    /// writes and an epoch's start among them: a failure there stops it too).
     fn perform(&mut self, action: Action);
     /// Whether the node stopped (a write failed): nothing more is done.
     fn stopped(&self) -> bool;
@@ -34,9 +35,14 @@ pub(super) fn drain(sink: &mut impl ActionSink) {
                     return;
                 }
                 for action in held.drain(..) {
+                    if sink.stopped() {
+                        return;
+                    }
                     sink.perform(action);
                 }
-                sink.perform(barrier);
+                if !sink.stopped() {
+                    sink.perform(barrier);
+                }
             }
             Some(action) if writes.is_empty() => sink.perform(action),
             Some(action) => held.push(action),
@@ -46,6 +52,9 @@ pub(super) fn drain(sink: &mut impl ActionSink) {
                     return;
                 }
                 for action in std::mem::take(&mut held) {
+                    if sink.stopped() {
+                        return;
+                    }
                     sink.perform(action);
                 }
             }
@@ -131,17 +140,25 @@ mod tests {
         before: HashMap<u64, usize>,
         /// Barriers without a name, in the order taken.
         stores: VecDeque<usize>,
+        /// Actions taken that are not writes.
+        others: usize,
         /// The actions carried out, in order; the syncs.
         performed: Vec<Option<u64>>,
         syncs: usize,
         violations: Vec<String>,
+        /// The sync, or the node's own write (barrier), that fails.
         fail_at_sync: Option<usize>,
+        fail_at_store: Option<usize>,
+        stores_done: usize,
         stopped: bool,
     }
 
     impl ActionSink for Recorder {
         fn next_action(&mut self) -> Option<Action> {
             let a = self.queue.pop_front()?;
+            if !matches!(a, Action::Persist(_)) {
+                self.others += 1;
+            }
             match (&a, name(&a)) {
                 (Action::Persist(w), _) => self.taken += w.len(),
                 (Action::Store(_), _) => self.stores.push_back(self.taken),
@@ -179,6 +196,12 @@ mod tests {
                 ));
             }
             self.performed.push(n);
+            if matches!(action, Action::Store(_)) {
+                self.stores_done += 1;
+                if self.fail_at_store == Some(self.stores_done) {
+                    self.stopped = true;
+                }
+            }
             if let Some(n) = n
                 && let Some(next) = self.then.remove(&n)
             {
@@ -201,9 +224,14 @@ mod tests {
         prop::collection::vec((step.clone(), prop::collection::vec(step, 0..4)), 0..24)
     }
 
-    /// Builds the recorder for a script: each step's follow-ups come when the
-    /// step is carried out (for a message or an epoch) or right after it.
-    fn recorder(script: &[(Step, Vec<Step>)], fail_at_sync: Option<usize>) -> (Recorder, Vec<u64>) {
+    /// Builds the recorder for a script: the follow-ups of a message or an
+    /// epoch's start are what carrying it out makes the core do next (those
+    /// of a write or a store are left out).
+    fn recorder(
+        script: &[(Step, Vec<Step>)],
+        fail_at_sync: Option<usize>,
+        fail_at_store: Option<usize>,
+    ) -> (Recorder, Vec<u64>) {
         let mut next = 1u64;
         let mut fresh = |step: &Step| {
             let a = action(step, next);
@@ -231,10 +259,13 @@ mod tests {
                 synced: 0,
                 before: HashMap::new(),
                 stores: VecDeque::new(),
+                others: 0,
                 performed: Vec::new(),
                 syncs: 0,
                 violations: Vec::new(),
                 fail_at_sync,
+                fail_at_store,
+                stores_done: 0,
                 stopped: false,
             },
             order,
@@ -242,17 +273,21 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::test_cases(256)))]
+
         /// Whatever the core asks for, in whatever order: no action is carried
         /// out before every write taken before it is synced, every write is
         /// synced, every action is carried out, and the top-level messages
         /// and epochs keep their order.
         #[test]
         fn no_action_overtakes_an_earlier_write(script in steps()) {
-            let (mut r, order) = recorder(&script, None);
+            let (mut r, order) = recorder(&script, None, None);
             drain(&mut r);
             prop_assert!(r.violations.is_empty(), "{:?}", r.violations);
             prop_assert_eq!(r.synced, r.taken, "writes left unsynced");
             prop_assert!(r.queue.is_empty() && r.then.is_empty(), "actions left");
+            prop_assert_eq!(r.performed.len(), r.others, "actions dropped");
+            prop_assert!(r.stores.is_empty(), "a store dropped");
             let performed: Vec<u64> = r.performed.iter().flatten().copied().collect();
             let top: Vec<u64> = performed.iter().copied().filter(|n| order.contains(n)).collect();
             prop_assert_eq!(top, order);
@@ -262,10 +297,20 @@ mod tests {
         /// writes is carried out.
         #[test]
         fn nothing_follows_a_failed_sync(script in steps()) {
-            let (mut r, _) = recorder(&script, Some(1));
+            let (mut r, _) = recorder(&script, Some(1), None);
             drain(&mut r);
             prop_assert!(r.violations.is_empty(), "{:?}", r.violations);
             prop_assert_eq!(r.synced, 0);
+        }
+
+        /// A failed write of the node's own (a barrier) stops it as well:
+        /// `perform` is never called again (the recorder panics if it is).
+        #[test]
+        fn nothing_follows_a_failed_store(script in steps()) {
+            let (mut r, _) = recorder(&script, None, Some(1));
+            drain(&mut r);
+            prop_assert!(r.violations.is_empty(), "{:?}", r.violations);
+            prop_assert!(r.stores_done <= 1);
         }
     }
 
@@ -280,6 +325,7 @@ mod tests {
                 (Step::Send, Vec::new()),
                 (Step::Write, Vec::new()),
             ],
+            None,
             None,
         );
         drain(&mut r);
