@@ -146,10 +146,9 @@ mod tests {
         performed: Vec<Option<u64>>,
         syncs: usize,
         violations: Vec<String>,
-        /// The sync, or the node's own write (barrier), that fails.
+        /// The sync, or the action carried out (counting from 1), that fails.
         fail_at_sync: Option<usize>,
-        fail_at_store: Option<usize>,
-        stores_done: usize,
+        fail_at_perform: Option<usize>,
         stopped: bool,
     }
 
@@ -196,11 +195,8 @@ mod tests {
                 ));
             }
             self.performed.push(n);
-            if matches!(action, Action::Store(_)) {
-                self.stores_done += 1;
-                if self.fail_at_store == Some(self.stores_done) {
-                    self.stopped = true;
-                }
+            if self.fail_at_perform == Some(self.performed.len()) {
+                self.stopped = true;
             }
             if let Some(n) = n
                 && let Some(next) = self.then.remove(&n)
@@ -230,7 +226,7 @@ mod tests {
     fn recorder(
         script: &[(Step, Vec<Step>)],
         fail_at_sync: Option<usize>,
-        fail_at_store: Option<usize>,
+        fail_at_perform: Option<usize>,
     ) -> (Recorder, Vec<u64>) {
         let mut next = 1u64;
         let mut fresh = |step: &Step| {
@@ -264,8 +260,7 @@ mod tests {
                 syncs: 0,
                 violations: Vec::new(),
                 fail_at_sync,
-                fail_at_store,
-                stores_done: 0,
+                fail_at_perform,
                 stopped: false,
             },
             order,
@@ -303,14 +298,15 @@ mod tests {
             prop_assert_eq!(r.synced, 0);
         }
 
-        /// A failed write of the node's own (a barrier) stops it as well:
-        /// `perform` is never called again (the recorder panics if it is).
+        /// An action whose carrying out stops the node (the node's own
+        /// write or an epoch's start, failing) is the last: `perform` is
+        /// never called again (the recorder panics if it is).
         #[test]
-        fn nothing_follows_a_failed_store(script in steps()) {
-            let (mut r, _) = recorder(&script, None, Some(1));
+        fn nothing_follows_a_failed_action(script in steps(), k in 1usize..6) {
+            let (mut r, _) = recorder(&script, None, Some(k));
             drain(&mut r);
             prop_assert!(r.violations.is_empty(), "{:?}", r.violations);
-            prop_assert!(r.stores_done <= 1);
+            prop_assert!(r.performed.len() <= k);
         }
     }
 
