@@ -35,9 +35,10 @@ Commands:
                              for N seconds (default 60); needs cargo-fuzz
   sim [--seeds N | --soak] [--scenario NAME] [--seed S]
                              the PBFT Byzantine simulator: N seeds per scenario
-                             (default 100; --soak: 10 000, the release soak of
-                             docs/TESTING.md), or replay one scenario and seed
-  sim mesh [--full]          the node simulator: 200 fed-mesh cores in release
+                             (default 100; --soak: 10 000, the soak of
+                             docs/TESTING.md), or replay one scenario and seed,
+                             in the `sim` profile (release with debug checks)
+  sim mesh [--full]          the node simulator: 200 fed-mesh cores, `sim` profile
                              (--full: the fan-out x hops sweep of BENCHMARKS.md)
   help                       this text
 

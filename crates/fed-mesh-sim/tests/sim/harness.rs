@@ -37,7 +37,7 @@ pub(crate) fn seed_or(default: u64) -> u64 {
 }
 
 /// Nodes in a federation: `FED_SIM_NODES`, or 60 (a quick run under `cargo
-/// test`; `cargo xtask sim` runs 200 in release).
+/// test`; `cargo xtask sim mesh` runs 200 in the `sim` profile).
 pub(crate) fn nodes() -> usize {
     std::env::var("FED_SIM_NODES")
         .ok()
