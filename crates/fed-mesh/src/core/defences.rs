@@ -386,6 +386,16 @@ impl Net {
         }
     }
 
+    /// Whether core `a` holds an outbound and an inbound session with `b`.
+    fn peers_of(&self, a: usize, b: usize) -> (bool, bool) {
+        self.cores[a]
+            .peers
+            .get(&self.peer(b))
+            .map_or((false, false), |p| {
+                (p.out_session_ref().is_some(), p.in_session_ref().is_some())
+            })
+    }
+
     fn cut_off(&self, by: usize, whom: usize) -> Option<CutOffReason> {
         let peer = self.peer(whom);
         self.events.iter().find_map(|(i, e)| match e {
@@ -1139,6 +1149,46 @@ fn stale_consensus_input_gets_the_chain_at_a_bounded_rate() {
         .nudged
         .insert(c, (at, len - 1));
     assert_eq!(sent(&mut net, &stale, 6_000), 1, "unasked, the chain grew");
+}
+
+/// A member that does not vote may hold a revocation the ledger refused (one
+/// applied from a pushed batch). When a certified epoch makes the revoked
+/// member a voter, the revocation is lifted there: the member can hold a
+/// session with it again, as every voter must for the replicas to reach it.
+#[test]
+fn a_member_revoked_here_alone_is_admitted_again_once_it_votes() {
+    use commit::{Operation, Voter};
+    // A votes alone; C does not vote; X is the member C revoked by itself.
+    let mut net = Net::new(vec![
+        consensus(1, &[1]),
+        consensus(3, &[1]),
+        consensus(7, &[1]),
+    ]);
+    net.connect(0, 1);
+    net.connect(0, 2);
+    let x = identity(7).node_id();
+    net.cores[1].revoked_members.insert(x.0);
+    let session = |net: &Net| {
+        let p = net.peers_of(1, 2);
+        p.0 && p.1
+    };
+    net.connect(1, 2);
+    assert!(!session(&net), "C took X in while it revoked it");
+    net.disconnect(1, 2);
+    // A makes X a voter; C, A's session peer, is sent the link.
+    let add = net.submit(
+        0,
+        Command::Commit(Operation::AddVoter(Voter::new(identity(7).public(), &[]))),
+    );
+    net.advance(1_000);
+    committed(&mut net, add);
+    assert_eq!(net.cores[1].consensus_status().unwrap().epoch, 1);
+    assert!(
+        !net.cores[1].revoked_members.contains(&x.0),
+        "X still revoked at C"
+    );
+    net.connect(1, 2);
+    assert!(session(&net), "C refuses the new voter");
 }
 
 /// A client whose replies come before its batch's pushed proof waits for the
