@@ -1187,6 +1187,43 @@ fn a_member_revoked_here_alone_is_admitted_again_once_it_votes() {
     assert!(session(&net), "C refuses the new voter");
 }
 
+/// A member told by a reply that its epoch is over (`[3]`), whose copy of the
+/// new link was lost, asks the voters of its epoch for the chain after 5 s,
+/// and enters the next epoch from their answer.
+#[test]
+fn a_member_told_its_epoch_is_over_asks_for_the_chain() {
+    use commit::{Operation, Voter};
+    let mut net = Net::new(vec![consensus(1, &[1]), consensus(2, &[1])]);
+    net.connect(0, 1);
+    // Everything A sends B while the epoch changes is lost.
+    net.hold = Some((vec![0], 1));
+    let c = Voter::new(identity(3).public(), &[]);
+    let add = net.submit(0, Command::Commit(Operation::AddVoter(c)));
+    let remove = net.submit(
+        0,
+        Command::Commit(Operation::RemoveVoter(identity(3).node_id().0)),
+    );
+    net.advance(1_000);
+    committed(&mut net, add);
+    committed(&mut net, remove);
+    assert_eq!(net.cores[0].consensus_status().unwrap().epoch, 1);
+    net.held.clear();
+    net.hold = None;
+    // What a reply `[3]` does at B.
+    let now = net.now;
+    let c = net.cores[1].commit.as_mut().unwrap();
+    c.epoch_over = true;
+    c.ask_chain_at = now + 5_000;
+    net.advance(4_900);
+    assert_eq!(
+        net.cores[1].consensus_status().unwrap().epoch,
+        0,
+        "B learnt the epoch before it asked"
+    );
+    net.advance(200);
+    assert_eq!(net.cores[1].consensus_status().unwrap().epoch, 1);
+}
+
 /// A client whose replies come before its batch's pushed proof waits for the
 /// push instead of asking a replica for the proof, so a batch crosses the
 /// network once per client node, not once per commit (asking at once made
