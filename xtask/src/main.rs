@@ -620,25 +620,9 @@ fn sim(args: &[String]) -> Result<(), String> {
 /// only, so the release build skips the transports) with 200 nodes; `full`
 /// also sweeps fan-out and hops and prints the tables of docs/BENCHMARKS.md.
 fn mesh_sim_run(full: bool) -> Result<(), String> {
-    let mut step = Step::cargo(
-        "mesh-sim",
-        &[
-            "test",
-            "--profile",
-            "sim",
-            "--locked",
-            "-p",
-            "fed-mesh-sim",
-            "--test",
-            "sim",
-            "--",
-            "--nocapture",
-            "--test-threads",
-            "2",
-        ],
-    )
-    .env("FED_SIM_NODES", MESH_SIM_NODES.to_string())
-    .output(Output::ShownWithFailures);
+    let mut step = Step::cargo("mesh-sim", &sim_test_args(&["fed-mesh-sim"]))
+        .env("FED_SIM_NODES", MESH_SIM_NODES.to_string())
+        .output(Output::ShownWithFailures);
     if full {
         step = step.env("FED_SIM_FULL", "1").env("FED_SIM_REPORT", "1");
     }
@@ -653,29 +637,22 @@ fn mesh_sim_run(full: bool) -> Result<(), String> {
 /// of them twice).
 fn ci_sims() -> Result<(), String> {
     run_step(
-        &Step::cargo(
-            "sims",
-            &[
-                "test",
-                "--profile",
-                "sim",
-                "--locked",
-                "-p",
-                "fed-pbft",
-                "-p",
-                "fed-mesh-sim",
-                "--test",
-                "sim",
-                "--",
-                "--nocapture",
-                "--test-threads",
-                "2",
-            ],
-        )
-        .env("FED_SIM_SEEDS", CI_SIM_SEEDS.to_string())
-        .env("FED_SIM_NODES", MESH_SIM_NODES.to_string())
-        .output(Output::ShownWithFailures),
+        &Step::cargo("sims", &sim_test_args(&["fed-pbft", "fed-mesh-sim"]))
+            .env("FED_SIM_SEEDS", CI_SIM_SEEDS.to_string())
+            .env("FED_SIM_NODES", MESH_SIM_NODES.to_string())
+            .output(Output::ShownWithFailures),
     )
+}
+
+/// `cargo test` of the `sim` test target of `packages` in the `sim` profile,
+/// its output shown, on two test threads.
+fn sim_test_args<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["test", "--profile", "sim", "--locked"];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
+    args.extend(["--test", "sim", "--", "--nocapture", "--test-threads", "2"]);
+    args
 }
 
 /// Nodes of the node simulator's federations in release runs.

@@ -942,6 +942,21 @@ fn genesis_membership(net: &Net, i: usize) -> Arc<fed_pbft::Membership> {
         .clone()
 }
 
+/// Core 0, voting alone, adds the member of `seed` as a voter and removes it
+/// again: one more configuration epoch, with the same voters.
+fn new_epoch(net: &mut Net, seed: u8) {
+    use commit::{Operation, Voter};
+    let c = Voter::new(identity(seed).public(), &[]);
+    let add = net.submit(0, Command::Commit(Operation::AddVoter(c)));
+    let remove = net.submit(
+        0,
+        Command::Commit(Operation::RemoveVoter(identity(seed).node_id().0)),
+    );
+    net.advance(1_000);
+    committed(net, add);
+    committed(net, remove);
+}
+
 fn committed(net: &mut Net, id: CommandId) -> commit::CommitReceipt {
     match net.completions.remove(&id) {
         Some(Completion::Committed(Ok(r))) => *r,
@@ -957,7 +972,7 @@ fn committed(net: &mut Net, id: CommandId) -> commit::CommitReceipt {
 /// from the old epoch, instead of submitting it again.
 #[test]
 fn a_commit_in_flight_when_the_epoch_changes_executes_once() {
-    use commit::{Operation, Voter};
+    use commit::Operation;
     let mut net = Net::new(vec![consensus(1, &[1]), consensus(2, &[1])]);
     net.connect(0, 1);
     let update = Operation::Update(crate::substrate::StateUpdate::Opaque {
@@ -970,15 +985,7 @@ fn a_commit_in_flight_when_the_epoch_changes_executes_once() {
     net.advance(20);
     // The epoch changes: the voters become [A] again, under a new membership
     // (C is added and removed again).
-    let c = Voter::new(identity(3).public(), &[]);
-    let add = net.submit(0, Command::Commit(Operation::AddVoter(c)));
-    let remove = net.submit(
-        0,
-        Command::Commit(Operation::RemoveVoter(identity(3).node_id().0)),
-    );
-    net.advance(1_000);
-    committed(&mut net, add);
-    committed(&mut net, remove);
+    new_epoch(&mut net, 3);
     let status = net.cores[0].consensus_status().unwrap();
     assert_eq!(status.epoch, 1, "A entered the next epoch");
     assert!(!net.completions.contains_key(&id), "B heard nothing yet");
@@ -999,7 +1006,6 @@ fn a_commit_in_flight_when_the_epoch_changes_executes_once() {
 /// by another member, is refused and does not get the genuine one refused.
 #[test]
 fn a_member_away_catches_up_and_a_forged_link_blocks_nothing() {
-    use commit::{Operation, Voter};
     // A votes; B does not; M, another member, is B's neighbour.
     let mut net = Net::new(vec![
         consensus(1, &[1]),
@@ -1011,15 +1017,7 @@ fn a_member_away_catches_up_and_a_forged_link_blocks_nothing() {
     net.disconnect(0, 1);
     // Two changes while B is away: epochs 1 and 2, both with A alone.
     for seed in [7u8, 8] {
-        let c = Voter::new(identity(seed).public(), &[]);
-        let add = net.submit(0, Command::Commit(Operation::AddVoter(c)));
-        let remove = net.submit(
-            0,
-            Command::Commit(Operation::RemoveVoter(identity(seed).node_id().0)),
-        );
-        net.advance(1_000);
-        committed(&mut net, add);
-        committed(&mut net, remove);
+        new_epoch(&mut net, seed);
     }
     assert_eq!(net.cores[0].consensus_status().unwrap().epoch, 2);
     assert_eq!(net.cores[1].consensus_status().unwrap().epoch, 0);
@@ -1069,20 +1067,11 @@ fn a_member_away_catches_up_and_a_forged_link_blocks_nothing() {
 /// whole chain (up to a session message's size) once per message.
 #[test]
 fn stale_consensus_input_gets_the_chain_at_a_bounded_rate() {
-    use commit::{Operation, Voter};
     // A votes alone; C is a member that does not vote.
     let mut net = Net::new(vec![consensus(1, &[1]), consensus(3, &[1])]);
     net.connect(0, 1);
     for seed in [7u8, 8] {
-        let c = Voter::new(identity(seed).public(), &[]);
-        let add = net.submit(0, Command::Commit(Operation::AddVoter(c)));
-        let remove = net.submit(
-            0,
-            Command::Commit(Operation::RemoveVoter(identity(seed).node_id().0)),
-        );
-        net.advance(1_000);
-        committed(&mut net, add);
-        committed(&mut net, remove);
+        new_epoch(&mut net, seed);
     }
     assert_eq!(net.cores[0].commit.as_ref().unwrap().chain.len(), 2);
     // From here, A's requests to C wait in `held`: each is a chain sent.
@@ -1192,20 +1181,11 @@ fn a_member_revoked_here_alone_is_admitted_again_once_it_votes() {
 /// and enters the next epoch from their answer.
 #[test]
 fn a_member_told_its_epoch_is_over_asks_for_the_chain() {
-    use commit::{Operation, Voter};
     let mut net = Net::new(vec![consensus(1, &[1]), consensus(2, &[1])]);
     net.connect(0, 1);
     // Everything A sends B while the epoch changes is lost.
     net.hold = Some((vec![0], 1));
-    let c = Voter::new(identity(3).public(), &[]);
-    let add = net.submit(0, Command::Commit(Operation::AddVoter(c)));
-    let remove = net.submit(
-        0,
-        Command::Commit(Operation::RemoveVoter(identity(3).node_id().0)),
-    );
-    net.advance(1_000);
-    committed(&mut net, add);
-    committed(&mut net, remove);
+    new_epoch(&mut net, 3);
     assert_eq!(net.cores[0].consensus_status().unwrap().epoch, 1);
     net.held.clear();
     net.hold = None;
