@@ -2076,7 +2076,7 @@ impl Core {
                         s.busy = None;
                         if !c.epoch_over {
                             c.epoch_over = true;
-                            c.ask_chain_at = now.saturating_add(5_000);
+                            c.ask_chain_at = now.saturating_add(super::epoch::NUDGE_INTERVAL_MS);
                         }
                     }
                     Outcome::Executed(result) if chained_index(&result).is_some() => {

@@ -70,6 +70,8 @@ struct Net {
     /// The actions of this core, in order, are noted in `watched`.
     watch: Option<usize>,
     watched: Vec<Watched>,
+    /// Every core's own writes (`Action::Store`), in order.
+    stored: Vec<(usize, StateWrite)>,
 }
 
 /// An action of the watched core.
@@ -110,6 +112,7 @@ impl Net {
             held: Vec::new(),
             watch: None,
             watched: Vec::new(),
+            stored: Vec::new(),
         };
         for i in 0..net.cores.len() {
             net.cores[i].handle_timeout(T0);
@@ -237,10 +240,10 @@ impl Net {
                     self.cores[j].handle_disconnected(me, now);
                 }
             }
+            Action::Store(writes) => self.stored.extend(writes.into_iter().map(|w| (i, w))),
             Action::Dial { .. }
             | Action::Unban { .. }
             | Action::Persist(_)
-            | Action::Store(_)
             | Action::EnterEpoch { .. } => {}
         }
     }
@@ -1142,17 +1145,19 @@ fn stale_consensus_input_gets_the_chain_at_a_bounded_rate() {
 
 /// A member that does not vote may hold a revocation the ledger refused (one
 /// applied from a pushed batch). When a certified epoch makes the revoked
-/// member a voter, the revocation is lifted there: the member can hold a
-/// session with it again, as every voter must for the replicas to reach it.
+/// member a voter, the revocation is lifted there, and the lifting stored:
+/// the member can hold a session with it again, as every voter must for the
+/// replicas to reach it. (Here the two were not connected when the
+/// revocation was applied; a revocation applied during a session also bans
+/// the member for `ban_ms`, which the lifting leaves to run out.)
 #[test]
 fn a_member_revoked_here_alone_is_admitted_again_once_it_votes() {
     use commit::{Operation, Voter};
-    // A votes alone; C does not vote; X is the member C revoked by itself.
-    let mut net = Net::new(vec![
-        consensus(1, &[1]),
-        consensus(3, &[1]),
-        consensus(7, &[1]),
-    ]);
+    // A votes alone; C does not vote, and keeps its state; X is the member C
+    // revoked by itself.
+    let mut keeping = consensus(3, &[1]);
+    keeping.state = Some(NodeState::default());
+    let mut net = Net::new(vec![consensus(1, &[1]), keeping, consensus(7, &[1])]);
     net.connect(0, 1);
     net.connect(0, 2);
     let x = identity(7).node_id();
@@ -1172,21 +1177,29 @@ fn a_member_revoked_here_alone_is_admitted_again_once_it_votes() {
     net.advance(1_000);
     committed(&mut net, add);
     assert_eq!(net.cores[1].consensus_status().unwrap().epoch, 1);
+    assert!(
+        net.stored
+            .iter()
+            .any(|(i, w)| *i == 1 && *w == StateWrite::Unrevoked(commit::Revocation::Member(x))),
+        "the lifting is not stored"
+    );
     net.connect(1, 2);
     assert!(session(&net), "C refuses the new voter");
 }
 
 /// A member told by a reply that its epoch is over (`[3]`), whose copy of the
-/// new link was lost, asks the voters of its epoch for the chain after 5 s,
+/// new link was lost, asks the voters of its epoch for the chain once
+/// `ask_chain_at` comes (the reply sets it 5 s ahead; here the test does),
 /// and enters the next epoch from their answer.
 #[test]
 fn a_member_told_its_epoch_is_over_asks_for_the_chain() {
     let mut net = Net::new(vec![consensus(1, &[1]), consensus(2, &[1])]);
     net.connect(0, 1);
-    // Everything A sends B while the epoch changes is lost.
+    // Every request A sends B while the epoch changes is lost.
     net.hold = Some((vec![0], 1));
     new_epoch(&mut net, 3);
     assert_eq!(net.cores[0].consensus_status().unwrap().epoch, 1);
+    assert!(!net.held.is_empty(), "A sent B nothing to lose");
     net.held.clear();
     net.hold = None;
     // What a reply `[3]` does at B.

@@ -37,7 +37,7 @@ pub const MAX_EPOCHS: usize = 1024;
 const REFUSED_LINKS: usize = 64;
 /// How often at most a peer that seems to be in an older epoch is sent the
 /// chain, and how often a node whose epoch is over asks for it.
-const NUDGE_INTERVAL_MS: u64 = 5_000;
+pub(super) const NUDGE_INTERVAL_MS: u64 = 5_000;
 /// After this long a peer is sent the chain again even if it did not grow.
 const NUDGE_AGAIN_MS: u64 = 30_000;
 /// Peers whose last chain push is remembered.
