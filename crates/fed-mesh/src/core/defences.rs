@@ -1147,9 +1147,9 @@ fn stale_consensus_input_gets_the_chain_at_a_bounded_rate() {
 /// applied from a pushed batch). When a certified epoch makes the revoked
 /// member a voter, the revocation is lifted there, and the lifting stored:
 /// the member can hold a session with it again, as every voter must for the
-/// replicas to reach it. (Here the two were not connected when the
-/// revocation was applied; a revocation applied during a session also bans
-/// the member for `ban_ms`, which the lifting leaves to run out.)
+/// replicas to reach it. The revocation came while the two were connected, so
+/// it also banned the member's connection for `ban_ms` (a minute): the ban
+/// ends with the revocation.
 #[test]
 fn a_member_revoked_here_alone_is_admitted_again_once_it_votes() {
     use commit::{Operation, Voter};
@@ -1161,11 +1161,17 @@ fn a_member_revoked_here_alone_is_admitted_again_once_it_votes() {
     net.connect(0, 1);
     net.connect(0, 2);
     let x = identity(7).node_id();
-    net.cores[1].revoked_members.insert(x.0);
     let session = |net: &Net| {
         let p = net.peers_of(1, 2);
         p.0 && p.1
     };
+    net.connect(1, 2);
+    assert!(session(&net));
+    // What applying the revocation does at C: X revoked, its connection cut.
+    net.cores[1].revoked_members.insert(x.0);
+    let (peer_x, now) = (net.peer(2), net.now);
+    net.cores[1].cut_off(peer_x, CutOffReason::Revoked, now);
+    net.run();
     net.connect(1, 2);
     assert!(!session(&net), "C took X in while it revoked it");
     net.disconnect(1, 2);

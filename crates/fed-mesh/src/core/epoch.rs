@@ -639,6 +639,12 @@ impl Core {
         for r in &lifted {
             if let Revocation::Member(n) = r {
                 self.revoked_members.remove(&n.0);
+                // The ban the revocation put on its connection ends too.
+                if let Some(peer) = next.membership.index_of(n).and_then(|i| next.peer(i))
+                    && self.bans.remove(&peer).is_some()
+                {
+                    self.push(Action::Unban { peer });
+                }
             }
         }
         if !lifted.is_empty() {
