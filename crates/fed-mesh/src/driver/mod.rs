@@ -57,6 +57,54 @@ fn timer_wait(now: u64, deadline: Option<u64>, ran_at_once: Option<u64>) -> (Dur
 }
 
 #[cfg(test)]
+mod audit_group_tests {
+    use super::*;
+
+    /// Entries within the delay of the first go in its group; a later one
+    /// starts the next; the size bound holds.
+    #[tokio::test(start_paused = true)]
+    async fn entries_within_the_delay_go_together() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = tokio::time::Instant::now();
+        // Entry `i` is sent `at` ms after the start.
+        let sender = tokio::spawn(async move {
+            for (i, at) in [0u64, 10, 40, 120, 121, 122].into_iter().enumerate() {
+                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                tx.send(i).unwrap();
+            }
+            tx
+        });
+        let delay = Duration::from_millis(50);
+        assert_eq!(
+            next_audit_group(&mut rx, delay, 16).await,
+            Some(vec![0, 1, 2])
+        );
+        assert_eq!(next_audit_group(&mut rx, delay, 2).await, Some(vec![3, 4]));
+        assert_eq!(next_audit_group(&mut rx, delay, 16).await, Some(vec![5]));
+        drop(sender.await.unwrap());
+        assert_eq!(next_audit_group(&mut rx, delay, 16).await, None);
+    }
+
+    /// A node stopping does not wait out the delay: the group ends when the
+    /// channel closes, with every entry that was sent.
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_channel_ends_the_group_at_once() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tx.send(1).unwrap();
+        tx.send(2).unwrap();
+        drop(tx);
+        let start = tokio::time::Instant::now();
+        let group = next_audit_group(&mut rx, Duration::from_secs(10), 16).await;
+        assert_eq!(group, Some(vec![1, 2]));
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the group waited out the delay"
+        );
+    }
+}
+
+#[cfg(test)]
 mod timer_tests {
     use super::*;
 
@@ -187,6 +235,29 @@ const MAX_COMMAND_GROUP: usize = 256;
 const MAX_FRAME_GROUP: usize = 64;
 /// Most audit entries appended in one transaction.
 const MAX_AUDIT_GROUP: usize = 1024;
+/// How long the audit writer waits after an event for more to append with
+/// it (one transaction, one sync, one head signature for the lot).
+const AUDIT_GROUP_DELAY: Duration = Duration::from_millis(50);
+
+/// The audit writer's next group: the first entry to arrive and those after
+/// it within `delay`, at most `max`. The group ends at once when the channel
+/// closes (the node stopping); `None` once it is closed and empty.
+async fn next_audit_group<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    delay: Duration,
+    max: usize,
+) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let until = tokio::time::Instant::now() + delay;
+    let mut group = vec![first];
+    while group.len() < max {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(next)) => group.push(next),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Some(group)
+}
 
 fn rr(
     protocol: Protocol,
@@ -395,18 +466,16 @@ impl Driver {
             }
         });
         // Audit entries are appended by one task, in the order the events
-        // happened, off the node's task: the entries waiting when one append
-        // ends go together in the next (one sync, one signature of the head).
+        // happened, off the node's task: those that come within
+        // AUDIT_GROUP_DELAY of the first go together (one sync, one signature
+        // of the head), so a node committing batches back to back appends
+        // a few times a second, not once a batch.
         let audit = audit.map(|(log, identity)| {
             let (tx, mut rx) = mpsc::unbounded_channel::<(u64, crate::store::AuditEvent)>();
             tokio::spawn(async move {
-                while let Some(first) = rx.recv().await {
-                    let mut group = vec![first];
-                    while group.len() < MAX_AUDIT_GROUP
-                        && let Ok(next) = rx.try_recv()
-                    {
-                        group.push(next);
-                    }
+                while let Some(group) =
+                    next_audit_group(&mut rx, AUDIT_GROUP_DELAY, MAX_AUDIT_GROUP).await
+                {
                     let (log, identity) = (log.clone(), identity.clone());
                     let appended =
                         tokio::task::spawn_blocking(move || log.append_all(&identity, group)).await;
