@@ -610,6 +610,102 @@ mod tests {
         assert_eq!(s.pending.len(), 2);
     }
 
+    /// A swarm over TCP on 127.0.0.1 with only the link behaviour.
+    fn swarm() -> libp2p::Swarm<link::Behaviour> {
+        libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| link::Behaviour::new(libp2p::StreamProtocol::new("/test/1")))
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build()
+    }
+
+    /// The driver gave up on a peer (its last connection closed) while the
+    /// writer to it was opening its stream, and the peer came back in time
+    /// for the stream to open: the frames queued before were for the
+    /// connection that is gone (their requests already failed), so the
+    /// writer writes none of them. The peer sees only what was sent after.
+    #[tokio::test]
+    async fn a_writer_whose_peer_left_while_its_stream_opened_writes_nothing() {
+        use libp2p::swarm::SwarmEvent;
+        let (mut a, mut b) = (swarm(), swarm());
+        let b_id = *b.local_peer_id();
+        b.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
+                break address;
+            }
+        };
+        a.dial(addr).unwrap();
+        loop {
+            tokio::select! {
+                e = a.select_next_some() => if let SwarmEvent::ConnectionEstablished { .. } = e { break },
+                _ = b.select_next_some() => {}
+            }
+        }
+        let mut sa = Streams::new(
+            a.behaviour().control(),
+            a.behaviour_mut().accept().unwrap(),
+            1024,
+            Duration::from_secs(60),
+            2,
+        );
+        let mut sb = Streams::new(
+            b.behaviour().control(),
+            b.behaviour_mut().accept().unwrap(),
+            1024,
+            Duration::from_secs(60),
+            2,
+        );
+        tokio::spawn(async move {
+            loop {
+                a.select_next_some().await;
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                b.select_next_some().await;
+            }
+        });
+        // On this single-threaded runtime the writer does not run before the
+        // next await: the driver gives up on b before its stream opens.
+        sa.send(b_id, OutboundId(1), b"before", 0).unwrap();
+        assert_eq!(sa.peer_gone(b_id), vec![OutboundId(1)]);
+        // The first writer ends (having opened its stream)...
+        let first = sa.events.recv().await.unwrap();
+        // ...and a new one carries what is sent now.
+        sa.send(b_id, OutboundId(2), b"after", 0).unwrap();
+        let mut seen = Vec::new();
+        while !seen.iter().any(|p: &Vec<u8>| p == b"after") {
+            if let StreamEvent::Frame { payload, .. } = sb.events.recv().await.unwrap() {
+                seen.push(payload);
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![b"after".to_vec()],
+            "b got a frame queued for the closed connection"
+        );
+        assert!(
+            matches!(
+                first,
+                StreamEvent::WriterFailed {
+                    generation: 1,
+                    failure: SendFailure::ConnectionClosed,
+                    ..
+                }
+            ),
+            "{first:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_peer_that_reads_nothing_holds_a_bounded_queue() {
         let mut behaviour = None;
