@@ -42,18 +42,34 @@ use crate::{
     wire::{self, Protocol},
 };
 
-/// How the driver's loop waits for the core's next `deadline` at `now`: how
-/// long, and whether it only yields (`true`) instead of sleeping. A deadline
+/// How the driver's loop waits for the core's next deadline. A deadline
 /// already due runs after a yield, not at tokio's next timer tick (up to a
 /// millisecond later: an idle primary's batch, due at once, waited for it).
-/// Once per deadline (`ran_at_once`: the last run that way), so that a
-/// deadline the core does not move cannot spin the loop: it then waits for
-/// the timer's tick.
-fn timer_wait(now: u64, deadline: Option<u64>, ran_at_once: Option<u64>) -> (Duration, bool) {
-    let wait = deadline.map_or(Duration::from_secs(3600), |t| {
-        Duration::from_millis(t.saturating_sub(now))
-    });
-    (wait, wait.is_zero() && ran_at_once != deadline)
+/// Once per deadline, so that a deadline the core does not move cannot spin
+/// the loop: it then waits for the timer's tick.
+#[derive(Default)]
+struct CoreTimer {
+    /// The deadline that last ran after a yield.
+    ran_at_once: Option<u64>,
+}
+
+impl CoreTimer {
+    /// How long to wait for `deadline` at `now`, and whether only to yield
+    /// (`true`) instead of sleeping.
+    fn wait(&self, now: u64, deadline: Option<u64>) -> (Duration, bool) {
+        let wait = deadline.map_or(Duration::from_secs(3600), |t| {
+            Duration::from_millis(t.saturating_sub(now))
+        });
+        (wait, wait.is_zero() && self.ran_at_once != deadline)
+    }
+
+    /// The wait that [`wait`](Self::wait) gave for `deadline` ended; the
+    /// core's timeout runs next.
+    fn fired(&mut self, deadline: Option<u64>, at_once: bool) {
+        if at_once {
+            self.ran_at_once = deadline;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -114,30 +130,24 @@ mod timer_tests {
     #[test]
     fn a_deadline_that_does_not_move_runs_at_once_only_once() {
         let due = Some(1_000);
-        let mut ran_at_once = None;
+        let mut timer = CoreTimer::default();
         let mut at_once_runs = 0;
         for now in [1_000, 1_000, 1_000, 1_001, 1_002] {
-            let (wait, at_once) = timer_wait(now, due, ran_at_once);
+            let (wait, at_once) = timer.wait(now, due);
             assert!(wait.is_zero());
             if at_once {
                 at_once_runs += 1;
-                ran_at_once = due;
             }
+            timer.fired(due, at_once);
         }
         assert_eq!(at_once_runs, 1);
         // A new deadline due at once runs at once again; a later one sleeps.
+        assert_eq!(timer.wait(1_002, Some(1_001)), (Duration::ZERO, true));
         assert_eq!(
-            timer_wait(1_002, Some(1_001), ran_at_once),
-            (Duration::ZERO, true)
-        );
-        assert_eq!(
-            timer_wait(1_002, Some(1_010), ran_at_once),
+            timer.wait(1_002, Some(1_010)),
             (Duration::from_millis(8), false)
         );
-        assert_eq!(
-            timer_wait(1_002, None, ran_at_once),
-            (Duration::from_secs(3600), false)
-        );
+        assert_eq!(timer.wait(1_002, None), (Duration::from_secs(3600), false));
     }
 }
 
@@ -535,11 +545,10 @@ impl Driver {
         let mut expiry_tick = tokio::time::interval(Duration::from_secs(1));
         expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The deadline last run at once (see below).
-        let mut ran_at_once = None;
+        let mut core_timer = CoreTimer::default();
         loop {
             let deadline = self.core.poll_timeout();
-            let (wait, at_once) = timer_wait(now_ms(), deadline, ran_at_once);
+            let (wait, at_once) = core_timer.wait(now_ms(), deadline);
             let timer = async move {
                 if at_once {
                     tokio::task::yield_now().await;
@@ -617,9 +626,7 @@ impl Driver {
                     }
                 }
                 _ = timer => {
-                    if at_once {
-                        ran_at_once = deadline;
-                    }
+                    core_timer.fired(deadline, at_once);
                     self.core.handle_timeout(now_ms());
                 }
                 _ = kad_bootstrap.tick() => {
