@@ -76,15 +76,16 @@ impl CoreTimer {
 mod audit_group_tests {
     use super::*;
 
-    /// Entries within the delay of the first go in its group; a later one
-    /// starts the next; the size bound holds.
+    /// Entries within the delay of the first go in its group (counted from
+    /// the first, not from the last one in); a later one starts the next;
+    /// the size bound holds.
     #[tokio::test(start_paused = true)]
     async fn entries_within_the_delay_go_together() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let start = tokio::time::Instant::now();
         // Entry `i` is sent `at` ms after the start.
         let sender = tokio::spawn(async move {
-            for (i, at) in [0u64, 10, 40, 120, 121, 122].into_iter().enumerate() {
+            for (i, at) in [0u64, 10, 40, 70, 150, 151, 152].into_iter().enumerate() {
                 tokio::time::sleep_until(start + Duration::from_millis(at)).await;
                 tx.send(i).unwrap();
             }
@@ -95,8 +96,9 @@ mod audit_group_tests {
             next_audit_group(&mut rx, delay, 16).await,
             Some(vec![0, 1, 2])
         );
-        assert_eq!(next_audit_group(&mut rx, delay, 2).await, Some(vec![3, 4]));
-        assert_eq!(next_audit_group(&mut rx, delay, 16).await, Some(vec![5]));
+        assert_eq!(next_audit_group(&mut rx, delay, 16).await, Some(vec![3]));
+        assert_eq!(next_audit_group(&mut rx, delay, 2).await, Some(vec![4, 5]));
+        assert_eq!(next_audit_group(&mut rx, delay, 16).await, Some(vec![6]));
         drop(sender.await.unwrap());
         assert_eq!(next_audit_group(&mut rx, delay, 16).await, None);
     }
@@ -406,8 +408,11 @@ pub(crate) struct Driver {
     next_inbound: u64,
     next_command: u64,
     /// Events for the audit log's writer (with a data directory), in the
-    /// order they happened.
-    audit: Option<mpsc::UnboundedSender<(u64, crate::store::AuditEvent)>>,
+    /// order they happened, and the writer (awaited when the node stops).
+    audit: Option<(
+        mpsc::UnboundedSender<(u64, crate::store::AuditEvent)>,
+        tokio::task::JoinHandle<()>,
+    )>,
     /// The replica's durable state, with a data directory.
     pbft_store: Option<crate::store::PbftStore>,
     /// Committed batches, in order, to the task that applies them to the substrate.
@@ -482,7 +487,7 @@ impl Driver {
         // a few times a second, not once a batch.
         let audit = audit.map(|(log, identity)| {
             let (tx, mut rx) = mpsc::unbounded_channel::<(u64, crate::store::AuditEvent)>();
-            tokio::spawn(async move {
+            let writer = tokio::spawn(async move {
                 while let Some(group) =
                     next_audit_group(&mut rx, AUDIT_GROUP_DELAY, MAX_AUDIT_GROUP).await
                 {
@@ -496,7 +501,7 @@ impl Driver {
                     }
                 }
             });
-            tx
+            (tx, writer)
         });
         let mut driver = Self {
             swarm,
@@ -562,6 +567,7 @@ impl Driver {
                     None => break,
                     Some(Request::Shutdown(done)) => {
                         self.fail_waiting();
+                        self.close_audit().await;
                         let _ = done.send(());
                         break;
                     }
@@ -590,6 +596,7 @@ impl Driver {
                             Some(Request::Shutdown(done)) => {
                                 self.drain();
                                 self.fail_waiting();
+                                self.close_audit().await;
                                 let _ = done.send(());
                                 break;
                             }
@@ -639,6 +646,17 @@ impl Driver {
                 self.fail_waiting();
                 break;
             }
+        }
+        self.close_audit().await;
+    }
+
+    /// Ends the audit writer once it has appended every entry sent to it
+    /// (it would otherwise wait out its group's delay, and a runtime that
+    /// ends with the node would drop those entries).
+    async fn close_audit(&mut self) {
+        if let Some((tx, writer)) = self.audit.take() {
+            drop(tx);
+            let _ = writer.await;
         }
     }
 
@@ -1107,7 +1125,7 @@ impl Driver {
     /// through the writer task, in order.
     fn audit(&self, event: &MeshEvent) {
         use crate::store::AuditEvent;
-        let Some(audit) = &self.audit else {
+        let Some((audit, _)) = &self.audit else {
             return;
         };
         let entry = match event {

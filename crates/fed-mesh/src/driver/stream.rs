@@ -631,8 +631,16 @@ mod tests {
     /// for the stream to open: the frames queued before were for the
     /// connection that is gone (their requests already failed), so the
     /// writer writes none of them. The peer sees only what was sent after.
+    /// The give-up is the driver's call (`peer_gone`), made here while the
+    /// connection stays up.
     #[tokio::test]
     async fn a_writer_whose_peer_left_while_its_stream_opened_writes_nothing() {
+        tokio::time::timeout(Duration::from_secs(60), writer_gives_up())
+            .await
+            .expect("the test did not finish in 60 s");
+    }
+
+    async fn writer_gives_up() {
         use libp2p::swarm::SwarmEvent;
         let (mut a, mut b) = (swarm(), swarm());
         let b_id = *b.local_peer_id();
@@ -646,7 +654,11 @@ mod tests {
         a.dial(addr).unwrap();
         loop {
             tokio::select! {
-                e = a.select_next_some() => if let SwarmEvent::ConnectionEstablished { .. } = e { break },
+                e = a.select_next_some() => match e {
+                    SwarmEvent::ConnectionEstablished { .. } => break,
+                    SwarmEvent::OutgoingConnectionError { error, .. } => panic!("{error}"),
+                    _ => {}
+                },
                 _ = b.select_next_some() => {}
             }
         }

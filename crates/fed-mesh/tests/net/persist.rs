@@ -1,7 +1,7 @@
 //! A node with a data directory: its patterns and its audit log outlive it.
 
 use fed_mesh::{
-    Error, FederatedMesh, FederationScope, MeshConfig, QueryOptions,
+    Error, FederatedMesh, FederationScope, MeshConfig, MeshEvent, QueryOptions,
     store::{AuditEvent, StoreError},
     substrate::{PatternId, PatternQuery},
 };
@@ -23,6 +23,44 @@ pub(crate) async fn start_default(config: MeshConfig) -> FederatedMesh {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("node does not start: {last:?}");
+}
+
+/// A clean stop appends the audit entries sent before it: the writer's
+/// wait for more entries is cut short, and nothing is left to a runtime
+/// that may end with the node (`fedmesh node` returns from `main`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_appends_every_audit_entry_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(95);
+    c.data_dir = Some(dir.path().join("a"));
+    let a = start_default(c).await;
+    let mut events = a.events();
+    let b = start(config(96)).await;
+    b.join_federation(&a.address().await.unwrap())
+        .await
+        .unwrap();
+    // A's entry for the join goes to its writer before the event is published.
+    let joined = async {
+        loop {
+            match events.recv().await {
+                Ok(MeshEvent::PeerJoined { node, .. }) if node == b.node_id() => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), joined)
+        .await
+        .expect("A saw no join");
+    a.shutdown().await.unwrap();
+    let entries = a.store().unwrap().audit().entries().unwrap();
+    assert!(
+        entries.iter().any(|e| e.event
+            == AuditEvent::Joined {
+                peer: b.node_id().0
+            }),
+        "the join's entry was not appended before the stop returned: {entries:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,7 +85,20 @@ fn the_status_page_and_metrics_show_the_federation() {
     );
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
-    // /status: every member, the primary, the commits with their digests, the audit tail.
+    // /status: every member, the primary, the commits with their digests, the audit tail
+    // (the audit writer appends the entries of 50 ms together: waited for).
+    wait_for(10, "a commit in the audit tail", || {
+        let (_, response) = get(&addr, "/status");
+        serde_json::from_str::<serde_json::Value>(body(&response)).is_ok_and(|s| {
+            s["audit_tail"].as_array().is_some_and(|tail| {
+                tail.iter().any(|a| {
+                    a["event"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with("committed"))
+                })
+            })
+        })
+    });
     let (code, response) = get(&addr, "/status");
     assert_eq!(code, 200, "{response}");
     let s: serde_json::Value = serde_json::from_str(body(&response)).unwrap();
