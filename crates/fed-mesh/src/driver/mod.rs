@@ -247,6 +247,8 @@ const MAX_COMMAND_GROUP: usize = 256;
 const MAX_FRAME_GROUP: usize = 64;
 /// Most audit entries appended in one transaction.
 const MAX_AUDIT_GROUP: usize = 1024;
+/// Where the driver sends audit entries (time and event) to their writer.
+type AuditSender = mpsc::UnboundedSender<(u64, crate::store::AuditEvent)>;
 /// How long the audit writer waits after an event for more to append with
 /// it (one transaction, one sync, one head signature for the lot).
 const AUDIT_GROUP_DELAY: Duration = Duration::from_millis(50);
@@ -409,10 +411,7 @@ pub(crate) struct Driver {
     next_command: u64,
     /// Events for the audit log's writer (with a data directory), in the
     /// order they happened, and the writer (awaited when the node stops).
-    audit: Option<(
-        mpsc::UnboundedSender<(u64, crate::store::AuditEvent)>,
-        tokio::task::JoinHandle<()>,
-    )>,
+    audit: Option<(AuditSender, tokio::task::JoinHandle<()>)>,
     /// The replica's durable state, with a data directory.
     pbft_store: Option<crate::store::PbftStore>,
     /// Committed batches, in order, to the task that applies them to the substrate.
