@@ -250,7 +250,7 @@ const MAX_AUDIT_GROUP: usize = 1024;
 /// Where the driver sends audit entries (time and event) to their writer.
 type AuditSender = mpsc::UnboundedSender<(u64, crate::store::AuditEvent)>;
 /// How long the audit writer waits after an event for more to append with
-/// it (one transaction, one sync, one head signature for the lot).
+/// it (one transaction, one head signature for the lot).
 const AUDIT_GROUP_DELAY: Duration = Duration::from_millis(50);
 
 /// The audit writer's next group: the first entry to arrive and those after
@@ -481,9 +481,9 @@ impl Driver {
         });
         // Audit entries are appended by one task, in the order the events
         // happened, off the node's task: those that come within
-        // AUDIT_GROUP_DELAY of the first go together (one sync, one signature
-        // of the head), so a node committing batches back to back appends
-        // a few times a second, not once a batch.
+        // AUDIT_GROUP_DELAY of the first go together (one transaction, one
+        // signature of the head), so a node committing batches back to back
+        // appends at most 20 times a second, not once a batch.
         let audit = audit.map(|(log, identity)| {
             let (tx, mut rx) = mpsc::unbounded_channel::<(u64, crate::store::AuditEvent)>();
             let writer = tokio::spawn(async move {
