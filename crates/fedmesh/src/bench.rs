@@ -48,6 +48,80 @@ pub(crate) struct BenchArgs {
     pause_ms: u64,
 }
 
+/// CPU time used so far (user and system, every thread) by the voters'
+/// processes and by this one, and the machine's busy and total time, in
+/// clock ticks, from Linux's `/proc`. None where `/proc` cannot be read.
+struct CpuSample {
+    voters: Vec<u64>,
+    client: u64,
+    busy: u64,
+    total: u64,
+}
+
+/// Linux's clock tick for `/proc` times (`USER_HZ`), in milliseconds.
+const TICK_MS: f64 = 10.0;
+
+impl CpuSample {
+    fn take(pids: &[u32]) -> Option<Self> {
+        let voters = pids
+            .iter()
+            .map(|pid| process_ticks(&format!("/proc/{pid}/stat")))
+            .collect::<Option<Vec<_>>>()?;
+        let client = process_ticks("/proc/self/stat")?;
+        // The first line of /proc/stat: "cpu user nice system idle iowait irq softirq steal ...".
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let total: u64 = ticks.iter().take(8).sum();
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        Some(Self {
+            voters,
+            client,
+            busy: total - idle,
+            total,
+        })
+    }
+
+    /// What was used between `self` and `later`, per commit of the `per`
+    /// made meanwhile, as a line: each voter's and the client process's
+    /// CPU, in microseconds per commit, and how busy the machine was.
+    fn report(&self, later: &Self, per: usize, what: &str) -> String {
+        let per = per.max(1) as f64 / 1e3;
+        let voters: Vec<String> = self
+            .voters
+            .iter()
+            .zip(&later.voters)
+            .map(|(a, b)| format!("{:.0}", b.saturating_sub(*a) as f64 * TICK_MS / per))
+            .collect();
+        let client = later.client.saturating_sub(self.client) as f64 * TICK_MS / per;
+        let busy = later.busy.saturating_sub(self.busy) as f64;
+        let total = later.total.saturating_sub(self.total).max(1) as f64;
+        format!(
+            "cpu ({what}): µs per commit in each voter {}, in this process (client nodes and the bench) {client:.0}; machine {:.0}% busy",
+            voters.join(", "),
+            100.0 * busy / total
+        )
+    }
+}
+
+/// User plus system clock ticks of the process whose `stat` file is `path`
+/// (fields 14 and 15; the command name, field 2, may hold spaces and
+/// parentheses, so fields are counted after its closing one).
+fn process_ticks(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -122,6 +196,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::runtime(format!("warm-up: {e}")))?;
     }
+    // CPU is sampled around each run (a figure only, on Linux).
+    let pids: Vec<u32> = (0..args.voters).filter_map(|i| fed.pid(i)).collect();
+    let cpu_before = CpuSample::take(&pids);
     // Unloaded latency.
     let mut lat = Vec::with_capacity(args.sequential);
     for i in 0..args.sequential {
@@ -134,6 +211,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
                 .map_err(|e| Failure::runtime(e.to_string()))?,
         );
     }
+    let cpu_after = CpuSample::take(&pids);
     lat.sort();
     println!(
         "unloaded ({} sequential commits, {} ms apart, {} B): p50 {:.2} ms, p99 {:.2} ms",
@@ -143,17 +221,22 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
     );
+    if let (Some(a), Some(b)) = (&cpu_before, &cpu_after) {
+        println!("{}", a.report(b, args.sequential, "unloaded"));
+    }
     // Throughput.
     // Voter 0's last executed sequence number (a figure only: none if its
     // status cannot be read).
     let executed = async || fed.status(0).await.ok()?["consensus"]["last_executed"].as_u64();
     let first_seq = executed().await;
+    let cpu_before = CpuSample::take(&pids);
     let started = Instant::now();
     let results: Vec<_> = futures::stream::iter((0..args.commits).map(|i| commit(2_000_000 + i)))
         .buffer_unordered(args.concurrency.max(1))
         .map(|r| (r, started.elapsed()))
         .collect()
         .await;
+    let cpu_after = CpuSample::take(&pids);
     let mut errors = std::collections::BTreeMap::<String, usize>::new();
     for (r, _) in &results {
         if let Err(e) = r {
@@ -183,6 +266,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
     );
+    if let (Some(a), Some(b)) = (&cpu_before, &cpu_after) {
+        println!("{}", a.report(b, lat.len(), "throughput"));
+    }
     // Batches voter 0 executed meanwhile: the clients complete on a quorum
     // of replies, so its count is read once it stops moving.
     let mut last_seq = executed().await;
@@ -252,4 +338,25 @@ async fn start_client(
         .start()
         .await
         .map_err(|e| Failure::runtime(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The times are fields 14 and 15, counted after the command name's
+    /// last parenthesis (a name may hold spaces and parentheses).
+    #[test]
+    fn process_times_are_read_past_an_odd_command_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stat");
+        let mut line = String::from("4242 (a) b (c d) S 1 4242 4242 0 -1 4194560 100 0 0 0 ");
+        line.push_str("731 269 0 0 20 0 3 0 100 0 0\n");
+        std::fs::write(&path, line).unwrap();
+        assert_eq!(process_ticks(path.to_str().unwrap()), Some(731 + 269));
+        std::fs::write(&path, "4242 (no times) S 1\n").unwrap();
+        assert_eq!(process_ticks(path.to_str().unwrap()), None);
+        std::fs::write(&path, "no parenthesis at all\n").unwrap();
+        assert_eq!(process_ticks(path.to_str().unwrap()), None);
+    }
 }

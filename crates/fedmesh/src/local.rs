@@ -133,6 +133,11 @@ impl LocalFederation {
         Err(Failure::runtime(format!("node {i} did not start")))
     }
 
+    /// Node `i`'s process id, while it runs.
+    pub(crate) fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL.
     pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
