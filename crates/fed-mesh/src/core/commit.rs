@@ -1958,6 +1958,7 @@ impl Core {
             self.stats.pbft_rejected += 1;
             return;
         };
+        let local = self.local_node;
         let Some(c) = self.commit.as_mut() else {
             return;
         };
@@ -1990,7 +1991,7 @@ impl Core {
             .collect();
         let ours: Vec<(ClientId, u64)> = requests
             .iter()
-            .filter(|r| c.slots.iter().any(|s| s.id == r.client))
+            .filter(|r| c.slot_index.contains_key(&r.client))
             .map(|r| r.id())
             .collect();
         let apply = !revocations.is_empty() && c.replica.is_none();
@@ -2014,22 +2015,28 @@ impl Core {
         if ours.is_empty() {
             return;
         }
-        let waiting: Vec<usize> = c
-            .slots
+        let mut waiting: Vec<usize> = ours
             .iter()
-            .enumerate()
-            .filter(|(_, s)| {
-                s.busy
-                    .as_ref()
-                    .is_some_and(|f| f.proof.is_some() && ours.contains(&(s.id, f.timestamp)))
+            .filter_map(|(client, timestamp)| {
+                let i = *c.slot_index.get(client)?;
+                let f = c.slots.get(i)?.busy.as_ref()?;
+                (f.proof.is_some() && f.timestamp == *timestamp).then_some(i)
             })
-            .map(|(i, _)| i)
             .collect();
-        // Every request of the batch, not only this node's: a voter pushed to
-        // before its own replica executes the batch answers others' proof
-        // requests from this entry (its own `remember` then finds it there).
-        let all: Vec<(ClientId, u64)> = requests.iter().map(|r| r.id()).collect();
-        c.remember((epoch.number, proof.seq), proof, batch.into(), &all);
+        waiting.sort_unstable();
+        waiting.dedup();
+        // A voter of the proof's epoch keeps every request of the batch, not
+        // only its own: pushed to before its own replica executes the batch,
+        // it answers others' proof requests from this entry (its own
+        // `remember` then finds it there). A member that does not vote is not
+        // asked for proofs: it indexes its own requests only, which keeps its
+        // index as small as its slots instead of a whole batch per push.
+        let index = if epoch.membership.index_of(&local).is_some() {
+            requests.iter().map(|r| r.id()).collect()
+        } else {
+            ours
+        };
+        c.remember((epoch.number, proof.seq), proof, batch.into(), &index);
         for i in waiting {
             self.hunt_proof(i, now);
         }

@@ -1379,6 +1379,63 @@ fn a_voter_pushed_a_proof_before_it_executes_answers_for_every_request_in_the_ba
     assert!(checked > 0, "some batches were pushed to voter 1");
 }
 
+/// A member that does not vote keeps, of a batch pushed to it, only its own
+/// requests in its proof index: it is never asked for others' proofs, and
+/// indexing every request of every batch made each client node's index grow
+/// by whole batches (a sixth of a client node's CPU under load, most of it
+/// rehashing). Members 4 and 5 commit together, so their requests share
+/// batches; each finds its own proof and keeps none of the other's requests.
+#[test]
+fn a_member_that_does_not_vote_indexes_only_its_own_requests_of_a_pushed_batch() {
+    let mut net = four_voters_without_checkpoints(6);
+    let m = genesis_membership(&net, 0);
+    let update = |k: u8, who: u8| {
+        Command::Commit(commit::Operation::Update(
+            crate::substrate::StateUpdate::Opaque {
+                kind: "test".into(),
+                bytes: vec![k, who],
+            },
+        ))
+    };
+    let mut shared = 0;
+    let mut receipts = Vec::new();
+    for k in 0..8u8 {
+        let (a, b) = (
+            CommandId(20_000 + u64::from(k) * 2),
+            CommandId(20_001 + u64::from(k) * 2),
+        );
+        let now = net.now;
+        net.cores[4].command(a, update(k, 4), now);
+        net.cores[5].command(b, update(k, 5), now);
+        net.run();
+        net.advance(200);
+        let (ra, rb) = (committed(&mut net, a), committed(&mut net, b));
+        ra.verify(&m).unwrap();
+        rb.verify(&m).unwrap();
+        if ra.proof.seq == rb.proof.seq {
+            shared += 1;
+        }
+        receipts.push((ra, rb));
+    }
+    assert!(shared > 0, "some batches hold both members' requests");
+    for (i, other) in [(4, 5), (5, 4)] {
+        let c = net.cores[i].commit.as_ref().unwrap();
+        let mut own_indexed = 0;
+        for (ra, rb) in &receipts {
+            let (own, theirs) = if i == 4 { (ra, rb) } else { (rb, ra) };
+            assert!(
+                !c.by_request
+                    .contains_key(&(theirs.client, theirs.timestamp)),
+                "member {i} indexed a request of member {other}"
+            );
+            if c.by_request.contains_key(&(own.client, own.timestamp)) {
+                own_indexed += 1;
+            }
+        }
+        assert!(own_indexed > 0, "member {i} kept pushed proofs of its own");
+    }
+}
+
 /// A replica's replies (and its proof push) go before its write when that
 /// write is only the batch's `Committed` record (pbft.md §5: kept for
 /// recovery), and after it otherwise: when one input makes a replica accept
