@@ -2029,8 +2029,8 @@ impl Core {
         // only its own: pushed to before its own replica executes the batch,
         // it answers others' proof requests from this entry (its own
         // `remember` then finds it there). A member that does not vote is not
-        // asked for proofs: it indexes its own requests only, which keeps its
-        // index as small as its slots instead of a whole batch per push.
+        // asked for proofs: it indexes its own requests only, not every
+        // request of every batch pushed to it.
         let index = if epoch.membership.index_of(&local).is_some() {
             requests.iter().map(|r| r.id()).collect()
         } else {
