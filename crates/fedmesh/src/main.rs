@@ -23,7 +23,8 @@ use clap::{Parser, Subcommand};
 
 /// jemalloc instead of the system allocator: the node allocates per message,
 /// and glibc's malloc took a sixth of a voter's CPU under load; jemalloc
-/// gave 8% more commits per second (docs/BENCHMARKS.md, docs/DECISIONS.md).
+/// gave 7 to 17% more commits per second (docs/BENCHMARKS.md,
+/// docs/DECISIONS.md).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
