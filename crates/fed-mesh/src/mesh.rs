@@ -289,13 +289,33 @@ impl MeshBuilder {
         if let Some(store) = &store {
             core_config.state = Some(store.state().load()?);
         }
+        // The batches the recovered replica executes again as it starts: those
+        // whose commits the audit log holds already are not logged twice.
+        let replayed: Vec<(u64, [u8; 32])> = core_config
+            .consensus
+            .as_ref()
+            .and_then(|c| c.recovered.as_ref())
+            .map(|d| {
+                d.committed
+                    .iter()
+                    .map(|(seq, (proof, _))| (*seq, proof.digest))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| Error::Config(format!("no OS randomness: {e}")))?;
         let core = Core::new(core_config, seed, driver::now_ms())?;
         let node_id = core.node_id();
         let (tx, rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(1024);
-        let audit = store.as_ref().map(|s| (s.audit(), config.identity.clone()));
+        let audit = match &store {
+            Some(s) => {
+                let log = s.audit();
+                let logged = log.logged_commits(&replayed)?;
+                Some((log, config.identity.clone(), logged))
+            }
+            None => None,
+        };
         let driver = Driver::new(
             swarm,
             core,

@@ -412,6 +412,10 @@ pub(crate) struct Driver {
     /// Events for the audit log's writer (with a data directory), in the
     /// order they happened, and the writer (awaited when the node stops).
     audit: Option<(AuditSender, tokio::task::JoinHandle<()>)>,
+    /// Batches the recovered replica executes again as the node starts whose
+    /// commits the audit log holds already: skipped once each, not logged
+    /// twice (the federation committed them once).
+    audited_replays: std::collections::HashSet<(u64, [u8; 32])>,
     /// The replica's durable state, with a data directory.
     pbft_store: Option<crate::store::PbftStore>,
     /// Committed batches, in order, to the task that applies them to the substrate.
@@ -442,7 +446,11 @@ impl Driver {
         requests: mpsc::Receiver<Request>,
         events: broadcast::Sender<MeshEvent>,
         bootstrap: &[crate::PeerAddress],
-        audit: Option<(crate::store::AuditLog, Arc<fed_crypto::Identity>)>,
+        audit: Option<(
+            crate::store::AuditLog,
+            Arc<fed_crypto::Identity>,
+            std::collections::HashSet<(u64, [u8; 32])>,
+        )>,
         pbft_store: Option<crate::store::PbftStore>,
         state_store: Option<crate::store::StateStore>,
         metrics: Option<crate::metrics::NodeMetrics>,
@@ -484,7 +492,9 @@ impl Driver {
         // AUDIT_GROUP_DELAY of the first go together (one transaction, one
         // signature of the head), so a node committing batches back to back
         // appends at most 20 times a second, not once a batch.
-        let audit = audit.map(|(log, identity)| {
+        let mut audited_replays = std::collections::HashSet::new();
+        let audit = audit.map(|(log, identity, logged)| {
+            audited_replays = logged;
             let (tx, mut rx) = mpsc::unbounded_channel::<(u64, crate::store::AuditEvent)>();
             let writer = tokio::spawn(async move {
                 while let Some(group) =
@@ -520,6 +530,7 @@ impl Driver {
             next_inbound: 1,
             next_command: 1,
             audit,
+            audited_replays,
             pbft_store,
             apply_tx,
             failed: false,
@@ -1122,7 +1133,7 @@ impl Driver {
     /// Records the events the audit log keeps (joins, tokens issued,
     /// revocations, commits, view changes, membership changes, cut-offs),
     /// through the writer task, in order.
-    fn audit(&self, event: &MeshEvent) {
+    fn audit(&mut self, event: &MeshEvent) {
         use crate::store::AuditEvent;
         let Some((audit, _)) = &self.audit else {
             return;
@@ -1133,10 +1144,15 @@ impl Driver {
                 peer: node.map_or([0; 32], |n| n.0),
                 reason: format!("{reason:?}"),
             },
-            MeshEvent::Committed(batch) => AuditEvent::Committed {
-                seq: batch.seq,
-                digest: batch.digest,
-            },
+            MeshEvent::Committed(batch) => {
+                if self.audited_replays.remove(&(batch.seq, batch.digest)) {
+                    return;
+                }
+                AuditEvent::Committed {
+                    seq: batch.seq,
+                    digest: batch.digest,
+                }
+            }
             MeshEvent::ViewChanged { view } => AuditEvent::ViewChanged { view: *view },
             MeshEvent::EpochChanged { membership, .. } => AuditEvent::MembershipChanged {
                 membership: *membership,

@@ -247,6 +247,52 @@ impl AuditLog {
         Ok(out)
     }
 
+    /// Which of `wanted`, `(sequence, digest)` of batches of the current
+    /// configuration epoch, the log holds a `Committed` entry for. A
+    /// restarted voter executes again the batches its replica recorded after
+    /// its last checkpoint; the driver logs only those missing (a crash can
+    /// lose the last entries). Reads back from the end, and stops at the
+    /// current epoch's start (a `MembershipChanged` entry), at a commit before
+    /// the first wanted, once every one is found, or after
+    /// `4 * wanted.len() + 4096` entries.
+    pub fn logged_commits(
+        &self,
+        wanted: &[(u64, [u8; 32])],
+    ) -> Result<std::collections::HashSet<(u64, [u8; 32])>, StoreError> {
+        let mut found = std::collections::HashSet::new();
+        let Some(first) = wanted.iter().map(|(seq, _)| *seq).min() else {
+            return Ok(found);
+        };
+        let wanted: std::collections::HashSet<_> = wanted.iter().copied().collect();
+        let s = &self.store;
+        let read = s.db_read()?;
+        let Some(t) = s.table_if_any(&read, AUDIT)? else {
+            return Ok(found);
+        };
+        let cap = wanted.len().saturating_mul(4).saturating_add(4096);
+        for entry in t.iter().map_err(|e| s.io(e))?.rev().take(cap) {
+            let (k, v) = entry.map_err(|e| s.corrupt(e))?;
+            let index = k.value();
+            let body = s.open_record("audit", &index.to_be_bytes(), v.value())?;
+            let entry: AuditEntry = super::decode_body(body).ok_or_else(|| {
+                s.corrupt(format!("record {index} of table audit does not decode"))
+            })?;
+            match entry.event {
+                AuditEvent::Committed { seq, digest } => {
+                    if wanted.contains(&(seq, digest)) {
+                        found.insert((seq, digest));
+                    }
+                    if seq < first || found.len() == wanted.len() {
+                        break;
+                    }
+                }
+                AuditEvent::MembershipChanged { .. } => break,
+                _ => {}
+            }
+        }
+        Ok(found)
+    }
+
     /// The last `n` entries with their indexes, oldest first (for status pages).
     pub fn tail(&self, n: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
         let s = &self.store;

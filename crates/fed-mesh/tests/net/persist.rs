@@ -229,3 +229,74 @@ async fn the_shared_map_and_revocations_outlive_a_restart() {
     assert_eq!(state.shared.len(), 3, "two values and a removal");
     assert!(state.directory.len() >= 2, "A's and B's records");
 }
+
+/// The `Committed` entries of an audit log: (sequence, digest), in order.
+fn audited_commits(node: &FederatedMesh) -> Vec<(u64, [u8; 32])> {
+    node.store()
+        .unwrap()
+        .audit()
+        .entries()
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            AuditEvent::Committed { seq, digest } => Some((seq, digest)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A voter restarted from its data directory executes the batches after its
+/// last checkpoint again (its replica rebuilds its state from their records),
+/// but the federation committed each of them once: its audit log keeps one
+/// entry per committed batch, across the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_voter_logs_each_commit_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = crate::commit::genesis(130..134, 1);
+    let configure = |seed: u8, c: &mut MeshConfig| {
+        *c = c.clone().with_genesis(&g).unwrap();
+        c.data_dir = Some(dir.path().join(format!("n{seed}")));
+    };
+    let mut nodes = crate::full_mesh(130, 4, configure).await;
+    let ledger = |n: &FederatedMesh| {
+        let n = n.clone();
+        async move { n.consensus_status().await.unwrap().unwrap().ledger_count }
+    };
+    crate::commit::commit_many(&nodes[1], 0, 5).await;
+    eventually(20, "voter 0 executed the 5 updates", || async {
+        ledger(&nodes[0]).await == 5
+    })
+    .await;
+    let old = nodes.remove(0);
+    let status = old.consensus_status().await.unwrap().unwrap();
+    // No checkpoint yet (interval 16): the restart executes them all again.
+    assert_eq!(status.stable_checkpoint, 0);
+    old.shutdown().await.unwrap();
+    let before = audited_commits(&old);
+    assert_eq!(before.len() as u64, status.last_executed, "{before:?}");
+    drop(old);
+
+    let mut c = config(130);
+    configure(130, &mut c);
+    let a = start_default(c).await;
+    a.join_federation(&nodes[0].address().await.unwrap())
+        .await
+        .unwrap();
+    eventually(20, "voter 0 recovered the 5 updates", || async {
+        ledger(&a).await == 5
+    })
+    .await;
+    crate::commit::commit_many(&nodes[0], 5, 1).await;
+    eventually(20, "voter 0 executed the sixth update", || async {
+        ledger(&a).await == 6
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    let after = audited_commits(&a);
+    assert_eq!(&after[..before.len()], &before[..]);
+    let seqs: Vec<u64> = after.iter().map(|(s, _)| *s).collect();
+    let expected: Vec<u64> = (1..=after.len() as u64).collect();
+    assert_eq!(seqs, expected, "each committed batch once, in order: {after:?}");
+    assert!(after.len() > before.len(), "the sixth update's batch is logged");
+    shutdown(&nodes).await;
+}
