@@ -296,7 +296,13 @@ async fn a_restarted_voter_logs_each_commit_once() {
     assert_eq!(&after[..before.len()], &before[..]);
     let seqs: Vec<u64> = after.iter().map(|(s, _)| *s).collect();
     let expected: Vec<u64> = (1..=after.len() as u64).collect();
-    assert_eq!(seqs, expected, "each committed batch once, in order: {after:?}");
-    assert!(after.len() > before.len(), "the sixth update's batch is logged");
+    assert_eq!(
+        seqs, expected,
+        "each committed batch once, in order: {after:?}"
+    );
+    assert!(
+        after.len() > before.len(),
+        "the sixth update's batch is logged"
+    );
     shutdown(&nodes).await;
 }

@@ -580,6 +580,45 @@ mod audit {
         assert_eq!(verify(&path, &id), Ok(100));
     }
 
+    /// `logged_commits` finds the wanted commits the log holds, not those a
+    /// crash lost (they are logged when the restarted voter executes them
+    /// again), and not a commit of the epoch before the last membership
+    /// change (its sequence numbers started again).
+    #[test]
+    fn logged_commits_are_the_current_epochs_entries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(1);
+        let store = Store::open(dir.path().join("node.redb"), &id.node_id()).unwrap();
+        let commit = |seq: u64, d: u8| AuditEvent::Committed {
+            seq,
+            digest: [d; 32],
+        };
+        let entries = [
+            commit(1, 10),
+            commit(2, 20),
+            AuditEvent::MembershipChanged {
+                membership: [5; 32],
+            },
+            commit(1, 11),
+            AuditEvent::Joined { peer: [7; 32] },
+            commit(2, 21),
+            commit(3, 31),
+        ];
+        store
+            .audit()
+            .append_all(
+                &id,
+                entries.into_iter().enumerate().map(|(i, e)| (i as u64, e)),
+            )
+            .unwrap();
+        let wanted = [(2, [21; 32]), (3, [31; 32]), (4, [41; 32]), (2, [20; 32])];
+        let found = store.audit().logged_commits(&wanted).unwrap();
+        let expected: std::collections::HashSet<(u64, [u8; 32])> =
+            [(2, [21; 32]), (3, [31; 32])].into_iter().collect();
+        assert_eq!(found, expected);
+        assert!(store.audit().logged_commits(&[]).unwrap().is_empty());
+    }
+
     /// Entries appended as one group are the entries appended one at a time:
     /// same chain, same head, and the log verifies.
     #[test]
