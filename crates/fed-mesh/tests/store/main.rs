@@ -599,7 +599,6 @@ mod audit {
             AuditEvent::MembershipChanged {
                 membership: [5; 32],
             },
-            commit(1, 11),
             AuditEvent::Joined { peer: [7; 32] },
             commit(2, 21),
             commit(3, 31),
