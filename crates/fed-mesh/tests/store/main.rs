@@ -580,10 +580,10 @@ mod audit {
         assert_eq!(verify(&path, &id), Ok(100));
     }
 
-    /// `logged_commits` finds the wanted commits the log holds, not those a
+    /// `logged_commits` finds the wanted commits the log holds: not those a
     /// crash lost (they are logged when the restarted voter executes them
-    /// again), and not a commit of the epoch before the last membership
-    /// change (its sequence numbers started again).
+    /// again), not others it holds, and not a commit of the epoch before the
+    /// last membership change (its sequence numbers started again).
     #[test]
     fn logged_commits_are_the_current_epochs_entries_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -602,6 +602,7 @@ mod audit {
             AuditEvent::Joined { peer: [7; 32] },
             commit(2, 21),
             commit(3, 31),
+            commit(5, 51),
         ];
         store
             .audit()
