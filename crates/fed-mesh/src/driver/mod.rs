@@ -247,6 +247,14 @@ const MAX_COMMAND_GROUP: usize = 256;
 const MAX_FRAME_GROUP: usize = 64;
 /// Most audit entries appended in one transaction.
 const MAX_AUDIT_GROUP: usize = 1024;
+/// The audit log, the key that signs its head, and the batches the recovered
+/// replica executes again whose commits the log holds already.
+pub(crate) type AuditParts = (
+    crate::store::AuditLog,
+    Arc<fed_crypto::Identity>,
+    std::collections::HashSet<(u64, [u8; 32])>,
+);
+
 /// Where the driver sends audit entries (time and event) to their writer.
 type AuditSender = mpsc::UnboundedSender<(u64, crate::store::AuditEvent)>;
 /// How long the audit writer waits after an event for more to append with
@@ -446,11 +454,7 @@ impl Driver {
         requests: mpsc::Receiver<Request>,
         events: broadcast::Sender<MeshEvent>,
         bootstrap: &[crate::PeerAddress],
-        audit: Option<(
-            crate::store::AuditLog,
-            Arc<fed_crypto::Identity>,
-            std::collections::HashSet<(u64, [u8; 32])>,
-        )>,
+        audit: Option<AuditParts>,
         pbft_store: Option<crate::store::PbftStore>,
         state_store: Option<crate::store::StateStore>,
         metrics: Option<crate::metrics::NodeMetrics>,
