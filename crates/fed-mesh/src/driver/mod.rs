@@ -1158,9 +1158,13 @@ impl Driver {
                 }
             }
             MeshEvent::ViewChanged { view } => AuditEvent::ViewChanged { view: *view },
-            MeshEvent::EpochChanged { membership, .. } => AuditEvent::MembershipChanged {
-                membership: *membership,
-            },
+            MeshEvent::EpochChanged { membership, .. } => {
+                // Sequence numbers start again: nothing after is a replay.
+                self.audited_replays.clear();
+                AuditEvent::MembershipChanged {
+                    membership: *membership,
+                }
+            }
             MeshEvent::Revoked(crate::core::commit::Revocation::Member(node)) => {
                 AuditEvent::Revoked { peer: node.0 }
             }

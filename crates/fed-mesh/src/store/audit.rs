@@ -252,9 +252,10 @@ impl AuditLog {
     /// restarted voter executes again the batches its replica recorded after
     /// its last checkpoint; the driver logs only those missing (a crash can
     /// lose the last entries). Reads back from the end, and stops at the
-    /// current epoch's start (a `MembershipChanged` entry), at a commit before
-    /// the first wanted, once every one is found, or after
-    /// `4 * wanted.len() + 4096` entries.
+    /// current epoch's start (a `MembershipChanged` entry, or a commit whose
+    /// sequence number is not below the one after it: that entry may be
+    /// lost), at a commit before the first wanted, once every one is found,
+    /// or after `4 * wanted.len() + 4096` entries.
     pub fn logged_commits(
         &self,
         wanted: &[(u64, [u8; 32])],
@@ -270,6 +271,7 @@ impl AuditLog {
             return Ok(found);
         };
         let cap = wanted.len().saturating_mul(4).saturating_add(4096);
+        let mut after = u64::MAX;
         for entry in t.iter().map_err(|e| s.io(e))?.rev().take(cap) {
             let (k, v) = entry.map_err(|e| s.corrupt(e))?;
             let index = k.value();
@@ -279,6 +281,10 @@ impl AuditLog {
             })?;
             match entry.event {
                 AuditEvent::Committed { seq, digest } => {
+                    if seq >= after {
+                        break;
+                    }
+                    after = seq;
                     if wanted.contains(&(seq, digest)) {
                         found.insert((seq, digest));
                     }

@@ -290,6 +290,11 @@ async fn a_restarted_voter_logs_each_commit_once() {
         ledger(&a).await == 5
     })
     .await;
+    // Voter 0 is the primary of view 0: its sessions with all three first.
+    eventually(20, "voter 0's sessions", || async {
+        a.peer_count().await.unwrap() == 3
+    })
+    .await;
     crate::commit::commit_many(&nodes[0], 5, 1).await;
     eventually(20, "voter 0 executed the sixth update", || async {
         ledger(&a).await == 6

@@ -619,6 +619,40 @@ mod audit {
         assert!(store.audit().logged_commits(&[]).unwrap().is_empty());
     }
 
+    /// Without the epoch's `MembershipChanged` entry (a crash lost it, or the
+    /// log predates it), a commit whose sequence number is not below the one
+    /// after it marks the epoch's start: the search stops there, and does not
+    /// find the previous epoch's batch at a sequence number wanted again.
+    #[test]
+    fn logged_commits_stop_where_sequence_numbers_start_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(1);
+        let store = Store::open(dir.path().join("node.redb"), &id.node_id()).unwrap();
+        let commit = |seq: u64, d: u8| AuditEvent::Committed {
+            seq,
+            digest: [d; 32],
+        };
+        let entries = [
+            commit(1, 10),
+            commit(2, 20),
+            commit(3, 30),
+            commit(1, 11),
+            commit(2, 21),
+        ];
+        store
+            .audit()
+            .append_all(
+                &id,
+                entries.into_iter().enumerate().map(|(i, e)| (i as u64, e)),
+            )
+            .unwrap();
+        let wanted = [(1, [11; 32]), (2, [21; 32]), (1, [10; 32])];
+        let found = store.audit().logged_commits(&wanted).unwrap();
+        let expected: std::collections::HashSet<(u64, [u8; 32])> =
+            [(1, [11; 32]), (2, [21; 32])].into_iter().collect();
+        assert_eq!(found, expected);
+    }
+
     /// Entries appended as one group are the entries appended one at a time:
     /// same chain, same head, and the log verifies.
     #[test]
