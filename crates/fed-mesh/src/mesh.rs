@@ -289,22 +289,13 @@ impl MeshBuilder {
         if let Some(store) = &store {
             core_config.state = Some(store.state().load()?);
         }
-        // The batches the recovered replica executes again as it starts (as
-        // `Replica::recover` does: those recorded above the stable checkpoint
-        // and above its newest own checkpoint, whose state it installs): those
+        // The batches the recovered replica executes again as it starts: those
         // whose commits the audit log holds already are not logged twice.
-        let replayed: Vec<(u64, [u8; 32])> = core_config
+        let replayed = core_config
             .consensus
             .as_ref()
-            .and_then(|c| c.recovered.as_ref())
-            .map(|d| {
-                let stable = d.stable.as_ref().map_or(0, |c| c.seq);
-                let own = d.checkpoints.keys().next_back().copied().unwrap_or(0);
-                d.committed
-                    .range(stable.max(own).saturating_add(1)..)
-                    .map(|(seq, (proof, _))| (*seq, proof.digest))
-                    .collect()
-            })
+            .and_then(|c| c.recovered.as_deref())
+            .map(replayed_batches)
             .unwrap_or_default();
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| Error::Config(format!("no OS randomness: {e}")))?;
@@ -694,5 +685,56 @@ impl FederatedMesh {
     #[doc(hidden)]
     pub async fn debug_pause(&self, duration: Duration) -> Result<()> {
         self.ask(|tx| Request::Pause(duration, tx)).await
+    }
+}
+
+/// `(sequence, digest)` of the batches a replica recovered from `d` executes
+/// again as it starts, as `Replica::recover` does: those recorded above the
+/// stable checkpoint and above its newest own checkpoint (whose state it
+/// installs).
+fn replayed_batches(d: &fed_pbft::DurableState) -> Vec<(u64, [u8; 32])> {
+    let stable = d.stable.as_ref().map_or(0, |c| c.seq);
+    let own = d.checkpoints.keys().next_back().copied().unwrap_or(0);
+    d.committed
+        .range(stable.max(own).saturating_add(1)..)
+        .map(|(seq, (proof, _))| (*seq, proof.digest))
+        .collect()
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use std::sync::Arc;
+
+    use fed_pbft::{CheckpointCert, CommitProof, DurableState};
+
+    /// Records at or below the stable checkpoint, or below the newest own
+    /// checkpoint, are not executed again: they are not replays (their
+    /// audit entries, if lost, stay lost; the set must not keep them).
+    #[test]
+    fn the_replayed_batches_are_those_above_both_checkpoints() {
+        let mut d = DurableState::default();
+        for seq in 1..=20u64 {
+            let proof = CommitProof {
+                membership: [0; 32],
+                view: 0,
+                seq,
+                digest: [seq as u8; 32],
+                signatures: Vec::new(),
+            };
+            d.committed.insert(seq, (proof, Arc::from(&[][..])));
+        }
+        let seqs = |d: &DurableState| -> Vec<u64> {
+            super::replayed_batches(d).iter().map(|(s, _)| *s).collect()
+        };
+        assert_eq!(seqs(&d), (1..=20).collect::<Vec<_>>());
+        d.stable = Some(CheckpointCert {
+            seq: 4,
+            state: [0; 32],
+            signatures: Vec::new(),
+        });
+        assert_eq!(seqs(&d), (5..=20).collect::<Vec<_>>());
+        d.checkpoints.insert(16, ([0; 32], Arc::from(&[][..])));
+        assert_eq!(seqs(&d), (17..=20).collect::<Vec<_>>());
+        assert_eq!(super::replayed_batches(&d)[0], (17, [17; 32]));
     }
 }
