@@ -306,8 +306,9 @@ impl MeshBuilder {
         let audit = match &store {
             Some(s) => {
                 let log = s.audit();
-                // The log is not needed to run (`fedmesh audit verify` checks
-                // it): a record that does not read costs a duplicate entry.
+                // `Store::open` checked every record already (a damaged one
+                // stops the start, naming the file); a read that fails now
+                // costs duplicate entries, not the start.
                 let logged = log.logged_commits(&replayed).unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "cannot read the audit log's last commits; the batches executed again at start are logged again");
                     Default::default()

@@ -235,13 +235,7 @@ impl AuditLog {
         if let Some(t) = s.table_if_any(&read, AUDIT)? {
             for entry in t.iter().map_err(|e| s.io(e))? {
                 let (k, v) = entry.map_err(|e| s.corrupt(e))?;
-                let body = s.open_record("audit", &k.value().to_be_bytes(), v.value())?;
-                out.push(super::decode_body(body).ok_or_else(|| {
-                    s.corrupt(format!(
-                        "record {} of table audit does not decode",
-                        k.value()
-                    ))
-                })?);
+                out.push(read_entry(s, k.value(), v.value())?);
             }
         }
         Ok(out)
@@ -274,12 +268,7 @@ impl AuditLog {
         let mut after = u64::MAX;
         for entry in t.iter().map_err(|e| s.io(e))?.rev().take(cap) {
             let (k, v) = entry.map_err(|e| s.corrupt(e))?;
-            let index = k.value();
-            let body = s.open_record("audit", &index.to_be_bytes(), v.value())?;
-            let entry: AuditEntry = super::decode_body(body).ok_or_else(|| {
-                s.corrupt(format!("record {index} of table audit does not decode"))
-            })?;
-            match entry.event {
+            match read_entry(s, k.value(), v.value())?.event {
                 AuditEvent::Committed { seq, digest } => {
                     if seq >= after {
                         break;
@@ -308,11 +297,7 @@ impl AuditLog {
             for entry in t.iter().map_err(|e| s.io(e))?.rev().take(n) {
                 let (k, v) = entry.map_err(|e| s.corrupt(e))?;
                 let index = k.value();
-                let body = s.open_record("audit", &index.to_be_bytes(), v.value())?;
-                let entry = super::decode_body(body).ok_or_else(|| {
-                    s.corrupt(format!("record {index} of table audit does not decode"))
-                })?;
-                out.push((index, entry));
+                out.push((index, read_entry(s, index, v.value())?));
             }
         }
         out.reverse();
@@ -396,11 +381,7 @@ pub(super) fn verify_records(s: &Store, read: &redb::ReadTransaction) -> Result<
     if let Some(t) = s.table_if_any(read, AUDIT)? {
         for entry in t.iter().map_err(|e| s.io(e))? {
             let (k, v) = entry.map_err(|e| s.corrupt(e))?;
-            let index = k.value();
-            let body = s.open_record("audit", &index.to_be_bytes(), v.value())?;
-            super::decode_body::<AuditEntry>(body).ok_or_else(|| {
-                s.corrupt(format!("record {index} of table audit does not decode"))
-            })?;
+            read_entry(s, k.value(), v.value())?;
         }
     }
     if let Some(meta) = s.table_if_any(read, META)?
@@ -409,6 +390,13 @@ pub(super) fn verify_records(s: &Store, read: &redb::ReadTransaction) -> Result<
         s.decode_head(v.value())?;
     }
     Ok(())
+}
+
+/// Entry `index` from its sealed record `bytes`: checked and decoded.
+fn read_entry(s: &Store, index: u64, bytes: &[u8]) -> Result<AuditEntry, StoreError> {
+    let body = s.open_record("audit", &index.to_be_bytes(), bytes)?;
+    super::decode_body(body)
+        .ok_or_else(|| s.corrupt(format!("record {index} of table audit does not decode")))
 }
 
 /// `BLAKE3-derive("exo-federation v1 mesh audit entry", [be64(index), body])`.

@@ -649,6 +649,22 @@ mod audit {
         assert_eq!(logged(entries, &wanted), [(1, 11), (2, 21)]);
     }
 
+    /// The search reads at most `4 × wanted + 4 096` entries back: a
+    /// logged commit behind more other entries than that is not found (it
+    /// is logged again), and a start does not read a long log whole.
+    #[test]
+    fn logged_commits_read_a_bounded_tail() {
+        let joins = |n: usize| {
+            (0..n).map(|i| AuditEvent::Joined {
+                peer: [i as u8; 32],
+            })
+        };
+        let near: Vec<AuditEvent> = std::iter::once(commit(1, 10)).chain(joins(4099)).collect();
+        assert_eq!(logged(near, &[(1, 10)]), [(1, 10)]);
+        let far: Vec<AuditEvent> = std::iter::once(commit(1, 10)).chain(joins(4100)).collect();
+        assert!(logged(far, &[(1, 10)]).is_empty());
+    }
+
     /// Entries appended as one group are the entries appended one at a time:
     /// same chain, same head, and the log verifies.
     #[test]
