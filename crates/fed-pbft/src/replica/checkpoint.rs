@@ -255,6 +255,7 @@ impl<A: Application> Replica<A> {
         {
             self.own_checkpoint_msg = None;
         }
+        self.serve_deferred_state(now)?;
         moved.sort_unstable();
         moved.dedup();
         for s in moved {
@@ -431,8 +432,17 @@ impl<A: Application> Replica<A> {
         r: StateRequest,
         now: u64,
     ) -> Result<()> {
+        if self.stable.seq < r.seq {
+            // Not stable here yet (the asker saw the certificate first): answered
+            // when it is, if it is within the window; one such request per peer.
+            if r.seq <= self.high()
+                && let Some(slot) = self.deferred_state.get_mut(usize::from(from))
+            {
+                *slot = Some(r.seq);
+            }
+            return Ok(());
+        }
         if self.stable.seq == 0
-            || self.stable.seq < r.seq
             || !Self::rate_check(
                 &mut self.served_state_at,
                 self.config.retransmit_ms,
@@ -442,6 +452,25 @@ impl<A: Application> Replica<A> {
         {
             return Ok(());
         }
+        self.serve_state(from)
+    }
+
+    /// Answers the state requests deferred until `self.stable` (those for it
+    /// or an earlier checkpoint).
+    fn serve_deferred_state(&mut self, now: u64) -> Result<()> {
+        for i in 0..self.deferred_state.len() {
+            if self.deferred_state[i].is_some_and(|seq| seq <= self.stable.seq) {
+                self.deferred_state[i] = None;
+                self.served_state_at[i] = Some(now);
+                self.serve_state(i as ReplicaIndex)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `to` the stable checkpoint's certificate and snapshot, when this
+    /// replica holds that snapshot.
+    fn serve_state(&mut self, to: ReplicaIndex) -> Result<()> {
         let Some((state, snapshot)) = self.own_checkpoints.get(&self.stable.seq) else {
             return Ok(());
         };
@@ -453,7 +482,7 @@ impl<A: Application> Replica<A> {
             snapshot: snapshot.to_vec(),
         });
         let payload = encode_arc(&msg)?;
-        self.send(from, payload);
+        self.send(to, payload);
         Ok(())
     }
 

@@ -380,6 +380,10 @@ pub struct Replica<A: Application> {
     batch_deadline: Option<u64>,
 
     last_progress: u64,
+    /// Since when a pre-prepared batch of this view has been waiting to
+    /// execute (None: none waits). The waiting timer counts from the later of
+    /// this and `last_progress`: after an idle spell, from the new batch.
+    waiting_since: Option<u64>,
     request_timer: Option<u64>,
     vc_timer: Option<u64>,
     tick_at: Option<u64>,
@@ -401,6 +405,9 @@ pub struct Replica<A: Application> {
     transfer: Option<Transfer>,
     served_at: Vec<Option<u64>>,
     served_state_at: Vec<Option<u64>>,
+    /// A state request per peer for a checkpoint not yet stable here, answered
+    /// when it becomes stable.
+    deferred_state: Vec<Option<u64>>,
 
     cache: SigCache,
     persists: VecDeque<Persist>,
@@ -469,6 +476,7 @@ impl<A: Application> Replica<A> {
             queue: VecDeque::new(),
             batch_deadline: None,
             last_progress: now,
+            waiting_since: None,
             request_timer: None,
             vc_timer: None,
             tick_at: None,
@@ -482,6 +490,7 @@ impl<A: Application> Replica<A> {
             transfer: None,
             served_at: vec![None; n],
             served_state_at: vec![None; n],
+            deferred_state: vec![None; n],
             cache,
             persists: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -981,11 +990,15 @@ impl<A: Application> Replica<A> {
                 .range(self.last_executed + 1..)
                 .any(|(_, s)| s.view == self.view && s.pre_prepare.is_some());
             if waiting {
+                let since = *self.waiting_since.get_or_insert(now);
                 let d = self
                     .last_progress
                     .max(self.view_entered)
+                    .max(since)
                     .saturating_add(timeout);
                 deadline = Some(deadline.map_or(d, |x| x.min(d)));
+            } else {
+                self.waiting_since = None;
             }
             self.request_timer = deadline;
         }

@@ -126,6 +126,37 @@ fn a_restarted_primary_retransmits_its_pre_prepare() {
     assert!(resent, "the recovered primary re-sends its pre-prepare");
 }
 
+/// A backup's timer for a pre-prepared batch counts from when the batch
+/// began to wait, not from the last batch executed: after an idle spell
+/// longer than the timeout, the next batch is given its full time before a
+/// view change (it was due at once, so an idle federation changed view at
+/// every commit). A batch that then stalls still starts the view change.
+#[test]
+fn after_an_idle_spell_a_new_batch_gets_its_whole_timeout() {
+    let (ids, m) = setup();
+    let config = Config::default();
+    let timeout = config.timeout(0);
+    let mut b = Replica::new(ids[1].clone(), m.clone(), config, Nop, 0).unwrap();
+    let idle = 5 * timeout;
+    let pp = PrePrepare::new(&ids[0], &m, 0, 1, NULL_BATCH.to_vec()).unwrap();
+    b.handle_message(0, &Message::PrePrepare(pp).encode().unwrap(), idle)
+        .unwrap();
+    while b.poll_persist().is_some() {}
+    while b.poll_transmit().is_some() {}
+    let sends_view_change = |b: &mut Replica<Nop>| {
+        std::iter::from_fn(|| b.poll_transmit())
+            .any(|t| matches!(Message::decode(&t.payload), Ok(Message::ViewChange(_))))
+    };
+    // Timers due before the batch's time is up (retransmissions) change no view.
+    while let Some(at) = b.poll_timeout().filter(|at| *at < idle + timeout) {
+        b.handle_timeout(at).unwrap();
+        assert_eq!((b.view(), sends_view_change(&mut b)), (0, false), "at {at}");
+    }
+    // Nothing prepared it within the timeout: the backup moves on.
+    b.handle_timeout(idle + timeout).unwrap();
+    assert_eq!((b.view(), sends_view_change(&mut b)), (1, true));
+}
+
 #[test]
 fn an_idle_primary_cuts_at_once_and_a_busy_one_batches() {
     let (ids, m) = setup();
@@ -727,6 +758,79 @@ fn a_replica_fetches_what_follows_a_state_transfer() {
         b.last_executed(),
         9,
         "the replica stayed behind its peers after the state transfer"
+    );
+}
+
+/// A state request that comes before the checkpoint is stable at the replica
+/// asked (the asker saw its certificate first, a race of a few milliseconds)
+/// is answered once it is, not dropped: else the asker, often the primary,
+/// waited a whole request timeout before asking another replica, and its
+/// request timer ran out meanwhile.
+#[test]
+fn a_state_request_for_a_checkpoint_not_yet_stable_is_answered_when_it_is() {
+    let (ids, m) = setup();
+    let config = Config {
+        checkpoint_interval: 4,
+        window: 8,
+        ..Config::default()
+    };
+    let enc = |msg: Message| msg.encode().unwrap();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), config, Nop, 0).unwrap();
+    let null = batch_digest(NULL_BATCH);
+    let signers = [0u16, 2, 3];
+    for seq in 1..=8 {
+        let proof = CommitProof {
+            membership: *m.id(),
+            view: 0,
+            seq,
+            digest: null,
+            signatures: signers
+                .iter()
+                .map(|&i| {
+                    let c = Commit::new(&ids[usize::from(i)], &m, 0, seq, null, i).unwrap();
+                    (i, c.signature)
+                })
+                .collect(),
+        };
+        let committed = Message::Committed(Committed {
+            proof,
+            batch: NULL_BATCH.to_vec(),
+        });
+        b.handle_message(0, &enc(committed), seq).unwrap();
+    }
+    assert_eq!(b.last_executed(), 8);
+    while b.poll_transmit().is_some() {}
+    let answers_state = |b: &mut Replica<Nop>| {
+        std::iter::from_fn(|| b.poll_transmit()).any(|t| {
+            t.to == 0
+                && matches!(
+                    Message::decode(&t.payload),
+                    Ok(Message::StateResponse(r)) if r.cert.seq == 8
+                )
+        })
+    };
+    // Replica 0 asks for the state at 8 before 8 is stable here.
+    b.handle_message(0, &enc(Message::StateRequest(StateRequest { seq: 8 })), 10)
+        .unwrap();
+    assert!(!answers_state(&mut b), "no certificate to send yet");
+    let state = state_digest(8, &b.state_snapshot().unwrap());
+    let cert = CheckpointCert {
+        seq: 8,
+        state,
+        signatures: signers
+            .iter()
+            .map(|&i| {
+                let c =
+                    crate::message::Checkpoint::new(&ids[usize::from(i)], &m, 8, state, i).unwrap();
+                (i, c.signature)
+            })
+            .collect(),
+    };
+    b.handle_message(2, &enc(Message::StableCheckpoint(cert)), 11)
+        .unwrap();
+    assert!(
+        answers_state(&mut b),
+        "the deferred state request was not answered when its checkpoint became stable"
     );
 }
 

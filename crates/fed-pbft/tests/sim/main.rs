@@ -148,6 +148,9 @@ struct Scenario {
     heal_at: u64,
     /// The checker must report a violation (negative control).
     expect_violation: bool,
+    /// No correct replica may enter a view above this (a violation): what a
+    /// fault-free run must keep.
+    max_view: Option<u64>,
     check_liveness: bool,
     /// Replicas that must have completed a state transfer by the end.
     must_transfer: Vec<u16>,
@@ -176,6 +179,7 @@ impl Scenario {
             triggers: vec![],
             heal_at: 0,
             expect_violation: false,
+            max_view: None,
             check_liveness: true,
             must_transfer: vec![],
             converge: false,
@@ -916,6 +920,14 @@ impl Sim {
                 .violations
                 .push(format!("correct replicas did not converge: {done:?}"));
         }
+        if let Some(max) = self.sc.max_view
+            && self.views_installed > max
+        {
+            self.checker.violations.push(format!(
+                "a correct replica entered view {} in a run without faults",
+                self.views_installed
+            ));
+        }
         if self.sc.check_liveness {
             let outstanding = self.outstanding();
             self.checker.liveness(outstanding, self.now);
@@ -1108,7 +1120,23 @@ fn run_scenario(sc: Scenario) {
 
 #[test]
 fn honest() {
-    run_scenario(Scenario::new("honest", 4));
+    let mut sc = Scenario::new("honest", 4);
+    sc.max_view = Some(0);
+    run_scenario(sc);
+}
+
+/// Requests come in spells with idle time between them, longer than the
+/// request timeout: nothing is faulty, so nobody changes view (each batch
+/// after an idle spell is timed from its own arrival).
+#[test]
+fn idle_spells() {
+    let mut sc = Scenario::new("idle_spells", 4);
+    sc.actions = vec![
+        (3_000, Action::MoreRequests(3)),
+        (9_000, Action::MoreRequests(3)),
+    ];
+    sc.max_view = Some(0);
+    run_scenario(sc);
 }
 
 #[test]
