@@ -118,6 +118,37 @@ async fn voters_commit_while_one_votes_for_conflicting_digests() {
     shutdown(&nodes).await;
 }
 
+/// A federation idle for longer than the request timeout commits the next
+/// update in the same view: the backups time the new batch from its arrival,
+/// not from the last batch they executed (each commit after an idle second
+/// used to change view).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_federation_commits_in_the_same_view() {
+    let g = genesis(66..70, 1);
+    let timeout = std::sync::atomic::AtomicU64::new(0);
+    let nodes = full_mesh(66, 4, |_, c| {
+        with_genesis(c, &g);
+        let t = c.consensus.as_ref().unwrap().pbft.request_timeout_ms;
+        timeout.fetch_max(t, std::sync::atomic::Ordering::Relaxed);
+    })
+    .await;
+    let timeout = timeout.into_inner();
+    assert!(timeout > 0);
+    for round in 0..3u64 {
+        commit_many(&nodes[1], round, 1).await;
+        for (i, node) in nodes.iter().enumerate() {
+            eventually(10, "the voter executed the update", || async {
+                node.consensus_status().await.unwrap().unwrap().ledger_count > round
+            })
+            .await;
+            let view = node.consensus_status().await.unwrap().unwrap().view;
+            assert_eq!(view, 0, "voter {i} changed view by commit {round}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(timeout + timeout / 2)).await;
+    }
+    shutdown(&nodes).await;
+}
+
 /// A node without a genesis cannot commit; an update over the federation's
 /// operation limit is refused before it is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
