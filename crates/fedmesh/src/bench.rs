@@ -1,7 +1,8 @@
 //! `fedmesh bench-commit`: committed operations per second and latency of a
 //! federation of voting members, each a `fedmesh node` process on 127.0.0.1,
-//! driven by a non-voting node in this process. Also the time to the first
-//! commit after the primary's process is SIGKILLed.
+//! driven by non-voting nodes in this process, or (`--from-voters`) by the
+//! voters' own nodes. Also the time to the first commit after the primary's
+//! process is SIGKILLed.
 
 use std::{
     sync::Arc,
@@ -14,7 +15,7 @@ use fed_mesh::{
 };
 use futures::StreamExt;
 
-use crate::{Failure, local::LocalFederation};
+use crate::{Failure, control, local::LocalFederation};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -46,6 +47,11 @@ pub(crate) struct BenchArgs {
     /// back, the work each commit leaves behind overlapping the next).
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
+    /// The voters' own nodes make the commits (each its share, through its
+    /// control socket's `bench-commit`), and no client node runs here: the
+    /// voting processes alone. `--clients` is then unused.
+    #[arg(long)]
+    from_voters: bool,
 }
 
 /// CPU time used so far (user and system, every thread) by the voters'
@@ -130,7 +136,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-fn update(i: usize, size: usize) -> StateUpdate {
+/// Update `i` of a benchmark: `size` bytes, the first of them `i`'s.
+pub(crate) fn update(i: usize, size: usize) -> StateUpdate {
     let mut bytes = vec![0u8; size];
     let tag = (i as u64).to_be_bytes();
     let n = tag.len().min(size);
@@ -140,19 +147,159 @@ fn update(i: usize, size: usize) -> StateUpdate {
         bytes,
     }
 }
+/// Where a run's commits come from.
+enum Source {
+    /// Client nodes in this process: commit `i` of the throughput run goes
+    /// through client `i mod n`, the others through the first.
+    Clients(Vec<FederatedMesh>),
+    /// The voters' own nodes, each asked through its control socket
+    /// (`bench-commit`); the sequential commits through voter
+    /// [`SEQUENTIAL_VOTER`].
+    Voters,
+}
+
+/// The voter whose node makes the warm-up and sequential commits of a
+/// `--from-voters` run: replica 1, a backup in view 0.
+const SEQUENTIAL_VOTER: usize = 1;
+
+/// What a run of commits gave.
+#[derive(Default)]
+struct Outcome {
+    /// Each success's latency.
+    latencies: Vec<Duration>,
+    /// From the start to the last success.
+    elapsed: Duration,
+    /// Failures, by error.
+    errors: std::collections::BTreeMap<String, usize>,
+}
+
+impl Outcome {
+    /// The first failure, as a `Failure` naming `what`.
+    fn check(&self, what: &str) -> Result<(), Failure> {
+        match self.errors.iter().next() {
+            Some((e, n)) => Err(Failure::runtime(format!("{what}: {n} failed: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds `other`'s commits (made at the same time as these).
+    fn merge(&mut self, other: Outcome) {
+        self.latencies.extend(other.latencies);
+        self.elapsed = self.elapsed.max(other.elapsed);
+        for (e, n) in other.errors {
+            *self.errors.entry(e).or_default() += n;
+        }
+    }
+}
+
+/// Commits `commits` updates (numbered from `first`) through `clients`,
+/// `concurrency` at a time, each after `pause_ms` idle milliseconds; commit
+/// `i` goes through client `i mod n` when `spread`, else through the first.
+async fn commit_from_clients(
+    clients: &[FederatedMesh],
+    first: usize,
+    commits: usize,
+    concurrency: usize,
+    size: usize,
+    pause_ms: u64,
+    spread: bool,
+) -> Outcome {
+    let started = Instant::now();
+    let results: Vec<_> = futures::stream::iter(first..first + commits)
+        .map(|i| {
+            let client = clients[if spread { i % clients.len() } else { 0 }].clone();
+            async move {
+                if pause_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                }
+                let t = Instant::now();
+                let r = client.byzantine_commit(update(i, size)).await;
+                (r.map(|_| t.elapsed()), started.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut outcome = Outcome::default();
+    for (r, at) in results {
+        match r {
+            Ok(latency) => {
+                outcome.latencies.push(latency);
+                outcome.elapsed = outcome.elapsed.max(at);
+            }
+            Err(e) => *outcome.errors.entry(e.to_string()).or_default() += 1,
+        }
+    }
+    outcome
+}
+
+/// Asks voter `i`'s node to commit `commits` updates itself, `concurrency`
+/// at a time, each after `pause_ms` idle milliseconds.
+async fn commit_from_voter(
+    fed: &LocalFederation,
+    i: usize,
+    commits: usize,
+    concurrency: usize,
+    size: usize,
+    pause_ms: u64,
+) -> Result<Outcome, Failure> {
+    let answer = fed
+        .call(
+            i,
+            &control::ControlRequest::BenchCommit {
+                commits,
+                concurrency,
+                size,
+                pause_ms,
+            },
+        )
+        .await?;
+    let bad = || {
+        Failure::runtime(format!(
+            "voter {i}: a bench-commit answer without its figures"
+        ))
+    };
+    let latencies = answer["latencies_us"]
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|v| v.as_u64().map(Duration::from_micros))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(bad)?;
+    let elapsed = Duration::from_micros(answer["elapsed_us"].as_u64().ok_or_else(bad)?);
+    let errors = answer["failed"]
+        .as_object()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|(e, n)| (format!("voter {i}: {e}"), n.as_u64().unwrap_or(0) as usize))
+        .collect();
+    Ok(Outcome {
+        latencies,
+        elapsed,
+        errors,
+    })
+}
+
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
-    let mut fed = LocalFederation::create(
-        args.voters,
-        0,
-        &[
-            "--requests-per-second",
-            "1000000",
-            "--max-in-flight",
-            "100000",
-        ],
-    )?;
+    let voters_n = args.voters.max(1);
+    let mut node_args = vec![
+        "--requests-per-second".to_string(),
+        "1000000".into(),
+        "--max-in-flight".into(),
+        "100000".into(),
+    ];
+    if args.from_voters {
+        let slots = args
+            .concurrency
+            .max(1)
+            .div_ceil(voters_n)
+            .min(usize::from(fed_mesh::core::commit::MAX_CLIENT_SLOTS));
+        node_args.extend(["--client-slots".to_string(), slots.to_string()]);
+    }
+    let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+    let mut fed = LocalFederation::create(voters_n, 0, &node_args)?;
     let mut addrs: Vec<String> = Vec::new();
-    for i in 0..args.voters {
+    for i in 0..voters_n {
         fed.start(i).await?;
         let status = fed.status(i).await?;
         addrs.push(
@@ -164,57 +311,67 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     let genesis = fed.genesis.clone();
 
-    let clients_n = args.clients.max(1);
-    let per_client = args.concurrency.max(1).div_ceil(clients_n);
-    let mut clients = Vec::with_capacity(clients_n);
-    for _ in 0..clients_n {
-        clients.push(start_client(&genesis, &addrs, per_client).await?);
-    }
-    for client in &clients {
-        for _ in 0..400 {
-            if client.peer_count().await.unwrap_or(0) == args.voters {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let source = if args.from_voters {
+        if voters_n <= SEQUENTIAL_VOTER {
+            return Err(Failure::config(format!(
+                "--from-voters needs at least {} voters",
+                SEQUENTIAL_VOTER + 1
+            )));
         }
-    }
+        Source::Voters
+    } else {
+        let clients_n = args.clients.max(1);
+        let per_client = args.concurrency.max(1).div_ceil(clients_n);
+        let mut clients = Vec::with_capacity(clients_n);
+        for _ in 0..clients_n {
+            clients.push(start_client(&genesis, &addrs, per_client).await?);
+        }
+        for client in &clients {
+            for _ in 0..400 {
+                if client.peer_count().await.unwrap_or(0) == voters_n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Source::Clients(clients)
+    };
     // Let every voter's sessions settle (each joins each).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // Commit `i` goes through client `i mod clients` (the warm-up, the
-    // sequential ones and the one after the kill through the first).
-    let commit = |i: usize| {
-        let client = clients[i % clients_n].clone();
-        let u = update(i, args.size);
-        async move {
-            let t = Instant::now();
-            client.byzantine_commit(u).await.map(|_| t.elapsed())
+    // `commits` sequential commits, each after `pause` idle milliseconds,
+    // through the first client or the sequential voter.
+    let sequential = async |first: usize, commits: usize, pause: u64| match &source {
+        Source::Clients(clients) => {
+            Ok(commit_from_clients(clients, first, commits, 1, args.size, pause, false).await)
+        }
+        Source::Voters => {
+            commit_from_voter(&fed, SEQUENTIAL_VOTER, commits, 1, args.size, pause).await
         }
     };
-    // Warm-up.
-    for i in 0..50 {
-        commit(i * clients_n)
-            .await
-            .map_err(|e| Failure::runtime(format!("warm-up: {e}")))?;
+    // Warm-up (from every voter when they commit).
+    sequential(0, 50, 0).await?.check("warm-up")?;
+    if let Source::Voters = source {
+        for i in 0..voters_n {
+            commit_from_voter(&fed, i, 10, 1, args.size, 0)
+                .await?
+                .check("warm-up")?;
+        }
     }
     // CPU is sampled around each run (a figure only, on Linux).
-    let pids: Vec<u32> = (0..args.voters).filter_map(|i| fed.pid(i)).collect();
+    let pids: Vec<u32> = (0..voters_n).filter_map(|i| fed.pid(i)).collect();
     let cpu_before = CpuSample::take(&pids);
     // Unloaded latency.
-    let mut lat = Vec::with_capacity(args.sequential);
-    for i in 0..args.sequential {
-        if args.pause_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
-        }
-        lat.push(
-            commit((1_000_000 + i) * clients_n)
-                .await
-                .map_err(|e| Failure::runtime(e.to_string()))?,
-        );
-    }
+    let unloaded = sequential(1_000_000, args.sequential, args.pause_ms).await?;
+    unloaded.check("unloaded")?;
     let cpu_after = CpuSample::take(&pids);
+    let mut lat = unloaded.latencies;
     lat.sort();
+    let through = match source {
+        Source::Clients(_) => "client node 1".to_string(),
+        Source::Voters => format!("voter {SEQUENTIAL_VOTER}"),
+    };
     println!(
-        "unloaded ({} sequential commits, {} ms apart, {} B): p50 {:.2} ms, p99 {:.2} ms",
+        "unloaded ({} sequential commits through {through}, {} ms apart, {} B): p50 {:.2} ms, p99 {:.2} ms",
         args.sequential,
         args.pause_ms,
         args.size,
@@ -229,39 +386,63 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     // status cannot be read).
     let executed = async || fed.status(0).await.ok()?["consensus"]["last_executed"].as_u64();
     let first_seq = executed().await;
+    let view = async || fed.status(0).await.ok()?["consensus"]["view"].as_u64();
+    let first_view = view().await;
     let cpu_before = CpuSample::take(&pids);
     let started = Instant::now();
-    let results: Vec<_> = futures::stream::iter((0..args.commits).map(|i| commit(2_000_000 + i)))
-        .buffer_unordered(args.concurrency.max(1))
-        .map(|r| (r, started.elapsed()))
-        .collect()
-        .await;
-    let cpu_after = CpuSample::take(&pids);
-    let mut errors = std::collections::BTreeMap::<String, usize>::new();
-    for (r, _) in &results {
-        if let Err(e) = r {
-            *errors.entry(e.to_string()).or_default() += 1;
+    let outcome = match &source {
+        Source::Clients(clients) => {
+            commit_from_clients(
+                clients,
+                2_000_000,
+                args.commits,
+                args.concurrency,
+                args.size,
+                0,
+                true,
+            )
+            .await
         }
+        Source::Voters => {
+            // Each voter its share of the commits and of the concurrency.
+            let shares = (0..voters_n).map(|i| {
+                let share = |total: usize| total / voters_n + usize::from(i < total % voters_n);
+                commit_from_voter(
+                    &fed,
+                    i,
+                    share(args.commits),
+                    share(args.concurrency.max(voters_n)),
+                    args.size,
+                    0,
+                )
+            });
+            let mut all = Outcome::default();
+            for outcome in futures::future::join_all(shares).await {
+                all.merge(outcome?);
+            }
+            // From the first request to the last answer, as this process
+            // saw them (the voters' own start times differ a little).
+            all.elapsed = started.elapsed();
+            all
+        }
+    };
+    let cpu_after = CpuSample::take(&pids);
+    if !outcome.errors.is_empty() {
+        println!("failed commits: {:?}", outcome.errors);
     }
-    if !errors.is_empty() {
-        println!("failed commits: {errors:?}");
-    }
-    let elapsed = results
-        .iter()
-        .filter(|(r, _)| r.is_ok())
-        .map(|(_, at)| *at)
-        .max()
-        .unwrap_or_default();
-    let mut lat: Vec<Duration> = results.into_iter().filter_map(|(r, _)| r.ok()).collect();
+    let mut lat = outcome.latencies;
     lat.sort();
+    let from = match &source {
+        Source::Clients(clients) => format!("{} client node(s)", clients.len()),
+        Source::Voters => format!("the {voters_n} voters' own nodes"),
+    };
     println!(
-        "throughput ({} commits, {} outstanding, {} client node(s), {} B): {:.0} ops/s over {:.2} s to the last success ({} failed); latency p50 {:.2} ms, p99 {:.2} ms",
+        "throughput ({} commits, {} outstanding, from {from}, {} B): {:.0} ops/s over {:.2} s to the last success ({} failed); latency p50 {:.2} ms, p99 {:.2} ms",
         args.commits,
         args.concurrency,
-        clients_n,
         args.size,
-        lat.len() as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64(),
+        lat.len() as f64 / outcome.elapsed.as_secs_f64(),
+        outcome.elapsed.as_secs_f64(),
         args.commits - lat.len(),
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
@@ -289,20 +470,32 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             lat.len() as f64 / (b - a) as f64
         );
     }
-    // Recovery: SIGKILL the primary, time the next commit.
+    if let (Some(a), Some(b)) = (first_view, view().await) {
+        println!("views: voter 0 in view {a} before the throughput run, {b} after");
+    }
+    // Recovery: SIGKILL the primary, time the next commit (through the
+    // first client, or through the voter after the primary).
     let primary = fed.primary(0).await?;
     let t = Instant::now();
     fed.kill(primary);
     let killed = t.elapsed();
-    let first = commit(3_000_000 * clients_n)
-        .await
-        .map_err(|e| Failure::runtime(format!("after the kill: {e}")))?;
+    let first = match &source {
+        Source::Clients(clients) => {
+            commit_from_clients(clients, 3_000_000, 1, 1, args.size, 0, false).await
+        }
+        Source::Voters => {
+            commit_from_voter(&fed, (primary + 1) % voters_n, 1, 1, args.size, 0).await?
+        }
+    };
+    first.check("after the kill")?;
     println!(
         "recovery: first commit completed {:.0} ms after the primary (replica {primary}) was SIGKILLed",
-        (killed + first).as_secs_f64() * 1e3
+        (killed + first.elapsed).as_secs_f64() * 1e3
     );
-    for client in clients {
-        let _ = client.shutdown().await;
+    if let Source::Clients(clients) = source {
+        for client in clients {
+            let _ = client.shutdown().await;
+        }
     }
     drop(fed);
     Ok(())

@@ -51,9 +51,29 @@ pub(crate) enum ControlRequest {
     Put { key: String, value: String },
     /// Read the shared map.
     Get { key: String },
+    /// Commit a load of `commits` opaque updates of `size` bytes from this
+    /// node, `concurrency` at a time, each after `pause_ms` idle
+    /// milliseconds (what `fedmesh bench-commit --from-voters` asks each
+    /// voter; the updates are real commits, ordered by the federation).
+    BenchCommit {
+        commits: usize,
+        concurrency: usize,
+        size: usize,
+        #[serde(default)]
+        pause_ms: u64,
+    },
     /// Stop the node.
     Shutdown,
 }
+
+/// Most commits one `bench-commit` request makes (its answer lists each
+/// commit's latency).
+pub(crate) const MAX_BENCH_COMMITS: usize = 1_000_000;
+/// Most commits one `bench-commit` request has outstanding at once.
+pub(crate) const MAX_BENCH_CONCURRENCY: usize = 4096;
+/// Largest update of a `bench-commit` request (the federation's
+/// `max_operation_len` may refuse smaller ones).
+const MAX_BENCH_UPDATE: usize = 1 << 20;
 
 async fn answer(
     observer: &Observer,
@@ -157,12 +177,77 @@ async fn answer(
             let v = mesh.get(key).await.map_err(e)?;
             serde_json::json!({ "value": v.map(|v| String::from_utf8_lossy(&v).into_owned()) })
         }
+        ControlRequest::BenchCommit {
+            commits,
+            concurrency,
+            size,
+            pause_ms,
+        } => bench_commits(mesh, commits, concurrency, size, pause_ms).await?,
         ControlRequest::Shutdown => {
             let _ = stop.send(true);
             serde_json::json!({})
         }
     })
 }
+/// Makes the commits of a `bench-commit` request and answers with their
+/// count, the time from the first to the last success, each success's
+/// latency (microseconds, in completion order) and the failures by error.
+async fn bench_commits(
+    mesh: &fed_mesh::FederatedMesh,
+    commits: usize,
+    concurrency: usize,
+    size: usize,
+    pause_ms: u64,
+) -> Result<serde_json::Value, String> {
+    use futures::StreamExt;
+    if commits > MAX_BENCH_COMMITS {
+        return Err(format!("commits: at most {MAX_BENCH_COMMITS}"));
+    }
+    if !(1..=MAX_BENCH_CONCURRENCY).contains(&concurrency) {
+        return Err(format!("concurrency: 1 to {MAX_BENCH_CONCURRENCY}"));
+    }
+    if size > MAX_BENCH_UPDATE {
+        return Err(format!("size: at most {MAX_BENCH_UPDATE} bytes"));
+    }
+    if pause_ms > 60_000 {
+        return Err("pause_ms: at most 60 000".into());
+    }
+    let started = std::time::Instant::now();
+    let results: Vec<_> = futures::stream::iter(0..commits)
+        .map(|i| async move {
+            if pause_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+            }
+            let t = std::time::Instant::now();
+            let r = mesh
+                .byzantine_commit(crate::bench::update(i, size))
+                .await
+                .map(|_| t.elapsed());
+            (r, started.elapsed())
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut latencies_us = Vec::with_capacity(results.len());
+    let mut errors = std::collections::BTreeMap::<String, usize>::new();
+    let mut last = std::time::Duration::ZERO;
+    for (r, at) in results {
+        match r {
+            Ok(latency) => {
+                latencies_us.push(latency.as_micros() as u64);
+                last = last.max(at);
+            }
+            Err(e) => *errors.entry(e.to_string()).or_default() += 1,
+        }
+    }
+    Ok(serde_json::json!({
+        "completed": latencies_us.len(),
+        "elapsed_us": last.as_micros() as u64,
+        "latencies_us": latencies_us,
+        "failed": errors,
+    }))
+}
+
 /// A commit's answer: where it committed, its proof's digest and epoch, and
 /// the receipt.
 fn receipt_json(receipt: &fed_mesh::CommitReceipt) -> serde_json::Value {

@@ -229,3 +229,83 @@ fn an_allowlist_admits_only_its_members() {
         assert!(err.contains(expect), "{args:?}: {err}");
     }
 }
+
+/// The control socket's `bench-commit` makes real commits from the node
+/// itself, says what each took, and refuses bounds it does not take before it
+/// commits anything.
+#[test]
+fn a_bench_commit_request_commits_from_the_node_and_refuses_bad_bounds() {
+    let mut c = Cluster::new(1);
+    c.start_with(0, &["--client-slots", "8"]);
+    let socket = c.nodes[0].socket();
+    let v = try_call(
+        &socket,
+        r#"{"cmd":"bench-commit","commits":40,"concurrency":8,"size":100}"#,
+    )
+    .expect("the node answers");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["result"]["completed"], 40, "{v}");
+    assert_eq!(v["result"]["latencies_us"].as_array().unwrap().len(), 40);
+    assert_eq!(v["result"]["failed"], serde_json::json!({}), "{v}");
+    assert_eq!(c.consensus(0)["ledger_count"], 40);
+    for (line, field) in [
+        (
+            r#"{"cmd":"bench-commit","commits":1,"concurrency":0,"size":1}"#,
+            "concurrency",
+        ),
+        (
+            r#"{"cmd":"bench-commit","commits":1,"concurrency":5000,"size":1}"#,
+            "concurrency",
+        ),
+        (
+            r#"{"cmd":"bench-commit","commits":1000001,"concurrency":1,"size":1}"#,
+            "commits",
+        ),
+        (
+            r#"{"cmd":"bench-commit","commits":1,"concurrency":1,"size":1048577}"#,
+            "size",
+        ),
+        (
+            r#"{"cmd":"bench-commit","commits":1,"concurrency":1,"size":1,"pause_ms":60001}"#,
+            "pause_ms",
+        ),
+        (
+            r#"{"cmd":"bench-commit","commits":-1,"concurrency":1,"size":1}"#,
+            "bad request",
+        ),
+    ] {
+        let v = try_call(&socket, line).expect("the node answers");
+        assert_eq!(v["ok"], false, "{line}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{line}: {v}");
+    }
+    assert_eq!(
+        c.consensus(0)["ledger_count"],
+        40,
+        "a refused request committed"
+    );
+}
+
+/// `fedmesh bench-commit --from-voters`: the voters' own nodes make the
+/// commits (no client node), and the run reports every figure.
+#[test]
+fn the_commit_benchmark_runs_from_the_voters() {
+    let (code, out, err) = fedmesh(&[
+        "bench-commit",
+        "--from-voters",
+        "--commits",
+        "200",
+        "--concurrency",
+        "16",
+        "--sequential",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    for want in [
+        "unloaded (5 sequential commits through voter 1",
+        "from the 4 voters' own nodes, 100 B):",
+        "(0 failed)",
+        "recovery: first commit completed",
+    ] {
+        assert!(out.contains(want), "no `{want}` in:\n{out}{err}");
+    }
+}
