@@ -88,6 +88,9 @@ impl<A: Application> Replica<A> {
             snapshot: snapshot.clone(),
         });
         self.own_checkpoints.insert(seq, (state, snapshot));
+        if seq == self.stable.seq {
+            self.serve_deferred_state(now)?;
+        }
         let c = crate::message::Checkpoint::new(&self.identity, &self.m, seq, state, self.me)?;
         let payload = encode_arc(&Message::Checkpoint(c.clone()))?;
         self.own_checkpoint_msg = Some(payload.clone());
@@ -255,13 +258,12 @@ impl<A: Application> Replica<A> {
         {
             self.own_checkpoint_msg = None;
         }
-        self.serve_deferred_state(now)?;
         moved.sort_unstable();
         moved.dedup();
         for s in moved {
             self.check_stable(s, now)?;
         }
-        Ok(())
+        self.serve_deferred_state(now)
     }
 
     pub(super) fn on_stable_cert(&mut self, cert: CheckpointCert, now: u64) -> Result<()> {
@@ -433,13 +435,8 @@ impl<A: Application> Replica<A> {
         now: u64,
     ) -> Result<()> {
         if self.stable.seq < r.seq {
-            // Not stable here yet (the asker saw the certificate first): answered
-            // when it is, if it is within the window; one such request per peer.
-            if r.seq <= self.high()
-                && let Some(slot) = self.deferred_state.get_mut(usize::from(from))
-            {
-                *slot = Some(r.seq);
-            }
+            // Not stable here yet (the asker saw the certificate first): kept.
+            self.defer_state_request(from, r.seq, now);
             return Ok(());
         }
         if self.stable.seq == 0
@@ -452,30 +449,53 @@ impl<A: Application> Replica<A> {
         {
             return Ok(());
         }
-        self.serve_state(from)
+        if !self.serve_state(from)? {
+            // Stable here, but its state is not (yet) here: this replica is
+            // behind or repairing. Kept, and answered once it has the state.
+            self.served_state_at[usize::from(from)] = None;
+            self.defer_state_request(from, r.seq, now);
+        }
+        Ok(())
     }
 
-    /// Answers the state requests deferred until `self.stable` (those for it
-    /// or an earlier checkpoint).
-    fn serve_deferred_state(&mut self, now: u64) -> Result<()> {
+    /// Keeps `from`'s request for the state at `seq` (one per peer, the latest;
+    /// none beyond the window) until this replica can answer it, for at most
+    /// `request_timeout_ms` (the asker moves on to another peer then).
+    fn defer_state_request(&mut self, from: ReplicaIndex, seq: u64, now: u64) {
+        if seq <= self.high()
+            && let Some(slot) = self.deferred_state.get_mut(usize::from(from))
+        {
+            *slot = Some((seq, now));
+        }
+    }
+
+    /// Answers the kept state requests that this replica can answer now (its
+    /// stable checkpoint is at or above theirs, and it holds the state there);
+    /// forgets those older than `request_timeout_ms`.
+    pub(super) fn serve_deferred_state(&mut self, now: u64) -> Result<()> {
+        let expiry = self.config.request_timeout_ms;
         for i in 0..self.deferred_state.len() {
-            if self.deferred_state[i].is_some_and(|seq| seq <= self.stable.seq) {
+            let Some((seq, at)) = self.deferred_state[i] else {
+                continue;
+            };
+            if now > at.saturating_add(expiry) {
+                self.deferred_state[i] = None;
+            } else if seq <= self.stable.seq && self.serve_state(i as ReplicaIndex)? {
                 self.deferred_state[i] = None;
                 self.served_state_at[i] = Some(now);
-                self.serve_state(i as ReplicaIndex)?;
             }
         }
         Ok(())
     }
 
     /// Sends `to` the stable checkpoint's certificate and snapshot, when this
-    /// replica holds that snapshot.
-    fn serve_state(&mut self, to: ReplicaIndex) -> Result<()> {
+    /// replica holds that snapshot; whether it did.
+    fn serve_state(&mut self, to: ReplicaIndex) -> Result<bool> {
         let Some((state, snapshot)) = self.own_checkpoints.get(&self.stable.seq) else {
-            return Ok(());
+            return Ok(false);
         };
         if *state != self.stable.state {
-            return Ok(());
+            return Ok(false);
         }
         let msg = Message::StateResponse(StateResponse {
             cert: self.stable.clone(),
@@ -483,7 +503,7 @@ impl<A: Application> Replica<A> {
         });
         let payload = encode_arc(&msg)?;
         self.send(to, payload);
-        Ok(())
+        Ok(true)
     }
 
     pub(super) fn on_state_response(
@@ -551,6 +571,8 @@ impl<A: Application> Replica<A> {
         self.last_progress = now;
         self.events
             .push_back(Event::StateTransferred { seq, state });
+        // The state is here now: the requests kept for it are answered.
+        self.serve_deferred_state(now)?;
         self.try_execute(now)
     }
 }

@@ -381,7 +381,7 @@ pub struct Replica<A: Application> {
 
     last_progress: u64,
     /// Since when a pre-prepared batch of this view has been waiting to
-    /// execute (None: none waits). The waiting timer counts from the later of
+    /// execute (None: none waits, or no view is installed). The waiting timer counts from the later of
     /// this and `last_progress`: after an idle spell, from the new batch.
     waiting_since: Option<u64>,
     request_timer: Option<u64>,
@@ -405,9 +405,11 @@ pub struct Replica<A: Application> {
     transfer: Option<Transfer>,
     served_at: Vec<Option<u64>>,
     served_state_at: Vec<Option<u64>>,
-    /// A state request per peer for a checkpoint not yet stable here, answered
-    /// when it becomes stable.
-    deferred_state: Vec<Option<u64>>,
+    /// A state request per peer that this replica could not answer yet (the
+    /// checkpoint is not stable here, or its state is not here): the sequence
+    /// number asked and when. Answered when it can be, forgotten after
+    /// `request_timeout_ms`; never persisted.
+    deferred_state: Vec<Option<(u64, u64)>>,
 
     cache: SigCache,
     persists: VecDeque<Persist>,
@@ -964,6 +966,9 @@ impl<A: Application> Replica<A> {
 
     /// Proposes full batches if there is room, then re-arms the timers.
     fn update_timers(&mut self, now: u64) {
+        if !self.active {
+            self.waiting_since = None;
+        }
         if self.active && self.m.primary(self.view) == self.me && !self.queue.is_empty() {
             // Errors here can only come from signing; the next input retries.
             let _ = self.propose(now, false);

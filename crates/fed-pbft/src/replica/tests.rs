@@ -147,12 +147,23 @@ fn after_an_idle_spell_a_new_batch_gets_its_whole_timeout() {
         std::iter::from_fn(|| b.poll_transmit())
             .any(|t| matches!(Message::decode(&t.payload), Ok(Message::ViewChange(_))))
     };
-    // Timers due before the batch's time is up (retransmissions) change no view.
+    // Timers due before the batch's time is up (retransmissions) change no
+    // view; a second batch halfway does not put the deadline off.
+    let mut second = false;
     while let Some(at) = b.poll_timeout().filter(|at| *at < idle + timeout) {
+        let at = at.max(idle);
+        if !second && at >= idle + timeout / 2 {
+            second = true;
+            let pp = PrePrepare::new(&ids[0], &m, 0, 2, NULL_BATCH.to_vec()).unwrap();
+            b.handle_message(0, &Message::PrePrepare(pp).encode().unwrap(), at)
+                .unwrap();
+            while b.poll_persist().is_some() {}
+        }
         b.handle_timeout(at).unwrap();
         assert_eq!((b.view(), sends_view_change(&mut b)), (0, false), "at {at}");
     }
-    // Nothing prepared it within the timeout: the backup moves on.
+    assert!(second, "the second batch came while the first waited");
+    // Nothing prepared them within the timeout of the first: the backup moves on.
     b.handle_timeout(idle + timeout).unwrap();
     assert_eq!((b.view(), sends_view_change(&mut b)), (1, true));
 }
@@ -805,7 +816,8 @@ fn a_state_request_for_a_checkpoint_not_yet_stable_is_answered_when_it_is() {
             t.to == 0
                 && matches!(
                     Message::decode(&t.payload),
-                    Ok(Message::StateResponse(r)) if r.cert.seq == 8
+                    Ok(Message::StateResponse(r))
+                        if r.cert.seq == 8 && state_digest(8, &r.snapshot) == r.cert.state
                 )
         })
     };
@@ -831,6 +843,64 @@ fn a_state_request_for_a_checkpoint_not_yet_stable_is_answered_when_it_is() {
     assert!(
         answers_state(&mut b),
         "the deferred state request was not answered when its checkpoint became stable"
+    );
+}
+
+/// A replica asked for a state that is stable there but not yet its own (it
+/// is behind, fetching it) keeps the request and answers it once its transfer
+/// installed the state; it used to count the request as answered and send
+/// nothing.
+#[test]
+fn a_replica_behind_answers_a_state_request_once_its_own_transfer_is_done() {
+    let (ids, m) = setup();
+    let config = Config {
+        checkpoint_interval: 4,
+        window: 8,
+        ..Config::default()
+    };
+    let enc = |msg: Message| msg.encode().unwrap();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), config, Nop, 0).unwrap();
+    let snapshot = b.state_snapshot().unwrap();
+    let state = state_digest(8, &snapshot);
+    let cert = CheckpointCert {
+        seq: 8,
+        state,
+        signatures: [0u16, 2, 3]
+            .iter()
+            .map(|&i| {
+                let c =
+                    crate::message::Checkpoint::new(&ids[usize::from(i)], &m, 8, state, i).unwrap();
+                (i, c.signature)
+            })
+            .collect(),
+    };
+    // Behind: it adopts the certificate and asks for the state.
+    b.handle_message(0, &enc(Message::StableCheckpoint(cert.clone())), 1)
+        .unwrap();
+    while b.poll_transmit().is_some() {}
+    let answers_3 = |b: &mut Replica<Nop>| {
+        std::iter::from_fn(|| b.poll_transmit()).any(|t| {
+            t.to == 3
+                && matches!(
+                    Message::decode(&t.payload),
+                    Ok(Message::StateResponse(r))
+                        if r.cert.seq == 8 && state_digest(8, &r.snapshot) == r.cert.state
+                )
+        })
+    };
+    // Replica 3 asks it for the same state meanwhile: nothing to send yet.
+    b.handle_message(3, &enc(Message::StateRequest(StateRequest { seq: 8 })), 2)
+        .unwrap();
+    assert!(!answers_3(&mut b));
+    let response = Message::StateResponse(StateResponse {
+        cert,
+        snapshot: snapshot.to_vec(),
+    });
+    b.handle_message(2, &enc(response), 3).unwrap();
+    assert_eq!(b.last_executed(), 8);
+    assert!(
+        answers_3(&mut b),
+        "the request kept during the transfer was not answered after it"
     );
 }
 
