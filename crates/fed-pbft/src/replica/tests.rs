@@ -35,6 +35,49 @@ fn restart(id: &Arc<Identity>, m: &Arc<Membership>, durable: DurableState) -> Re
     Replica::recover(id.clone(), m.clone(), Config::default(), Nop, durable, 2).unwrap()
 }
 
+/// A configuration with checkpoints every 4 and a window of 8.
+fn small_window() -> Config {
+    Config {
+        checkpoint_interval: 4,
+        window: 8,
+        ..Config::default()
+    }
+}
+
+/// The stable certificate of `(seq, state)`, signed by replicas 0, 2 and 3.
+fn quorum_checkpoint(
+    ids: &[Arc<Identity>],
+    m: &Arc<Membership>,
+    seq: u64,
+    state: Digest,
+) -> CheckpointCert {
+    CheckpointCert {
+        seq,
+        state,
+        signatures: [0u16, 2, 3]
+            .iter()
+            .map(|&i| {
+                let c = crate::message::Checkpoint::new(&ids[usize::from(i)], m, seq, state, i)
+                    .unwrap();
+                (i, c.signature)
+            })
+            .collect(),
+    }
+}
+
+/// Whether `b` sends `to` a STATE-RESPONSE for `seq` whose snapshot matches its
+/// certificate (the transmits are taken).
+fn sends_state(b: &mut Replica<Nop>, to: ReplicaIndex, seq: u64) -> bool {
+    std::iter::from_fn(|| b.poll_transmit()).any(|t| {
+        t.to == to
+            && matches!(
+                Message::decode(&t.payload),
+                Ok(Message::StateResponse(r))
+                    if r.cert.seq == seq && state_digest(seq, &r.snapshot) == r.cert.state
+            )
+    })
+}
+
 fn foreign_batch() -> Vec<u8> {
     wire::encode(&vec![Request {
         client: ClientId([5; 32]),
@@ -695,28 +738,13 @@ fn executed_batches_come_with_an_archivable_proof() {
 #[test]
 fn a_replica_fetches_what_follows_a_state_transfer() {
     let (ids, m) = setup();
-    let config = Config {
-        checkpoint_interval: 4,
-        window: 8,
-        ..Config::default()
-    };
+    let config = small_window();
     let enc = |msg: Message| msg.encode().unwrap();
     let mut b = Replica::new(ids[1].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
     let snapshot = b.state_snapshot().unwrap();
     // The others executed up to 9: a stable checkpoint at 8, a committed null at 9.
     let state = state_digest(8, &snapshot);
-    let cert = CheckpointCert {
-        seq: 8,
-        state,
-        signatures: [0u16, 2, 3]
-            .iter()
-            .map(|&i| {
-                let c =
-                    crate::message::Checkpoint::new(&ids[usize::from(i)], &m, 8, state, i).unwrap();
-                (i, c.signature)
-            })
-            .collect(),
-    };
+    let cert = quorum_checkpoint(&ids, &m, 8, state);
     let null = batch_digest(NULL_BATCH);
     let committed = Message::Committed(Committed {
         proof: CommitProof {
@@ -780,11 +808,7 @@ fn a_replica_fetches_what_follows_a_state_transfer() {
 #[test]
 fn a_state_request_for_a_checkpoint_not_yet_stable_is_answered_when_it_is() {
     let (ids, m) = setup();
-    let config = Config {
-        checkpoint_interval: 4,
-        window: 8,
-        ..Config::default()
-    };
+    let config = small_window();
     let enc = |msg: Message| msg.encode().unwrap();
     let mut b = Replica::new(ids[1].clone(), m.clone(), config, Nop, 0).unwrap();
     let null = batch_digest(NULL_BATCH);
@@ -811,33 +835,13 @@ fn a_state_request_for_a_checkpoint_not_yet_stable_is_answered_when_it_is() {
     }
     assert_eq!(b.last_executed(), 8);
     while b.poll_transmit().is_some() {}
-    let answers_state = |b: &mut Replica<Nop>| {
-        std::iter::from_fn(|| b.poll_transmit()).any(|t| {
-            t.to == 0
-                && matches!(
-                    Message::decode(&t.payload),
-                    Ok(Message::StateResponse(r))
-                        if r.cert.seq == 8 && state_digest(8, &r.snapshot) == r.cert.state
-                )
-        })
-    };
+    let answers_state = |b: &mut Replica<Nop>| sends_state(b, 0, 8);
     // Replica 0 asks for the state at 8 before 8 is stable here.
     b.handle_message(0, &enc(Message::StateRequest(StateRequest { seq: 8 })), 10)
         .unwrap();
     assert!(!answers_state(&mut b), "no certificate to send yet");
     let state = state_digest(8, &b.state_snapshot().unwrap());
-    let cert = CheckpointCert {
-        seq: 8,
-        state,
-        signatures: signers
-            .iter()
-            .map(|&i| {
-                let c =
-                    crate::message::Checkpoint::new(&ids[usize::from(i)], &m, 8, state, i).unwrap();
-                (i, c.signature)
-            })
-            .collect(),
-    };
+    let cert = quorum_checkpoint(&ids, &m, 8, state);
     b.handle_message(2, &enc(Message::StableCheckpoint(cert)), 11)
         .unwrap();
     assert!(
@@ -853,41 +857,17 @@ fn a_state_request_for_a_checkpoint_not_yet_stable_is_answered_when_it_is() {
 #[test]
 fn a_replica_behind_answers_a_state_request_once_its_own_transfer_is_done() {
     let (ids, m) = setup();
-    let config = Config {
-        checkpoint_interval: 4,
-        window: 8,
-        ..Config::default()
-    };
+    let config = small_window();
     let enc = |msg: Message| msg.encode().unwrap();
     let mut b = Replica::new(ids[1].clone(), m.clone(), config, Nop, 0).unwrap();
     let snapshot = b.state_snapshot().unwrap();
     let state = state_digest(8, &snapshot);
-    let cert = CheckpointCert {
-        seq: 8,
-        state,
-        signatures: [0u16, 2, 3]
-            .iter()
-            .map(|&i| {
-                let c =
-                    crate::message::Checkpoint::new(&ids[usize::from(i)], &m, 8, state, i).unwrap();
-                (i, c.signature)
-            })
-            .collect(),
-    };
+    let cert = quorum_checkpoint(&ids, &m, 8, state);
     // Behind: it adopts the certificate and asks for the state.
     b.handle_message(0, &enc(Message::StableCheckpoint(cert.clone())), 1)
         .unwrap();
     while b.poll_transmit().is_some() {}
-    let answers_3 = |b: &mut Replica<Nop>| {
-        std::iter::from_fn(|| b.poll_transmit()).any(|t| {
-            t.to == 3
-                && matches!(
-                    Message::decode(&t.payload),
-                    Ok(Message::StateResponse(r))
-                        if r.cert.seq == 8 && state_digest(8, &r.snapshot) == r.cert.state
-                )
-        })
-    };
+    let answers_3 = |b: &mut Replica<Nop>| sends_state(b, 3, 8);
     // Replica 3 asks it for the same state meanwhile: nothing to send yet.
     b.handle_message(3, &enc(Message::StateRequest(StateRequest { seq: 8 })), 2)
         .unwrap();
@@ -931,11 +911,7 @@ impl Application for Tally {
 #[test]
 fn a_replica_without_the_certified_state_at_its_checkpoint_repairs_it() {
     let (ids, m) = setup();
-    let config = Config {
-        checkpoint_interval: 4,
-        window: 8,
-        ..Config::default()
-    };
+    let config = small_window();
     let enc = |msg: Message| msg.encode().unwrap();
     let null = batch_digest(NULL_BATCH);
     let committed = |seq: u64| {
@@ -962,18 +938,7 @@ fn a_replica_without_the_certified_state_at_its_checkpoint_repairs_it() {
         good.handle_message(0, &enc(committed(seq)), 1).unwrap();
     }
     let (state, snapshot) = good.own_checkpoints[&4].clone();
-    let cert = CheckpointCert {
-        seq: 4,
-        state,
-        signatures: [0u16, 2, 3]
-            .iter()
-            .map(|&i| {
-                let c =
-                    crate::message::Checkpoint::new(&ids[usize::from(i)], &m, 4, state, i).unwrap();
-                (i, c.signature)
-            })
-            .collect(),
-    };
+    let cert = quorum_checkpoint(&ids, &m, 4, state);
     for corrupt in [true, false] {
         // Replica 1 executes the same batches, but its state goes wrong before 4
         // (or its checkpoint at 4 is lost).
@@ -1040,11 +1005,7 @@ fn a_replica_without_the_certified_state_at_its_checkpoint_repairs_it() {
 #[test]
 fn a_replica_fetches_what_it_refused_beyond_its_window() {
     let (ids, m) = setup();
-    let config = Config {
-        checkpoint_interval: 4,
-        window: 8,
-        ..Config::default()
-    };
+    let config = small_window();
     let enc = |msg: Message| msg.encode().unwrap();
     let null = batch_digest(NULL_BATCH);
     let committed = |seq: u64| {
