@@ -97,7 +97,8 @@ impl CpuSample {
     /// What was used between `self` and `later`, per commit of the `per`
     /// made meanwhile, as a line: each voter's and the client process's
     /// CPU, in microseconds per commit, and how busy the machine was.
-    fn report(&self, later: &Self, per: usize, what: &str) -> String {
+    /// `here` says what runs in this process.
+    fn report(&self, later: &Self, per: usize, what: &str, here: &str) -> String {
         let per = per.max(1) as f64 / 1e3;
         let voters: Vec<String> = self
             .voters
@@ -109,7 +110,7 @@ impl CpuSample {
         let busy = later.busy.saturating_sub(self.busy) as f64;
         let total = later.total.saturating_sub(self.total).max(1) as f64;
         format!(
-            "cpu ({what}): µs per commit in each voter {}, in this process (client nodes and the bench) {client:.0}; machine {:.0}% busy",
+            "cpu ({what}): µs per commit in each voter {}, in this process ({here}) {client:.0}; machine {:.0}% busy",
             voters.join(", "),
             100.0 * busy / total
         )
@@ -153,14 +154,10 @@ enum Source {
     /// through client `i mod n`, the others through the first.
     Clients(Vec<FederatedMesh>),
     /// The voters' own nodes, each asked through its control socket
-    /// (`bench-commit`); the sequential commits through voter
-    /// [`SEQUENTIAL_VOTER`].
-    Voters,
+    /// (`bench-commit`); the warm-up and sequential commits through this one,
+    /// a backup (the voter after the primary).
+    Voters(usize),
 }
-
-/// The voter whose node makes the warm-up and sequential commits of a
-/// `--from-voters` run: replica 1, a backup in view 0.
-const SEQUENTIAL_VOTER: usize = 1;
 
 /// What a run of commits gave.
 #[derive(Default)]
@@ -212,8 +209,9 @@ async fn commit_from_clients(
                 if pause_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                 }
+                let update = update(i, size);
                 let t = Instant::now();
-                let r = client.byzantine_commit(update(i, size)).await;
+                let r = client.byzantine_commit(update).await;
                 (r.map(|_| t.elapsed()), started.elapsed())
             }
         })
@@ -282,6 +280,18 @@ async fn commit_from_voter(
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     let voters_n = args.voters.max(1);
+    if args.from_voters {
+        // What each voter will be asked, checked before anything starts.
+        if voters_n < 2 || args.concurrency < voters_n {
+            return Err(Failure::config(
+                "--from-voters needs at least 2 voters and at least one commit outstanding per voter (--concurrency)",
+            ));
+        }
+        let per = |total: usize| total.div_ceil(voters_n);
+        control::bench_bounds(per(args.commits), per(args.concurrency), args.size, 0)
+            .and_then(|()| control::bench_bounds(args.sequential, 1, args.size, args.pause_ms))
+            .map_err(|e| Failure::config(format!("--from-voters: {e}")))?;
+    }
     let mut node_args = vec![
         "--requests-per-second".to_string(),
         "1000000".into(),
@@ -312,13 +322,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     let genesis = fed.genesis.clone();
 
     let source = if args.from_voters {
-        if voters_n <= SEQUENTIAL_VOTER {
-            return Err(Failure::config(format!(
-                "--from-voters needs at least {} voters",
-                SEQUENTIAL_VOTER + 1
-            )));
-        }
-        Source::Voters
+        Source::Voters((fed.primary(0).await? + 1) % voters_n)
     } else {
         let clients_n = args.clients.max(1);
         let per_client = args.concurrency.max(1).div_ceil(clients_n);
@@ -344,13 +348,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         Source::Clients(clients) => {
             Ok(commit_from_clients(clients, first, commits, 1, args.size, pause, false).await)
         }
-        Source::Voters => {
-            commit_from_voter(&fed, SEQUENTIAL_VOTER, commits, 1, args.size, pause).await
+        Source::Voters(through) => {
+            commit_from_voter(&fed, *through, commits, 1, args.size, pause).await
         }
     };
     // Warm-up (from every voter when they commit).
     sequential(0, 50, 0).await?.check("warm-up")?;
-    if let Source::Voters = source {
+    if let Source::Voters(_) = source {
         for i in 0..voters_n {
             commit_from_voter(&fed, i, 10, 1, args.size, 0)
                 .await?
@@ -358,6 +362,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         }
     }
     // CPU is sampled around each run (a figure only, on Linux).
+    let here = match source {
+        Source::Clients(_) => "client nodes and the bench",
+        Source::Voters(_) => "the bench",
+    };
     let pids: Vec<u32> = (0..voters_n).filter_map(|i| fed.pid(i)).collect();
     let cpu_before = CpuSample::take(&pids);
     // Unloaded latency.
@@ -368,7 +376,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     lat.sort();
     let through = match source {
         Source::Clients(_) => "client node 1".to_string(),
-        Source::Voters => format!("voter {SEQUENTIAL_VOTER}"),
+        Source::Voters(through) => format!("voter {through}, a backup"),
     };
     println!(
         "unloaded ({} sequential commits through {through}, {} ms apart, {} B): p50 {:.2} ms, p99 {:.2} ms",
@@ -379,7 +387,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         percentile(&lat, 0.99)
     );
     if let (Some(a), Some(b)) = (&cpu_before, &cpu_after) {
-        println!("{}", a.report(b, args.sequential, "unloaded"));
+        println!("{}", a.report(b, args.sequential, "unloaded", here));
     }
     // Throughput.
     // Voter 0's last executed sequence number (a figure only: none if its
@@ -403,26 +411,48 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             )
             .await
         }
-        Source::Voters => {
-            // Each voter its share of the commits and of the concurrency.
+        Source::Voters(_) => {
+            // Each voter its share of the commits and of the concurrency
+            // (at least one each, checked above).
+            let share =
+                |i: usize, total: usize| total / voters_n + usize::from(i < total % voters_n);
             let shares = (0..voters_n).map(|i| {
-                let share = |total: usize| total / voters_n + usize::from(i < total % voters_n);
-                commit_from_voter(
-                    &fed,
-                    i,
-                    share(args.commits),
-                    share(args.concurrency.max(voters_n)),
-                    args.size,
-                    0,
-                )
+                let (fed, started) = (&fed, started);
+                async move {
+                    // Each voter times from its own start to its last success;
+                    // its start is this much after the run's.
+                    let offset = started.elapsed();
+                    let outcome = commit_from_voter(
+                        fed,
+                        i,
+                        share(i, args.commits),
+                        share(i, args.concurrency),
+                        args.size,
+                        0,
+                    )
+                    .await;
+                    outcome.map(|mut o| {
+                        o.elapsed += offset;
+                        o
+                    })
+                }
             });
             let mut all = Outcome::default();
-            for outcome in futures::future::join_all(shares).await {
-                all.merge(outcome?);
+            for (i, outcome) in futures::future::join_all(shares)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                match outcome {
+                    Ok(o) => all.merge(o),
+                    // A voter that could not report: its share counts as failed.
+                    Err(e) => {
+                        *all.errors
+                            .entry(format!("voter {i}: {}", e.message))
+                            .or_default() += share(i, args.commits);
+                    }
+                }
             }
-            // From the first request to the last answer, as this process
-            // saw them (the voters' own start times differ a little).
-            all.elapsed = started.elapsed();
             all
         }
     };
@@ -434,7 +464,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     lat.sort();
     let from = match &source {
         Source::Clients(clients) => format!("{} client node(s)", clients.len()),
-        Source::Voters => format!("the {voters_n} voters' own nodes"),
+        Source::Voters(_) => format!("the {voters_n} voters' own nodes"),
     };
     println!(
         "throughput ({} commits, {} outstanding, from {from}, {} B): {:.0} ops/s over {:.2} s to the last success ({} failed); latency p50 {:.2} ms, p99 {:.2} ms",
@@ -448,7 +478,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         percentile(&lat, 0.99)
     );
     if let (Some(a), Some(b)) = (&cpu_before, &cpu_after) {
-        println!("{}", a.report(b, lat.len(), "throughput"));
+        println!("{}", a.report(b, lat.len(), "throughput", here));
     }
     // Batches voter 0 executed meanwhile: the clients complete on a quorum
     // of replies, so its count is read once it stops moving.
@@ -483,8 +513,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         Source::Clients(clients) => {
             commit_from_clients(clients, 3_000_000, 1, 1, args.size, 0, false).await
         }
-        Source::Voters => {
-            commit_from_voter(&fed, (primary + 1) % voters_n, 1, 1, args.size, 0).await?
+        // Through a backup of the view that follows.
+        Source::Voters(_) => {
+            commit_from_voter(&fed, (primary + 2) % voters_n, 1, 1, args.size, 0).await?
         }
     };
     first.check("after the kill")?;

@@ -189,17 +189,22 @@ async fn answer(
         }
     })
 }
-/// Makes the commits of a `bench-commit` request and answers with their
-/// count, the time from the first to the last success, each success's
-/// latency (microseconds, in completion order) and the failures by error.
-async fn bench_commits(
-    mesh: &fed_mesh::FederatedMesh,
+/// Longest idle time before each commit of a `bench-commit` request.
+const MAX_BENCH_PAUSE_MS: u64 = 60_000;
+/// Most idle time a `bench-commit` request may add up to, in all (its
+/// commits' pauses over its concurrency).
+const MAX_BENCH_PAUSES_MS: u64 = 3_600_000;
+/// Most update bytes a `bench-commit` request has outstanding at once.
+const MAX_BENCH_OUTSTANDING_BYTES: usize = 256 << 20;
+
+/// Why a `bench-commit` request of these figures would be refused, naming
+/// the field: each is bounded, and so are their products.
+pub(crate) fn bench_bounds(
     commits: usize,
     concurrency: usize,
     size: usize,
     pause_ms: u64,
-) -> Result<serde_json::Value, String> {
-    use futures::StreamExt;
+) -> Result<(), String> {
     if commits > MAX_BENCH_COMMITS {
         return Err(format!("commits: at most {MAX_BENCH_COMMITS}"));
     }
@@ -209,29 +214,51 @@ async fn bench_commits(
     if size > MAX_BENCH_UPDATE {
         return Err(format!("size: at most {MAX_BENCH_UPDATE} bytes"));
     }
-    if pause_ms > 60_000 {
-        return Err("pause_ms: at most 60 000".into());
+    if concurrency.saturating_mul(size) > MAX_BENCH_OUTSTANDING_BYTES {
+        return Err(format!(
+            "size × concurrency: at most {MAX_BENCH_OUTSTANDING_BYTES} bytes outstanding"
+        ));
     }
+    if pause_ms > MAX_BENCH_PAUSE_MS {
+        return Err(format!("pause_ms: at most {MAX_BENCH_PAUSE_MS}"));
+    }
+    if (commits as u64).saturating_mul(pause_ms) / concurrency as u64 > MAX_BENCH_PAUSES_MS {
+        return Err(format!(
+            "pause_ms × commits / concurrency: at most {MAX_BENCH_PAUSES_MS} ms of pauses"
+        ));
+    }
+    Ok(())
+}
+
+/// Makes the commits of a `bench-commit` request and answers with their
+/// count, the time from the request's start to the last success, each
+/// success's latency (microseconds, in completion order) and the failures by
+/// error. Only those figures are kept while it runs (8 bytes a commit).
+async fn bench_commits(
+    mesh: &fed_mesh::FederatedMesh,
+    commits: usize,
+    concurrency: usize,
+    size: usize,
+    pause_ms: u64,
+) -> Result<serde_json::Value, String> {
+    use futures::StreamExt;
+    bench_bounds(commits, concurrency, size, pause_ms)?;
     let started = std::time::Instant::now();
-    let results: Vec<_> = futures::stream::iter(0..commits)
+    let mut latencies_us = Vec::with_capacity(commits);
+    let mut errors = std::collections::BTreeMap::<String, usize>::new();
+    let mut last = std::time::Duration::ZERO;
+    let mut results = futures::stream::iter(0..commits)
         .map(|i| async move {
             if pause_ms > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
             }
+            let update = crate::bench::update(i, size);
             let t = std::time::Instant::now();
-            let r = mesh
-                .byzantine_commit(crate::bench::update(i, size))
-                .await
-                .map(|_| t.elapsed());
+            let r = mesh.byzantine_commit(update).await.map(|_| t.elapsed());
             (r, started.elapsed())
         })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let mut latencies_us = Vec::with_capacity(results.len());
-    let mut errors = std::collections::BTreeMap::<String, usize>::new();
-    let mut last = std::time::Duration::ZERO;
-    for (r, at) in results {
+        .buffer_unordered(concurrency);
+    while let Some((r, at)) = results.next().await {
         match r {
             Ok(latency) => {
                 latencies_us.push(latency.as_micros() as u64);

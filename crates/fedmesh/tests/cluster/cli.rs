@@ -273,6 +273,14 @@ fn a_bench_commit_request_commits_from_the_node_and_refuses_bad_bounds() {
             r#"{"cmd":"bench-commit","commits":-1,"concurrency":1,"size":1}"#,
             "bad request",
         ),
+        (
+            r#"{"cmd":"bench-commit","commits":1000,"concurrency":1,"size":1,"pause_ms":60000}"#,
+            "pause_ms × commits",
+        ),
+        (
+            r#"{"cmd":"bench-commit","commits":1,"concurrency":4096,"size":1048576}"#,
+            "size × concurrency",
+        ),
     ] {
         let v = try_call(&socket, line).expect("the node answers");
         assert_eq!(v["ok"], false, "{line}: {v}");
@@ -301,11 +309,23 @@ fn the_commit_benchmark_runs_from_the_voters() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     for want in [
-        "unloaded (5 sequential commits through voter 1",
+        "unloaded (5 sequential commits through voter 1, a backup",
         "from the 4 voters' own nodes, 100 B):",
         "(0 failed)",
         "recovery: first commit completed",
     ] {
         assert!(out.contains(want), "no `{want}` in:\n{out}{err}");
+    }
+    // What the voters would refuse is refused before anything starts.
+    for (flags, field) in [
+        (&["--concurrency", "3"][..], "--concurrency"),
+        (&["--commits", "8000000"][..], "commits"),
+        (&["--pause-ms", "60001"][..], "pause_ms"),
+    ] {
+        let mut args = vec!["bench-commit", "--from-voters"];
+        args.extend_from_slice(flags);
+        let (code, out, err) = fedmesh(&args);
+        assert_eq!(code, 3, "{flags:?}: {out}{err}");
+        assert!(err.contains(field), "{flags:?}: {err}");
     }
 }
