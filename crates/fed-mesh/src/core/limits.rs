@@ -217,11 +217,17 @@ impl TokenBucket {
         }
     }
 
-    /// Takes one request's worth; false if the bucket is empty.
+    /// Takes one request's worth; false if the bucket is empty. A clock that
+    /// steps back refills nothing for the step, and refills from the new time
+    /// on (keeping the old time would refuse everything until the clock
+    /// caught up with it).
     pub(crate) fn take(&mut self, now: u64) -> bool {
         let elapsed = now.saturating_sub(self.last_ms);
-        self.last_ms = self.last_ms.max(now);
-        self.milli = (self.milli + elapsed.saturating_mul(self.rate)).min(self.capacity);
+        self.last_ms = now;
+        self.milli = self
+            .milli
+            .saturating_add(elapsed.saturating_mul(self.rate))
+            .min(self.capacity);
         if self.milli >= 1000 {
             self.milli -= 1000;
             true
@@ -244,6 +250,22 @@ mod tests {
         assert!(!b.take(100));
         // A long pause saves up one second's worth, no more.
         assert_eq!((0..50).filter(|_| b.take(60_000)).count(), 10);
+    }
+
+    /// The node's clock is the wall clock: after it steps back, the bucket
+    /// refills from the new time on instead of staying empty until the clock
+    /// is back where it was.
+    #[test]
+    fn the_bucket_refills_after_the_clock_steps_back() {
+        let mut b = TokenBucket::new(10, 600_000);
+        assert_eq!((0..20).filter(|_| b.take(600_000)).count(), 10);
+        // Ten minutes back: nothing for the step itself.
+        assert!(!b.take(0));
+        // A second later (by the new clock), a second's worth again.
+        assert_eq!((0..20).filter(|_| b.take(1_000)).count(), 10);
+        // Nor does a rate near the maximum overflow after a long pause.
+        let mut fast = TokenBucket::new(u32::MAX, 0);
+        assert!(fast.take(u64::MAX));
     }
 
     #[test]
