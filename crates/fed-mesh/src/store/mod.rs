@@ -15,12 +15,13 @@
 mod audit;
 mod patterns;
 mod pbft;
+mod replica_log;
 mod state;
 
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -124,6 +125,8 @@ struct Inner {
     /// Whether a [`PersistentSubstrate`] was opened on this store (one index
     /// per file).
     substrate_taken: AtomicBool,
+    /// The replica log beside the database (set by [`Store::open`]).
+    replica: OnceLock<Mutex<replica_log::ReplicaLog>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -183,16 +186,44 @@ impl Store {
                 db,
                 path,
                 substrate_taken: AtomicBool::new(false),
+                replica: OnceLock::new(),
             }),
         };
         store.check_owner(node, existed)?;
         store.verify_records()?;
+        let log = pbft::open_log(&store, node)?;
+        if store.inner.replica.set(Mutex::new(log)).is_err() {
+            return Err(store.io("the replica log was opened twice"));
+        }
         Ok(store)
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The replica log beside the database file (store.md §3).
+    pub fn replica_log_path(&self) -> PathBuf {
+        replica_log::ReplicaLog::path_for(&self.inner.path)
+    }
+
+    /// Runs `f` on the replica log, alone.
+    fn with_log<T>(
+        &self,
+        f: impl FnOnce(&mut replica_log::ReplicaLog) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let log = self
+            .inner
+            .replica
+            .get()
+            .ok_or_else(|| self.io("the replica log is not open"))?;
+        // A panic while the log was held leaves its state unknown: refused,
+        // like any failed write (the node stops).
+        let mut log = log
+            .lock()
+            .map_err(|_| self.io("the replica log is unusable after a panic"))?;
+        f(&mut log)
     }
 
     /// The replica state of `fed-pbft`, as a [`fed_pbft::Storage`].
@@ -436,6 +467,7 @@ fn decode_body<T: for<'de> serde::Deserialize<'de>>(body: &[u8]) -> Option<T> {
 pub fn fuzz_decoders(data: &[u8]) {
     let _ = open_record("audit", &0u64.to_be_bytes(), data);
     pbft::fuzz_bodies(data);
+    replica_log::fuzz(data);
     audit::fuzz_bodies(data);
     round_trip::<crate::substrate::Pattern>(data);
     round_trip::<fed_crdt::Entry<crate::wire::MemberRecord>>(data);

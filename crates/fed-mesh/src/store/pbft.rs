@@ -1,17 +1,20 @@
-//! `fed-pbft`'s durable replica state in the store: the tables of
-//! docs/protocol/store.md §3, with the semantics of
-//! [`fed_pbft::DurableState::apply`].
+//! `fed-pbft`'s durable replica state in the store (docs/protocol/store.md
+//! §3), with the semantics of [`fed_pbft::DurableState::apply`]: the replica
+//! log beside the database ([`super::replica_log`]), and in the database the
+//! configuration epochs, the membership the store is bound to, and the
+//! replica tables of earlier releases, moved into the log at the first open.
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use fed_crypto::NodeId;
 use fed_pbft::{
-    CheckpointCert, CommitProof, Digest, DurableState, Persist, PrePrepareRecord, PreparedCert,
-    PreparedRecord, Signature, Storage,
+    CommitProof, Digest, DurableState, Persist, PrePrepareRecord, PreparedCert, PreparedRecord,
+    Signature, Storage,
 };
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{META, Store, StoreError, decode_body};
+use super::{META, Store, StoreError, decode_body, replica_log::ReplicaLog};
 
 const PRE_PREPARES: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("pbft_pre_prepares");
@@ -34,6 +37,10 @@ const SEQ_TABLES: [(&str, TableDefinition<'static, u64, &'static [u8]>); 4] = [
 const VIEW_KEY: &str = "pbft.view";
 const MEMBERSHIP_KEY: &str = "pbft.membership";
 const STABLE_KEY: &str = "pbft.stable";
+/// Present once the replica state lives in the replica log.
+const LOG_KEY: &str = "pbft.log";
+/// Its body.
+const LOG_MARKER: &[u8] = b"replica log v1";
 
 #[derive(Serialize, Deserialize)]
 struct ViewRecord {
@@ -77,8 +84,8 @@ struct CheckpointBody {
     snapshot: Vec<u8>,
 }
 
-/// A replica's [`Storage`] in the node's [`Store`]: every call is one redb
-/// transaction, durable (fsync) before it returns.
+/// A replica's [`Storage`] in the node's [`Store`]: every call is one record
+/// of the replica log, durable (`fdatasync`) before it returns.
 #[derive(Clone, Debug)]
 pub struct PbftStore {
     store: Store,
@@ -125,143 +132,19 @@ impl PbftStore {
         txn.commit().map_err(|e| s.io(e))
     }
 
-    /// Makes every write of `ops` durable in one transaction (one fsync): the
-    /// driver calls it with all the writes a replica asked for before it sends
-    /// the messages polled after them. Atomic: a crash leaves all or none.
+    /// Makes every write of `ops` durable as one record of the replica log
+    /// (one write, one `fdatasync`): the driver calls it with all the writes a
+    /// replica asked for before it sends the messages polled after them.
+    /// Atomic: a crash leaves all or none.
     pub fn persist_all(&mut self, ops: &[Persist]) -> Result<(), StoreError> {
-        let txn = self.store.db_write()?;
-        for op in ops {
-            self.apply(&txn, op)?;
-        }
-        txn.commit().map_err(|e| self.store.io(e))
-    }
-
-    fn apply(&self, txn: &WriteTransaction, op: &Persist) -> Result<(), StoreError> {
-        let s = &self.store;
-        let io = |e: redb::Error| s.io(e);
-        match op {
-            Persist::View { view, active } => {
-                let body = s.body(&ViewRecord {
-                    view: *view,
-                    active: *active,
-                })?;
-                let mut t = txn.open_table(META).map_err(|e| io(e.into()))?;
-                t.insert(
-                    VIEW_KEY,
-                    s.seal("meta", VIEW_KEY.as_bytes(), &body)?.as_slice(),
-                )
-                .map_err(|e| io(e.into()))?;
-            }
-            Persist::PrePrepare {
-                view,
-                seq,
-                digest,
-                signature,
-                batch,
-            } => {
-                let mut t = txn.open_table(PRE_PREPARES).map_err(|e| io(e.into()))?;
-                let keep = match t.get(*seq).map_err(|e| io(e.into()))? {
-                    None => true,
-                    Some(old) => {
-                        let old: PrePrepareBody =
-                            self.decode("pbft_pre_prepares", *seq, old.value())?;
-                        old.view <= *view
-                    }
-                };
-                if keep {
-                    let body = s.body(&PrePrepareBody {
-                        view: *view,
-                        digest: *digest,
-                        signature: *signature,
-                        batch: batch.as_deref().map(<[u8]>::to_vec),
-                    })?;
-                    insert_seq(s, &mut t, "pbft_pre_prepares", *seq, &body)?;
-                }
-            }
-            Persist::Prepared { cert, batch } => {
-                let mut t = txn.open_table(PREPARED).map_err(|e| io(e.into()))?;
-                let keep = match t.get(cert.seq).map_err(|e| io(e.into()))? {
-                    None => true,
-                    Some(old) => {
-                        let old: PreparedBody =
-                            self.decode("pbft_prepared", cert.seq, old.value())?;
-                        old.cert.view <= cert.view
-                    }
-                };
-                if keep {
-                    let body = s.body(&PreparedBody {
-                        cert: cert.clone(),
-                        batch: batch.as_deref().map(<[u8]>::to_vec),
-                    })?;
-                    insert_seq(s, &mut t, "pbft_prepared", cert.seq, &body)?;
-                }
-            }
-            Persist::Committed { proof, batch } => {
-                let mut t = txn.open_table(COMMITTED).map_err(|e| io(e.into()))?;
-                let body = s.body(&CommittedBody {
-                    proof: proof.clone(),
-                    batch: batch.to_vec(),
-                })?;
-                insert_seq(s, &mut t, "pbft_committed", proof.seq, &body)?;
-            }
-            Persist::Checkpoint {
-                seq,
-                state,
-                snapshot,
-            } => {
-                let mut t = txn.open_table(CHECKPOINTS).map_err(|e| io(e.into()))?;
-                let body = s.body(&CheckpointBody {
-                    state: *state,
-                    snapshot: snapshot.to_vec(),
-                })?;
-                insert_seq(s, &mut t, "pbft_checkpoints", *seq, &body)?;
-            }
-            Persist::Stable(cert) => {
-                let mut meta = txn.open_table(META).map_err(|e| io(e.into()))?;
-                let newer = match meta.get(STABLE_KEY).map_err(|e| io(e.into()))? {
-                    None => true,
-                    Some(old) => {
-                        let body = s.open_record("meta", STABLE_KEY.as_bytes(), old.value())?;
-                        let old: CheckpointCert = decode_body(body).ok_or_else(|| {
-                            s.corrupt(format!("record `{STABLE_KEY}` does not decode"))
-                        })?;
-                        old.seq < cert.seq
-                    }
-                };
-                if newer {
-                    let body = s.body(cert)?;
-                    meta.insert(
-                        STABLE_KEY,
-                        s.seal("meta", STABLE_KEY.as_bytes(), &body)?.as_slice(),
-                    )
-                    .map_err(|e| io(e.into()))?;
-                    drop(meta);
-                    let low = cert.seq;
-                    for (name, def) in SEQ_TABLES {
-                        let mut t = txn.open_table(def).map_err(|e| io(e.into()))?;
-                        // Own checkpoints from the stable one on are kept.
-                        if name == "pbft_checkpoints" {
-                            t.retain_in(..low, |_, _| false)
-                        } else {
-                            t.retain_in(..=low, |_, _| false)
-                        }
-                        .map_err(|e| io(e.into()))?;
-                    }
-                }
-            }
-            _ => {
-                return Err(s.io(format!("a PBFT write this store does not know: {op:?}")));
-            }
-        }
-        Ok(())
+        self.store.with_log(|log| log.append(ops))
     }
 
     /// Enters configuration epoch `epoch` (mesh.md §9): stores its link
-    /// (`link`, the encoded `CertifiedState`) and drops the replica state of
-    /// the epoch before (every table of §3, the view and the stable
-    /// checkpoint), in one transaction, durable before it returns. A crash
-    /// leaves the node in the old epoch with its state, or in the new one
-    /// without.
+    /// (`link`, the encoded `CertifiedState`) in the database, synced, then
+    /// starts the replica log over, empty, in that epoch. A crash between the
+    /// two leaves a log of the epoch before, which the next open starts over
+    /// the same way ([`open_log`]).
     pub fn enter_epoch(&mut self, epoch: u64, link: &[u8]) -> Result<(), StoreError> {
         let s = &self.store;
         let io = |e: redb::Error| s.io(e);
@@ -272,15 +155,9 @@ impl PbftStore {
                 link: link.to_vec(),
             })?;
             insert_seq(s, &mut t, "pbft_epochs", epoch, &body)?;
-            for (_, def) in SEQ_TABLES {
-                let mut t = txn.open_table(def).map_err(|e| io(e.into()))?;
-                t.retain(|_, _| false).map_err(|e| io(e.into()))?;
-            }
-            let mut meta = txn.open_table(META).map_err(|e| io(e.into()))?;
-            meta.remove(VIEW_KEY).map_err(|e| io(e.into()))?;
-            meta.remove(STABLE_KEY).map_err(|e| io(e.into()))?;
         }
-        txn.commit().map_err(|e| s.io(e))
+        txn.commit().map_err(|e| s.io(e))?;
+        s.with_log(|log| log.reset(epoch))
     }
 
     /// The links of the configuration epochs entered, in order (link `i`
@@ -311,6 +188,12 @@ impl PbftStore {
 
     /// Everything persisted, as [`fed_pbft::Replica::recover`] takes it.
     pub fn load_state(&self) -> Result<DurableState, StoreError> {
+        self.store.with_log(|log| Ok(log.state().clone()))
+    }
+
+    /// The replica state in the tables of earlier releases (empty unless the
+    /// store was written by one and not opened since).
+    fn load_legacy(&self) -> Result<DurableState, StoreError> {
         let s = &self.store;
         let read = s.db_read()?;
         let mut state = DurableState::default();
@@ -395,8 +278,98 @@ impl Storage for PbftStore {
 pub(super) fn verify_tables(store: &Store) -> Result<(), StoreError> {
     // Decoding everything checks every checksum and every encoding.
     let pbft = PbftStore::new(store.clone());
-    pbft.load_state()?;
+    pbft.load_legacy()?;
     pbft.load_epochs().map(|_| ())
+}
+
+/// Opens the replica log of `store` (at open, after [`verify_tables`]), or
+/// creates it, moving into it the replica tables of an earlier release.
+///
+/// Once the database records that the log exists (`meta` key `pbft.log`), a
+/// missing log, another node's, or one from a later epoch than the
+/// database's is an error naming the log; one from an earlier epoch is what a
+/// crash while entering an epoch leaves, and starts over in the current one.
+pub(super) fn open_log(store: &Store, node: &NodeId) -> Result<ReplicaLog, StoreError> {
+    let path = ReplicaLog::path_for(store.path());
+    let pbft = PbftStore::new(store.clone());
+    let epoch = pbft.load_epochs()?.len() as u64;
+    let read = store.db_read()?;
+    let created = match store.table_if_any(&read, META)? {
+        Some(meta) => match meta.get(LOG_KEY).map_err(|e| store.io(e))? {
+            Some(v) => {
+                let body = store.open_record("meta", LOG_KEY.as_bytes(), v.value())?;
+                if body != LOG_MARKER {
+                    return Err(store.corrupt(format!("record `{LOG_KEY}` is unknown")));
+                }
+                true
+            }
+            None => false,
+        },
+        None => false,
+    };
+    drop(read);
+    let corrupted = |detail: String| StoreError::Corrupted {
+        path: path.clone(),
+        detail,
+    };
+    if created {
+        if !path.exists() {
+            return Err(corrupted(format!(
+                "the replica log is missing; the database {} was written with it",
+                store.path().display()
+            )));
+        }
+        let mut log = ReplicaLog::open(&path)?;
+        if log.node() != &node.0 {
+            return Err(StoreError::Foreign {
+                path,
+                expected: *node,
+                found: NodeId(*log.node()),
+            });
+        }
+        if log.epoch() > epoch {
+            return Err(corrupted(format!(
+                "the replica log is of configuration epoch {}, the database has entered only {epoch}",
+                log.epoch()
+            )));
+        }
+        if log.epoch() < epoch {
+            tracing::info!(
+                path = %log.path().display(),
+                from = log.epoch(),
+                to = epoch,
+                "the replica log starts over in the epoch the database entered"
+            );
+            log.reset(epoch)?;
+        }
+        return Ok(log);
+    }
+    // A new store, or one of an earlier release: its replica tables (if any)
+    // become the log's first state; then the database records the log and
+    // drops the tables, in one transaction. A crash before that commit
+    // leaves the tables, and the next open does this again.
+    let legacy = pbft.load_legacy()?;
+    let log = ReplicaLog::create(&path, node.0, epoch, legacy)?;
+    let s = store;
+    let io = |e: redb::Error| s.io(e);
+    let txn = s.db_write()?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| io(e.into()))?;
+        meta.insert(
+            LOG_KEY,
+            s.seal("meta", LOG_KEY.as_bytes(), LOG_MARKER)?.as_slice(),
+        )
+        .map_err(|e| io(e.into()))?;
+        meta.remove(VIEW_KEY).map_err(|e| io(e.into()))?;
+        meta.remove(STABLE_KEY).map_err(|e| io(e.into()))?;
+        drop(meta);
+        for (_, def) in SEQ_TABLES {
+            let mut t = txn.open_table(def).map_err(|e| io(e.into()))?;
+            t.retain(|_, _| false).map_err(|e| io(e.into()))?;
+        }
+    }
+    txn.commit().map_err(|e| s.io(e))?;
+    Ok(log)
 }
 
 fn insert_seq(
@@ -420,5 +393,5 @@ pub(super) fn fuzz_bodies(data: &[u8]) {
     round_trip::<CommittedBody>(data);
     round_trip::<CheckpointBody>(data);
     round_trip::<EpochBody>(data);
-    round_trip::<CheckpointCert>(data);
+    round_trip::<fed_pbft::CheckpointCert>(data);
 }

@@ -229,13 +229,26 @@ fn a_byte_edited_in_a_committed_batch_is_detected_at_start() {
         batch: Arc::from(marker.as_slice()),
     });
     filled(&path, &all);
-    flip(&path, find(&path, marker) + 5, 0x01);
+    // The batch is in the replica log, beside the database.
+    let log = log_path(&path);
+    flip(&log, find(&log, marker) + 5, 0x01);
     let err = Store::open(&path, &NODE).unwrap_err();
     assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
     assert!(
-        err.to_string().contains(&path.display().to_string()),
+        err.to_string().contains(&log.display().to_string()),
         "{err}"
     );
+}
+
+/// The replica log of the database at `db` (store.md §3).
+fn log_path(db: &Path) -> std::path::PathBuf {
+    db.with_extension("rlog")
+}
+
+/// Copies a store: its database and its replica log.
+fn copy_store(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    std::fs::copy(log_path(from), log_path(to)).unwrap();
 }
 
 /// A record rewritten through redb itself (a tool that edits the file and keeps
@@ -244,30 +257,27 @@ fn a_byte_edited_in_a_committed_batch_is_detected_at_start() {
 fn a_record_edited_with_a_redb_tool_is_detected_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.redb");
-    let all = ops(6, 40);
-    let want = filled(&path, &all);
-    let (&seq, _) = want.committed.iter().next().expect("a committed batch");
+    filled(&path, &ops(6, 40));
     {
         let db = redb::Database::create(&path).unwrap();
-        let def: redb::TableDefinition<'_, u64, &[u8]> =
-            redb::TableDefinition::new("pbft_committed");
+        let def: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
         let txn = db.begin_write().unwrap();
         {
             let mut t = txn.open_table(def).unwrap();
-            let mut v = redb::ReadableTable::get(&t, seq)
+            let mut v = redb::ReadableTable::get(&t, "pbft.log")
                 .unwrap()
                 .unwrap()
                 .value()
                 .to_vec();
             let last = v.len() - 1;
             v[last] ^= 0x80;
-            t.insert(seq, v.as_slice()).unwrap();
+            t.insert("pbft.log", v.as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }
     let err = Store::open(&path, &NODE).unwrap_err();
     assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
-    assert!(err.to_string().contains("pbft_committed"), "{err}");
+    assert!(err.to_string().contains("pbft.log"), "{err}");
 }
 
 /// A write larger than a record may be is refused when written, and what was
@@ -335,40 +345,35 @@ fn pruning_at_the_last_sequence_number_matches_the_reference() {
 fn a_record_moved_to_another_place_is_detected() {
     let dir = tempfile::tempdir().unwrap();
     let clean = dir.path().join("clean.redb");
-    let mut all = ops(9, 40);
-    all.push(Persist::Committed {
-        proof: CommitProof {
-            membership: [1; 32],
-            view: 0,
-            seq: 300,
-            digest: [2; 32],
-            signatures: Vec::new(),
-        },
-        batch: Arc::from(&b"moved"[..]),
-    });
-    filled(&clean, &all);
+    filled(&clean, &ops(9, 40));
+    let meta: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
     let committed: redb::TableDefinition<'_, u64, &[u8]> =
         redb::TableDefinition::new("pbft_committed");
-    let checkpoints: redb::TableDefinition<'_, u64, &[u8]> =
-        redb::TableDefinition::new("pbft_checkpoints");
-    for (name, to) in [("another key", committed), ("another table", checkpoints)] {
+    for name in ["another key", "another table"] {
         let path = dir.path().join("moved.redb");
-        std::fs::copy(&clean, &path).unwrap();
+        copy_store(&clean, &path);
         {
             let db = redb::Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
             {
-                let from = txn.open_table(committed).unwrap();
-                let record = redb::ReadableTable::get(&from, 300)
+                let from = txn.open_table(meta).unwrap();
+                let record = redb::ReadableTable::get(&from, "pbft.log")
                     .unwrap()
                     .unwrap()
                     .value()
                     .to_vec();
                 drop(from);
-                txn.open_table(to)
-                    .unwrap()
-                    .insert(301, record.as_slice())
-                    .unwrap();
+                if name == "another key" {
+                    txn.open_table(meta)
+                        .unwrap()
+                        .insert("pbft.view", record.as_slice())
+                        .unwrap();
+                } else {
+                    txn.open_table(committed)
+                        .unwrap()
+                        .insert(301, record.as_slice())
+                        .unwrap();
+                }
             }
             txn.commit().unwrap();
         }
@@ -377,28 +382,45 @@ fn a_record_moved_to_another_place_is_detected() {
     }
 }
 
-/// A byte flipped anywhere in the file: the store either refuses to open,
-/// naming the file, or opens with exactly the state it had. Never a silently
-/// different state.
+/// A byte flipped anywhere in the database: the store either refuses to
+/// open, naming the file, or opens with exactly the state it had. Never a
+/// silently different state. In the replica log, every flip is refused.
 #[test]
 fn a_byte_flipped_anywhere_is_refused_or_harmless() {
     let dir = tempfile::tempdir().unwrap();
     let clean = dir.path().join("clean.redb");
-    let want = filled(&clean, &ops(3, 60));
-    let len = std::fs::metadata(&clean).unwrap().len() as usize;
+    let all = ops(3, 60);
+    let want = {
+        let store = Store::open(&clean, &NODE).unwrap();
+        // Several records in the log, not one.
+        for chunk in all.chunks(7) {
+            store.pbft().persist_all(chunk).unwrap();
+        }
+        store.pbft().load_state().unwrap()
+    };
     let mut rng = ChaCha20Rng::seed_from_u64(4);
-    let (mut refused, mut harmless) = (0, 0);
-    for trial in 0..120 {
+    let (mut refused, mut harmless, mut in_log) = (0, 0, 0);
+    for trial in 0..240 {
         let path = dir.path().join(format!("trial-{trial}.redb"));
-        std::fs::copy(&clean, &path).unwrap();
-        let at = (rng.next_u64() % len as u64) as usize;
-        flip(&path, at, 1 << (rng.next_u32() % 8));
+        copy_store(&clean, &path);
+        let target = if trial % 2 == 0 {
+            path.clone()
+        } else {
+            log_path(&path)
+        };
+        let len = std::fs::metadata(&target).unwrap().len();
+        let at = (rng.next_u64() % len) as usize;
+        flip(&target, at, 1 << (rng.next_u32() % 8));
         match Store::open(&path, &NODE) {
             Err(e) => {
-                assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+                assert!(e.to_string().contains(&target.display().to_string()), "{e}");
+                if target != path {
+                    in_log += 1;
+                }
                 refused += 1;
             }
             Ok(store) => {
+                assert_eq!(target, path, "byte {at} of the replica log was not refused");
                 let got = store.pbft().load_state();
                 assert_eq!(
                     got.as_ref().ok(),
@@ -409,11 +431,192 @@ fn a_byte_flipped_anywhere_is_refused_or_harmless() {
             }
         }
         std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(log_path(&path)).unwrap();
     }
     assert!(
-        refused > 0 && harmless > 0,
-        "refused {refused}, harmless {harmless}"
+        refused > 0 && harmless > 0 && in_log == 120,
+        "refused {refused} ({in_log} in the log), harmless {harmless}"
     );
+}
+
+/// A crash in the middle of a write leaves a record whose sectors did not all
+/// reach the disk: the file cut anywhere in the last record. The store opens
+/// with the writes before it, cuts the file back, and writes on after it.
+#[test]
+fn a_record_cut_by_a_crash_is_dropped_and_the_log_written_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let all = ops(12, 40);
+    let store = Store::open(&path, &NODE).unwrap();
+    store.pbft().persist_all(&all[..30]).unwrap();
+    let before = std::fs::metadata(log_path(&path)).unwrap().len();
+    store.pbft().persist_all(&all[30..]).unwrap();
+    let after = std::fs::metadata(log_path(&path)).unwrap().len();
+    drop(store);
+    assert!(after > before + 512, "the last record spans sectors");
+    let full = std::fs::read(log_path(&path)).unwrap();
+    for cut in [before + 1, before + 511, before + 512, after - 1] {
+        std::fs::write(log_path(&path), &full[..cut as usize]).unwrap();
+        let store = Store::open(&path, &NODE).unwrap();
+        assert_eq!(
+            store.pbft().load_state().unwrap(),
+            reference(&all[..30]),
+            "cut at {cut}"
+        );
+        assert_eq!(std::fs::metadata(log_path(&path)).unwrap().len(), before);
+        store.pbft().persist_all(&all[35..]).unwrap();
+        drop(store);
+        let store = Store::open(&path, &NODE).unwrap();
+        let mut want = all[..30].to_vec();
+        want.extend_from_slice(&all[35..]);
+        assert_eq!(store.pbft().load_state().unwrap(), reference(&want));
+    }
+}
+
+/// Once the database says the replica state is in the log, the log missing
+/// or another node's is refused, naming it: never a replica that starts
+/// again from nothing and contradicts its votes.
+#[test]
+fn a_missing_or_foreign_replica_log_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    filled(&path, &ops(13, 20));
+    let other = dir.path().join("other.redb");
+    let other_node = NodeId([8; 32]);
+    Store::open(&other, &other_node)
+        .unwrap()
+        .pbft()
+        .persist_all(&ops(14, 5))
+        .unwrap();
+    let saved = std::fs::read(log_path(&path)).unwrap();
+    std::fs::remove_file(log_path(&path)).unwrap();
+    let err = Store::open(&path, &NODE).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&log_path(&path).display().to_string()),
+        "{err}"
+    );
+    std::fs::copy(log_path(&other), log_path(&path)).unwrap();
+    let err = Store::open(&path, &NODE).unwrap_err();
+    assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+    std::fs::write(log_path(&path), saved).unwrap();
+    Store::open(&path, &NODE).unwrap();
+}
+
+/// Entering an epoch starts the log over, empty. A crash after the database
+/// entered it and before the log did leaves the old epoch's log, which the
+/// next open starts over; a log ahead of the database is refused.
+#[test]
+fn entering_an_epoch_starts_the_log_over_even_after_a_crash_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let all = ops(15, 30);
+    filled(&path, &all);
+    let epoch0 = std::fs::read(log_path(&path)).unwrap();
+    let store = Store::open(&path, &NODE).unwrap();
+    store.pbft().enter_epoch(1, b"link one").unwrap();
+    assert_eq!(store.pbft().load_state().unwrap(), DurableState::default());
+    store.pbft().persist_all(&all[..4]).unwrap();
+    drop(store);
+    let epoch1 = std::fs::read(log_path(&path)).unwrap();
+    // The crash between: the database in epoch 1, the log of epoch 0.
+    std::fs::write(log_path(&path), &epoch0).unwrap();
+    let store = Store::open(&path, &NODE).unwrap();
+    assert_eq!(store.pbft().load_state().unwrap(), DurableState::default());
+    assert_eq!(
+        store.pbft().load_epochs().unwrap(),
+        vec![b"link one".to_vec()]
+    );
+    drop(store);
+    // A log of epoch 1 beside a database still in epoch 0.
+    let young = dir.path().join("young.redb");
+    filled(&young, &all);
+    std::fs::write(log_path(&young), &epoch1).unwrap();
+    let err = Store::open(&young, &NODE).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    assert!(err.to_string().contains("epoch"), "{err}");
+}
+
+/// A store written by an earlier release kept the replica state in redb
+/// tables (store.md §3, "Earlier releases"): the first open moves it into the
+/// log and empties the tables, and what the replica recovers is the same.
+#[test]
+fn replica_tables_of_an_earlier_release_move_into_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    drop(Store::open(&path, &NODE).unwrap());
+    std::fs::remove_file(log_path(&path)).unwrap();
+    let proof = CommitProof {
+        membership: [1; 32],
+        view: 2,
+        seq: 9,
+        digest: [3; 32],
+        signatures: vec![(1, Signature([4; 64]))],
+    };
+    let batch = b"a batch of an earlier release".to_vec();
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let meta: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+        let committed: redb::TableDefinition<'_, u64, &[u8]> =
+            redb::TableDefinition::new("pbft_committed");
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(meta).unwrap();
+            t.remove("pbft.log").unwrap();
+            // `view: u64, active: bool`
+            t.insert("pbft.view", seal("meta", b"pbft.view", &[5, 0]).as_slice())
+                .unwrap();
+            let body = postcard::to_allocvec(&(&proof, &batch)).unwrap();
+            txn.open_table(committed)
+                .unwrap()
+                .insert(
+                    9,
+                    seal("pbft_committed", &9u64.to_be_bytes(), &body).as_slice(),
+                )
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let mut want = DurableState::default();
+    want.apply(&Persist::View {
+        view: 5,
+        active: false,
+    });
+    want.apply(&Persist::Committed {
+        proof,
+        batch: Arc::from(batch),
+    });
+    let store = Store::open(&path, &NODE).unwrap();
+    assert_eq!(store.pbft().load_state().unwrap(), want);
+    drop(store);
+    assert!(log_path(&path).exists());
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let committed: redb::TableDefinition<'_, u64, &[u8]> =
+            redb::TableDefinition::new("pbft_committed");
+        let t = txn.open_table(committed).unwrap();
+        assert_eq!(
+            redb::ReadableTableMetadata::len(&t).unwrap(),
+            0,
+            "the table is emptied"
+        );
+    }
+    let store = Store::open(&path, &NODE).unwrap();
+    assert_eq!(store.pbft().load_state().unwrap(), want);
+}
+
+/// Record framing from docs/protocol/store.md §1.
+fn seal(table: &str, key: &[u8], body: &[u8]) -> Vec<u8> {
+    let sum = fed_crypto::hash(
+        fed_mesh::core::labels::STORE_RECORD,
+        &[table.as_bytes(), key, body],
+    );
+    let mut out = vec![1u8];
+    out.extend_from_slice(&sum[..16]);
+    out.extend_from_slice(body);
+    out
 }
 
 /// The child side of the crash test: writes `n` writes one by one, printing

@@ -1,0 +1,921 @@
+//! The replica's durable state as an append-only log beside the database
+//! (docs/protocol/store.md §3): a group of writes is one record, one `pwrite`
+//! and one `fdatasync`, where a redb transaction with two-phase commit wrote
+//! several pages and synced twice.
+//!
+//! The file is a sequence of 512-byte sectors. Every sector starts with a tag
+//! (`"RLOG"` and the number of the record it belongs to), so that a record
+//! torn by a crash (some of its sectors never reached the disk, and read as
+//! zeros or lie past the end of the file) is told apart from a record that was
+//! written whole and then changed: the first is dropped, with a warning, since
+//! its write never returned and nothing that depends on it was sent; the second
+//! is [`StoreError::Corrupted`], as is anything written after a torn record.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read as _, Seek as _, SeekFrom, Write as _},
+    path::{Path, PathBuf},
+};
+
+use fed_pbft::{
+    CheckpointCert, CommitProof, Digest, DurableState, Persist, PreparedCert, Signature,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{CHECKSUM_LEN, MAX_RECORD_LEN, StoreError, checksum};
+
+/// Bytes of a sector, the unit the log is written and checked in.
+pub(super) const SECTOR: usize = 512;
+/// Bytes of a sector's tag: [`SECTOR_MAGIC`] ‖ `le32(record number)`.
+const TAG_LEN: usize = 8;
+/// Payload bytes of a sector.
+const SECTOR_BODY: usize = SECTOR - TAG_LEN;
+/// The first bytes of every sector.
+const SECTOR_MAGIC: &[u8; 4] = b"RLOG";
+/// A record's framing before its body: `le32(len) ‖ head check (4) ‖ checksum (16)`.
+const RECORD_HEAD: usize = 4 + 4 + CHECKSUM_LEN;
+/// The first bytes of the head record's body.
+const LOG_MAGIC: [u8; 14] = *b"exo-fed-rlog\0\0";
+/// The version of the log's formats (store.md §3).
+const LOG_VERSION: u8 = 1;
+/// The checksums' table name (store.md §1).
+const TABLE: &str = "replica_log";
+/// Bytes the log may grow by past its head record before the next stable
+/// checkpoint rewrites it ([`ReplicaLog::append`]).
+const COMPACT_SLACK: u64 = 8 << 20;
+/// Whatever the checkpoints, the log is rewritten beyond four times its head
+/// record and this many bytes (a federation that stops making checkpoints
+/// stable still writes views and pre-prepares of new views).
+const COMPACT_LIMIT: u64 = 64 << 20;
+
+/// One write, as a record holds it (store.md §3): the meaning of
+/// [`Persist`], the bytes borrowed from the writer or from the record read.
+#[derive(Debug, Serialize, Deserialize)]
+enum Op<'a> {
+    View {
+        view: u64,
+        active: bool,
+    },
+    PrePrepare {
+        view: u64,
+        seq: u64,
+        digest: Digest,
+        signature: Signature,
+        #[serde(borrow, with = "serde_bytes")]
+        batch: Option<&'a [u8]>,
+    },
+    Prepared {
+        cert: PreparedCert,
+        #[serde(borrow, with = "serde_bytes")]
+        batch: Option<&'a [u8]>,
+    },
+    Committed {
+        proof: CommitProof,
+        #[serde(borrow, with = "serde_bytes")]
+        batch: &'a [u8],
+    },
+    Checkpoint {
+        seq: u64,
+        state: Digest,
+        #[serde(borrow, with = "serde_bytes")]
+        snapshot: &'a [u8],
+    },
+    Stable(CheckpointCert),
+}
+
+impl<'a> Op<'a> {
+    fn of(op: &'a Persist) -> Option<Self> {
+        Some(match op {
+            Persist::View { view, active } => Op::View {
+                view: *view,
+                active: *active,
+            },
+            Persist::PrePrepare {
+                view,
+                seq,
+                digest,
+                signature,
+                batch,
+            } => Op::PrePrepare {
+                view: *view,
+                seq: *seq,
+                digest: *digest,
+                signature: *signature,
+                batch: batch.as_deref(),
+            },
+            Persist::Prepared { cert, batch } => Op::Prepared {
+                cert: cert.clone(),
+                batch: batch.as_deref(),
+            },
+            Persist::Committed { proof, batch } => Op::Committed {
+                proof: proof.clone(),
+                batch,
+            },
+            Persist::Checkpoint {
+                seq,
+                state,
+                snapshot,
+            } => Op::Checkpoint {
+                seq: *seq,
+                state: *state,
+                snapshot,
+            },
+            Persist::Stable(cert) => Op::Stable(cert.clone()),
+            _ => return None,
+        })
+    }
+
+    fn to_persist(&self) -> Persist {
+        match self {
+            Op::View { view, active } => Persist::View {
+                view: *view,
+                active: *active,
+            },
+            Op::PrePrepare {
+                view,
+                seq,
+                digest,
+                signature,
+                batch,
+            } => Persist::PrePrepare {
+                view: *view,
+                seq: *seq,
+                digest: *digest,
+                signature: *signature,
+                batch: batch.map(Into::into),
+            },
+            Op::Prepared { cert, batch } => Persist::Prepared {
+                cert: cert.clone(),
+                batch: batch.map(Into::into),
+            },
+            Op::Committed { proof, batch } => Persist::Committed {
+                proof: proof.clone(),
+                batch: (*batch).into(),
+            },
+            Op::Checkpoint {
+                seq,
+                state,
+                snapshot,
+            } => Persist::Checkpoint {
+                seq: *seq,
+                state: *state,
+                snapshot: (*snapshot).into(),
+            },
+            Op::Stable(cert) => Persist::Stable(cert.clone()),
+        }
+    }
+}
+
+/// The first record: whose log it is, its configuration epoch, and the state
+/// it starts from, as writes that rebuild it from the empty state.
+#[derive(Serialize, Deserialize)]
+struct Head<'a> {
+    magic: [u8; 14],
+    version: u8,
+    node: [u8; 32],
+    epoch: u64,
+    #[serde(borrow)]
+    ops: Vec<Op<'a>>,
+}
+
+/// The writes that rebuild `state` from [`DurableState::default`], in an order
+/// that [`DurableState::apply`] keeps whole: the stable certificate before the
+/// entries above it.
+fn rebuild_ops(state: &DurableState) -> Vec<Op<'_>> {
+    let mut ops = vec![Op::View {
+        view: state.view,
+        active: state.active,
+    }];
+    ops.extend(state.stable.iter().map(|c| Op::Stable(c.clone())));
+    ops.extend(
+        state
+            .checkpoints
+            .iter()
+            .map(|(seq, (digest, snapshot))| Op::Checkpoint {
+                seq: *seq,
+                state: *digest,
+                snapshot,
+            }),
+    );
+    ops.extend(state.pre_prepares.iter().map(|(seq, r)| Op::PrePrepare {
+        view: r.view,
+        seq: *seq,
+        digest: r.digest,
+        signature: r.signature,
+        batch: r.batch.as_deref(),
+    }));
+    ops.extend(state.prepared.values().map(|r| Op::Prepared {
+        cert: r.cert.clone(),
+        batch: r.batch.as_deref(),
+    }));
+    ops.extend(
+        state
+            .committed
+            .values()
+            .map(|(proof, batch)| Op::Committed {
+                proof: proof.clone(),
+                batch,
+            }),
+    );
+    ops
+}
+
+/// `le32(len) ‖ le32(n)`'s check: the first 4 bytes of the record checksum
+/// of the two, so that an edited length is corruption, not a torn record.
+fn head_check(n: u32, len: u32) -> [u8; 4] {
+    let mut key = [0u8; 8];
+    key[..4].copy_from_slice(&n.to_le_bytes());
+    key[4..].copy_from_slice(&len.to_le_bytes());
+    let c = checksum(TABLE, b"head", &key);
+    [c[0], c[1], c[2], c[3]]
+}
+
+/// Record `n` of `body`: whole sectors, each tagged, the body after its
+/// framing, zeros after it to the end of the last sector.
+fn frame(n: u32, body: &[u8]) -> Vec<u8> {
+    // Callers refuse bodies over MAX_RECORD_LEN, far below u32::MAX.
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let mut payload = Vec::with_capacity(RECORD_HEAD + body.len());
+    payload.extend_from_slice(&len.to_le_bytes());
+    payload.extend_from_slice(&head_check(n, len));
+    payload.extend_from_slice(&checksum(TABLE, &n.to_be_bytes(), body));
+    payload.extend_from_slice(body);
+    let sectors = payload.len().div_ceil(SECTOR_BODY);
+    let mut out = vec![0u8; sectors * SECTOR];
+    for (i, chunk) in payload.chunks(SECTOR_BODY).enumerate() {
+        let s = &mut out[i * SECTOR..(i + 1) * SECTOR];
+        s[..4].copy_from_slice(SECTOR_MAGIC);
+        s[4..TAG_LEN].copy_from_slice(&n.to_le_bytes());
+        s[TAG_LEN..TAG_LEN + chunk.len()].copy_from_slice(chunk);
+    }
+    out
+}
+
+/// Where a log's bytes come from: the file, or a slice (tests, fuzzing).
+pub(super) trait Source {
+    /// The bytes in all.
+    fn len(&self) -> u64;
+    /// Fills `buf` from `offset`; `offset + buf.len()` is within [`len`](Self::len).
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl Source for [u8] {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let at = usize::try_from(offset).map_err(std::io::Error::other)?;
+        buf.copy_from_slice(&self[at..at + buf.len()]);
+        Ok(())
+    }
+}
+
+struct FileSource<'a> {
+    file: &'a File,
+    len: u64,
+}
+
+impl Source for FileSource<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let mut f = self.file;
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(buf)
+    }
+}
+
+/// Why a scan stopped short of a valid log.
+#[derive(Debug)]
+pub(super) enum ScanError {
+    /// The bytes are not a log this build may recover from (the detail says
+    /// where and why).
+    Corrupt(String),
+    /// The file could not be read.
+    Io(std::io::Error),
+}
+
+/// What a scan found.
+#[derive(Debug)]
+pub(super) struct Scanned {
+    /// The node the log belongs to.
+    pub(super) node: [u8; 32],
+    /// Its configuration epoch.
+    pub(super) epoch: u64,
+    /// The state its records give.
+    pub(super) state: DurableState,
+    /// Where its last whole record ends; a torn record after it is dropped.
+    pub(super) end: u64,
+    /// The number of the next record.
+    pub(super) next: u32,
+    /// Bytes of the head record.
+    pub(super) head_len: u64,
+    /// Whether a torn record follows `end`.
+    pub(super) torn: bool,
+}
+
+/// A postcard body with no bytes left over, borrowing from `body`.
+fn decode_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
+    match postcard::take_from_bytes(body) {
+        Ok((value, [])) => Some(value),
+        _ => None,
+    }
+}
+
+/// The little-endian `u32` of the first 4 bytes of `b` (which has them).
+fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// A sector's tag: `None` if the sector was never written (all zero).
+fn tag(sector: &[u8]) -> Option<(&[u8], u32)> {
+    if sector[..TAG_LEN].iter().all(|b| *b == 0) {
+        return None;
+    }
+    let n = le32(&sector[4..TAG_LEN]);
+    Some((&sector[..4], n))
+}
+
+/// One record read whole, or where it tore.
+enum Read {
+    Whole(Vec<u8>, u64),
+    Torn,
+}
+
+fn read_record(src: &(impl Source + ?Sized), at: u64, n: u32) -> Result<Read, ScanError> {
+    let corrupt = |what: String| ScanError::Corrupt(format!("offset {at}: {what}"));
+    let mut sector = [0u8; SECTOR];
+    if src.len() - at < SECTOR as u64 {
+        return Ok(Read::Torn);
+    }
+    src.read_exact_at(&mut sector, at).map_err(ScanError::Io)?;
+    match tag(&sector) {
+        None => return Ok(Read::Torn),
+        Some((magic, m)) if magic == SECTOR_MAGIC && m == n => {}
+        Some(_) => return Err(corrupt(format!("a sector that is not record {n}'s"))),
+    }
+    let len = le32(&sector[TAG_LEN..TAG_LEN + 4]);
+    if sector[TAG_LEN + 4..TAG_LEN + 8] != head_check(n, len) {
+        return Err(corrupt(format!("record {n}'s length fails its check")));
+    }
+    let len = len as usize;
+    if len > MAX_RECORD_LEN {
+        return Err(corrupt(format!("record {n} claims {len} bytes")));
+    }
+    let total = RECORD_HEAD + len;
+    let sectors = total.div_ceil(SECTOR_BODY);
+    let span = (sectors * SECTOR) as u64;
+    let mut payload = Vec::with_capacity(sectors * SECTOR_BODY);
+    payload.extend_from_slice(&sector[TAG_LEN..]);
+    let mut torn = false;
+    for i in 1..sectors {
+        let off = at + (i * SECTOR) as u64;
+        if src.len() < off + SECTOR as u64 {
+            torn = true;
+            break;
+        }
+        src.read_exact_at(&mut sector, off).map_err(ScanError::Io)?;
+        match tag(&sector) {
+            None => torn = true,
+            Some((magic, m)) if magic == SECTOR_MAGIC && m == n => {}
+            Some(_) => {
+                return Err(ScanError::Corrupt(format!(
+                    "offset {off}: a sector that is not record {n}'s"
+                )));
+            }
+        }
+        payload.extend_from_slice(&sector[TAG_LEN..]);
+    }
+    if torn {
+        return Ok(Read::Torn);
+    }
+    let (head, rest) = payload.split_at(RECORD_HEAD);
+    let (body, padding) = rest.split_at(len);
+    if padding.iter().any(|b| *b != 0)
+        || !fed_crypto::ct_eq(&head[8..], &checksum(TABLE, &n.to_be_bytes(), body))
+    {
+        return Err(corrupt(format!("record {n} fails its checksum")));
+    }
+    let body = body.to_vec();
+    Ok(Read::Whole(body, span))
+}
+
+/// After a torn record at `at`: every sector from there on must be unwritten
+/// or part of that record (written after it, nothing can have been synced).
+fn check_after_torn(src: &(impl Source + ?Sized), at: u64, n: u32) -> Result<(), ScanError> {
+    let mut sector = [0u8; SECTOR];
+    let mut off = at;
+    while src.len() - off >= SECTOR as u64 {
+        src.read_exact_at(&mut sector, off).map_err(ScanError::Io)?;
+        match tag(&sector) {
+            None => {}
+            Some((magic, m)) if magic == SECTOR_MAGIC && m == n => {}
+            Some(_) => {
+                return Err(ScanError::Corrupt(format!(
+                    "offset {off}: written data after the unfinished record {n} at offset {at}"
+                )));
+            }
+        }
+        off += SECTOR as u64;
+    }
+    Ok(())
+}
+
+/// Reads a whole log: its head, then every record in order, each applied to
+/// the state. Memory: the state and one record at a time.
+pub(super) fn scan(src: &(impl Source + ?Sized)) -> Result<Scanned, ScanError> {
+    let corrupt = |what: &str| ScanError::Corrupt(what.to_string());
+    let (head_body, head_len) = match read_record(src, 0, 1)? {
+        Read::Whole(body, span) => (body, span),
+        // The head is written to a file of its own and renamed into place
+        // after its sync: torn, it was never this log.
+        Read::Torn => return Err(corrupt("the head record is incomplete")),
+    };
+    let head: Head<'_> =
+        decode_body(&head_body).ok_or_else(|| corrupt("the head record does not decode"))?;
+    if head.magic != LOG_MAGIC {
+        return Err(corrupt("not a replica log"));
+    }
+    if head.version != LOG_VERSION {
+        return Err(ScanError::Corrupt(format!(
+            "replica log format version {}",
+            head.version
+        )));
+    }
+    let mut state = DurableState::default();
+    for op in &head.ops {
+        state.apply(&op.to_persist());
+    }
+    let (node, epoch) = (head.node, head.epoch);
+    drop(head);
+    let mut at = head_len;
+    let mut n = 2u32;
+    loop {
+        if at == src.len() {
+            return Ok(Scanned {
+                node,
+                epoch,
+                state,
+                end: at,
+                next: n,
+                head_len,
+                torn: false,
+            });
+        }
+        match read_record(src, at, n)? {
+            Read::Whole(body, span) => {
+                let ops: Vec<Op<'_>> = decode_body(&body)
+                    .ok_or_else(|| ScanError::Corrupt(format!("record {n} does not decode")))?;
+                for op in &ops {
+                    state.apply(&op.to_persist());
+                }
+                at += span;
+                n = n
+                    .checked_add(1)
+                    .ok_or_else(|| corrupt("more records than a log holds"))?;
+            }
+            Read::Torn => {
+                check_after_torn(src, at, n)?;
+                return Ok(Scanned {
+                    node,
+                    epoch,
+                    state,
+                    end: at,
+                    next: n,
+                    head_len,
+                    torn: true,
+                });
+            }
+        }
+    }
+}
+
+/// The replica log of a store, open for appends.
+#[derive(Debug)]
+pub(super) struct ReplicaLog {
+    path: PathBuf,
+    file: File,
+    node: [u8; 32],
+    epoch: u64,
+    /// Where the next record goes.
+    end: u64,
+    /// Its number.
+    next: u32,
+    /// Bytes of the head record as last rewritten.
+    head_len: u64,
+    /// What the records give: what [`ReplicaLog::state`] returns, and what a
+    /// rewrite starts from.
+    state: DurableState,
+}
+
+impl ReplicaLog {
+    /// The log file of the database at `db`: `<db without extension>.rlog`.
+    pub(super) fn path_for(db: &Path) -> PathBuf {
+        db.with_extension("rlog")
+    }
+
+    fn tmp_path(path: &Path) -> PathBuf {
+        path.with_extension("rlog.tmp")
+    }
+
+    /// Writes a new log at `path` holding `state` (a file of its own, synced,
+    /// renamed into place, the directory synced): a crash leaves the old log
+    /// or the new one, whole.
+    pub(super) fn create(
+        path: &Path,
+        node: [u8; 32],
+        epoch: u64,
+        state: DurableState,
+    ) -> Result<Self, StoreError> {
+        let io = |e: std::io::Error| StoreError::Io {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let body = postcard::to_allocvec(&Head {
+            magic: LOG_MAGIC,
+            version: LOG_VERSION,
+            node,
+            epoch,
+            ops: rebuild_ops(&state),
+        })
+        .map_err(|e| io(std::io::Error::other(e)))?;
+        if body.len() > MAX_RECORD_LEN {
+            return Err(io(std::io::Error::other(format!(
+                "a replica state of {} bytes exceeds the store's record limit of {MAX_RECORD_LEN}",
+                body.len()
+            ))));
+        }
+        let record = frame(1, &body);
+        let tmp = Self::tmp_path(path);
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io)?;
+            f.write_all(&record).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)?;
+        sync_dir(path).map_err(io)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            node,
+            epoch,
+            end: record.len() as u64,
+            next: 2,
+            head_len: record.len() as u64,
+            state,
+        })
+    }
+
+    /// Opens the log at `path` and reads it whole. A torn last record is cut
+    /// off (and said, as a warning); anything else that does not check is
+    /// [`StoreError::Corrupted`], naming the file.
+    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
+        let corrupted = |detail: String| StoreError::Corrupted {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let io = |e: std::io::Error| StoreError::Io {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        // A rewrite that did not finish: the log itself is whole.
+        let tmp = Self::tmp_path(path);
+        if tmp.exists() {
+            std::fs::remove_file(&tmp).map_err(io)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        let len = file.metadata().map_err(io)?.len();
+        let scanned = scan(&FileSource { file: &file, len }).map_err(|e| match e {
+            ScanError::Corrupt(detail) => corrupted(format!("replica log: {detail}")),
+            ScanError::Io(e) => io(e),
+        })?;
+        if scanned.torn || scanned.end != len {
+            tracing::warn!(
+                path = %path.display(),
+                offset = scanned.end,
+                "the replica log ends in a record a crash interrupted; it is dropped"
+            );
+            file.set_len(scanned.end).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            node: scanned.node,
+            epoch: scanned.epoch,
+            end: scanned.end,
+            next: scanned.next,
+            head_len: scanned.head_len,
+            state: scanned.state,
+        })
+    }
+
+    /// The node the log belongs to.
+    pub(super) fn node(&self) -> &[u8; 32] {
+        &self.node
+    }
+
+    /// Its configuration epoch.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The file.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state the log holds.
+    pub(super) fn state(&self) -> &DurableState {
+        &self.state
+    }
+
+    /// Makes `ops` durable as one record (one write, one `fdatasync`), then
+    /// applies them to the state. A write larger than a record may be is
+    /// refused before anything is written.
+    ///
+    /// The log is rewritten from its state when a stable checkpoint has just
+    /// pruned it (the state is then at its smallest) and the log has grown by
+    /// [`COMPACT_SLACK`] since the last rewrite; and in any case beyond four
+    /// times its head record plus [`COMPACT_LIMIT`]. So it stays within a
+    /// bounded multiple of the replica's bounded state.
+    pub(super) fn append(&mut self, ops: &[Persist]) -> Result<(), StoreError> {
+        let io = |e: &dyn std::fmt::Display| StoreError::Io {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        };
+        let records = ops
+            .iter()
+            .map(|op| {
+                Op::of(op)
+                    .ok_or_else(|| io(&format!("a PBFT write this store does not know: {op:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let body = postcard::to_allocvec(&records).map_err(|e| io(&e))?;
+        if body.len() > MAX_RECORD_LEN {
+            return Err(io(&format!(
+                "a record of {} bytes exceeds the store's limit of {MAX_RECORD_LEN}",
+                body.len()
+            )));
+        }
+        drop(records);
+        let record = frame(self.next, &body);
+        (&self.file)
+            .seek(SeekFrom::Start(self.end))
+            .and_then(|_| (&self.file).write_all(&record))
+            .map_err(|e| io(&e))?;
+        self.file.sync_data().map_err(|e| io(&e))?;
+        self.end += record.len() as u64;
+        self.next += 1;
+        let stable = self.state.stable.as_ref().map(|c| c.seq);
+        for op in ops {
+            self.state.apply(op);
+        }
+        let pruned = self.state.stable.as_ref().map(|c| c.seq) != stable;
+        if (pruned && self.end > self.head_len + COMPACT_SLACK)
+            || self.end > 4 * self.head_len + COMPACT_LIMIT
+            || self.next == u32::MAX
+        {
+            self.rewrite(self.epoch)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the log from its state, in configuration epoch `epoch`.
+    fn rewrite(&mut self, epoch: u64) -> Result<(), StoreError> {
+        let state = std::mem::take(&mut self.state);
+        *self = Self::create(&self.path, self.node, epoch, state)?;
+        Ok(())
+    }
+
+    /// Starts configuration epoch `epoch` with an empty state.
+    pub(super) fn reset(&mut self, epoch: u64) -> Result<(), StoreError> {
+        self.state = DurableState::default();
+        self.rewrite(epoch)
+    }
+}
+
+/// Syncs the directory holding `path`, so that a rename into it is durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+/// The `replica_log` part of the `store_records` fuzz target: a scan of any
+/// bytes returns, never panics, and keeps one record at a time.
+#[cfg(feature = "fuzzing")]
+pub(super) fn fuzz(data: &[u8]) {
+    let _ = scan(data);
+    // And the same bytes as the body of a well-framed head and group record.
+    let mut log = frame(1, data);
+    let _ = scan(log.as_slice());
+    if let Ok(head) = postcard::to_allocvec(&Head {
+        magic: LOG_MAGIC,
+        version: LOG_VERSION,
+        node: [0; 32],
+        epoch: 0,
+        ops: Vec::new(),
+    }) {
+        log = frame(1, &head);
+        log.extend_from_slice(&frame(2, data));
+        let _ = scan(log.as_slice());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn log_of(groups: &[Vec<Persist>]) -> (Vec<u8>, DurableState, Vec<u64>) {
+        let head = postcard::to_allocvec(&Head {
+            magic: LOG_MAGIC,
+            version: LOG_VERSION,
+            node: [7; 32],
+            epoch: 3,
+            ops: Vec::new(),
+        })
+        .unwrap();
+        let mut bytes = frame(1, &head);
+        let mut state = DurableState::default();
+        let mut ends = vec![bytes.len() as u64];
+        for (i, g) in groups.iter().enumerate() {
+            let ops: Vec<Op<'_>> = g.iter().map(|p| Op::of(p).unwrap()).collect();
+            bytes.extend_from_slice(&frame(i as u32 + 2, &postcard::to_allocvec(&ops).unwrap()));
+            ends.push(bytes.len() as u64);
+            for p in g {
+                state.apply(p);
+            }
+        }
+        (bytes, state, ends)
+    }
+
+    fn groups() -> Vec<Vec<Persist>> {
+        (0..6u64)
+            .map(|i| {
+                vec![
+                    Persist::View {
+                        view: i,
+                        active: i % 2 == 0,
+                    },
+                    Persist::Checkpoint {
+                        seq: i,
+                        state: [i as u8; 32],
+                        // Batches that span several sectors.
+                        snapshot: Arc::from(vec![i as u8 + 1; 700 * i as usize]),
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    fn state_before_last() -> DurableState {
+        let g = groups();
+        log_of(&g[..g.len() - 1]).1
+    }
+
+    #[test]
+    fn a_log_reads_back_what_was_written() {
+        let (bytes, want, ends) = log_of(&groups());
+        let got = scan(bytes.as_slice()).unwrap();
+        assert_eq!(got.state, want);
+        assert_eq!((got.node, got.epoch), ([7; 32], 3));
+        assert_eq!(got.end, *ends.last().unwrap());
+        assert!(!got.torn);
+    }
+
+    /// A crash during the last record's write: the file cut anywhere in it,
+    /// or any of its sectors never written. The log reads as before that
+    /// record, and says it tore.
+    #[test]
+    fn a_torn_last_record_is_dropped() {
+        let (bytes, _, ends) = log_of(&groups());
+        let start = ends[ends.len() - 2] as usize;
+        for cut in start..bytes.len() {
+            let got = scan(&bytes[..cut]).unwrap();
+            assert_eq!(got.state, state_before_last(), "cut at {cut}");
+            assert_eq!(got.end, start as u64);
+            assert_eq!(got.torn, cut > start, "cut at {cut}");
+        }
+        for sector in (start..bytes.len()).step_by(SECTOR) {
+            let mut b = bytes.clone();
+            b[sector..sector + SECTOR].fill(0);
+            let got = scan(b.as_slice()).unwrap();
+            assert_eq!(
+                got.state,
+                state_before_last(),
+                "sector at {sector} unwritten"
+            );
+            assert!(got.torn);
+        }
+    }
+
+    /// Every single byte changed anywhere is refused: a record written whole
+    /// and changed later is corruption, never a torn record to drop.
+    #[test]
+    fn any_byte_changed_is_corruption() {
+        let (bytes, _, _) = log_of(&groups());
+        for at in 0..bytes.len() {
+            for mask in [0x01, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[at] ^= mask;
+                assert!(
+                    matches!(scan(b.as_slice()), Err(ScanError::Corrupt(_))),
+                    "byte {at} ^ {mask:#x} was not refused"
+                );
+            }
+        }
+    }
+
+    /// A sector missing in a record that is followed by another: not a
+    /// crash (nothing is written before the record ahead of it is synced).
+    #[test]
+    fn an_unwritten_sector_before_the_last_record_is_corruption() {
+        let (bytes, _, ends) = log_of(&groups());
+        let mut b = bytes.clone();
+        let at = ends[2] as usize;
+        b[at..at + SECTOR].fill(0);
+        assert!(matches!(scan(b.as_slice()), Err(ScanError::Corrupt(_))));
+        // Records swapped, or one removed: their numbers are out of order.
+        let mut b = bytes[..ends[2] as usize].to_vec();
+        b.extend_from_slice(&bytes[ends[3] as usize..]);
+        assert!(matches!(scan(b.as_slice()), Err(ScanError::Corrupt(_))));
+    }
+
+    /// Writes that keep little state while the log grows: the log is
+    /// rewritten from its state, so the file stays within twice the state
+    /// plus the slack; a rewrite a crash interrupted leaves a file beside the
+    /// log that the next open removes.
+    #[test]
+    fn the_log_is_rewritten_from_its_state_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.rlog");
+        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        let mut want = DurableState::default();
+        let mut largest = 0;
+        for i in 1..=40u64 {
+            let ops = vec![
+                Persist::Checkpoint {
+                    seq: i,
+                    state: [i as u8; 32],
+                    snapshot: Arc::from(vec![i as u8; 1 << 20]),
+                },
+                Persist::Stable(CheckpointCert {
+                    seq: i,
+                    state: [i as u8; 32],
+                    signatures: Vec::new(),
+                }),
+            ];
+            log.append(&ops).unwrap();
+            for op in &ops {
+                want.apply(op);
+            }
+            largest = largest.max(std::fs::metadata(&path).unwrap().len());
+        }
+        assert!(
+            largest <= (2 << 20) + COMPACT_SLACK + (2 << 20),
+            "the log grew to {largest} bytes"
+        );
+        assert_eq!(log.state(), &want);
+        drop(log);
+        let tmp = ReplicaLog::tmp_path(&path);
+        std::fs::write(&tmp, b"a rewrite a crash interrupted").unwrap();
+        let log = ReplicaLog::open(&path).unwrap();
+        assert_eq!(log.state(), &want);
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn the_rebuild_ops_give_the_state_back() {
+        let (_, want, _) = log_of(&groups());
+        let mut got = DurableState::default();
+        for op in rebuild_ops(&want) {
+            got.apply(&op.to_persist());
+        }
+        assert_eq!(got, want);
+    }
+}
