@@ -115,19 +115,43 @@ fn a_voter_killed_during_commits_loses_nothing_and_an_edited_byte_is_refused() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
 
+    // The committed batch is in the replica log beside the database
+    // (store.md §3); the database holds the audit log, the epochs and the
+    // rest. A byte edited in either is refused, naming the file.
+    let log = node.data.join("node.rlog");
     let db = node.data.join("node.redb");
-    let mut bytes = std::fs::read(&db).unwrap();
+    let saved = std::fs::read(&log).unwrap();
+    let mut bytes = saved.clone();
     let at = bytes
         .windows(marker.len())
         .position(|w| w == marker.as_bytes())
-        .expect("the marker update is in the victim's store");
+        .expect("the marker update is in the victim's replica log");
     bytes[at + 3] ^= 0x01;
-    std::fs::write(&db, bytes).unwrap();
+    std::fs::write(&log, bytes).unwrap();
     let args = c.node_args(victim, &["--listen", "/ip4/127.0.0.1/tcp/0"]);
     let (code, _, err) = fedmesh(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 3, "{err}");
-    assert!(err.contains(&db.display().to_string()), "{err}");
+    assert!(err.contains(&log.display().to_string()), "{err}");
     assert!(err.contains("corrupt"), "{err}");
+    std::fs::write(&log, saved).unwrap();
+    // The format record's magic (store.md §2), in every page that holds a
+    // copy, so that the live one is edited.
+    let mut bytes = std::fs::read(&db).unwrap();
+    let magic = b"exo-fed-store\0";
+    let copies: Vec<usize> = bytes
+        .windows(magic.len())
+        .enumerate()
+        .filter(|(_, w)| *w == magic)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!copies.is_empty(), "the format record is in the database");
+    for at in copies {
+        bytes[at + 2] ^= 0x01;
+    }
+    std::fs::write(&db, bytes).unwrap();
+    let (code, _, err) = fedmesh(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(&db.display().to_string()), "{err}");
 }
 
 /// Test 5's second half with processes: 4 voting processes and a fifth that
