@@ -368,7 +368,9 @@ fn read_record(src: &(impl Source + ?Sized), at: u64, n: u32) -> Result<Read, Sc
     let total = RECORD_HEAD + len;
     let sectors = total.div_ceil(SECTOR_BODY);
     let span = (sectors * SECTOR) as u64;
-    let mut payload = Vec::with_capacity(sectors * SECTOR_BODY);
+    // What the source can hold, not what the length claims.
+    let room = usize::try_from(src.len() - at).unwrap_or(usize::MAX);
+    let mut payload = Vec::with_capacity((sectors * SECTOR_BODY).min(room));
     payload.extend_from_slice(&sector[TAG_LEN..]);
     let mut torn = false;
     for i in 1..sectors {
