@@ -37,8 +37,15 @@ pub use state::StateStore;
 
 /// The first bytes of the format record.
 const MAGIC: &[u8; 14] = b"exo-fed-store\0";
-/// The version of the record formats of docs/protocol/store.md.
+/// The version of the record formats of docs/protocol/store.md (every
+/// record's first byte).
 const FORMAT_VERSION: u8 = 1;
+/// The store's version in its format record (store.md §2): 1, the replica
+/// state in redb tables (earlier releases, moved at the first open); 2, in
+/// the replica log (§3), which releases that know only 1 refuse.
+const STORE_VERSION_TABLES: u8 = 1;
+/// See [`STORE_VERSION_TABLES`].
+const STORE_VERSION_LOG: u8 = 2;
 /// Bytes of a record's checksum.
 const CHECKSUM_LEN: usize = 16;
 /// The largest record this module writes or reads (a PBFT batch or snapshot
@@ -265,7 +272,7 @@ impl Store {
                         detail: "unknown format record".into(),
                     });
                 }
-                if body[MAGIC.len()] != FORMAT_VERSION {
+                if ![STORE_VERSION_TABLES, STORE_VERSION_LOG].contains(&body[MAGIC.len()]) {
                     return Err(StoreError::Format {
                         path: self.inner.path.clone(),
                         detail: format!("format version {}", body[MAGIC.len()]),
@@ -291,12 +298,36 @@ impl Store {
         Ok(tables.next().is_some())
     }
 
-    fn initialise(&self, node: &NodeId) -> Result<(), StoreError> {
+    /// The store's version in its format record (checked at open).
+    fn store_version(&self) -> Result<u8, StoreError> {
+        let read = self.db_read()?;
+        let meta = self
+            .table_if_any(&read, META)?
+            .ok_or_else(|| self.corrupt("no format record"))?;
+        let record = meta
+            .get("format")
+            .map_err(|e| self.io(e))?
+            .ok_or_else(|| self.corrupt("no format record"))?;
+        let body = self.open_record("meta", b"format", record.value())?;
+        body.get(MAGIC.len())
+            .copied()
+            .ok_or_else(|| self.corrupt("a short format record"))
+    }
+
+    /// The format record of `node`'s store at `version`.
+    fn format_record(node: &NodeId, version: u8) -> Vec<u8> {
         let mut body = Vec::with_capacity(MAGIC.len() + 33);
         body.extend_from_slice(MAGIC);
-        body.push(FORMAT_VERSION);
+        body.push(version);
         body.extend_from_slice(&node.0);
-        let record = self.seal("meta", b"format", &body)?;
+        seal_record("meta", b"format", &body)
+    }
+
+    /// A new store starts at version 1, with no replica state; the replica
+    /// log's creation moves it to 2 (`pbft::open_log`), as it moves a store
+    /// of an earlier release.
+    fn initialise(&self, node: &NodeId) -> Result<(), StoreError> {
+        let record = Self::format_record(node, STORE_VERSION_TABLES);
         let txn = self.db_write()?;
         {
             let mut t = txn.open_table(META).map_err(|e| self.io(e))?;

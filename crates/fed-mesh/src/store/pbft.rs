@@ -14,7 +14,10 @@ use fed_pbft::{
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{META, Store, StoreError, decode_body, replica_log::ReplicaLog};
+use super::{
+    META, STORE_VERSION_LOG, STORE_VERSION_TABLES, Store, StoreError, decode_body,
+    replica_log::ReplicaLog,
+};
 
 const PRE_PREPARES: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("pbft_pre_prepares");
@@ -144,7 +147,7 @@ impl PbftStore {
     /// (`link`, the encoded `CertifiedState`) in the database, synced, then
     /// starts the replica log over, empty, in that epoch. A crash between the
     /// two leaves a log of the epoch before, which the next open starts over
-    /// the same way ([`open_log`]).
+    /// the same way.
     pub fn enter_epoch(&mut self, epoch: u64, link: &[u8]) -> Result<(), StoreError> {
         let s = &self.store;
         let io = |e: redb::Error| s.io(e);
@@ -188,7 +191,7 @@ impl PbftStore {
 
     /// Everything persisted, as [`fed_pbft::Replica::recover`] takes it.
     pub fn load_state(&self) -> Result<DurableState, StoreError> {
-        self.store.with_log(|log| Ok(log.state().clone()))
+        self.store.with_log(|log| Ok(log.state()?.clone()))
     }
 
     /// The replica state in the tables of earlier releases (empty unless the
@@ -285,16 +288,30 @@ pub(super) fn verify_tables(store: &Store) -> Result<(), StoreError> {
 /// Opens the replica log of `store` (at open, after [`verify_tables`]), or
 /// creates it, moving into it the replica tables of an earlier release.
 ///
-/// Once the database records that the log exists (`meta` key `pbft.log`), a
-/// missing log, another node's, or one from a later epoch than the
-/// database's is an error naming the log; one from an earlier epoch is what a
-/// crash while entering an epoch leaves, and starts over in the current one.
+/// A store of version 2 (store.md §2) records that its log exists (`meta`
+/// key `pbft.log`): a missing log, another node's, or one from a later epoch
+/// than the database's is an error naming the log; one from an earlier epoch
+/// is what a crash while entering an epoch leaves, and starts over in the
+/// current one. A store of version 1 has no log yet: one is created from its
+/// replica tables, unless a log is already there that is not exactly what a
+/// crash during that creation leaves (then it is refused, never overwritten).
 pub(super) fn open_log(store: &Store, node: &NodeId) -> Result<ReplicaLog, StoreError> {
     let path = ReplicaLog::path_for(store.path());
+    let corrupted = |detail: String| StoreError::Corrupted {
+        path: path.clone(),
+        detail,
+    };
+    if path == store.path() {
+        return Err(StoreError::Open {
+            path,
+            detail: "the database's name ends in `.rlog`, the replica log's; rename it".into(),
+        });
+    }
     let pbft = PbftStore::new(store.clone());
     let epoch = pbft.load_epochs()?.len() as u64;
+    let version = store.store_version()?;
     let read = store.db_read()?;
-    let created = match store.table_if_any(&read, META)? {
+    let marked = match store.table_if_any(&read, META)? {
         Some(meta) => match meta.get(LOG_KEY).map_err(|e| store.io(e))? {
             Some(v) => {
                 let body = store.open_record("meta", LOG_KEY.as_bytes(), v.value())?;
@@ -308,48 +325,85 @@ pub(super) fn open_log(store: &Store, node: &NodeId) -> Result<ReplicaLog, Store
         None => false,
     };
     drop(read);
-    let corrupted = |detail: String| StoreError::Corrupted {
-        path: path.clone(),
-        detail,
-    };
-    if created {
-        if !path.exists() {
-            return Err(corrupted(format!(
-                "the replica log is missing; the database {} was written with it",
-                store.path().display()
+    let legacy = pbft.load_legacy()?;
+    match (version, marked) {
+        (STORE_VERSION_LOG, true) => {}
+        (STORE_VERSION_TABLES, false) => return migrate(store, node, &path, epoch, legacy),
+        (v, m) => {
+            return Err(store.corrupt(format!(
+                "store version {v} with{} the record `{LOG_KEY}`",
+                if m { "" } else { "out" }
             )));
         }
-        let mut log = ReplicaLog::open(&path)?;
-        if log.node() != &node.0 {
-            return Err(StoreError::Foreign {
-                path,
-                expected: *node,
-                found: NodeId(*log.node()),
+    }
+    if legacy != DurableState::default() {
+        return Err(store.corrupt(
+            "replica state in the tables of version 1 beside the replica log (written by an earlier release after the move?)",
+        ));
+    }
+    if !path.exists() {
+        return Err(corrupted(format!(
+            "the replica log is missing; the database {} was written with it",
+            store.path().display()
+        )));
+    }
+    let mut log = ReplicaLog::open(&path)?;
+    check_owner(&log, node, &path)?;
+    if log.epoch() > epoch {
+        return Err(corrupted(format!(
+            "the replica log is of configuration epoch {}, the database has entered only {epoch}",
+            log.epoch()
+        )));
+    }
+    if log.epoch() < epoch {
+        tracing::info!(
+            path = %log.path().display(),
+            from = log.epoch(),
+            to = epoch,
+            "the replica log starts over in the epoch the database entered"
+        );
+        log.reset(epoch)?;
+    }
+    Ok(log)
+}
+
+fn check_owner(log: &ReplicaLog, node: &NodeId, path: &std::path::Path) -> Result<(), StoreError> {
+    if log.node() != &node.0 {
+        return Err(StoreError::Foreign {
+            path: path.to_path_buf(),
+            expected: *node,
+            found: NodeId(*log.node()),
+        });
+    }
+    Ok(())
+}
+
+/// Moves a store of version 1 to the replica log: its replica tables (empty
+/// in a new store) become the log's first state, then one transaction
+/// records the log, empties the tables and sets version 2. A crash before
+/// that commit leaves version 1 and the tables, and the next open does this
+/// again; the log it finds then must hold exactly that state.
+fn migrate(
+    store: &Store,
+    node: &NodeId,
+    path: &std::path::Path,
+    epoch: u64,
+    legacy: DurableState,
+) -> Result<ReplicaLog, StoreError> {
+    if path.exists() {
+        let found = ReplicaLog::open(path)?;
+        check_owner(&found, node, path)?;
+        if found.epoch() != epoch || found.state()? != &legacy {
+            return Err(StoreError::Corrupted {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "a replica log is here, but the database {} has no record of it (a database replaced or restored without its log?); move one of them away",
+                    store.path().display()
+                ),
             });
         }
-        if log.epoch() > epoch {
-            return Err(corrupted(format!(
-                "the replica log is of configuration epoch {}, the database has entered only {epoch}",
-                log.epoch()
-            )));
-        }
-        if log.epoch() < epoch {
-            tracing::info!(
-                path = %log.path().display(),
-                from = log.epoch(),
-                to = epoch,
-                "the replica log starts over in the epoch the database entered"
-            );
-            log.reset(epoch)?;
-        }
-        return Ok(log);
     }
-    // A new store, or one of an earlier release: its replica tables (if any)
-    // become the log's first state; then the database records the log and
-    // drops the tables, in one transaction. A crash before that commit
-    // leaves the tables, and the next open does this again.
-    let legacy = pbft.load_legacy()?;
-    let log = ReplicaLog::create(&path, node.0, epoch, legacy)?;
+    let log = ReplicaLog::create(path, node.0, epoch, legacy)?;
     let s = store;
     let io = |e: redb::Error| s.io(e);
     let txn = s.db_write()?;
@@ -358,6 +412,11 @@ pub(super) fn open_log(store: &Store, node: &NodeId) -> Result<ReplicaLog, Store
         meta.insert(
             LOG_KEY,
             s.seal("meta", LOG_KEY.as_bytes(), LOG_MARKER)?.as_slice(),
+        )
+        .map_err(|e| io(e.into()))?;
+        meta.insert(
+            "format",
+            Store::format_record(node, STORE_VERSION_LOG).as_slice(),
         )
         .map_err(|e| io(e.into()))?;
         meta.remove(VIEW_KEY).map_err(|e| io(e.into()))?;

@@ -40,17 +40,23 @@ const LOG_MAGIC: [u8; 14] = *b"exo-fed-rlog\0\0";
 const LOG_VERSION: u8 = 1;
 /// The checksums' table name (store.md §1).
 const TABLE: &str = "replica_log";
-/// Bytes the log may grow by past its head record before the next stable
-/// checkpoint rewrites it ([`ReplicaLog::append`]).
+/// Bytes of the ops in each record a rewrite writes (one op larger than this
+/// goes in a record of its own).
+const BASE_CHUNK: usize = 1 << 20;
+/// Bytes of a log's salt.
+const SALT_LEN: usize = 16;
+/// Bytes the log may grow by past its base (the records of its last
+/// rewrite) before the next stable checkpoint rewrites it
+/// ([`ReplicaLog::append`]).
 const COMPACT_SLACK: u64 = 8 << 20;
-/// Whatever the checkpoints, the log is rewritten beyond four times its head
-/// record and this many bytes (a federation that stops making checkpoints
+/// Whatever the checkpoints, the log is rewritten beyond four times its base
+/// and this many bytes (a federation that stops making checkpoints
 /// stable still writes views and pre-prepares of new views).
 const COMPACT_LIMIT: u64 = 64 << 20;
 
 /// One write, as a record holds it (store.md §3): the meaning of
 /// [`Persist`], the bytes borrowed from the writer or from the record read.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum Op<'a> {
     View {
         view: u64,
@@ -166,14 +172,18 @@ impl<'a> Op<'a> {
     }
 }
 
-/// The first record: whose log it is, its configuration epoch, and the state
-/// it starts from, as writes that rebuild it from the empty state.
+/// The first record: whose log it is, its configuration epoch, its salt, how
+/// many records hold the state it starts from (this one and the `base - 1`
+/// after it), and the first of the writes that rebuild that state from the
+/// empty state.
 #[derive(Serialize, Deserialize)]
 struct Head<'a> {
     magic: [u8; 14],
     version: u8,
     node: [u8; 32],
     epoch: u64,
+    salt: [u8; SALT_LEN],
+    base: u32,
     #[serde(borrow)]
     ops: Vec<Op<'a>>,
 }
@@ -222,23 +232,37 @@ fn rebuild_ops(state: &DurableState) -> Vec<Op<'_>> {
 
 /// `le32(len) ‖ le32(n)`'s check: the first 4 bytes of the record checksum
 /// of the two, so that an edited length is corruption, not a torn record.
-fn head_check(n: u32, len: u32) -> [u8; 4] {
-    let mut key = [0u8; 8];
-    key[..4].copy_from_slice(&n.to_le_bytes());
-    key[4..].copy_from_slice(&len.to_le_bytes());
+fn head_check(salt: &[u8; SALT_LEN], n: u32, len: u32) -> [u8; 4] {
+    let mut key = [0u8; SALT_LEN + 8];
+    key[..SALT_LEN].copy_from_slice(salt);
+    key[SALT_LEN..SALT_LEN + 4].copy_from_slice(&n.to_le_bytes());
+    key[SALT_LEN + 4..].copy_from_slice(&len.to_le_bytes());
     let c = checksum(TABLE, b"head", &key);
     [c[0], c[1], c[2], c[3]]
 }
 
-/// Record `n` of `body`: whole sectors, each tagged, the body after its
-/// framing, zeros after it to the end of the last sector.
-fn frame(n: u32, body: &[u8]) -> Vec<u8> {
+/// The checksum's key of record `n`: `salt ‖ be32(n)`.
+fn record_key(salt: &[u8; SALT_LEN], n: u32) -> [u8; SALT_LEN + 4] {
+    let mut key = [0u8; SALT_LEN + 4];
+    key[..SALT_LEN].copy_from_slice(salt);
+    key[SALT_LEN..].copy_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// The salt of record 1, which is read before the log's salt is known (and
+/// is always written to a file of its own and synced before it is renamed
+/// into place, so no other log's sectors can show through it).
+const HEAD_SALT: [u8; SALT_LEN] = [0; SALT_LEN];
+
+/// Record `n` of `body` in the log salted `salt`: whole sectors, each tagged,
+/// the body after its framing, zeros after it to the end of the last sector.
+fn frame(salt: &[u8; SALT_LEN], n: u32, body: &[u8]) -> Vec<u8> {
     // Callers refuse bodies over MAX_RECORD_LEN, far below u32::MAX.
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
     let mut payload = Vec::with_capacity(RECORD_HEAD + body.len());
     payload.extend_from_slice(&len.to_le_bytes());
-    payload.extend_from_slice(&head_check(n, len));
-    payload.extend_from_slice(&checksum(TABLE, &n.to_be_bytes(), body));
+    payload.extend_from_slice(&head_check(salt, n, len));
+    payload.extend_from_slice(&checksum(TABLE, &record_key(salt, n), body));
     payload.extend_from_slice(body);
     let sectors = payload.len().div_ceil(SECTOR_BODY);
     let mut out = vec![0u8; sectors * SECTOR];
@@ -307,12 +331,14 @@ pub(super) struct Scanned {
     pub(super) epoch: u64,
     /// The state its records give.
     pub(super) state: DurableState,
+    /// Its salt.
+    pub(super) salt: [u8; SALT_LEN],
     /// Where its last whole record ends; a torn record after it is dropped.
     pub(super) end: u64,
     /// The number of the next record.
     pub(super) next: u32,
-    /// Bytes of the head record.
-    pub(super) head_len: u64,
+    /// Bytes of its base: the records its last rewrite wrote.
+    pub(super) base_len: u64,
     /// Whether a torn record follows `end`.
     pub(super) torn: bool,
 }
@@ -339,70 +365,84 @@ fn tag(sector: &[u8]) -> Option<(&[u8], u32)> {
     Some((&sector[..4], n))
 }
 
-/// One record read whole, or where it tore.
+/// One record read whole (its body and its bytes in the file), or where it
+/// tore.
 enum Read {
     Whole(Vec<u8>, u64),
     Torn,
 }
 
-fn read_record(src: &(impl Source + ?Sized), at: u64, n: u32) -> Result<Read, ScanError> {
+/// Reads record `n` at `at` of a log salted `salt`: its first sector, then
+/// the rest of its span in one read (no more than the source holds).
+fn read_record(
+    src: &(impl Source + ?Sized),
+    salt: &[u8; SALT_LEN],
+    at: u64,
+    n: u32,
+) -> Result<Read, ScanError> {
     let corrupt = |what: String| ScanError::Corrupt(format!("offset {at}: {what}"));
-    let mut sector = [0u8; SECTOR];
-    if src.len() - at < SECTOR as u64 {
+    let mut first = [0u8; SECTOR];
+    let room = src.len() - at;
+    if room < SECTOR as u64 {
         return Ok(Read::Torn);
     }
-    src.read_exact_at(&mut sector, at).map_err(ScanError::Io)?;
-    match tag(&sector) {
+    src.read_exact_at(&mut first, at).map_err(ScanError::Io)?;
+    match tag(&first) {
         None => return Ok(Read::Torn),
         Some((magic, m)) if magic == SECTOR_MAGIC && m == n => {}
         Some(_) => return Err(corrupt(format!("a sector that is not record {n}'s"))),
     }
-    let len = le32(&sector[TAG_LEN..TAG_LEN + 4]);
-    if sector[TAG_LEN + 4..TAG_LEN + 8] != head_check(n, len) {
+    let len = le32(&first[TAG_LEN..TAG_LEN + 4]);
+    if first[TAG_LEN + 4..TAG_LEN + 8] != head_check(salt, n, len) {
         return Err(corrupt(format!("record {n}'s length fails its check")));
     }
     let len = len as usize;
     if len > MAX_RECORD_LEN {
         return Err(corrupt(format!("record {n} claims {len} bytes")));
     }
-    let total = RECORD_HEAD + len;
-    let sectors = total.div_ceil(SECTOR_BODY);
+    let sectors = (RECORD_HEAD + len).div_ceil(SECTOR_BODY);
     let span = (sectors * SECTOR) as u64;
-    // What the source can hold, not what the length claims.
-    let room = usize::try_from(src.len() - at).unwrap_or(usize::MAX);
-    let mut payload = Vec::with_capacity((sectors * SECTOR_BODY).min(room));
-    payload.extend_from_slice(&sector[TAG_LEN..]);
+    if room < span {
+        // Sectors past the end: never written.
+        return Ok(Read::Torn);
+    }
+    let mut bytes = vec![0u8; sectors * SECTOR];
+    bytes[..SECTOR].copy_from_slice(&first);
+    src.read_exact_at(&mut bytes[SECTOR..], at + SECTOR as u64)
+        .map_err(ScanError::Io)?;
     let mut torn = false;
     for i in 1..sectors {
-        let off = at + (i * SECTOR) as u64;
-        if src.len() < off + SECTOR as u64 {
-            torn = true;
-            break;
-        }
-        src.read_exact_at(&mut sector, off).map_err(ScanError::Io)?;
-        match tag(&sector) {
+        let sector = &bytes[i * SECTOR..(i + 1) * SECTOR];
+        match tag(sector) {
             None => torn = true,
             Some((magic, m)) if magic == SECTOR_MAGIC && m == n => {}
             Some(_) => {
                 return Err(ScanError::Corrupt(format!(
-                    "offset {off}: a sector that is not record {n}'s"
+                    "offset {}: a sector that is not record {n}'s",
+                    at + (i * SECTOR) as u64
                 )));
             }
         }
-        payload.extend_from_slice(&sector[TAG_LEN..]);
     }
     if torn {
         return Ok(Read::Torn);
     }
-    let (head, rest) = payload.split_at(RECORD_HEAD);
-    let (body, padding) = rest.split_at(len);
-    if padding.iter().any(|b| *b != 0)
-        || !fed_crypto::ct_eq(&head[8..], &checksum(TABLE, &n.to_be_bytes(), body))
-    {
+    // The payload, in place: each sector's body moved down over the tags.
+    for i in 0..sectors {
+        bytes.copy_within(i * SECTOR + TAG_LEN..(i + 1) * SECTOR, i * SECTOR_BODY);
+    }
+    bytes.truncate(sectors * SECTOR_BODY);
+    let mut sum = [0u8; CHECKSUM_LEN];
+    sum.copy_from_slice(&bytes[8..RECORD_HEAD]);
+    if bytes[RECORD_HEAD + len..].iter().any(|b| *b != 0) {
         return Err(corrupt(format!("record {n} fails its checksum")));
     }
-    let body = body.to_vec();
-    Ok(Read::Whole(body, span))
+    bytes.truncate(RECORD_HEAD + len);
+    bytes.drain(..RECORD_HEAD);
+    if !fed_crypto::ct_eq(&sum, &checksum(TABLE, &record_key(salt, n), &bytes)) {
+        return Err(corrupt(format!("record {n} fails its checksum")));
+    }
+    Ok(Read::Whole(bytes, span))
 }
 
 /// After a torn record at `at`: every sector from there on must be unwritten
@@ -430,7 +470,7 @@ fn check_after_torn(src: &(impl Source + ?Sized), at: u64, n: u32) -> Result<(),
 /// the state. Memory: the state and one record at a time.
 pub(super) fn scan(src: &(impl Source + ?Sized)) -> Result<Scanned, ScanError> {
     let corrupt = |what: &str| ScanError::Corrupt(what.to_string());
-    let (head_body, head_len) = match read_record(src, 0, 1)? {
+    let (head_body, head_span) = match read_record(src, &HEAD_SALT, 0, 1)? {
         Read::Whole(body, span) => (body, span),
         // The head is written to a file of its own and renamed into place
         // after its sync: torn, it was never this log.
@@ -447,51 +487,58 @@ pub(super) fn scan(src: &(impl Source + ?Sized)) -> Result<Scanned, ScanError> {
             head.version
         )));
     }
+    if head.base == 0 {
+        return Err(corrupt("the head record counts no base"));
+    }
     let mut state = DurableState::default();
     for op in &head.ops {
         state.apply(&op.to_persist());
     }
-    let (node, epoch) = (head.node, head.epoch);
+    let (node, epoch, salt, base) = (head.node, head.epoch, head.salt, head.base);
     drop(head);
-    let mut at = head_len;
+    let mut at = head_span;
+    let mut base_len = head_span;
     let mut n = 2u32;
     loop {
-        if at == src.len() {
+        let read = if at == src.len() {
+            Read::Torn
+        } else {
+            read_record(src, &salt, at, n)?
+        };
+        let Read::Whole(body, span) = read else {
+            if n <= base {
+                // The base is synced before the log is renamed into place.
+                return Err(ScanError::Corrupt(format!(
+                    "offset {at}: the log ends inside its base of {base} records"
+                )));
+            }
+            let torn = at != src.len();
+            if torn {
+                check_after_torn(src, at, n)?;
+            }
             return Ok(Scanned {
                 node,
                 epoch,
+                salt,
                 state,
                 end: at,
                 next: n,
-                head_len,
-                torn: false,
+                base_len,
+                torn,
             });
+        };
+        let ops: Vec<Op<'_>> = decode_body(&body)
+            .ok_or_else(|| ScanError::Corrupt(format!("record {n} does not decode")))?;
+        for op in &ops {
+            state.apply(&op.to_persist());
         }
-        match read_record(src, at, n)? {
-            Read::Whole(body, span) => {
-                let ops: Vec<Op<'_>> = decode_body(&body)
-                    .ok_or_else(|| ScanError::Corrupt(format!("record {n} does not decode")))?;
-                for op in &ops {
-                    state.apply(&op.to_persist());
-                }
-                at += span;
-                n = n
-                    .checked_add(1)
-                    .ok_or_else(|| corrupt("more records than a log holds"))?;
-            }
-            Read::Torn => {
-                check_after_torn(src, at, n)?;
-                return Ok(Scanned {
-                    node,
-                    epoch,
-                    state,
-                    end: at,
-                    next: n,
-                    head_len,
-                    torn: true,
-                });
-            }
+        at += span;
+        if n <= base {
+            base_len = at;
         }
+        n = n
+            .checked_add(1)
+            .ok_or_else(|| corrupt("more records than a log holds"))?;
     }
 }
 
@@ -502,15 +549,35 @@ pub(super) struct ReplicaLog {
     file: File,
     node: [u8; 32],
     epoch: u64,
+    salt: [u8; SALT_LEN],
     /// Where the next record goes.
     end: u64,
     /// Its number.
     next: u32,
-    /// Bytes of the head record as last rewritten.
-    head_len: u64,
+    /// Bytes of the base (the records of the last rewrite).
+    base_len: u64,
+    /// No rewrite is tried before the log is this long (after one failed).
+    retry_at: u64,
     /// What the records give: what [`ReplicaLog::state`] returns, and what a
     /// rewrite starts from.
     state: DurableState,
+    /// Why the log refuses every call: a write or a rewrite failed at a point
+    /// where the file and the state may disagree.
+    broken: Option<String>,
+}
+
+/// A log written to its temporary file, synced, not yet renamed into place.
+struct Written {
+    file: File,
+    len: u64,
+    records: u32,
+}
+
+/// Why a rewrite failed: before the new log replaced the old (which is
+/// whole and in use), or after (the file in place may not be the one synced).
+enum RewriteFailure {
+    Before(StoreError),
+    After(StoreError),
 }
 
 impl ReplicaLog {
@@ -523,6 +590,105 @@ impl ReplicaLog {
         path.with_extension("rlog.tmp")
     }
 
+    fn io_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// A salt unique to each log file this node writes: a hash of the node,
+    /// the epoch, the previous log's salt, random bits and the process.
+    fn new_salt(node: &[u8; 32], epoch: u64, previous: &[u8; SALT_LEN]) -> [u8; SALT_LEN] {
+        use std::hash::{BuildHasher, Hasher};
+        // std seeds its hash keys from the OS's randomness, and a new
+        // `RandomState` never repeats the keys of an earlier one.
+        let random = |seed: &[u8]| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write(seed);
+            h.finish()
+        };
+        let mut input = Vec::with_capacity(32 + 8 + SALT_LEN + 16 + 4);
+        input.extend_from_slice(node);
+        input.extend_from_slice(&epoch.to_le_bytes());
+        input.extend_from_slice(previous);
+        input.extend_from_slice(&random(previous).to_le_bytes());
+        input.extend_from_slice(&random(node).to_le_bytes());
+        input.extend_from_slice(&std::process::id().to_le_bytes());
+        checksum(TABLE, b"salt", &input)
+    }
+
+    /// Writes a log salted `salt` holding `state` to the temporary file
+    /// beside `path`, synced: its head, then the rest of the state's ops in
+    /// records of about [`BASE_CHUNK`] bytes.
+    fn write_base(
+        path: &Path,
+        node: [u8; 32],
+        epoch: u64,
+        salt: [u8; SALT_LEN],
+        state: &DurableState,
+    ) -> Result<Written, StoreError> {
+        let io = |e: &dyn std::fmt::Display| Self::io_error(path, e);
+        let ops = rebuild_ops(state);
+        // Records of whole ops, each about BASE_CHUNK bytes.
+        let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut from, mut bytes) = (0, 0);
+        for (i, op) in ops.iter().enumerate() {
+            let size = postcard::experimental::serialized_size(op).map_err(|e| io(&e))?;
+            if i > from && bytes + size > BASE_CHUNK {
+                chunks.push(from..i);
+                (from, bytes) = (i, 0);
+            }
+            bytes += size;
+        }
+        chunks.push(from..ops.len());
+        let records = u32::try_from(chunks.len()).map_err(|e| io(&e))?;
+        let tmp = Self::tmp_path(path);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| io(&e))?;
+        let mut len = 0u64;
+        for (i, range) in chunks.into_iter().enumerate() {
+            let body = if i == 0 {
+                postcard::to_allocvec(&Head {
+                    magic: LOG_MAGIC,
+                    version: LOG_VERSION,
+                    node,
+                    epoch,
+                    salt,
+                    base: records,
+                    ops: ops[range].to_vec(),
+                })
+            } else {
+                postcard::to_allocvec(&ops[range])
+            }
+            .map_err(|e| io(&e))?;
+            if body.len() > MAX_RECORD_LEN {
+                return Err(io(&format!(
+                    "a replica state record of {} bytes exceeds the store's record limit of {MAX_RECORD_LEN}",
+                    body.len()
+                )));
+            }
+            let n = i as u32 + 1;
+            let record = frame(if n == 1 { &HEAD_SALT } else { &salt }, n, &body);
+            file.write_all(&record).map_err(|e| io(&e))?;
+            len += record.len() as u64;
+        }
+        file.sync_all().map_err(|e| io(&e))?;
+        Ok(Written { file, len, records })
+    }
+
+    /// Puts a written log in place of the log at `path`.
+    fn install(path: &Path) -> Result<(), RewriteFailure> {
+        std::fs::rename(Self::tmp_path(path), path)
+            .map_err(|e| RewriteFailure::Before(Self::io_error(path, e)))?;
+        sync_dir(path).map_err(|e| RewriteFailure::After(Self::io_error(path, e)))
+    }
+
     /// Writes a new log at `path` holding `state` (a file of its own, synced,
     /// renamed into place, the directory synced): a crash leaves the old log
     /// or the new one, whole.
@@ -532,52 +698,21 @@ impl ReplicaLog {
         epoch: u64,
         state: DurableState,
     ) -> Result<Self, StoreError> {
-        let io = |e: std::io::Error| StoreError::Io {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        };
-        let body = postcard::to_allocvec(&Head {
-            magic: LOG_MAGIC,
-            version: LOG_VERSION,
-            node,
-            epoch,
-            ops: rebuild_ops(&state),
-        })
-        .map_err(|e| io(std::io::Error::other(e)))?;
-        if body.len() > MAX_RECORD_LEN {
-            return Err(io(std::io::Error::other(format!(
-                "a replica state of {} bytes exceeds the store's record limit of {MAX_RECORD_LEN}",
-                body.len()
-            ))));
-        }
-        let record = frame(1, &body);
-        let tmp = Self::tmp_path(path);
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(io)?;
-            f.write_all(&record).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)?;
-        sync_dir(path).map_err(io)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
+        let salt = Self::new_salt(&node, epoch, &HEAD_SALT);
+        let written = Self::write_base(path, node, epoch, salt, &state)?;
+        Self::install(path).map_err(|(RewriteFailure::Before(e) | RewriteFailure::After(e))| e)?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: written.file,
             node,
             epoch,
-            end: record.len() as u64,
-            next: 2,
-            head_len: record.len() as u64,
+            salt,
+            end: written.len,
+            next: written.records + 1,
+            base_len: written.len,
+            retry_at: 0,
             state,
+            broken: None,
         })
     }
 
@@ -589,10 +724,7 @@ impl ReplicaLog {
             path: path.to_path_buf(),
             detail,
         };
-        let io = |e: std::io::Error| StoreError::Io {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        };
+        let io = |e: std::io::Error| Self::io_error(path, e);
         // A rewrite that did not finish: the log itself is whole.
         let tmp = Self::tmp_path(path);
         if tmp.exists() {
@@ -625,10 +757,13 @@ impl ReplicaLog {
             file,
             node: scanned.node,
             epoch: scanned.epoch,
+            salt: scanned.salt,
             end: scanned.end,
             next: scanned.next,
-            head_len: scanned.head_len,
+            base_len: scanned.base_len,
+            retry_at: 0,
             state: scanned.state,
+            broken: None,
         })
     }
 
@@ -647,46 +782,73 @@ impl ReplicaLog {
         &self.path
     }
 
+    fn check_usable(&self) -> Result<(), StoreError> {
+        match &self.broken {
+            None => Ok(()),
+            Some(why) => Err(Self::io_error(
+                &self.path,
+                format!("the replica log is unusable after an earlier failure: {why}"),
+            )),
+        }
+    }
+
+    /// Marks the log unusable for `e`, and returns it.
+    fn break_on(&mut self, e: StoreError) -> StoreError {
+        self.broken = Some(e.to_string());
+        e
+    }
+
     /// The state the log holds.
-    pub(super) fn state(&self) -> &DurableState {
-        &self.state
+    pub(super) fn state(&self) -> Result<&DurableState, StoreError> {
+        self.check_usable()?;
+        Ok(&self.state)
     }
 
     /// Makes `ops` durable as one record (one write, one `fdatasync`), then
     /// applies them to the state. A write larger than a record may be is
-    /// refused before anything is written.
+    /// refused before anything is written; a write that fails (or whose sync
+    /// does) leaves the log unusable: the file may hold part of it.
     ///
     /// The log is rewritten from its state when a stable checkpoint has just
     /// pruned it (the state is then at its smallest) and the log has grown by
     /// [`COMPACT_SLACK`] since the last rewrite; and in any case beyond four
-    /// times its head record plus [`COMPACT_LIMIT`]. So it stays within a
-    /// bounded multiple of the replica's bounded state.
+    /// times its base plus [`COMPACT_LIMIT`]. So it stays within a bounded
+    /// multiple of the replica's bounded state. A rewrite that fails before
+    /// the new file is in place is logged and tried again after another
+    /// [`COMPACT_SLACK`]; the write itself stands.
     pub(super) fn append(&mut self, ops: &[Persist]) -> Result<(), StoreError> {
-        let io = |e: &dyn std::fmt::Display| StoreError::Io {
-            path: self.path.clone(),
-            detail: e.to_string(),
-        };
+        self.check_usable()?;
         let records = ops
             .iter()
             .map(|op| {
-                Op::of(op)
-                    .ok_or_else(|| io(&format!("a PBFT write this store does not know: {op:?}")))
+                Op::of(op).ok_or_else(|| {
+                    Self::io_error(
+                        &self.path,
+                        format!("a PBFT write this store does not know: {op:?}"),
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let body = postcard::to_allocvec(&records).map_err(|e| io(&e))?;
+        let body = postcard::to_allocvec(&records).map_err(|e| Self::io_error(&self.path, e))?;
         if body.len() > MAX_RECORD_LEN {
-            return Err(io(&format!(
-                "a record of {} bytes exceeds the store's limit of {MAX_RECORD_LEN}",
-                body.len()
-            )));
+            return Err(Self::io_error(
+                &self.path,
+                format!(
+                    "a record of {} bytes exceeds the store's limit of {MAX_RECORD_LEN}",
+                    body.len()
+                ),
+            ));
         }
         drop(records);
-        let record = frame(self.next, &body);
-        (&self.file)
+        let record = frame(&self.salt, self.next, &body);
+        if let Err(e) = (&self.file)
             .seek(SeekFrom::Start(self.end))
             .and_then(|_| (&self.file).write_all(&record))
-            .map_err(|e| io(&e))?;
-        self.file.sync_data().map_err(|e| io(&e))?;
+            .and_then(|()| self.file.sync_data())
+        {
+            let e = Self::io_error(&self.path, e);
+            return Err(self.break_on(e));
+        }
         self.end += record.len() as u64;
         self.next += 1;
         let stable = self.state.stable.as_ref().map(|c| c.seq);
@@ -694,26 +856,62 @@ impl ReplicaLog {
             self.state.apply(op);
         }
         let pruned = self.state.stable.as_ref().map(|c| c.seq) != stable;
-        if (pruned && self.end > self.head_len + COMPACT_SLACK)
-            || self.end > 4 * self.head_len + COMPACT_LIMIT
-            || self.next == u32::MAX
-        {
-            self.rewrite(self.epoch)?;
+        let due = (pruned && self.end > self.base_len + COMPACT_SLACK)
+            || self.end > 4 * self.base_len + COMPACT_LIMIT
+            || self.next == u32::MAX;
+        if due && (self.end >= self.retry_at || self.next == u32::MAX) {
+            match self.rewrite(self.epoch, self.state.clone()) {
+                Ok(()) => {}
+                Err(RewriteFailure::Before(e)) if self.next < u32::MAX => {
+                    tracing::warn!(error = %e, "the replica log could not be rewritten; it is tried again later");
+                    self.retry_at = self.end + COMPACT_SLACK;
+                }
+                Err(RewriteFailure::Before(e) | RewriteFailure::After(e)) => {
+                    return Err(self.break_on(e));
+                }
+            }
         }
         Ok(())
     }
 
-    /// Rewrites the log from its state, in configuration epoch `epoch`.
-    fn rewrite(&mut self, epoch: u64) -> Result<(), StoreError> {
-        let state = std::mem::take(&mut self.state);
-        *self = Self::create(&self.path, self.node, epoch, state)?;
+    /// Rewrites the log to hold `state`, in configuration epoch `epoch`. On
+    /// success the log is the new file; on a failure before it was put in
+    /// place, the old log is whole and still in use.
+    fn rewrite(&mut self, epoch: u64, state: DurableState) -> Result<(), RewriteFailure> {
+        let salt = Self::new_salt(&self.node, epoch, &self.salt);
+        let written = match Self::write_base(&self.path, self.node, epoch, salt, &state) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = std::fs::remove_file(Self::tmp_path(&self.path));
+                return Err(RewriteFailure::Before(e));
+            }
+        };
+        if let Err(failure) = Self::install(&self.path) {
+            if matches!(failure, RewriteFailure::Before(_)) {
+                let _ = std::fs::remove_file(Self::tmp_path(&self.path));
+            }
+            return Err(failure);
+        }
+        self.file = written.file;
+        self.epoch = epoch;
+        self.salt = salt;
+        self.end = written.len;
+        self.next = written.records + 1;
+        self.base_len = written.len;
+        self.retry_at = 0;
+        self.state = state;
         Ok(())
     }
 
-    /// Starts configuration epoch `epoch` with an empty state.
+    /// Starts configuration epoch `epoch` with an empty state. Any failure
+    /// leaves the log unusable (the next open starts it over: its epoch is
+    /// then behind the database's).
     pub(super) fn reset(&mut self, epoch: u64) -> Result<(), StoreError> {
-        self.state = DurableState::default();
-        self.rewrite(epoch)
+        self.check_usable()?;
+        match self.rewrite(epoch, DurableState::default()) {
+            Ok(()) => Ok(()),
+            Err(RewriteFailure::Before(e) | RewriteFailure::After(e)) => Err(self.break_on(e)),
+        }
     }
 }
 
@@ -732,17 +930,20 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 pub(super) fn fuzz(data: &[u8]) {
     let _ = scan(data);
     // And the same bytes as the body of a well-framed head and group record.
-    let mut log = frame(1, data);
+    let mut log = frame(&HEAD_SALT, 1, data);
     let _ = scan(log.as_slice());
+    let salt = [1; SALT_LEN];
     if let Ok(head) = postcard::to_allocvec(&Head {
         magic: LOG_MAGIC,
         version: LOG_VERSION,
         node: [0; 32],
         epoch: 0,
+        salt,
+        base: 1,
         ops: Vec::new(),
     }) {
-        log = frame(1, &head);
-        log.extend_from_slice(&frame(2, data));
+        log = frame(&HEAD_SALT, 1, &head);
+        log.extend_from_slice(&frame(&salt, 2, data));
         let _ = scan(log.as_slice());
     }
 }
@@ -753,21 +954,29 @@ mod tests {
 
     use super::*;
 
+    const SALT: [u8; SALT_LEN] = [9; SALT_LEN];
+
     fn log_of(groups: &[Vec<Persist>]) -> (Vec<u8>, DurableState, Vec<u64>) {
         let head = postcard::to_allocvec(&Head {
             magic: LOG_MAGIC,
             version: LOG_VERSION,
             node: [7; 32],
             epoch: 3,
+            salt: SALT,
+            base: 1,
             ops: Vec::new(),
         })
         .unwrap();
-        let mut bytes = frame(1, &head);
+        let mut bytes = frame(&HEAD_SALT, 1, &head);
         let mut state = DurableState::default();
         let mut ends = vec![bytes.len() as u64];
         for (i, g) in groups.iter().enumerate() {
             let ops: Vec<Op<'_>> = g.iter().map(|p| Op::of(p).unwrap()).collect();
-            bytes.extend_from_slice(&frame(i as u32 + 2, &postcard::to_allocvec(&ops).unwrap()));
+            bytes.extend_from_slice(&frame(
+                &SALT,
+                i as u32 + 2,
+                &postcard::to_allocvec(&ops).unwrap(),
+            ));
             ends.push(bytes.len() as u64);
             for p in g {
                 state.apply(p);
@@ -902,12 +1111,12 @@ mod tests {
             largest <= (2 << 20) + COMPACT_SLACK + (2 << 20),
             "the log grew to {largest} bytes"
         );
-        assert_eq!(log.state(), &want);
+        assert_eq!(log.state().unwrap(), &want);
         drop(log);
         let tmp = ReplicaLog::tmp_path(&path);
         std::fs::write(&tmp, b"a rewrite a crash interrupted").unwrap();
         let log = ReplicaLog::open(&path).unwrap();
-        assert_eq!(log.state(), &want);
+        assert_eq!(log.state().unwrap(), &want);
         assert!(!tmp.exists());
     }
 
@@ -919,7 +1128,17 @@ mod tests {
     fn the_documented_vector() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.rlog");
-        let mut log = ReplicaLog::create(&path, [7; 32], 2, DurableState::default()).unwrap();
+        // `create` with a fixed salt.
+        ReplicaLog::write_base(
+            &path,
+            [7; 32],
+            2,
+            [0x5a; SALT_LEN],
+            &DurableState::default(),
+        )
+        .unwrap();
+        assert!(ReplicaLog::install(&path).is_ok());
+        let mut log = ReplicaLog::open(&path).unwrap();
         log.append(&[
             Persist::View {
                 view: 3,
@@ -944,8 +1163,156 @@ mod tests {
         assert_eq!(bytes.len(), 2 * SECTOR);
         assert_eq!(
             blake3::hash(&bytes).to_hex().as_str(),
-            "1e901b7c2d743c711830b1f6e2207f856d9200d5f9d5bd7c57a3dd1f3fc6a8dc"
+            "3a6e01e9c3b44210f40c486d3e788b96aec8ebfffb2a28ead008ed52c96c4f48"
         );
+    }
+
+    /// Writes of every kind, over a few views and sequence numbers, with
+    /// batches of up to 600 KiB so that a base spans several records.
+    fn mixed(i: u64) -> Vec<Persist> {
+        let seq = i % 7 + 1;
+        let view = i / 5;
+        let bytes = |n: usize| -> Arc<[u8]> { Arc::from(vec![(i % 251) as u8 + 1; n]) };
+        let sig = Signature([i as u8; 64]);
+        match i % 6 {
+            0 => vec![Persist::PrePrepare {
+                view,
+                seq,
+                digest: [i as u8; 32],
+                signature: sig,
+                batch: i.is_multiple_of(4).then(|| bytes(600 << 10)),
+            }],
+            1 => vec![Persist::Prepared {
+                cert: PreparedCert {
+                    view,
+                    seq,
+                    digest: [i as u8; 32],
+                    primary: sig,
+                    prepares: vec![(1, sig), (2, sig)],
+                },
+                batch: Some(bytes(300 << 10)),
+            }],
+            2 => vec![Persist::Committed {
+                proof: CommitProof {
+                    membership: [3; 32],
+                    view,
+                    seq,
+                    digest: [i as u8; 32],
+                    signatures: vec![(0, sig)],
+                },
+                batch: bytes(200 << 10),
+            }],
+            3 => vec![Persist::Checkpoint {
+                seq,
+                state: [i as u8; 32],
+                snapshot: bytes(100),
+            }],
+            4 => vec![Persist::View {
+                view,
+                active: i.is_multiple_of(3),
+            }],
+            _ => vec![Persist::Stable(CheckpointCert {
+                seq: i % 3,
+                state: [i as u8; 32],
+                signatures: Vec::new(),
+            })],
+        }
+    }
+
+    /// A rewrite after every group (so that every kind of entry goes through
+    /// `rebuild_ops` and bases of several records are written and read),
+    /// then a reopen: the state is the reference's.
+    #[test]
+    fn rewrites_keep_every_kind_of_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.rlog");
+        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        let mut want = DurableState::default();
+        let mut widest = 1;
+        for i in 0..60 {
+            let ops = mixed(i);
+            log.append(&ops).unwrap();
+            for op in &ops {
+                want.apply(op);
+            }
+            assert!(log.rewrite(0, log.state.clone()).is_ok());
+            widest = widest.max(log.next - 1);
+            if i % 7 == 0 {
+                drop(log);
+                log = ReplicaLog::open(&path).unwrap();
+            }
+            assert_eq!(log.state().unwrap(), &want, "after group {i}");
+        }
+        assert!(widest > 2, "a base of {widest} records");
+        // A base cut short is no crash's doing: corruption.
+        let bytes = std::fs::read(&path).unwrap();
+        let scanned = scan(bytes.as_slice()).unwrap();
+        assert!(scanned.base_len > 2 * SECTOR as u64);
+        let cut = &bytes[..scanned.base_len as usize - SECTOR];
+        assert!(matches!(scan(cut), Err(ScanError::Corrupt(_))));
+    }
+
+    /// An empty file, or a head cut short: never a log.
+    #[test]
+    fn a_torn_or_empty_head_is_corruption() {
+        let (bytes, _, ends) = log_of(&groups());
+        for cut in [0, 1, 100, ends[0] as usize - 1] {
+            assert!(
+                matches!(scan(&bytes[..cut]), Err(ScanError::Corrupt(_))),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    fn checkpoint_and_stable(i: u64) -> Vec<Persist> {
+        vec![
+            Persist::Checkpoint {
+                seq: i,
+                state: [i as u8; 32],
+                snapshot: Arc::from(vec![i as u8; 1 << 20]),
+            },
+            Persist::Stable(CheckpointCert {
+                seq: i,
+                state: [i as u8; 32],
+                signatures: Vec::new(),
+            }),
+        ]
+    }
+
+    /// A rewrite that cannot write its file leaves the log as it was, in
+    /// use; the write that triggered it stands, and a later one rewrites.
+    #[test]
+    fn a_rewrite_that_fails_leaves_the_log_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.rlog");
+        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        // The temporary file cannot be created.
+        std::fs::create_dir(ReplicaLog::tmp_path(&path)).unwrap();
+        let mut want = DurableState::default();
+        for i in 1..=12u64 {
+            let ops = checkpoint_and_stable(i);
+            log.append(&ops).unwrap();
+            for op in &ops {
+                want.apply(op);
+            }
+        }
+        assert!(log.end > COMPACT_SLACK, "no rewrite could happen");
+        assert_eq!(log.state().unwrap(), &want);
+        drop(log);
+        std::fs::remove_dir(ReplicaLog::tmp_path(&path)).unwrap();
+        let mut log = ReplicaLog::open(&path).unwrap();
+        assert_eq!(log.state().unwrap(), &want);
+        let end = log.end;
+        for i in 13..=24u64 {
+            let ops = checkpoint_and_stable(i);
+            log.append(&ops).unwrap();
+            for op in &ops {
+                want.apply(op);
+            }
+        }
+        assert!(log.end < end, "the log was rewritten");
+        drop(log);
+        assert_eq!(ReplicaLog::open(&path).unwrap().state().unwrap(), &want);
     }
 
     #[test]

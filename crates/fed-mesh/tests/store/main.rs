@@ -154,7 +154,7 @@ fn the_format_record_is_the_documented_vector() {
         .to_vec();
     assert_eq!(
         hex::encode(record),
-        "0103ca21e14d42dac660081a4e5d64047a65786f2d6665642d73746f7265000107070707070707070707\
+        "01873c7add8abc16c2c03b48613492562565786f2d6665642d73746f7265000207070707070707070707\
          07070707070707070707070707070707070707070707"
     );
 }
@@ -564,6 +564,7 @@ fn replica_tables_of_an_earlier_release_move_into_the_log() {
         {
             let mut t = txn.open_table(meta).unwrap();
             t.remove("pbft.log").unwrap();
+            t.insert("format", FORMAT_V1.as_slice()).unwrap();
             // `view: u64, active: bool`
             t.insert("pbft.view", seal("meta", b"pbft.view", &[5, 0]).as_slice())
                 .unwrap();
@@ -605,6 +606,86 @@ fn replica_tables_of_an_earlier_release_move_into_the_log() {
     }
     let store = Store::open(&path, &NODE).unwrap();
     assert_eq!(store.pbft().load_state().unwrap(), want);
+}
+
+/// The format record of node `[7; 32]`'s store at version 1 (store.md §2):
+/// what a store of an earlier release holds.
+const FORMAT_V1: [u8; 64] = {
+    let mut r = [7u8; 64];
+    let head: [u8; 32] = [
+        0x01, 0x03, 0xca, 0x21, 0xe1, 0x4d, 0x42, 0xda, 0xc6, 0x60, 0x08, 0x1a, 0x4e, 0x5d, 0x64,
+        0x04, 0x7a, 0x65, 0x78, 0x6f, 0x2d, 0x66, 0x65, 0x64, 0x2d, 0x73, 0x74, 0x6f, 0x72, 0x65,
+        0x00, 0x01,
+    ];
+    let mut i = 0;
+    while i < 32 {
+        r[i] = head[i];
+        i += 1;
+    }
+    r
+};
+
+/// Puts the store at `path` back to version 1 without the record of its log
+/// (what an open leaves when it crashes before the move's transaction).
+fn back_to_version_1(path: &Path) {
+    let db = redb::Database::create(path).unwrap();
+    let meta: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(meta).unwrap();
+        t.remove("pbft.log").unwrap();
+        t.insert("format", FORMAT_V1.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// A log beside a store of version 1 is kept only if it is what a crash
+/// during the move leaves (the tables' state); any other is refused, never
+/// overwritten. A store of version 2 with replica state in the old tables
+/// (an earlier release wrote them) is refused too.
+#[test]
+fn a_log_the_database_has_no_record_of_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    // The crash during the move: an empty log, tables empty.
+    drop(Store::open(&path, &NODE).unwrap());
+    back_to_version_1(&path);
+    let store = Store::open(&path, &NODE).unwrap();
+    assert_eq!(store.pbft().load_state().unwrap(), DurableState::default());
+    // Votes in the log, and a database that does not know it (replaced).
+    let all = ops(21, 30);
+    store.pbft().persist_all(&all).unwrap();
+    drop(store);
+    back_to_version_1(&path);
+    let err = Store::open(&path, &NODE).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&log_path(&path).display().to_string()),
+        "{err}"
+    );
+    // The database deleted: a new store beside the old log.
+    std::fs::remove_file(&path).unwrap();
+    let err = Store::open(&path, &NODE).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    // The votes are still in the log.
+    let log = std::fs::read(log_path(&path)).unwrap();
+    assert!(log.len() > 1024, "the log was kept");
+    // Version 2 with replica state in the old tables.
+    let other = dir.path().join("other.redb");
+    drop(Store::open(&other, &NODE).unwrap());
+    {
+        let db = redb::Database::create(&other).unwrap();
+        let meta: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+        let txn = db.begin_write().unwrap();
+        txn.open_table(meta)
+            .unwrap()
+            .insert("pbft.view", seal("meta", b"pbft.view", &[5, 0]).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&other, &NODE).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
 }
 
 /// Record framing from docs/protocol/store.md §1.
