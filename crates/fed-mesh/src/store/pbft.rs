@@ -390,6 +390,9 @@ fn migrate(
     epoch: u64,
     legacy: DurableState,
 ) -> Result<ReplicaLog, StoreError> {
+    // The tables' state as the log holds it (a table entry under another
+    // key than its own sequence number would otherwise differ).
+    let legacy = super::replica_log::normalized(&legacy);
     if path.exists() {
         let found = ReplicaLog::open(path)?;
         check_owner(&found, node, path)?;

@@ -230,6 +230,16 @@ fn rebuild_ops(state: &DurableState) -> Vec<Op<'_>> {
     ops
 }
 
+/// `state` as a rewrite gives it back: what [`rebuild_ops`] writes, applied
+/// to the empty state (the same state for any state a replica wrote).
+pub(super) fn normalized(state: &DurableState) -> DurableState {
+    let mut out = DurableState::default();
+    for op in rebuild_ops(state) {
+        out.apply(&op.to_persist());
+    }
+    out
+}
+
 /// `le32(len) ‖ le32(n)`'s check: the first 4 bytes of the record checksum
 /// of the two, so that an edited length is corruption, not a torn record.
 fn head_check(salt: &[u8; SALT_LEN], n: u32, len: u32) -> [u8; 4] {
@@ -500,6 +510,9 @@ pub(super) fn scan(src: &(impl Source + ?Sized)) -> Result<Scanned, ScanError> {
     let mut base_len = head_span;
     let mut n = 2u32;
     loop {
+        if n == u32::MAX && at != src.len() {
+            return Err(corrupt("more records than a log holds"));
+        }
         let read = if at == src.len() {
             Read::Torn
         } else {
@@ -536,9 +549,8 @@ pub(super) fn scan(src: &(impl Source + ?Sized)) -> Result<Scanned, ScanError> {
         if n <= base {
             base_len = at;
         }
-        n = n
-            .checked_add(1)
-            .ok_or_else(|| corrupt("more records than a log holds"))?;
+        // Below u32::MAX, checked above.
+        n += 1;
     }
 }
 
@@ -743,16 +755,13 @@ impl ReplicaLog {
             ScanError::Corrupt(detail) => corrupted(format!("replica log: {detail}")),
             ScanError::Io(e) => io(e),
         })?;
-        if scanned.torn || scanned.end != len {
-            tracing::warn!(
-                path = %path.display(),
-                offset = scanned.end,
-                "the replica log ends in a record a crash interrupted; it is dropped"
-            );
-            file.set_len(scanned.end).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        Ok(Self {
+        // What was read may be in the page cache only (a process killed
+        // before its sync, or before a rename's directory sync): made durable
+        // before anything is done with it.
+        file.sync_all().map_err(io)?;
+        sync_dir(path).map_err(io)?;
+        let torn = scanned.torn || scanned.end != len;
+        let mut log = Self {
             path: path.to_path_buf(),
             file,
             node: scanned.node,
@@ -764,7 +773,25 @@ impl ReplicaLog {
             retry_at: 0,
             state: scanned.state,
             broken: None,
-        })
+        };
+        if torn {
+            tracing::warn!(
+                path = %path.display(),
+                offset = scanned.end,
+                "the replica log ends in a record a crash interrupted; it is dropped"
+            );
+            // Written over at once with a new salt, so that the dropped
+            // record's sectors can never pass for a later record written
+            // where they were.
+            let state = log.state.clone();
+            log.rewrite(log.epoch, state)
+                .map_err(|(RewriteFailure::Before(e) | RewriteFailure::After(e))| e)?;
+        } else if log.next == u32::MAX {
+            let state = log.state.clone();
+            log.rewrite(log.epoch, state)
+                .map_err(|(RewriteFailure::Before(e) | RewriteFailure::After(e))| e)?;
+        }
+        Ok(log)
     }
 
     /// The node the log belongs to.
@@ -846,6 +873,9 @@ impl ReplicaLog {
             .and_then(|_| (&self.file).write_all(&record))
             .and_then(|()| self.file.sync_data())
         {
+            // After a failed sync the kernel may hold the pages as clean:
+            // cut the record off, so that no later read finds it.
+            let _ = self.file.set_len(self.end);
             let e = Self::io_error(&self.path, e);
             return Err(self.break_on(e));
         }
@@ -856,13 +886,15 @@ impl ReplicaLog {
             self.state.apply(op);
         }
         let pruned = self.state.stable.as_ref().map(|c| c.seq) != stable;
+        // Record numbers stop below u32::MAX (store.md §3.1).
+        let full = self.next == u32::MAX;
         let due = (pruned && self.end > self.base_len + COMPACT_SLACK)
             || self.end > 4 * self.base_len + COMPACT_LIMIT
-            || self.next == u32::MAX;
-        if due && (self.end >= self.retry_at || self.next == u32::MAX) {
+            || full;
+        if due && (self.end >= self.retry_at || full) {
             match self.rewrite(self.epoch, self.state.clone()) {
                 Ok(()) => {}
-                Err(RewriteFailure::Before(e)) if self.next < u32::MAX => {
+                Err(RewriteFailure::Before(e)) if !full => {
                     tracing::warn!(error = %e, "the replica log could not be rewritten; it is tried again later");
                     self.retry_at = self.end + COMPACT_SLACK;
                 }
@@ -1339,6 +1371,76 @@ mod tests {
         assert!(log.end < end, "the log was rewritten");
         drop(log);
         assert_eq!(ReplicaLog::open(&path).unwrap().state().unwrap(), &want);
+    }
+
+    /// After a failed rewrite, the next try waits for the log to grow by the
+    /// slack (not every append), then happens without a reopen.
+    #[test]
+    fn a_failed_rewrite_is_tried_again_after_the_slack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.rlog");
+        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        std::fs::create_dir(ReplicaLog::tmp_path(&path)).unwrap();
+        let mut i = 0;
+        while log.retry_at == 0 {
+            i += 1;
+            log.append(&checkpoint_and_stable(i)).unwrap();
+        }
+        let retry_at = log.retry_at;
+        std::fs::remove_dir(ReplicaLog::tmp_path(&path)).unwrap();
+        let salt = log.salt;
+        loop {
+            i += 1;
+            let before = log.end;
+            log.append(&checkpoint_and_stable(i)).unwrap();
+            if log.salt != salt {
+                assert!(
+                    before + (1 << 20) >= retry_at,
+                    "rewritten at {before} before {retry_at}"
+                );
+                break;
+            }
+            assert!(
+                log.end < retry_at + (2 << 20),
+                "no rewrite after {retry_at}"
+            );
+        }
+    }
+
+    /// A write that fails leaves the log refusing every call; what was
+    /// durable before it is what the file holds.
+    #[test]
+    fn a_failed_write_leaves_the_log_refusing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.rlog");
+        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        let first = checkpoint_and_stable(1);
+        log.append(&first).unwrap();
+        let want = log.state().unwrap().clone();
+        // Writes to a handle opened for reading fail.
+        log.file = File::open(&path).unwrap();
+        assert!(log.append(&checkpoint_and_stable(2)).is_err());
+        assert!(log.append(&checkpoint_and_stable(3)).is_err());
+        assert!(log.state().is_err());
+        assert!(log.reset(1).is_err());
+        drop(log);
+        assert_eq!(ReplicaLog::open(&path).unwrap().state().unwrap(), &want);
+    }
+
+    /// Each log file gets a salt of its own.
+    #[test]
+    fn every_rewrite_takes_a_new_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.rlog");
+        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        let mut seen = vec![log.salt];
+        for _ in 0..5 {
+            assert!(log.rewrite(0, DurableState::default()).is_ok());
+            assert!(!seen.contains(&log.salt), "a salt used again");
+            seen.push(log.salt);
+        }
+        let again = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        assert!(!seen.contains(&again.salt));
     }
 
     #[test]
