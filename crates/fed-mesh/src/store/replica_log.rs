@@ -1383,6 +1383,7 @@ mod tests {
         std::fs::create_dir(ReplicaLog::tmp_path(&path)).unwrap();
         let mut i = 0;
         while log.retry_at == 0 {
+            assert!(i < 64, "no failed rewrite was recorded");
             i += 1;
             log.append(&checkpoint_and_stable(i)).unwrap();
         }
