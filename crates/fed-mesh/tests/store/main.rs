@@ -748,13 +748,41 @@ fn seal(table: &str, key: &[u8], body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The child side of the crash test: writes `n` writes one by one, printing
+/// The writes of the crash tests: small random ones of every kind, or
+/// (`big`) 1 MiB checkpoints each made stable by the next write, so that the
+/// replica log rewrites itself every few writes and a kill lands in rewrites
+/// too.
+fn crash_ops(seed: u64, n: usize, big: bool) -> Vec<Persist> {
+    if !big {
+        return ops(seed, n);
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    (0..n as u64)
+        .map(|i| {
+            if i % 2 == 0 {
+                Persist::Checkpoint {
+                    seq: i,
+                    state: [i as u8; 32],
+                    snapshot: Arc::from(vec![rng.next_u32() as u8; 1 << 20]),
+                }
+            } else {
+                Persist::Stable(CheckpointCert {
+                    seq: i - 1,
+                    state: [(i - 1) as u8; 32],
+                    signatures: Vec::new(),
+                })
+            }
+        })
+        .collect()
+}
+
+/// The child side of the crash tests: writes `n` writes one by one, printing
 /// the count after each is durable and waiting for the parent's go-ahead (a
 /// line on stdin) before the next, until killed. So it is never more than one
 /// write ahead of what the parent read, whatever the machine's load.
-fn child(path: &str, seed: u64, n: usize) {
+fn child(path: &str, seed: u64, n: usize, big: bool) {
     let store = Store::open(path, &NODE).unwrap();
-    let all = ops(seed, n);
+    let all = crash_ops(seed, n, big);
     let mut pbft = store.pbft();
     let mut go = std::io::stdin().lock().lines();
     for (i, op) in all.iter().enumerate() {
@@ -767,26 +795,22 @@ fn child(path: &str, seed: u64, n: usize) {
     println!("done");
 }
 
-#[test]
-fn a_process_killed_between_writes_loses_no_durable_write() {
+/// Runs the test `name` as a child process `rounds` times, each killed with
+/// SIGKILL during a random write; each store then opens with every write the
+/// child acknowledged, and the one in flight or not.
+fn crash_rounds(name: &str, big: bool, n: usize, rounds: u64) {
     if let Ok(path) = std::env::var("FED_STORE_CHILD") {
         let seed = std::env::var("FED_STORE_SEED").unwrap().parse().unwrap();
-        child(&path, seed, 400);
+        child(&path, seed, n, big);
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(5);
-    for round in 0..6u64 {
+    for round in 0..rounds {
         let path = dir.path().join(format!("crash-{round}.redb"));
         let seed = 100 + round;
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "a_process_killed_between_writes_loses_no_durable_write",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+            .args(["--exact", name, "--nocapture", "--test-threads", "1"])
             .env("FED_STORE_CHILD", &path)
             .env("FED_STORE_SEED", seed.to_string())
             .stdin(Stdio::piped())
@@ -794,7 +818,12 @@ fn a_process_killed_between_writes_loses_no_durable_write() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let kill_after = 1 + (rng.next_u32() % 300) as usize;
+        let mut kill_after = 1 + (rng.next_u32() as usize % (n * 3 / 4));
+        if big && kill_after.is_multiple_of(2) {
+            // The next write makes a checkpoint stable: a rewrite once the
+            // log has grown 8 MiB (one in eight of these).
+            kill_after += 1;
+        }
         let mut go = child.stdin.take().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut acked = 0;
@@ -818,7 +847,7 @@ fn a_process_killed_between_writes_loses_no_durable_write() {
             acked >= kill_after,
             "round {round}: the child stopped at {acked}"
         );
-        let all = ops(seed, 400);
+        let all = crash_ops(seed, n, big);
         let store = Store::open(&path, &NODE).unwrap();
         let got = store.pbft().load_state().unwrap();
         // Every acknowledged write is there; the one in flight may be.
@@ -828,6 +857,30 @@ fn a_process_killed_between_writes_loses_no_durable_write() {
             "round {round}: state after {acked} durable writes differs"
         );
     }
+}
+
+#[test]
+fn a_process_killed_between_writes_loses_no_durable_write() {
+    crash_rounds(
+        "a_process_killed_between_writes_loses_no_durable_write",
+        false,
+        400,
+        6,
+    );
+}
+
+/// The same with writes that make the replica log rewrite itself every few
+/// writes (8 MiB of 1 MiB checkpoints, each made stable), each kill just
+/// before a write that makes a checkpoint stable: kills land in rewrites
+/// (the temporary file half written, renamed or not) as well.
+#[test]
+fn a_process_killed_while_the_log_rewrites_itself_loses_no_durable_write() {
+    crash_rounds(
+        "a_process_killed_while_the_log_rewrites_itself_loses_no_durable_write",
+        true,
+        120,
+        16,
+    );
 }
 
 mod audit {
