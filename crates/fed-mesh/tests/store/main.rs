@@ -840,6 +840,12 @@ fn crash_rounds(name: &str, big: bool, n: usize, rounds: u64) {
                 }
             }
         }
+        if big {
+            // Into the next write (and its rewrite, a few milliseconds long)
+            // at a random point.
+            let micros = u64::from(rng.next_u32() % 6_000);
+            std::thread::sleep(std::time::Duration::from_micros(micros));
+        }
         // SIGKILL: no destructor, no flush, mid-way through the next write.
         child.kill().unwrap();
         child.wait().unwrap();
