@@ -749,7 +749,7 @@ fn seal(table: &str, key: &[u8], body: &[u8]) -> Vec<u8> {
 }
 
 /// The writes of the crash tests: small random ones of every kind, or
-/// (`big`) 1 MiB checkpoints each made stable by the next write, so that the
+/// (`big`) 2 MiB checkpoints each made stable by the next write, so that the
 /// replica log rewrites itself every few writes and a kill lands in rewrites
 /// too.
 fn crash_ops(seed: u64, n: usize, big: bool) -> Vec<Persist> {
@@ -763,7 +763,7 @@ fn crash_ops(seed: u64, n: usize, big: bool) -> Vec<Persist> {
                 Persist::Checkpoint {
                     seq: i,
                     state: [i as u8; 32],
-                    snapshot: Arc::from(vec![rng.next_u32() as u8; 1 << 20]),
+                    snapshot: Arc::from(vec![rng.next_u32() as u8; 2 << 20]),
                 }
             } else {
                 Persist::Stable(CheckpointCert {
@@ -821,7 +821,7 @@ fn crash_rounds(name: &str, big: bool, n: usize, rounds: u64) {
         let mut kill_after = 1 + (rng.next_u32() as usize % (n * 3 / 4));
         if big && kill_after.is_multiple_of(2) {
             // The next write makes a checkpoint stable: a rewrite once the
-            // log has grown 8 MiB (one in eight of these).
+            // log has grown 8 MiB (about one in four of these).
             kill_after += 1;
         }
         let mut go = child.stdin.take().unwrap();
@@ -876,8 +876,8 @@ fn a_process_killed_between_writes_loses_no_durable_write() {
 }
 
 /// The same with writes that make the replica log rewrite itself every few
-/// writes (8 MiB of 1 MiB checkpoints, each made stable), each kill just
-/// before a write that makes a checkpoint stable: kills land in rewrites
+/// writes (8 MiB of 2 MiB checkpoints, each made stable), each kill a random
+/// moment after the go-ahead for a write that makes a checkpoint stable: kills land in rewrites
 /// (the temporary file half written, renamed or not) as well.
 #[test]
 fn a_process_killed_while_the_log_rewrites_itself_loses_no_durable_write() {
