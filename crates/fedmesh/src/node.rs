@@ -401,8 +401,17 @@ pub(crate) fn init(
 /// `fedmesh audit verify`.
 pub(crate) fn audit_verify(data_dir: &Path, key: &Path) -> Result<(), Failure> {
     let identity = keys::load(key)?;
-    let store = Store::open(data_dir.join("node.redb"), &identity.node_id())
-        .map_err(|e| Failure::invalid(e.to_string()))?;
+    let path = data_dir.join("node.redb");
+    // Opening creates a store where there is none: a mistyped directory
+    // would "verify" an empty log.
+    if !path.exists() {
+        return Err(Failure::config(format!(
+            "{}: no store here (is --data-dir the node's data directory?)",
+            path.display()
+        )));
+    }
+    let store =
+        Store::open(&path, &identity.node_id()).map_err(|e| Failure::invalid(e.to_string()))?;
     match store.audit().verify(identity.public()) {
         Err(e) => Err(Failure::invalid(e.to_string())),
         Ok(Err(e)) => Err(Failure::invalid(format!(

@@ -795,6 +795,13 @@ fn child(path: &str, seed: u64, n: usize, big: bool) {
     println!("done");
 }
 
+/// Waits `micros` before the parent's kill (the test process does I/O; the
+/// no-blocking rule is the sans-IO core's).
+#[allow(clippy::disallowed_methods)]
+fn pause_micros(micros: u64) {
+    std::thread::sleep(std::time::Duration::from_micros(micros));
+}
+
 /// Runs the test `name` as a child process `rounds` times, each killed with
 /// SIGKILL during a random write; each store then opens with every write the
 /// child acknowledged, and the one in flight or not.
@@ -843,8 +850,7 @@ fn crash_rounds(name: &str, big: bool, n: usize, rounds: u64) {
         if big {
             // Into the next write (and its rewrite, a few milliseconds long)
             // at a random point.
-            let micros = u64::from(rng.next_u32() % 6_000);
-            std::thread::sleep(std::time::Duration::from_micros(micros));
+            pause_micros(u64::from(rng.next_u32() % 6_000));
         }
         // SIGKILL: no destructor, no flush, mid-way through the next write.
         child.kill().unwrap();

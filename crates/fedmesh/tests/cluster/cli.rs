@@ -176,6 +176,25 @@ fn every_command_has_help() {
     }
 }
 
+/// `audit verify` on a directory without a store says so (exit 3) and
+/// creates nothing there: it used to create an empty store and "verify" it.
+#[test]
+fn audit_verify_refuses_a_directory_without_a_store() {
+    let c = crate::Cluster::new(1);
+    let empty = tempfile::tempdir().unwrap();
+    let (code, out, err) = fedmesh(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        empty.path().to_str().unwrap(),
+        "--key",
+        c.nodes[0].key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("no store here"), "{err}");
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+}
+
 #[test]
 fn an_allowlist_admits_only_its_members() {
     let mut c = crate::Cluster::new(3);
