@@ -988,6 +988,14 @@ mod tests {
 
     const SALT: [u8; SALT_LEN] = [9; SALT_LEN];
 
+    /// A new, empty log of node `[7; 32]` in a directory of its own.
+    fn new_log() -> (tempfile::TempDir, PathBuf, ReplicaLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.rlog");
+        let log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        (dir, path, log)
+    }
+
     fn log_of(groups: &[Vec<Persist>]) -> (Vec<u8>, DurableState, Vec<u64>) {
         salted_log_of(&SALT, groups)
     }
@@ -1122,9 +1130,7 @@ mod tests {
     /// log that the next open removes.
     #[test]
     fn the_log_is_rewritten_from_its_state_and_stays_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.rlog");
-        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        let (_dir, path, mut log) = new_log();
         let mut want = DurableState::default();
         let mut largest = 0;
         for i in 1..=40u64 {
@@ -1263,9 +1269,7 @@ mod tests {
     /// then a reopen: the state is the reference's.
     #[test]
     fn rewrites_keep_every_kind_of_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.rlog");
-        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        let (_dir, path, mut log) = new_log();
         let mut want = DurableState::default();
         let mut widest = 1;
         for i in 0..60 {
@@ -1341,9 +1345,7 @@ mod tests {
     /// use; the write that triggered it stands, and a later one rewrites.
     #[test]
     fn a_rewrite_that_fails_leaves_the_log_in_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.rlog");
-        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        let (_dir, path, mut log) = new_log();
         // The temporary file cannot be created.
         std::fs::create_dir(ReplicaLog::tmp_path(&path)).unwrap();
         let mut want = DurableState::default();
@@ -1377,9 +1379,7 @@ mod tests {
     /// slack (not every append), then happens without a reopen.
     #[test]
     fn a_failed_rewrite_is_tried_again_after_the_slack() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.rlog");
-        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        let (_dir, path, mut log) = new_log();
         std::fs::create_dir(ReplicaLog::tmp_path(&path)).unwrap();
         let mut i = 0;
         while log.retry_at == 0 {
@@ -1412,9 +1412,7 @@ mod tests {
     /// durable before it is what the file holds.
     #[test]
     fn a_failed_write_leaves_the_log_refusing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.rlog");
-        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        let (_dir, path, mut log) = new_log();
         let first = checkpoint_and_stable(1);
         log.append(&first).unwrap();
         let want = log.state().unwrap().clone();
@@ -1431,9 +1429,7 @@ mod tests {
     /// Each log file gets a salt of its own.
     #[test]
     fn every_rewrite_takes_a_new_salt() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.rlog");
-        let mut log = ReplicaLog::create(&path, [7; 32], 0, DurableState::default()).unwrap();
+        let (_dir, path, mut log) = new_log();
         let mut seen = vec![log.salt];
         for _ in 0..5 {
             assert!(log.rewrite(0, DurableState::default()).is_ok());
