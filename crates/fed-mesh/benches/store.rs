@@ -1,6 +1,7 @@
 //! The store's write cost: one PBFT write group as a replica makes it for a
 //! committed batch (its PRE-PREPARE, its prepared certificate and its commit
-//! proof with the batch, in one fsynced transaction), for batches of 100 and
+//! proof with the batch, in one record of the replica log: one write, one
+//! `fdatasync`), for batches of 100 and
 //! 1 000 requests of 100 bytes; and one pattern stored durably. On a temporary
 //! file in the target directory's file system.
 //!
