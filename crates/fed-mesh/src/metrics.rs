@@ -27,6 +27,8 @@ pub(crate) struct Snapshot {
     pub(crate) connected: usize,
     /// Members with a federation session.
     pub(crate) members: usize,
+    /// The replica log of a node that stores its replica state.
+    pub(crate) replica_log: Option<crate::store::ReplicaLogStats>,
 }
 
 /// The node's metrics: libp2p's recorder, and the snapshot behind the
@@ -327,6 +329,44 @@ impl Collector for FederationCollector {
                 c.ledger_count as i64,
             )?;
         }
+        if let Some(l) = &s.replica_log {
+            gauge(
+                e,
+                "replica_log_bytes",
+                "Bytes of the replica log (node.rlog)",
+                i64::try_from(l.bytes).unwrap_or(i64::MAX),
+            )?;
+            gauge(
+                e,
+                "replica_log_base_bytes",
+                "Bytes of the replica log's base (what its last rewrite wrote)",
+                i64::try_from(l.base_bytes).unwrap_or(i64::MAX),
+            )?;
+            counter(
+                e,
+                "replica_log_rewrites",
+                "Rewrites of the replica log since the node started",
+                l.rewrites,
+            )?;
+            counter(
+                e,
+                "replica_log_rewrite_failures",
+                "Rewrites of the replica log that failed (tried again later; the log grows meanwhile)",
+                l.rewrite_failures,
+            )?;
+            counter(
+                e,
+                "replica_log_torn_dropped",
+                "Records of the replica log a crash had interrupted, dropped at start",
+                l.torn_dropped,
+            )?;
+            gauge(
+                e,
+                "replica_log_broken",
+                "1 if the replica log refuses writes after a failure (the node stops)",
+                i64::from(l.broken),
+            )?;
+        }
         Ok(())
     }
 }
@@ -361,6 +401,14 @@ mod tests {
             }),
             connected: 5,
             members: 4,
+            replica_log: Some(crate::store::ReplicaLogStats {
+                bytes: 9_216,
+                base_bytes: 1_024,
+                rewrites: 3,
+                rewrite_failures: 1,
+                torn_dropped: 0,
+                broken: false,
+            }),
         });
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -376,6 +424,12 @@ mod tests {
             "exo_fed_epoch 2",
             "exo_fed_voters 2",
             "exo_fed_peers_connected 5",
+            "exo_fed_replica_log_bytes 9216",
+            "exo_fed_replica_log_base_bytes 1024",
+            "exo_fed_replica_log_rewrites_total 3",
+            "exo_fed_replica_log_rewrite_failures_total 1",
+            "exo_fed_replica_log_torn_dropped_total 0",
+            "exo_fed_replica_log_broken 0",
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");
         }

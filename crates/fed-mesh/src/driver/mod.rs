@@ -682,6 +682,7 @@ impl Driver {
                 consensus: self.core.consensus_status(),
                 connected: self.swarm.connected_peers().count(),
                 members: self.core.peer_count(),
+                replica_log: self.pbft_store.as_ref().and_then(|p| p.log_stats()),
             });
         }
     }

@@ -33,6 +33,7 @@ use serde::Serialize;
 pub use audit::{AuditEntry, AuditError, AuditEvent, AuditLog, MAX_CUT_OFF_REASON_LEN};
 pub use patterns::PersistentSubstrate;
 pub use pbft::PbftStore;
+pub use replica_log::ReplicaLogStats;
 pub use state::StateStore;
 
 /// The first bytes of the format record.
@@ -213,6 +214,16 @@ impl Store {
     /// The replica log beside the database file (store.md §3).
     pub fn replica_log_path(&self) -> PathBuf {
         replica_log::ReplicaLog::path_for(&self.inner.path)
+    }
+
+    /// The replica log's size and what it did since the store was opened.
+    pub fn replica_log_stats(&self) -> Option<ReplicaLogStats> {
+        let log = self.inner.replica.get()?;
+        // Read even after a panic: the figures are only reported.
+        let log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(log.stats())
     }
 
     /// Runs `f` on the replica log, alone.

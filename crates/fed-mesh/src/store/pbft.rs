@@ -135,6 +135,11 @@ impl PbftStore {
         txn.commit().map_err(|e| s.io(e))
     }
 
+    /// The replica log's size and what it did (the node's metrics).
+    pub fn log_stats(&self) -> Option<super::ReplicaLogStats> {
+        self.store.replica_log_stats()
+    }
+
     /// Makes every write of `ops` durable as one record of the replica log
     /// (one write, one `fdatasync`): the driver calls it with all the writes a
     /// replica asked for before it sends the messages polled after them.

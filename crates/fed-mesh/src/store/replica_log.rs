@@ -576,6 +576,35 @@ pub(super) struct ReplicaLog {
     /// Why the log refuses every call: a write or a rewrite failed at a point
     /// where the file and the state may disagree.
     broken: Option<String>,
+    /// What the log did since the store was opened.
+    counts: LogCounts,
+}
+
+/// What a replica log did since its store was opened, and its size now
+/// (the node's metrics, OPERATING.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaLogStats {
+    /// Bytes of the log file.
+    pub bytes: u64,
+    /// Bytes of its base (what its last rewrite wrote).
+    pub base_bytes: u64,
+    /// Rewrites done (a stable checkpoint's, an epoch's, a torn record's).
+    pub rewrites: u64,
+    /// Rewrites that failed before the new file was in place (tried again
+    /// later; the log grows meanwhile).
+    pub rewrite_failures: u64,
+    /// Records a crash had interrupted, dropped when the store was opened.
+    pub torn_dropped: u64,
+    /// Whether the log refuses every call after a failure.
+    pub broken: bool,
+}
+
+/// The counting part of [`ReplicaLogStats`].
+#[derive(Clone, Copy, Debug, Default)]
+struct LogCounts {
+    rewrites: u64,
+    rewrite_failures: u64,
+    torn_dropped: u64,
 }
 
 /// A log written to its temporary file, synced, not yet renamed into place.
@@ -725,6 +754,7 @@ impl ReplicaLog {
             retry_at: 0,
             state,
             broken: None,
+            counts: LogCounts::default(),
         })
     }
 
@@ -773,8 +803,10 @@ impl ReplicaLog {
             retry_at: 0,
             state: scanned.state,
             broken: None,
+            counts: LogCounts::default(),
         };
         if torn {
+            log.counts.torn_dropped += 1;
             tracing::warn!(
                 path = %path.display(),
                 offset = scanned.end,
@@ -823,6 +855,18 @@ impl ReplicaLog {
     fn break_on(&mut self, e: StoreError) -> StoreError {
         self.broken = Some(e.to_string());
         e
+    }
+
+    /// Its size and what it did (for the node's metrics).
+    pub(super) fn stats(&self) -> ReplicaLogStats {
+        ReplicaLogStats {
+            bytes: self.end,
+            base_bytes: self.base_len,
+            rewrites: self.counts.rewrites,
+            rewrite_failures: self.counts.rewrite_failures,
+            torn_dropped: self.counts.torn_dropped,
+            broken: self.broken.is_some(),
+        }
     }
 
     /// The state the log holds.
@@ -914,11 +958,13 @@ impl ReplicaLog {
         let written = match Self::write_base(&self.path, self.node, epoch, salt, &state) {
             Ok(w) => w,
             Err(e) => {
+                self.counts.rewrite_failures += 1;
                 let _ = std::fs::remove_file(Self::tmp_path(&self.path));
                 return Err(RewriteFailure::Before(e));
             }
         };
         if let Err(failure) = Self::install(&self.path) {
+            self.counts.rewrite_failures += 1;
             if matches!(failure, RewriteFailure::Before(_)) {
                 let _ = std::fs::remove_file(Self::tmp_path(&self.path));
             }
@@ -932,6 +978,7 @@ impl ReplicaLog {
         self.base_len = written.len;
         self.retry_at = 0;
         self.state = state;
+        self.counts.rewrites += 1;
         Ok(())
     }
 
@@ -1358,6 +1405,11 @@ mod tests {
         }
         assert!(log.end > COMPACT_SLACK, "no rewrite could happen");
         assert_eq!(log.state().unwrap(), &want);
+        let stats = log.stats();
+        assert!(
+            stats.rewrite_failures >= 1 && stats.rewrites == 0,
+            "{stats:?}"
+        );
         drop(log);
         std::fs::remove_dir(ReplicaLog::tmp_path(&path)).unwrap();
         let mut log = ReplicaLog::open(&path).unwrap();
@@ -1371,6 +1423,7 @@ mod tests {
             }
         }
         assert!(log.end < end, "the log was rewritten");
+        assert!(log.stats().rewrites >= 1);
         drop(log);
         assert_eq!(ReplicaLog::open(&path).unwrap().state().unwrap(), &want);
     }

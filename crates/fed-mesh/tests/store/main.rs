@@ -463,6 +463,8 @@ fn a_record_cut_by_a_crash_is_dropped_and_the_log_written_on() {
             reference(&all[..30]),
             "cut at {cut}"
         );
+        let stats = store.pbft().log_stats().unwrap();
+        assert_eq!((stats.torn_dropped, stats.rewrites), (1, 1), "cut at {cut}");
         store.pbft().persist_all(&all[35..]).unwrap();
         drop(store);
         let store = Store::open(&path, &NODE).unwrap();

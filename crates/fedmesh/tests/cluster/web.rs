@@ -74,6 +74,17 @@ fn the_status_page_and_metrics_show_the_federation() {
         metric(&text, "exo_fed_last_executed").unwrap() >= 1.0,
         "{text}"
     );
+    // The replica log has grown past its base with the commits' writes.
+    assert!(
+        metric(&text, "exo_fed_replica_log_bytes").unwrap()
+            > metric(&text, "exo_fed_replica_log_base_bytes").unwrap(),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "exo_fed_replica_log_broken"),
+        Some(0.0),
+        "{text}"
+    );
     assert!(
         text.contains("exo_fed_query_served_duration_seconds_bucket"),
         "{text}"
