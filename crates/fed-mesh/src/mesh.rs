@@ -52,10 +52,11 @@ pub struct MeshConfig {
     pub timing: Timing,
     /// The libp2p layer.
     pub transport: TransportConfig,
-    /// Where the node keeps its durable state (`node.redb`, docs/protocol/store.md):
-    /// its patterns, unless the builder is given another substrate, and its
-    /// audit log. Created (mode 0700) if missing. Default: none, everything in
-    /// memory.
+    /// Where the node keeps its durable state (`node.redb` and the replica
+    /// log `node.rlog`, docs/protocol/store.md): its replica's votes, its
+    /// patterns (unless the builder is given another substrate), its maps,
+    /// revocations and audit log. Created (mode 0700) if missing. Default:
+    /// none, everything in memory.
     pub data_dir: Option<std::path::PathBuf>,
     /// The federation's consensus, from its genesis ([`with_genesis`](Self::with_genesis)):
     /// with it, the node commits updates with [`FederatedMesh::byzantine_commit`],

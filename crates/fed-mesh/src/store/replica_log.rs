@@ -1181,18 +1181,7 @@ mod tests {
         let mut want = DurableState::default();
         let mut largest = 0;
         for i in 1..=40u64 {
-            let ops = vec![
-                Persist::Checkpoint {
-                    seq: i,
-                    state: [i as u8; 32],
-                    snapshot: Arc::from(vec![i as u8; 1 << 20]),
-                },
-                Persist::Stable(CheckpointCert {
-                    seq: i,
-                    state: [i as u8; 32],
-                    signatures: Vec::new(),
-                }),
-            ];
+            let ops = checkpoint_and_stable(i);
             log.append(&ops).unwrap();
             for op in &ops {
                 want.apply(op);
