@@ -17,8 +17,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::sync::Arc;
+
 use fed_pbft::{
-    CheckpointCert, CommitProof, Digest, DurableState, Persist, PreparedCert, Signature,
+    CheckpointCert, CommitProof, Digest, DurableState, Persist, PrePrepareRecord, PreparedCert,
+    PreparedRecord, Signature,
 };
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +59,10 @@ const COMPACT_LIMIT: u64 = 64 << 20;
 
 /// One write, as a record holds it (store.md §3): the meaning of
 /// [`Persist`], the bytes borrowed from the writer or from the record read.
+/// A prepared certificate or a commit proof whose batch the state already
+/// holds under the same sequence number and digest (its pre-prepare's,
+/// usually) is written without it, as `PreparedSame` or `CommittedSame`: a
+/// batch is written once, not three times.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Op<'a> {
     View {
@@ -87,6 +94,110 @@ enum Op<'a> {
         snapshot: &'a [u8],
     },
     Stable(CheckpointCert),
+    /// `Prepared` with the batch [`same_batch`] finds.
+    PreparedSame {
+        cert: PreparedCert,
+    },
+    /// `Committed` with the batch [`same_batch`] finds.
+    CommittedSame {
+        proof: CommitProof,
+    },
+}
+
+/// The batch the state holds for `seq` under `digest`: the pre-prepare
+/// entry's if it has that digest and a batch, else the prepared entry's on
+/// the same terms, else the committed entry's if it has that digest. What a
+/// `PreparedSame` or `CommittedSame` stands for, looked up in the state as it
+/// is when the op is applied (store.md §3.1).
+fn same_batch<'s>(
+    pre_prepare: Option<&'s PrePrepareRecord>,
+    prepared: Option<&'s PreparedRecord>,
+    committed: Option<&'s (CommitProof, Arc<[u8]>)>,
+    digest: &Digest,
+) -> Option<&'s Arc<[u8]>> {
+    pre_prepare
+        .filter(|r| r.digest == *digest)
+        .and_then(|r| r.batch.as_ref())
+        .or_else(|| {
+            prepared
+                .filter(|r| r.cert.digest == *digest)
+                .and_then(|r| r.batch.as_ref())
+        })
+        .or_else(|| {
+            committed
+                .filter(|(p, _)| p.digest == *digest)
+                .map(|(_, b)| b)
+        })
+}
+
+/// [`same_batch`] in `state`.
+fn same_batch_in<'s>(state: &'s DurableState, seq: u64, digest: &Digest) -> Option<&'s Arc<[u8]>> {
+    same_batch(
+        state.pre_prepares.get(&seq),
+        state.prepared.get(&seq),
+        state.committed.get(&seq),
+        digest,
+    )
+}
+
+/// Whether `found` is `batch` (the same allocation, or the same bytes).
+fn is_batch(found: Option<&Arc<[u8]>>, batch: &Arc<[u8]>) -> bool {
+    found.is_some_and(|f| Arc::ptr_eq(f, batch) || **f == **batch)
+}
+
+/// The ops of a group of `writes` appended to a log holding `state`: each
+/// prepared certificate and commit proof whose batch the state holds at that
+/// point of the group (after the group's earlier writes) under its sequence
+/// number and digest is written without it. `None` for a write this log does
+/// not know.
+fn group_ops<'a>(state: &DurableState, writes: &'a [Persist]) -> Option<Vec<Op<'a>>> {
+    // The entries of the sequence numbers the group names, as the state has
+    // them, with each write applied in turn: `apply` treats each sequence
+    // number alone, but for the stable certificate's pruning, which the
+    // certificate copied here keeps.
+    let mut seen = DurableState {
+        stable: state.stable.clone(),
+        ..DurableState::default()
+    };
+    for w in writes {
+        let seq = match w {
+            Persist::Prepared { cert, .. } => cert.seq,
+            Persist::Committed { proof, .. } => proof.seq,
+            Persist::PrePrepare { seq, .. } => *seq,
+            _ => continue,
+        };
+        if let Some(r) = state.pre_prepares.get(&seq) {
+            seen.pre_prepares.insert(seq, r.clone());
+        }
+        if let Some(r) = state.prepared.get(&seq) {
+            seen.prepared.insert(seq, r.clone());
+        }
+        if let Some(r) = state.committed.get(&seq) {
+            seen.committed.insert(seq, r.clone());
+        }
+    }
+    let mut ops = Vec::with_capacity(writes.len());
+    for w in writes {
+        let op = match w {
+            Persist::Prepared {
+                cert,
+                batch: Some(batch),
+            } if is_batch(same_batch_in(&seen, cert.seq, &cert.digest), batch) => {
+                Op::PreparedSame { cert: cert.clone() }
+            }
+            Persist::Committed { proof, batch }
+                if is_batch(same_batch_in(&seen, proof.seq, &proof.digest), batch) =>
+            {
+                Op::CommittedSame {
+                    proof: proof.clone(),
+                }
+            }
+            _ => Op::of(w)?,
+        };
+        ops.push(op);
+        seen.apply(w);
+    }
+    Some(ops)
 }
 
 impl<'a> Op<'a> {
@@ -131,8 +242,10 @@ impl<'a> Op<'a> {
         })
     }
 
-    fn to_persist(&self) -> Persist {
-        match self {
+    /// The write this op stands for, applied to `state` next; `None` for a
+    /// `PreparedSame` or `CommittedSame` whose batch `state` does not hold.
+    fn to_persist(&self, state: &DurableState) -> Option<Persist> {
+        Some(match self {
             Op::View { view, active } => Persist::View {
                 view: *view,
                 active: *active,
@@ -168,7 +281,15 @@ impl<'a> Op<'a> {
                 snapshot: (*snapshot).into(),
             },
             Op::Stable(cert) => Persist::Stable(cert.clone()),
-        }
+            Op::PreparedSame { cert } => Persist::Prepared {
+                batch: Some(same_batch_in(state, cert.seq, &cert.digest)?.clone()),
+                cert: cert.clone(),
+            },
+            Op::CommittedSame { proof } => Persist::Committed {
+                batch: same_batch_in(state, proof.seq, &proof.digest)?.clone(),
+                proof: proof.clone(),
+            },
+        })
     }
 }
 
@@ -214,19 +335,39 @@ fn rebuild_ops(state: &DurableState) -> Vec<Op<'_>> {
         signature: r.signature,
         batch: r.batch.as_deref(),
     }));
-    ops.extend(state.prepared.values().map(|r| Op::Prepared {
-        cert: r.cert.clone(),
-        batch: r.batch.as_deref(),
+    // Read in this order, a prepared certificate finds every pre-prepare
+    // applied and no prepared entry of its own sequence number; a commit
+    // proof finds both maps whole and no committed entry of its own.
+    ops.extend(state.prepared.iter().map(|(seq, r)| {
+        let held = same_batch(state.pre_prepares.get(seq), None, None, &r.cert.digest);
+        match &r.batch {
+            Some(b) if is_batch(held, b) => Op::PreparedSame {
+                cert: r.cert.clone(),
+            },
+            batch => Op::Prepared {
+                cert: r.cert.clone(),
+                batch: batch.as_deref(),
+            },
+        }
     }));
-    ops.extend(
-        state
-            .committed
-            .values()
-            .map(|(proof, batch)| Op::Committed {
+    ops.extend(state.committed.iter().map(|(seq, (proof, batch))| {
+        let held = same_batch(
+            state.pre_prepares.get(seq),
+            state.prepared.get(seq),
+            None,
+            &proof.digest,
+        );
+        if is_batch(held, batch) {
+            Op::CommittedSame {
+                proof: proof.clone(),
+            }
+        } else {
+            Op::Committed {
                 proof: proof.clone(),
                 batch,
-            }),
-    );
+            }
+        }
+    }));
     ops
 }
 
@@ -235,7 +376,10 @@ fn rebuild_ops(state: &DurableState) -> Vec<Op<'_>> {
 pub(super) fn normalized(state: &DurableState) -> DurableState {
     let mut out = DurableState::default();
     for op in rebuild_ops(state) {
-        out.apply(&op.to_persist());
+        // rebuild_ops writes only what this state holds at that point.
+        if let Some(w) = op.to_persist(&out) {
+            out.apply(&w);
+        }
     }
     out
 }
@@ -502,7 +646,10 @@ pub(super) fn scan(src: &(impl Source + ?Sized)) -> Result<Scanned, ScanError> {
     }
     let mut state = DurableState::default();
     for op in &head.ops {
-        state.apply(&op.to_persist());
+        let w = op
+            .to_persist(&state)
+            .ok_or_else(|| corrupt("the head record names a batch the log does not hold"))?;
+        state.apply(&w);
     }
     let (node, epoch, salt, base) = (head.node, head.epoch, head.salt, head.base);
     drop(head);
@@ -543,7 +690,10 @@ pub(super) fn scan(src: &(impl Source + ?Sized)) -> Result<Scanned, ScanError> {
         let ops: Vec<Op<'_>> = decode_body(&body)
             .ok_or_else(|| ScanError::Corrupt(format!("record {n} does not decode")))?;
         for op in &ops {
-            state.apply(&op.to_persist());
+            let w = op.to_persist(&state).ok_or_else(|| {
+                ScanError::Corrupt(format!("record {n} names a batch the log does not hold"))
+            })?;
+            state.apply(&w);
         }
         at += span;
         if n <= base {
@@ -889,17 +1039,8 @@ impl ReplicaLog {
     /// [`COMPACT_SLACK`]; the write itself stands.
     pub(super) fn append(&mut self, ops: &[Persist]) -> Result<(), StoreError> {
         self.check_usable()?;
-        let records = ops
-            .iter()
-            .map(|op| {
-                Op::of(op).ok_or_else(|| {
-                    Self::io_error(
-                        &self.path,
-                        format!("a PBFT write this store does not know: {op:?}"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let records = group_ops(&self.state, ops)
+            .ok_or_else(|| Self::io_error(&self.path, "a PBFT write this store does not know"))?;
         let body = postcard::to_allocvec(&records).map_err(|e| Self::io_error(&self.path, e))?;
         if body.len() > MAX_RECORD_LEN {
             return Err(Self::io_error(
@@ -1482,12 +1623,165 @@ mod tests {
         assert!(!seen.contains(&again.salt));
     }
 
+    fn pre_prepare(view: u64, seq: u64, digest: u8, batch: &Arc<[u8]>) -> Persist {
+        Persist::PrePrepare {
+            view,
+            seq,
+            digest: [digest; 32],
+            signature: Signature([1; 64]),
+            batch: Some(batch.clone()),
+        }
+    }
+
+    fn prepared(view: u64, seq: u64, digest: u8, batch: &Arc<[u8]>) -> Persist {
+        Persist::Prepared {
+            cert: PreparedCert {
+                view,
+                seq,
+                digest: [digest; 32],
+                primary: Signature([1; 64]),
+                prepares: vec![(1, Signature([2; 64])), (2, Signature([3; 64]))],
+            },
+            batch: Some(batch.clone()),
+        }
+    }
+
+    fn committed(seq: u64, digest: u8, batch: &Arc<[u8]>) -> Persist {
+        Persist::Committed {
+            proof: CommitProof {
+                membership: [3; 32],
+                view: 0,
+                seq,
+                digest: [digest; 32],
+                signatures: vec![(0, Signature([4; 64]))],
+            },
+            batch: batch.clone(),
+        }
+    }
+
+    /// A batch's pre-prepare, prepared certificate and commit proof write it
+    /// once, in appends and in a rewrite's base; the state read back holds it
+    /// in all three. A different batch under the same digest is written whole.
+    #[test]
+    fn a_batch_is_written_once() {
+        const LEN: u64 = 64 << 10;
+        let (_dir, path, mut log) = new_log();
+        let batch: Arc<[u8]> = Arc::from(vec![9u8; LEN as usize]);
+        let mut want = DurableState::default();
+        let mut grew = Vec::new();
+        // The proof's batch a copy: equal bytes, another allocation.
+        let copy: Arc<[u8]> = Arc::from(batch.to_vec());
+        for w in [
+            pre_prepare(0, 1, 1, &batch),
+            prepared(0, 1, 1, &batch),
+            committed(1, 1, &copy),
+        ] {
+            let before = log.end;
+            log.append(std::slice::from_ref(&w)).unwrap();
+            want.apply(&w);
+            grew.push(log.end - before);
+        }
+        assert!(grew[0] > LEN, "{grew:?}");
+        assert!(grew[1] < 2048 && grew[2] < 2048, "{grew:?}");
+        // Other bytes under the same digest: written with the write.
+        let other: Arc<[u8]> = Arc::from(vec![8u8; LEN as usize]);
+        let before = log.end;
+        let w = committed(1, 1, &other);
+        log.append(std::slice::from_ref(&w)).unwrap();
+        want.apply(&w);
+        assert!(log.end - before > LEN);
+        drop(log);
+        let mut log = ReplicaLog::open(&path).unwrap();
+        assert_eq!(log.state().unwrap(), &want);
+        assert!(log.rewrite(0, want.clone()).is_ok());
+        assert!(
+            log.base_len < 2 * LEN + 4096,
+            "base of {} bytes",
+            log.base_len
+        );
+        drop(log);
+        let log = ReplicaLog::open(&path).unwrap();
+        assert_eq!(log.state().unwrap(), &want);
+    }
+
+    /// Within a group, a certificate's batch is looked up after the group's
+    /// earlier writes, as a reader applies them: a pre-prepare of a later
+    /// view replaces the batch the state held.
+    #[test]
+    fn a_group_is_read_as_it_was_written() {
+        let (_dir, path, mut log) = new_log();
+        let old: Arc<[u8]> = Arc::from(vec![1u8; 4096]);
+        let new: Arc<[u8]> = Arc::from(vec![2u8; 4096]);
+        let mut want = DurableState::default();
+        let groups = [
+            vec![pre_prepare(0, 5, 7, &old), pre_prepare(0, 6, 7, &old)],
+            vec![pre_prepare(1, 5, 7, &new), prepared(1, 5, 7, &new)],
+            // The certificate names the batch the state held before the
+            // group; after its first write the state holds another.
+            vec![pre_prepare(1, 6, 7, &new), prepared(1, 6, 7, &old)],
+            vec![committed(6, 7, &old), committed(5, 7, &new)],
+        ];
+        for g in &groups {
+            log.append(g).unwrap();
+            for w in g {
+                want.apply(w);
+            }
+        }
+        drop(log);
+        let log = ReplicaLog::open(&path).unwrap();
+        assert_eq!(log.state().unwrap(), &want);
+    }
+
+    /// A certificate or proof written without its batch that the state does
+    /// not hold at that point is corruption, in the head and after it.
+    #[test]
+    fn a_batch_the_log_does_not_hold_is_corruption() {
+        let batch: Arc<[u8]> = Arc::from(vec![5u8; 100]);
+        let Persist::Prepared { cert, .. } = prepared(0, 3, 4, &batch) else {
+            unreachable!()
+        };
+        let Persist::Committed { proof, .. } = committed(3, 4, &batch) else {
+            unreachable!()
+        };
+        for op in [
+            Op::PreparedSame { cert: cert.clone() },
+            Op::CommittedSame { proof },
+        ] {
+            let head = |ops: Vec<Op<'static>>| {
+                postcard::to_allocvec(&Head {
+                    magic: LOG_MAGIC,
+                    version: LOG_VERSION,
+                    node: [7; 32],
+                    epoch: 0,
+                    salt: SALT,
+                    base: 1,
+                    ops,
+                })
+                .unwrap()
+            };
+            let in_head = frame(&HEAD_SALT, 1, &head(vec![op.clone()]));
+            match scan(in_head.as_slice()) {
+                Err(ScanError::Corrupt(why)) => assert!(why.contains("does not hold"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+            // After a pre-prepare of another digest at that number.
+            let mut later = frame(&HEAD_SALT, 1, &head(Vec::new()));
+            let pp = pre_prepare(0, 3, 5, &batch);
+            let ops = vec![Op::of(&pp).unwrap(), op];
+            later.extend_from_slice(&frame(&SALT, 2, &postcard::to_allocvec(&ops).unwrap()));
+            match scan(later.as_slice()) {
+                Err(ScanError::Corrupt(why)) => assert!(why.contains("record 2"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn the_rebuild_ops_give_the_state_back() {
         let (_, want, _) = log_of(&groups());
         let mut got = DurableState::default();
         for op in rebuild_ops(&want) {
-            got.apply(&op.to_persist());
+            got.apply(&op.to_persist(&got).unwrap());
         }
         assert_eq!(got, want);
     }
