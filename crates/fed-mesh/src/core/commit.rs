@@ -871,7 +871,7 @@ const CHECKED_BATCHES: usize = 16;
 
 /// The proofs and batches a client checked lately.
 #[derive(Default)]
-pub(super) struct CheckedBatches(VecDeque<CheckedBatch>);
+pub(super) struct CheckedBatches(VecDeque<CheckedBatch>, u64);
 
 impl CheckedBatches {
     /// The requests of `batch`, if `proof` verifies against `m` and `batch`
@@ -884,20 +884,68 @@ impl CheckedBatches {
         proof: &CommitProof,
         batch: &Arc<[u8]>,
     ) -> Result<Arc<Vec<fed_pbft::Request>>> {
+        if let Some(requests) = self.find(m, proof, batch) {
+            return Ok(requests);
+        }
+        self.1 += 1;
+        let requests = checked_batch(m, proof, batch)?;
+        Ok(self.keep(m, proof, batch, requests))
+    }
+
+    /// [`check`](Self::check) of a batch whose `requests` the caller decoded.
+    pub(super) fn check_decoded(
+        &mut self,
+        m: &Membership,
+        proof: &CommitProof,
+        batch: &Arc<[u8]>,
+        requests: Vec<fed_pbft::Request>,
+    ) -> Result<Arc<Vec<fed_pbft::Request>>> {
+        if let Some(requests) = self.find(m, proof, batch) {
+            return Ok(requests);
+        }
+        self.1 += 1;
+        proof
+            .verify_batch(m, batch)
+            .map_err(|e| Error::Pbft(Arc::new(e)))?;
+        Ok(self.keep(m, proof, batch, requests))
+    }
+
+    /// How many proofs were verified (not found checked already).
+    #[cfg(test)]
+    fn verified(&self) -> u64 {
+        self.1
+    }
+
+    fn find(
+        &self,
+        m: &Membership,
+        proof: &CommitProof,
+        batch: &Arc<[u8]>,
+    ) -> Option<Arc<Vec<fed_pbft::Request>>> {
         // The receipts of one batch share its bytes: the same allocation is
         // the same batch, without comparing them.
-        if let Some((.., requests)) = self.0.iter().find(|(id, p, b, _)| {
-            id == m.id() && p == proof && (Arc::ptr_eq(b, batch) || **b == **batch)
-        }) {
-            return Ok(requests.clone());
-        }
-        let requests = Arc::new(checked_batch(m, proof, batch)?);
+        self.0
+            .iter()
+            .find(|(id, p, b, _)| {
+                id == m.id() && p == proof && (Arc::ptr_eq(b, batch) || **b == **batch)
+            })
+            .map(|(.., requests)| requests.clone())
+    }
+
+    fn keep(
+        &mut self,
+        m: &Membership,
+        proof: &CommitProof,
+        batch: &Arc<[u8]>,
+        requests: Vec<fed_pbft::Request>,
+    ) -> Arc<Vec<fed_pbft::Request>> {
+        let requests = Arc::new(requests);
         if self.0.len() >= CHECKED_BATCHES {
             self.0.pop_front();
         }
         self.0
             .push_back((*m.id(), proof.clone(), batch.clone(), requests.clone()));
-        Ok(requests)
+        requests
     }
 }
 
@@ -1999,11 +2047,16 @@ impl Core {
             return;
         }
         // Checked before anything is kept or applied: a quorum of the
-        // membership signed this batch.
-        if proof.verify_batch(&epoch.membership, &batch).is_err() {
+        // membership signed this batch. Kept as checked, so that the receipts
+        // of this node's requests in it are not checked a second time.
+        let batch: Arc<[u8]> = batch.into();
+        let Ok(requests) = c
+            .checked
+            .check_decoded(&epoch.membership, &proof, &batch, requests)
+        else {
             self.stats.pbft_rejected += 1;
             return;
-        }
+        };
         if apply {
             for r in revocations {
                 self.apply_revocation(r, now);
@@ -2036,7 +2089,7 @@ impl Core {
         } else {
             ours
         };
-        c.remember((epoch.number, proof.seq), proof, batch.into(), &index);
+        c.remember((epoch.number, proof.seq), proof, batch, &index);
         for i in waiting {
             self.hunt_proof(i, now);
         }
@@ -2951,6 +3004,22 @@ mod tests {
             "a forged proof taken on the genuine one's account"
         );
         assert!(checked.check(&m, &x.proof, &x.batch).is_ok());
+        assert_eq!(checked.verified(), 2, "the genuine proof checked once");
+        // A pushed batch, decoded by its receiver: checked once, and its
+        // receipts (another copy of its bytes) not again; a forged proof of
+        // it still refused.
+        let mut pushed = CheckedBatches::default();
+        let copy: Arc<[u8]> = Arc::from(x.batch.to_vec());
+        let requests = decode_batch(&x.batch).unwrap();
+        assert!(
+            pushed
+                .check_decoded(&m, &forged, &copy, requests.clone())
+                .is_err()
+        );
+        assert!(pushed.check_decoded(&m, &x.proof, &copy, requests).is_ok());
+        assert_eq!(pushed.check(&m, &x.proof, &x.batch).unwrap().len(), 1);
+        assert!(pushed.check(&m, &forged, &x.batch).is_err());
+        assert_eq!(pushed.verified(), 3, "the genuine proof checked again");
     }
 
     /// A voter that floods proposals nobody else wants blocks no one, itself
