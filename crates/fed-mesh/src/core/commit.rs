@@ -1838,7 +1838,7 @@ impl Core {
     /// replica `seq mod n`, every other node with a request in the batch, so
     /// that clients need not ask (they still do if it does not come, or does
     /// not verify).
-    fn push_targets(&self, x: &fed_pbft::Executed) -> Vec<NodeId> {
+    pub(super) fn push_targets(&self, x: &fed_pbft::Executed) -> Vec<NodeId> {
         let Some(c) = self.commit.as_ref() else {
             return Vec::new();
         };
@@ -1847,11 +1847,14 @@ impl Core {
         if me != Some((x.seq % n) as ReplicaIndex) {
             return Vec::new();
         }
+        // A voter's own replica executes the batch and gives its client the
+        // proof: pushed only to the members that do not vote.
+        let voters = &c.cur().membership;
         let mut nodes: Vec<NodeId> = x
             .requests
             .iter()
             .filter_map(|(client, _)| c.clients.get(client).copied())
-            .filter(|node| *node != self.local_node)
+            .filter(|node| *node != self.local_node && voters.index_of(node).is_none())
             .collect();
         nodes.sort();
         nodes.dedup();

@@ -1322,12 +1322,12 @@ fn a_voter_committing_does_not_wait_for_a_push_of_its_own_batches() {
     assert_eq!(net.cores[0].stats().proofs_requested, 0);
 }
 
-/// A voter whose batch's proof is pushed to it before its own replica
-/// executes the batch (the other voters' messages reach it late, the last
-/// first) keeps the batch under every request in it: another client that
-/// asks it for the proof of its own request in that batch gets it.
+/// A voter whose replica executes a batch late (the other voters' messages
+/// reach it late, the last first; nobody pushes it the proof, mesh.md §9)
+/// keeps the batch under every request in it once it does: another client
+/// that asks it for the proof of its own request in that batch gets it.
 #[test]
-fn a_voter_pushed_a_proof_before_it_executes_answers_for_every_request_in_the_batch() {
+fn a_voter_that_executes_a_batch_late_answers_for_every_request_in_it() {
     let mut net = four_voters_without_checkpoints(5);
     let update = |k: u8, who: u8| {
         Command::Commit(commit::Operation::Update(
@@ -1356,9 +1356,6 @@ fn a_voter_pushed_a_proof_before_it_executes_answers_for_every_request_in_the_ba
         net.release_reversed();
         net.advance(30);
         committed(&mut net, mine);
-        if receipt.proof.seq % 4 == 1 {
-            continue; // voter 1 pushes this batch itself: nobody pushes to it
-        }
         let ask = wire::envelope(
             Kind::ProofRequest,
             &wire::encode(&commit::ProofRequest {
@@ -1376,7 +1373,53 @@ fn a_voter_pushed_a_proof_before_it_executes_answers_for_every_request_in_the_ba
         assert_eq!(batch.as_slice(), &receipt.batch[..]);
         checked += 1;
     }
-    assert!(checked > 0, "some batches were pushed to voter 1");
+    assert_eq!(checked, 8);
+}
+
+/// A batch's pusher sends its proof to the members with a request in it that
+/// do not vote, not to the voters with one: their own replicas execute the
+/// batch and give their clients the proof (`a_voter_committing_does_not_wait_…`
+/// shows they do not wait for a push). Under load a push was a second copy
+/// of every batch to every voter.
+#[test]
+fn a_batch_is_pushed_only_to_the_members_that_do_not_vote() {
+    let mut net = four_voters_without_checkpoints(5);
+    let update = |k: u8, who: u8| {
+        Command::Commit(commit::Operation::Update(
+            crate::substrate::StateUpdate::Opaque {
+                kind: "test".into(),
+                bytes: vec![k, who],
+            },
+        ))
+    };
+    let now = net.now;
+    net.cores[1].command(CommandId(30_000), update(0, 1), now);
+    net.cores[4].command(CommandId(30_001), update(0, 4), now);
+    net.run();
+    net.advance(200);
+    let receipt = committed(&mut net, CommandId(30_001));
+    committed(&mut net, CommandId(30_000));
+    let (voter, member) = (net.cores[1].local_node, net.cores[4].local_node);
+    // Both nodes' requests, in a batch of each sequence number, at its pusher.
+    for seq in 1..=4u64 {
+        let x = fed_pbft::Executed {
+            seq,
+            view: 0,
+            digest: receipt.proof.digest,
+            requests: vec![
+                (commit::client_id(&voter, 0), 1),
+                (commit::client_id(&member, 0), 1),
+            ],
+            proof: receipt.proof.clone(),
+            batch: receipt.batch.clone(),
+        };
+        let pusher = usize::try_from(seq % 4).unwrap();
+        assert_eq!(
+            net.cores[pusher].push_targets(&x),
+            vec![member],
+            "the pusher of batch {seq}"
+        );
+    }
 }
 
 /// A member that does not vote keeps, of a batch pushed to it, only its own
