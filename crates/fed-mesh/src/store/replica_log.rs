@@ -311,75 +311,58 @@ struct Head<'a> {
 
 /// The writes that rebuild `state` from [`DurableState::default`], in an order
 /// that [`DurableState::apply`] keeps whole: the stable certificate before the
-/// entries above it.
-fn rebuild_ops(state: &DurableState) -> Vec<Op<'_>> {
-    let mut ops = vec![Op::View {
+/// entries above it. (A rewrite writes them through [`group_ops`], so a
+/// certificate or proof whose batch is held by then is written without it.)
+fn rebuild_writes(state: &DurableState) -> Vec<Persist> {
+    let mut writes = vec![Persist::View {
         view: state.view,
         active: state.active,
     }];
-    ops.extend(state.stable.iter().map(|c| Op::Stable(c.clone())));
-    ops.extend(
+    writes.extend(state.stable.iter().map(|c| Persist::Stable(c.clone())));
+    writes.extend(
         state
             .checkpoints
             .iter()
-            .map(|(seq, (digest, snapshot))| Op::Checkpoint {
+            .map(|(seq, (digest, snapshot))| Persist::Checkpoint {
                 seq: *seq,
                 state: *digest,
-                snapshot,
+                snapshot: snapshot.clone(),
             }),
     );
-    ops.extend(state.pre_prepares.iter().map(|(seq, r)| Op::PrePrepare {
-        view: r.view,
-        seq: *seq,
-        digest: r.digest,
-        signature: r.signature,
-        batch: r.batch.as_deref(),
+    writes.extend(
+        state
+            .pre_prepares
+            .iter()
+            .map(|(seq, r)| Persist::PrePrepare {
+                view: r.view,
+                seq: *seq,
+                digest: r.digest,
+                signature: r.signature,
+                batch: r.batch.clone(),
+            }),
+    );
+    writes.extend(state.prepared.values().map(|r| Persist::Prepared {
+        cert: r.cert.clone(),
+        batch: r.batch.clone(),
     }));
-    // Read in this order, a prepared certificate finds every pre-prepare
-    // applied and no prepared entry of its own sequence number; a commit
-    // proof finds both maps whole and no committed entry of its own.
-    ops.extend(state.prepared.iter().map(|(seq, r)| {
-        let held = same_batch(state.pre_prepares.get(seq), None, None, &r.cert.digest);
-        match &r.batch {
-            Some(b) if is_batch(held, b) => Op::PreparedSame {
-                cert: r.cert.clone(),
-            },
-            batch => Op::Prepared {
-                cert: r.cert.clone(),
-                batch: batch.as_deref(),
-            },
-        }
-    }));
-    ops.extend(state.committed.iter().map(|(seq, (proof, batch))| {
-        let held = same_batch(
-            state.pre_prepares.get(seq),
-            state.prepared.get(seq),
-            None,
-            &proof.digest,
-        );
-        if is_batch(held, batch) {
-            Op::CommittedSame {
+    writes.extend(
+        state
+            .committed
+            .values()
+            .map(|(proof, batch)| Persist::Committed {
                 proof: proof.clone(),
-            }
-        } else {
-            Op::Committed {
-                proof: proof.clone(),
-                batch,
-            }
-        }
-    }));
-    ops
+                batch: batch.clone(),
+            }),
+    );
+    writes
 }
 
-/// `state` as a rewrite gives it back: what [`rebuild_ops`] writes, applied
+/// `state` as a rewrite gives it back: what [`rebuild_writes`] writes, applied
 /// to the empty state (the same state for any state a replica wrote).
 pub(super) fn normalized(state: &DurableState) -> DurableState {
     let mut out = DurableState::default();
-    for op in rebuild_ops(state) {
-        // rebuild_ops writes only what this state holds at that point.
-        if let Some(w) = op.to_persist(&out) {
-            out.apply(&w);
-        }
+    for w in rebuild_writes(state) {
+        out.apply(&w);
     }
     out
 }
@@ -820,7 +803,9 @@ impl ReplicaLog {
         state: &DurableState,
     ) -> Result<Written, StoreError> {
         let io = |e: &dyn std::fmt::Display| Self::io_error(path, e);
-        let ops = rebuild_ops(state);
+        let writes = rebuild_writes(state);
+        let ops = group_ops(&DurableState::default(), &writes)
+            .ok_or_else(|| io(&"a replica state this store cannot write"))?;
         // Records of whole ops, each about BASE_CHUNK bytes.
         let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
         let (mut from, mut bytes) = (0, 0);
@@ -1776,13 +1761,93 @@ mod tests {
         }
     }
 
+    /// Groups that reach every branch of the batch lookup (store.md §3.1):
+    /// through the prepared entry (the pre-prepare without a batch), through
+    /// the committed entry, a pre-prepare of a lower view that `apply` ignores,
+    /// a stable certificate that prunes a number within the group, and one
+    /// that `apply` ignores. The ones written without their batch are small.
+    fn lookups() -> (Vec<Vec<Persist>>, Vec<bool>) {
+        let (a, b, c): (Arc<[u8]>, Arc<[u8]>, Arc<[u8]>) = (
+            Arc::from(vec![1u8; 4096]),
+            Arc::from(vec![2u8; 4096]),
+            Arc::from(vec![3u8; 4096]),
+        );
+        let stable = |seq: u64| {
+            Persist::Stable(CheckpointCert {
+                seq,
+                state: [seq as u8; 32],
+                signatures: Vec::new(),
+            })
+        };
+        let mut no_batch = pre_prepare(0, 1, 1, &a);
+        if let Persist::PrePrepare { batch, .. } = &mut no_batch {
+            *batch = None;
+        }
+        // Each group, and whether it is written without its batches.
+        let groups = vec![
+            (vec![no_batch, prepared(0, 1, 1, &a)], false),
+            // Through the prepared entry.
+            (vec![committed(1, 1, &a)], true),
+            (vec![committed(2, 2, &b)], false),
+            // Through the committed entry.
+            (vec![prepared(0, 2, 2, &b)], true),
+            (vec![pre_prepare(2, 3, 3, &c), prepared(2, 3, 3, &c)], false),
+            // The lower view's pre-prepare is ignored: its batch is not held.
+            (vec![pre_prepare(1, 3, 4, &a), committed(3, 4, &a)], false),
+            // A stable certificate at 3 drops the entries of 3 first.
+            (vec![stable(3), committed(3, 3, &c)], false),
+            (vec![pre_prepare(0, 5, 5, &a)], false),
+            // A certificate below the stored one is ignored: 5 stays.
+            (vec![stable(2), committed(5, 5, &a)], true),
+        ];
+        groups.into_iter().unzip()
+    }
+
     #[test]
-    fn the_rebuild_ops_give_the_state_back() {
-        let (_, want, _) = log_of(&groups());
+    fn every_way_to_find_a_batch_is_read_as_written() {
+        let (groups, same) = lookups();
+        let (_dir, path, mut log) = new_log();
+        let mut want = DurableState::default();
+        for (i, g) in groups.iter().enumerate() {
+            let before = log.end;
+            log.append(g).unwrap();
+            for w in g {
+                want.apply(w);
+            }
+            let grew = log.end - before;
+            assert_eq!(grew < 4096, same[i], "group {i} grew by {grew}");
+        }
+        drop(log);
+        let mut log = ReplicaLog::open(&path).unwrap();
+        assert_eq!(log.state().unwrap(), &want);
+        // The same state through a rewrite, whose head holds all of it.
+        assert!(log.rewrite(0, want.clone()).is_ok());
+        assert_eq!(log.next, 2, "a base of one record");
+        drop(log);
+        assert_eq!(ReplicaLog::open(&path).unwrap().state().unwrap(), &want);
+    }
+
+    #[test]
+    fn the_rebuild_writes_give_the_state_back() {
+        let mut want = log_of(&groups()).1;
+        for g in lookups().0 {
+            for w in &g {
+                want.apply(w);
+            }
+        }
+        let writes = rebuild_writes(&want);
+        let ops = group_ops(&DurableState::default(), &writes).unwrap();
+        assert!(
+            ops.iter()
+                .any(|op| matches!(op, Op::PreparedSame { .. } | Op::CommittedSame { .. })),
+            "no batch found held"
+        );
         let mut got = DurableState::default();
-        for op in rebuild_ops(&want) {
-            got.apply(&op.to_persist(&got).unwrap());
+        for op in &ops {
+            let w = op.to_persist(&got).unwrap();
+            got.apply(&w);
         }
         assert_eq!(got, want);
+        assert_eq!(normalized(&want), want);
     }
 }
