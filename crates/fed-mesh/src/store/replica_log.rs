@@ -1374,6 +1374,66 @@ mod tests {
         );
     }
 
+    /// The second vector of store.md §3.3: a batch written once, its
+    /// prepared certificate and commit proof after it without it.
+    #[test]
+    fn the_documented_vector_of_a_batch_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.rlog");
+        ReplicaLog::write_base(
+            &path,
+            [7; 32],
+            2,
+            [0x5a; SALT_LEN],
+            &DurableState::default(),
+        )
+        .unwrap();
+        assert!(ReplicaLog::install(&path).is_ok());
+        let mut log = ReplicaLog::open(&path).unwrap();
+        let batch: Arc<[u8]> = Arc::from(&b"exo-federation"[..]);
+        let cert = PreparedCert {
+            view: 0,
+            seq: 1,
+            digest: [3; 32],
+            primary: Signature([8; 64]),
+            prepares: vec![(1, Signature([9; 64]))],
+        };
+        log.append(&[
+            Persist::PrePrepare {
+                view: 0,
+                seq: 1,
+                digest: [3; 32],
+                signature: Signature([8; 64]),
+                batch: Some(batch.clone()),
+            },
+            Persist::Prepared {
+                cert,
+                batch: Some(batch.clone()),
+            },
+        ])
+        .unwrap();
+        log.append(&[Persist::Committed {
+            proof: CommitProof {
+                membership: [1; 32],
+                view: 0,
+                seq: 1,
+                digest: [3; 32],
+                signatures: vec![(0, Signature([5; 64])), (2, Signature([6; 64]))],
+            },
+            batch,
+        }])
+        .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Ok(out) = std::env::var("FED_RLOG_VECTOR2") {
+            std::fs::write(out, &bytes).unwrap();
+        }
+        assert_eq!(bytes.len(), 3 * SECTOR);
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().as_str(),
+            "4e2f6f6ad084fcc297a266f351fbc50df41428a450b4a11876b31323432ae176"
+        );
+    }
+
     /// Writes of every kind, over a few views and sequence numbers, with
     /// batches of up to 600 KiB so that a base spans several records.
     fn mixed(i: u64) -> Vec<Persist> {
