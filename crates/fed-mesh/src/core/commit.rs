@@ -1835,9 +1835,10 @@ impl Core {
     }
 
     /// The nodes this replica pushes `x`'s proof and batch to: when it is
-    /// replica `seq mod n`, every other node with a request in the batch, so
-    /// that clients need not ask (they still do if it does not come, or does
-    /// not verify).
+    /// replica `seq mod n`, every node with a request in the batch that does
+    /// not vote in this epoch, so that clients need not ask (they still do if
+    /// it does not come, or does not verify). A voter's client gets the
+    /// proof from its own replica when it executes the batch.
     pub(super) fn push_targets(&self, x: &fed_pbft::Executed) -> Vec<NodeId> {
         let Some(c) = self.commit.as_ref() else {
             return Vec::new();
@@ -2082,8 +2083,9 @@ impl Core {
         waiting.sort_unstable();
         waiting.dedup();
         // A voter of the proof's epoch keeps every request of the batch, not
-        // only its own: pushed to before its own replica executes the batch,
-        // it answers others' proof requests from this entry (its own
+        // only its own: pushed to before its own replica executes the batch
+        // (pushers send voters nothing, but a node of an earlier release
+        // did), it answers others' proof requests from this entry (its own
         // `remember` then finds it there). A member that does not vote is not
         // asked for proofs: it indexes its own requests only, not every
         // request of every batch pushed to it.

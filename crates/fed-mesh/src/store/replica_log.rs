@@ -1827,11 +1827,8 @@ mod tests {
     /// a stable certificate that prunes a number within the group, and one
     /// that `apply` ignores. The ones written without their batch are small.
     fn lookups() -> (Vec<Vec<Persist>>, Vec<bool>) {
-        let (a, b, c): (Arc<[u8]>, Arc<[u8]>, Arc<[u8]>) = (
-            Arc::from(vec![1u8; 4096]),
-            Arc::from(vec![2u8; 4096]),
-            Arc::from(vec![3u8; 4096]),
-        );
+        let filled = |b: u8| -> Arc<[u8]> { Arc::from(vec![b; 4096]) };
+        let (a, b, c) = (filled(1), filled(2), filled(3));
         let stable = |seq: u64| {
             Persist::Stable(CheckpointCert {
                 seq,
