@@ -1013,12 +1013,17 @@ impl Driver {
     }
 
     /// Writes the replica's state, synced; a failure stops the node.
+    ///
+    /// On the driver's own thread: an append to the replica log and its
+    /// `fdatasync` take a few tenths of a millisecond, less than handing this
+    /// worker's tasks to another thread for it ([`blocking`]) costs in wake-ups
+    /// (DECISIONS.md, "Synced appends on the driver's thread").
     fn persist(&mut self, writes: &mut Vec<fed_pbft::Persist>) {
         if writes.is_empty() || self.failed {
             return;
         }
         if let Some(store) = self.pbft_store.as_mut()
-            && let Err(e) = blocking(|| store.persist_all(writes))
+            && let Err(e) = store.persist_all(writes)
         {
             tracing::error!(error = %e, "cannot persist the replica's state; the node stops");
             self.failed = true;
@@ -1188,13 +1193,12 @@ impl Driver {
     }
 }
 
-/// Runs `f`, a synced write, so that the runtime's other tasks go on meanwhile:
+/// Runs `f`, a synced write of the database (a redb transaction: several page
+/// writes and two syncs), so that the runtime's other tasks go on meanwhile:
 /// on a multi-threaded runtime this worker hands its queued tasks to another
-/// thread while it waits for the disk. Among them are the stream writers of
-/// the messages that need not wait for the write (the replies and proof pushes
-/// of a batch whose only write is its `Committed` record), which would
-/// otherwise sit behind the driver until the sync ends. A single-threaded
-/// runtime cannot do that; there the write blocks it, as before.
+/// thread while it waits for the disk. A single-threaded runtime cannot do
+/// that; there the write blocks it. (The replica log's appends, far shorter,
+/// run on the driver's thread: [`Driver::persist`].)
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
