@@ -1091,6 +1091,66 @@ type Remembered = (CommitProof, Arc<[u8]>, Vec<(ClientId, u64)>);
 /// Where a batch executed: its configuration epoch and sequence number.
 type Position = (u64, u64);
 
+/// Where each remembered request executed, by client: per client, its
+/// requests' timestamps in increasing order, each with the batch's position.
+/// A few thousand clients, each a short queue appended at its end, where a
+/// table of every request of a thousand batches took a miss of the cache per
+/// request and rehashed as it churned (a twentieth of a voter's CPU under
+/// load). Of two entries with one timestamp, the later added counts.
+#[derive(Default)]
+pub(super) struct ProofIndex(HashMap<ClientId, VecDeque<(u64, Position)>>);
+
+impl ProofIndex {
+    /// The position of `(client, timestamp)`.
+    pub(super) fn get(&self, (client, ts): &(ClientId, u64)) -> Option<&Position> {
+        let q = self.0.get(client)?;
+        let end = q.partition_point(|(t, _)| t <= ts);
+        let (t, at) = q.get(end.checked_sub(1)?)?;
+        (t == ts).then_some(at)
+    }
+
+    /// Whether `key` is indexed.
+    pub(super) fn contains_key(&self, key: &(ClientId, u64)) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Indexes `(client, timestamp)` at `at` (most often after every other
+    /// entry of its client: a client's requests execute in timestamp order).
+    pub(super) fn insert(&mut self, (client, ts): (ClientId, u64), at: Position) {
+        let q = self.0.entry(client).or_default();
+        let i = q.partition_point(|(t, _)| *t <= ts);
+        q.insert(i, (ts, at));
+    }
+
+    /// Drops `(client, timestamp)`'s entry at `at`, if any.
+    pub(super) fn forget(&mut self, (client, ts): &(ClientId, u64), at: Position) {
+        let Some(q) = self.0.get_mut(client) else {
+            return;
+        };
+        let from = q.partition_point(|(t, _)| t < ts);
+        if let Some(i) = (from..q.len())
+            .take_while(|i| q.get(*i).is_some_and(|(t, _)| t == ts))
+            .find(|i| q.get(*i).is_some_and(|(_, p)| *p == at))
+        {
+            q.remove(i);
+        }
+        if q.is_empty() {
+            self.0.remove(client);
+        }
+    }
+
+    /// Drops every entry of `(client, timestamp)`.
+    pub(super) fn remove(&mut self, (client, ts): &(ClientId, u64)) {
+        let Some(q) = self.0.get_mut(client) else {
+            return;
+        };
+        q.retain(|(t, _)| t != ts);
+        if q.is_empty() {
+            self.0.remove(client);
+        }
+    }
+}
+
 /// The node's part in the consensus.
 pub(crate) struct CommitState {
     pub(super) config: ConsensusConfig,
@@ -1133,7 +1193,7 @@ pub(crate) struct CommitState {
     /// Executed batches for proof requests: (epoch, seq) → (proof, batch, its requests).
     pub(super) recent: BTreeMap<Position, Remembered>,
     pub(super) recent_bytes: usize,
-    pub(super) by_request: HashMap<(ClientId, u64), Position>,
+    pub(super) by_request: ProofIndex,
     pub(crate) committed: u64,
     /// PBFT messages produced by one input, coalesced per peer: one envelope each.
     pub(super) outbox: BTreeMap<PeerId, (Vec<Multiaddr>, Vec<Vec<u8>>)>,
@@ -1203,7 +1263,7 @@ impl CommitState {
             clients: HashMap::new(),
             recent: BTreeMap::new(),
             recent_bytes: 0,
-            by_request: HashMap::new(),
+            by_request: ProofIndex::default(),
             committed: 0,
             outbox: BTreeMap::new(),
             defer_drain: false,
@@ -1333,9 +1393,7 @@ impl CommitState {
             };
             self.recent_bytes -= batch.len();
             for r in requests {
-                if self.by_request.get(&r) == Some(&old) {
-                    self.by_request.remove(&r);
-                }
+                self.by_request.forget(&r, old);
             }
         }
     }
@@ -2974,6 +3032,57 @@ mod tests {
     /// A client checks a batch's proof once for all its receipts, and never
     /// takes another proof of the same batch on that account: a forged one
     /// is refused after the genuine one was checked.
+    /// The proof index against a table of every entry: whatever the order
+    /// requests are added in (pushed batches arrive out of order), a request
+    /// is found at the position added last for it that was not forgotten, and
+    /// a client with no entry left takes no room.
+    #[test]
+    fn the_proof_index_finds_what_was_added_last() {
+        use rand_chacha::{
+            ChaCha8Rng,
+            rand_core::{Rng, SeedableRng},
+        };
+        for seed in 0..200u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut index = ProofIndex::default();
+            // Every live entry, in the order added.
+            let mut model: Vec<((ClientId, u64), Position)> = Vec::new();
+            for _ in 0..60 {
+                let key = (
+                    ClientId([(rng.next_u32() % 3) as u8; 32]),
+                    u64::from(rng.next_u32() % 8),
+                );
+                let at = (0, u64::from(rng.next_u32() % 5));
+                match rng.next_u32() % 4 {
+                    0 | 1 => {
+                        index.insert(key, at);
+                        model.push((key, at));
+                    }
+                    2 => {
+                        index.forget(&key, at);
+                        if let Some(i) = model.iter().position(|e| *e == (key, at)) {
+                            model.remove(i);
+                        }
+                    }
+                    _ => {
+                        index.remove(&key);
+                        model.retain(|(k, _)| *k != key);
+                    }
+                }
+                for c in 0..3u8 {
+                    for ts in 0..8 {
+                        let key = (ClientId([c; 32]), ts);
+                        let want = model.iter().rev().find(|(k, _)| *k == key).map(|e| &e.1);
+                        assert_eq!(index.get(&key), want, "seed {seed}: {key:?}");
+                    }
+                }
+                let clients: std::collections::HashSet<_> =
+                    model.iter().map(|((c, _), _)| *c).collect();
+                assert_eq!(index.0.len(), clients.len(), "seed {seed}");
+            }
+        }
+    }
+
     #[test]
     fn a_checked_proof_vouches_for_itself_only() {
         use fed_pbft::{ClientKeys, Config, Event, Message, Replica};
