@@ -1104,6 +1104,12 @@ impl ProofIndex {
     /// The position of `(client, timestamp)`.
     pub(super) fn get(&self, (client, ts): &(ClientId, u64)) -> Option<&Position> {
         let q = self.0.get(client)?;
+        // Most often the client's latest.
+        if let Some((t, at)) = q.back()
+            && t == ts
+        {
+            return Some(at);
+        }
         let end = q.partition_point(|(t, _)| t <= ts);
         let (t, at) = q.get(end.checked_sub(1)?)?;
         (t == ts).then_some(at)
@@ -1118,6 +1124,10 @@ impl ProofIndex {
     /// entry of its client: a client's requests execute in timestamp order).
     pub(super) fn insert(&mut self, (client, ts): (ClientId, u64), at: Position) {
         let q = self.0.entry(client).or_default();
+        if q.back().is_none_or(|(t, _)| *t <= ts) {
+            q.push_back((ts, at));
+            return;
+        }
         let i = q.partition_point(|(t, _)| *t <= ts);
         q.insert(i, (ts, at));
     }
@@ -1127,6 +1137,14 @@ impl ProofIndex {
         let Some(q) = self.0.get_mut(client) else {
             return;
         };
+        // Batches are forgotten oldest first: most often the client's first.
+        if q.front() == Some(&(*ts, at)) {
+            q.pop_front();
+            if q.is_empty() {
+                self.0.remove(client);
+            }
+            return;
+        }
         let from = q.partition_point(|(t, _)| t < ts);
         if let Some(i) = (from..q.len())
             .take_while(|i| q.get(*i).is_some_and(|(t, _)| t == ts))
