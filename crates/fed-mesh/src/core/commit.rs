@@ -910,6 +910,22 @@ impl CheckedBatches {
         Ok(self.keep(m, proof, batch, requests))
     }
 
+    /// The requests of `batch`, whose `proof` this node's replica assembled
+    /// (it verified each signature as it came, and computed the batch's
+    /// digest): decoded, not verified, and remembered as checked.
+    pub(super) fn check_own(
+        &mut self,
+        m: &Membership,
+        proof: &CommitProof,
+        batch: &Arc<[u8]>,
+    ) -> Result<Arc<Vec<fed_pbft::Request>>> {
+        if let Some(requests) = self.find(m, proof, batch) {
+            return Ok(requests);
+        }
+        let requests = decode_batch(batch).map_err(|e| Error::Pbft(Arc::new(e)))?;
+        Ok(self.keep(m, proof, batch, requests))
+    }
+
     /// How many proofs were verified (not found checked already).
     #[cfg(test)]
     fn verified(&self) -> u64 {
@@ -1086,7 +1102,10 @@ pub(super) struct Queued {
 }
 
 /// An executed batch kept for proof requests: its proof, the batch, its requests.
-type Remembered = (CommitProof, Arc<[u8]>, Vec<(ClientId, u64)>);
+/// A remembered batch: its proof, its bytes, its requests, and whether this
+/// node's own replica executed it (its proof assembled from COMMITs the
+/// replica verified as they came, for the batch whose digest it computed).
+type Remembered = (CommitProof, Arc<[u8]>, Vec<(ClientId, u64)>, bool);
 
 /// Where a batch executed: its configuration epoch and sequence number.
 type Position = (u64, u64);
@@ -1116,6 +1135,7 @@ impl ProofIndex {
     }
 
     /// Whether `key` is indexed.
+    #[cfg(test)]
     pub(super) fn contains_key(&self, key: &(ClientId, u64)) -> bool {
         self.get(key).is_some()
     }
@@ -1388,14 +1408,16 @@ impl CommitState {
         next
     }
 
-    /// Keeps an executed (or pushed and verified) batch for proof requests. A
-    /// sequence number already held is kept as it is.
+    /// Keeps an executed (`own`: by this node's replica) or pushed and
+    /// verified batch for proof requests. A sequence number already held is
+    /// kept as it is.
     fn remember(
         &mut self,
         seq: Position,
         proof: CommitProof,
         batch: Arc<[u8]>,
         requests: &[(ClientId, u64)],
+        own: bool,
     ) {
         if self.recent.contains_key(&seq) {
             return;
@@ -1404,9 +1426,10 @@ impl CommitState {
         for r in requests {
             self.by_request.insert(*r, seq);
         }
-        self.recent.insert(seq, (proof, batch, requests.to_vec()));
+        self.recent
+            .insert(seq, (proof, batch, requests.to_vec(), own));
         while self.recent.len() > PROOF_CACHE_BATCHES || self.recent_bytes > PROOF_CACHE_BYTES {
-            let Some((old, (_, batch, requests))) = self.recent.pop_first() else {
+            let Some((old, (_, batch, requests, _))) = self.recent.pop_first() else {
                 break;
             };
             self.recent_bytes -= batch.len();
@@ -1973,6 +1996,7 @@ impl Core {
             x.proof.clone(),
             x.batch.clone(),
             &x.requests,
+            true,
         );
         c.committed += 1;
         let (ledger_count, ledger_head) = c
@@ -2170,7 +2194,7 @@ impl Core {
         } else {
             ours
         };
-        c.remember((epoch.number, proof.seq), proof, batch, &index);
+        c.remember((epoch.number, proof.seq), proof, batch, &index, false);
         for i in waiting {
             self.hunt_proof(i, now);
         }
@@ -2275,10 +2299,10 @@ impl Core {
         };
         let key = (s.id, f.timestamp);
         if let Some(seq) = c.by_request.get(&key)
-            && let Some((proof, batch, _)) = c.recent.get(seq)
+            && let Some((proof, batch, _, own)) = c.recent.get(seq)
         {
-            let (proof, batch) = (proof.clone(), batch.clone());
-            if self.finish_commit(i, proof, batch) {
+            let (proof, batch, own) = (proof.clone(), batch.clone(), *own);
+            if self.finish_commit(i, proof, batch, own) {
                 return;
             }
             // A pushed proof that does not verify: forget it, ask the replicas.
@@ -2334,8 +2358,11 @@ impl Core {
     }
 
     /// Slot `i` has its proof: check it, then answer the command.
-    /// Whether the proof verified (and the command was answered).
-    fn finish_commit(&mut self, i: usize, proof: CommitProof, batch: Arc<[u8]>) -> bool {
+    /// Whether the proof verified (and the command was answered). `own`: the
+    /// proof is this node's replica's, for the membership it names; its
+    /// signatures are not verified again (its batch is still searched for the
+    /// request).
+    fn finish_commit(&mut self, i: usize, proof: CommitProof, batch: Arc<[u8]>, own: bool) -> bool {
         let Some(c) = self.commit.as_mut() else {
             return false;
         };
@@ -2375,7 +2402,11 @@ impl Core {
         // through the chain it checked link by link; a proof and batch
         // checked for another slot's receipt are not checked again.
         let m = &epoch.membership;
-        let requests = c.checked.check(m, &receipt.proof, &receipt.batch);
+        let requests = if own && receipt.proof.membership == *m.id() {
+            c.checked.check_own(m, &receipt.proof, &receipt.batch)
+        } else {
+            c.checked.check(m, &receipt.proof, &receipt.batch)
+        };
         if let Err(e) = requests.and_then(|r| receipt.holds(m, &r)) {
             // A lying or confused replica: ask the next one.
             tracing::warn!(error = %e, "a replica answered with a proof that does not verify");
@@ -2771,7 +2802,7 @@ impl Core {
                     let seq = c
                         .by_request
                         .get(&(ClientId(request.client), request.timestamp))?;
-                    let (proof, batch, _) = c.recent.get(seq)?;
+                    let (proof, batch, ..) = c.recent.get(seq)?;
                     let mut proof = proof.clone();
                     if c.config.byzantine_votes
                         && let Some((_, sig)) = proof.signatures.first_mut()
@@ -2812,7 +2843,7 @@ impl Core {
             found: Some((proof, batch)),
         }) = response
             && let Ok(proof) = CommitProof::from_bytes(&proof)
-            && self.finish_commit(i, proof, Arc::from(batch.into_vec()))
+            && self.finish_commit(i, proof, Arc::from(batch.into_vec()), false)
         {
             return;
         }
@@ -3152,6 +3183,13 @@ mod tests {
         assert_eq!(pushed.check(&m, &x.proof, &x.batch).unwrap().len(), 1);
         assert!(pushed.check(&m, &forged, &x.batch).is_err());
         assert_eq!(pushed.verified(), 3, "the genuine proof checked again");
+        // This node's replica's proof: decoded, not verified, and then
+        // remembered as checked for its bytes alone.
+        let mut own = CheckedBatches::default();
+        assert_eq!(own.check_own(&m, &x.proof, &x.batch).unwrap().len(), 1);
+        assert_eq!(own.check(&m, &x.proof, &copy).unwrap().len(), 1);
+        assert_eq!(own.verified(), 0);
+        assert!(own.check(&m, &forged, &x.batch).is_err());
     }
 
     /// A voter that floods proposals nobody else wants blocks no one, itself
