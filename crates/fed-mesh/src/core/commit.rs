@@ -2842,10 +2842,21 @@ impl Core {
         if let Ok(ProofResponse {
             found: Some((proof, batch)),
         }) = response
-            && let Ok(proof) = CommitProof::from_bytes(&proof)
-            && self.finish_commit(i, proof, Arc::from(batch.into_vec()), false)
         {
-            return;
+            // Taken as a push is: checked, remembered, and every slot of
+            // this node waiting for that batch finished with it, not only
+            // this one (the requests of a voter whose replica lags would
+            // otherwise fetch the batch once each).
+            self.on_proof_push(&proof, batch.into_vec(), now);
+            let finished = self
+                .commit
+                .as_ref()
+                .and_then(|c| c.slots.get(i))
+                .and_then(|s| s.busy.as_ref())
+                .is_none_or(|f| f.timestamp != timestamp);
+            if finished {
+                return;
+            }
         }
         // Not found, or it did not verify: the next replica, at once.
         self.retry_proof(i, now);
@@ -3182,7 +3193,11 @@ mod tests {
         assert!(pushed.check_decoded(&m, &x.proof, &copy, requests).is_ok());
         assert_eq!(pushed.check(&m, &x.proof, &x.batch).unwrap().len(), 1);
         assert!(pushed.check(&m, &forged, &x.batch).is_err());
-        assert_eq!(pushed.verified(), 3, "the genuine proof checked again");
+        assert_eq!(
+            pushed.verified(),
+            3,
+            "the forged proof checked twice, the genuine one once"
+        );
         // This node's replica's proof: decoded, not verified, and then
         // remembered as checked for its bytes alone.
         let mut own = CheckedBatches::default();

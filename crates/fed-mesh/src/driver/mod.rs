@@ -1017,13 +1017,22 @@ impl Driver {
     /// On the driver's own thread: an append to the replica log and its
     /// `fdatasync` take a few tenths of a millisecond, less than handing this
     /// worker's tasks to another thread for it ([`blocking`]) costs in wake-ups
-    /// (DECISIONS.md, "Synced appends on the driver's thread").
+    /// (DECISIONS.md, "Synced appends on the driver's thread"). A group that
+    /// makes a checkpoint stable may rewrite the whole log (store.md §3.3):
+    /// that one is handed off.
     fn persist(&mut self, writes: &mut Vec<fed_pbft::Persist>) {
         if writes.is_empty() || self.failed {
             return;
         }
+        let may_rewrite = writes
+            .iter()
+            .any(|w| matches!(w, fed_pbft::Persist::Stable(_)));
         if let Some(store) = self.pbft_store.as_mut()
-            && let Err(e) = store.persist_all(writes)
+            && let Err(e) = if may_rewrite {
+                blocking(|| store.persist_all(writes))
+            } else {
+                store.persist_all(writes)
+            }
         {
             tracing::error!(error = %e, "cannot persist the replica's state; the node stops");
             self.failed = true;
@@ -1198,7 +1207,8 @@ impl Driver {
 /// on a multi-threaded runtime this worker hands its queued tasks to another
 /// thread while it waits for the disk. A single-threaded runtime cannot do
 /// that; there the write blocks it. (The replica log's appends, far shorter,
-/// run on the driver's thread: [`Driver::persist`].)
+/// run on the driver's thread but for those that may rewrite it:
+/// [`Driver::persist`].)
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
