@@ -52,11 +52,6 @@ const SALT_LEN: usize = 16;
 /// rewrite) before the next stable checkpoint rewrites it
 /// ([`ReplicaLog::append`]).
 const COMPACT_SLACK: u64 = 8 << 20;
-/// Zero bytes kept past the last record (a sparse extension of the file),
-/// so that an append and its `fdatasync` change no file size: the sync then
-/// writes the data alone, not the journal too (store.md §3.2). Renewed when
-/// an append would run past it.
-const RESERVE: u64 = 4 << 20;
 /// Whatever the checkpoints, the log is rewritten beyond four times its base
 /// and this many bytes (a federation that stops making checkpoints
 /// stable still writes views and pre-prepares of new views).
@@ -587,38 +582,25 @@ fn read_record(
     Ok(Read::Whole(bytes, span))
 }
 
-/// What follows the last whole record, at `at`, where record `n` would
-/// start: every sector from there on must be unwritten (all zero: the end of
-/// the log, or space reserved past it) or part of record `n` (written after
-/// it, nothing can have been synced; a sector with a zero tag and other bytes
-/// is no crash's doing). Whether record `n` was begun: a torn record.
-fn check_tail(src: &(impl Source + ?Sized), at: u64, n: u32) -> Result<bool, ScanError> {
+/// After a torn record at `at`: every sector from there on must be unwritten
+/// or part of that record (written after it, nothing can have been synced).
+fn check_after_torn(src: &(impl Source + ?Sized), at: u64, n: u32) -> Result<(), ScanError> {
     let mut sector = [0u8; SECTOR];
     let mut off = at;
-    let mut torn = false;
-    while off < src.len() {
-        let size = usize::try_from((src.len() - off).min(SECTOR as u64)).unwrap_or(SECTOR);
-        let sector = &mut sector[..size];
-        src.read_exact_at(sector, off).map_err(ScanError::Io)?;
-        if sector.iter().all(|b| *b == 0) {
-            off += SECTOR as u64;
-            continue;
-        }
-        // A part of a sector at the end of the file goes with the record.
-        if size < SECTOR {
-            return Ok(true);
-        }
-        match tag(sector) {
-            Some((magic, m)) if magic == SECTOR_MAGIC && m == n => torn = true,
-            _ => {
+    while src.len() - off >= SECTOR as u64 {
+        src.read_exact_at(&mut sector, off).map_err(ScanError::Io)?;
+        match tag(&sector) {
+            None => {}
+            Some((magic, m)) if magic == SECTOR_MAGIC && m == n => {}
+            Some(_) => {
                 return Err(ScanError::Corrupt(format!(
-                    "offset {off}: written data after the end of the log at offset {at}"
+                    "offset {off}: written data after the unfinished record {n} at offset {at}"
                 )));
             }
         }
         off += SECTOR as u64;
     }
-    Ok(torn)
+    Ok(())
 }
 
 /// Reads a whole log: its head, then every record in order, each applied to
@@ -658,7 +640,7 @@ pub(super) fn scan(src: &(impl Source + ?Sized)) -> Result<Scanned, ScanError> {
     let mut base_len = head_span;
     let mut n = 2u32;
     loop {
-        if n == u32::MAX && check_tail(src, at, n)? {
+        if n == u32::MAX && at != src.len() {
             return Err(corrupt("more records than a log holds"));
         }
         let read = if at == src.len() {
@@ -673,7 +655,10 @@ pub(super) fn scan(src: &(impl Source + ?Sized)) -> Result<Scanned, ScanError> {
                     "offset {at}: the log ends inside its base of {base} records"
                 )));
             }
-            let torn = check_tail(src, at, n)?;
+            let torn = at != src.len();
+            if torn {
+                check_after_torn(src, at, n)?;
+            }
             return Ok(Scanned {
                 node,
                 epoch,
@@ -712,8 +697,6 @@ pub(super) struct ReplicaLog {
     salt: [u8; SALT_LEN],
     /// Where the next record goes.
     end: u64,
-    /// The file's length: `end` and the zeros reserved past it.
-    allocated: u64,
     /// Its number.
     next: u32,
     /// Bytes of the base (the records of the last rewrite).
@@ -762,8 +745,6 @@ struct Written {
     file: File,
     len: u64,
     records: u32,
-    /// The file's length, with the reserve.
-    allocated: u64,
 }
 
 /// Why a rewrite failed: before the new log replaced the old (which is
@@ -873,15 +854,8 @@ impl ReplicaLog {
             file.write_all(&record).map_err(|e| io(&e))?;
             len += record.len() as u64;
         }
-        let allocated = len + RESERVE;
-        file.set_len(allocated).map_err(|e| io(&e))?;
         file.sync_all().map_err(|e| io(&e))?;
-        Ok(Written {
-            file,
-            len,
-            records,
-            allocated,
-        })
+        Ok(Written { file, len, records })
     }
 
     /// Puts a written log in place of the log at `path`.
@@ -910,7 +884,6 @@ impl ReplicaLog {
             epoch,
             salt,
             end: written.len,
-            allocated: written.allocated,
             next: written.records + 1,
             base_len: written.len,
             retry_at: 0,
@@ -952,7 +925,7 @@ impl ReplicaLog {
         // before anything is done with it.
         file.sync_all().map_err(io)?;
         sync_dir(path).map_err(io)?;
-        let torn = scanned.torn;
+        let torn = scanned.torn || scanned.end != len;
         let mut log = Self {
             path: path.to_path_buf(),
             file,
@@ -960,7 +933,6 @@ impl ReplicaLog {
             epoch: scanned.epoch,
             salt: scanned.salt,
             end: scanned.end,
-            allocated: len,
             next: scanned.next,
             base_len: scanned.base_len,
             retry_at: 0,
@@ -1066,12 +1038,8 @@ impl ReplicaLog {
         }
         drop(records);
         let record = frame(&self.salt, self.next, &body);
-        let need = self.end + record.len() as u64;
-        // Past the reserve: a new one (its size synced with this record).
-        let extend = (need > self.allocated).then_some(need + RESERVE);
-        if let Err(e) = extend
-            .map_or(Ok(()), |len| self.file.set_len(len))
-            .and_then(|()| (&self.file).seek(SeekFrom::Start(self.end)))
+        if let Err(e) = (&self.file)
+            .seek(SeekFrom::Start(self.end))
             .and_then(|_| (&self.file).write_all(&record))
             .and_then(|()| self.file.sync_data())
         {
@@ -1082,9 +1050,6 @@ impl ReplicaLog {
             return Err(self.break_on(e));
         }
         self.end += record.len() as u64;
-        if let Some(len) = extend {
-            self.allocated = len;
-        }
         self.next += 1;
         let stable = self.state.stable.as_ref().map(|c| c.seq);
         for op in ops {
@@ -1135,7 +1100,6 @@ impl ReplicaLog {
         self.epoch = epoch;
         self.salt = salt;
         self.end = written.len;
-        self.allocated = written.allocated;
         self.next = written.records + 1;
         self.base_len = written.len;
         self.retry_at = 0;
@@ -1399,14 +1363,11 @@ mod tests {
             },
         ])
         .unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        // The records, then the reserve: zeros.
-        assert_eq!(bytes.len() as u64, SECTOR as u64 + RESERVE);
-        assert!(bytes[2 * SECTOR..].iter().all(|b| *b == 0));
-        bytes.truncate(2 * SECTOR);
+        let bytes = std::fs::read(&path).unwrap();
         if let Ok(out) = std::env::var("FED_RLOG_VECTOR") {
             std::fs::write(out, &bytes).unwrap();
         }
+        assert_eq!(bytes.len(), 2 * SECTOR);
         assert_eq!(
             blake3::hash(&bytes).to_hex().as_str(),
             "3a6e01e9c3b44210f40c486d3e788b96aec8ebfffb2a28ead008ed52c96c4f48"
@@ -1462,13 +1423,11 @@ mod tests {
             batch,
         }])
         .unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        assert_eq!(bytes.len() as u64, SECTOR as u64 + RESERVE);
-        assert!(bytes[3 * SECTOR..].iter().all(|b| *b == 0));
-        bytes.truncate(3 * SECTOR);
+        let bytes = std::fs::read(&path).unwrap();
         if let Ok(out) = std::env::var("FED_RLOG_VECTOR2") {
             std::fs::write(out, &bytes).unwrap();
         }
+        assert_eq!(bytes.len(), 3 * SECTOR);
         assert_eq!(
             blake3::hash(&bytes).to_hex().as_str(),
             "4e2f6f6ad084fcc297a266f351fbc50df41428a450b4a11876b31323432ae176"
@@ -1693,80 +1652,6 @@ mod tests {
         assert!(log.reset(1).is_err());
         drop(log);
         assert_eq!(ReplicaLog::open(&path).unwrap().state().unwrap(), &want);
-    }
-
-    /// Appends go into zeros reserved past the last record, so that their
-    /// syncs change no file size; a new reserve when one runs out. A log
-    /// ending in its reserve is whole (nothing torn, nothing rewritten at
-    /// open), the same log with its reserve cut off too.
-    #[test]
-    fn appends_go_into_a_reserve_that_is_not_a_torn_record() {
-        let (_dir, path, mut log) = new_log();
-        let mut want = DurableState::default();
-        let len = |p: &Path| std::fs::metadata(p).unwrap().len();
-        assert_eq!(len(&path), log.end + RESERVE);
-        let big: Arc<[u8]> = Arc::from(vec![6u8; 1 << 20]);
-        for seq in 1..=6u64 {
-            let before = len(&path);
-            let w = pre_prepare(0, seq, seq as u8, &big);
-            log.append(std::slice::from_ref(&w)).unwrap();
-            want.apply(&w);
-            let after = len(&path);
-            // The same size until the reserve runs out, then a new one.
-            assert!(
-                after == before || after == log.end + RESERVE,
-                "{before} → {after}"
-            );
-            assert!(after >= log.end + (1 << 19));
-        }
-        let end = log.end;
-        drop(log);
-        let log = ReplicaLog::open(&path).unwrap();
-        assert_eq!(log.state().unwrap(), &want);
-        assert_eq!((log.counts.torn_dropped, log.counts.rewrites), (0, 0));
-        assert_eq!(log.end, end);
-        drop(log);
-        // Without the reserve: the same.
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(end).unwrap();
-        drop(f);
-        let log = ReplicaLog::open(&path).unwrap();
-        assert_eq!(log.state().unwrap(), &want);
-        assert_eq!((log.counts.torn_dropped, log.counts.rewrites), (0, 0));
-    }
-
-    /// In the reserve, or after a torn record, a byte that is not zero
-    /// outside a sector of the torn record is no crash's doing: corruption
-    /// (a sector with a zero tag and data, or a sector of another record).
-    #[test]
-    fn written_data_in_the_reserve_is_corruption() {
-        let (_dir, path, mut log) = new_log();
-        log.append(&groups()[1]).unwrap();
-        let end = log.end as usize;
-        drop(log);
-        let clean = std::fs::read(&path).unwrap();
-        for at in [
-            end,
-            end + 7,
-            end + 8,
-            end + 600,
-            end + (1 << 20) + 3,
-            clean.len() - 1,
-        ] {
-            let mut b = clean.clone();
-            b[at] = 1;
-            match scan(b.as_slice()) {
-                Err(ScanError::Corrupt(why)) => assert!(
-                    why.contains("after the end") || why.contains("not record"),
-                    "{at}: {why}"
-                ),
-                other => panic!("byte {at}: {other:?}"),
-            }
-        }
-        // A partial sector of zeros at the end of the file: still the end.
-        let got = scan(&clean[..clean.len() - 100]).unwrap();
-        assert!(!got.torn);
-        assert_eq!(got.end as usize, end);
     }
 
     /// Each log file gets a salt of its own.
