@@ -884,12 +884,7 @@ impl CheckedBatches {
         proof: &CommitProof,
         batch: &Arc<[u8]>,
     ) -> Result<Arc<Vec<fed_pbft::Request>>> {
-        if let Some(requests) = self.find(m, proof, batch) {
-            return Ok(requests);
-        }
-        self.1 += 1;
-        let requests = checked_batch(m, proof, batch)?;
-        Ok(self.keep(m, proof, batch, requests))
+        self.check_with(m, proof, batch, None, true)
     }
 
     /// [`check`](Self::check) of a batch whose `requests` the caller decoded.
@@ -900,14 +895,7 @@ impl CheckedBatches {
         batch: &Arc<[u8]>,
         requests: Vec<fed_pbft::Request>,
     ) -> Result<Arc<Vec<fed_pbft::Request>>> {
-        if let Some(requests) = self.find(m, proof, batch) {
-            return Ok(requests);
-        }
-        self.1 += 1;
-        proof
-            .verify_batch(m, batch)
-            .map_err(|e| Error::Pbft(Arc::new(e)))?;
-        Ok(self.keep(m, proof, batch, requests))
+        self.check_with(m, proof, batch, Some(requests), true)
     }
 
     /// The requests of `batch`, whose `proof` this node's replica assembled
@@ -919,10 +907,32 @@ impl CheckedBatches {
         proof: &CommitProof,
         batch: &Arc<[u8]>,
     ) -> Result<Arc<Vec<fed_pbft::Request>>> {
+        self.check_with(m, proof, batch, None, false)
+    }
+
+    /// From memory, or `proof` verified against `m` and `batch` (unless
+    /// `verify` is false) and `batch` decoded (unless `decoded` has it), then
+    /// remembered.
+    fn check_with(
+        &mut self,
+        m: &Membership,
+        proof: &CommitProof,
+        batch: &Arc<[u8]>,
+        decoded: Option<Vec<fed_pbft::Request>>,
+        verify: bool,
+    ) -> Result<Arc<Vec<fed_pbft::Request>>> {
         if let Some(requests) = self.find(m, proof, batch) {
             return Ok(requests);
         }
-        let requests = decode_batch(batch).map_err(|e| Error::Pbft(Arc::new(e)))?;
+        let pbft = |e| Error::Pbft(Arc::new(e));
+        if verify {
+            self.1 += 1;
+            proof.verify_batch(m, batch).map_err(pbft)?;
+        }
+        let requests = match decoded {
+            Some(requests) => requests,
+            None => decode_batch(batch).map_err(pbft)?,
+        };
         Ok(self.keep(m, proof, batch, requests))
     }
 

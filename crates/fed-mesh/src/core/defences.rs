@@ -1262,6 +1262,16 @@ fn a_client_waits_for_the_pushed_proof_instead_of_asking_for_it() {
     assert!(pushed_late > 0, "some proofs came from a late voter's push");
 }
 
+/// A commit of the opaque update `[k, who]`.
+fn update(k: u8, who: u8) -> Command {
+    Command::Commit(commit::Operation::Update(
+        crate::substrate::StateUpdate::Opaque {
+            kind: "test".into(),
+            bytes: vec![k, who],
+        },
+    ))
+}
+
 /// Four voters (cores 0 to 3) and `nodes - 4` members that do not vote, all
 /// connected, with no checkpoint among the first 64 batches.
 fn four_voters_without_checkpoints(nodes: u8) -> Net {
@@ -1329,14 +1339,6 @@ fn a_voter_committing_does_not_wait_for_a_push_of_its_own_batches() {
 #[test]
 fn a_voter_that_executes_a_batch_late_answers_for_every_request_in_it() {
     let mut net = four_voters_without_checkpoints(5);
-    let update = |k: u8, who: u8| {
-        Command::Commit(commit::Operation::Update(
-            crate::substrate::StateUpdate::Opaque {
-                kind: "test".into(),
-                bytes: vec![k, who],
-            },
-        ))
-    };
     let mut checked = 0;
     for k in 0..8u8 {
         // Voter 1 and the member that does not vote submit together: one batch.
@@ -1384,14 +1386,6 @@ fn a_voter_that_executes_a_batch_late_answers_for_every_request_in_it() {
 #[test]
 fn a_batch_is_pushed_only_to_the_members_that_do_not_vote() {
     let mut net = four_voters_without_checkpoints(5);
-    let update = |k: u8, who: u8| {
-        Command::Commit(commit::Operation::Update(
-            crate::substrate::StateUpdate::Opaque {
-                kind: "test".into(),
-                bytes: vec![k, who],
-            },
-        ))
-    };
     let now = net.now;
     net.cores[1].command(CommandId(30_000), update(0, 1), now);
     net.cores[4].command(CommandId(30_001), update(0, 4), now);
@@ -1432,14 +1426,6 @@ fn a_batch_is_pushed_only_to_the_members_that_do_not_vote() {
 fn a_member_that_does_not_vote_indexes_only_its_own_requests_of_a_pushed_batch() {
     let mut net = four_voters_without_checkpoints(6);
     let m = genesis_membership(&net, 0);
-    let update = |k: u8, who: u8| {
-        Command::Commit(commit::Operation::Update(
-            crate::substrate::StateUpdate::Opaque {
-                kind: "test".into(),
-                bytes: vec![k, who],
-            },
-        ))
-    };
     let mut receipts = Vec::new();
     for k in 0..8u8 {
         let (a, b) = (

@@ -1327,15 +1327,11 @@ mod tests {
         assert!(!tmp.exists());
     }
 
-    /// The vector of docs/protocol/store.md §3: a log of node `[7; 32]` in
-    /// epoch 2, created empty, then one group. Its bytes were computed from
-    /// the document alone (a Python script written from it); their BLAKE3
-    /// hash is checked here.
-    #[test]
-    fn the_documented_vector() {
+    /// The log both vectors start from: node `[7; 32]`, epoch 2, created
+    /// empty with the salt 16 × `5a` (`create` with a fixed salt).
+    fn vector_log() -> (tempfile::TempDir, PathBuf, ReplicaLog) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.rlog");
-        // `create` with a fixed salt.
         ReplicaLog::write_base(
             &path,
             [7; 32],
@@ -1345,7 +1341,17 @@ mod tests {
         )
         .unwrap();
         assert!(ReplicaLog::install(&path).is_ok());
-        let mut log = ReplicaLog::open(&path).unwrap();
+        let log = ReplicaLog::open(&path).unwrap();
+        (dir, path, log)
+    }
+
+    /// The vector of docs/protocol/store.md §3: a log of node `[7; 32]` in
+    /// epoch 2, created empty, then one group. Its bytes were computed from
+    /// the document alone (a Python script written from it); their BLAKE3
+    /// hash is checked here.
+    #[test]
+    fn the_documented_vector() {
+        let (_dir, path, mut log) = vector_log();
         log.append(&[
             Persist::View {
                 view: 3,
@@ -1378,18 +1384,7 @@ mod tests {
     /// prepared certificate and commit proof after it without it.
     #[test]
     fn the_documented_vector_of_a_batch_written_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.rlog");
-        ReplicaLog::write_base(
-            &path,
-            [7; 32],
-            2,
-            [0x5a; SALT_LEN],
-            &DurableState::default(),
-        )
-        .unwrap();
-        assert!(ReplicaLog::install(&path).is_ok());
-        let mut log = ReplicaLog::open(&path).unwrap();
+        let (_dir, path, mut log) = vector_log();
         let batch: Arc<[u8]> = Arc::from(&b"exo-federation"[..]);
         let cert = PreparedCert {
             view: 0,
