@@ -12,10 +12,14 @@
 //!   shares with replica `R` is exported from the session `N` initiated with
 //!   `R` (`Session::export(PBFT_CLIENT_KEY, be16(s))`), so both ends derive it
 //!   and nobody else can. A renewed session re-keys both ends.
-//! - **Proofs.** After `f + 1` matching replies the client asks the replicas, one
-//!   at a time, for the batch that holds its request and the batch's commit
-//!   proof, checks both against the membership, and hands the user a
-//!   [`CommitReceipt`] anyone can check offline against the genesis.
+//! - **Proofs.** After `f + 1` matching replies the client needs the batch that
+//!   holds its request and the batch's commit proof. At a voting member its own
+//!   replica has them once it executes the batch; a member that does not vote
+//!   gets them pushed by the replica `seq mod n`. Either waits 100 ms for that,
+//!   then asks the replicas one at a time. Pushed and fetched proofs are
+//!   checked against the membership (the own replica's proof is not checked
+//!   again), and the user gets a [`CommitReceipt`] anyone can check offline
+//!   against the genesis.
 //!
 //! What executing an update does beyond the ledger (storing a pattern in the
 //! substrate) is the host's: it gets every executed batch as

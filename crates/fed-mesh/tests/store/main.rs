@@ -142,6 +142,13 @@ proptest! {
     }
 }
 
+/// The store at `path` refused at open as corrupted (naming what is wrong).
+fn corrupted(path: &Path) -> StoreError {
+    let err = Store::open(path, &NODE).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    err
+}
+
 fn filled(path: &Path, ops: &[Persist]) -> DurableState {
     let store = Store::open(path, &NODE).unwrap();
     store.pbft().persist_all(ops).unwrap();
@@ -244,8 +251,7 @@ fn a_byte_edited_in_a_committed_batch_is_detected_at_start() {
     // The batch is in the replica log, beside the database.
     let log = log_path(&path);
     flip(&log, find(&log, marker) + 5, 0x01);
-    let err = Store::open(&path, &NODE).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    let err = corrupted(&path);
     assert!(
         err.to_string().contains(&log.display().to_string()),
         "{err}"
@@ -287,8 +293,7 @@ fn a_record_edited_with_a_redb_tool_is_detected_at_start() {
         }
         txn.commit().unwrap();
     }
-    let err = Store::open(&path, &NODE).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    let err = corrupted(&path);
     assert!(err.to_string().contains("pbft.log"), "{err}");
 }
 
@@ -503,8 +508,7 @@ fn a_missing_or_foreign_replica_log_is_refused_naming_it() {
         .unwrap();
     let saved = std::fs::read(log_path(&path)).unwrap();
     std::fs::remove_file(log_path(&path)).unwrap();
-    let err = Store::open(&path, &NODE).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    let err = corrupted(&path);
     assert!(
         err.to_string()
             .contains(&log_path(&path).display().to_string()),
@@ -546,8 +550,7 @@ fn entering_an_epoch_starts_the_log_over_even_after_a_crash_between() {
     let young = dir.path().join("young.redb");
     filled(&young, &all);
     std::fs::write(log_path(&young), &epoch1).unwrap();
-    let err = Store::open(&young, &NODE).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    let err = corrupted(&young);
     assert!(err.to_string().contains("epoch"), "{err}");
 }
 
@@ -666,8 +669,7 @@ fn replica_tables_of_an_earlier_release_move_into_the_log() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let err = Store::open(&path, &NODE).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    corrupted(&path);
 }
 
 /// The format record of node `[7; 32]`'s store at version 1 (store.md §2):
@@ -719,8 +721,7 @@ fn a_log_the_database_has_no_record_of_is_never_overwritten() {
     store.pbft().persist_all(&all).unwrap();
     drop(store);
     back_to_version_1(&path);
-    let err = Store::open(&path, &NODE).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    let err = corrupted(&path);
     assert!(
         err.to_string()
             .contains(&log_path(&path).display().to_string()),
@@ -728,8 +729,7 @@ fn a_log_the_database_has_no_record_of_is_never_overwritten() {
     );
     // The database deleted: a new store beside the old log.
     std::fs::remove_file(&path).unwrap();
-    let err = Store::open(&path, &NODE).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    corrupted(&path);
     // The votes are still in the log.
     let log = std::fs::read(log_path(&path)).unwrap();
     assert!(log.len() > 1024, "the log was kept");
@@ -746,8 +746,7 @@ fn a_log_the_database_has_no_record_of_is_never_overwritten() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let err = Store::open(&other, &NODE).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+    corrupted(&other);
 }
 
 /// Record framing from docs/protocol/store.md §1.
@@ -1491,8 +1490,7 @@ mod patterns {
                 .unwrap();
             txn.commit().unwrap();
         }
-        let err = Store::open(&path, &NODE).unwrap_err();
-        assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+        super::corrupted(&path);
     }
 
     /// One index per file: a second substrate on the same store would miss the
