@@ -904,14 +904,17 @@ impl CheckedBatches {
 
     /// The requests of `batch`, whose `proof` this node's replica assembled
     /// (it verified each signature as it came, and computed the batch's
-    /// digest): decoded, not verified, and remembered as checked.
+    /// digest): decoded, not verified, and remembered as checked, when the
+    /// proof names `m`; checked as [`check`](Self::check) does otherwise (a
+    /// proof of another membership says nothing of `m`'s quorum).
     pub(super) fn check_own(
         &mut self,
         m: &Membership,
         proof: &CommitProof,
         batch: &Arc<[u8]>,
     ) -> Result<Arc<Vec<fed_pbft::Request>>> {
-        self.check_with(m, proof, batch, None, false)
+        let verify = proof.membership != *m.id();
+        self.check_with(m, proof, batch, None, verify)
     }
 
     /// From memory, or `proof` verified against `m` and `batch` (unless
@@ -2416,7 +2419,7 @@ impl Core {
         // through the chain it checked link by link; a proof and batch
         // checked for another slot's receipt are not checked again.
         let m = &epoch.membership;
-        let requests = if own && receipt.proof.membership == *m.id() {
+        let requests = if own {
             c.checked.check_own(m, &receipt.proof, &receipt.batch)
         } else {
             c.checked.check(m, &receipt.proof, &receipt.batch)
@@ -3219,6 +3222,12 @@ mod tests {
         assert_eq!(own.check(&m, &x.proof, &copy).unwrap().len(), 1);
         assert_eq!(own.verified(), 0);
         assert!(own.check(&m, &forged, &x.batch).is_err());
+        // Against another membership, the own proof is checked, and fails:
+        // it says nothing of that membership's quorum.
+        let other = membership();
+        let mut elsewhere = CheckedBatches::default();
+        assert!(elsewhere.check_own(&other, &x.proof, &x.batch).is_err());
+        assert_eq!(elsewhere.verified(), 1);
     }
 
     /// A voter that floods proposals nobody else wants blocks no one, itself
