@@ -46,6 +46,29 @@ async fn a_global_query_equals_the_top_k_of_the_union_of_all_stores() {
         nodes.push(node);
     }
     let union = spread(&nodes).await;
+    // Sessions settle after the joins: discovery dials further members and
+    // the two-session limit drops some, so for a moment a node may have no
+    // session that a query can reach (a CI run saw the first query reach
+    // three of the four). Once every node answers one query, the mesh is
+    // whole; a node that stayed unreachable fails here.
+    let probe = PatternQuery::new(embedding(9_999, DIM), 1);
+    eventually(20, "a global query reaches every other node", || async {
+        nodes[0]
+            .federated_query(
+                probe.clone(),
+                FederationScope::Global { max_hops: 4 },
+                QueryOptions::default(),
+            )
+            .await
+            .is_ok_and(|o| {
+                o.peers
+                    .iter()
+                    .filter(|p| matches!(p.status, PeerStatus::Answered { .. }))
+                    .count()
+                    == 4
+            })
+    })
+    .await;
     for q in 0..5u64 {
         let query = PatternQuery::new(embedding(10_000 + q, DIM), 10);
         let want: Vec<_> = union
