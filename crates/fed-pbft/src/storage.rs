@@ -11,10 +11,14 @@ use crate::{
 
 /// One write the replica asks for, from [`Replica::poll_persist`](crate::Replica::poll_persist).
 ///
-/// Every write must be durable before any transmit polled after it is sent; a
-/// restarted replica rebuilt from the result ([`DurableState`]) then neither forgets
-/// a vote nor contradicts one. [`DurableState::apply`] is the reference meaning of
-/// each write; a store may keep a log of writes and replay it.
+/// Every write for which [`needs_sync`](Self::needs_sync) holds must be durable
+/// before any transmit polled after it is sent; a restarted replica rebuilt from
+/// the result ([`DurableState`]) then neither forgets a vote nor contradicts one.
+/// A `PrePrepare` need not be: a store may hold it back until the next write
+/// that needs a sync, and a crash may lose it (its PRE-PREPARE or PREPARE stands
+/// on the [`Reserve`](Self::Reserve) before it, pbft.md §5).
+/// [`DurableState::apply`] is the reference meaning of each write; a store may
+/// keep a log of writes and replay it.
 ///
 /// Writes are durable one by one, in order: a store need not make the writes of one
 /// call atomic, and a crash may leave any prefix of them. The replica orders its
@@ -70,6 +74,25 @@ pub enum Persist {
     },
     /// A checkpoint became stable: everything below it may be discarded.
     Stable(CheckpointCert),
+    /// The replica may send PRE-PREPAREs or PREPAREs in `view` for sequence
+    /// numbers up to `upto` before their `PrePrepare` writes are durable. A
+    /// replica restarted in `view` sends neither for those sequence numbers
+    /// (but for the pre-prepares it recovered), so that it cannot contradict
+    /// one it sent and then lost.
+    Reserve {
+        /// The view.
+        view: u64,
+        /// The highest sequence number reserved.
+        upto: u64,
+    },
+}
+
+impl Persist {
+    /// Whether this write must be durable before the transmits polled after it
+    /// (all but `PrePrepare`, which the `Reserve` before it covers).
+    pub fn needs_sync(&self) -> bool {
+        !matches!(self, Persist::PrePrepare { .. })
+    }
 }
 
 /// A pre-prepare as persisted.
@@ -115,6 +138,8 @@ pub struct DurableState {
     pub prepared: BTreeMap<u64, PreparedRecord>,
     /// Commit proofs and batches per sequence number.
     pub committed: BTreeMap<u64, (CommitProof, Arc<[u8]>)>,
+    /// The latest [`Persist::Reserve`] as `(view, upto)`; `(0, 0)` for none.
+    pub reserved: (u64, u64),
 }
 
 impl Default for DurableState {
@@ -128,6 +153,7 @@ impl Default for DurableState {
             pre_prepares: BTreeMap::new(),
             prepared: BTreeMap::new(),
             committed: BTreeMap::new(),
+            reserved: (0, 0),
         }
     }
 }
@@ -185,6 +211,9 @@ impl DurableState {
                 snapshot,
             } => {
                 self.checkpoints.insert(*seq, (*state, snapshot.clone()));
+            }
+            Persist::Reserve { view, upto } => {
+                self.reserved = self.reserved.max((*view, *upto));
             }
             Persist::Stable(cert) => {
                 let newer = self.stable.as_ref().is_none_or(|s| s.seq < cert.seq);

@@ -57,6 +57,18 @@ const COMPACT_SLACK: u64 = 8 << 20;
 /// stable still writes views and pre-prepares of new views).
 const COMPACT_LIMIT: u64 = 64 << 20;
 
+/// Batch bytes of held-back writes ([`ReplicaLog::append`]) beyond which they
+/// are written and synced at once: a bound on memory and on one record.
+const HELD_LIMIT: usize = 8 << 20;
+
+/// The batch bytes a held-back write carries.
+fn batch_len(op: &Persist) -> usize {
+    match op {
+        Persist::PrePrepare { batch: Some(b), .. } => b.len(),
+        _ => 0,
+    }
+}
+
 /// One write, as a record holds it (store.md §3): the meaning of
 /// [`Persist`], the bytes borrowed from the writer or from the record read.
 /// A prepared certificate or a commit proof whose batch the state already
@@ -101,6 +113,11 @@ enum Op<'a> {
     /// `Committed` with the batch [`same_batch`] finds.
     CommittedSame {
         proof: CommitProof,
+    },
+    /// [`Persist::Reserve`].
+    Reserve {
+        view: u64,
+        upto: u64,
     },
 }
 
@@ -238,6 +255,10 @@ impl<'a> Op<'a> {
                 snapshot,
             },
             Persist::Stable(cert) => Op::Stable(cert.clone()),
+            Persist::Reserve { view, upto } => Op::Reserve {
+                view: *view,
+                upto: *upto,
+            },
             _ => return None,
         })
     }
@@ -281,6 +302,10 @@ impl<'a> Op<'a> {
                 snapshot: (*snapshot).into(),
             },
             Op::Stable(cert) => Persist::Stable(cert.clone()),
+            Op::Reserve { view, upto } => Persist::Reserve {
+                view: *view,
+                upto: *upto,
+            },
             Op::PreparedSame { cert } => Persist::Prepared {
                 batch: Some(same_batch_in(state, cert.seq, &cert.digest)?.clone()),
                 cert: cert.clone(),
@@ -318,6 +343,12 @@ fn rebuild_writes(state: &DurableState) -> Vec<Persist> {
         view: state.view,
         active: state.active,
     }];
+    if state.reserved != (0, 0) {
+        writes.push(Persist::Reserve {
+            view: state.reserved.0,
+            upto: state.reserved.1,
+        });
+    }
     writes.extend(state.stable.iter().map(|c| Persist::Stable(c.clone())));
     writes.extend(
         state
@@ -709,6 +740,12 @@ pub(super) struct ReplicaLog {
     /// Why the log refuses every call: a write or a rewrite failed at a point
     /// where the file and the state may disagree.
     broken: Option<String>,
+    /// Writes that need no sync (`PrePrepare`s, [`Persist::needs_sync`]),
+    /// held back to go in the record of the next write that does. Not in
+    /// `state`: a crash loses them, as the replica allows (pbft.md §5).
+    held: Vec<Persist>,
+    /// The batch bytes `held` carries.
+    held_bytes: usize,
     /// What the log did since the store was opened.
     counts: LogCounts,
 }
@@ -889,6 +926,8 @@ impl ReplicaLog {
             retry_at: 0,
             state,
             broken: None,
+            held: Vec::new(),
+            held_bytes: 0,
             counts: LogCounts::default(),
         })
     }
@@ -938,6 +977,8 @@ impl ReplicaLog {
             retry_at: 0,
             state: scanned.state,
             broken: None,
+            held: Vec::new(),
+            held_bytes: 0,
             counts: LogCounts::default(),
         };
         if torn {
@@ -1015,6 +1056,13 @@ impl ReplicaLog {
     /// refused before anything is written; a write that fails (or whose sync
     /// does) leaves the log unusable: the file may hold part of it.
     ///
+    /// Writes that need no sync ([`Persist::needs_sync`]: a group of
+    /// `PrePrepare`s only) are held back and go first in the record of the
+    /// next write that does (in a record of their own, synced, if together
+    /// they would pass the record limit, or once they carry
+    /// [`HELD_LIMIT`] bytes of batches). So a record is still always synced
+    /// before the next is written, and a crash loses at most the held writes.
+    ///
     /// The log is rewritten from its state when a stable checkpoint has just
     /// pruned it (the state is then at its smallest) and the log has grown by
     /// [`COMPACT_SLACK`] since the last rewrite; and in any case beyond four
@@ -1024,6 +1072,36 @@ impl ReplicaLog {
     /// [`COMPACT_SLACK`]; the write itself stands.
     pub(super) fn append(&mut self, ops: &[Persist]) -> Result<(), StoreError> {
         self.check_usable()?;
+        if !ops.iter().any(Persist::needs_sync) {
+            self.held.extend_from_slice(ops);
+            self.held_bytes += ops.iter().map(batch_len).sum::<usize>();
+            if self.held_bytes <= HELD_LIMIT {
+                return Ok(());
+            }
+            let held = std::mem::take(&mut self.held);
+            self.held_bytes = 0;
+            return self.write_record(&held);
+        }
+        if self.held.is_empty() {
+            return self.write_record(ops);
+        }
+        let mut group = std::mem::take(&mut self.held);
+        self.held_bytes = 0;
+        let held = group.len();
+        group.extend_from_slice(ops);
+        match self.write_record(&group) {
+            Err(e) if self.broken.is_none() => {
+                // Refused before anything was written (too large together).
+                tracing::debug!(error = %e, "held writes go in a record of their own");
+                self.write_record(&group[..held])?;
+                self.write_record(ops)
+            }
+            result => result,
+        }
+    }
+
+    /// Writes `ops` as one record and syncs it, then applies them ([`append`](Self::append)).
+    fn write_record(&mut self, ops: &[Persist]) -> Result<(), StoreError> {
         let records = group_ops(&self.state, ops)
             .ok_or_else(|| Self::io_error(&self.path, "a PBFT write this store does not know"))?;
         let body = postcard::to_allocvec(&records).map_err(|e| Self::io_error(&self.path, e))?;
@@ -1113,6 +1191,8 @@ impl ReplicaLog {
     /// then behind the database's).
     pub(super) fn reset(&mut self, epoch: u64) -> Result<(), StoreError> {
         self.check_usable()?;
+        self.held.clear();
+        self.held_bytes = 0;
         match self.rewrite(epoch, DurableState::default()) {
             Ok(()) => Ok(()),
             Err(RewriteFailure::Before(e) | RewriteFailure::After(e)) => Err(self.break_on(e)),
@@ -1469,16 +1549,66 @@ mod tests {
                 state: [i as u8; 32],
                 snapshot: bytes(100),
             }],
-            4 => vec![Persist::View {
-                view,
-                active: i.is_multiple_of(3),
-            }],
+            4 => vec![
+                Persist::View {
+                    view,
+                    active: i.is_multiple_of(3),
+                },
+                Persist::Reserve {
+                    view,
+                    upto: seq + 8,
+                },
+            ],
             _ => vec![Persist::Stable(CheckpointCert {
                 seq: i % 3,
                 state: [i as u8; 32],
                 signatures: Vec::new(),
             })],
         }
+    }
+
+    /// A group of `PrePrepare`s only is held back, and written in the record
+    /// of the next group that needs a sync: one record, one sync, the batch
+    /// written once. A crash before that loses it, and nothing else.
+    #[test]
+    fn pre_prepares_go_in_the_record_of_the_next_synced_write() {
+        let (_dir, path, mut log) = new_log();
+        let batch: Arc<[u8]> = Arc::from(vec![0xab; 4096]);
+        let pp = |seq: u64| Persist::PrePrepare {
+            view: 0,
+            seq,
+            digest: [seq as u8; 32],
+            signature: Signature([1; 64]),
+            batch: Some(batch.clone()),
+        };
+        let (end, next) = (log.end, log.next);
+        log.append(&[pp(1)]).unwrap();
+        assert_eq!((log.end, log.next), (end, next), "held back, not written");
+        assert_eq!(log.state().unwrap(), &DurableState::default());
+        let prepared = Persist::Prepared {
+            cert: PreparedCert {
+                view: 0,
+                seq: 1,
+                digest: [1; 32],
+                primary: Signature([1; 64]),
+                prepares: vec![(1, Signature([2; 64])), (2, Signature([3; 64]))],
+            },
+            batch: Some(batch.clone()),
+        };
+        log.append(std::slice::from_ref(&prepared)).unwrap();
+        assert_eq!(log.next, next + 1, "one record");
+        assert!(log.end - end < 2 * 4096, "the batch written once");
+        let mut want = DurableState::default();
+        want.apply(&pp(1));
+        want.apply(&prepared);
+        log.append(&[pp(2)]).unwrap();
+        drop(log);
+        let log = ReplicaLog::open(&path).unwrap();
+        assert_eq!(
+            log.state().unwrap(),
+            &want,
+            "the held write of seq 2 lost, no more"
+        );
     }
 
     /// A rewrite after every group (so that every kind of entry goes through
@@ -1489,17 +1619,22 @@ mod tests {
         let (_dir, path, mut log) = new_log();
         let mut want = DurableState::default();
         let mut widest = 1;
+        let mut held = Vec::new();
         for i in 0..60 {
             let ops = mixed(i);
             log.append(&ops).unwrap();
-            for op in &ops {
-                want.apply(op);
+            held.extend(ops.iter().cloned());
+            if ops.iter().any(Persist::needs_sync) {
+                for op in held.drain(..) {
+                    want.apply(&op);
+                }
             }
             assert!(log.rewrite(0, log.state.clone()).is_ok());
             widest = widest.max(log.next - 1);
             if i % 7 == 0 {
                 drop(log);
                 log = ReplicaLog::open(&path).unwrap();
+                held.clear();
             }
             assert_eq!(log.state().unwrap(), &want, "after group {i}");
         }
@@ -1721,8 +1856,10 @@ mod tests {
             want.apply(&w);
             grew.push(log.end - before);
         }
-        assert!(grew[0] > LEN, "{grew:?}");
-        assert!(grew[1] < 2048 && grew[2] < 2048, "{grew:?}");
+        // The pre-prepare is held back and goes in the certificate's record.
+        assert_eq!(grew[0], 0, "{grew:?}");
+        assert!(grew[1] > LEN && grew[1] < LEN + 2048, "{grew:?}");
+        assert!(grew[2] < 2048, "{grew:?}");
         // Other bytes under the same digest: written with the write.
         let other: Arc<[u8]> = Arc::from(vec![8u8; LEN as usize]);
         let before = log.end;
@@ -1848,7 +1985,13 @@ mod tests {
             (vec![pre_prepare(1, 3, 4, &a), committed(3, 4, &a)], false),
             // A stable certificate at 3 drops the entries of 3 first.
             (vec![stable(3), committed(3, 3, &c)], false),
-            (vec![pre_prepare(0, 5, 5, &a)], false),
+            (
+                vec![
+                    pre_prepare(0, 5, 5, &a),
+                    Persist::Reserve { view: 0, upto: 9 },
+                ],
+                false,
+            ),
             // A certificate below the stored one is ignored: 5 stays.
             (vec![stable(2), committed(5, 5, &a)], true),
         ];

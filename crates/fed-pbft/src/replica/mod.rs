@@ -360,6 +360,13 @@ pub struct Replica<A: Application> {
     last_executed: u64,
     next_seq: u64,
     highest_seen: u64,
+    /// The latest `Reserve` asked for, `(view, upto)`: PRE-PREPAREs and PREPAREs
+    /// in `view` up to `upto` may leave before their `PrePrepare` is durable.
+    reserved: (u64, u64),
+    /// The reservation this replica recovered, `(view, upto)`: in `view` it may
+    /// have sent, for a sequence number up to `upto`, a PRE-PREPARE or PREPARE
+    /// whose write it lost, so it sends none there (pbft.md §5).
+    silent: (u64, u64),
 
     own_checkpoints: BTreeMap<u64, (Digest, Arc<[u8]>)>,
     checkpoint_votes: BTreeMap<u64, BTreeMap<ReplicaIndex, (Digest, Signature)>>,
@@ -465,6 +472,8 @@ impl<A: Application> Replica<A> {
             last_executed: 0,
             next_seq: 1,
             highest_seen: 0,
+            reserved: (0, 0),
+            silent: (0, 0),
             own_checkpoints: BTreeMap::new(),
             checkpoint_votes: BTreeMap::new(),
             far_checkpoints: vec![None; n],
@@ -565,6 +574,16 @@ impl<A: Application> Replica<A> {
             r.highest_seen = r.highest_seen.max(*seq);
         }
         r.next_seq = r.next_seq.max(r.stable.seq + 1);
+        r.reserved = durable.reserved;
+        if durable.reserved.0 == r.view && durable.reserved.1 > 0 {
+            r.silent = durable.reserved;
+            // As primary it may have issued pre-prepares up to there that it
+            // lost: it issues none of its own below them in this view (the
+            // backups' request timers change the view if that stalls it).
+            if primary == r.me {
+                r.next_seq = r.next_seq.max(durable.reserved.1.saturating_add(1));
+            }
+        }
         // Re-issue our own votes of the current view (Ed25519 is deterministic, so
         // these are the very messages sent before the crash).
         let seqs: Vec<u64> = r.log.keys().copied().collect();

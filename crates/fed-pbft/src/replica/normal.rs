@@ -193,6 +193,24 @@ impl<A: Application> Replica<A> {
         }
     }
 
+    /// Asks for a `Reserve` covering `(view, seq)` unless one does: the
+    /// `PrePrepare` write that follows may then stay unsynced while its
+    /// PRE-PREPARE or PREPARE leaves. One synced write per `window` sequence
+    /// numbers, and one on entering a view.
+    fn reserve(&mut self, view: u64, seq: u64) {
+        if self.reserved.0 != view || seq > self.reserved.1 {
+            let upto = seq.saturating_add(self.config.window);
+            self.persists.push_back(Persist::Reserve { view, upto });
+            self.reserved = (view, upto);
+        }
+    }
+
+    /// Whether this replica, restarted in `view`, may have sent a PRE-PREPARE
+    /// or PREPARE for `seq` that it lost: then it sends none (pbft.md §5).
+    pub(super) fn is_silent(&self, view: u64, seq: u64) -> bool {
+        self.silent.0 == view && seq <= self.silent.1
+    }
+
     fn issue_pre_prepare(&mut self, requests: Vec<Request>, now: u64) -> Result<()> {
         let seq = self.next_seq;
         let view = self.view;
@@ -201,6 +219,7 @@ impl<A: Application> Replica<A> {
         let digest = pp.digest;
         let payload: Arc<[u8]> = wire::seal(wire::Kind::PrePrepare, &pp)?.into();
         let batch: Arc<[u8]> = Arc::from(pp.batch);
+        self.reserve(view, seq);
         self.persists.push_back(Persist::PrePrepare {
             view,
             seq,
@@ -475,16 +494,20 @@ impl<A: Application> Replica<A> {
         // 1. Prepare, once the requests are known to be authentic: checked here, or
         //    vouched for by f + 1 replicas (the primary and prepares), one of which
         //    is correct and checked them itself.
+        let silent = self.is_silent(view, seq);
         if me != primary
             && !slot.sent_prepare
+            && !silent
             && (slot.authenticated || 1 + matching_prepares >= weak)
         {
+            let batch = slot.batch_for(&digest);
+            self.reserve(view, seq);
             self.persists.push_back(Persist::PrePrepare {
                 view,
                 seq,
                 digest,
                 signature: pp_sig,
-                batch: slot.batch_for(&digest),
+                batch,
             });
             let p = Prepare::new(&self.identity, &self.m, view, seq, digest, me)?;
             let payload = encode_arc(&Message::Prepare(p.clone()))?;
@@ -497,9 +520,13 @@ impl<A: Application> Replica<A> {
             return self.step(seq, now);
         }
 
-        // 2. Prepared: pre-prepare and q − 1 matching prepares from backups.
+        // 2. Prepared: pre-prepare and q − 1 matching prepares from backups (a
+        //    silent replica's from others only: it votes COMMIT on their quorum).
         let prepared_here = slot.prepared.as_ref().is_some_and(|c| c.view == view);
-        if !prepared_here && matching_prepares + 1 >= q && (me == primary || slot.sent_prepare) {
+        if !prepared_here
+            && matching_prepares + 1 >= q
+            && (me == primary || slot.sent_prepare || silent)
+        {
             let prepares: Vec<(ReplicaIndex, Signature)> = slot
                 .prepares
                 .iter()

@@ -5,6 +5,7 @@ use crate::{
     },
     storage::{MemoryStorage, Storage},
 };
+use std::collections::BTreeSet;
 
 struct Nop;
 impl Application for Nop {
@@ -167,6 +168,136 @@ fn a_restarted_primary_retransmits_its_pre_prepare() {
         resent |= std::iter::from_fn(|| r.poll_transmit()).any(|t| t.payload == sent);
     }
     assert!(resent, "the recovered primary re-sends its pre-prepare");
+}
+
+/// What a store may still hold after a crash that came before the next synced
+/// write: every write that needs a sync, none of the `PrePrepare`s (pbft.md §5).
+fn synced_only(r: &mut Replica<Nop>, storage: &mut MemoryStorage) {
+    while let Some(w) = r.poll_persist() {
+        if w.needs_sync() {
+            storage.persist(&w).unwrap();
+        }
+    }
+}
+
+/// The digests of the PREPAREs for `(view, seq)` among `sent`.
+fn prepares_for(sent: &[Transmit], view: u64, seq: u64) -> BTreeSet<Digest> {
+    sent.iter()
+        .filter_map(|t| match Message::decode(&t.payload) {
+            Ok(Message::Prepare(p)) if p.view == view && p.seq == seq => Some(p.digest),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_backup_that_lost_its_pre_prepare_prepares_nothing_else_there() {
+    // A faulty primary sends backup 1 one batch and the other backups another.
+    // Backup 1 prepares the first; its `PrePrepare` write is not synced yet
+    // when it crashes. Restarted, it must not prepare the second for the same
+    // (view, seq): a correct replica signs one PREPARE per (view, seq), which
+    // is what makes a prepared certificate unique. It still commits the
+    // second on the others' quorum.
+    let (ids, m) = setup();
+    let mut storage = MemoryStorage::new();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    let first = PrePrepare::new(&ids[0], &m, 0, 1, NULL_BATCH.to_vec()).unwrap();
+    b.handle_message(0, &Message::PrePrepare(first.clone()).encode().unwrap(), 1)
+        .unwrap();
+    synced_only(&mut b, &mut storage);
+    let mut sent: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    assert_eq!(prepares_for(&sent, 0, 1), BTreeSet::from([first.digest]));
+    drop(b);
+
+    let mut r = restart(&ids[1], &m, storage.load().unwrap());
+    let second = PrePrepare::new(&ids[0], &m, 0, 1, foreign_batch()).unwrap();
+    let digest = second.digest;
+    r.handle_message(0, &Message::PrePrepare(second).encode().unwrap(), 3)
+        .unwrap();
+    for j in [2u16, 3] {
+        let p = Prepare::new(&ids[usize::from(j)], &m, 0, 1, digest, j).unwrap();
+        r.handle_message(j, &Message::Prepare(p).encode().unwrap(), 4)
+            .unwrap();
+    }
+    while r.poll_persist().is_some() {}
+    let after: Vec<Transmit> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    sent.extend(after.iter().cloned());
+    assert_eq!(
+        prepares_for(&sent, 0, 1).len(),
+        1,
+        "two PREPAREs of one correct replica for one (view, seq)"
+    );
+    assert!(
+        after.iter().any(|t| matches!(
+            Message::decode(&t.payload),
+            Ok(Message::Commit(c)) if c.seq == 1 && c.digest == digest
+        )),
+        "the silent backup commits on the others' prepares"
+    );
+}
+
+#[test]
+fn a_primary_that_lost_its_pre_prepare_issues_none_below_its_reservation() {
+    // The primary's `PrePrepare` was not synced when it crashed: restarted in
+    // the same view, it must not give the sequence number another batch.
+    let (ids, m) = setup();
+    let config = Config {
+        max_batch_requests: 1,
+        ..Config::default()
+    };
+    let client = ClientId([4; 32]);
+    let keys: Vec<ClientKey> = (0..4u8).map(|i| ClientKey::new(&[i; 32])).collect();
+    let ck = crate::ClientKeys::new(&m, client, &keys).unwrap();
+    let mut storage = MemoryStorage::new();
+    let mut p = Replica::new(ids[0].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
+    p.add_client(client, keys[0].clone()).unwrap();
+    p.handle_request(
+        &Message::Request(ck.request(1, b"a".to_vec()))
+            .encode()
+            .unwrap(),
+        1,
+    )
+    .unwrap();
+    synced_only(&mut p, &mut storage);
+    let mut issued: BTreeMap<u64, BTreeSet<Digest>> = BTreeMap::new();
+    let note = |r: &mut Replica<Nop>, issued: &mut BTreeMap<u64, BTreeSet<Digest>>| {
+        for t in std::iter::from_fn(|| r.poll_transmit()) {
+            if let Ok(Message::PrePrepare(pp)) = Message::decode(&t.payload) {
+                issued.entry(pp.seq).or_default().insert(pp.digest);
+            }
+        }
+    };
+    note(&mut p, &mut issued);
+    assert_eq!(issued.get(&1).map(BTreeSet::len), Some(1));
+    drop(p);
+
+    let mut r = Replica::recover(
+        ids[0].clone(),
+        m.clone(),
+        config,
+        Nop,
+        storage.load().unwrap(),
+        2,
+    )
+    .unwrap();
+    r.add_client(client, keys[0].clone()).unwrap();
+    r.handle_request(
+        &Message::Request(ck.request(2, b"b".to_vec()))
+            .encode()
+            .unwrap(),
+        3,
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let at = r.poll_timeout().unwrap();
+        r.handle_timeout(at).unwrap();
+        while r.poll_persist().is_some() {}
+        note(&mut r, &mut issued);
+    }
+    assert!(
+        issued.values().all(|d| d.len() == 1),
+        "two batches for one sequence number: {issued:?}"
+    );
 }
 
 /// A backup's timer for a pre-prepared batch counts from when the batch

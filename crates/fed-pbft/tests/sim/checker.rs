@@ -3,7 +3,8 @@
 //! - **Agreement**: correct replicas execute the same batch at every sequence
 //!   number; no two valid commit proofs for one sequence number name different
 //!   batches (proofs are collected from executions, from every COMMIT sent on the
-//!   network and from every COMMITTED delivered); no correct replica prepares, in a
+//!   network and from every COMMITTED delivered); no correct replica prepares two
+//!   batches for one (view, seq), a restart between them included; nor, in a
 //!   later view, another batch than one that committed at that sequence number
 //!   (the view-change safety lemma: once a batch commits, every later NEW-VIEW
 //!   carries it); and correct replicas hold the same whole replicated state
@@ -262,6 +263,19 @@ impl Checker {
                 found.push(format!(
                     "agreement: {} valid commit proofs name different batches at seq {seq}",
                     digests.len()
+                ));
+            }
+        }
+        // A correct replica signs one PREPARE per (view, seq), restarts
+        // included: what makes a prepared certificate unique in its view.
+        let mut signed: BTreeMap<(u64, u64, u16), Digest> = BTreeMap::new();
+        for (seq, view, digest, replica) in &self.prepares {
+            if let Some(other) = signed.insert((*seq, *view, *replica), *digest)
+                && other != *digest
+            {
+                found.push(format!(
+                    "agreement: correct replica {replica} prepared two batches at seq {seq} \
+                     in view {view}"
                 ));
             }
         }

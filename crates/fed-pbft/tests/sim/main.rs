@@ -86,6 +86,9 @@ enum Action {
     },
     Partition(Vec<u8>),
     Heal,
+    /// Moves a correct replica to the other side of the twin nodes (it then
+    /// talks to the other copies).
+    SwitchSide(u16, u8),
     /// Calm the network (end of the lossy period).
     Calm,
     ReplayRequests,
@@ -201,6 +204,9 @@ struct Node {
     transferred: bool,
     /// Snapshots this replica rejected because they did not match their certificate.
     bad_snapshots: u64,
+    /// `PrePrepare` writes held back until a write that needs a sync (a store
+    /// may do that, pbft.md §5): a crash keeps a random prefix of them.
+    lazy: Vec<Persist>,
     /// An armed torn crash: (min_writes, restart_after).
     torn: Option<(usize, u64)>,
     /// Torn crashes that happened, and how many left a strict prefix of the writes.
@@ -356,6 +362,7 @@ impl Sim {
                 byz: Default::default(),
                 transferred: false,
                 bad_snapshots: 0,
+                lazy: vec![],
                 torn: None,
                 torn_crashes: 0,
                 strictly_torn: 0,
@@ -486,10 +493,23 @@ impl Sim {
             }
             _ => None,
         };
-        let mut kept = writes.len();
+        // The writes not durable yet: the held-back ones (`PrePrepare`s that
+        // need no sync), then this call's. The call's transmits may leave once
+        // everything up to its last write that needs a sync is durable.
+        let mut pending = if side == 0 {
+            std::mem::take(&mut self.nodes[usize::from(i)].lazy)
+        } else {
+            vec![]
+        };
+        pending.extend(writes.iter().cloned());
+        let must = pending
+            .iter()
+            .rposition(Persist::needs_sync)
+            .map_or(0, |k| k + 1);
+        let mut kept = if must == 0 { 0 } else { pending.len() };
         if torn.is_some() {
-            kept = (self.rng.next_u32() as usize) % (writes.len() + 1);
-            if kept < writes.len() {
+            kept = (self.rng.next_u32() as usize) % (pending.len() + 1);
+            if kept < must {
                 transmits.clear();
             } else {
                 let sent = (self.rng.next_u32() as usize) % (transmits.len() + 1);
@@ -499,13 +519,16 @@ impl Sim {
         }
         if side == 0 {
             let node = &mut self.nodes[usize::from(i)];
-            for p in &writes[..kept] {
+            for p in &pending[..kept] {
                 node.storage.persist(p).unwrap();
+            }
+            if torn.is_none() {
+                node.lazy = pending.split_off(kept);
             }
             if node.correct {
                 // A checkpoint's snapshot is the whole state the replica holds (or,
                 // after a state transfer, installed) at that sequence number.
-                for p in &writes[..kept] {
+                for p in &pending[..kept] {
                     if let Persist::Checkpoint { seq, snapshot, .. } = p {
                         self.checker
                             .state(i, *seq, checker::state_digest(*seq, snapshot));
@@ -545,7 +568,7 @@ impl Sim {
             node.replica = None;
             node.torn = None;
             node.torn_crashes += 1;
-            if kept > 0 && kept < writes.len() {
+            if kept > 0 && kept < pending.len() {
                 node.strictly_torn += 1;
             }
             self.schedule(self.now + restart_after, Action::Restart(i));
@@ -693,7 +716,15 @@ impl Sim {
 
     fn act(&mut self, action: Action) {
         match action {
-            Action::Crash(i) => self.nodes[usize::from(i)].replica = None,
+            Action::Crash(i) => {
+                let lazy = std::mem::take(&mut self.nodes[usize::from(i)].lazy);
+                let kept = (self.rng.next_u32() as usize) % (lazy.len() + 1);
+                let node = &mut self.nodes[usize::from(i)];
+                for p in &lazy[..kept] {
+                    node.storage.persist(p).unwrap();
+                }
+                node.replica = None;
+            }
             Action::TornCrash {
                 replica,
                 min_writes,
@@ -718,6 +749,7 @@ impl Sim {
             }
             Action::Partition(groups) => self.partition = Some(groups),
             Action::Heal => self.partition = None,
+            Action::SwitchSide(i, side) => self.sc.sides[usize::from(i)] = side,
             Action::Calm => self.net = Net::calm(),
             Action::MoreRequests(k) => {
                 for c in &mut self.clients {
@@ -1239,6 +1271,31 @@ fn equivocating_primary_n6() {
         6,
         vec![0, 0, 0, 1, 1, 1],
     ));
+}
+
+#[test]
+fn amnesia_under_an_equivocating_primary() {
+    // The primary is a twin: replicas 1 and 2 see one copy, replica 3 the other
+    // (which proposes other batches for the same sequence numbers). Replica 2
+    // crashes in the middle of a call (its `PrePrepare` writes need no sync, so
+    // it may lose those of PREPAREs it sent) and comes back on the other side,
+    // where the primary's other copy offers it other batches for the same
+    // (view, seq). It must not prepare them (pbft.md §5, the reservation).
+    let mut sc = twin_primary("amnesia_under_an_equivocating_primary", 4, vec![0, 0, 0, 1]);
+    sc.requests_per_client = 12;
+    sc.actions = vec![
+        (
+            40,
+            Action::TornCrash {
+                replica: 2,
+                min_writes: 1,
+                restart_after: 60,
+            },
+        ),
+        (40, Action::SwitchSide(2, 1)),
+    ];
+    sc.exercises = vec![Exercise::Equivocation, Exercise::TornCrashes(1)];
+    run_scenario(sc);
 }
 
 #[test]
