@@ -235,7 +235,10 @@ impl DurableState {
 /// `fed-mesh` implements it over its embedded database; [`MemoryStorage`] serves
 /// tests and the simulator.
 pub trait Storage {
-    /// Makes `op` durable. When this returns `Ok`, a crash must not lose it.
+    /// Makes `op` durable. When this returns `Ok`, a crash must not lose it,
+    /// unless it [needs no sync](Persist::needs_sync): such a write may be
+    /// held back and lost, but not once a later write is durable (writes are
+    /// durable in order).
     fn persist(&mut self, op: &Persist) -> Result<()>;
 
     /// Reads back everything persisted (for [`Replica::recover`](crate::Replica::recover)).

@@ -143,7 +143,10 @@ impl PbftStore {
     /// Makes every write of `ops` durable as one record of the replica log
     /// (one write, one `fdatasync`): the driver calls it with all the writes a
     /// replica asked for before it sends the messages polled after them.
-    /// Atomic: a crash leaves all or none.
+    /// Atomic: a crash leaves all or none. A group of `PrePrepare`s only (no
+    /// write that [needs a sync](Persist::needs_sync)) is held back instead
+    /// and goes in the record of the next call that has one; a crash before
+    /// that loses it (pbft.md §5, store.md §3.1).
     pub fn persist_all(&mut self, ops: &[Persist]) -> Result<(), StoreError> {
         self.store.with_log(|log| log.append(ops))
     }

@@ -1611,6 +1611,42 @@ mod tests {
         );
     }
 
+    /// Held-back writes are written at once past [`HELD_LIMIT`], and in a
+    /// record of their own when they would pass the record limit together
+    /// with the next write; nothing is lost either way.
+    #[test]
+    fn held_writes_are_bounded_and_split_from_a_record_too_large_together() {
+        let (_dir, path, mut log) = new_log();
+        let pp = |seq: u64| Persist::PrePrepare {
+            view: 0,
+            seq,
+            digest: [seq as u8; 32],
+            signature: Signature([1; 64]),
+            batch: Some(Arc::from(vec![seq as u8; 3 << 20])),
+        };
+        let next = log.next;
+        log.append(&[pp(1)]).unwrap();
+        log.append(&[pp(2)]).unwrap();
+        assert_eq!(log.next, next, "6 MiB held");
+        log.append(&[pp(3)]).unwrap();
+        assert_eq!(log.next, next + 1, "9 MiB written at once");
+        log.append(&[pp(4)]).unwrap();
+        log.append(&[pp(5)]).unwrap();
+        let checkpoint = Persist::Checkpoint {
+            seq: 5,
+            state: [5; 32],
+            snapshot: Arc::from(vec![1u8; MAX_RECORD_LEN - (4 << 20)]),
+        };
+        // Together past the record limit: refused unless split.
+        log.append(std::slice::from_ref(&checkpoint)).unwrap();
+        let mut want = DurableState::default();
+        for w in (1..=5).map(pp).chain([checkpoint]) {
+            want.apply(&w);
+        }
+        drop(log);
+        assert_eq!(ReplicaLog::open(&path).unwrap().state().unwrap(), &want);
+    }
+
     /// A rewrite after every group (so that every kind of entry goes through
     /// `rebuild_ops` and bases of several records are written and read),
     /// then a reopen: the state is the reference's.

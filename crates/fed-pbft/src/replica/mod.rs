@@ -11,7 +11,7 @@ mod normal;
 mod view_change;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::Arc,
 };
 
@@ -561,10 +561,24 @@ impl<A: Application> Replica<A> {
                 r.next_seq = r.next_seq.max(seq + 1);
             }
         }
+        // Slots prepared in this view without a pre-prepare of it: a silent
+        // replica's (it prepares on the other backups' PREPAREs and writes no
+        // `PrePrepare`). The certificate holds the pre-prepare; the replica
+        // re-sends its COMMIT, never a PREPARE it did not send.
+        let mut unprepared = BTreeSet::new();
         for (seq, rec) in durable.prepared.range(low + 1..) {
             let slot = r.log.entry(*seq).or_default();
             slot.prepared = Some(rec.cert.clone());
             slot.prepared_batch = rec.batch.clone().map(|b| (rec.cert.digest, b));
+            if rec.cert.view == r.view && (slot.view < r.view || slot.pre_prepare.is_none()) {
+                slot.enter_view(r.view);
+                slot.pre_prepare = Some((rec.cert.digest, rec.cert.primary));
+                slot.authenticated = true;
+                if let Some(b) = &rec.batch {
+                    slot.batch = Some((rec.cert.digest, b.clone()));
+                }
+                unprepared.insert(*seq);
+            }
         }
         for (seq, (proof, batch)) in durable.committed.range(low + 1..) {
             let slot = r.log.entry(*seq).or_default();
@@ -588,7 +602,7 @@ impl<A: Application> Replica<A> {
         // these are the very messages sent before the crash).
         let seqs: Vec<u64> = r.log.keys().copied().collect();
         for seq in seqs {
-            r.restore_votes(seq)?;
+            r.restore_votes(seq, !unprepared.contains(&seq))?;
         }
         r.try_execute(now)?;
         // A restarted replica is probably behind: ask f + 1 peers straight away.
@@ -613,7 +627,10 @@ impl<A: Application> Replica<A> {
         Ok(r)
     }
 
-    fn restore_votes(&mut self, seq: u64) -> Result<()> {
+    /// Re-issues this replica's votes of the current view for `seq`: its
+    /// PRE-PREPARE (as primary) or PREPARE (unless `prepare` is false: it
+    /// sent none), and its COMMIT if it prepared.
+    fn restore_votes(&mut self, seq: u64, prepare: bool) -> Result<()> {
         let (view, me, primary) = (self.view, self.me, self.m.primary(self.view));
         let Some(slot) = self.log.get(&seq) else {
             return Ok(());
@@ -642,7 +659,7 @@ impl<A: Application> Replica<A> {
                 slot.own.push(bytes);
             }
         }
-        if me != primary {
+        if me != primary && prepare {
             let p = Prepare::new(&self.identity, &self.m, view, seq, digest, me)?;
             let bytes = encode_arc(&Message::Prepare(p.clone()))?;
             if let Some(slot) = self.log.get_mut(&seq) {

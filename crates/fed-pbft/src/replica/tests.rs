@@ -5,7 +5,6 @@ use crate::{
     },
     storage::{MemoryStorage, Storage},
 };
-use std::collections::BTreeSet;
 
 struct Nop;
 impl Application for Nop {
@@ -234,6 +233,105 @@ fn a_backup_that_lost_its_pre_prepare_prepares_nothing_else_there() {
         )),
         "the silent backup commits on the others' prepares"
     );
+}
+
+#[test]
+fn a_silent_backup_restarted_again_re_sends_its_commit_and_no_prepare() {
+    // Backup 1 prepared seq 1 on the others' PREPAREs while silent (above),
+    // then crashes again: restarted, it re-sends its COMMIT, sends no
+    // PREPARE for the slot, and refuses another pre-prepare there.
+    let (ids, m) = setup();
+    let mut storage = MemoryStorage::new();
+    storage
+        .persist(&Persist::Reserve { view: 0, upto: 3 })
+        .unwrap();
+    let mut r = restart(&ids[1], &m, storage.load().unwrap());
+    let pp = PrePrepare::new(&ids[0], &m, 0, 1, foreign_batch()).unwrap();
+    let digest = pp.digest;
+    r.handle_message(0, &Message::PrePrepare(pp).encode().unwrap(), 3)
+        .unwrap();
+    for j in [2u16, 3] {
+        let p = Prepare::new(&ids[usize::from(j)], &m, 0, 1, digest, j).unwrap();
+        r.handle_message(j, &Message::Prepare(p).encode().unwrap(), 4)
+            .unwrap();
+    }
+    while let Some(w) = r.poll_persist() {
+        storage.persist(&w).unwrap();
+    }
+    let first: Vec<Transmit> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    drop(r);
+
+    let mut again = restart(&ids[1], &m, storage.load().unwrap());
+    let other = PrePrepare::new(&ids[0], &m, 0, 1, NULL_BATCH.to_vec()).unwrap();
+    assert!(
+        again
+            .handle_message(0, &Message::PrePrepare(other).encode().unwrap(), 5)
+            .is_err()
+    );
+    let mut sent: Vec<Transmit> = std::iter::from_fn(|| again.poll_transmit()).collect();
+    for _ in 0..3 {
+        let at = again.poll_timeout().unwrap();
+        again.handle_timeout(at).unwrap();
+        sent.extend(std::iter::from_fn(|| again.poll_transmit()));
+    }
+    sent.extend(first);
+    assert!(
+        prepares_for(&sent, 0, 1).is_empty(),
+        "a PREPARE it never sent"
+    );
+    assert!(
+        sent.iter().any(|t| matches!(
+            Message::decode(&t.payload),
+            Ok(Message::Commit(c)) if c.seq == 1 && c.digest == digest
+        )),
+        "its COMMIT again"
+    );
+}
+
+#[test]
+fn the_reservation_s_last_sequence_number_is_silent_the_next_is_not() {
+    let (ids, m) = setup();
+    let durable = |upto| {
+        let mut s = MemoryStorage::new();
+        s.persist(&Persist::Reserve { view: 0, upto }).unwrap();
+        s.load().unwrap()
+    };
+    // A backup: no PREPARE at `upto`, one just past it.
+    let mut b = restart(&ids[1], &m, durable(2));
+    for seq in [2u64, 3] {
+        let pp = PrePrepare::new(&ids[0], &m, 0, seq, NULL_BATCH.to_vec()).unwrap();
+        b.handle_message(0, &Message::PrePrepare(pp).encode().unwrap(), 3)
+            .unwrap();
+    }
+    let sent: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    assert!(prepares_for(&sent, 0, 2).is_empty());
+    assert_eq!(prepares_for(&sent, 0, 3).len(), 1);
+    // A primary: its next pre-prepare is the one after `upto`.
+    let config = Config {
+        max_batch_requests: 1,
+        ..Config::default()
+    };
+    let client = ClientId([4; 32]);
+    let keys: Vec<ClientKey> = (0..4u8).map(|i| ClientKey::new(&[i; 32])).collect();
+    let ck = crate::ClientKeys::new(&m, client, &keys).unwrap();
+    let mut p = Replica::recover(ids[0].clone(), m.clone(), config, Nop, durable(2), 2).unwrap();
+    p.add_client(client, keys[0].clone()).unwrap();
+    p.handle_request(
+        &Message::Request(ck.request(1, b"a".to_vec()))
+            .encode()
+            .unwrap(),
+        3,
+    )
+    .unwrap();
+    let at = p.poll_timeout().unwrap();
+    p.handle_timeout(at).unwrap();
+    let seqs: Vec<u64> = std::iter::from_fn(|| p.poll_transmit())
+        .filter_map(|t| match Message::decode(&t.payload) {
+            Ok(Message::PrePrepare(pp)) => Some(pp.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs.first(), Some(&3), "{seqs:?}");
 }
 
 #[test]

@@ -35,6 +35,8 @@ pub(crate) struct Checker {
     proven_keys: HashSet<(u64, u64, Digest)>,
     /// PREPAREs sent by correct replicas: (seq, view, digest, replica).
     prepares: BTreeSet<(u64, u64, Digest, u16)>,
+    /// PRE-PREPAREs sent by correct primaries: (view, seq) → digest.
+    pre_prepares: BTreeMap<(u64, u64), Digest>,
     /// Whole replicated state digest per sequence number, and who reported it first.
     states: BTreeMap<u64, (Digest, u16)>,
     /// Per client: the latest completed request (timestamp, outcome).
@@ -196,6 +198,18 @@ impl Checker {
         }
         if p.verify_batch(m, batch).is_ok() {
             self.proven(p);
+        }
+    }
+
+    /// A PRE-PREPARE sent by a correct replica (a primary): one digest per
+    /// (view, seq), restarts included.
+    pub(crate) fn pre_prepare_sent(&mut self, replica: u16, view: u64, seq: u64, digest: Digest) {
+        if let Some(other) = self.pre_prepares.insert((view, seq), digest)
+            && other != digest
+        {
+            self.violation(format!(
+                "agreement: correct primary {replica} pre-prepared two batches at seq {seq} in view {view}"
+            ));
         }
     }
 

@@ -506,7 +506,12 @@ impl Sim {
             .iter()
             .rposition(Persist::needs_sync)
             .map_or(0, |k| k + 1);
-        let mut kept = if must == 0 { 0 } else { pending.len() };
+        // Those after it may stay held back (a store may, pbft.md §5).
+        let mut kept = if must == 0 {
+            0
+        } else {
+            must + (self.rng.next_u32() as usize) % (pending.len() - must + 1)
+        };
         if torn.is_some() {
             kept = (self.rng.next_u32() as usize) % (pending.len() + 1);
             if kept < must {
@@ -630,6 +635,9 @@ impl Sim {
             }
             Ok(Message::Checkpoint(c)) if correct && c.replica == i => {
                 self.checker.state(i, c.seq, c.state);
+            }
+            Ok(Message::PrePrepare(pp)) if correct => {
+                self.checker.pre_prepare_sent(i, pp.view, pp.seq, pp.digest);
             }
             Ok(Message::PrePrepare(pp)) if self.is_twin(i) => {
                 let node = &mut self.nodes[usize::from(i)];
