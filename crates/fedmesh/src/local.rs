@@ -1,6 +1,8 @@
 //! A federation of `fedmesh node` processes on 127.0.0.1, for the demo and the
 //! commit benchmark: keys, a genesis, temporary data directories, processes
-//! started with bootstrap addresses and killed on drop.
+//! started with bootstrap addresses and killed on drop. The nodes divide the
+//! machine's cores between them (`--worker-threads`, at least one each)
+//! unless told otherwise (DECISIONS.md).
 
 use std::{
     path::PathBuf,
@@ -92,6 +94,7 @@ impl LocalFederation {
             }
         }
         let exe = std::env::current_exe().map_err(|e| Failure::runtime(e.to_string()))?;
+        let workers = self.worker_threads();
         let node = &mut self.nodes[i];
         let log = std::fs::File::create(node.data.with_extension("log"))
             .map_err(|e| Failure::runtime(e.to_string()))?;
@@ -105,6 +108,7 @@ impl LocalFederation {
             .arg(&node.data)
             .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(&self.extra_args)
+            .args(workers.map(|n| format!("--worker-threads={n}")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -131,6 +135,21 @@ impl LocalFederation {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(Failure::runtime(format!("node {i} did not start")))
+    }
+
+    /// Each node's share of the machine's cores (at least one), unless the
+    /// extra arguments or `TOKIO_WORKER_THREADS` choose.
+    fn worker_threads(&self) -> Option<usize> {
+        let chosen = std::env::var_os("TOKIO_WORKER_THREADS").is_some()
+            || self
+                .extra_args
+                .iter()
+                .any(|a| a.starts_with("--worker-threads"));
+        if chosen {
+            return None;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Some((cores / self.nodes.len().max(1)).clamp(1, 1024))
     }
 
     /// Node `i`'s process id, while it runs.
@@ -172,5 +191,21 @@ impl Drop for LocalFederation {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_nodes_divide_the_cores_unless_told() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let f = LocalFederation::create(4, 1, &[]).unwrap();
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            assert_eq!(f.worker_threads(), Some((cores / 5).max(1)));
+        }
+        let f = LocalFederation::create(2, 0, &["--worker-threads=3"]).unwrap();
+        assert_eq!(f.worker_threads(), None);
     }
 }

@@ -311,7 +311,17 @@ fn init_tracing(json: bool) {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(None)
+}
+
+/// A runtime with `workers` worker threads (default: tokio's, one per core
+/// unless `TOKIO_WORKER_THREADS` says otherwise).
+fn runtime_with(workers: Option<u16>) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(usize::from(n));
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| Failure::runtime(format!("tokio runtime: {e}")))
@@ -383,7 +393,7 @@ fn run(command: Cmd) -> Result<(), Failure> {
             members,
             federation,
         } => node::init(&out, &members, federation.as_deref()),
-        Cmd::Node(args) => runtime()?.block_on(node::run(args)),
+        Cmd::Node(args) => runtime_with(args.worker_threads)?.block_on(node::run(args)),
         Cmd::Status { target, json } => {
             let v = runtime()?.block_on(control::call(
                 &target.control,

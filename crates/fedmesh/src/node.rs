@@ -68,6 +68,10 @@ pub(crate) struct NodeArgs {
     /// or `.pub` file (repeat).
     #[arg(long = "allow")]
     allow: Vec<String>,
+    /// Runtime worker threads. Default: one per core (`TOKIO_WORKER_THREADS`
+    /// if set); nodes sharing a machine do better dividing its cores.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) worker_threads: Option<u16>,
 }
 
 /// The configuration file.

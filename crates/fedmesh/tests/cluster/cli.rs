@@ -55,6 +55,9 @@ fn bad_configurations_name_what_is_wrong() {
     let (code, _, err) = fedmesh(&["node", "--config", "/nonexistent/node.toml"]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("/nonexistent/node.toml"), "{err}");
+    let (code, _, err) = fedmesh(&["node", "--worker-threads", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--worker-threads"), "{err}");
 }
 
 #[test]
