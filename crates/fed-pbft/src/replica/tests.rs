@@ -189,6 +189,35 @@ fn prepares_for(sent: &[Transmit], view: u64, seq: u64) -> BTreeSet<Digest> {
         .collect()
 }
 
+/// Gives `r` the primary's pre-prepare of a foreign batch at (0, 1) and the
+/// PREPAREs of backups 2 and 3 for it; returns its digest.
+fn prepared_by_the_others(
+    r: &mut Replica<Nop>,
+    ids: &[Arc<Identity>],
+    m: &Arc<Membership>,
+) -> Digest {
+    let pp = PrePrepare::new(&ids[0], m, 0, 1, foreign_batch()).unwrap();
+    let digest = pp.digest;
+    r.handle_message(0, &Message::PrePrepare(pp).encode().unwrap(), 3)
+        .unwrap();
+    for j in [2u16, 3] {
+        let p = Prepare::new(&ids[usize::from(j)], m, 0, 1, digest, j).unwrap();
+        r.handle_message(j, &Message::Prepare(p).encode().unwrap(), 4)
+            .unwrap();
+    }
+    digest
+}
+
+/// Whether `sent` holds a COMMIT for `(seq, digest)`.
+fn commits(sent: &[Transmit], seq: u64, digest: Digest) -> bool {
+    sent.iter().any(|t| {
+        matches!(
+            Message::decode(&t.payload),
+            Ok(Message::Commit(c)) if c.seq == seq && c.digest == digest
+        )
+    })
+}
+
 #[test]
 fn a_backup_that_lost_its_pre_prepare_prepares_nothing_else_there() {
     // A faulty primary sends backup 1 one batch and the other backups another.
@@ -209,15 +238,7 @@ fn a_backup_that_lost_its_pre_prepare_prepares_nothing_else_there() {
     drop(b);
 
     let mut r = restart(&ids[1], &m, storage.load().unwrap());
-    let second = PrePrepare::new(&ids[0], &m, 0, 1, foreign_batch()).unwrap();
-    let digest = second.digest;
-    r.handle_message(0, &Message::PrePrepare(second).encode().unwrap(), 3)
-        .unwrap();
-    for j in [2u16, 3] {
-        let p = Prepare::new(&ids[usize::from(j)], &m, 0, 1, digest, j).unwrap();
-        r.handle_message(j, &Message::Prepare(p).encode().unwrap(), 4)
-            .unwrap();
-    }
+    let digest = prepared_by_the_others(&mut r, &ids, &m);
     while r.poll_persist().is_some() {}
     let after: Vec<Transmit> = std::iter::from_fn(|| r.poll_transmit()).collect();
     sent.extend(after.iter().cloned());
@@ -227,10 +248,7 @@ fn a_backup_that_lost_its_pre_prepare_prepares_nothing_else_there() {
         "two PREPAREs of one correct replica for one (view, seq)"
     );
     assert!(
-        after.iter().any(|t| matches!(
-            Message::decode(&t.payload),
-            Ok(Message::Commit(c)) if c.seq == 1 && c.digest == digest
-        )),
+        commits(&after, 1, digest),
         "the silent backup commits on the others' prepares"
     );
 }
@@ -246,15 +264,7 @@ fn a_silent_backup_restarted_again_re_sends_its_commit_and_no_prepare() {
         .persist(&Persist::Reserve { view: 0, upto: 3 })
         .unwrap();
     let mut r = restart(&ids[1], &m, storage.load().unwrap());
-    let pp = PrePrepare::new(&ids[0], &m, 0, 1, foreign_batch()).unwrap();
-    let digest = pp.digest;
-    r.handle_message(0, &Message::PrePrepare(pp).encode().unwrap(), 3)
-        .unwrap();
-    for j in [2u16, 3] {
-        let p = Prepare::new(&ids[usize::from(j)], &m, 0, 1, digest, j).unwrap();
-        r.handle_message(j, &Message::Prepare(p).encode().unwrap(), 4)
-            .unwrap();
-    }
+    let digest = prepared_by_the_others(&mut r, &ids, &m);
     while let Some(w) = r.poll_persist() {
         storage.persist(&w).unwrap();
     }
@@ -279,13 +289,7 @@ fn a_silent_backup_restarted_again_re_sends_its_commit_and_no_prepare() {
         prepares_for(&sent, 0, 1).is_empty(),
         "a PREPARE it never sent"
     );
-    assert!(
-        sent.iter().any(|t| matches!(
-            Message::decode(&t.payload),
-            Ok(Message::Commit(c)) if c.seq == 1 && c.digest == digest
-        )),
-        "its COMMIT again"
-    );
+    assert!(commits(&sent, 1, digest), "its COMMIT again");
 }
 
 #[test]
