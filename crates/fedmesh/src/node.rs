@@ -69,7 +69,8 @@ pub(crate) struct NodeArgs {
     #[arg(long = "allow")]
     allow: Vec<String>,
     /// Runtime worker threads. Default: one per core (`TOKIO_WORKER_THREADS`
-    /// if set); nodes sharing a machine do better dividing its cores.
+    /// if set; this flag wins over it). Nodes sharing a machine may divide
+    /// its cores (OPERATING.md).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) worker_threads: Option<u16>,
 }

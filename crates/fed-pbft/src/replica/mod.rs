@@ -570,7 +570,7 @@ impl<A: Application> Replica<A> {
             let slot = r.log.entry(*seq).or_default();
             slot.prepared = Some(rec.cert.clone());
             slot.prepared_batch = rec.batch.clone().map(|b| (rec.cert.digest, b));
-            if rec.cert.view == r.view && (slot.view < r.view || slot.pre_prepare.is_none()) {
+            if rec.cert.view == r.view && (slot.view != r.view || slot.pre_prepare.is_none()) {
                 slot.enter_view(r.view);
                 slot.pre_prepare = Some((rec.cert.digest, rec.cert.primary));
                 slot.authenticated = true;

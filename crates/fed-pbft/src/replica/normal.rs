@@ -196,7 +196,7 @@ impl<A: Application> Replica<A> {
     /// Asks for a `Reserve` covering `(view, seq)` unless one does: the
     /// `PrePrepare` write that follows may then stay unsynced while its
     /// PRE-PREPARE or PREPARE leaves. One synced write per `window` sequence
-    /// numbers, and one on entering a view.
+    /// numbers, and one with the first of them in each view.
     fn reserve(&mut self, view: u64, seq: u64) {
         if self.reserved.0 != view || seq > self.reserved.1 {
             let upto = seq.saturating_add(self.config.window);

@@ -293,6 +293,64 @@ fn a_silent_backup_restarted_again_re_sends_its_commit_and_no_prepare() {
 }
 
 #[test]
+fn a_silent_prepared_slot_of_a_later_view_takes_the_certificate_s_pre_prepare() {
+    // Replica 2 holds a view-0 pre-prepare for seq 1, and a view-1 certificate
+    // for another batch there that it prepared while silent (no view-1
+    // `PrePrepare`). Restarted in view 1, the slot is the certificate's: its
+    // COMMIT goes out again, no PREPARE, and view 1's primary cannot give the
+    // slot another batch.
+    let (ids, m) = setup();
+    let mut s = MemoryStorage::new();
+    let old = PrePrepare::new(&ids[0], &m, 0, 1, NULL_BATCH.to_vec()).unwrap();
+    let new = PrePrepare::new(&ids[1], &m, 1, 1, foreign_batch()).unwrap();
+    let prepare = |j: u16| {
+        let p = Prepare::new(&ids[usize::from(j)], &m, 1, 1, new.digest, j).unwrap();
+        (j, p.signature)
+    };
+    for w in [
+        Persist::PrePrepare {
+            view: 0,
+            seq: 1,
+            digest: old.digest,
+            signature: old.signature,
+            batch: Some(Arc::from(NULL_BATCH)),
+        },
+        Persist::View {
+            view: 1,
+            active: true,
+        },
+        Persist::Reserve { view: 1, upto: 5 },
+        Persist::Prepared {
+            cert: PreparedCert {
+                view: 1,
+                seq: 1,
+                digest: new.digest,
+                primary: new.signature,
+                prepares: vec![prepare(0), prepare(3)],
+            },
+            batch: Some(Arc::from(new.batch.clone())),
+        },
+    ] {
+        s.persist(&w).unwrap();
+    }
+    let mut r = restart(&ids[2], &m, s.load().unwrap());
+    let other = PrePrepare::new(&ids[1], &m, 1, 1, NULL_BATCH.to_vec()).unwrap();
+    assert!(
+        r.handle_message(1, &Message::PrePrepare(other).encode().unwrap(), 3)
+            .is_err()
+    );
+    let mut sent: Vec<Transmit> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    let at = r.poll_timeout().unwrap();
+    r.handle_timeout(at).unwrap();
+    sent.extend(std::iter::from_fn(|| r.poll_transmit()));
+    assert!(
+        prepares_for(&sent, 1, 1).is_empty(),
+        "a PREPARE it never sent"
+    );
+    assert!(commits(&sent, 1, new.digest), "its COMMIT again");
+}
+
+#[test]
 fn the_reservation_s_last_sequence_number_is_silent_the_next_is_not() {
     let (ids, m) = setup();
     let durable = |upto| {

@@ -622,7 +622,7 @@ impl Sim {
     /// leaves replica `i`.
     fn observe_sent(&mut self, i: u16, side: u8, correct: bool, bytes: &[u8]) {
         let kind = bytes.get(5).copied();
-        if !matches!(kind, Some(2..=5)) {
+        if !matches!(kind, Some(2..=5 | 7)) {
             return;
         }
         match Message::decode(bytes) {
@@ -636,8 +636,14 @@ impl Sim {
             Ok(Message::Checkpoint(c)) if correct && c.replica == i => {
                 self.checker.state(i, c.seq, c.state);
             }
-            Ok(Message::PrePrepare(pp)) if correct => {
+            Ok(Message::PrePrepare(pp)) if correct && self.m.primary(pp.view) == i => {
                 self.checker.pre_prepare_sent(i, pp.view, pp.seq, pp.digest);
+            }
+            // A NEW-VIEW's entries are its primary's pre-prepares too.
+            Ok(Message::NewView(nv)) if correct && self.m.primary(nv.view) == i => {
+                for e in &nv.pre_prepares {
+                    self.checker.pre_prepare_sent(i, nv.view, e.seq, e.digest);
+                }
             }
             Ok(Message::PrePrepare(pp)) if self.is_twin(i) => {
                 let node = &mut self.nodes[usize::from(i)];
