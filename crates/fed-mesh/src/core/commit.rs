@@ -1868,9 +1868,11 @@ impl Core {
         }
         // When this call's writes are only `Committed` records, kept for
         // recovery and sent after nothing (pbft.md §5; the votes behind the
-        // batch were synced before they left), the replies to other nodes and
-        // the proof push go before the writes' sync: one synced write less on
-        // the way to every receipt. Anything else written holds them back.
+        // batch were synced before they left), the replies, the proof push
+        // and this node's own receipts go before the writes' sync: one synced
+        // write less on the way to every receipt. The batch's event (audit,
+        // substrate, subscribers) and its revocations still follow the write.
+        // Anything else written holds them all back.
         let early = !writes.is_empty()
             && writes
                 .iter()
@@ -1878,12 +1880,12 @@ impl Core {
         if early {
             for e in &events {
                 match e {
-                    PbftEvent::Reply(reply) => {
-                        self.pbft_reply_remote(reply);
-                    }
+                    PbftEvent::Reply(reply) => self.pbft_reply(reply, now),
                     PbftEvent::Executed(x) => {
                         let to = self.push_targets(x);
                         self.push_proof(x, to, now);
+                        self.remember_executed(x);
+                        self.finish_waiting(x, now);
                     }
                     _ => {}
                 }
@@ -1901,7 +1903,7 @@ impl Core {
         let mut stable = false;
         for e in events {
             match e {
-                PbftEvent::Reply(reply) if early && self.pbft_reply_is_remote(&reply) => {}
+                PbftEvent::Reply(_) if early => {}
                 PbftEvent::Reply(reply) => self.pbft_reply(&reply, now),
                 PbftEvent::Executed(x) => self.on_executed(x, early, now),
                 PbftEvent::ViewChanged { view, .. } => {
@@ -2000,13 +2002,12 @@ impl Core {
     }
 
     /// `x` executed here; `pushed`: its proof push has been sent already.
-    fn on_executed(&mut self, x: fed_pbft::Executed, pushed: bool, now: u64) {
-        let push_to = self.push_targets(&x);
+    /// Remembers an executed batch's proof for the requests in it (this
+    /// node's clients and others' proof requests find it there).
+    fn remember_executed(&mut self, x: &fed_pbft::Executed) {
         let Some(c) = self.commit.as_mut() else {
             return;
         };
-        let ledger = c.replica.as_ref().map(Replica::app);
-        let (updates, revocations) = batch_effects(&x, ledger);
         let epoch = c.cur().number;
         c.remember(
             (epoch, x.seq),
@@ -2016,6 +2017,44 @@ impl Core {
             true,
         );
         c.committed += 1;
+    }
+
+    /// This node's own commits in `x` whose replies came first: their proof
+    /// is here now (nobody pushes it to a voter, nor to the node that pushes
+    /// it).
+    fn finish_waiting(&mut self, x: &fed_pbft::Executed, now: u64) {
+        let position = (self.commit.as_ref().map_or(0, |c| c.cur().number), x.seq);
+        let waiting: Vec<usize> = self.commit.as_ref().map_or_else(Vec::new, |c| {
+            c.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| {
+                    s.busy.as_ref().is_some_and(|f| {
+                        f.proof.is_some()
+                            && c.by_request.get(&(s.id, f.timestamp)) == Some(&position)
+                    })
+                })
+                .map(|(i, _)| i)
+                .collect()
+        });
+        for i in waiting {
+            self.hunt_proof(i, now);
+        }
+    }
+
+    /// A batch this replica executed: remembered, pushed, its clients
+    /// finished (all three already done when `early`: the call wrote only
+    /// `Committed` records), its revocations applied and its event emitted.
+    fn on_executed(&mut self, x: fed_pbft::Executed, early: bool, now: u64) {
+        let push_to = self.push_targets(&x);
+        if !early {
+            self.remember_executed(&x);
+        }
+        let Some(c) = self.commit.as_ref() else {
+            return;
+        };
+        let ledger = c.replica.as_ref().map(Replica::app);
+        let (updates, revocations) = batch_effects(&x, ledger);
         let (ledger_count, ledger_head) = c
             .replica
             .as_ref()
@@ -2045,7 +2084,7 @@ impl Core {
                 self.apply_revocation(*r, now);
             }
         }
-        if !pushed {
+        if !early {
             self.push_proof(&x, push_to, now);
         }
         let epoch = self.commit.as_ref().map_or(0, |c| c.cur().number);
@@ -2059,24 +2098,8 @@ impl Core {
             ledger_count,
             ledger_head,
         })));
-        // This node's own commits in the batch whose replies came first: their
-        // proof is here now (nobody pushes it to the node that pushes it).
-        let position = (epoch, x.seq);
-        let waiting: Vec<usize> = self.commit.as_ref().map_or_else(Vec::new, |c| {
-            c.slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| {
-                    s.busy.as_ref().is_some_and(|f| {
-                        f.proof.is_some()
-                            && c.by_request.get(&(s.id, f.timestamp)) == Some(&position)
-                    })
-                })
-                .map(|(i, _)| i)
-                .collect()
-        });
-        for i in waiting {
-            self.hunt_proof(i, now);
+        if !early {
+            self.finish_waiting(&x, now);
         }
     }
 

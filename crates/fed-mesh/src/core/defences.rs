@@ -86,6 +86,10 @@ enum Watched {
     },
     /// A message on the consensus protocol, to this core.
     Send { to: usize },
+    /// A command of this core's finished.
+    Complete,
+    /// A batch's event (`MeshEvent::Committed`: audit, substrate).
+    Committed,
 }
 
 impl Net {
@@ -180,6 +184,8 @@ impl Net {
                         self.watched.push(Watched::Send { to });
                     }
                 }
+                Action::Complete { .. } => self.watched.push(Watched::Complete),
+                Action::Event(MeshEvent::Committed(_)) => self.watched.push(Watched::Committed),
                 _ => {}
             }
         }
@@ -266,6 +272,31 @@ impl Net {
             }
             Msg::Response { to, out, bytes } => self.cores[to].handle_response(out, bytes, now),
         }
+    }
+
+    /// Delivers each sender's last held request first, then the others in
+    /// order (a late message overtaking earlier ones on another stream).
+    fn release_last_first(&mut self) {
+        let mut held = std::mem::take(&mut self.held);
+        let mut senders = Vec::new();
+        for m in &held {
+            if let Msg::Request { from, .. } = m
+                && !senders.contains(from)
+            {
+                senders.push(*from);
+            }
+        }
+        for s in senders {
+            if let Some(k) = held
+                .iter()
+                .rposition(|m| matches!(m, Msg::Request { from, .. } if *from == s))
+            {
+                let m = held.remove(k);
+                self.queue.push_back(m);
+            }
+        }
+        self.queue.extend(held);
+        self.run();
     }
 
     /// Delivers the held requests, in order.
@@ -1548,6 +1579,62 @@ fn replies_overtake_a_write_only_when_it_records_commits_alone() {
         assert!(
             write < reply,
             "batch {k}: the reply left before the write it rests on: {watched:?}"
+        );
+    }
+}
+
+/// A voter's own commit finishes from its replica's execution. When that
+/// input wrote only the batch's `Committed` record, the receipt goes before
+/// the write, as replies to other nodes do; the batch's event, which the
+/// audit log and the substrate take, still follows it.
+#[test]
+fn a_voter_s_own_receipt_overtakes_a_write_that_records_commits_alone() {
+    let mut net = four_voters_without_checkpoints(5);
+    net.watch = Some(1);
+    for k in 0..4u8 {
+        // The others commit without voter 1; then it hears their replies to
+        // its client first, and the rest in order: its own replica executes
+        // the batch in an input that writes only the `Committed` record.
+        net.hold = Some((vec![0, 2, 3], 1));
+        let id = net.submit(
+            1,
+            Command::Commit(commit::Operation::Update(
+                crate::substrate::StateUpdate::Opaque {
+                    kind: "test".into(),
+                    bytes: vec![k],
+                },
+            )),
+        );
+        net.advance(50);
+        net.hold = None;
+        net.watched.clear();
+        net.release_last_first();
+        net.advance(50);
+        committed(&mut net, id);
+        let watched = std::mem::take(&mut net.watched);
+        let at = |want: &dyn Fn(&Watched) -> bool, what: &str| {
+            watched
+                .iter()
+                .position(want)
+                .unwrap_or_else(|| panic!("batch {k}: no {what}: {watched:?}"))
+        };
+        let write = at(
+            &|w| {
+                matches!(
+                    w,
+                    Watched::Persist {
+                        only_committed: true,
+                        ..
+                    }
+                )
+            },
+            "write of the commit alone",
+        );
+        let done = at(&|w| *w == Watched::Complete, "receipt");
+        let event = at(&|w| *w == Watched::Committed, "batch event");
+        assert!(
+            done < write && write < event,
+            "batch {k}: receipt, write, event out of order: {watched:?}"
         );
     }
 }
