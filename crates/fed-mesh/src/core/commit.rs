@@ -2001,7 +2001,6 @@ impl Core {
         }
     }
 
-    /// `x` executed here; `pushed`: its proof push has been sent already.
     /// Remembers an executed batch's proof for the requests in it (this
     /// node's clients and others' proof requests find it there).
     fn remember_executed(&mut self, x: &fed_pbft::Executed) {

@@ -1637,4 +1637,48 @@ fn a_voter_s_own_receipt_overtakes_a_write_that_records_commits_alone() {
             "batch {k}: receipt, write, event out of order: {watched:?}"
         );
     }
+    // Voter 1 hears everything late, the last message first: the input that
+    // brings the pre-prepare prepares, commits and executes the batch, and
+    // the receipt rests on the PREPARE and COMMIT it is about to send: it
+    // waits for that input's write.
+    for k in 4..8u8 {
+        net.hold = Some((vec![0, 2, 3], 1));
+        let id = net.submit(
+            1,
+            Command::Commit(commit::Operation::Update(
+                crate::substrate::StateUpdate::Opaque {
+                    kind: "test".into(),
+                    bytes: vec![k],
+                },
+            )),
+        );
+        net.advance(50);
+        net.hold = None;
+        net.watched.clear();
+        net.release_reversed();
+        net.advance(50);
+        committed(&mut net, id);
+        let watched = std::mem::take(&mut net.watched);
+        let write = watched
+            .iter()
+            .position(|w| {
+                matches!(
+                    w,
+                    Watched::Persist {
+                        prepared: true,
+                        committed: true,
+                        ..
+                    }
+                )
+            })
+            .unwrap_or_else(|| panic!("batch {k}: one input prepared and committed: {watched:?}"));
+        let done = watched
+            .iter()
+            .position(|w| *w == Watched::Complete)
+            .unwrap_or_else(|| panic!("batch {k}: no receipt: {watched:?}"));
+        assert!(
+            write < done,
+            "batch {k}: the receipt left before the write it rests on: {watched:?}"
+        );
+    }
 }
