@@ -1583,6 +1583,29 @@ fn replies_overtake_a_write_only_when_it_records_commits_alone() {
     }
 }
 
+/// Voter 1 commits update `k` of its own client while it hears nothing from
+/// the other voters, who commit without it; then it hears them, `release`
+/// choosing the order. Returns what voter 1 did meanwhile.
+fn own_commit_heard_late(net: &mut Net, k: u8, release: fn(&mut Net)) -> Vec<Watched> {
+    net.hold = Some((vec![0, 2, 3], 1));
+    let id = net.submit(
+        1,
+        Command::Commit(commit::Operation::Update(
+            crate::substrate::StateUpdate::Opaque {
+                kind: "test".into(),
+                bytes: vec![k],
+            },
+        )),
+    );
+    net.advance(50);
+    net.hold = None;
+    net.watched.clear();
+    release(net);
+    net.advance(50);
+    committed(net, id);
+    std::mem::take(&mut net.watched)
+}
+
 /// A voter's own commit finishes from its replica's execution. When that
 /// input wrote only the batch's `Committed` record, the receipt goes before
 /// the write, as replies to other nodes do; the batch's event, which the
@@ -1591,27 +1614,20 @@ fn replies_overtake_a_write_only_when_it_records_commits_alone() {
 fn a_voter_s_own_receipt_overtakes_a_write_that_records_commits_alone() {
     let mut net = four_voters_without_checkpoints(5);
     net.watch = Some(1);
-    for k in 0..4u8 {
-        // The others commit without voter 1; then it hears their replies to
-        // its client first, and the rest in order: its own replica executes
-        // the batch in an input that writes only the `Committed` record.
-        net.hold = Some((vec![0, 2, 3], 1));
-        let id = net.submit(
-            1,
-            Command::Commit(commit::Operation::Update(
-                crate::substrate::StateUpdate::Opaque {
-                    kind: "test".into(),
-                    bytes: vec![k],
-                },
-            )),
-        );
-        net.advance(50);
-        net.hold = None;
-        net.watched.clear();
-        net.release_last_first();
-        net.advance(50);
-        committed(&mut net, id);
-        let watched = std::mem::take(&mut net.watched);
+    for k in 0..8u8 {
+        // Batches 0 to 3: voter 1 hears the replies to its client first, the
+        // rest in order, and executes the batch in an input that writes only
+        // its `Committed` record. Batches 4 to 7: it hears everything the
+        // last message first, so the input that brings the pre-prepare
+        // prepares, commits and executes the batch: the receipt rests on the
+        // PREPARE and COMMIT it is about to send and waits for that write.
+        let alone = k < 4;
+        let release = if alone {
+            Net::release_last_first
+        } else {
+            Net::release_reversed
+        };
+        let watched = own_commit_heard_late(&mut net, k, release);
         let at = |want: &dyn Fn(&Watched) -> bool, what: &str| {
             watched
                 .iter()
@@ -1619,66 +1635,34 @@ fn a_voter_s_own_receipt_overtakes_a_write_that_records_commits_alone() {
                 .unwrap_or_else(|| panic!("batch {k}: no {what}: {watched:?}"))
         };
         let write = at(
-            &|w| {
-                matches!(
-                    w,
-                    Watched::Persist {
-                        only_committed: true,
-                        ..
+            &|w| match w {
+                Watched::Persist {
+                    only_committed,
+                    prepared,
+                    committed,
+                } => {
+                    if alone {
+                        *only_committed
+                    } else {
+                        *prepared && *committed
                     }
-                )
+                }
+                _ => false,
             },
-            "write of the commit alone",
+            "write of the batch's commit",
         );
         let done = at(&|w| *w == Watched::Complete, "receipt");
         let event = at(&|w| *w == Watched::Committed, "batch event");
-        assert!(
-            done < write && write < event,
-            "batch {k}: receipt, write, event out of order: {watched:?}"
-        );
-    }
-    // Voter 1 hears everything late, the last message first: the input that
-    // brings the pre-prepare prepares, commits and executes the batch, and
-    // the receipt rests on the PREPARE and COMMIT it is about to send: it
-    // waits for that input's write.
-    for k in 4..8u8 {
-        net.hold = Some((vec![0, 2, 3], 1));
-        let id = net.submit(
-            1,
-            Command::Commit(commit::Operation::Update(
-                crate::substrate::StateUpdate::Opaque {
-                    kind: "test".into(),
-                    bytes: vec![k],
-                },
-            )),
-        );
-        net.advance(50);
-        net.hold = None;
-        net.watched.clear();
-        net.release_reversed();
-        net.advance(50);
-        committed(&mut net, id);
-        let watched = std::mem::take(&mut net.watched);
-        let write = watched
-            .iter()
-            .position(|w| {
-                matches!(
-                    w,
-                    Watched::Persist {
-                        prepared: true,
-                        committed: true,
-                        ..
-                    }
-                )
-            })
-            .unwrap_or_else(|| panic!("batch {k}: one input prepared and committed: {watched:?}"));
-        let done = watched
-            .iter()
-            .position(|w| *w == Watched::Complete)
-            .unwrap_or_else(|| panic!("batch {k}: no receipt: {watched:?}"));
-        assert!(
-            write < done,
-            "batch {k}: the receipt left before the write it rests on: {watched:?}"
-        );
+        if alone {
+            assert!(
+                done < write && write < event,
+                "batch {k}: receipt, write, event out of order: {watched:?}"
+            );
+        } else {
+            assert!(
+                write < done && write < event,
+                "batch {k}: the receipt left before the write it rests on: {watched:?}"
+            );
+        }
     }
 }
