@@ -290,14 +290,15 @@ impl MeshBuilder {
         if let Some(store) = &store {
             core_config.state = Some(store.state().load()?);
         }
-        // The batches the recovered replica executes again as it starts: those
-        // whose commits the audit log holds already are not logged twice.
-        let replayed = core_config
-            .consensus
-            .as_ref()
-            .and_then(|c| c.recovered.as_deref())
-            .map(replayed_batches)
-            .unwrap_or_default();
+        // The batches the recovered replica may execute again: those it
+        // recorded after its last checkpoint, and those whose records a crash
+        // lost (it fetches them from its peers). Those whose commits the
+        // audit log holds already are not logged twice.
+        let replays = core_config.consensus.as_ref().and_then(|c| {
+            c.recovered
+                .as_deref()
+                .map(|d| (replayed_above(d), c.pbft.window))
+        });
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| Error::Config(format!("no OS randomness: {e}")))?;
         let core = Core::new(core_config, seed, driver::now_ms())?;
@@ -310,10 +311,13 @@ impl MeshBuilder {
                 // `Store::open` checked every record already (a damaged one
                 // stops the start, naming the file); a read that fails now
                 // costs duplicate entries, not the start.
-                let logged = log.logged_commits(&replayed).unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot read the audit log's last commits; the batches executed again at start are logged again");
-                    Default::default()
-                });
+                let logged = match replays {
+                    None => Default::default(),
+                    Some((above, window)) => log.logged_commits(above, window).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot read the audit log's last commits; the batches executed again at start are logged again");
+                        Default::default()
+                    }),
+                };
                 Some((log, config.identity.clone(), logged))
             }
             None => None,
@@ -690,53 +694,40 @@ impl FederatedMesh {
     }
 }
 
-/// `(sequence, digest)` of the batches a replica recovered from `d` executes
-/// again as it starts, as `Replica::recover` does: those recorded above the
-/// stable checkpoint and above its newest own checkpoint (whose state it
-/// installs).
-fn replayed_batches(d: &fed_pbft::DurableState) -> Vec<(u64, [u8; 32])> {
+/// The sequence number at and below which a replica recovered from `d`
+/// executes nothing again: its stable checkpoint, or its newest own checkpoint
+/// (whose state it installs) if higher. What it recorded above is executed
+/// again as it starts; what it lost above (held-back `Committed` writes,
+/// pbft.md §5) is fetched and executed again.
+fn replayed_above(d: &fed_pbft::DurableState) -> u64 {
     let stable = d.stable.as_ref().map_or(0, |c| c.seq);
     let own = d.checkpoints.keys().next_back().copied().unwrap_or(0);
-    d.committed
-        .range(stable.max(own).saturating_add(1)..)
-        .map(|(seq, (proof, _))| (*seq, proof.digest))
-        .collect()
+    stable.max(own)
 }
 
 #[cfg(test)]
 mod replay_tests {
     use std::sync::Arc;
 
-    use fed_pbft::{CheckpointCert, CommitProof, DurableState};
+    use fed_pbft::{CheckpointCert, DurableState};
 
-    /// Records at or below the stable checkpoint, or below the newest own
-    /// checkpoint, are not executed again: they are not replays (their
-    /// audit entries, if lost, stay lost; the set must not keep them).
+    /// Records at or below the stable checkpoint, or at or below the newest
+    /// own checkpoint, are not executed again: their audit entries are not
+    /// looked for (if lost, they stay lost).
     #[test]
-    fn the_replayed_batches_are_those_above_both_checkpoints() {
+    fn replays_start_above_both_checkpoints() {
         let mut d = DurableState::default();
-        for seq in 1..=20u64 {
-            let proof = CommitProof {
-                membership: [0; 32],
-                view: 0,
-                seq,
-                digest: [seq as u8; 32],
-                signatures: Vec::new(),
-            };
-            d.committed.insert(seq, (proof, Arc::from(&[][..])));
-        }
-        let seqs = |d: &DurableState| -> Vec<u64> {
-            super::replayed_batches(d).iter().map(|(s, _)| *s).collect()
-        };
-        assert_eq!(seqs(&d), (1..=20).collect::<Vec<_>>());
+        assert_eq!(super::replayed_above(&d), 0);
         d.stable = Some(CheckpointCert {
             seq: 4,
             state: [0; 32],
             signatures: Vec::new(),
         });
-        assert_eq!(seqs(&d), (5..=20).collect::<Vec<_>>());
+        assert_eq!(super::replayed_above(&d), 4);
         d.checkpoints.insert(16, ([0; 32], Arc::from(&[][..])));
-        assert_eq!(seqs(&d), (17..=20).collect::<Vec<_>>());
-        assert_eq!(super::replayed_batches(&d)[0], (17, [17; 32]));
+        d.checkpoints.insert(8, ([0; 32], Arc::from(&[][..])));
+        assert_eq!(super::replayed_above(&d), 16);
+        d.stable.as_mut().unwrap().seq = 24;
+        assert_eq!(super::replayed_above(&d), 24);
     }
 }

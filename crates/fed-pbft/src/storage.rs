@@ -16,7 +16,10 @@ use crate::{
 /// the result ([`DurableState`]) then neither forgets a vote nor contradicts one.
 /// A `PrePrepare` need not be: a store may hold it back until the next write
 /// that needs a sync, and a crash may lose it (its PRE-PREPARE or PREPARE stands
-/// on the [`Reserve`](Self::Reserve) before it, pbft.md §5).
+/// on the [`Reserve`](Self::Reserve) before it, pbft.md §5). Nor need a
+/// `Committed`: what it records was fixed by a quorum's COMMITs, each sent
+/// after its sender's synced `Prepared`; a replica that lost it fetches the
+/// batch again when it restarts.
 /// [`DurableState::apply`] is the reference meaning of each write; a store may
 /// keep a log of writes and replay it.
 ///
@@ -88,10 +91,11 @@ pub enum Persist {
 }
 
 impl Persist {
-    /// Whether this write must be durable before the transmits polled after it
-    /// (all but `PrePrepare`, which the `Reserve` before it covers).
+    /// Whether this write must be durable before the transmits polled after it:
+    /// all but `PrePrepare`, which the `Reserve` before it covers, and
+    /// `Committed`, which no message rests on (pbft.md §5).
     pub fn needs_sync(&self) -> bool {
-        !matches!(self, Persist::PrePrepare { .. })
+        !matches!(self, Persist::PrePrepare { .. } | Persist::Committed { .. })
     }
 }
 

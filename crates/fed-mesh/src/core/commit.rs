@@ -1869,10 +1869,12 @@ impl Core {
         // When this call's writes are only `Committed` records, kept for
         // recovery and sent after nothing (pbft.md §5; the votes behind the
         // batch were synced before they left), the replies, the proof push
-        // and this node's own receipts go before the writes' sync: one synced
-        // write less on the way to every receipt. The batch's event (audit,
-        // substrate, subscribers) and its revocations still follow the write.
-        // Anything else written holds them all back.
+        // and this node's own receipts go before the writes: they need not
+        // wait for a store that syncs them. The batch's event (audit,
+        // substrate, subscribers) and its revocations follow the writes
+        // (the node's store holds such writes back, so those wait for no
+        // sync either: store.md §3.1). Anything else written holds them all
+        // back.
         let early = !writes.is_empty()
             && writes
                 .iter()

@@ -153,6 +153,35 @@ mod timer_tests {
     }
 }
 
+#[cfg(test)]
+mod held_flush_tests {
+    use super::*;
+
+    /// Held writes are due `HELD_FLUSH_DELAY` after the log started holding
+    /// them: more held writes do not put that off; a new holding spell (the
+    /// log wrote the earlier ones with a synced write meanwhile) starts its
+    /// own delay; nothing held, nothing due.
+    #[test]
+    fn held_writes_are_due_a_delay_after_the_first() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut h = HeldFlush::default();
+        assert_eq!(h.due(), None);
+        h.update(None, t0);
+        assert_eq!(h.due(), None);
+        h.update(Some(1), t0);
+        assert_eq!(h.due(), Some(t0 + HELD_FLUSH_DELAY));
+        h.update(Some(1), t0 + ms(5));
+        assert_eq!(h.due(), Some(t0 + HELD_FLUSH_DELAY), "not put off");
+        h.update(Some(2), t0 + ms(7));
+        assert_eq!(h.due(), Some(t0 + ms(7) + HELD_FLUSH_DELAY), "a new spell");
+        h.update(None, t0 + ms(8));
+        assert_eq!(h.due(), None);
+        h.update(Some(2), t0 + ms(9));
+        assert_eq!(h.due(), Some(t0 + ms(9) + HELD_FLUSH_DELAY));
+    }
+}
+
 impl drain::ActionSink for Driver {
     fn next_action(&mut self) -> Option<Action> {
         self.core.poll_action()
@@ -247,8 +276,39 @@ const MAX_COMMAND_GROUP: usize = 256;
 const MAX_FRAME_GROUP: usize = 64;
 /// Most audit entries appended in one transaction.
 const MAX_AUDIT_GROUP: usize = 1024;
+/// How long the replica's held-back writes (`PrePrepare`s and `Committed`s,
+/// which need no sync, pbft.md §5) may wait for the next synced write before
+/// the driver writes them on their own: a node that goes idle has them on
+/// disk this long after, not at its next request.
+const HELD_FLUSH_DELAY: Duration = Duration::from_millis(10);
+
+/// When the replica log's held-back writes are due to be written on their
+/// own: [`HELD_FLUSH_DELAY`] after the log started holding them, whatever
+/// was held since (a loaded node's next synced write takes them long before).
+#[derive(Debug, Default)]
+struct HeldFlush {
+    /// The log's number for its held writes ([`crate::store::PbftStore::holds_writes`])
+    /// and when the driver first saw it.
+    since: Option<(u64, tokio::time::Instant)>,
+}
+
+impl HeldFlush {
+    /// After a drain: `holds` is the log's number for its held writes, if any.
+    fn update(&mut self, holds: Option<u64>, now: tokio::time::Instant) {
+        self.since = match (holds, self.since) {
+            (None, _) => None,
+            (Some(n), Some((since, at))) if n == since => Some((since, at)),
+            (Some(n), _) => Some((n, now)),
+        };
+    }
+
+    /// When to write them, if anything is held.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.since.map(|(_, at)| at + HELD_FLUSH_DELAY)
+    }
+}
 /// The audit log, the key that signs its head, and the batches the recovered
-/// replica executes again whose commits the log holds already.
+/// replica may execute again whose commits the log holds already.
 pub(crate) type AuditParts = (
     crate::store::AuditLog,
     Arc<fed_crypto::Identity>,
@@ -420,12 +480,15 @@ pub(crate) struct Driver {
     /// Events for the audit log's writer (with a data directory), in the
     /// order they happened, and the writer (awaited when the node stops).
     audit: Option<(AuditSender, tokio::task::JoinHandle<()>)>,
-    /// Batches the recovered replica executes again as the node starts whose
-    /// commits the audit log holds already: skipped once each, not logged
-    /// twice (the federation committed them once).
+    /// Batches the recovered replica may execute again (recorded after its
+    /// last checkpoint, or lost in a crash) whose commits the audit log holds
+    /// already: skipped once each, not logged twice (the federation committed
+    /// them once).
     audited_replays: std::collections::HashSet<(u64, [u8; 32])>,
     /// The replica's durable state, with a data directory.
     pbft_store: Option<crate::store::PbftStore>,
+    /// When the replica log's held-back writes are due on their own.
+    held: HeldFlush,
     /// Committed batches, in order, to the task that applies them to the substrate.
     apply_tx: mpsc::UnboundedSender<Arc<crate::core::commit::CommittedBatch>>,
     /// A durable write failed: the node stops rather than send what depends on it.
@@ -536,6 +599,7 @@ impl Driver {
             audit,
             audited_replays,
             pbft_store,
+            held: HeldFlush::default(),
             apply_tx,
             failed: false,
             partitioned: Default::default(),
@@ -575,13 +639,20 @@ impl Driver {
                     tokio::time::sleep(wait).await;
                 }
             };
+            let flush_at = self.held.due();
+            let flush = async move {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 request = self.requests.recv() => match request {
                     None => break,
                     Some(Request::Shutdown(done)) => {
                         self.fail_waiting();
-                        self.close_audit().await;
+                        self.close_stores().await;
                         let _ = done.send(());
                         break;
                     }
@@ -610,7 +681,7 @@ impl Driver {
                             Some(Request::Shutdown(done)) => {
                                 self.drain();
                                 self.fail_waiting();
-                                self.close_audit().await;
+                                self.close_stores().await;
                                 let _ = done.send(());
                                 break;
                             }
@@ -654,13 +725,38 @@ impl Driver {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
                 _ = metrics_tick.tick(), if self.metrics.is_some() => self.refresh_metrics(),
+                _ = flush => self.flush_held(),
             }
             self.drain();
             if self.failed {
                 self.fail_waiting();
                 break;
             }
+            let holds = self.pbft_store.as_ref().and_then(|p| p.holds_writes());
+            self.held.update(holds, tokio::time::Instant::now());
         }
+        self.close_stores().await;
+    }
+
+    /// Writes the replica's held-back writes (synced). A failure stops the
+    /// node, as a failed replica write does.
+    fn flush_held(&mut self) {
+        self.held = HeldFlush::default();
+        if self.failed {
+            return;
+        }
+        if let Some(store) = self.pbft_store.as_mut()
+            && let Err(e) = store.flush_held()
+        {
+            tracing::error!(error = %e, "cannot persist the replica's state; the node stops");
+            self.failed = true;
+        }
+    }
+
+    /// Makes the replica's held-back writes durable, then ends the audit
+    /// writer: what the node stops with is on disk.
+    async fn close_stores(&mut self) {
+        self.flush_held();
         self.close_audit().await;
     }
 

@@ -241,45 +241,42 @@ impl AuditLog {
         Ok(out)
     }
 
-    /// Which of `wanted`, `(sequence, digest)` of batches of the current
-    /// configuration epoch, the log holds a `Committed` entry for. A
-    /// restarted voter executes again the batches its replica recorded after
-    /// its last checkpoint; the driver logs only those missing (a crash can
-    /// lose the last entries). Reads back from the end, and stops at the
-    /// current epoch's start (a `MembershipChanged` entry, or a commit whose
-    /// sequence number is not below the one after it: that entry may be
-    /// lost), at a commit before the first wanted, once every one is found,
-    /// or after `4 * wanted.len() + 4096` entries.
+    /// The `(sequence, digest)` of every `Committed` entry of the current
+    /// configuration epoch above sequence number `above`. A restarted voter
+    /// executes again the batches its replica recorded after its last
+    /// checkpoint, and those whose records a crash lost (pbft.md §5: the
+    /// replica fetches them from its peers); the driver logs only those the
+    /// log does not hold (a crash can lose the last entries too). Reads back
+    /// from the end, and stops at the current epoch's start (a
+    /// `MembershipChanged` entry, or a commit whose sequence number is not
+    /// below the one after it: that entry may be lost), at a commit at or
+    /// below `above`, or after `4 * window + 4096` entries (`window`: how far
+    /// past `above` the replica may have executed).
     pub fn logged_commits(
         &self,
-        wanted: &[(u64, [u8; 32])],
+        above: u64,
+        window: u64,
     ) -> Result<std::collections::HashSet<(u64, [u8; 32])>, StoreError> {
         let mut found = std::collections::HashSet::new();
-        let Some(first) = wanted.iter().map(|(seq, _)| *seq).min() else {
-            return Ok(found);
-        };
-        let wanted: std::collections::HashSet<_> = wanted.iter().copied().collect();
         let s = &self.store;
         let read = s.db_read()?;
         let Some(t) = s.table_if_any(&read, AUDIT)? else {
             return Ok(found);
         };
-        let cap = wanted.len().saturating_mul(4).saturating_add(4096);
+        let cap = usize::try_from(window)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(4)
+            .saturating_add(4096);
         let mut after = u64::MAX;
         for entry in t.iter().map_err(|e| s.io(e))?.rev().take(cap) {
             let (k, v) = entry.map_err(|e| s.corrupt(e))?;
             match read_entry(s, k.value(), v.value())?.event {
                 AuditEvent::Committed { seq, digest } => {
-                    if seq >= after {
+                    if seq >= after || seq <= above {
                         break;
                     }
                     after = seq;
-                    if wanted.contains(&(seq, digest)) {
-                        found.insert((seq, digest));
-                    }
-                    if seq < first || found.len() == wanted.len() {
-                        break;
-                    }
+                    found.insert((seq, digest));
                 }
                 AuditEvent::MembershipChanged { .. } => break,
                 _ => {}

@@ -143,12 +143,29 @@ impl PbftStore {
     /// Makes every write of `ops` durable as one record of the replica log
     /// (one write, one `fdatasync`): the driver calls it with all the writes a
     /// replica asked for before it sends the messages polled after them.
-    /// Atomic: a crash leaves all or none. A group of `PrePrepare`s only (no
-    /// write that [needs a sync](Persist::needs_sync)) is held back instead
-    /// and goes in the record of the next call that has one; a crash before
-    /// that loses it (pbft.md §5, store.md §3.1).
+    /// Atomic: a crash leaves all or none. A group of `PrePrepare`s and
+    /// `Committed`s only (no write that [needs a sync](Persist::needs_sync))
+    /// is held back instead and goes in the record of the next call that has
+    /// one, or of [`flush_held`](Self::flush_held); a crash before that loses
+    /// it (pbft.md §5, store.md §3.1).
     pub fn persist_all(&mut self, ops: &[Persist]) -> Result<(), StoreError> {
         self.store.with_log(|log| log.append(ops))
+    }
+
+    /// Whether writes are held back, not yet on disk ([`persist_all`](Self::persist_all)):
+    /// if so, a number that changes each time the log starts holding writes
+    /// again after it held none.
+    pub fn holds_writes(&self) -> Option<u64> {
+        self.store
+            .with_log(|log| Ok(log.holds_writes()))
+            .ok()
+            .flatten()
+    }
+
+    /// Makes the held-back writes durable, as one synced record. A failure
+    /// leaves the log unusable, as a failed [`persist_all`](Self::persist_all) does.
+    pub fn flush_held(&mut self) -> Result<(), StoreError> {
+        self.store.with_log(|log| log.flush_held())
     }
 
     /// Enters configuration epoch `epoch` (mesh.md §9): stores its link

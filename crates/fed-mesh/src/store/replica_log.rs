@@ -64,7 +64,7 @@ const HELD_LIMIT: usize = 8 << 20;
 /// The batch bytes a held-back write carries.
 fn batch_len(op: &Persist) -> usize {
     match op {
-        Persist::PrePrepare { batch: Some(b), .. } => b.len(),
+        Persist::PrePrepare { batch: Some(b), .. } | Persist::Committed { batch: b, .. } => b.len(),
         _ => 0,
     }
 }
@@ -740,12 +740,15 @@ pub(super) struct ReplicaLog {
     /// Why the log refuses every call: a write or a rewrite failed at a point
     /// where the file and the state may disagree.
     broken: Option<String>,
-    /// Writes that need no sync (`PrePrepare`s, [`Persist::needs_sync`]),
-    /// held back to go in the record of the next write that does. Not in
+    /// Writes that need no sync (`PrePrepare`s and `Committed`s,
+    /// [`Persist::needs_sync`]), held back to go in the record of the next
+    /// write that does, or of [`flush_held`](Self::flush_held). Not in
     /// `state`: a crash loses them, as the replica allows (pbft.md §5).
     held: Vec<Persist>,
     /// The batch bytes `held` carries.
     held_bytes: usize,
+    /// How many times `held` went from empty to not ([`holds_writes`](Self::holds_writes)).
+    held_since: u64,
     /// What the log did since the store was opened.
     counts: LogCounts,
 }
@@ -928,6 +931,7 @@ impl ReplicaLog {
             broken: None,
             held: Vec::new(),
             held_bytes: 0,
+            held_since: 0,
             counts: LogCounts::default(),
         })
     }
@@ -979,6 +983,7 @@ impl ReplicaLog {
             broken: None,
             held: Vec::new(),
             held_bytes: 0,
+            held_since: 0,
             counts: LogCounts::default(),
         };
         if torn {
@@ -1057,11 +1062,12 @@ impl ReplicaLog {
     /// does) leaves the log unusable: the file may hold part of it.
     ///
     /// Writes that need no sync ([`Persist::needs_sync`]: a group of
-    /// `PrePrepare`s only) are held back and go first in the record of the
-    /// next write that does (in a record of their own, synced, if together
-    /// they would pass the record limit, or once they carry
-    /// [`HELD_LIMIT`] bytes of batches). So a record is still always synced
-    /// before the next is written, and a crash loses at most the held writes.
+    /// `PrePrepare`s and `Committed`s only) are held back and go first in the
+    /// record of the next write that does (in a record of their own, synced,
+    /// if together they would pass the record limit, once they carry
+    /// [`HELD_LIMIT`] bytes of batches, or at [`flush_held`](Self::flush_held)).
+    /// So a record is still always synced before the next is written, and a
+    /// crash loses at most the held writes.
     ///
     /// The log is rewritten from its state when a stable checkpoint has just
     /// pruned it (the state is then at its smallest) and the log has grown by
@@ -1073,6 +1079,9 @@ impl ReplicaLog {
     pub(super) fn append(&mut self, ops: &[Persist]) -> Result<(), StoreError> {
         self.check_usable()?;
         if !ops.iter().any(Persist::needs_sync) {
+            if self.held.is_empty() && !ops.is_empty() {
+                self.held_since += 1;
+            }
             self.held.extend_from_slice(ops);
             self.held_bytes += ops.iter().map(batch_len).sum::<usize>();
             if self.held_bytes <= HELD_LIMIT {
@@ -1098,6 +1107,26 @@ impl ReplicaLog {
             }
             result => result,
         }
+    }
+
+    /// Whether writes are held back ([`append`](Self::append)): if so, a
+    /// number that changes each time the log starts holding writes again
+    /// after it held none (the caller times its [`flush_held`](Self::flush_held)
+    /// from the first).
+    pub(super) fn holds_writes(&self) -> Option<u64> {
+        (!self.held.is_empty()).then_some(self.held_since)
+    }
+
+    /// Writes the held-back writes, if any, as one record and syncs it: the
+    /// node calls it when it has been idle for a moment, and when it stops.
+    pub(super) fn flush_held(&mut self) -> Result<(), StoreError> {
+        self.check_usable()?;
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut self.held);
+        self.held_bytes = 0;
+        self.write_record(&held)
     }
 
     /// Writes `ops` as one record and syncs it, then applies them ([`append`](Self::append)).
@@ -1242,6 +1271,13 @@ mod tests {
     const SALT: [u8; SALT_LEN] = [9; SALT_LEN];
 
     /// A new, empty log of node `[7; 32]` in a directory of its own.
+    /// Appends `ops` and writes them at once, held back or not: one record
+    /// per call, as the tests of the record format want.
+    fn append_now(log: &mut ReplicaLog, ops: &[Persist]) -> Result<(), StoreError> {
+        log.append(ops)?;
+        log.flush_held()
+    }
+
     fn new_log() -> (tempfile::TempDir, PathBuf, ReplicaLog) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.rlog");
@@ -1473,30 +1509,36 @@ mod tests {
             primary: Signature([8; 64]),
             prepares: vec![(1, Signature([9; 64]))],
         };
-        log.append(&[
-            Persist::PrePrepare {
-                view: 0,
-                seq: 1,
-                digest: [3; 32],
-                signature: Signature([8; 64]),
-                batch: Some(batch.clone()),
-            },
-            Persist::Prepared {
-                cert,
-                batch: Some(batch.clone()),
-            },
-        ])
+        append_now(
+            &mut log,
+            &[
+                Persist::PrePrepare {
+                    view: 0,
+                    seq: 1,
+                    digest: [3; 32],
+                    signature: Signature([8; 64]),
+                    batch: Some(batch.clone()),
+                },
+                Persist::Prepared {
+                    cert,
+                    batch: Some(batch.clone()),
+                },
+            ],
+        )
         .unwrap();
-        log.append(&[Persist::Committed {
-            proof: CommitProof {
-                membership: [1; 32],
-                view: 0,
-                seq: 1,
-                digest: [3; 32],
-                signatures: vec![(0, Signature([5; 64])), (2, Signature([6; 64]))],
-            },
-            batch,
-        }])
+        append_now(
+            &mut log,
+            &[Persist::Committed {
+                proof: CommitProof {
+                    membership: [1; 32],
+                    view: 0,
+                    seq: 1,
+                    digest: [3; 32],
+                    signatures: vec![(0, Signature([5; 64])), (2, Signature([6; 64]))],
+                },
+                batch,
+            }],
+        )
         .unwrap();
         let bytes = std::fs::read(&path).unwrap();
         if let Ok(out) = std::env::var("FED_RLOG_VECTOR2") {
@@ -1608,6 +1650,66 @@ mod tests {
             log.state().unwrap(),
             &want,
             "the held write of seq 2 lost, no more"
+        );
+    }
+
+    /// A group of `Committed` records is held back too: until the next group
+    /// that needs a sync, or until [`ReplicaLog::flush_held`] writes it on
+    /// its own. A crash before either loses it; `holds_writes` tells a new
+    /// holding spell from the one before.
+    #[test]
+    fn committed_records_are_held_until_a_synced_write_or_a_flush() {
+        let (_dir, path, mut log) = new_log();
+        let batch: Arc<[u8]> = Arc::from(vec![0xcd; 4096]);
+        let prepared = |seq: u64| Persist::Prepared {
+            cert: PreparedCert {
+                view: 0,
+                seq,
+                digest: [seq as u8; 32],
+                primary: Signature([1; 64]),
+                prepares: vec![(1, Signature([2; 64])), (2, Signature([3; 64]))],
+            },
+            batch: Some(batch.clone()),
+        };
+        let committed = |seq: u64| Persist::Committed {
+            proof: CommitProof {
+                membership: [1; 32],
+                view: 0,
+                seq,
+                digest: [seq as u8; 32],
+                signatures: vec![(0, Signature([5; 64])), (2, Signature([6; 64]))],
+            },
+            batch: batch.clone(),
+        };
+        let mut want = DurableState::default();
+        for w in [prepared(1), prepared(2)] {
+            log.append(std::slice::from_ref(&w)).unwrap();
+            want.apply(&w);
+        }
+        assert_eq!(log.holds_writes(), None);
+        let (end, next) = (log.end, log.next);
+        log.append(&[committed(1)]).unwrap();
+        let first = log.holds_writes().expect("held");
+        log.append(&[committed(2)]).unwrap();
+        assert_eq!(log.holds_writes(), Some(first), "the same holding spell");
+        assert_eq!((log.end, log.next), (end, next), "held back, not written");
+        log.flush_held().unwrap();
+        assert_eq!(log.holds_writes(), None);
+        assert_eq!(log.next, next + 1, "one record");
+        assert!(log.end - end < 4096, "the batches not written again");
+        log.flush_held().unwrap();
+        assert_eq!(log.next, next + 1, "nothing to flush: no record");
+        want.apply(&committed(1));
+        want.apply(&committed(2));
+        assert_eq!(log.state().unwrap(), &want);
+        log.append(&[committed(3)]).unwrap();
+        assert_ne!(log.holds_writes(), Some(first), "a new holding spell");
+        drop(log);
+        let log = ReplicaLog::open(&path).unwrap();
+        assert_eq!(
+            log.state().unwrap(),
+            &want,
+            "the flushed records kept, the held one of seq 3 lost"
         );
     }
 
@@ -1889,6 +1991,10 @@ mod tests {
         ] {
             let before = log.end;
             log.append(std::slice::from_ref(&w)).unwrap();
+            if matches!(w, Persist::Committed { .. }) {
+                // Held back too: written on its own here.
+                log.flush_held().unwrap();
+            }
             want.apply(&w);
             grew.push(log.end - before);
         }
@@ -1900,7 +2006,7 @@ mod tests {
         let other: Arc<[u8]> = Arc::from(vec![8u8; LEN as usize]);
         let before = log.end;
         let w = committed(1, 1, &other);
-        log.append(std::slice::from_ref(&w)).unwrap();
+        append_now(&mut log, std::slice::from_ref(&w)).unwrap();
         want.apply(&w);
         assert!(log.end - before > LEN);
         drop(log);
@@ -1935,7 +2041,7 @@ mod tests {
             vec![committed(6, 7, &old), committed(5, 7, &new)],
         ];
         for g in &groups {
-            log.append(g).unwrap();
+            append_now(&mut log, g).unwrap();
             for w in g {
                 want.apply(w);
             }
@@ -2041,7 +2147,7 @@ mod tests {
         let mut want = DurableState::default();
         for (i, g) in groups.iter().enumerate() {
             let before = log.end;
-            log.append(g).unwrap();
+            append_now(&mut log, g).unwrap();
             for w in g {
                 want.apply(w);
             }

@@ -1014,18 +1014,18 @@ mod audit {
         }
     }
 
-    /// Which of `wanted` (sequence number, digest byte) a log of `entries`
-    /// holds, as `logged_commits` finds them.
-    fn logged(entries: Vec<AuditEvent>, wanted: &[(u64, u8)]) -> Vec<(u64, u8)> {
+    /// The commits (sequence number, digest byte) above `above` that a log of
+    /// `entries` holds in its current epoch, as `logged_commits` finds them
+    /// (`window` as the replica's).
+    fn logged(entries: Vec<AuditEvent>, above: u64, window: u64) -> Vec<(u64, u8)> {
         let dir = tempfile::tempdir().unwrap();
         let id = identity(1);
         let store = Store::open(dir.path().join("node.redb"), &id.node_id()).unwrap();
         let timed = entries.into_iter().enumerate().map(|(i, e)| (i as u64, e));
         store.audit().append_all(&id, timed).unwrap();
-        let wanted: Vec<(u64, [u8; 32])> = wanted.iter().map(|(s, d)| (*s, [*d; 32])).collect();
         let mut found: Vec<(u64, u8)> = store
             .audit()
-            .logged_commits(&wanted)
+            .logged_commits(above, window)
             .unwrap()
             .into_iter()
             .map(|(s, d)| (s, d[0]))
@@ -1034,11 +1034,12 @@ mod audit {
         found
     }
 
-    /// `logged_commits` finds the wanted commits the log holds: not those a
-    /// crash lost (they are logged when the restarted voter executes them
-    /// again), not others it holds, and not a commit of the epoch before the
-    /// last membership change (its sequence numbers started again), even one
-    /// with a wanted sequence number and digest.
+    /// `logged_commits` finds the commits the log holds above a sequence
+    /// number (a restarted voter's checkpoint): not those a crash lost (they
+    /// are logged when the voter executes them again), not those at or below
+    /// it, and not a commit of the epoch before the last membership change
+    /// (its sequence numbers started again), even one whose sequence number
+    /// and digest this epoch's lost entry shares.
     #[test]
     fn logged_commits_are_the_current_epochs_entries_only() {
         // The epoch before ends with a batch at sequence number 1 whose
@@ -1052,17 +1053,20 @@ mod audit {
             AuditEvent::Joined { peer: [7; 32] },
             commit(2, 21),
             commit(3, 31),
+            AuditEvent::Joined { peer: [8; 32] },
             commit(5, 51),
         ];
-        let wanted = [(1, 10), (2, 21), (3, 31), (4, 41)];
-        assert_eq!(logged(entries.clone(), &wanted), [(2, 21), (3, 31)]);
-        assert!(logged(entries, &[]).is_empty());
+        let all = [(2, 21), (3, 31), (5, 51)];
+        assert_eq!(logged(entries.clone(), 0, 8), all);
+        assert_eq!(logged(entries.clone(), 2, 8), all[1..]);
+        assert_eq!(logged(entries.clone(), 3, 8), all[2..]);
+        assert!(logged(entries, 5, 8).is_empty());
     }
 
     /// Without the epoch's `MembershipChanged` entry (a crash lost it, or the
     /// log predates it), a commit whose sequence number is not below the one
     /// after it marks the epoch's start: the search stops there, and does not
-    /// find the previous epoch's batch at a sequence number wanted again.
+    /// find the previous epoch's batches.
     #[test]
     fn logged_commits_stop_where_sequence_numbers_start_again() {
         let entries = vec![
@@ -1072,11 +1076,10 @@ mod audit {
             commit(1, 11),
             commit(2, 21),
         ];
-        let wanted = [(1, 11), (2, 21), (1, 10)];
-        assert_eq!(logged(entries, &wanted), [(1, 11), (2, 21)]);
+        assert_eq!(logged(entries, 0, 8), [(1, 11), (2, 21)]);
     }
 
-    /// The search reads at most `4 × wanted + 4 096` entries back: a
+    /// The search reads at most `4 × window + 4 096` entries back: a
     /// logged commit behind more other entries than that is not found (it
     /// is logged again), and a start does not read a long log whole.
     #[test]
@@ -1087,9 +1090,9 @@ mod audit {
             })
         };
         let near: Vec<AuditEvent> = std::iter::once(commit(1, 10)).chain(joins(4099)).collect();
-        assert_eq!(logged(near, &[(1, 10)]), [(1, 10)]);
+        assert_eq!(logged(near, 0, 1), [(1, 10)]);
         let far: Vec<AuditEvent> = std::iter::once(commit(1, 10)).chain(joins(4100)).collect();
-        assert!(logged(far, &[(1, 10)]).is_empty());
+        assert!(logged(far, 0, 1).is_empty());
     }
 
     /// Entries appended as one group are the entries appended one at a time:

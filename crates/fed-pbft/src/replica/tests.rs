@@ -170,7 +170,8 @@ fn a_restarted_primary_retransmits_its_pre_prepare() {
 }
 
 /// What a store may still hold after a crash that came before the next synced
-/// write: every write that needs a sync, none of the `PrePrepare`s (pbft.md §5).
+/// write: every write that needs a sync, none of the `PrePrepare`s or
+/// `Committed`s (pbft.md §5).
 fn synced_only(r: &mut Replica<Nop>, storage: &mut MemoryStorage) {
     while let Some(w) = r.poll_persist() {
         if w.needs_sync() {
@@ -1479,4 +1480,56 @@ fn the_application_learns_each_batch_s_sequence_number() {
         r.app().executed,
         vec![(1, vec![1]), (2, vec![2]), (3, vec![3])]
     );
+}
+
+#[test]
+fn a_replica_that_lost_its_commit_records_executes_the_batches_again() {
+    // Backup 1 commits and executes seq 1; its `Committed` write needs no
+    // sync and is lost in a crash (pbft.md §5). Restarted from what was
+    // synced, it holds the prepared certificate, asks its peers for what
+    // follows its last execution, and executes the same batch at seq 1 again
+    // from a peer's COMMITTED.
+    let (ids, m) = setup();
+    let mut storage = MemoryStorage::new();
+    let mut b = Replica::new(ids[1].clone(), m.clone(), Config::default(), Nop, 0).unwrap();
+    let digest = prepared_by_the_others(&mut b, &ids, &m);
+    for j in [0u16, 2] {
+        let c = Commit::new(&ids[usize::from(j)], &m, 0, 1, digest, j).unwrap();
+        b.handle_message(j, &Message::Commit(c).encode().unwrap(), 5)
+            .unwrap();
+    }
+    assert_eq!(b.last_executed(), 1);
+    let first = std::iter::from_fn(|| b.poll_event())
+        .find_map(|e| match e {
+            Event::Executed(x) => Some(x),
+            _ => None,
+        })
+        .unwrap();
+    synced_only(&mut b, &mut storage);
+    drop(b);
+    let durable = storage.load().unwrap();
+    assert!(durable.prepared.contains_key(&1));
+    assert!(durable.committed.is_empty(), "the commit record was lost");
+
+    let mut r = restart(&ids[1], &m, durable);
+    assert_eq!(r.last_executed(), 0);
+    let asks = std::iter::from_fn(|| r.poll_transmit())
+        .filter(|t| matches!(Message::decode(&t.payload), Ok(Message::Fetch(f)) if f.seq == 1))
+        .count();
+    assert_eq!(asks, 2, "it asks f + 1 peers for what follows");
+    let committed = Message::Committed(Committed {
+        proof: first.proof.clone(),
+        batch: first.batch.to_vec(),
+    });
+    r.handle_message(2, &committed.encode().unwrap(), 6)
+        .unwrap();
+    assert_eq!(r.last_executed(), 1);
+    let again = std::iter::from_fn(|| r.poll_event())
+        .find_map(|e| match e {
+            Event::Executed(x) => Some(x),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((again.seq, again.digest), (first.seq, first.digest));
+    assert_eq!(again.batch, first.batch);
 }

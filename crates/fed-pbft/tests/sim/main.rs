@@ -204,14 +204,17 @@ struct Node {
     transferred: bool,
     /// Snapshots this replica rejected because they did not match their certificate.
     bad_snapshots: u64,
-    /// `PrePrepare` writes held back until a write that needs a sync (a store
-    /// may do that, pbft.md §5): a crash keeps a random prefix of them.
+    /// `PrePrepare` and `Committed` writes held back until a write that needs
+    /// a sync (a store may do that, pbft.md §5): a crash keeps a random prefix
+    /// of them.
     lazy: Vec<Persist>,
     /// An armed torn crash: (min_writes, restart_after).
     torn: Option<(usize, u64)>,
     /// Torn crashes that happened, and how many left a strict prefix of the writes.
     torn_crashes: u64,
     strictly_torn: u64,
+    /// `Committed` writes that crashes lost (held back, pbft.md §5).
+    lost_commits: u64,
     /// The sequence number whose state was last reported to the checker.
     state_reported: Option<u64>,
     /// PRE-PREPARE digests a twin node sent, per (view, seq) and side.
@@ -366,6 +369,7 @@ impl Sim {
                 torn: None,
                 torn_crashes: 0,
                 strictly_torn: 0,
+                lost_commits: 0,
                 state_reported: None,
                 twin_proposals: BTreeMap::new(),
             };
@@ -493,8 +497,8 @@ impl Sim {
             }
             _ => None,
         };
-        // The writes not durable yet: the held-back ones (`PrePrepare`s that
-        // need no sync), then this call's. The call's transmits may leave once
+        // The writes not durable yet: the held-back ones (`PrePrepare`s and
+        // `Committed`s, which need no sync), then this call's. The call's transmits may leave once
         // everything up to its last write that needs a sync is durable.
         let mut pending = if side == 0 {
             std::mem::take(&mut self.nodes[usize::from(i)].lazy)
@@ -576,6 +580,7 @@ impl Sim {
             if kept > 0 && kept < pending.len() {
                 node.strictly_torn += 1;
             }
+            node.lost_commits += count_commits(&pending[kept..]);
             self.schedule(self.now + restart_after, Action::Restart(i));
             return;
         }
@@ -737,6 +742,7 @@ impl Sim {
                 for p in &lazy[..kept] {
                     node.storage.persist(p).unwrap();
                 }
+                node.lost_commits += count_commits(&lazy[kept..]);
                 node.replica = None;
             }
             Action::TornCrash {
@@ -1058,6 +1064,14 @@ impl Sim {
     }
 }
 
+/// How many of `writes` are `Committed` records.
+fn count_commits(writes: &[Persist]) -> u64 {
+    writes
+        .iter()
+        .filter(|w| matches!(w, Persist::Committed { .. }))
+        .count() as u64
+}
+
 /// Runs one seed of a scenario; returns the checker's violations and what the
 /// run failed to exercise.
 fn run_one(sc: &Scenario, seed: u64) -> (Vec<String>, Vec<String>, Sim) {
@@ -1099,7 +1113,7 @@ fn run_scenario(sc: Scenario) {
             };
         if std::env::var("FED_SIM_VERBOSE").is_ok() {
             println!(
-                "{} seed {seed} (sim seed {}): t = {} ms, {} messages, {} executed batches, {} torn crashes ({} inside the writes), violations: {violations:?}, unexercised: {unexercised:?}",
+                "{} seed {seed} (sim seed {}): t = {} ms, {} messages, {} executed batches, {} torn crashes ({} inside the writes), {} commit records lost, violations: {violations:?}, unexercised: {unexercised:?}",
                 sc.name,
                 sim.seed,
                 sim.now,
@@ -1107,6 +1121,7 @@ fn run_scenario(sc: Scenario) {
                 sim.checker.executed_batches,
                 sim.nodes.iter().map(|n| n.torn_crashes).sum::<u64>(),
                 sim.nodes.iter().map(|n| n.strictly_torn).sum::<u64>(),
+                sim.nodes.iter().map(|n| n.lost_commits).sum::<u64>(),
             );
         }
         if failed && std::env::var("FED_SIM_VERBOSE").is_ok() {
