@@ -439,14 +439,20 @@ impl<A: Application> Replica<A> {
             self.defer_state_request(from, r.seq, now);
             return Ok(());
         }
-        if self.stable.seq == 0
-            || !Self::rate_check(
-                &mut self.served_state_at,
-                self.config.retransmit_ms,
-                from,
-                now,
-            )
-        {
+        if self.stable.seq == 0 {
+            return Ok(());
+        }
+        if !Self::rate_check(
+            &mut self.served_state_at,
+            self.config.retransmit_ms,
+            from,
+            now,
+        ) {
+            // Answered this asker less than `retransmit_ms` ago (an earlier
+            // checkpoint, say): kept, and answered once that period is over,
+            // not dropped (the asker would wait `request_timeout_ms` before
+            // asking another peer, and its request timer could run out).
+            self.defer_state_request(from, r.seq, now);
             return Ok(());
         }
         if !self.serve_state(from)? {
@@ -470,16 +476,22 @@ impl<A: Application> Replica<A> {
     }
 
     /// Answers the kept state requests that this replica can answer now (its
-    /// stable checkpoint is at or above theirs, and it holds the state there);
-    /// forgets those older than `request_timeout_ms`.
+    /// stable checkpoint is at or above theirs, it holds the state there, and
+    /// it has not answered that asker within `retransmit_ms`); forgets those
+    /// older than `request_timeout_ms`.
     pub(super) fn serve_deferred_state(&mut self, now: u64) -> Result<()> {
         let expiry = self.config.request_timeout_ms;
+        let period = self.config.retransmit_ms;
         for i in 0..self.deferred_state.len() {
             let Some((seq, at)) = self.deferred_state[i] else {
                 continue;
             };
+            let answered_lately =
+                self.served_state_at[i].is_some_and(|t| now < t.saturating_add(period));
             if now > at.saturating_add(expiry) {
                 self.deferred_state[i] = None;
+            } else if answered_lately {
+                // Kept for a tick after the period.
             } else if seq <= self.stable.seq && self.serve_state(i as ReplicaIndex)? {
                 self.deferred_state[i] = None;
                 self.served_state_at[i] = Some(now);

@@ -567,6 +567,9 @@ impl<A: Application> Replica<A> {
         // re-sends its COMMIT, never a PREPARE it did not send.
         let mut unprepared = BTreeSet::new();
         for (seq, rec) in durable.prepared.range(low + 1..) {
+            // A quorum prepared it: a replica that lost its `Committed`
+            // record (§5) keeps asking for it while it is not executed.
+            r.highest_seen = r.highest_seen.max(*seq);
             let slot = r.log.entry(*seq).or_default();
             slot.prepared = Some(rec.cert.clone());
             slot.prepared_batch = rec.batch.clone().map(|b| (rec.cert.digest, b));
@@ -997,7 +1000,8 @@ impl<A: Application> Replica<A> {
             self.fetch_cursor = (self.fetch_cursor + k) % peers.max(1);
         }
         self.progress_at_tick = self.last_executed;
-        Ok(())
+        // State requests kept while this replica answered their asker lately.
+        self.serve_deferred_state(now)
     }
 
     /// Proposes full batches if there is room, then re-arms the timers.
@@ -1047,7 +1051,8 @@ impl<A: Application> Replica<A> {
             || self.transfer.is_some()
             || self.refetch_at.is_some()
             || self.own_checkpoint_msg.is_some()
-            || self.highest_seen > self.last_executed;
+            || self.highest_seen > self.last_executed
+            || self.deferred_state.iter().any(Option::is_some);
         if !needs_tick {
             self.tick_at = None;
         } else if self.tick_at.is_none() {
