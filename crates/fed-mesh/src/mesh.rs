@@ -205,6 +205,8 @@ impl MeshBuilder {
         };
         let mut consensus = config.consensus.clone();
         let mut pbft_store = None;
+        // The configuration epoch the node resumes in (0 without a store).
+        let mut epoch = 0;
         if let Some(c) = consensus.as_mut() {
             let message = config.capabilities.limits.max_message_bytes as usize;
             if c.pbft.max_batch_bytes + (128 << 10) > message {
@@ -244,7 +246,7 @@ impl MeshBuilder {
                     .collect::<Result<_>>()?;
                 // Links that do not check from this genesis: not a state
                 // this node can resume, and not one to overwrite.
-                crate::core::epoch::Epoch::genesis(c.membership.clone(), Vec::new(), 0, 0)
+                epoch = crate::core::epoch::Epoch::genesis(c.membership.clone(), Vec::new(), 0, 0)
                     .follow_all(&c.epochs)
                     .map_err(|e| {
                         Error::Store(crate::store::StoreError::Corrupted {
@@ -253,7 +255,8 @@ impl MeshBuilder {
                                 "the stored configuration epochs do not check against the genesis: {e}"
                             ),
                         })
-                    })?;
+                    })?
+                    .number;
                 c.recovered = Some(Arc::new(pbft.load_state()?));
                 c.durable = true;
                 pbft_store = Some(pbft);
@@ -297,7 +300,7 @@ impl MeshBuilder {
         let replays = core_config.consensus.as_ref().and_then(|c| {
             c.recovered
                 .as_deref()
-                .map(|d| (replayed_above(d), c.pbft.window))
+                .map(|d| (epoch, replayed_above(d), c.pbft.window))
         });
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| Error::Config(format!("no OS randomness: {e}")))?;
@@ -313,7 +316,7 @@ impl MeshBuilder {
                 // costs duplicate entries, not the start.
                 let logged = match replays {
                     None => Default::default(),
-                    Some((above, window)) => log.logged_commits(above, window).unwrap_or_else(|e| {
+                    Some((epoch, above, window)) => log.logged_commits(epoch, above, window).unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "cannot read the audit log's last commits; the batches executed again at start are logged again");
                         Default::default()
                     }),

@@ -385,6 +385,10 @@ fn describe(event: &AuditEvent) -> String {
         AuditEvent::Committed { seq, digest } => {
             format!("committed: sequence {seq}, digest {}", short(digest))
         }
+        AuditEvent::EpochCommitted { epoch, seq, digest } => format!(
+            "committed: epoch {epoch}, sequence {seq}, digest {}",
+            short(digest)
+        ),
         AuditEvent::ViewChanged { view } => format!("view changed to {view}"),
         AuditEvent::MembershipChanged { membership } => {
             format!("membership changed: {}", short(membership))

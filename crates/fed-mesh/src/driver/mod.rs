@@ -1263,7 +1263,8 @@ impl Driver {
                 if self.audited_replays.remove(&(batch.seq, batch.digest)) {
                     return;
                 }
-                AuditEvent::Committed {
+                AuditEvent::EpochCommitted {
+                    epoch: batch.epoch,
                     seq: batch.seq,
                     digest: batch.digest,
                 }

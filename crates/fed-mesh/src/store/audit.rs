@@ -47,7 +47,8 @@ pub enum AuditEvent {
         /// The revoked member's `NodeId`.
         peer: [u8; 32],
     },
-    /// An update committed.
+    /// A batch committed, in a log written before entries named their
+    /// configuration epoch: nodes now write [`EpochCommitted`](Self::EpochCommitted).
     Committed {
         /// Its sequence number.
         seq: u64,
@@ -75,6 +76,16 @@ pub enum AuditEvent {
     TokenRevoked {
         /// The token's id.
         token: [u8; 32],
+    },
+    /// A batch committed in configuration epoch `epoch` (mesh.md §9) and
+    /// executed by this node's replica.
+    EpochCommitted {
+        /// The configuration epoch (sequence numbers start again at each).
+        epoch: u64,
+        /// Its sequence number.
+        seq: u64,
+        /// Its batch digest.
+        digest: [u8; 32],
     },
 }
 
@@ -241,19 +252,18 @@ impl AuditLog {
         Ok(out)
     }
 
-    /// The `(sequence, digest)` of every `Committed` entry of the current
-    /// configuration epoch above sequence number `above`. A restarted voter
-    /// executes again the batches its replica recorded after its last
+    /// The `(sequence, digest)` of every `EpochCommitted` entry of
+    /// configuration epoch `epoch` above sequence number `above`. A restarted
+    /// voter executes again the batches its replica recorded after its last
     /// checkpoint, and those whose records a crash lost (pbft.md §5: the
     /// replica fetches them from its peers); the driver logs only those the
     /// log does not hold (a crash can lose the last entries too). Reads back
-    /// from the end, and stops at the current epoch's start (a
-    /// `MembershipChanged` entry, or a commit whose sequence number is not
-    /// below the one after it: that entry may be lost), at a commit at or
+    /// from the end and stops at the first commit of another epoch or at or
     /// below `above`, or after `4 * window + 4096` entries (`window`: how far
     /// past `above` the replica may have executed).
     pub fn logged_commits(
         &self,
+        epoch: u64,
         above: u64,
         window: u64,
     ) -> Result<std::collections::HashSet<(u64, [u8; 32])>, StoreError> {
@@ -267,19 +277,18 @@ impl AuditLog {
             .unwrap_or(usize::MAX)
             .saturating_mul(4)
             .saturating_add(4096);
-        let mut after = u64::MAX;
         for entry in t.iter().map_err(|e| s.io(e))?.rev().take(cap) {
             let (k, v) = entry.map_err(|e| s.corrupt(e))?;
-            match read_entry(s, k.value(), v.value())?.event {
-                AuditEvent::Committed { seq, digest } => {
-                    if seq >= after || seq <= above {
-                        break;
-                    }
-                    after = seq;
-                    found.insert((seq, digest));
+            if let AuditEvent::EpochCommitted {
+                epoch: e,
+                seq,
+                digest,
+            } = read_entry(s, k.value(), v.value())?.event
+            {
+                if e != epoch || seq <= above {
+                    break;
                 }
-                AuditEvent::MembershipChanged { .. } => break,
-                _ => {}
+                found.insert((seq, digest));
             }
         }
         Ok(found)

@@ -189,6 +189,12 @@ pub trait Substrate: Send + Sync + 'static {
 
     /// Applies a committed update. The default stores and removes patterns and
     /// ignores opaque updates.
+    ///
+    /// At least once, in commit order: a voter restarted after a crash may
+    /// apply again a run of updates it applied before (those after its
+    /// replica's last checkpoint, pbft.md §5), so an implementation must give
+    /// the same state when a suffix of the sequence is applied twice (storing
+    /// and removing by id does).
     async fn apply(&self, update: &StateUpdate) -> Result<(), SubstrateError> {
         match update {
             StateUpdate::StorePattern(p) => self.store(p.clone()).await.map(|_| ()),

@@ -239,7 +239,7 @@ fn audited_commits(node: &FederatedMesh) -> Vec<(u64, [u8; 32])> {
         .unwrap()
         .into_iter()
         .filter_map(|e| match e.event {
-            AuditEvent::Committed { seq, digest } => Some((seq, digest)),
+            AuditEvent::EpochCommitted { seq, digest, .. } => Some((seq, digest)),
             _ => None,
         })
         .collect()

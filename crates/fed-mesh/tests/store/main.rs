@@ -979,6 +979,15 @@ mod audit {
         })
         .unwrap();
         assert_eq!(cut, [&[6u8][..], &[9; 32], &[2, b'a', b'b']].concat());
+        let token = postcard::to_allocvec(&AuditEvent::TokenRevoked { token: [7; 32] }).unwrap();
+        assert_eq!(token, [&[7u8][..], &[7; 32]].concat());
+        let committed = postcard::to_allocvec(&AuditEvent::EpochCommitted {
+            epoch: 2,
+            seq: 300,
+            digest: [4; 32],
+        })
+        .unwrap();
+        assert_eq!(committed, [&[8u8, 2, 0xac, 0x02][..], &[4; 32]].concat());
     }
 
     #[test]
@@ -1007,17 +1016,23 @@ mod audit {
         assert_eq!(verify(&path, &id), Ok(100));
     }
 
+    /// A commit of epoch 1 (`EpochCommitted`).
     fn commit(seq: u64, d: u8) -> AuditEvent {
-        AuditEvent::Committed {
+        commit_in(1, seq, d)
+    }
+
+    fn commit_in(epoch: u64, seq: u64, d: u8) -> AuditEvent {
+        AuditEvent::EpochCommitted {
+            epoch,
             seq,
             digest: [d; 32],
         }
     }
 
-    /// The commits (sequence number, digest byte) above `above` that a log of
-    /// `entries` holds in its current epoch, as `logged_commits` finds them
+    /// The commits (sequence number, digest byte) of `epoch` above `above`
+    /// that a log of `entries` holds, as `logged_commits` finds them
     /// (`window` as the replica's).
-    fn logged(entries: Vec<AuditEvent>, above: u64, window: u64) -> Vec<(u64, u8)> {
+    fn logged(entries: Vec<AuditEvent>, epoch: u64, above: u64, window: u64) -> Vec<(u64, u8)> {
         let dir = tempfile::tempdir().unwrap();
         let id = identity(1);
         let store = Store::open(dir.path().join("node.redb"), &id.node_id()).unwrap();
@@ -1025,7 +1040,7 @@ mod audit {
         store.audit().append_all(&id, timed).unwrap();
         let mut found: Vec<(u64, u8)> = store
             .audit()
-            .logged_commits(above, window)
+            .logged_commits(epoch, above, window)
             .unwrap()
             .into_iter()
             .map(|(s, d)| (s, d[0]))
@@ -1034,19 +1049,17 @@ mod audit {
         found
     }
 
-    /// `logged_commits` finds the commits the log holds above a sequence
-    /// number (a restarted voter's checkpoint): not those a crash lost (they
-    /// are logged when the voter executes them again), not those at or below
-    /// it, and not a commit of the epoch before the last membership change
-    /// (its sequence numbers started again), even one whose sequence number
-    /// and digest this epoch's lost entry shares.
+    /// `logged_commits` finds the commits of the current epoch the log holds
+    /// above a sequence number (a restarted voter's checkpoint): not those a
+    /// crash lost (they are logged when the voter executes them again), not
+    /// those at or below it, and none of an earlier epoch (sequence numbers
+    /// started again), which a batch of this epoch may match (a null batch
+    /// has one digest everywhere).
     #[test]
     fn logged_commits_are_the_current_epochs_entries_only() {
-        // The epoch before ends with a batch at sequence number 1 whose
-        // digest this epoch's batch 1 shares (a null batch has one digest),
-        // and this epoch's entry for it was lost.
         let entries = vec![
-            commit(1, 10),
+            commit_in(0, 1, 10),
+            commit_in(0, 2, 20),
             AuditEvent::MembershipChanged {
                 membership: [5; 32],
             },
@@ -1057,26 +1070,38 @@ mod audit {
             commit(5, 51),
         ];
         let all = [(2, 21), (3, 31), (5, 51)];
-        assert_eq!(logged(entries.clone(), 0, 8), all);
-        assert_eq!(logged(entries.clone(), 2, 8), all[1..]);
-        assert_eq!(logged(entries.clone(), 3, 8), all[2..]);
-        assert!(logged(entries, 5, 8).is_empty());
+        assert_eq!(logged(entries.clone(), 1, 0, 8), all);
+        assert_eq!(logged(entries.clone(), 1, 2, 8), all[1..]);
+        assert_eq!(logged(entries.clone(), 1, 3, 8), all[2..]);
+        assert!(logged(entries, 1, 5, 8).is_empty());
     }
 
-    /// Without the epoch's `MembershipChanged` entry (a crash lost it, or the
-    /// log predates it), a commit whose sequence number is not below the one
-    /// after it marks the epoch's start: the search stops there, and does not
-    /// find the previous epoch's batches.
+    /// A node that entered epoch 2 and lost every audit entry since (the
+    /// writer appends up to 50 ms after the events): the log ends with epoch
+    /// 1's commits, which the search does not take for epoch 2's, whatever
+    /// their sequence numbers; nor a commit whose entry names no epoch (a log
+    /// written before entries did: passed over).
     #[test]
-    fn logged_commits_stop_where_sequence_numbers_start_again() {
+    fn logged_commits_of_another_epoch_are_not_this_ones() {
         let entries = vec![
+            AuditEvent::MembershipChanged {
+                membership: [5; 32],
+            },
             commit(1, 10),
             commit(2, 20),
             commit(3, 30),
-            commit(1, 11),
-            commit(2, 21),
         ];
-        assert_eq!(logged(entries, 0, 8), [(1, 11), (2, 21)]);
+        assert!(logged(entries.clone(), 2, 0, 8).is_empty());
+        assert_eq!(logged(entries, 1, 0, 8), [(1, 10), (2, 20), (3, 30)]);
+        let old = vec![
+            AuditEvent::Committed {
+                seq: 1,
+                digest: [10; 32],
+            },
+            commit_in(0, 2, 20),
+        ];
+        assert_eq!(logged(old.clone(), 0, 0, 8), [(2, 20)]);
+        assert!(logged(old, 1, 0, 8).is_empty());
     }
 
     /// The search reads at most `4 × window + 4 096` entries back: a
@@ -1090,9 +1115,9 @@ mod audit {
             })
         };
         let near: Vec<AuditEvent> = std::iter::once(commit(1, 10)).chain(joins(4099)).collect();
-        assert_eq!(logged(near, 0, 1), [(1, 10)]);
+        assert_eq!(logged(near, 1, 0, 1), [(1, 10)]);
         let far: Vec<AuditEvent> = std::iter::once(commit(1, 10)).chain(joins(4100)).collect();
-        assert!(logged(far, 0, 1).is_empty());
+        assert!(logged(far, 1, 0, 1).is_empty());
     }
 
     /// Entries appended as one group are the entries appended one at a time:
