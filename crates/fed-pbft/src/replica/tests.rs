@@ -209,6 +209,28 @@ fn prepared_by_the_others(
     digest
 }
 
+/// A COMMITTED of the null batch at `seq` in view 0, with the COMMITs of
+/// replicas 0, 2 and 3 as its proof.
+fn null_committed(ids: &[Arc<Identity>], m: &Arc<Membership>, seq: u64) -> Message {
+    let null = batch_digest(NULL_BATCH);
+    Message::Committed(Committed {
+        proof: CommitProof {
+            membership: *m.id(),
+            view: 0,
+            seq,
+            digest: null,
+            signatures: [0u16, 2, 3]
+                .iter()
+                .map(|&i| {
+                    let c = Commit::new(&ids[usize::from(i)], m, 0, seq, null, i).unwrap();
+                    (i, c.signature)
+                })
+                .collect(),
+        },
+        batch: NULL_BATCH.to_vec(),
+    })
+}
+
 /// Whether `sent` holds a COMMIT for `(seq, digest)`.
 fn commits(sent: &[Transmit], seq: u64, digest: Digest) -> bool {
     sent.iter().any(|t| {
@@ -1037,23 +1059,7 @@ fn a_replica_fetches_what_follows_a_state_transfer() {
     // The others executed up to 9: a stable checkpoint at 8, a committed null at 9.
     let state = state_digest(8, &snapshot);
     let cert = quorum_checkpoint(&ids, &m, 8, state);
-    let null = batch_digest(NULL_BATCH);
-    let committed = Message::Committed(Committed {
-        proof: CommitProof {
-            membership: *m.id(),
-            view: 0,
-            seq: 9,
-            digest: null,
-            signatures: [0u16, 2, 3]
-                .iter()
-                .map(|&i| {
-                    let c = Commit::new(&ids[usize::from(i)], &m, 0, 9, null, i).unwrap();
-                    (i, c.signature)
-                })
-                .collect(),
-        },
-        batch: NULL_BATCH.to_vec(),
-    });
+    let committed = null_committed(&ids, &m, 9);
     // The answer to its fetch, reordered: the batch beyond the window first.
     assert!(matches!(
         b.handle_message(0, &enc(committed.clone()), 1),
@@ -1103,27 +1109,9 @@ fn a_state_request_for_a_checkpoint_not_yet_stable_is_answered_when_it_is() {
     let config = small_window();
     let enc = |msg: Message| msg.encode().unwrap();
     let mut b = Replica::new(ids[1].clone(), m.clone(), config, Nop, 0).unwrap();
-    let null = batch_digest(NULL_BATCH);
-    let signers = [0u16, 2, 3];
     for seq in 1..=8 {
-        let proof = CommitProof {
-            membership: *m.id(),
-            view: 0,
-            seq,
-            digest: null,
-            signatures: signers
-                .iter()
-                .map(|&i| {
-                    let c = Commit::new(&ids[usize::from(i)], &m, 0, seq, null, i).unwrap();
-                    (i, c.signature)
-                })
-                .collect(),
-        };
-        let committed = Message::Committed(Committed {
-            proof,
-            batch: NULL_BATCH.to_vec(),
-        });
-        b.handle_message(0, &enc(committed), seq).unwrap();
+        b.handle_message(0, &enc(null_committed(&ids, &m, seq)), seq)
+            .unwrap();
     }
     assert_eq!(b.last_executed(), 8);
     while b.poll_transmit().is_some() {}
@@ -1205,25 +1193,7 @@ fn a_replica_without_the_certified_state_at_its_checkpoint_repairs_it() {
     let (ids, m) = setup();
     let config = small_window();
     let enc = |msg: Message| msg.encode().unwrap();
-    let null = batch_digest(NULL_BATCH);
-    let committed = |seq: u64| {
-        Message::Committed(Committed {
-            proof: CommitProof {
-                membership: *m.id(),
-                view: 0,
-                seq,
-                digest: null,
-                signatures: [0u16, 2, 3]
-                    .iter()
-                    .map(|&i| {
-                        let c = Commit::new(&ids[usize::from(i)], &m, 0, seq, null, i).unwrap();
-                        (i, c.signature)
-                    })
-                    .collect(),
-            },
-            batch: NULL_BATCH.to_vec(),
-        })
-    };
+    let committed = |seq: u64| null_committed(&ids, &m, seq);
     // Replica 2 executes 1..=4 correctly; its checkpoint at 4 is the certified one.
     let mut good = Replica::new(ids[2].clone(), m.clone(), config.clone(), Tally(0), 0).unwrap();
     for seq in 1..=4 {
@@ -1299,25 +1269,7 @@ fn a_replica_fetches_what_it_refused_beyond_its_window() {
     let (ids, m) = setup();
     let config = small_window();
     let enc = |msg: Message| msg.encode().unwrap();
-    let null = batch_digest(NULL_BATCH);
-    let committed = |seq: u64| {
-        Message::Committed(Committed {
-            proof: CommitProof {
-                membership: *m.id(),
-                view: 0,
-                seq,
-                digest: null,
-                signatures: [0u16, 2, 3]
-                    .iter()
-                    .map(|&i| {
-                        let c = Commit::new(&ids[usize::from(i)], &m, 0, seq, null, i).unwrap();
-                        (i, c.signature)
-                    })
-                    .collect(),
-            },
-            batch: NULL_BATCH.to_vec(),
-        })
-    };
+    let committed = |seq: u64| null_committed(&ids, &m, seq);
     let mut b = Replica::new(ids[1].clone(), m.clone(), config.clone(), Nop, 0).unwrap();
     for seq in 1..=8 {
         b.handle_message(0, &enc(committed(seq)), 1).unwrap();
@@ -1560,27 +1512,10 @@ fn a_state_request_within_the_rate_limit_is_answered_after_it() {
     let period = config.retransmit_ms;
     let enc = |msg: Message| msg.encode().unwrap();
     let mut b = Replica::new(ids[1].clone(), m.clone(), config, Nop, 0).unwrap();
-    let null = batch_digest(NULL_BATCH);
     let mut states = BTreeMap::new();
     let execute = |b: &mut Replica<Nop>, seq: u64, at: u64| -> Digest {
-        let proof = CommitProof {
-            membership: *m.id(),
-            view: 0,
-            seq,
-            digest: null,
-            signatures: [0u16, 2, 3]
-                .iter()
-                .map(|&i| {
-                    let c = Commit::new(&ids[usize::from(i)], &m, 0, seq, null, i).unwrap();
-                    (i, c.signature)
-                })
-                .collect(),
-        };
-        let committed = Message::Committed(Committed {
-            proof,
-            batch: NULL_BATCH.to_vec(),
-        });
-        b.handle_message(0, &enc(committed), at).unwrap();
+        b.handle_message(0, &enc(null_committed(&ids, &m, seq)), at)
+            .unwrap();
         assert_eq!(b.last_executed(), seq);
         state_digest(seq, &b.state_snapshot().unwrap())
     };
