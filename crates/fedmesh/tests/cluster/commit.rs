@@ -1,6 +1,9 @@
 //! Issue 11's crash tests: commits over libp2p between `fedmesh node` processes.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use crate::*;
 
@@ -102,12 +105,33 @@ fn a_voter_killed_during_commits_loses_nothing_and_an_edited_byte_is_refused() {
     c.start(victim);
     // Recovered from disk before any catching up: nothing it executed is gone.
     assert!(c.consensus(victim)["ledger_count"].as_u64().unwrap() >= before.min(1));
-    let marker = "exo-federation crash test marker";
     for k in 0..9 {
         commit(&c.nodes[primary].socket(), format!("more {k}").as_bytes()).unwrap();
     }
-    commit(&c.nodes[primary].socket(), marker.as_bytes()).unwrap();
-    converged(&c, 40);
+    // A marker update whose batch the victim executed itself: its replica
+    // log then holds the batch's bytes. (When the victim reaches a marker's
+    // batch by a state transfer instead, as it may after its restart, only
+    // the certified state is there: another marker is committed.)
+    let log = c.nodes[victim].data.join("node.rlog");
+    let mut marker = None;
+    for k in 0..5u64 {
+        let m = format!("exo-federation crash test marker {k}");
+        commit(&c.nodes[primary].socket(), m.as_bytes()).unwrap();
+        converged(&c, 40 + k);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let bytes = std::fs::read(&log).unwrap();
+            if bytes.windows(m.len()).any(|w| w == m.as_bytes()) {
+                marker = Some(m.clone());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if marker.is_some() {
+            break;
+        }
+    }
+    let marker = marker.expect("a marker update is in the victim's replica log");
 
     c.stop(victim);
     let node = &c.nodes[victim];
@@ -124,7 +148,6 @@ fn a_voter_killed_during_commits_loses_nothing_and_an_edited_byte_is_refused() {
     // The committed batch is in the replica log beside the database
     // (store.md §3); the database holds the audit log, the epochs and the
     // rest. A byte edited in either is refused, naming the file.
-    let log = node.data.join("node.rlog");
     let db = node.data.join("node.redb");
     let saved = std::fs::read(&log).unwrap();
     let mut bytes = saved.clone();
