@@ -1749,6 +1749,37 @@ mod tests {
         assert_eq!(ReplicaLog::open(&path).unwrap().state().unwrap(), &want);
     }
 
+    /// Held-back `Committed`s count their batches towards [`HELD_LIMIT`]
+    /// too (a replica that fetched batches it never prepared holds them
+    /// whole): past it they are written at once.
+    #[test]
+    fn held_commits_are_bounded_like_pre_prepares() {
+        let (_dir, path, mut log) = new_log();
+        let committed = |seq: u64| Persist::Committed {
+            proof: CommitProof {
+                membership: [1; 32],
+                view: 0,
+                seq,
+                digest: [seq as u8; 32],
+                signatures: vec![(0, Signature([5; 64])), (2, Signature([6; 64]))],
+            },
+            batch: Arc::from(vec![seq as u8; 3 << 20]),
+        };
+        let next = log.next;
+        log.append(&[committed(1)]).unwrap();
+        log.append(&[committed(2)]).unwrap();
+        assert_eq!(log.next, next, "6 MiB held");
+        log.append(&[committed(3)]).unwrap();
+        assert_eq!(log.next, next + 1, "9 MiB written at once");
+        assert_eq!(log.holds_writes(), None);
+        let mut want = DurableState::default();
+        for w in (1..=3).map(committed) {
+            want.apply(&w);
+        }
+        drop(log);
+        assert_eq!(ReplicaLog::open(&path).unwrap().state().unwrap(), &want);
+    }
+
     /// A rewrite after every group (so that every kind of entry goes through
     /// `rebuild_ops` and bases of several records are written and read),
     /// then a reopen: the state is the reference's.
